@@ -1,0 +1,25 @@
+#pragma once
+/// Finite-difference check of a function's gradients (central differences, float64).
+///   auto x = kiln::randn({3, 4}, kiln::kFloat64).requires_grad_();
+///   kiln::autograd::gradcheck([](const std::vector<kiln::Tensor>& in) { return kiln::tanh(in[0]); }, {x});
+/// Throws kiln::Error describing the first mismatching Jacobian entry (or returns
+/// false with raise_on_failure = false). Inputs are CPU float64 tensors; those
+/// with requires_grad are checked. fn must be deterministic.
+#include <functional>
+#include <vector>
+
+#include "../core/tensor.hpp"
+
+namespace kiln::autograd {
+
+struct GradcheckOptions {
+  double eps = 1e-6;
+  double atol = 1e-5;
+  double rtol = 1e-3;
+  bool raise_on_failure = true;
+};
+
+bool gradcheck(const std::function<Tensor(const std::vector<Tensor>&)>& fn, const std::vector<Tensor>& inputs,
+               const GradcheckOptions& opts = {});
+
+}  // namespace kiln::autograd

@@ -1,0 +1,117 @@
+// matmul with NumPy semantics, on the backend's batched GEMM.
+#include "internal.hpp"
+
+namespace kiln {
+using namespace detail;
+using autograd::FunctionNode;
+using autograd::record;
+
+namespace {
+
+// (batch..., r, c) -> (B, r, c) view if the batch dims collapse to one stride, else a copy.
+Tensor as_3d(const Tensor& t) {
+  std::int64_t nb = t.dim() - 2;
+  std::int64_t B = 1;
+  for (std::int64_t d = 0; d < nb; ++d) B *= t.size(d);
+  std::int64_t bstride = 0;
+  bool ok = true;
+  std::int64_t expect = -1;
+  for (std::int64_t d = nb - 1; d >= 0; --d) {
+    if (t.size(d) == 1) continue;
+    if (expect < 0) {
+      bstride = t.stride(d);
+      expect = t.stride(d) * t.size(d);
+    } else if (t.stride(d) != expect) {
+      ok = false;
+      break;
+    } else {
+      expect *= t.size(d);
+    }
+  }
+  if (!ok) {
+    Tensor c = contiguous_raw(t);
+    return Tensor::make_view(c, {B, t.size(-2), t.size(-1)}, {t.size(-2) * t.size(-1), c.stride(-2), c.stride(-1)},
+                             c.offset());
+  }
+  return Tensor::make_view(t, {B, t.size(-2), t.size(-1)}, {bstride, t.stride(-2), t.stride(-1)}, t.offset());
+}
+
+// Both operands >= 2-D with matching inner dims; batch dims broadcast.
+Tensor matmul_nd(const Tensor& a, const Tensor& b) {
+  Shape ba(a.shape().begin(), a.shape().end() - 2), bb(b.shape().begin(), b.shape().end() - 2);
+  Shape batch = broadcast_shapes(ba, bb, "matmul");
+  DType dt = promote_types(a.dtype(), b.dtype());
+  std::int64_t M = a.size(-2), K = a.size(-1), N = b.size(-1);
+  Shape sa = batch, sb = batch, so = batch;
+  sa.insert(sa.end(), {M, K});
+  sb.insert(sb.end(), {K, N});
+  so.insert(so.end(), {M, N});
+  Tensor out = Tensor::empty(so, dt, a.device());
+  Tensor a3 = as_3d(expand_raw(cast_raw(a, dt), sa, "matmul"));
+  Tensor b3 = as_3d(expand_raw(cast_raw(b, dt), sb, "matmul"));
+  Tensor o3 = Tensor::make_view(out, {a3.size(0), M, N}, {M * N, N, 1}, 0);
+  backend(a, "matmul").matmul(a3, b3, o3);
+  if (auto node = record("matmul", {a, b}, {out}, [](FunctionNode& n, std::vector<Tensor>& g) {
+        Tensor a = n.saved(0), b = n.saved(1);
+        Tensor ga = n.next_edges[0].valid() ? reduce_grad(matmul(g[0], transpose(b, -1, -2)), a) : Tensor();
+        Tensor gb = n.next_edges[1].valid() ? reduce_grad(matmul(transpose(a, -1, -2), g[0]), b) : Tensor();
+        return std::vector<Tensor>{ga, gb};
+      })) {
+    node->save(a);
+    node->save(b);
+  }
+  return out;
+}
+
+}  // namespace
+
+Tensor matmul(const Tensor& a, const Tensor& b) {
+  check_defined(a, "matmul");
+  check_defined(b, "matmul");
+  check_same_device("matmul", a, b);
+  KILN_CHECK(a.dim() >= 1 && b.dim() >= 1, "matmul", "both arguments must be at least 1-D, got shapes {} and {}",
+             shape_str(a.shape()), shape_str(b.shape()));
+  KILN_CHECK(a.dtype() != kBool && b.dtype() != kBool, "matmul", "bool tensors are not supported (got {} and {})",
+             dtype_name(a.dtype()), dtype_name(b.dtype()));
+  std::int64_t ka = a.size(-1), kb = b.dim() == 1 ? b.size(0) : b.size(-2);
+  KILN_CHECK(ka == kb, "matmul", "shapes {} and {} cannot be multiplied: {} != {}", shape_str(a.shape()),
+             shape_str(b.shape()), ka, kb);
+  if (a.dim() >= 2 && b.dim() >= 2) {
+    Shape ba(a.shape().begin(), a.shape().end() - 2), bb(b.shape().begin(), b.shape().end() - 2);
+    broadcast_shapes(ba, bb, "matmul");  // validates batch dims with the original shapes
+  }
+  // (..., M, K) @ (K, N): fold the batch into M for one large GEMM when it is free.
+  if (a.dim() >= 3 && b.dim() == 2) {
+    Shape out_shape(a.shape().begin(), a.shape().end() - 1);
+    out_shape.push_back(b.size(1));
+    std::int64_t rows = 1;
+    for (std::int64_t d = 0; d + 1 < a.dim(); ++d) rows *= a.size(d);
+    Tensor a2 = reshape(a, {rows, ka});
+    return reshape(matmul_nd(a2, b), out_shape);
+  }
+  Tensor a2 = a.dim() == 1 ? unsqueeze(a, 0) : a;
+  Tensor b2 = b.dim() == 1 ? unsqueeze(b, 1) : b;
+  Tensor r = matmul_nd(a2, b2);
+  if (a.dim() == 1) r = squeeze(r, -2);
+  if (b.dim() == 1) r = squeeze(r, -1);
+  return r;
+}
+
+Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias) {
+  check_defined(x, "linear");
+  check_defined(weight, "linear", "weight");
+  KILN_CHECK(weight.dim() == 2, "linear", "weight must be 2-D (out_features, in_features), got shape {}",
+             shape_str(weight.shape()));
+  KILN_CHECK(x.dim() >= 1 && x.size(-1) == weight.size(1), "linear",
+             "input shape {} does not match weight shape {}: last dim {} != in_features {}", shape_str(x.shape()),
+             shape_str(weight.shape()), x.dim() ? x.size(-1) : 0, weight.size(1));
+  Tensor y = matmul(x, transpose(weight, 0, 1));
+  if (bias.defined()) {
+    KILN_CHECK(bias.dim() == 1 && bias.size(0) == weight.size(0), "linear",
+               "bias must have shape ({},), got {}", weight.size(0), shape_str(bias.shape()));
+    y = add(y, bias);
+  }
+  return y;
+}
+
+}  // namespace kiln

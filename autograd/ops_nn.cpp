@@ -1,0 +1,225 @@
+// Fused nn ops: softmax / log_softmax, layer_norm, dropout, losses.
+#include <cmath>
+
+#include "internal.hpp"
+
+namespace kiln {
+using namespace detail;
+using autograd::FunctionNode;
+using autograd::record;
+
+namespace {
+
+// x with `dim` moved last, contiguous (no autograd).
+Tensor dim_last(const Tensor& x, std::int64_t dim) {
+  if (dim == x.dim() - 1) return contiguous_raw(x);
+  Dims p;
+  for (std::int64_t d = 0; d < x.dim(); ++d)
+    if (d != dim) p.push_back(d);
+  p.push_back(dim);
+  Shape s;
+  Strides st;
+  for (auto d : p) {
+    s.push_back(x.size(d));
+    st.push_back(x.stride(d));
+  }
+  return contiguous_raw(Tensor::make_view(x, s, st, x.offset()));
+}
+
+// Inverse of dim_last: a view of t (dim last) with `dim` back in place.
+Tensor dim_back(const Tensor& t, std::int64_t dim) {
+  std::int64_t n = t.dim();
+  if (dim == n - 1) return t;
+  Shape s(n);
+  Strides st(n);
+  std::int64_t j = 0;
+  for (std::int64_t d = 0; d < n; ++d) {
+    if (d == dim) {
+      s[d] = t.size(n - 1);
+      st[d] = t.stride(n - 1);
+    } else {
+      s[d] = t.size(j);
+      st[d] = t.stride(j);
+      ++j;
+    }
+  }
+  return Tensor::make_view(t, s, st, t.offset());
+}
+
+Tensor softmax_impl(const Tensor& x, std::int64_t dim_in, bool log, const char* op) {
+  check_defined(x, op);
+  check_floating(x, op);
+  if (x.dim() == 0) return softmax_impl(reshape(x, {1}), 0, log, op).reshape({});
+  std::int64_t dim = normalize_dim(dim_in, x.dim(), op);
+  Tensor xl = dim_last(x, dim);
+  Tensor yl = Tensor::empty(xl.shape(), x.dtype(), x.device());
+  backend(x, op).softmax(xl, yl, log);
+  Tensor y = dim_back(yl, dim);
+  if (auto node = record(op, {x}, {y}, [dim, log](FunctionNode& n, std::vector<Tensor>& g) {
+        Tensor y = n.saved(0);
+        if (autograd::grad_enabled()) {  // differentiable form for create_graph
+          if (log) return std::vector<Tensor>{sub(g[0], mul(exp(y), sum(g[0], {dim}, true)))};
+          return std::vector<Tensor>{mul(y, sub(g[0], sum(mul(g[0], y), {dim}, true)))};
+        }
+        Tensor yl = dim_last(y, dim), gl = dim_last(g[0], dim);
+        Tensor gx = Tensor::empty(yl.shape(), yl.dtype(), yl.device());
+        backend(y, "softmax_backward").softmax_backward(yl, gl, gx, log);
+        return std::vector<Tensor>{dim_back(gx, dim)};
+      }))
+    node->save(y, true);
+  return y;
+}
+
+}  // namespace
+
+Tensor softmax(const Tensor& x, std::int64_t dim) { return softmax_impl(x, dim, false, "softmax"); }
+Tensor log_softmax(const Tensor& x, std::int64_t dim) { return softmax_impl(x, dim, true, "log_softmax"); }
+
+Tensor layer_norm(const Tensor& x, const Shape& normalized_shape, const Tensor& weight, const Tensor& bias, double eps) {
+  check_defined(x, "layer_norm");
+  check_floating(x, "layer_norm");
+  const std::int64_t k = static_cast<std::int64_t>(normalized_shape.size());
+  KILN_CHECK(k >= 1 && k <= x.dim(), "layer_norm", "normalized_shape {} does not fit input shape {}",
+             shape_str(normalized_shape), shape_str(x.shape()));
+  for (std::int64_t i = 0; i < k; ++i)
+    KILN_CHECK(x.size(x.dim() - k + i) == normalized_shape[i], "layer_norm",
+               "input shape {} does not end with normalized_shape {}", shape_str(x.shape()), shape_str(normalized_shape));
+  for (const Tensor* p : {&weight, &bias})
+    if (p->defined()) {
+      KILN_CHECK(p->shape() == normalized_shape, "layer_norm", "{} shape {} must equal normalized_shape {}",
+                 p == &weight ? "weight" : "bias", shape_str(p->shape()), shape_str(normalized_shape));
+      check_same_device("layer_norm", x, *p);
+    }
+  KILN_CHECK(eps >= 0, "layer_norm", "eps must be >= 0, got {}", eps);
+  std::int64_t N = numel_of(normalized_shape), R = N ? x.numel() / N : 0;
+  Shape stat_shape(x.shape().begin(), x.shape().end() - k);
+  Shape keep = stat_shape;
+  for (std::int64_t i = 0; i < k; ++i) keep.push_back(1);
+  Tensor xc = contiguous_raw(x);
+  Tensor y = Tensor::empty(x.shape(), x.dtype(), x.device());
+  Tensor mu = Tensor::empty({R}, x.dtype(), x.device()), rs = Tensor::empty({R}, x.dtype(), x.device());
+  Tensor w = weight.defined() ? contiguous_raw(cast_raw(weight, x.dtype())) : Tensor();
+  Tensor b = bias.defined() ? contiguous_raw(cast_raw(bias, x.dtype())) : Tensor();
+  backend(x, "layer_norm").layer_norm(xc, w, b, eps, y, mu, rs);
+  Dims norm_dims, batch_dims;
+  for (std::int64_t d = 0; d < x.dim(); ++d) (d >= x.dim() - k ? norm_dims : batch_dims).push_back(d);
+  bool has_w = weight.defined(), has_b = bias.defined();
+  if (auto node = record("layer_norm", {x, weight, bias}, {y},
+                         [keep, norm_dims, batch_dims, has_w, has_b, eps, normalized_shape](FunctionNode& n, std::vector<Tensor>& g) {
+                           Tensor x = n.saved(0), w = n.saved(1), mu = n.saved(2), rs = n.saved(3);
+                           Tensor xhat;
+                           if (autograd::grad_enabled()) {
+                             // Recompute the statistics differentiably so create_graph is exact.
+                             Tensor m = mean(x, norm_dims, true);
+                             Tensor d = sub(x, m);
+                             Tensor r = rsqrt(add(mean(mul(d, d), norm_dims, true), scalar_on(eps, x.dtype(), x.device())));
+                             xhat = mul(d, r);
+                             rs = r;
+                           } else {
+                             rs = reshape(rs, keep);
+                             xhat = mul(sub(x, reshape(mu, keep)), rs);
+                           }
+                           Tensor gy = g[0];
+                           Tensor gxhat = has_w ? mul(gy, w) : gy;
+                           Tensor gx;
+                           if (n.next_edges[0].valid()) {
+                             Tensor t = sub(sub(gxhat, mean(gxhat, norm_dims, true)),
+                                            mul(xhat, mean(mul(gxhat, xhat), norm_dims, true)));
+                             gx = mul(rs, t);
+                           }
+                           auto over_batch = [&](const Tensor& t) {
+                             return batch_dims.empty() ? t : reshape(sum(t, batch_dims, false), normalized_shape);
+                           };
+                           Tensor gw = has_w && n.next_edges[1].valid() ? over_batch(mul(gy, xhat)) : Tensor();
+                           Tensor gb = has_b && n.next_edges[2].valid() ? over_batch(gy) : Tensor();
+                           return std::vector<Tensor>{gx, gw, gb};
+                         })) {
+    node->save(x);
+    node->save(w.defined() ? to(weight, x.dtype()) : Tensor());
+    node->save(mu);
+    node->save(rs);
+  }
+  return y;
+}
+
+Tensor dropout(const Tensor& x, double p, bool training, Generator* gen) {
+  check_defined(x, "dropout");
+  KILN_CHECK(p >= 0.0 && p <= 1.0, "dropout", "probability must be in [0, 1], got {}", p);
+  if (!training || p == 0.0) return x;
+  check_floating(x, "dropout");
+  if (p == 1.0) return mul(x, zeros({}, TensorOptions(x.dtype()).device(x.device())));
+  Tensor mask = Tensor::empty(x.shape(), x.dtype(), x.device());
+  Generator& g = gen ? *gen : default_generator();
+  RandomSpec spec{RandomSpec::Bernoulli, 1.0 - p, 1.0 / (1.0 - p)};
+  spec.seed = g.seed();
+  spec.offset = g.reserve(static_cast<std::uint64_t>(x.numel()));
+  backend(x, "dropout").random(mask, spec);
+  return mul(x, mask);
+}
+
+Tensor cross_entropy(const Tensor& logits, const Tensor& target, const CrossEntropyOptions& opts) {
+  check_defined(logits, "cross_entropy", "logits");
+  check_defined(target, "cross_entropy", "target");
+  check_floating(logits, "cross_entropy");
+  check_same_device("cross_entropy", logits, target);
+  KILN_CHECK(target.dtype() == kInt64, "cross_entropy", "target must hold int64 class indices, got {}",
+             dtype_name(target.dtype()));
+  KILN_CHECK(logits.dim() >= 1, "cross_entropy", "logits must be at least 1-D, got shape {}", shape_str(logits.shape()));
+  KILN_CHECK(opts.label_smoothing >= 0.0 && opts.label_smoothing <= 1.0, "cross_entropy",
+             "label_smoothing must be in [0, 1], got {}", opts.label_smoothing);
+  const std::int64_t cdim = logits.dim() == 1 ? 0 : 1;
+  const std::int64_t C = logits.size(cdim);
+  Shape expect = logits.shape();
+  expect.erase(expect.begin() + cdim);
+  KILN_CHECK(target.shape() == expect, "cross_entropy",
+             "target shape {} does not match logits shape {}: expected {} (logits without the class dim {})",
+             shape_str(target.shape()), shape_str(logits.shape()), shape_str(expect), cdim);
+  Tensor valid = ne(target, scalar_on(opts.ignore_index, kInt64, target.device()));
+  Tensor safe = where(valid, target, scalar_on(0, kInt64, target.device()));
+  if (safe.numel() > 0) {
+    auto lo = amin(safe).item<std::int64_t>(), hi = amax(safe).item<std::int64_t>();
+    KILN_CHECK(lo >= 0 && hi < C, "cross_entropy", "target {} is out of range for {} classes (ignore_index is {})",
+               lo < 0 ? lo : hi, C, opts.ignore_index);
+  }
+  Tensor moved = cdim == 0 ? logits : (logits.dim() == 2 ? logits : transpose(logits, 1, -1));
+  // moved: (..., C) with the same leading layout as target (for >2-D, dims after 1 are permuted once)
+  Tensor tgt = safe, vmask = valid;
+  if (logits.dim() > 2) {
+    tgt = transpose(unsqueeze(safe, 1), 1, -1).squeeze(-1);
+    vmask = transpose(unsqueeze(valid, 1), 1, -1).squeeze(-1);
+  }
+  Tensor lp = log_softmax(moved, -1);
+  Tensor nll = neg(squeeze(gather(lp, -1, unsqueeze(tgt, -1)), -1));
+  Tensor loss = nll;
+  if (opts.label_smoothing > 0) {
+    double ls = opts.label_smoothing;
+    Tensor smooth = neg(mean(lp, {-1}));
+    loss = add(mul(nll, scalar_on(1.0 - ls, nll.dtype(), nll.device())), mul(smooth, scalar_on(ls, nll.dtype(), nll.device())));
+  }
+  loss = where(vmask, loss, zeros({}, TensorOptions(loss.dtype()).device(loss.device())));
+  if (logits.dim() > 2) loss = transpose(unsqueeze(loss, 1), 1, -1).squeeze(-1);
+  switch (opts.reduction) {
+    case Reduction::None: return loss;
+    case Reduction::Sum: return sum(loss);
+    case Reduction::Mean: return div(sum(loss), to(sum(valid), loss.dtype()));
+  }
+  return loss;
+}
+
+Tensor mse_loss(const Tensor& input, const Tensor& target, Reduction reduction) {
+  check_defined(input, "mse_loss");
+  check_defined(target, "mse_loss", "target");
+  KILN_CHECK(input.shape() == target.shape(), "mse_loss",
+             "input shape {} and target shape {} differ (kiln does not broadcast losses)", shape_str(input.shape()),
+             shape_str(target.shape()));
+  Tensor d = sub(input, target);
+  Tensor l = mul(d, d);
+  switch (reduction) {
+    case Reduction::None: return l;
+    case Reduction::Sum: return sum(l);
+    case Reduction::Mean: return mean(l);
+  }
+  return l;
+}
+
+}  // namespace kiln

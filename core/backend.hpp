@@ -1,0 +1,93 @@
+#pragma once
+/// The seam between ops and devices. Every primitive a device must provide is a
+/// virtual here; ops (autograd/) validate arguments, allocate outputs with the
+/// device's allocator and call these. Outputs are contiguous unless said
+/// otherwise; inputs may be any strided view (broadcast inputs have 0 strides)
+/// and, for binary/ternary ops, already have the output's shape and dtype.
+/// Adding a device = implementing this class and registering it.
+#include <cstdint>
+#include <vector>
+
+#include "generator.hpp"
+#include "tensor.hpp"
+
+namespace kiln {
+
+enum class UnaryOp : std::uint8_t {
+  Neg, Exp, Log, Sqrt, Rsqrt, Abs, Sign, Tanh, Sigmoid, Relu, GeluErf, GeluTanh, Silu, Erf,
+  Reciprocal, Square, Sin, Cos, LogicalNot,
+  PowScalar,  // x ** a
+  Clamp,      // clamp(x, a, b); NaN bound = no bound
+  Step,       // 1 where x > a else 0 (relu' and similar)
+};
+
+enum class BinaryOp : std::uint8_t { Add, Sub, Mul, Div, Pow, Maximum, Minimum, LogicalAnd, LogicalOr };
+enum class CompareOp : std::uint8_t { Eq, Ne, Lt, Le, Gt, Ge };
+enum class ReduceOp : std::uint8_t { Sum, Mean, Max, Min, Prod };
+
+/// Draw parameters for Backend::random_.
+struct RandomSpec {
+  enum Kind : std::uint8_t { Uniform, Normal, Int, Bernoulli } kind = Uniform;
+  double a = 0, b = 1;  // uniform [a, b); normal (mean a, std b); int [a, b); bernoulli keep-prob a, value b
+  std::uint64_t seed = 0, offset = 0;  // Philox key and first counter
+};
+
+class Backend {
+ public:
+  virtual ~Backend() = default;
+  virtual Allocator& allocator() = 0;
+
+  /// dst (any strides) <- src (same shape, any strides, any dtype), on this device.
+  virtual void copy(const Tensor& dst, const Tensor& src) = 0;
+  /// Copies between this device and the host (contiguous, same dtype and byte count).
+  virtual void copy_to_host(void* dst, const Tensor& src) = 0;
+  virtual void copy_from_host(const Tensor& dst, const void* src) = 0;
+  /// Fills a (possibly strided) tensor.
+  virtual void fill(const Tensor& dst, const Scalar& v) = 0;
+
+  /// out = op(x [, a, b]); x has out's dtype except LogicalNot (-> bool) and Step.
+  virtual void unary(UnaryOp op, const Tensor& x, const Tensor& out, double a = 0, double b = 0) = 0;
+  virtual void binary(BinaryOp op, const Tensor& x, const Tensor& y, const Tensor& out) = 0;
+  /// out (bool) = x op y; x and y share a dtype.
+  virtual void compare(CompareOp op, const Tensor& x, const Tensor& y, const Tensor& out) = 0;
+  /// out = cond ? x : y.
+  virtual void where(const Tensor& cond, const Tensor& x, const Tensor& y, const Tensor& out) = 0;
+
+  /// out has x's shape with `dims` (sorted) set to 1 (keepdim layout).
+  virtual void reduce(ReduceOp op, const Tensor& x, const std::vector<std::int64_t>& dims, const Tensor& out) = 0;
+  /// Max/Min along one dim: values and int64 indices, keepdim layout (first index on ties).
+  virtual void arg_reduce(ReduceOp op, const Tensor& x, std::int64_t dim, const Tensor& values,
+                          const Tensor& indices) = 0;
+
+  /// out[b] = a[b] @ c[b]; a (B, M, K), c (B, K, N), out (B, M, N) contiguous. Batch strides may be 0.
+  virtual void matmul(const Tensor& a, const Tensor& c, const Tensor& out) = 0;
+
+  /// out = x.index_select(dim, index); index int64 1-D, already range-checked.
+  virtual void index_select(const Tensor& x, std::int64_t dim, const Tensor& index, const Tensor& out) = 0;
+  /// out.index_select(dim, index) += src (in place on out, which is contiguous).
+  virtual void index_add(const Tensor& out, std::int64_t dim, const Tensor& index, const Tensor& src) = 0;
+  virtual void gather(const Tensor& x, std::int64_t dim, const Tensor& index, const Tensor& out) = 0;
+  /// out[... index[i] ...] += src[i] along dim (in place on out, contiguous).
+  virtual void scatter_add(const Tensor& out, std::int64_t dim, const Tensor& index, const Tensor& src) = 0;
+
+  /// Softmax (or log-softmax) along the last dim of a contiguous x.
+  virtual void softmax(const Tensor& x, const Tensor& out, bool log) = 0;
+  /// gx from y = softmax(x) (or log-softmax) and gy, along the last dim; all contiguous.
+  virtual void softmax_backward(const Tensor& y, const Tensor& gy, const Tensor& gx, bool log) = 0;
+  /// Normalizes rows of length N of contiguous x (R, N); weight/bias (N) may be undefined.
+  /// mean/rstd (R) float32/64 are written for backward.
+  virtual void layer_norm(const Tensor& x, const Tensor& weight, const Tensor& bias, double eps, const Tensor& out,
+                          const Tensor& mean, const Tensor& rstd) = 0;
+
+  /// Fills a contiguous tensor with random values (see RandomSpec).
+  virtual void random(const Tensor& out, const RandomSpec& spec) = 0;
+};
+
+/// The backend for a device; throws kiln::Error when kiln was built without it.
+Backend& backend_for(Device device, const char* op = "backend");
+/// Registers the backend for a device type (the CUDA backend does this at load time).
+void register_backend(DeviceType type, Backend* backend);
+/// True when a backend for CUDA is compiled in and a GPU is visible.
+bool cuda_is_available();
+
+}  // namespace kiln

@@ -1,0 +1,179 @@
+// Batched matmul. Float GEMM goes to OpenBLAS, loaded at run time with
+// dlopen so kiln can choose its kernel set (see README "OpenBLAS core type");
+// Eigen's GEMM is the fallback and handles int64.
+#include <dlfcn.h>
+
+#include <Eigen/Core>
+#include <cstdlib>
+#include <fmt/format.h>
+#include <mutex>
+#include <string>
+
+#include "cpu_backend.hpp"
+#include "loops.hpp"
+
+namespace kiln::cpu {
+namespace {
+
+enum CblasOrder { RowMajor = 101 };
+enum CblasTrans { NoTrans = 111, Trans = 112 };
+using sgemm_t = void (*)(int, int, int, int, int, int, float, const float*, int, const float*, int, float, float*, int);
+using dgemm_t = void (*)(int, int, int, int, int, int, double, const double*, int, const double*, int, double, double*,
+                         int);
+using set_threads_t = void (*)(int);
+using get_str_t = char* (*)();
+
+struct Blas {
+  sgemm_t sgemm = nullptr;
+  dgemm_t dgemm = nullptr;
+  set_threads_t set_threads = nullptr;
+  std::string info = "eigen";
+};
+
+bool cpu_has_avx512() {
+  __builtin_cpu_init();
+  return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+         __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
+}
+
+Blas load_blas() {
+  Blas b;
+  if (const char* off = std::getenv("KILN_BLAS"); off && std::string(off) == "eigen") return b;
+  // The core type is chosen when OpenBLAS loads. kiln picks the widest kernels the CPU
+  // runs (an inherited OPENBLAS_CORETYPE=Haswell halves GEMM speed on AVX-512 parts);
+  // KILN_OPENBLAS_CORETYPE overrides the choice. The process environment is restored after.
+  std::string core;
+  if (const char* c = std::getenv("KILN_OPENBLAS_CORETYPE")) core = c;
+  else if (cpu_has_avx512()) core = "SkylakeX";
+  const char* prev = std::getenv("OPENBLAS_CORETYPE");
+  std::string prev_val = prev ? prev : "";
+  if (!core.empty()) setenv("OPENBLAS_CORETYPE", core.c_str(), 1);
+  void* h = nullptr;
+  // The OpenMP build shares kiln's thread pool; the pthread build would add a second one.
+  for (const char* name : {"/usr/lib/x86_64-linux-gnu/openblas-openmp/libopenblas.so.0", "libopenblasp.so.0",
+                           "libopenblas.so.0"}) {
+    h = dlopen(name, RTLD_NOW | RTLD_LOCAL);
+    if (h) break;
+  }
+  if (!core.empty()) {
+    if (prev) setenv("OPENBLAS_CORETYPE", prev_val.c_str(), 1);
+    else unsetenv("OPENBLAS_CORETYPE");
+  }
+  if (!h) return b;
+  b.sgemm = reinterpret_cast<sgemm_t>(dlsym(h, "cblas_sgemm"));
+  b.dgemm = reinterpret_cast<dgemm_t>(dlsym(h, "cblas_dgemm"));
+  b.set_threads = reinterpret_cast<set_threads_t>(dlsym(h, "openblas_set_num_threads"));
+  auto corename = reinterpret_cast<get_str_t>(dlsym(h, "openblas_get_corename"));
+  auto config = reinterpret_cast<get_str_t>(dlsym(h, "openblas_get_config"));
+  if (!b.sgemm || !b.dgemm) {
+    b.sgemm = nullptr;
+    b.dgemm = nullptr;
+    return b;
+  }
+  b.info = fmt::format("openblas ({}, core {})", config ? config() : "?", corename ? corename() : "?");
+  if (b.set_threads) b.set_threads(get_num_threads());
+  return b;
+}
+
+Blas& blas() {
+  static Blas b = load_blas();
+  return b;
+}
+
+// How a (rows, cols) matrix view maps to a BLAS operand; copies when neither layout fits.
+struct MatArg {
+  bool trans = false;
+  std::int64_t ld = 0;
+};
+bool blas_layout(std::int64_t rows, std::int64_t cols, std::int64_t rs, std::int64_t cs, MatArg& m) {
+  if (cs == 1 && (rs >= std::max<std::int64_t>(cols, 1) || rows == 1)) {
+    m = {false, std::max<std::int64_t>(rows == 1 ? cols : rs, 1)};
+    return true;
+  }
+  if (rs == 1 && (cs >= std::max<std::int64_t>(rows, 1) || cols == 1)) {
+    m = {true, std::max<std::int64_t>(cols == 1 ? rows : cs, 1)};
+    return true;
+  }
+  return false;
+}
+
+template <typename T>
+void eigen_gemm(const T* a, std::int64_t ars, std::int64_t acs, const T* c, std::int64_t crs, std::int64_t ccs, T* o,
+                std::int64_t M, std::int64_t K, std::int64_t N) {
+  using Mat = Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+  using Str = Eigen::Stride<Eigen::Dynamic, Eigen::Dynamic>;
+  Eigen::Map<const Mat, 0, Str> A(a, M, K, Str(ars, acs));
+  Eigen::Map<const Mat, 0, Str> C(c, K, N, Str(crs, ccs));
+  Eigen::Map<Mat> O(o, M, N);
+  O.noalias() = A * C;
+}
+
+}  // namespace
+
+const char* blas_info() { return blas().info.c_str(); }
+void blas_set_num_threads(int n) {
+  if (blas().set_threads) blas().set_threads(n);
+}
+
+void CpuBackend::matmul(const Tensor& a, const Tensor& c, const Tensor& out) {
+  const std::int64_t B = out.size(0), M = out.size(1), N = out.size(2), K = a.size(2);
+  if (B == 0 || M == 0 || N == 0) return;
+  visit_dtype(out.dtype(), [&](auto z) {
+    using T = decltype(z);
+    if constexpr (std::is_same_v<T, bool>) {
+      throw_error("matmul", "bool tensors are not supported");
+    } else {
+      T* o = out.data_ptr<T>();
+      if (K == 0) {
+        std::fill(o, o + B * M * N, T(0));
+        return;
+      }
+      Tensor A = a, C = c;
+      MatArg ma, mc;
+      if (!blas_layout(M, K, A.stride(1), A.stride(2), ma)) {
+        A = Tensor::empty(a.shape(), a.dtype(), a.device());
+        copy(A, a);
+        blas_layout(M, K, A.stride(1), A.stride(2), ma);
+      }
+      if (!blas_layout(K, N, C.stride(1), C.stride(2), mc)) {
+        C = Tensor::empty(c.shape(), c.dtype(), c.device());
+        copy(C, c);
+        blas_layout(K, N, C.stride(1), C.stride(2), mc);
+      }
+      const T* pa = A.data_ptr<T>();
+      const T* pc = C.data_ptr<T>();
+      const std::int64_t sa = A.stride(0), sc = C.stride(0);
+      auto one = [&](std::int64_t b) {
+        const T* ab = pa + b * sa;
+        const T* cb = pc + b * sc;
+        T* ob = o + b * M * N;
+        if constexpr (std::is_same_v<T, float>) {
+          if (blas().sgemm) {
+            blas().sgemm(RowMajor, ma.trans ? Trans : NoTrans, mc.trans ? Trans : NoTrans, int(M), int(N), int(K),
+                         1.0f, ab, int(ma.ld), cb, int(mc.ld), 0.0f, ob, int(N));
+            return;
+          }
+        } else if constexpr (std::is_same_v<T, double>) {
+          if (blas().dgemm) {
+            blas().dgemm(RowMajor, ma.trans ? Trans : NoTrans, mc.trans ? Trans : NoTrans, int(M), int(N), int(K),
+                         1.0, ab, int(ma.ld), cb, int(mc.ld), 0.0, ob, int(N));
+            return;
+          }
+        }
+        eigen_gemm<T>(ab, A.stride(1), A.stride(2), cb, C.stride(1), C.stride(2), ob, M, K, N);
+      };
+      // Small matrices: one GEMM per thread over the batch; large ones: threaded GEMM each.
+      const std::int64_t flops = M * N * K;
+      if (B > 1 && flops < (std::int64_t{1} << 21)) {
+        parallel_range(B, std::max<std::int64_t>(1, (std::int64_t{1} << 18) / std::max<std::int64_t>(flops, 1)),
+                       [&](std::int64_t b0, std::int64_t b1) {
+                         for (std::int64_t b = b0; b < b1; ++b) one(b);
+                       });
+      } else {
+        for (std::int64_t b = 0; b < B; ++b) one(b);
+      }
+    }
+  });
+}
+
+}  // namespace kiln::cpu

@@ -1,0 +1,40 @@
+#pragma once
+// The CPU backend: Eigen for vectorized math and the BLAS fallback, OpenBLAS
+// (loaded at run time) for float GEMM, OpenMP for threads.
+#include "../backend.hpp"
+
+namespace kiln::cpu {
+
+class CpuBackend final : public Backend {
+ public:
+  Allocator& allocator() override { return cpu_allocator(); }
+  void copy(const Tensor& dst, const Tensor& src) override;
+  void copy_to_host(void* dst, const Tensor& src) override;
+  void copy_from_host(const Tensor& dst, const void* src) override;
+  void fill(const Tensor& dst, const Scalar& v) override;
+  void unary(UnaryOp op, const Tensor& x, const Tensor& out, double a, double b) override;
+  void binary(BinaryOp op, const Tensor& x, const Tensor& y, const Tensor& out) override;
+  void compare(CompareOp op, const Tensor& x, const Tensor& y, const Tensor& out) override;
+  void where(const Tensor& cond, const Tensor& x, const Tensor& y, const Tensor& out) override;
+  void reduce(ReduceOp op, const Tensor& x, const std::vector<std::int64_t>& dims, const Tensor& out) override;
+  void arg_reduce(ReduceOp op, const Tensor& x, std::int64_t dim, const Tensor& values,
+                  const Tensor& indices) override;
+  void matmul(const Tensor& a, const Tensor& c, const Tensor& out) override;
+  void index_select(const Tensor& x, std::int64_t dim, const Tensor& index, const Tensor& out) override;
+  void index_add(const Tensor& out, std::int64_t dim, const Tensor& index, const Tensor& src) override;
+  void gather(const Tensor& x, std::int64_t dim, const Tensor& index, const Tensor& out) override;
+  void scatter_add(const Tensor& out, std::int64_t dim, const Tensor& index, const Tensor& src) override;
+  void softmax(const Tensor& x, const Tensor& out, bool log) override;
+  void softmax_backward(const Tensor& y, const Tensor& gy, const Tensor& gx, bool log) override;
+  void layer_norm(const Tensor& x, const Tensor& weight, const Tensor& bias, double eps, const Tensor& out,
+                  const Tensor& mean, const Tensor& rstd) override;
+  void random(const Tensor& out, const RandomSpec& spec) override;
+};
+
+Backend& cpu_backend();
+
+/// Which GEMM kiln uses on the CPU: "openblas (<config>, core <name>)" or "eigen".
+const char* blas_info();
+void blas_set_num_threads(int n);
+
+}  // namespace kiln::cpu

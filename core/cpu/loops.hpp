@@ -1,0 +1,121 @@
+#pragma once
+// Strided N-ary loops for CPU kernels. Dims are coalesced where every operand
+// is contiguous across them, then the flat index range is split over threads;
+// the kernel sees runs along the innermost dim: f(ptrs, n, byte_strides).
+#include <omp.h>
+
+#include <algorithm>
+#include <array>
+#include <cstdint>
+#include <vector>
+
+#include "../parallel.hpp"
+#include "../tensor.hpp"
+
+namespace kiln::cpu {
+
+template <int N>
+struct Operands {
+  std::array<char*, N> ptr;
+  std::array<std::vector<std::int64_t>, N> stride;  // bytes
+};
+
+template <int N>
+Operands<N> make_operands(const std::array<const Tensor*, N>& ts) {
+  Operands<N> ops;
+  for (int k = 0; k < N; ++k) {
+    ops.ptr[k] = static_cast<char*>(ts[k]->raw_data());
+    std::int64_t isz = static_cast<std::int64_t>(itemsize(ts[k]->dtype()));
+    ops.stride[k].resize(ts[k]->strides().size());
+    for (std::size_t d = 0; d < ts[k]->strides().size(); ++d) ops.stride[k][d] = ts[k]->strides()[d] * isz;
+  }
+  return ops;
+}
+
+/// Number of threads worth using for `work` elements.
+inline int threads_for(std::int64_t work, std::int64_t grain = kParallelGrain) {
+  if (omp_in_parallel()) return 1;
+  int t = get_num_threads();
+  if (t <= 1 || work < 2 * grain) return 1;
+  return static_cast<int>(std::min<std::int64_t>(t, work / grain));
+}
+
+/// Runs f(begin, end) over [0, n) split into contiguous chunks, one per thread.
+template <typename F>
+void parallel_range(std::int64_t n, std::int64_t grain, F&& f) {
+  int nt = threads_for(n, grain);
+  if (nt <= 1) {
+    if (n > 0) f(std::int64_t{0}, n);
+    return;
+  }
+#pragma omp parallel num_threads(nt)
+  {
+    int t = omp_get_thread_num(), T = omp_get_num_threads();
+    std::int64_t b = n * t / T, e = n * (t + 1) / T;
+    if (b < e) f(b, e);
+  }
+}
+
+/// Calls f(ptrs, n, inner_strides) for every innermost run of `shape`.
+template <int N, typename F>
+void strided_loop(const Shape& shape_in, Operands<N> ops, F&& f, std::int64_t grain = kParallelGrain) {
+  // Coalesce: drop size-1 dims, merge neighbours contiguous for every operand.
+  Shape shape;
+  std::array<std::vector<std::int64_t>, N> st;
+  for (std::size_t d = 0; d < shape_in.size(); ++d) {
+    if (shape_in[d] == 1) continue;
+    if (!shape.empty()) {
+      bool merge = true;
+      for (int k = 0; k < N; ++k)
+        if (st[k].back() != ops.stride[k][d] * shape_in[d]) merge = false;
+      if (merge) {
+        shape.back() *= shape_in[d];
+        for (int k = 0; k < N; ++k) st[k].back() = ops.stride[k][d];
+        continue;
+      }
+    }
+    shape.push_back(shape_in[d]);
+    for (int k = 0; k < N; ++k) st[k].push_back(ops.stride[k][d]);
+  }
+  std::int64_t total = 1;
+  for (auto s : shape) total *= s;
+  if (total == 0) return;
+  if (shape.empty()) {
+    std::array<std::int64_t, N> z{};
+    f(ops.ptr, std::int64_t{1}, z);
+    return;
+  }
+  const std::int64_t nd = static_cast<std::int64_t>(shape.size());
+  const std::int64_t inner = shape.back();
+  std::array<std::int64_t, N> inner_st;
+  for (int k = 0; k < N; ++k) inner_st[k] = st[k].back();
+
+  auto run = [&](std::int64_t begin, std::int64_t end) {
+    std::vector<std::int64_t> idx(nd, 0);
+    std::int64_t rem = begin;
+    for (std::int64_t d = nd - 1; d >= 0; --d) {
+      idx[d] = rem % shape[d];
+      rem /= shape[d];
+    }
+    std::array<char*, N> p;
+    for (int k = 0; k < N; ++k) {
+      p[k] = ops.ptr[k];
+      for (std::int64_t d = 0; d < nd; ++d) p[k] += idx[d] * st[k][d];
+    }
+    while (begin < end) {
+      std::int64_t n = std::min(inner - idx[nd - 1], end - begin);
+      f(p, n, inner_st);
+      begin += n;
+      idx[nd - 1] += n;
+      for (int k = 0; k < N; ++k) p[k] += n * inner_st[k];
+      for (std::int64_t d = nd - 1; d > 0 && idx[d] == shape[d]; --d) {
+        idx[d] = 0;
+        idx[d - 1]++;
+        for (int k = 0; k < N; ++k) p[k] += st[k][d - 1] - shape[d] * st[k][d];
+      }
+    }
+  };
+  parallel_range(total, grain, run);
+}
+
+}  // namespace kiln::cpu

@@ -1,0 +1,243 @@
+// Reductions over any set of dims, and arg max/min along one dim.
+#include <cmath>
+#include <fmt/format.h>
+#include <limits>
+
+#include "cpu_backend.hpp"
+#include "loops.hpp"
+
+namespace kiln::cpu {
+namespace {
+
+template <typename T>
+struct SumOp {
+  static T init() { return T(0); }
+  static T apply(T a, T b) { return a + b; }
+};
+template <typename T>
+struct ProdOp {
+  static T init() { return T(1); }
+  static T apply(T a, T b) { return a * b; }
+};
+template <typename T>
+struct MaxOp {
+  static T init() {
+    if constexpr (std::is_floating_point_v<T>) return -std::numeric_limits<T>::infinity();
+    else return std::numeric_limits<T>::lowest();
+  }
+  static T apply(T a, T b) {
+    if constexpr (std::is_floating_point_v<T>) {
+      if (std::isnan(b)) return b;
+    }
+    return b > a ? b : a;
+  }
+};
+template <typename T>
+struct MinOp {
+  static T init() {
+    if constexpr (std::is_floating_point_v<T>) return std::numeric_limits<T>::infinity();
+    else return std::numeric_limits<T>::max();
+  }
+  static T apply(T a, T b) {
+    if constexpr (std::is_floating_point_v<T>) {
+      if (std::isnan(b)) return b;
+    }
+    return b < a ? b : a;
+  }
+};
+
+// Sum-like reduce of a strided run with 16 independent lanes (vectorizes, better rounding).
+template <typename T, typename Op>
+T reduce_run(const T* p, std::int64_t n, std::int64_t stride) {
+  constexpr int L = 16;
+  T acc[L];
+  for (int l = 0; l < L; ++l) acc[l] = Op::init();
+  std::int64_t k = 0;
+  if (stride == 1) {
+    for (; k + L <= n; k += L)
+      for (int l = 0; l < L; ++l) acc[l] = Op::apply(acc[l], p[k + l]);
+  }
+  T r = Op::init();
+  for (; k < n; ++k) r = Op::apply(r, p[k * stride]);
+  for (int w = L / 2; w > 0; w /= 2)
+    for (int l = 0; l < w; ++l) acc[l] = Op::apply(acc[l], acc[l + w]);
+  return Op::apply(acc[0], r);
+}
+
+struct Geometry {
+  Shape kept_shape, red_shape;
+  Strides kept_st, red_st;  // elements
+  std::int64_t M = 1, R = 1;
+};
+
+// Merges adjacent dims that are contiguous with each other.
+void coalesce(Shape& shape, Strides& st) {
+  Shape s2;
+  Strides t2;
+  for (std::size_t i = 0; i < shape.size(); ++i) {
+    if (shape[i] == 1) continue;
+    if (!s2.empty() && t2.back() == st[i] * shape[i]) {
+      s2.back() *= shape[i];
+      t2.back() = st[i];
+    } else {
+      s2.push_back(shape[i]);
+      t2.push_back(st[i]);
+    }
+  }
+  shape = s2;
+  st = t2;
+}
+
+// Offset (elements) of flat index i in (shape, strides).
+inline std::int64_t offset_of(std::int64_t i, const Shape& shape, const Strides& st) {
+  std::int64_t off = 0;
+  for (std::size_t d = shape.size(); d-- > 0;) {
+    off += (i % shape[d]) * st[d];
+    i /= shape[d];
+  }
+  return off;
+}
+
+template <typename T, typename Op>
+void reduce_impl(const Tensor& x, const std::vector<std::int64_t>& dims, const Tensor& out, bool mean) {
+  Geometry g;
+  std::vector<bool> is_red(x.dim(), false);
+  for (auto d : dims) is_red[d] = true;
+  for (std::int64_t d = 0; d < x.dim(); ++d) {
+    if (is_red[d]) {
+      g.red_shape.push_back(x.size(d));
+      g.red_st.push_back(x.stride(d));
+      g.R *= x.size(d);
+    } else {
+      g.kept_shape.push_back(x.size(d));
+      g.kept_st.push_back(x.stride(d));
+      g.M *= x.size(d);
+    }
+  }
+  T* o = out.data_ptr<T>();
+  const T* base = x.data_ptr<T>();
+  Shape ks = g.kept_shape, rs = g.red_shape;
+  Strides kst = g.kept_st, rst = g.red_st;
+  coalesce(ks, kst);
+  coalesce(rs, rst);
+  const double scale = mean ? 1.0 / static_cast<double>(g.R) : 1.0;
+  auto finish = [&](T v) -> T {
+    if constexpr (std::is_floating_point_v<T>) return mean ? T(v * scale) : v;
+    else return v;
+  };
+  if (g.R == 0) {
+    for (std::int64_t m = 0; m < g.M; ++m)
+      o[m] = mean ? T(std::numeric_limits<double>::quiet_NaN()) : Op::init();
+    return;
+  }
+  const bool red_run = rs.size() <= 1;  // reduced elements form one strided run
+  const bool kept_inner_contig = !kst.empty() && kst.back() == 1 && ks.back() >= 16;
+  if (red_run && (rs.empty() || rst[0] == 1 || !kept_inner_contig)) {
+    // One (possibly strided) run per output.
+    std::int64_t rstride = rs.empty() ? 1 : rst[0];
+    parallel_range(g.M, std::max<std::int64_t>(1, kParallelGrain / std::max<std::int64_t>(g.R, 1)),
+                   [&](std::int64_t b, std::int64_t e) {
+                     for (std::int64_t m = b; m < e; ++m)
+                       o[m] = finish(reduce_run<T, Op>(base + offset_of(m, ks, kst), g.R, rstride));
+                   });
+    return;
+  }
+  if (kept_inner_contig) {
+    // Vectorize across the contiguous innermost kept dim; walk every reduced offset.
+    std::int64_t inner = ks.back();
+    Shape ko(ks.begin(), ks.end() - 1);
+    Strides kost(kst.begin(), kst.end() - 1);
+    std::int64_t outer = g.M / inner;
+    std::vector<std::int64_t> roff(static_cast<std::size_t>(g.R));
+    for (std::int64_t r = 0; r < g.R; ++r) roff[r] = offset_of(r, rs, rst);
+    const std::int64_t chunk = 256;
+    std::int64_t nchunks = (inner + chunk - 1) / chunk;
+    parallel_range(outer * nchunks, std::max<std::int64_t>(1, kParallelGrain / (chunk * g.R)),
+                   [&](std::int64_t b, std::int64_t e) {
+                     T acc[chunk];
+                     for (std::int64_t w = b; w < e; ++w) {
+                       std::int64_t oi = w / nchunks, c0 = (w % nchunks) * chunk;
+                       std::int64_t len = std::min(chunk, inner - c0);
+                       const T* src = base + offset_of(oi, ko, kost) + c0;
+                       for (std::int64_t j = 0; j < len; ++j) acc[j] = Op::init();
+                       for (std::int64_t r = 0; r < g.R; ++r) {
+                         const T* q = src + roff[r];
+                         for (std::int64_t j = 0; j < len; ++j) acc[j] = Op::apply(acc[j], q[j]);
+                       }
+                       T* dst = o + oi * inner + c0;
+                       for (std::int64_t j = 0; j < len; ++j) dst[j] = finish(acc[j]);
+                     }
+                   });
+    return;
+  }
+  // General case: gather the reduced block of each output through offsets.
+  std::vector<std::int64_t> roff(static_cast<std::size_t>(g.R));
+  for (std::int64_t r = 0; r < g.R; ++r) roff[r] = offset_of(r, rs, rst);
+  parallel_range(g.M, std::max<std::int64_t>(1, kParallelGrain / g.R), [&](std::int64_t b, std::int64_t e) {
+    for (std::int64_t m = b; m < e; ++m) {
+      const T* src = base + offset_of(m, ks, kst);
+      T acc = Op::init();
+      for (std::int64_t r = 0; r < g.R; ++r) acc = Op::apply(acc, src[roff[r]]);
+      o[m] = finish(acc);
+    }
+  });
+}
+
+}  // namespace
+
+void CpuBackend::reduce(ReduceOp op, const Tensor& x, const std::vector<std::int64_t>& dims, const Tensor& out) {
+  visit_dtype(x.dtype(), [&](auto z) {
+    using T = decltype(z);
+    switch (op) {
+      case ReduceOp::Sum: reduce_impl<T, SumOp<T>>(x, dims, out, false); break;
+      case ReduceOp::Mean: reduce_impl<T, SumOp<T>>(x, dims, out, true); break;
+      case ReduceOp::Prod: reduce_impl<T, ProdOp<T>>(x, dims, out, false); break;
+      case ReduceOp::Max: reduce_impl<T, MaxOp<T>>(x, dims, out, false); break;
+      case ReduceOp::Min: reduce_impl<T, MinOp<T>>(x, dims, out, false); break;
+    }
+  });
+}
+
+void CpuBackend::arg_reduce(ReduceOp op, const Tensor& x, std::int64_t dim, const Tensor& values,
+                            const Tensor& indices) {
+  visit_dtype(x.dtype(), [&](auto z) {
+    using T = decltype(z);
+    Shape ks;
+    Strides kst;
+    for (std::int64_t d = 0; d < x.dim(); ++d)
+      if (d != dim) {
+        ks.push_back(x.size(d));
+        kst.push_back(x.stride(d));
+      }
+    const std::int64_t R = x.dim() ? x.size(dim) : 1, rs = x.dim() ? x.stride(dim) : 1;
+    const std::int64_t M = numel_of(ks);
+    const T* base = x.data_ptr<T>();
+    T* vo = values.data_ptr<T>();
+    std::int64_t* io = indices.data_ptr<std::int64_t>();
+    const bool is_max = op == ReduceOp::Max;
+    parallel_range(M, std::max<std::int64_t>(1, kParallelGrain / std::max<std::int64_t>(R, 1)),
+                   [&](std::int64_t b, std::int64_t e) {
+                     for (std::int64_t m = b; m < e; ++m) {
+                       const T* p = base + offset_of(m, ks, kst);
+                       T best = p[0];
+                       std::int64_t bi = 0;
+                       for (std::int64_t r = 1; r < R; ++r) {
+                         T v = p[r * rs];
+                         bool nan_best = false;
+                         if constexpr (std::is_floating_point_v<T>) {
+                           nan_best = std::isnan(best);
+                           if (!nan_best && std::isnan(v)) { best = v; bi = r; continue; }
+                         }
+                         if (!nan_best && (is_max ? v > best : v < best)) {
+                           best = v;
+                           bi = r;
+                         }
+                       }
+                       vo[m] = best;
+                       io[m] = bi;
+                     }
+                   });
+  });
+}
+
+}  // namespace kiln::cpu

@@ -1,0 +1,41 @@
+#include "parallel.hpp"
+
+#include <cstdlib>
+#include <fmt/format.h>
+#include <omp.h>
+
+#include "error.hpp"
+
+namespace kiln {
+
+namespace cpu {
+void blas_set_num_threads(int n);  // core/cpu/blas.cpp
+}
+
+namespace {
+int init_threads() {
+  int n = omp_get_max_threads();
+  if (const char* e = std::getenv("KILN_NUM_THREADS")) {
+    char* end = nullptr;
+    long v = std::strtol(e, &end, 10);
+    if (end != e && *end == '\0' && v > 0) n = static_cast<int>(v);
+  }
+  omp_set_num_threads(n);
+  return n;
+}
+int& threads() {
+  static int n = init_threads();
+  return n;
+}
+}  // namespace
+
+void set_num_threads(int n) {
+  KILN_CHECK(n >= 1, "set_num_threads", "thread count must be >= 1, got {}", n);
+  threads() = n;
+  omp_set_num_threads(n);
+  cpu::blas_set_num_threads(n);
+}
+
+int get_num_threads() { return threads(); }
+
+}  // namespace kiln
