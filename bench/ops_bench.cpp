@@ -1,0 +1,104 @@
+// Foundation benchmarks: matmul GFLOP/s, softmax / layer_norm / add GB/s, and
+// per-op overhead. Prints one `RESULT ...` line per measurement (format in DESIGN.md).
+//   build/bench/ops_bench [--threads 2] [--quick]
+#include <sys/resource.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstring>
+#include <functional>
+#include <kiln/core/cpu/cpu_backend.hpp>
+#include <kiln/kiln.hpp>
+#include <string>
+#include <vector>
+
+using namespace kiln;
+using Clock = std::chrono::steady_clock;
+
+namespace {
+
+double peak_rss_mib() {
+  rusage ru{};
+  getrusage(RUSAGE_SELF, &ru);
+  return static_cast<double>(ru.ru_maxrss) / 1024.0;
+}
+
+// Median seconds per call: >= 1 warm-up call, then calls until min_reps and ~budget_s.
+double median_seconds(const std::function<void()>& fn, int min_reps, double budget_s, int inner = 1) {
+  fn();
+  std::vector<double> ts;
+  auto start = Clock::now();
+  while (static_cast<int>(ts.size()) < min_reps ||
+         std::chrono::duration<double>(Clock::now() - start).count() < budget_s) {
+    auto t0 = Clock::now();
+    for (int i = 0; i < inner; ++i) fn();
+    ts.push_back(std::chrono::duration<double>(Clock::now() - t0).count() / inner);
+    if (ts.size() >= 2000) break;
+  }
+  std::sort(ts.begin(), ts.end());
+  return ts[ts.size() / 2];
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  int threads = 2;
+  bool quick = false;
+  for (int i = 1; i < argc; ++i) {
+    if (!std::strcmp(argv[i], "--threads") && i + 1 < argc) threads = std::atoi(argv[++i]);
+    else if (!std::strcmp(argv[i], "--quick")) quick = true;
+  }
+  set_num_threads(threads);
+  const double budget = quick ? 0.2 : 1.0;
+  fmt::print("# kiln ops_bench threads={} blas={}\n", threads, cpu::blas_info());
+  NoGradGuard ng;
+
+  for (std::int64_t n : {256, 512, 1024, 2048}) {
+    Tensor a = randn({n, n}), b = randn({n, n});
+    double s = median_seconds([&] { (void)matmul(a, b); }, 5, budget);
+    double gf = 2.0 * n * n * n / s / 1e9;
+    fmt::print("RESULT matmul impl=kiln n={} threads={} median_ms={:.3f} gflops={:.1f}\n", n, threads, s * 1e3, gf);
+  }
+
+  {
+    const std::int64_t R = 4096, C = 1024;
+    Tensor x = randn({R, C});
+    double bytes = 2.0 * R * C * 4;  // read + write
+    double s = median_seconds([&] { (void)softmax(x, -1); }, 5, budget);
+    fmt::print("RESULT softmax impl=kiln rows={} cols={} threads={} median_ms={:.3f} gbps={:.1f}\n", R, C, threads,
+               s * 1e3, bytes / s / 1e9);
+    Tensor w = ones({C}), bias = zeros({C});
+    s = median_seconds([&] { (void)layer_norm(x, {C}, w, bias); }, 5, budget);
+    fmt::print("RESULT layer_norm impl=kiln rows={} cols={} threads={} median_ms={:.3f} gbps={:.1f}\n", R, C, threads,
+               s * 1e3, bytes / s / 1e9);
+  }
+  {
+    const std::int64_t N = std::int64_t{1} << 24;
+    Tensor a = randn({N}), b = randn({N});
+    double s = median_seconds([&] { (void)add(a, b); }, 5, budget);
+    fmt::print("RESULT add impl=kiln numel={} threads={} median_ms={:.3f} gbps={:.1f}\n", N, threads, s * 1e3,
+               3.0 * N * 4 / s / 1e9);
+  }
+  {
+    Tensor a = randn({1}), b = randn({1});
+    double s = median_seconds([&] { (void)add(a, b); }, 50, budget, 1000);
+    fmt::print("RESULT overhead impl=kiln op=add numel=1 mode=fwd median_us={:.3f}\n", s * 1e6);
+  }
+  {
+    GradModeGuard on(true);
+    Tensor a = randn({1}).requires_grad_(), b = randn({1}).requires_grad_();
+    double s = median_seconds([&] { (void)mul(a, b); }, 50, budget, 1000);
+    fmt::print("RESULT overhead impl=kiln op=mul numel=1 mode=fwd_recorded median_us={:.3f}\n", s * 1e6);
+    s = median_seconds(
+        [&] {
+          Tensor y = mul(a, b);
+          y.backward();
+        },
+        50, budget, 200);
+    a.set_grad(Tensor());
+    b.set_grad(Tensor());
+    fmt::print("RESULT overhead impl=kiln op=mul numel=1 mode=fwdbwd median_us={:.3f}\n", s * 1e6);
+  }
+  fmt::print("# peak_rss_mib={:.1f}\n", peak_rss_mib());
+  return 0;
+}
