@@ -5,8 +5,6 @@
 #include <cmath>
 #include <fmt/format.h>
 #include <queue>
-#include <unordered_map>
-#include <unordered_set>
 
 #include "grad_mode.hpp"
 #include "node.hpp"
@@ -15,6 +13,7 @@
 namespace kiln::autograd {
 namespace {
 std::atomic<std::uint64_t> g_sequence{0};
+std::atomic<std::uint64_t> g_task{0};
 
 AutogradMeta& meta(const Tensor& t) {
   auto* impl = t.impl_ptr();
@@ -36,13 +35,12 @@ void accumulate_into(const std::shared_ptr<TensorImpl>& impl, const Tensor& g, b
   if (!impl->autograd) impl->autograd = std::make_unique<AutogradMeta>();
   auto& slot = impl->autograd->grad;
   if (!slot) {
-    Tensor v = g;
-    if (!create_graph) {
-      bool owned = may_steal && g.is_contiguous() && g.impl_shared().use_count() == 1 &&
-                   g.storage().use_count() == 1 && g.offset() == 0 &&
-                   static_cast<std::size_t>(g.nbytes()) == g.storage()->nbytes;
-      v = owned ? g.detach() : g.detach().clone();
-    }
+    // Keep g itself only when nothing else can see its memory; otherwise .grad gets its own
+    // contiguous copy (g may be a broadcast view or shared with another input's gradient).
+    bool owned = may_steal && g.is_contiguous() && g.impl_shared().use_count() == 1 &&
+                 g.storage().use_count() == 1 && g.offset() == 0 &&
+                 static_cast<std::size_t>(g.nbytes()) == g.storage()->nbytes;
+    Tensor v = create_graph ? (owned ? g : clone(g)) : (owned ? g.detach() : g.detach().clone());
     slot = v.impl_shared();
     return;
   }
@@ -60,6 +58,34 @@ bool has_nonfinite(const Tensor& g) {
   for (double v : g.to_vector<double>())
     if (!std::isfinite(v)) return true;
   return false;
+}
+
+// What flows into edge e must match the input it stands for (as torch's validate_outputs):
+// another dtype is cast back, a broadcast shape is summed down, anything else is the op's bug.
+Tensor validate_grad(const Node& node, std::size_t k, const Edge& e, Tensor g) {
+  Shape shape;
+  DType dtype;
+  if (e.node->is_accumulator()) {
+    const auto* acc = static_cast<const AccumulateGrad*>(e.node.get());
+    shape = acc->leaf()->shape;
+    dtype = acc->leaf()->dtype;
+  } else {
+    const OutputInfo& o = e.node->outputs.at(e.input_nr);
+    shape = o.shape;
+    dtype = o.dtype;
+  }
+  if (g.shape() != shape) {
+    bool expandable = static_cast<std::int64_t>(shape.size()) <= g.dim();
+    for (std::size_t i = 0; expandable && i < shape.size(); ++i) {
+      std::int64_t gd = g.size(g.dim() - static_cast<std::int64_t>(shape.size()) + static_cast<std::int64_t>(i));
+      expandable = shape[i] == gd || shape[i] == 1;
+    }
+    KILN_CHECK(expandable, node.name(), "backward returned a gradient of shape {} for input {} of shape {}",
+               shape_str(g.shape()), k, shape_str(shape));
+    g = sum_to_shape(g, shape);
+  }
+  if (g.dtype() != dtype && is_floating(dtype)) g = to(g, dtype);
+  return g;
 }
 
 }  // namespace
@@ -168,27 +194,47 @@ std::vector<Tensor> run_backward(const std::vector<Tensor>& roots, const std::ve
                                  bool retain_graph, bool create_graph, const std::vector<Tensor>& inputs,
                                  bool allow_unused) {
   GradModeGuard mode(create_graph);
+  // Per-node scratch (buffer, dependency count) is tagged with this pass's id, so a pass
+  // that threw half-way leaves nothing behind for the next one.
+  const std::uint64_t task = g_task.fetch_add(1) + 1;
+  auto touch = [task](Node* n) {
+    if (n->task_id != task) {
+      n->task_id = task;
+      n->dependencies = 0;
+      n->grad_buffer.clear();
+    }
+  };
   const bool capture_mode = !inputs.empty();
-  std::unordered_map<Node*, std::vector<Tensor>> buffers;
-  std::unordered_map<Node*, std::vector<std::pair<std::uint32_t, std::size_t>>> captures;
+  struct Capture {
+    Node* node;
+    std::uint32_t input_nr;
+    std::size_t index;
+  };
+  std::vector<Capture> captures;
   std::vector<Tensor> results(inputs.size());
   std::vector<bool> reachable(inputs.size(), false);
+  // A leaf's accumulator is only weakly held by the leaf: keep the captured ones alive
+  // (and a leaf that is also a root finds its capture).
+  std::vector<std::shared_ptr<Node>> keep_alive;
   for (std::size_t i = 0; i < inputs.size(); ++i) {
     KILN_CHECK(inputs[i].defined() && inputs[i].requires_grad(), "grad",
                "input {} does not require grad, so no gradient can be computed for it", i);
     Edge e = gradient_edge(inputs[i]);
-    captures[e.node.get()].push_back({e.input_nr, i});
+    captures.push_back({e.node.get(), e.input_nr, i});
+    keep_alive.push_back(e.node);
   }
 
   auto add_to = [&](const Edge& e, const Tensor& g) {
-    auto& buf = buffers[e.node.get()];
-    std::size_t n = std::max<std::size_t>(e.node->outputs.size(), 1);
-    if (buf.size() < n) buf.resize(n);
+    Node* n = e.node.get();
+    touch(n);
+    auto& buf = n->grad_buffer;
+    std::size_t size = std::max<std::size_t>(n->outputs.size(), 1);
+    if (buf.size() < size) buf.resize(size);
     Tensor& slot = buf[e.input_nr];
     slot = slot.defined() ? add(slot, g) : g;
   };
 
-  std::vector<std::shared_ptr<Node>> root_nodes;
+  std::vector<Node*> root_nodes;
   for (std::size_t i = 0; i < roots.size(); ++i) {
     const Tensor& r = roots[i];
     KILN_CHECK(r.defined(), "backward", "root tensor {} is undefined", i);
@@ -198,53 +244,60 @@ std::vector<Tensor> run_backward(const std::vector<Tensor>& roots, const std::ve
                shape_str(r.shape()), dtype_name(r.dtype()));
     Edge e = gradient_edge(r);
     add_to(e, root_grads[i]);
-    root_nodes.push_back(e.node);
+    root_nodes.push_back(e.node.get());
+    keep_alive.push_back(e.node);
   }
 
-  // Dependency counts over the reachable graph.
-  std::unordered_map<Node*, int> deps;
+  // Dependency counts over the reachable graph (visited = has a count this pass).
   {
-    std::unordered_set<Node*> seen;
     std::vector<Node*> stack;
-    for (auto& n : root_nodes)
-      if (seen.insert(n.get()).second) stack.push_back(n.get());
+    std::uint64_t visit = task | (std::uint64_t{1} << 63);  // distinct from `task` to mark "expanded"
+    for (Node* n : root_nodes)
+      if (n->visit_id != visit) {
+        n->visit_id = visit;
+        stack.push_back(n);
+      }
     while (!stack.empty()) {
       Node* n = stack.back();
       stack.pop_back();
       for (auto& e : n->next_edges) {
         if (!e.valid()) continue;
-        deps[e.node.get()]++;
-        if (seen.insert(e.node.get()).second) stack.push_back(e.node.get());
+        Node* c = e.node.get();
+        touch(c);
+        c->dependencies++;
+        if (c->visit_id != visit) {
+          c->visit_id = visit;
+          stack.push_back(c);
+        }
       }
     }
   }
-  auto cmp = [](const std::shared_ptr<Node>& a, const std::shared_ptr<Node>& b) {
-    return a->sequence_nr < b->sequence_nr;
-  };
-  std::priority_queue<std::shared_ptr<Node>, std::vector<std::shared_ptr<Node>>, decltype(cmp)> ready(cmp);
-  {
-    std::unordered_set<Node*> queued;
-    for (auto& n : root_nodes)
-      if (deps[n.get()] == 0 && queued.insert(n.get()).second) ready.push(n);
+  // Most recently created node first; nodes stay alive through the roots' edges.
+  auto cmp = [](const Node* a, const Node* b) { return a->sequence_nr < b->sequence_nr; };
+  std::priority_queue<Node*, std::vector<Node*>, decltype(cmp)> ready(cmp);
+  for (std::size_t i = 0; i < root_nodes.size(); ++i) {
+    Node* n = root_nodes[i];
+    bool dup = std::find(root_nodes.begin(), root_nodes.begin() + static_cast<std::ptrdiff_t>(i), n) !=
+               root_nodes.begin() + static_cast<std::ptrdiff_t>(i);
+    if (n->dependencies == 0 && !dup) ready.push(n);
   }
 
   while (!ready.empty()) {
-    std::shared_ptr<Node> node = ready.top();
+    Node* node = ready.top();
     ready.pop();
-    std::vector<Tensor> buf = std::move(buffers[node.get()]);
-    buffers.erase(node.get());
+    std::vector<Tensor> buf = std::move(node->grad_buffer);
+    node->grad_buffer.clear();
     buf.resize(std::max<std::size_t>(node->outputs.size(), 1));
 
     for (auto& [nr, weak] : node->retained)
       if (auto impl = weak.lock()) accumulate_into(impl, buf[nr], create_graph, false);
-    if (auto it = captures.find(node.get()); it != captures.end())
-      for (auto [nr, idx] : it->second) {
-        results[idx] = buf[nr];
-        reachable[idx] = true;
+    for (const auto& c : captures)
+      if (c.node == node) {
+        results[c.index] = buf[c.input_nr];
+        reachable[c.index] = true;
       }
 
-    auto* acc = dynamic_cast<AccumulateGrad*>(node.get());
-    if (acc) {
+    if (node->is_accumulator()) {
       if (!capture_mode) node->apply(std::move(buf));
       continue;
     }
@@ -264,6 +317,7 @@ std::vector<Tensor> run_backward(const std::vector<Tensor>& roots, const std::ve
       const Edge& e = node->next_edges[k];
       if (!e.valid()) continue;
       if (grads[k].defined()) {
+        grads[k] = validate_grad(*node, k, e, std::move(grads[k]));
         if (anomaly_mode() && has_nonfinite(grads[k]))
           throw_error("autograd anomaly",
                       fmt::format("the backward of '{}' produced NaN or Inf in the gradient of its input {} "
@@ -271,7 +325,7 @@ std::vector<Tensor> run_backward(const std::vector<Tensor>& roots, const std::ve
                                   node->name(), k, shape_str(grads[k].shape())));
         add_to(e, grads[k]);
       }
-      if (--deps[e.node.get()] == 0) ready.push(e.node);
+      if (--e.node->dependencies == 0) ready.push(e.node.get());
     }
   }
   if (capture_mode && !allow_unused)

@@ -62,6 +62,13 @@ class Node : public std::enable_shared_from_this<Node> {
   /// Non-leaf outputs whose .grad the user asked to keep (retain_grad).
   std::vector<std::pair<std::uint32_t, std::weak_ptr<TensorImpl>>> retained;
   std::uint64_t sequence_nr = 0;
+  virtual bool is_accumulator() const { return false; }
+
+  // Engine scratch for the backward pass `task_id` (see engine.cpp).
+  std::uint64_t task_id = 0;
+  std::uint64_t visit_id = 0;
+  int dependencies = 0;
+  std::vector<Tensor> grad_buffer;
 
   /// Saves a tensor for backward; returns its slot.
   std::size_t save(const Tensor& t, bool is_output = false);
@@ -94,6 +101,7 @@ class AccumulateGrad final : public Node {
  public:
   explicit AccumulateGrad(std::shared_ptr<TensorImpl> leaf) : leaf_(std::move(leaf)) {}
   const char* name() const override { return "AccumulateGrad"; }
+  bool is_accumulator() const override { return true; }
   std::vector<Tensor> apply(std::vector<Tensor>&& grad_outputs) override;
   void release() override {}
   const std::shared_ptr<TensorImpl>& leaf() const { return leaf_; }

@@ -444,6 +444,7 @@ bool allclose(const Tensor& a, const Tensor& b, double rtol, double atol, bool e
       continue;
     }
     if (x == y) continue;
+    if (std::isinf(x) || std::isinf(y)) return false;  // an infinity is close only to itself
     if (!(std::abs(x - y) <= atol + rtol * std::abs(y))) return false;
   }
   return true;

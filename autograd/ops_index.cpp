@@ -33,6 +33,8 @@ Tensor index_select(const Tensor& x, std::int64_t dim_in, const Tensor& index) {
   check_defined(x, "index_select");
   check_index_tensor(index, x, "index_select");
   KILN_CHECK(index.dim() <= 1, "index_select", "index must be 0-D or 1-D, got shape {}", shape_str(index.shape()));
+  KILN_CHECK(x.dim() > 0 || index.numel() == 1, "index_select",
+             "index for a 0-D input must hold exactly one value, got {}", index.numel());
   Tensor xv = x.dim() == 0 ? reshape(x.detach(), {1}) : x;
   std::int64_t dim = normalize_dim(dim_in, x.dim(), "index_select");
   check_index_range(index, xv.size(dim), "index_select", dim);
@@ -138,6 +140,7 @@ Tensor embedding(const Tensor& weight, const Tensor& indices) {
   KILN_CHECK(weight.dim() == 2, "embedding", "weight must be 2-D (num_embeddings, dim), got shape {}",
              shape_str(weight.shape()));
   check_index_tensor(indices, weight, "embedding");
+  check_index_range(indices, weight.size(0), "embedding", 0);  // errors name embedding, not index_select
   Shape out_shape = indices.shape();
   out_shape.push_back(weight.size(1));
   Tensor flat = index_select(weight, 0, reshape(indices, {indices.numel()}));

@@ -77,8 +77,15 @@ Tensor matmul(const Tensor& a, const Tensor& b) {
   KILN_CHECK(ka == kb, "matmul", "shapes {} and {} cannot be multiplied: {} != {}", shape_str(a.shape()),
              shape_str(b.shape()), ka, kb);
   if (a.dim() >= 2 && b.dim() >= 2) {
-    Shape ba(a.shape().begin(), a.shape().end() - 2), bb(b.shape().begin(), b.shape().end() - 2);
-    broadcast_shapes(ba, bb, "matmul");  // validates batch dims with the original shapes
+    // Batch dims must broadcast; the message shows the full shapes.
+    const std::int64_t nb = std::max(a.dim(), b.dim()) - 2;
+    for (std::int64_t i = 0; i < nb; ++i) {
+      std::int64_t ia = a.dim() - 3 - i, ib = b.dim() - 3 - i;
+      std::int64_t da = ia >= 0 ? a.size(ia) : 1, db = ib >= 0 ? b.size(ib) : 1;
+      KILN_CHECK(da == db || da == 1 || db == 1, "matmul",
+                 "shapes {} and {} cannot be multiplied: batch dims cannot be broadcast ({} != {})",
+                 shape_str(a.shape()), shape_str(b.shape()), da, db);
+    }
   }
   // (..., M, K) @ (K, N): fold the batch into M for one large GEMM when it is free.
   if (a.dim() >= 3 && b.dim() == 2) {

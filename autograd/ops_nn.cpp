@@ -49,7 +49,10 @@ Tensor dim_back(const Tensor& t, std::int64_t dim) {
 Tensor softmax_impl(const Tensor& x, std::int64_t dim_in, bool log, const char* op) {
   check_defined(x, op);
   check_floating(x, op);
-  if (x.dim() == 0) return softmax_impl(reshape(x, {1}), 0, log, op).reshape({});
+  if (x.dim() == 0) {
+    normalize_dim(dim_in, 0, op);  // only 0 / -1 name the single position of a 0-D tensor
+    return softmax_impl(reshape(x, {1}), 0, log, op).reshape({});
+  }
   std::int64_t dim = normalize_dim(dim_in, x.dim(), op);
   Tensor xl = dim_last(x, dim);
   Tensor yl = Tensor::empty(xl.shape(), x.dtype(), x.device());
@@ -91,8 +94,8 @@ Tensor layer_norm(const Tensor& x, const Shape& normalized_shape, const Tensor& 
       check_same_device("layer_norm", x, *p);
     }
   KILN_CHECK(eps >= 0, "layer_norm", "eps must be >= 0, got {}", eps);
-  std::int64_t N = numel_of(normalized_shape), R = N ? x.numel() / N : 0;
   Shape stat_shape(x.shape().begin(), x.shape().end() - k);
+  std::int64_t R = numel_of(stat_shape);  // one (mean, rstd) per row, even when rows are empty
   Shape keep = stat_shape;
   for (std::int64_t i = 0; i < k; ++i) keep.push_back(1);
   Tensor xc = contiguous_raw(x);

@@ -136,7 +136,21 @@ Tensor var(const Tensor& x, const Dims& dims_in, double correction, bool keepdim
 }
 
 Tensor std(const Tensor& x, const Dims& dims, double correction, bool keepdim) {
-  return sqrt(var(x, dims, correction, keepdim));
+  Tensor v = var(x, dims, correction, keepdim);
+  Tensor y;
+  {
+    NoGradGuard off;
+    y = sqrt(v);
+  }
+  // d sqrt(v) = g / (2 y), taken as 0 where y == 0 (constant inputs), as torch does.
+  if (auto node = record("std", {v}, {y}, [](FunctionNode& n, std::vector<Tensor>& g) {
+        Tensor y = n.saved(0);
+        Tensor zero = scalar_on(0, y.dtype(), y.device());
+        Tensor gv = div(g[0], mul(y, scalar_on(2, y.dtype(), y.device())));
+        return std::vector<Tensor>{where(eq(y, zero), zero, gv)};
+      }))
+    node->save(y, true);
+  return y;
 }
 
 Tensor amax(const Tensor& x, const Dims& dims, bool keepdim) { return minmax_all(ReduceOp::Max, x, dims, keepdim, "amax"); }
@@ -173,8 +187,9 @@ Tensor logsumexp(const Tensor& x, const Dims& dims_in, bool keepdim) {
   Dims dims = normalize_dims(dims_in, x.dim(), "logsumexp");
   for (auto d : dims)
     if (x.size(d) == 0) {
+      // log(0) = -inf; adding the (zero) empty sum keeps the result connected to x for backward.
       Shape s = keepdim ? keep_shape(x.shape(), dims) : drop_shape(x.shape(), dims);
-      return full(s, -INFINITY, TensorOptions(x.dtype()).device(x.device()));
+      return add(full(s, -INFINITY, TensorOptions(x.dtype()).device(x.device())), sum(x, dims, keepdim));
     }
   // Shift by the (constant) max; rows that are all -inf keep a shift of 0.
   Tensor m = amax(x.detach(), dims, true);

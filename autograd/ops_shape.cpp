@@ -302,6 +302,7 @@ Tensor to(const Tensor& x, DType dtype) {
 Tensor to(const Tensor& x, Device device) {
   check_defined(x, "to");
   if (x.device() == device) return x;
+  backend_for(device, "to");  // an unavailable device is reported as "[to] ..."
   Tensor y = Tensor::empty(x.shape(), x.dtype(), device);
   Tensor c = contiguous_raw(x);
   if (x.device().is_cpu()) {
@@ -380,6 +381,7 @@ Tensor stack(const std::vector<Tensor>& xs, std::int64_t dim) {
 
 std::vector<Tensor> split(const Tensor& x, std::int64_t split_size, std::int64_t dim_in) {
   check_defined(x, "split");
+  KILN_CHECK(x.dim() > 0, "split", "cannot split a 0-D tensor");
   std::int64_t dim = normalize_dim(dim_in, x.dim(), "split");
   KILN_CHECK(split_size > 0 || (split_size == 0 && x.size(dim) == 0), "split", "split_size must be positive, got {}",
              split_size);
@@ -392,6 +394,7 @@ std::vector<Tensor> split(const Tensor& x, std::int64_t split_size, std::int64_t
 
 std::vector<Tensor> split(const Tensor& x, const std::vector<std::int64_t>& sizes, std::int64_t dim_in) {
   check_defined(x, "split");
+  KILN_CHECK(x.dim() > 0, "split", "cannot split a 0-D tensor");
   std::int64_t dim = normalize_dim(dim_in, x.dim(), "split");
   std::int64_t total = 0;
   for (auto s : sizes) {
@@ -412,6 +415,7 @@ std::vector<Tensor> split(const Tensor& x, const std::vector<std::int64_t>& size
 std::vector<Tensor> chunk(const Tensor& x, std::int64_t chunks, std::int64_t dim) {
   check_defined(x, "chunk");
   KILN_CHECK(chunks > 0, "chunk", "number of chunks must be positive, got {}", chunks);
+  KILN_CHECK(x.dim() > 0, "chunk", "cannot chunk a 0-D tensor");
   std::int64_t d = normalize_dim(dim, x.dim(), "chunk");
   std::int64_t size = (x.size(d) + chunks - 1) / chunks;
   return split(x, std::max<std::int64_t>(size, 1), d);

@@ -1,7 +1,8 @@
 #pragma once
 /// Counter-based random numbers (Philox4x32-10). A Generator is a (seed, offset)
-/// pair: element i of a draw uses counter offset + i, so results do not depend on
-/// the thread count or device, and a draw of n values advances the offset by n.
+/// pair: element i of a draw comes from counter offset + i / k (k = 4 values per
+/// counter for 32-bit draws, 2 for 64-bit), so results do not depend on the thread
+/// count or device; a draw of n values advances the offset by n (never overlapping).
 ///   kiln::Generator g(42);
 ///   auto a = kiln::randn({3, 4}, {}, &g);
 ///   kiln::manual_seed(0);                 // the default generator

@@ -2,6 +2,7 @@
 
 #include <cmath>
 #include <cstring>
+#include <limits>
 #include <fmt/format.h>
 
 #include "backend.hpp"
@@ -19,15 +20,63 @@ void check_inplace(const Tensor& t, const char* op) {
              "wrap the update in kiln::NoGradGuard (as optimizers do)",
              shape_str(t.shape()));
 }
+
+// `t op= s` must keep t's dtype: no silent truncation of a float scalar into an integer
+// tensor, no widening of a bool tensor; true division (`true_div`) of integers gives floats.
+void check_scalar_fits(const Tensor& t, const Scalar& s, const char* op, bool true_div = false) {
+  DType r = result_type_with_scalar(t.dtype(), s.kind());
+  if (true_div && !is_floating(r)) r = kFloat32;
+  KILN_CHECK(r == t.dtype(), op, "result type {} cannot be stored in a {} tensor in place", dtype_name(r),
+             dtype_name(t.dtype()));
+}
+
+// Writing through a broadcast view (a stride-0 dim of size > 1) would hit one element several
+// times, with a result that depends on the loop order and thread split.
+void check_no_internal_overlap(const Tensor& t, const char* op) {
+  for (std::size_t d = 0; d < t.shape().size(); ++d)
+    KILN_CHECK(t.strides()[d] != 0 || t.shape()[d] <= 1, op,
+               "the in-place target of shape {} and strides {} has several elements at one memory location "
+               "(a broadcast view); clone() it first",
+               shape_str(t.shape()), shape_str(t.strides()));
+}
+
+// True when `src` reads memory that an elementwise write to `dst` changes, other than each
+// element itself (x.copy_(x.t()), a shifted slice): such a source is read through a copy first.
+bool overlaps(const Tensor& dst, const Tensor& src) {
+  if (dst.storage() != src.storage() || dst.numel() == 0 || src.numel() == 0) return false;
+  if (dst.offset() == src.offset() && dst.shape() == src.shape() && dst.strides() == src.strides() &&
+      dst.dtype() == src.dtype())
+    return false;
+  auto bytes = [](const Tensor& t) {  // [first, last] byte touched
+    std::int64_t lo = t.offset(), hi = t.offset();
+    for (std::size_t d = 0; d < t.shape().size(); ++d) {
+      std::int64_t span = (t.shape()[d] - 1) * t.strides()[d];
+      (span > 0 ? hi : lo) += span;
+    }
+    const auto isz = static_cast<std::int64_t>(itemsize(t.dtype()));
+    return std::pair<std::int64_t, std::int64_t>{lo * isz, (hi + 1) * isz - 1};
+  };
+  auto [a0, a1] = bytes(dst);
+  auto [b0, b1] = bytes(src);
+  return a0 <= b1 && b0 <= a1;
+}
+
+// Checks a factory's shape and device, naming the factory, then allocates.
+Tensor alloc(const Shape& shape, DType dtype, Device device, const char* op) {
+  for (auto s : shape) KILN_CHECK(s >= 0, op, "negative dimension {} in shape {}", s, shape_str(shape));
+  backend_for(device, op);
+  return Tensor::empty(shape, dtype, device);
+}
 }  // namespace
 
 Device Device::parse(const std::string& s) {
   if (s == "cpu") return cpu();
   if (s == "cuda") return cuda(0);
-  if (s.rfind("cuda:", 0) == 0 && s.size() > 5) {
-    char* end = nullptr;
-    long i = std::strtol(s.c_str() + 5, &end, 10);
-    if (*end == '\0' && i >= 0) return cuda(static_cast<int>(i));
+  // "cuda:" followed by decimal digits only (strtol alone would accept " 1", "+1" and overflow).
+  if (s.rfind("cuda:", 0) == 0 && s.size() > 5 && s.size() <= 14 &&
+      s.find_first_not_of("0123456789", 5) == std::string::npos) {
+    long long i = std::stoll(s.substr(5));
+    if (i <= std::numeric_limits<int>::max()) return cuda(static_cast<int>(i));
   }
   throw_error("device", fmt::format("cannot parse device '{}' (expected cpu, cuda or cuda:N)", s));
 }
@@ -68,12 +117,19 @@ Tensor Tensor::from_blob(void* data, const Shape& shape, DType dtype, Device dev
   return Tensor(std::move(impl));
 }
 
-std::int64_t Tensor::size(std::int64_t d) const { return shape()[normalize_dim(d, dim(), "size")]; }
-std::int64_t Tensor::stride(std::int64_t d) const { return strides()[normalize_dim(d, dim(), "stride")]; }
+std::int64_t Tensor::size(std::int64_t d) const {
+  KILN_CHECK(dim() > 0, "size", "a 0-D tensor has no dimensions (asked for dim {})", d);
+  return shape()[normalize_dim(d, dim(), "size")];
+}
+std::int64_t Tensor::stride(std::int64_t d) const {
+  KILN_CHECK(dim() > 0, "stride", "a 0-D tensor has no dimensions (asked for dim {})", d);
+  return strides()[normalize_dim(d, dim(), "stride")];
+}
 
 bool Tensor::is_contiguous() const {
   const auto& sh = shape();
   const auto& st = strides();
+  if (numel() == 0) return true;  // no element to misplace (as PyTorch)
   std::int64_t expect = 1;
   for (std::size_t i = sh.size(); i-- > 0;) {
     if (sh[i] == 1) continue;
@@ -152,6 +208,7 @@ Tensor& Tensor::fill_(const Scalar& v) {
 Tensor& Tensor::copy_(const Tensor& src) {
   KILN_CHECK(src.defined(), "copy_", "source tensor is undefined");
   check_inplace(*this, "copy_");
+  check_no_internal_overlap(*this, "copy_");
   Tensor s = src;
   if (src.device() != device()) {
     Tensor h = host_contiguous(src, src.dtype());  // to host first
@@ -164,14 +221,23 @@ Tensor& Tensor::copy_(const Tensor& src) {
     }
   }
   Strides st = broadcast_strides(s.shape(), s.strides(), shape(), "copy_");
-  backend_for(device(), "copy_").copy(*this, make_view(s, shape(), st, s.offset()));
+  Backend& be = backend_for(device(), "copy_");
+  if (overlaps(*this, s)) {
+    Tensor tmp = Tensor::empty(s.shape(), s.dtype(), s.device());
+    be.copy(tmp, s);
+    s = tmp;
+    st = broadcast_strides(s.shape(), s.strides(), shape(), "copy_");
+  }
+  be.copy(*this, make_view(s, shape(), st, s.offset()));
   bump_version();
   return *this;
 }
 
 namespace {
-void inplace_binary(Tensor& self, BinaryOp op, const Tensor& other, const char* name) {
+void check_inplace_binary(const Tensor& self, const Tensor& other, const char* name) {
   check_inplace(self, name);
+  check_no_internal_overlap(self, name);
+  KILN_CHECK(other.defined(), name, "other tensor is undefined");
   KILN_CHECK(other.device() == self.device(), name, "expected both tensors on {}, got {}", self.device().str(),
              other.device().str());
   KILN_CHECK(promote_types(self.dtype(), other.dtype()) == self.dtype(), name,
@@ -180,9 +246,13 @@ void inplace_binary(Tensor& self, BinaryOp op, const Tensor& other, const char* 
   Shape b = broadcast_shapes(self.shape(), other.shape(), name);
   KILN_CHECK(b == self.shape(), name, "cannot broadcast {} into the in-place target of shape {}",
              shape_str(other.shape()), shape_str(self.shape()));
+}
+
+void inplace_binary(Tensor& self, BinaryOp op, const Tensor& other, const char* name) {
+  check_inplace_binary(self, other, name);
   Tensor o = other;
   Backend& be = backend_for(self.device(), name);
-  if (o.dtype() != self.dtype()) {
+  if (o.dtype() != self.dtype() || overlaps(self, o)) {
     Tensor c = Tensor::empty(o.shape(), self.dtype(), o.device());
     be.copy(c, o);
     o = c;
@@ -197,6 +267,9 @@ Tensor& Tensor::add_(const Tensor& other, const Scalar& alpha) {
   if (alpha.to_double() == 1.0) {
     inplace_binary(*this, BinaryOp::Add, other, "add_");
   } else {
+    // Check before `other` is converted to this dtype, which would hide a float-into-int add.
+    check_scalar_fits(*this, alpha, "add_");
+    check_inplace_binary(*this, other, "add_");
     Tensor scaled = Tensor::empty(other.shape(), dtype(), other.device());
     Backend& be = backend_for(device(), "add_");
     be.copy(scaled, other);
@@ -210,37 +283,47 @@ Tensor& Tensor::mul_(const Tensor& other) {
   inplace_binary(*this, BinaryOp::Mul, other, "mul_");
   return *this;
 }
-Tensor& Tensor::mul_(const Scalar& s) { return mul_(full({}, s, TensorOptions(dtype()).device(device()))); }
+Tensor& Tensor::mul_(const Scalar& s) {
+  check_scalar_fits(*this, s, "mul_");
+  return mul_(full({}, s, TensorOptions(dtype()).device(device())));
+}
 Tensor& Tensor::div_(const Scalar& s) {
+  check_scalar_fits(*this, s, "div_", /*true_div=*/true);
   inplace_binary(*this, BinaryOp::Div, full({}, s, TensorOptions(dtype()).device(device())), "div_");
   return *this;
 }
-Tensor& Tensor::add_(const Scalar& s) { return add_(full({}, s, TensorOptions(dtype()).device(device()))); }
+Tensor& Tensor::add_(const Scalar& s) {
+  check_scalar_fits(*this, s, "add_");
+  return add_(full({}, s, TensorOptions(dtype()).device(device())));
+}
 
 // ---- factories ----
 
 Tensor empty(const Shape& shape, TensorOptions opts) {
-  Tensor t = Tensor::empty(shape, opts.dtype(), opts.device());
+  Tensor t = alloc(shape, opts.dtype(), opts.device(), "empty");
   if (opts.requires_grad()) t.requires_grad_(true);
   return t;
 }
-Tensor full(const Shape& shape, const Scalar& value, TensorOptions opts) {
-  Tensor t = Tensor::empty(shape, opts.dtype(), opts.device());
-  backend_for(t.device(), "full").fill(t, value);
+namespace {
+Tensor full_named(const Shape& shape, const Scalar& value, TensorOptions opts, const char* op) {
+  Tensor t = alloc(shape, opts.dtype(), opts.device(), op);
+  backend_for(t.device(), op).fill(t, value);
   if (opts.requires_grad()) t.requires_grad_(true);
   return t;
 }
-Tensor zeros(const Shape& shape, TensorOptions opts) { return full(shape, 0, opts); }
-Tensor ones(const Shape& shape, TensorOptions opts) { return full(shape, 1, opts); }
-Tensor scalar_tensor(const Scalar& v, TensorOptions opts) { return full({}, v, opts); }
+}  // namespace
+Tensor full(const Shape& shape, const Scalar& value, TensorOptions opts) { return full_named(shape, value, opts, "full"); }
+Tensor zeros(const Shape& shape, TensorOptions opts) { return full_named(shape, 0, opts, "zeros"); }
+Tensor ones(const Shape& shape, TensorOptions opts) { return full_named(shape, 1, opts, "ones"); }
+Tensor scalar_tensor(const Scalar& v, TensorOptions opts) { return full_named({}, v, opts, "scalar_tensor"); }
 
 namespace {
 TensorOptions like(const Tensor& t) { return TensorOptions(t.dtype()).device(t.device()); }
 
 template <typename T>
-Tensor from_host(const T* data, const Shape& shape, TensorOptions opts) {
+Tensor from_host(const T* data, const Shape& shape, TensorOptions opts, const char* op) {
+  Tensor out = alloc(shape, opts.dtype(), opts.device(), op);
   Tensor h = Tensor::from_blob(const_cast<T*>(data), shape, dtype_of<T>::value);
-  Tensor out = Tensor::empty(shape, opts.dtype(), opts.device());
   out.copy_(h);  // converts dtype and moves to the device
   out.storage()->version = 0;
   if (opts.requires_grad()) out.requires_grad_(true);
@@ -265,14 +348,14 @@ Tensor tensor(const std::vector<T>& values, const Shape& shape, TensorOptions op
              "{} values cannot fill shape {} ({} elements)", values.size(), shape_str(s), numel_of(s));
   if constexpr (std::is_same_v<T, bool>) {
     std::vector<unsigned char> tmp(values.begin(), values.end());
+    Tensor out = alloc(s, opts.dtype(), opts.device(), "tensor");
     Tensor h = Tensor::from_blob(tmp.data(), s, kBool);
-    Tensor out = Tensor::empty(s, opts.dtype(), opts.device());
     out.copy_(h);
     out.storage()->version = 0;
     if (opts.requires_grad()) out.requires_grad_(true);
     return out;
   } else {
-    return from_host(values.data(), s, opts);
+    return from_host(values.data(), s, opts, "tensor");
   }
 }
 template Tensor tensor<bool>(const std::vector<bool>&, const Shape&, TensorOptions);
@@ -299,8 +382,20 @@ Tensor arange(const Scalar& start, const Scalar& end, const Scalar& step, Tensor
   double s = start.to_double(), e = end.to_double(), st = step.to_double();
   KILN_CHECK(st != 0.0 && std::isfinite(st), "arange", "step must be finite and nonzero, got {}", st);
   KILN_CHECK(std::isfinite(s) && std::isfinite(e), "arange", "start {} and end {} must be finite", s, e);
-  KILN_CHECK((e - s) / st >= 0, "arange", "start {} cannot reach end {} with step {}", s, e, st);
-  std::int64_t n = static_cast<std::int64_t>(std::ceil((e - s) / st));
+  std::int64_t n;
+  if (!start.is_floating() && !end.is_floating() && !step.is_floating()) {
+    // Exact integer count (doubles lose integers beyond 2^53), in unsigned arithmetic so that
+    // no span of two int64 values overflows.
+    const std::int64_t i0 = start.to_int(), i1 = end.to_int(), di = step.to_int();
+    KILN_CHECK(i0 == i1 || (i1 > i0) == (di > 0), "arange", "start {} cannot reach end {} with step {}", i0, i1, di);
+    const std::uint64_t span = di > 0 ? static_cast<std::uint64_t>(i1) - static_cast<std::uint64_t>(i0)
+                                      : static_cast<std::uint64_t>(i0) - static_cast<std::uint64_t>(i1);
+    const std::uint64_t mag = di > 0 ? static_cast<std::uint64_t>(di) : 0 - static_cast<std::uint64_t>(di);
+    n = static_cast<std::int64_t>(span / mag + (span % mag != 0));
+  } else {
+    KILN_CHECK((e - s) / st >= 0, "arange", "start {} cannot reach end {} with step {}", s, e, st);
+    n = static_cast<std::int64_t>(std::ceil((e - s) / st));
+  }
   std::vector<double> v(static_cast<std::size_t>(n));
   bool ints = !start.is_floating() && !step.is_floating();
   for (std::int64_t i = 0; i < n; ++i)
@@ -308,9 +403,9 @@ Tensor arange(const Scalar& start, const Scalar& end, const Scalar& step, Tensor
   if (ints && opts.dtype() == kInt64) {
     std::vector<std::int64_t> iv(v.size());
     for (std::int64_t i = 0; i < n; ++i) iv[i] = start.to_int() + i * step.to_int();
-    return from_host(iv.data(), {n}, opts);
+    return from_host(iv.data(), {n}, opts, "arange");
   }
-  return from_host(v.data(), {n}, opts);
+  return from_host(v.data(), {n}, opts, "arange");
 }
 
 Tensor linspace(double start, double end, std::int64_t steps, TensorOptions opts) {
@@ -320,21 +415,23 @@ Tensor linspace(double start, double end, std::int64_t steps, TensorOptions opts
   // Symmetric evaluation keeps both end points exact.
   for (std::int64_t i = 0; i < steps; ++i)
     v[i] = i < steps / 2 ? start + step * static_cast<double>(i) : end - step * static_cast<double>(steps - 1 - i);
-  return from_host(v.data(), {steps}, opts);
+  if (steps == 1) v[0] = start;
+  return from_host(v.data(), {steps}, opts, "linspace");
 }
 
 Tensor eye(std::int64_t n, std::int64_t m, TensorOptions opts) {
-  if (m < 0) m = n;
   KILN_CHECK(n >= 0, "eye", "n must be >= 0, got {}", n);
+  if (m == -1) m = n;  // the default: square
+  KILN_CHECK(m >= 0, "eye", "m must be >= 0, got {}", m);
   std::vector<double> v(static_cast<std::size_t>(n * m), 0.0);
   for (std::int64_t i = 0; i < std::min(n, m); ++i) v[i * m + i] = 1.0;
-  return from_host(v.data(), {n, m}, opts);
+  return from_host(v.data(), {n, m}, opts, "eye");
 }
 
 // ---- random ----
 namespace {
 Tensor random_tensor(const Shape& shape, TensorOptions opts, Generator* gen, RandomSpec spec, const char* op) {
-  Tensor t = Tensor::empty(shape, opts.dtype(), opts.device());
+  Tensor t = alloc(shape, opts.dtype(), opts.device(), op);
   Generator& g = gen ? *gen : default_generator();
   spec.seed = g.seed();
   spec.offset = g.reserve(static_cast<std::uint64_t>(t.numel()));
@@ -354,6 +451,10 @@ Tensor randn(const Shape& shape, TensorOptions opts, Generator* gen) {
 }
 Tensor randint(std::int64_t low, std::int64_t high, const Shape& shape, TensorOptions opts, Generator* gen) {
   KILN_CHECK(low < high, "randint", "low ({}) must be less than high ({})", low, high);
+  // Draws are computed in double precision: bounds beyond 2^53 would be rounded.
+  constexpr std::int64_t kExact = std::int64_t{1} << 53;
+  KILN_CHECK(low >= -kExact && high <= kExact, "randint", "low ({}) and high ({}) must lie within [-2^53, 2^53]", low,
+             high);
   KILN_CHECK(opts.dtype() != kBool, "randint", "dtype bool is not supported");
   return random_tensor(shape, opts, gen,
                        {RandomSpec::Int, static_cast<double>(low), static_cast<double>(high)}, "randint");

@@ -3,9 +3,11 @@
 #include <Eigen/Core>
 #include <cmath>
 #include <fmt/format.h>
+#include <vector>
 
 #include "cpu_backend.hpp"
 #include "loops.hpp"
+#include "vec_math.hpp"
 
 namespace kiln::cpu {
 
@@ -21,12 +23,18 @@ void CpuBackend::softmax(const Tensor& x, const Tensor& out, bool log) {
         for (std::int64_t r = b; r < e; ++r) {
           Eigen::Map<const A> xr(xp + r * N, N);
           Eigen::Map<A> yr(op + r * N, N);
-          T m = xr.maxCoeff();
+          T m = N ? xr.maxCoeff() : T(0);
+          yr = xr - m;
           if (log) {
-            T s = (xr - m).exp().sum();
-            yr = xr - (m + std::log(s));
+            // exp goes through a scratch row so the shifted logits stay exact in yr.
+            thread_local std::vector<T> scratch;
+            scratch.resize(static_cast<std::size_t>(N));
+            exp_run(scratch.data(), yr.data(), N);
+            T s = Eigen::Map<const A>(scratch.data(), N).sum();
+            // (x - m) is exact; folding log(s) into m first would round at m's magnitude.
+            yr -= std::log(s);
           } else {
-            yr = (xr - m).exp();
+            exp_run(yr.data(), yr.data(), N);
             yr *= T(1) / yr.sum();
           }
         }
@@ -49,7 +57,8 @@ void CpuBackend::softmax_backward(const Tensor& y, const Tensor& gy, const Tenso
           Eigen::Map<const A> yr(yp + r * N, N), gr(gp + r * N, N);
           Eigen::Map<A> xr(op + r * N, N);
           if (log) {
-            xr = gr - yr.exp() * gr.sum();
+            exp_run(xr.data(), yr.data(), N);  // softmax, exactly 0 where log-prob is -inf
+            xr = gr - xr * gr.sum();
           } else {
             T dot = (gr * yr).sum();
             xr = yr * (gr - dot);

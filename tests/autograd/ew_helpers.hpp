@@ -19,6 +19,18 @@ using Vec = std::vector<double>;
 inline constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
 inline constexpr double kInf = std::numeric_limits<double>::infinity();
 
+/// kt::expect_values that also accepts infinities (an expected +-inf must match exactly).
+inline void expect_values(const Tensor& t, const Vec& expect, double atol = 1e-6, double rtol = 1e-6) {
+  auto v = t.to_vector<double>();
+  REQUIRE(v.size() == expect.size());
+  for (std::size_t i = 0; i < v.size(); ++i) {
+    INFO("element " << i << ": got " << v[i] << ", expected " << expect[i]);
+    if (std::isnan(expect[i])) CHECK(std::isnan(v[i]));
+    else if (std::isinf(expect[i])) CHECK(v[i] == expect[i]);
+    else CHECK(std::abs(v[i] - expect[i]) <= atol + rtol * std::abs(expect[i]));
+  }
+}
+
 /// A contiguous tensor of `dtype` holding `v` with `shape` ({} = 0-D, v must then hold one value).
 inline Tensor make(const Vec& v, const Shape& shape, kiln::DType dtype = kiln::kFloat64) {
   REQUIRE(static_cast<std::int64_t>(v.size()) == kiln::numel_of(shape));
@@ -52,6 +64,13 @@ inline Vec randvals(const Shape& shape, std::uint64_t seed, const std::function<
 // Common input domains (keep gradchecks away from kinks and poles).
 inline double positive(double x) { return std::abs(x) + 0.3; }
 inline double away_from_zero(double x) { return x < 0 ? x - 0.2 : x + 0.2; }
+
+// Moves x at least 0.05 away from the clamp bounds the unary suite uses.
+inline double off_bounds_for_tests(double x) {
+  for (double b : {-0.5, 0.7, 0.25, -0.25})
+    if (std::abs(x - b) < 0.05) return b + 0.1;
+  return x;
+}
 
 inline Vec map(const Vec& v, const std::function<double(double)>& f) {
   Vec out(v.size());

@@ -24,7 +24,7 @@ Tensor weighted(const Tensor& y) {
 
 }  // namespace
 
-TEST_CASE("view: -1 inference, sharing storage, errors") {
+TEST_CASE("view: -1 inference / sharing storage / errors") {
   Tensor x = iota64({2, 3, 4});
   Tensor v = x.view({6, -1});
   kt::expect_shape(v, {6, 4});
@@ -48,11 +48,11 @@ TEST_CASE("view: -1 inference, sharing storage, errors") {
   kt::expect_values(s.view({6, 3}).select(0, 5), {20, 21, 22});
   CHECK_KILN_ERROR(s.view({18}), "without copying");
   // Every other element of a contiguous buffer is one uniform stride: viewable as 1-D.
-  Tensor s2 = x.slice(2, 0, 4, 2);
+  Tensor s2 = iota64({2, 3, 4}).slice(2, 0, 4, 2);
   kt::expect_values(s2.view({12}).slice(0, 0, 3), {0, 2, 4});
 }
 
-TEST_CASE("view/reshape gradcheck incl. non-contiguous, size-0, 0-D") {
+TEST_CASE("view/reshape gradcheck incl. non-contiguous / size-0 / 0-D") {
   auto x = kt::leaf({2, 3, 4});
   kt::grad_ok([](const std::vector<Tensor>& in) { return in[0].view({4, -1}) * in[0].view({4, 6}); }, {x});
   auto nc = kt::noncontig_leaf({3, 4});
@@ -76,6 +76,24 @@ TEST_CASE("view/reshape gradcheck incl. non-contiguous, size-0, 0-D") {
   kt::expect_values(p.grad(), expect);
 }
 
+TEST_CASE("view / reshape of expanded and size-1 layouts") {
+  Tensor e = tensor(std::vector<double>{1, 2, 3}, {3, 1}).expand({3, 4});
+  kt::expect_shape(e.view({3, 2, 2}), {3, 2, 2});
+  kt::expect_values(e.view({3, 2, 2}), {1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3});
+  CHECK_KILN_ERROR(e.view({12}), "use reshape()");
+  kt::expect_values(e.reshape({12}), {1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3});
+  kt::expect_values(e.reshape({4, 3}), {1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3});
+  Tensor r = iota64({1, 3}).t();  // (3, 1), strides (1, 3)
+  kt::expect_values(r.view({3}), {0, 1, 2});
+  kt::expect_values(r.view({1, 3, 1}), {0, 1, 2});
+  Tensor u = iota64({2, 3}).t().unsqueeze(0).unsqueeze(-1);  // (1, 3, 2, 1)
+  kt::expect_values(u.reshape({6}), {0, 3, 1, 4, 2, 5});
+  kt::expect_values(u.reshape({3, 2}), {0, 3, 1, 4, 2, 5});
+  auto a = kt::leaf({3, 1});
+  kt::grad_ok([](const std::vector<Tensor>& in) { return in[0].expand({3, 4}).reshape({2, 6}); }, {a});
+  kt::grad_ok([](const std::vector<Tensor>& in) { return in[0].expand({3, 4}).view({3, 2, 2}); }, {a});
+}
+
 TEST_CASE("reshape of a non-contiguous tensor copies and keeps values") {
   Tensor x = iota64({2, 3});
   Tensor y = x.t().reshape({6});
@@ -84,7 +102,7 @@ TEST_CASE("reshape of a non-contiguous tensor copies and keeps values") {
   CHECK_KILN_ERROR(x.reshape({4, 2}), "[reshape] shape (4, 2) is invalid for an input of shape (2, 3) (6 elements)");
 }
 
-TEST_CASE("flatten") {
+TEST_CASE("flatten (autograd)") {
   Tensor x = iota64({2, 3, 4});
   kt::expect_shape(x.flatten(), {24});
   kt::expect_shape(x.flatten(1), {2, 12});
@@ -133,7 +151,7 @@ TEST_CASE("permute and transpose") {
   kt::expect_values(b.grad(), {1, 3, 5, 2, 4, 6});
 }
 
-TEST_CASE("narrow") {
+TEST_CASE("narrow (autograd)") {
   Tensor x = iota64({3, 4});
   kt::expect_values(x.narrow(1, 1, 2), {1, 2, 5, 6, 9, 10});
   kt::expect_values(x.narrow(0, -1, 1), {8, 9, 10, 11});
@@ -150,7 +168,7 @@ TEST_CASE("narrow") {
   kt::expect_values(a.grad(), {0, 1, 2, 0, 0, 3, 4, 0, 0, 5, 6, 0});
 }
 
-TEST_CASE("slice: steps, negative bounds, clamping") {
+TEST_CASE("slice: steps / negative bounds / clamping") {
   Tensor x = iota64({10});
   kt::expect_values(x.slice(0, 1, 8, 3), {1, 4, 7});
   kt::expect_values(x.slice(0, -3, 10), {7, 8, 9});
@@ -179,7 +197,7 @@ TEST_CASE("slice: steps, negative bounds, clamping") {
   kt::expect_values(v.grad(), {0, 1, 0, 2, 0, 3});
 }
 
-TEST_CASE("select") {
+TEST_CASE("select (autograd)") {
   Tensor x = iota64({3, 4});
   kt::expect_values(x.select(0, 1), {4, 5, 6, 7});
   kt::expect_values(x.select(1, -1), {3, 7, 11});
@@ -233,7 +251,7 @@ TEST_CASE("expand / broadcast_to") {
   kt::expect_values(a.grad(), {8, 8, 8});
 }
 
-TEST_CASE("squeeze / unsqueeze") {
+TEST_CASE("squeeze / unsqueeze (autograd)") {
   Tensor x = zeros({2, 1, 3, 1});
   kt::expect_shape(x.squeeze(), {2, 3});
   kt::expect_shape(x.squeeze(1), {2, 3, 1});
@@ -335,7 +353,7 @@ TEST_CASE("to(dtype): values and gradient flows back in the source dtype") {
                             o));
 }
 
-TEST_CASE("cat: values, dim -1, promotion") {
+TEST_CASE("cat: values / dim -1 / promotion") {
   Tensor a = iota64({2, 2}), b = iota64({2, 3}) + 10.0;
   Tensor c = cat({a, b}, -1);
   kt::expect_shape(c, {2, 5});
@@ -357,7 +375,7 @@ TEST_CASE("cat: values, dim -1, promotion") {
   CHECK_KILN_ERROR(cat({a, b}, 2), "[cat] dim 2 out of range");
 }
 
-TEST_CASE("cat gradients: mixed dtypes, non-contiguous, size-0 pieces") {
+TEST_CASE("cat gradients: mixed dtypes / non-contiguous / size-0 pieces") {
   auto a = kt::leaf({2, 2}, 1), b = kt::leaf({2, 3}, 2);
   auto nc = kt::noncontig_leaf({2, 1}, 3);
   kt::grad_ok([](const std::vector<Tensor>& in) { return cat({in[0], in[1], in[2]}, -1); }, {a, b, nc});
@@ -470,8 +488,34 @@ TEST_CASE("chunk") {
 
 TEST_CASE("sum_to_shape undoes broadcasting") {
   Tensor g = ones({2, 3, 4});
-  kt::expect_values(sum_to_shape(g, {3, 1}), {4, 4, 4});
+  kt::expect_values(sum_to_shape(g, {3, 1}), {8, 8, 8});
+  kt::expect_values(sum_to_shape(g, {2, 1, 4}), std::vector<double>(8, 3.0));
   kt::expect_values(sum_to_shape(g, {}), {24});
   kt::expect_shape(sum_to_shape(g, {1, 3, 4}), {1, 3, 4});
   CHECK_KILN_ERROR(sum_to_shape(g, {2, 4}), "[sum_to_shape] cannot sum shape (2, 3, 4) to (2, 4)");
+}
+
+TEST_CASE("shape ops: double backward (gradients of gradients)") {
+  // g(x) = d/dx sum(f(x)^2) = f^T(2 f(x)) runs each op's backward under create_graph;
+  // gradcheck of g differentiates that backward again.
+  using Fn = std::function<Tensor(const Tensor&)>;
+  auto second = [](Fn f) {
+    return [f](const std::vector<Tensor>& in) {
+      Tensor y = f(in[0]);
+      return autograd::grad({(y * y).sum()}, {in[0]}, {}, false, /*create_graph=*/true)[0];
+    };
+  };
+  auto x = kt::leaf({3, 4});
+  kt::grad_ok(second([](const Tensor& t) { return t.slice(1, 0, 4, 2); }), {x});
+  kt::grad_ok(second([](const Tensor& t) { return t.select(0, 1); }), {x});
+  kt::grad_ok(second([](const Tensor& t) { return t.narrow(1, 1, 2).t(); }), {x});
+  kt::grad_ok(second([](const Tensor& t) { return t.unsqueeze(0).expand({2, 3, 4}); }), {x});
+  kt::grad_ok(second([](const Tensor& t) { return t.reshape({2, 6}).permute({1, 0}); }), {x});
+  kt::grad_ok(second([](const Tensor& t) { return cat({t, t.slice(0, 1, 3)}, 0); }), {x});
+  kt::grad_ok(second([](const Tensor& t) { return stack({t, t * 2.0}, 1); }), {x});
+  kt::grad_ok(second([](const Tensor& t) { return split(t, 3, 1)[1]; }), {x});
+  autograd::GradcheckOptions o;  // through float32: a wide step keeps rounding out of the differences
+  o.eps = 1e-2;
+  o.atol = 1e-4;
+  CHECK(autograd::gradcheck(second([](const Tensor& t) { return t.to(kFloat32).to(kFloat64); }), {x}, o));
 }
