@@ -63,17 +63,9 @@ bool has_nonfinite(const Tensor& g) {
 // What flows into edge e must match the input it stands for (as torch's validate_outputs):
 // another dtype is cast back, a broadcast shape is summed down, anything else is the op's bug.
 Tensor validate_grad(const Node& node, std::size_t k, const Edge& e, Tensor g) {
-  Shape shape;
-  DType dtype;
-  if (e.node->is_accumulator()) {
-    const auto* acc = static_cast<const AccumulateGrad*>(e.node.get());
-    shape = acc->leaf()->shape;
-    dtype = acc->leaf()->dtype;
-  } else {
-    const OutputInfo& o = e.node->outputs.at(e.input_nr);
-    shape = o.shape;
-    dtype = o.dtype;
-  }
+  const OutputInfo& o = e.node->outputs.at(e.input_nr);  // an accumulator's one "output" is its leaf
+  const Shape& shape = o.shape;
+  const DType dtype = o.dtype;
   if (g.shape() != shape) {
     bool expandable = static_cast<std::int64_t>(shape.size()) <= g.dim();
     for (std::size_t i = 0; expandable && i < shape.size(); ++i) {
@@ -141,7 +133,7 @@ std::vector<Tensor> FunctionNode::apply(std::vector<Tensor>&& grad_outputs) {
 }
 
 std::vector<Tensor> AccumulateGrad::apply(std::vector<Tensor>&& grad_outputs) {
-  accumulate_into(leaf_, grad_outputs.at(0), grad_enabled(), true);
+  if (auto leaf = leaf_.lock()) accumulate_into(leaf, grad_outputs.at(0), grad_enabled(), true);
   return {};
 }
 

@@ -96,18 +96,21 @@ class FunctionNode final : public Node {
   Backward fn_;
 };
 
-/// The sink for a leaf: adds incoming gradients to leaf.grad.
+/// The sink for a leaf: adds incoming gradients to leaf.grad. It holds the leaf weakly,
+/// so a .grad that carries a graph (create_graph) does not keep its leaf alive in a cycle;
+/// gradients for a leaf nobody holds any more are dropped.
 class AccumulateGrad final : public Node {
  public:
-  explicit AccumulateGrad(std::shared_ptr<TensorImpl> leaf) : leaf_(std::move(leaf)) {}
+  explicit AccumulateGrad(const std::shared_ptr<TensorImpl>& leaf) : leaf_(leaf) {
+    outputs.push_back({leaf->shape, leaf->dtype, leaf->storage->device});
+  }
   const char* name() const override { return "AccumulateGrad"; }
   bool is_accumulator() const override { return true; }
   std::vector<Tensor> apply(std::vector<Tensor>&& grad_outputs) override;
   void release() override {}
-  const std::shared_ptr<TensorImpl>& leaf() const { return leaf_; }
 
  private:
-  std::shared_ptr<TensorImpl> leaf_;
+  std::weak_ptr<TensorImpl> leaf_;
 };
 
 /// Whether an op on these inputs must be recorded.

@@ -586,3 +586,13 @@ TEST_CASE("create_graph backward stores a grad that later accumulation can add i
   x.sum().backward();
   kt::expect_values(x.grad(), {2, 2, 2});
 }
+
+TEST_CASE("backward after the leaf itself was dropped runs and drops its gradient") {
+  Tensor y, w = zeros({2}, kFloat64).requires_grad_();
+  {
+    Tensor x = ones({2}, kFloat64).requires_grad_();
+    y = (x * w).sum();
+  }
+  y.backward();
+  kt::expect_values(w.grad(), {1, 1});
+}
