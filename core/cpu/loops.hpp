@@ -17,17 +17,18 @@ namespace kiln::cpu {
 template <int N>
 struct Operands {
   std::array<char*, N> ptr;
-  std::array<std::vector<std::int64_t>, N> stride;  // bytes
+  std::array<const std::int64_t*, N> stride;  // elements, one per dim (the tensors' own strides)
+  std::array<std::int64_t, N> itemsize;
 };
 
+/// Views the tensors as loop operands; they must outlive the loop. Allocates nothing.
 template <int N>
 Operands<N> make_operands(const std::array<const Tensor*, N>& ts) {
   Operands<N> ops;
   for (int k = 0; k < N; ++k) {
     ops.ptr[k] = static_cast<char*>(ts[k]->raw_data());
-    std::int64_t isz = static_cast<std::int64_t>(itemsize(ts[k]->dtype()));
-    ops.stride[k].resize(ts[k]->strides().size());
-    for (std::size_t d = 0; d < ts[k]->strides().size(); ++d) ops.stride[k][d] = ts[k]->strides()[d] * isz;
+    ops.stride[k] = ts[k]->strides().data();
+    ops.itemsize[k] = static_cast<std::int64_t>(itemsize(ts[k]->dtype()));
   }
   return ops;
 }
@@ -56,26 +57,48 @@ void parallel_range(std::int64_t n, std::int64_t grain, F&& f) {
   }
 }
 
-/// Calls f(ptrs, n, inner_strides) for every innermost run of `shape`.
+/// Calls f(ptrs, n, inner_strides) for every innermost run of `shape` (strides in bytes).
 template <int N, typename F>
 void strided_loop(const Shape& shape_in, Operands<N> ops, F&& f, std::int64_t grain = kParallelGrain) {
+  const std::size_t ndim = shape_in.size();
+  // Fast path, no allocation: every operand is row-major contiguous over `shape`.
+  {
+    bool contiguous = true;
+    std::int64_t total = 1;
+    for (std::size_t d = ndim; d-- > 0;) {
+      if (shape_in[d] != 1)
+        for (int k = 0; k < N; ++k)
+          if (ops.stride[k][d] != total) contiguous = false;
+      total *= shape_in[d];
+    }
+    if (total == 0) return;
+    if (contiguous) {
+      std::array<std::int64_t, N> st = ops.itemsize;
+      parallel_range(total, grain, [&](std::int64_t b, std::int64_t e) {
+        std::array<char*, N> p;
+        for (int k = 0; k < N; ++k) p[k] = ops.ptr[k] + b * ops.itemsize[k];
+        f(p, e - b, st);
+      });
+      return;
+    }
+  }
   // Coalesce: drop size-1 dims, merge neighbours contiguous for every operand.
   Shape shape;
   std::array<std::vector<std::int64_t>, N> st;
-  for (std::size_t d = 0; d < shape_in.size(); ++d) {
+  for (std::size_t d = 0; d < ndim; ++d) {
     if (shape_in[d] == 1) continue;
     if (!shape.empty()) {
       bool merge = true;
       for (int k = 0; k < N; ++k)
-        if (st[k].back() != ops.stride[k][d] * shape_in[d]) merge = false;
+        if (st[k].back() != ops.stride[k][d] * ops.itemsize[k] * shape_in[d]) merge = false;
       if (merge) {
         shape.back() *= shape_in[d];
-        for (int k = 0; k < N; ++k) st[k].back() = ops.stride[k][d];
+        for (int k = 0; k < N; ++k) st[k].back() = ops.stride[k][d] * ops.itemsize[k];
         continue;
       }
     }
     shape.push_back(shape_in[d]);
-    for (int k = 0; k < N; ++k) st[k].push_back(ops.stride[k][d]);
+    for (int k = 0; k < N; ++k) st[k].push_back(ops.stride[k][d] * ops.itemsize[k]);
   }
   std::int64_t total = 1;
   for (auto s : shape) total *= s;
