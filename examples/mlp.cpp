@@ -12,7 +12,7 @@ using namespace kiln;
 // n points per ring; ring k has radius k + 1 with noise. x: (3n, 2), labels: (3n,)
 std::pair<Tensor, Tensor> make_rings(std::int64_t n, Generator& gen) {
   Tensor angle = rand({3 * n}, kFloat32, &gen) * (2 * M_PI);
-  Tensor label = arange(3 * n) / n;                         // 0,0,..,1,1,..,2,2 (float)
+  Tensor label = cat({zeros({n}), ones({n}), full({n}, 2.0)});  // 0,..,0,1,..,1,2,..,2
   Tensor radius = label + 1.0 + randn({3 * n}, kFloat32, &gen) * 0.15;
   Tensor x = stack({radius * cos(angle), radius * sin(angle)}, 1);
   return {x, label.to(kInt64)};

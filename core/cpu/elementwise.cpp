@@ -201,7 +201,10 @@ void CpuBackend::binary(BinaryOp op, const Tensor& x, const Tensor& y, const Ten
     switch (op) {
       case BinaryOp::Add: run_binary<T>(x, y, out, [](T a, T b) -> T { return a + b; }); break;
       case BinaryOp::Sub: run_binary<T>(x, y, out, [](T a, T b) -> T { return a - b; }); break;
-      case BinaryOp::Mul: run_binary<T>(x, y, out, [](T a, T b) -> T { return a * b; }); break;
+      case BinaryOp::Mul:
+        if constexpr (std::is_same_v<T, bool>) run_binary<T>(x, y, out, [](T a, T b) -> T { return a && b; });
+        else run_binary<T>(x, y, out, [](T a, T b) -> T { return a * b; });
+        break;
       case BinaryOp::Div:
         if constexpr (std::is_floating_point_v<T>) run_binary<T>(x, y, out, [](T a, T b) -> T { return a / b; });
         else run_binary<T>(x, y, out, [](T a, T b) -> T { return b == 0 ? T(0) : T(a / b); });

@@ -26,7 +26,7 @@ void CpuBackend::random(const Tensor& out, const RandomSpec& spec) {
           u[0] = uint_to_unit_double(w[0], w[1]);
           u[1] = uint_to_unit_double(w[2], w[3]);
         }
-        double v[4];
+        double v[4] = {0, 0, 0, 0};
         switch (spec.kind) {
           case RandomSpec::Uniform:
             for (int j = 0; j < per; ++j) v[j] = spec.a + (spec.b - spec.a) * u[j];

@@ -17,7 +17,10 @@ struct SumOp {
 template <typename T>
 struct ProdOp {
   static T init() { return T(1); }
-  static T apply(T a, T b) { return a * b; }
+  static T apply(T a, T b) {
+    if constexpr (std::is_same_v<T, bool>) return a && b;
+    else return a * b;
+  }
 };
 template <typename T>
 struct MaxOp {
