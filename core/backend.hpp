@@ -32,6 +32,38 @@ struct RandomSpec {
   std::uint64_t seed = 0, offset = 0;  // Philox key and first counter
 };
 
+/// Inputs of the fused attention kernels (scaled dot-product attention, flash style).
+///   q (N, H, T, Dk), k (N, Hkv, S, Dk), v (N, Hkv, S, Dv): one float dtype, any strides;
+///   query head h reads kv head h / (H / Hkv) (grouped-query attention).
+///   mask: undefined, or bool (true = may attend) or q's dtype (added to the logits), with
+///   shape (N, H, T, S) and any strides (broadcast views have 0 strides).
+/// Logits are scale * q.k + mask; causal (bottom-right aligned) keeps key s for query t when
+/// s <= S - T + t; a -inf logit counts as masked. Masked entries are skipped, never multiplied
+/// by 0, so NaN/Inf in masked-out keys/values cannot leak; a query with nothing left to
+/// attend to gets output 0 and gradient 0.
+struct AttentionArgs {
+  Tensor q, k, v, mask;
+  double scale = 1.0;
+  bool causal = false;
+  /// Dropout on the probabilities: keep with keep_prob, scale kept ones by 1/keep_prob. The keep
+  /// decision for (n*H + h, t, s) comes from Philox (seed, offset + attention_dropout_counters
+  /// position), so backward and attention_dropout_mask regenerate it without storing it.
+  double keep_prob = 1.0;
+  std::uint64_t seed = 0, offset = 0;
+};
+
+/// Philox counters one attention call with dropout consumes (reserve them from a Generator).
+inline std::uint64_t attention_dropout_counters(std::int64_t N, std::int64_t H, std::int64_t T, std::int64_t S) {
+  // 16 counters (64 words) per started block of 64 keys, per (n, h, t) row.
+  return static_cast<std::uint64_t>(N * H * T) * static_cast<std::uint64_t>((S + 63) / 64 * 16);
+}
+
+/// Gradient outputs of Backend::attention_backward; gmask may be undefined.
+struct AttentionGrads {
+  Tensor gq, gk, gv;  // shapes of q, k, v; any strides (no overlap)
+  Tensor gmask;       // undefined or contiguous (N, H, T, S): d loss / d logits
+};
+
 class Backend {
  public:
   virtual ~Backend() = default;
@@ -81,6 +113,21 @@ class Backend {
 
   /// Fills a contiguous tensor with random values (see RandomSpec).
   virtual void random(const Tensor& out, const RandomSpec& spec) = 0;
+
+  /// Fused attention forward (see AttentionArgs). out (N, H, T, Dv) any strides (no overlap);
+  /// lse (N, H, T) contiguous: per-row logsumexp of the logits, -inf for rows with nothing to
+  /// attend to; weights undefined or contiguous (N, H, T, S): pre-dropout probabilities.
+  /// Memory beyond the outputs is O((T + S) * D), never O(T * S).
+  virtual void attention_forward(const AttentionArgs& a, const Tensor& out, const Tensor& lse,
+                                 const Tensor& weights) = 0;
+  /// Gradients of attention_forward from gout (N, H, T, Dv, any strides), recomputing the
+  /// probabilities from lse. With weights requested in forward, pass them and their gradient
+  /// gweights (both contiguous (N, H, T, S)); otherwise leave both undefined.
+  virtual void attention_backward(const AttentionArgs& a, const Tensor& out, const Tensor& lse, const Tensor& gout,
+                                  const Tensor& weights, const Tensor& gweights, const AttentionGrads& grads) = 0;
+  /// The dropout multipliers the fused kernels use: contiguous (N, H, T, S) out of q's dtype
+  /// gets 1/keep_prob where kept, 0 where dropped.
+  virtual void attention_dropout_mask(const AttentionArgs& a, const Tensor& out) = 0;
 };
 
 /// The backend for a device; throws kiln::Error when kiln was built without it.

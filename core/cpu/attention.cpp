@@ -1,0 +1,901 @@
+// Fused scaled dot-product attention on the CPU, flash-attention style (contract: AttentionArgs
+// in ../backend.hpp).
+//   forward : per (batch, head, block of kBq queries), stream over blocks of Bk keys with an
+//             online softmax (running max and sum per row); the output accumulates in a
+//             (kBq, Dv) tile; only the per-row logsumexp is kept for backward.
+//   backward: per (batch, kv head, range of key blocks), recompute the probabilities tile by
+//             tile from the logsumexp; dK/dV of the key block accumulate in tiles (no races),
+//             dQ of the task's query heads in a per-task buffer.
+// Logits are kept in log2 units (q pre-scaled by scale * log2(e)), so each probability is one
+// exp2. Tile products go through one register-blocked microkernel written with GCC vector
+// extensions (AVX-512 when compiled for it). A masked logit is -inf; products whose operand
+// tile holds NaN/Inf take an exact path that skips masked pairs instead of multiplying by 0.
+#include <omp.h>
+#if defined(__AVX512F__)
+// GCC 12 reports false "used uninitialized" inside its own AVX-512 intrinsics (_mm512_set1_*).
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#include <immintrin.h>
+#pragma GCC diagnostic pop
+#endif
+
+#include <algorithm>
+#include <array>
+#include <atomic>
+#include <cmath>
+#include <cstring>
+#include <fmt/format.h>
+#include <limits>
+#include <memory>
+#include <vector>
+
+#include "cpu_backend.hpp"
+#include "loops.hpp"
+
+namespace kiln::cpu {
+namespace {
+
+// ---------------------------------------------------------------- SIMD helpers
+#if defined(__AVX512F__)
+#define KILN_ATTN_VEC_BYTES 64
+#else
+#define KILN_ATTN_VEC_BYTES 32
+#endif
+
+template <typename F>
+struct Simd;
+template <>
+struct Simd<float> {
+  typedef float V __attribute__((vector_size(KILN_ATTN_VEC_BYTES)));
+  typedef float U __attribute__((vector_size(KILN_ATTN_VEC_BYTES), aligned(4), may_alias));  // unaligned access
+  typedef std::int32_t I __attribute__((vector_size(KILN_ATTN_VEC_BYTES)));
+};
+template <>
+struct Simd<double> {
+  typedef double V __attribute__((vector_size(KILN_ATTN_VEC_BYTES)));
+  typedef double U __attribute__((vector_size(KILN_ATTN_VEC_BYTES), aligned(8), may_alias));
+  typedef std::int64_t I __attribute__((vector_size(KILN_ATTN_VEC_BYTES)));
+};
+template <typename F>
+using Vec = typename Simd<F>::V;
+template <typename F>
+using IVec = typename Simd<F>::I;
+template <typename F>
+constexpr std::int64_t kW = KILN_ATTN_VEC_BYTES / static_cast<std::int64_t>(sizeof(F));
+
+template <typename F>
+inline Vec<F> vload(const F* p) {
+  return *reinterpret_cast<const typename Simd<F>::U*>(p);
+}
+template <typename F>
+inline void vstore(F* p, Vec<F> v) {
+  *reinterpret_cast<typename Simd<F>::U*>(p) = v;
+}
+template <typename F>
+inline Vec<F> vsplat(F x) {
+  return x - Vec<F>{};  // exact for every x (x + 0 is not: -0 + 0 = +0), so it folds to a broadcast
+}
+// Horizontal sum / max (NaN lanes may be ignored by hmax; callers check NaN themselves).
+template <typename F>
+inline F hsum(Vec<F> v) {
+#if defined(__AVX512F__)
+  if constexpr (std::is_same_v<F, float>) return _mm512_reduce_add_ps(reinterpret_cast<__m512&>(v));
+  else return _mm512_reduce_add_pd(reinterpret_cast<__m512d&>(v));
+#else
+  F s = 0;
+  for (int i = 0; i < kW<F>; ++i) s += v[i];
+  return s;
+#endif
+}
+template <typename F>
+inline F hmax(Vec<F> v) {
+#if defined(__AVX512F__)
+  if constexpr (std::is_same_v<F, float>) return _mm512_reduce_max_ps(reinterpret_cast<__m512&>(v));
+  else return _mm512_reduce_max_pd(reinterpret_cast<__m512d&>(v));
+#else
+  F m = v[0];
+  for (int i = 1; i < kW<F>; ++i) m = v[i] > m ? v[i] : m;
+  return m;
+#endif
+}
+
+constexpr double kLog2e = 1.4426950408889634;
+constexpr double kLn2 = 0.6931471805599453;
+template <typename F>
+constexpr F kNegInf = -std::numeric_limits<F>::infinity();
+
+// 2^t lane-wise for t <= 0 (all softmax needs). t at or below the smallest normal exponent
+// gives exactly 0, so -inf -> 0 without a select; NaN stays NaN.
+inline Vec<float> exp2v(Vec<float> t) {
+  using V = Vec<float>;
+#if defined(__AVX512F__)
+  // vscalefps does the 2^n part, including the underflow to 0.
+  t = t < -150.0f ? vsplat(-150.0f) : t;
+  __m512 n = _mm512_roundscale_ps((__m512)t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  V f = t - (V)n;  // in [-0.5, 0.5]
+#else
+  using I = IVec<float>;
+  t = t < -127.0f ? vsplat(-127.0f) : t;
+  const V magic = vsplat(12582912.0f);  // 1.5 * 2^23: adding it rounds to an integer
+  V tm = t + magic;
+  V f = t - (tm - magic);  // in [-0.5, 0.5]
+#endif
+  V p = vsplat(1.535336188319500e-4f);
+  p = p * f + 1.339887440266574e-3f;
+  p = p * f + 9.618437357674640e-3f;
+  p = p * f + 5.550332471162809e-2f;
+  p = p * f + 2.402264791363012e-1f;
+  p = p * f + 6.931472028550421e-1f;
+  p = p * f + 1.0f;
+#if defined(__AVX512F__)
+  return (V)_mm512_scalef_ps((__m512)p, n);
+#else
+  I e = ((I)tm - (I)magic + 127) << 23;
+  return p * (V)e;
+#endif
+}
+inline Vec<double> exp2v(Vec<double> t) {
+  using V = Vec<double>;
+  using I = IVec<double>;
+  t = t < -1023.0 ? vsplat(-1023.0) : t;
+  const V magic = vsplat(6755399441055744.0);  // 1.5 * 2^52
+  V tm = t + magic;
+  V f = t - (tm - magic);
+  // Taylor series of 2^f = e^(f ln 2) to degree 13: relative error < 1e-16 on [-0.5, 0.5].
+  static constexpr double c[] = {1.3691488853904124e-12, 2.5678435993488196e-11, 4.44553827187081e-10,
+                                 7.054911620801121e-09,  1.0178086009239696e-07, 1.3215486790144305e-06,
+                                 1.5252733804059838e-05, 0.00015403530393381606, 0.0013333558146428441,
+                                 0.009618129107628477,   0.055504108664821576,   0.2402265069591007,
+                                 0.6931471805599453,     1.0};
+  V p = vsplat(c[0]);
+  for (int i = 1; i < 14; ++i) p = p * f + c[i];
+  I e = ((I)tm - (I)magic + 1023) << 52;
+  return p * (V)e;
+}
+
+template <typename F>
+bool all_finite(const F* p, std::int64_t n) {
+  // x - x is 0 for finite x, NaN otherwise; vector lanes keep the scan branch-free.
+  Vec<F> z{};
+  std::int64_t i = 0;
+  for (; i + kW<F> <= n; i += kW<F>) {
+    Vec<F> x = vload(p + i);
+    z += x - x;
+  }
+  F t = 0;
+  for (; i < n; ++i) t += p[i] - p[i];
+  for (int l = 0; l < kW<F>; ++l) t += z[l];
+  return t == 0;
+}
+
+// ---------------------------------------------------------------- dropout bits
+// Key j of a row uses Philox counter row_ctr + (j / 64) * 16 + j % 16, word (j / 16) % 4: the 64
+// keys of a group come from 16 counters computed side by side. out[w * 16 + i] = word w of
+// counter ctr + i.
+void philox64(std::uint64_t key, std::uint64_t ctr, std::uint32_t* out) {
+#if defined(__AVX512F__)
+  alignas(64) std::uint32_t lo[16], hi[16];
+  for (int i = 0; i < 16; ++i) {
+    std::uint64_t c = ctr + static_cast<std::uint64_t>(i);
+    lo[i] = static_cast<std::uint32_t>(c);
+    hi[i] = static_cast<std::uint32_t>(c >> 32);
+  }
+  __m512i c0 = _mm512_load_si512(lo), c1 = _mm512_load_si512(hi);
+  __m512i c2 = _mm512_setzero_si512(), c3 = _mm512_setzero_si512();
+  const __m512i m0 = _mm512_set1_epi32(static_cast<int>(0xD2511F53u));
+  const __m512i m1 = _mm512_set1_epi32(static_cast<int>(0xCD9E8D57u));
+  std::uint32_t k0 = static_cast<std::uint32_t>(key), k1 = static_cast<std::uint32_t>(key >> 32);
+  for (int r = 0; r < 10; ++r) {
+    // 32 x 32 -> 64-bit products of the even and the odd lanes, then split into hi / lo words.
+    __m512i pe0 = _mm512_mul_epu32(c0, m0), po0 = _mm512_mul_epu32(_mm512_srli_epi64(c0, 32), m0);
+    __m512i pe1 = _mm512_mul_epu32(c2, m1), po1 = _mm512_mul_epu32(_mm512_srli_epi64(c2, 32), m1);
+    __m512i hi0 = _mm512_mask_blend_epi32(0xAAAA, _mm512_srli_epi64(pe0, 32), po0);
+    __m512i lo0 = _mm512_mask_blend_epi32(0xAAAA, pe0, _mm512_slli_epi64(po0, 32));
+    __m512i hi1 = _mm512_mask_blend_epi32(0xAAAA, _mm512_srli_epi64(pe1, 32), po1);
+    __m512i lo1 = _mm512_mask_blend_epi32(0xAAAA, pe1, _mm512_slli_epi64(po1, 32));
+    __m512i n0 = _mm512_xor_si512(_mm512_xor_si512(hi1, c1), _mm512_set1_epi32(static_cast<int>(k0)));
+    __m512i n2 = _mm512_xor_si512(_mm512_xor_si512(hi0, c3), _mm512_set1_epi32(static_cast<int>(k1)));
+    c1 = lo1;
+    c3 = lo0;
+    c0 = n0;
+    c2 = n2;
+    k0 += 0x9E3779B9u;
+    k1 += 0xBB67AE85u;
+  }
+  _mm512_storeu_si512(out, c0);
+  _mm512_storeu_si512(out + 16, c1);
+  _mm512_storeu_si512(out + 32, c2);
+  _mm512_storeu_si512(out + 48, c3);
+#else
+  for (int i = 0; i < 16; ++i) {
+    auto w = philox4x32(key, ctr + static_cast<std::uint64_t>(i));
+    for (int k = 0; k < 4; ++k) out[k * 16 + i] = w[k];
+  }
+#endif
+}
+
+struct Dropout {
+  bool on = false;
+  std::uint64_t seed = 0, offset = 0, per_row = 0;  // Philox counters per (n, h, t) row
+  std::uint32_t thresh = 0;                          // keep when the word is below it
+  double inv = 0;                                    // 1 / keep_prob (0 when nothing is kept)
+};
+
+Dropout make_dropout(const AttentionArgs& a, std::int64_t S) {
+  Dropout d;
+  if (a.keep_prob >= 1.0) return d;
+  d.on = true;
+  d.seed = a.seed;
+  d.offset = a.offset;
+  d.per_row = static_cast<std::uint64_t>((S + 63) / 64 * 16);
+  d.thresh = static_cast<std::uint32_t>(std::min(a.keep_prob * 4294967296.0, 4294967295.0));
+  d.inv = a.keep_prob > 0 ? 1.0 / a.keep_prob : 0.0;
+  return d;
+}
+
+// mult[i] = dropout multiplier (0 or 1/keep) of key j0 + i of row `row`, i < n; j0 % 64 == 0.
+template <typename F>
+void dropout_mult(const Dropout& d, std::int64_t row, std::int64_t j0, std::int64_t n, F* mult) {
+  alignas(64) std::uint32_t w[64];
+  const std::uint64_t base = d.offset + static_cast<std::uint64_t>(row) * d.per_row;
+  const F inv = static_cast<F>(d.inv);
+  for (std::int64_t b = 0; b < n; b += 64) {
+    philox64(d.seed, base + static_cast<std::uint64_t>((j0 + b) / 64 * 16), w);
+    const std::int64_t m = std::min<std::int64_t>(64, n - b);
+    for (std::int64_t i = 0; i < m; ++i) mult[b + i] = w[i] < d.thresh ? inv : F(0);
+  }
+}
+
+// ---------------------------------------------------------------- tile products
+// C[i, :] (=|+=) sum_k A(i, k) * B[k, :] for a (R, NC * W) block, with A(i, k) = A[i * ars + k * aks]
+// (so A may be read transposed) and B rows of NC vectors. Acc: C is loaded first (times alpha[i]
+// when alpha is given); else it is overwritten.
+template <typename F, int R, int NC, bool Acc>
+inline void microkernel(std::int64_t K, const F* A, std::int64_t ars, std::int64_t aks, const F* B,
+                        std::int64_t ldb, F* C, std::int64_t ldc, const F* alpha) {
+  using V = Vec<F>;
+  constexpr std::int64_t W = kW<F>;
+  V acc[R][NC];
+  for (int r = 0; r < R; ++r)
+    for (int c = 0; c < NC; ++c) {
+      if constexpr (Acc) {
+        acc[r][c] = vload(C + r * ldc + c * W);
+        if (alpha) acc[r][c] *= alpha[r];
+      } else {
+        acc[r][c] = V{};
+      }
+    }
+  for (std::int64_t k = 0; k < K; ++k) {
+    V b[NC];
+    for (int c = 0; c < NC; ++c) b[c] = vload(B + k * ldb + c * W);
+    for (int r = 0; r < R; ++r) {
+      V a = vsplat(A[r * ars + k * aks]);
+      for (int c = 0; c < NC; ++c) acc[r][c] += a * b[c];
+    }
+  }
+  for (int r = 0; r < R; ++r)
+    for (int c = 0; c < NC; ++c) vstore(C + r * ldc + c * W, acc[r][c]);
+}
+
+// Rows in blocks of Rmax, then 4, 2, 1 (NC vectors wide).
+template <typename F, int Rmax, int NC, bool Acc>
+void gemm_cols(std::int64_t M, std::int64_t K, const F* A, std::int64_t ars, std::int64_t aks, const F* B,
+               std::int64_t ldb, F* C, std::int64_t ldc, const F* alpha) {
+  std::int64_t i = 0;
+  auto at = [&](std::int64_t i) { return alpha ? alpha + i : nullptr; };
+  for (; i + Rmax <= M; i += Rmax)
+    microkernel<F, Rmax, NC, Acc>(K, A + i * ars, ars, aks, B, ldb, C + i * ldc, ldc, at(i));
+  for (; i + 4 <= M; i += 4) microkernel<F, 4, NC, Acc>(K, A + i * ars, ars, aks, B, ldb, C + i * ldc, ldc, at(i));
+  for (; i + 2 <= M; i += 2) microkernel<F, 2, NC, Acc>(K, A + i * ars, ars, aks, B, ldb, C + i * ldc, ldc, at(i));
+  for (; i < M; ++i) microkernel<F, 1, NC, Acc>(K, A + i * ars, ars, aks, B, ldb, C + i * ldc, ldc, at(i));
+}
+
+// C (M, N) (=|+=) A (M, K) B (K, N); N a multiple of the vector width; B and C rows contiguous.
+template <typename F, bool Acc>
+void gemm(std::int64_t M, std::int64_t N, std::int64_t K, const F* A, std::int64_t ars, std::int64_t aks,
+          const F* B, std::int64_t ldb, F* C, std::int64_t ldc, const F* alpha = nullptr) {
+  constexpr std::int64_t W = kW<F>;
+  for (std::int64_t c = 0; c < N;) {
+    const std::int64_t left = (N - c) / W;
+    if (left >= 4) {
+      gemm_cols<F, 6, 4, Acc>(M, K, A, ars, aks, B + c, ldb, C + c, ldc, alpha);
+      c += 4 * W;
+    } else if (left >= 2) {
+      gemm_cols<F, 12, 2, Acc>(M, K, A, ars, aks, B + c, ldb, C + c, ldc, alpha);
+      c += 2 * W;
+    } else {
+      gemm_cols<F, 12, 1, Acc>(M, K, A, ars, aks, B + c, ldb, C + c, ldc, alpha);
+      c += W;
+    }
+  }
+}
+
+// The exact path of gemm<F, true> when an operand tile holds NaN/Inf: pairs (query r, key j)
+// with score S[r * lds + j] == -inf are skipped. trans = false: C rows are queries and k runs
+// over keys; trans = true: C rows are keys and k runs over queries.
+template <typename F>
+void gemm_skip(bool trans, std::int64_t M, std::int64_t N, std::int64_t K, const F* A, std::int64_t lda,
+               const F* B, std::int64_t ldb, F* C, std::int64_t ldc, const F* alpha, const F* Sc,
+               std::int64_t lds) {
+  for (std::int64_t i = 0; i < M; ++i) {
+    F* c = C + i * ldc;
+    if (alpha)
+      for (std::int64_t x = 0; x < N; ++x) c[x] *= alpha[i];
+    for (std::int64_t k = 0; k < K; ++k) {
+      const std::int64_t r = trans ? k : i, j = trans ? i : k;
+      if (Sc[r * lds + j] == kNegInf<F>) continue;
+      const F a = A[r * lda + j];
+      const F* b = B + k * ldb;
+      for (std::int64_t x = 0; x < N; ++x) c[x] += a * b[x];
+    }
+  }
+}
+
+// ---------------------------------------------------------------- rows
+// Masks one score row (log2 units) of keys [j0, j0 + cp): keys at or past `valid` (causal limit,
+// end of the sequence, vector padding) become -inf; then the user mask over [0, valid).
+template <typename F>
+void mask_row(F* s, std::int64_t valid, std::int64_t cp, const char* mrow, bool is_bool, std::int64_t ms) {
+  if (mrow) {
+    if (is_bool) {
+      const auto* m = reinterpret_cast<const std::uint8_t*>(mrow);
+      if (ms == 1)
+        for (std::int64_t j = 0; j < valid; ++j) s[j] = m[j] ? s[j] : kNegInf<F>;
+      else
+        for (std::int64_t j = 0; j < valid; ++j) s[j] = m[j * ms] ? s[j] : kNegInf<F>;
+    } else {
+      // A -inf entry masks even a NaN logit (from NaN in a masked-out key).
+      const F* m = reinterpret_cast<const F*>(mrow);
+      const F l2e = static_cast<F>(kLog2e);
+      for (std::int64_t j = 0; j < valid; ++j) {
+        F x = m[j * ms];
+        s[j] = x == kNegInf<F> ? kNegInf<F> : s[j] + x * l2e;
+      }
+    }
+  }
+  for (std::int64_t j = std::max<std::int64_t>(valid, 0); j < cp; ++j) s[j] = kNegInf<F>;
+}
+
+template <typename F>
+F max_row(const F* s, std::int64_t cp) {
+  Vec<F> m = vsplat(kNegInf<F>);
+  for (std::int64_t j = 0; j < cp; j += kW<F>) {
+    Vec<F> x = vload(s + j);
+    m = x > m ? x : m;
+  }
+  return hmax<F>(m);
+}
+
+template <typename F>
+bool has_nan(const F* s, std::int64_t n) {
+  bool any = false;
+  for (std::int64_t j = 0; j < n; ++j) any |= s[j] != s[j];
+  return any;
+}
+
+// p = 2^(s - m) (times the dropout multipliers when given); returns the sum before dropout.
+template <typename F>
+F exp_row(const F* s, F m, F* p, std::int64_t cp, const F* mult) {
+  Vec<F> acc{}, mv = vsplat(m);
+  for (std::int64_t j = 0; j < cp; j += kW<F>) {
+    Vec<F> e = exp2v(vload(s + j) - mv);
+    acc += e;
+    vstore(p + j, mult ? e * vload(mult + j) : e);
+  }
+  return hsum<F>(acc);
+}
+
+// ---------------------------------------------------------------- geometry and scratch
+template <typename F>
+struct Geo {
+  static constexpr std::int64_t kBq = 64;                                   // queries per block
+  static constexpr std::int64_t kBk = std::is_same_v<F, float> ? 128 : 64;  // keys per block (64 | kBk)
+  std::int64_t N, H, Hkv, G, T, S, Dk, Dv, Dkp, Dvp, Sp, nqb, nkb;
+  explicit Geo(const AttentionArgs& a) {
+    N = a.q.size(0);
+    H = a.q.size(1);
+    T = a.q.size(2);
+    Dk = a.q.size(3);
+    Hkv = a.k.size(1);
+    S = a.k.size(2);
+    Dv = a.v.size(3);
+    G = Hkv ? H / Hkv : 1;
+    auto up = [](std::int64_t x) { return (x + kW<F> - 1) / kW<F> * kW<F>; };
+    Dkp = up(Dk);
+    Dvp = up(Dv);
+    Sp = up(S);
+    nqb = (T + kBq - 1) / kBq;
+    nkb = (S + kBk - 1) / kBk;
+  }
+  // Keys [0, result) may be seen by query t (before the user mask).
+  std::int64_t key_limit(bool causal, std::int64_t t) const {
+    return causal ? std::clamp<std::int64_t>(S - T + t + 1, 0, S) : S;
+  }
+};
+
+// Thread scratch from the caching allocator (no page faults in steady state).
+class Scratch {
+ public:
+  explicit Scratch(std::size_t bytes) : n_(std::max<std::size_t>(bytes, 64)), p_(cpu_allocator().allocate(n_)) {}
+  ~Scratch() { cpu_allocator().deallocate(p_, n_); }
+  Scratch(const Scratch&) = delete;
+  Scratch& operator=(const Scratch&) = delete;
+  template <typename F>
+  F* take(std::int64_t count) {  // 64-byte aligned piece
+    F* r = reinterpret_cast<F*>(static_cast<char*>(p_) + used_);
+    used_ += (static_cast<std::size_t>(count) * sizeof(F) + 63) / 64 * 64;
+    return r;
+  }
+  void reset() { used_ = 0; }
+  static std::size_t size_of(std::initializer_list<std::int64_t> counts, std::size_t elem) {
+    std::size_t s = 0;
+    for (auto c : counts) s += (static_cast<std::size_t>(c) * elem + 63) / 64 * 64;
+    return s;
+  }
+
+ private:
+  std::size_t n_;
+  void* p_;
+  std::size_t used_ = 0;
+};
+
+struct MaskView {
+  const char* p = nullptr;
+  bool is_bool = false;
+  std::int64_t isz = 0, sn = 0, sh = 0, st = 0, ss = 0;
+  explicit MaskView(const Tensor& m) {
+    if (!m.defined()) return;
+    p = static_cast<const char*>(m.raw_data());
+    is_bool = m.dtype() == kBool;
+    isz = static_cast<std::int64_t>(itemsize(m.dtype()));
+    sn = m.stride(0);
+    sh = m.stride(1);
+    st = m.stride(2);
+    ss = m.stride(3);
+  }
+  const char* row(std::int64_t n, std::int64_t h, std::int64_t t) const {
+    return p ? p + (n * sn + h * sh + t * st) * isz : nullptr;
+  }
+};
+
+// Runs body(item, scratch) for items [0, n) over the thread pool, pulling items from a shared
+// counter (causal blocks differ in cost); one scratch area per thread.
+template <typename Body>
+void run_items(std::int64_t n, std::int64_t grain, std::size_t scratch_bytes, Body&& body) {
+  const int nt = threads_for(n, grain);
+  std::vector<std::unique_ptr<Scratch>> scratch;
+  for (int i = 0; i < std::max(nt, 1); ++i) scratch.push_back(std::make_unique<Scratch>(scratch_bytes));
+  std::atomic<std::int64_t> next{0};
+  parallel_range(n, grain, [&](std::int64_t, std::int64_t) {
+    Scratch& s = *scratch[static_cast<std::size_t>(nt > 1 ? omp_get_thread_num() : 0)];
+    for (std::int64_t it; (it = next.fetch_add(1)) < n;) {
+      s.reset();
+      body(it, s);
+    }
+  });
+}
+
+// Items needed so each thread gets ~64k multiply-adds before splitting.
+std::int64_t grain_for(std::int64_t work_per_item) {
+  return std::max<std::int64_t>(1, (std::int64_t{1} << 16) / std::max<std::int64_t>(work_per_item, 1));
+}
+
+// dst[d * ld + j] = src[j * sj + d * sd] for j < rows, d < D; columns [rows, cp) zeroed.
+template <typename F>
+void pack_transposed(F* dst, std::int64_t ld, const F* src, std::int64_t sj, std::int64_t sd, std::int64_t rows,
+                     std::int64_t cp, std::int64_t D) {
+  // 16 source rows at a time: they stay in L1 while each destination row gets 16 contiguous values.
+  constexpr std::int64_t kJ = 16;
+  for (std::int64_t j0 = 0; j0 < rows; j0 += kJ) {
+    const std::int64_t jn = std::min(kJ, rows - j0);
+    const F* s = src + j0 * sj;
+    for (std::int64_t d = 0; d < D; ++d) {
+      F* o = dst + d * ld + j0;
+      const F* sc = s + d * sd;
+      for (std::int64_t j = 0; j < jn; ++j) o[j] = sc[j * sj];
+    }
+  }
+  for (std::int64_t d = 0; d < D; ++d) std::fill(dst + d * ld + rows, dst + d * ld + cp, F(0));
+}
+
+// dst[j * ld + d] = src[j * sj + d * sd] * scale for j < rows, d < D; columns [D, ld) zeroed.
+template <typename F>
+void pack_rows(F* dst, std::int64_t ld, const F* src, std::int64_t sj, std::int64_t sd, std::int64_t rows,
+               std::int64_t D, F scale = F(1)) {
+  for (std::int64_t j = 0; j < rows; ++j) {
+    F* o = dst + j * ld;
+    const F* s = src + j * sj;
+    if (sd == 1)
+      for (std::int64_t d = 0; d < D; ++d) o[d] = s[d] * scale;
+    else
+      for (std::int64_t d = 0; d < D; ++d) o[d] = s[d * sd] * scale;
+    for (std::int64_t d = D; d < ld; ++d) o[d] = 0;
+  }
+}
+
+using St4 = std::array<std::int64_t, 4>;
+inline St4 st4(const Tensor& t) {
+  return t.defined() ? St4{t.stride(0), t.stride(1), t.stride(2), t.stride(3)} : St4{};
+}
+
+template <typename F>
+void zero4(const Tensor& t) {
+  F* p = t.data_ptr<F>();
+  for (std::int64_t a = 0; a < t.size(0); ++a)
+    for (std::int64_t b = 0; b < t.size(1); ++b)
+      for (std::int64_t c = 0; c < t.size(2); ++c)
+        for (std::int64_t d = 0; d < t.size(3); ++d)
+          p[a * t.stride(0) + b * t.stride(1) + c * t.stride(2) + d * t.stride(3)] = 0;
+}
+
+// ---------------------------------------------------------------- forward
+template <typename F>
+void forward_impl(const AttentionArgs& a, const Tensor& out, const Tensor& lse_t, const Tensor& weights) {
+  const Geo<F> g(a);
+  constexpr std::int64_t Bq = Geo<F>::kBq, Bk = Geo<F>::kBk;
+  const std::int64_t NH = g.N * g.H, NK = g.N * g.Hkv;
+  if (NH * g.T == 0) return;
+  const F* q = a.q.data_ptr<F>();
+  const F* k = a.k.data_ptr<F>();
+  const F* v = a.v.data_ptr<F>();
+  F* o = out.data_ptr<F>();
+  F* lse = lse_t.data_ptr<F>();
+  F* w = weights.defined() ? weights.data_ptr<F>() : nullptr;
+  const MaskView mask(a.mask);
+  const Dropout drop = make_dropout(a, g.S);
+  const F qscale = static_cast<F>(a.scale * kLog2e);
+  const St4 qst = st4(a.q), kst = st4(a.k), vst = st4(a.v), ost = st4(out);
+
+  // K^T and V (Sp, Dvp) per kv head, packed once; which V blocks are all finite.
+  // K^T blocks are contiguous (Dk, Bk) tiles: rows Sp apart would all fall into one L1 set.
+  const std::int64_t ktsz = g.nkb * g.Dk * Bk;
+  Scratch packed(Scratch::size_of({NK * ktsz, NK * g.Sp * g.Dvp}, sizeof(F)));
+  F* kt_all = packed.take<F>(NK * ktsz);
+  F* vp_all = packed.take<F>(NK * g.Sp * g.Dvp);
+  std::vector<char> vfin(static_cast<std::size_t>(NK * g.nkb), 1);
+  parallel_range(NK, grain_for(g.S * (g.Dk + g.Dv)), [&](std::int64_t b, std::int64_t e) {
+    for (std::int64_t x = b; x < e; ++x) {
+      const std::int64_t n = x / g.Hkv, h = x % g.Hkv;
+      const F* kx = k + n * kst[0] + h * kst[1];
+      const F* vx = v + n * vst[0] + h * vst[1];
+      for (std::int64_t kb = 0; kb < g.nkb; ++kb) {
+        const std::int64_t j0 = kb * Bk;
+        pack_transposed(kt_all + x * ktsz + kb * g.Dk * Bk, Bk, kx + j0 * kst[2], kst[2], kst[3],
+                        std::min(Bk, g.S - j0), std::min(Bk, g.Sp - j0), g.Dk);
+      }
+      F* vo = vp_all + x * g.Sp * g.Dvp;
+      pack_rows(vo, g.Dvp, vx, vst[2], vst[3], g.S, g.Dv);
+      std::fill(vo + g.S * g.Dvp, vo + g.Sp * g.Dvp, F(0));
+      for (std::int64_t kb = 0; kb < g.nkb; ++kb) {
+        const std::int64_t j0 = kb * Bk, cols = std::min(Bk, g.S - j0);
+        vfin[static_cast<std::size_t>(x * g.nkb + kb)] = all_finite(vo + j0 * g.Dvp, cols * g.Dvp);
+      }
+    }
+  });
+
+  const std::size_t scratch = Scratch::size_of({Bq * g.Dkp, Bq * Bk, Bq * Bk, Bq * g.Dvp, Bq, Bq, Bq, Bk}, sizeof(F));
+  // Heads in order, each head's query blocks from the last (most keys under causal) down.
+  run_items(NH * g.nqb, grain_for(Bq * g.S * (g.Dk + g.Dv)), scratch, [&](std::int64_t it, Scratch& sc) {
+    const std::int64_t nh = it / g.nqb, qb = g.nqb - 1 - it % g.nqb;
+    const std::int64_t n = nh / g.H, h = nh % g.H, kvx = n * g.Hkv + h / g.G;
+    const std::int64_t t0 = qb * Bq, rows = std::min(Bq, g.T - t0);
+    F* qs = sc.take<F>(Bq * g.Dkp);
+    F* sb = sc.take<F>(Bq * Bk);
+    F* pb = sc.take<F>(Bq * Bk);
+    F* acc = sc.take<F>(Bq * g.Dvp);
+    F* m = sc.take<F>(Bq);
+    F* l = sc.take<F>(Bq);
+    F* alpha = sc.take<F>(Bq);
+    F* mult = drop.on ? sc.take<F>(Bk) : nullptr;
+    pack_rows(qs, g.Dkp, q + n * qst[0] + h * qst[1] + t0 * qst[2], qst[2],
+              qst[3], rows, g.Dk, qscale);
+    std::fill(acc, acc + rows * g.Dvp, F(0));
+    std::fill(m, m + rows, kNegInf<F>);
+    std::fill(l, l + rows, F(0));
+    const std::int64_t kend = g.key_limit(a.causal, t0 + rows - 1);  // keys any row of the block sees
+    const F* kt = kt_all + kvx * ktsz;
+    const F* vp = vp_all + kvx * g.Sp * g.Dvp;
+    for (std::int64_t j0 = 0; j0 < kend; j0 += Bk) {
+      const std::int64_t cols = std::min(Bk, g.S - j0), cp = std::min(Bk, g.Sp - j0);
+      gemm<F, false>(rows, cp, g.Dk, qs, g.Dkp, 1, kt + (j0 / Bk) * g.Dk * Bk, Bk, sb, Bk);
+      for (std::int64_t r = 0; r < rows; ++r) {
+        const std::int64_t t = t0 + r;
+        F* s = sb + r * Bk;
+        const char* mrow = mask.row(n, h, t);
+        mask_row(s, std::min(cols, g.key_limit(a.causal, t) - j0), cp,
+                 mrow ? mrow + j0 * mask.ss * mask.isz : nullptr, mask.is_bool, mask.ss);
+        if (w) std::copy(s, s + cols, w + (nh * g.T + t) * g.S + j0);
+        alpha[r] = 1;
+        if (m[r] != m[r]) {  // poisoned by NaN logits: stays NaN
+          std::fill(pb + r * Bk, pb + r * Bk + cp, F(0));
+          continue;
+        }
+        const F mnew = std::max(m[r], max_row(s, cp));
+        if (mnew == kNegInf<F>) {  // nothing to attend to yet
+          std::fill(pb + r * Bk, pb + r * Bk + cp, F(0));
+          if (has_nan(s, cols)) m[r] = l[r] = std::numeric_limits<F>::quiet_NaN();
+          continue;
+        }
+        alpha[r] = mnew == m[r] ? F(1) : std::exp2(m[r] - mnew);
+        if (mult) dropout_mult(drop, nh * g.T + t, j0, cp, mult);
+        l[r] = l[r] * alpha[r] + exp_row(s, mnew, pb + r * Bk, cp, mult);
+        m[r] = mnew;
+      }
+      if (vfin[static_cast<std::size_t>(kvx * g.nkb + j0 / Bk)])
+        gemm<F, true>(rows, g.Dvp, cols, pb, Bk, 1, vp + j0 * g.Dvp, g.Dvp, acc, g.Dvp, alpha);
+      else
+        gemm_skip<F>(false, rows, g.Dvp, cols, pb, Bk, vp + j0 * g.Dvp, g.Dvp, acc, g.Dvp, alpha, sb, Bk);
+    }
+    for (std::int64_t r = 0; r < rows; ++r) {
+      const std::int64_t t = t0 + r;
+      const F inv = l[r] > 0 ? F(1) / l[r] : (l[r] == 0 ? F(0) : l[r]);
+      F* orow = o + n * ost[0] + h * ost[1] + t * ost[2];
+      for (std::int64_t d = 0; d < g.Dv; ++d) orow[d * ost[3]] = acc[r * g.Dvp + d] * inv;
+      const F lse2 = m[r] == kNegInf<F> ? kNegInf<F> : m[r] + std::log2(l[r]);
+      lse[nh * g.T + t] = lse2 * static_cast<F>(kLn2);
+      if (w) {
+        F* wr = w + (nh * g.T + t) * g.S;
+        const std::int64_t done = std::min(g.S, (kend + Bk - 1) / Bk * Bk);
+        if (lse2 == kNegInf<F>) {
+          std::fill(wr, wr + g.S, F(0));
+        } else {
+          std::int64_t j = 0;
+          for (; j + kW<F> <= done; j += kW<F>) vstore(wr + j, exp2v(vload(wr + j) - vsplat(lse2)));
+          for (; j < done; ++j) wr[j] = wr[j] == kNegInf<F> ? F(0) : std::exp2(wr[j] - lse2);
+          std::fill(wr + done, wr + g.S, F(0));
+        }
+      }
+    }
+  });
+}
+
+// ---------------------------------------------------------------- backward
+template <typename F>
+void backward_impl(const AttentionArgs& a, const Tensor& out, const Tensor& lse_t, const Tensor& gout,
+                   const Tensor& weights, const Tensor& gweights, const AttentionGrads& gr) {
+  const Geo<F> g(a);
+  constexpr std::int64_t Bq = Geo<F>::kBq, Bk = Geo<F>::kBk;
+  const std::int64_t NH = g.N * g.H, NK = g.N * g.Hkv, G = g.G;
+  const F* q = a.q.data_ptr<F>();
+  const F* k = a.k.data_ptr<F>();
+  const F* v = a.v.data_ptr<F>();
+  const F* o = out.data_ptr<F>();
+  const F* go = gout.data_ptr<F>();
+  const F* lse = lse_t.data_ptr<F>();
+  const F* w = weights.defined() ? weights.data_ptr<F>() : nullptr;
+  const F* gw = gweights.defined() ? gweights.data_ptr<F>() : nullptr;
+  F* gq = gr.gq.data_ptr<F>();
+  F* gk = gr.gk.data_ptr<F>();
+  F* gv = gr.gv.data_ptr<F>();
+  F* gm = gr.gmask.defined() ? gr.gmask.data_ptr<F>() : nullptr;
+  const MaskView mask(a.mask);
+  const Dropout drop = make_dropout(a, g.S);
+  const F qscale = static_cast<F>(a.scale * kLog2e);
+  const St4 qst = st4(a.q), kst = st4(a.k), vst = st4(a.v), ost = st4(out), gost = st4(gout);
+  const St4 gqst = st4(gr.gq), gkst = st4(gr.gk), gvst = st4(gr.gv);
+  auto row4 = [](const St4& st, const F* base, std::int64_t n, std::int64_t h, std::int64_t i) {
+    return base + n * st[0] + h * st[1] + i * st[2];
+  };
+  if (NH * g.T == 0 || g.S == 0) {  // nothing attended: every gradient is 0
+    for (const Tensor* t : {&gr.gq, &gr.gk, &gr.gv}) zero4<F>(*t);
+    return;
+  }
+
+  // delta = rowsum(dO * O) (+ rowsum(P * dW) when the weights were returned): the softmax
+  // backward's per-row term, since rowsum(P * dP) equals it.
+  Scratch dscr(Scratch::size_of({NH * g.T}, sizeof(F)));
+  F* delta = dscr.take<F>(NH * g.T);
+  parallel_range(NH * g.T, grain_for(g.Dv + (w ? g.S : 0)), [&](std::int64_t b, std::int64_t e) {
+    for (std::int64_t x = b; x < e; ++x) {
+      const std::int64_t n = x / (g.H * g.T), h = (x / g.T) % g.H, t = x % g.T;
+      const F* orow = row4(ost, o, n, h, t);
+      const F* grow = row4(gost, go, n, h, t);
+      F d = 0;
+      for (std::int64_t c = 0; c < g.Dv; ++c) d += orow[c * ost[3]] * grow[c * gost[3]];
+      if (w)
+        for (std::int64_t j = 0; j < g.S; ++j) d += w[x * g.S + j] * gw[x * g.S + j];
+      delta[x] = d;
+    }
+  });
+
+  // Tasks: (batch, kv head, chunk of key blocks). Chunks only when there are too few kv heads
+  // to feed the threads; their dQ parts are summed afterwards.
+  const std::int64_t nt = omp_in_parallel() ? 1 : get_num_threads();
+  const std::int64_t chunks = NK >= 2 * nt ? 1 : std::min<std::int64_t>(g.nkb, (2 * nt + NK - 1) / NK);
+  Scratch pscr(Scratch::size_of({chunks > 1 ? chunks * NH * g.T * g.Dk : 0}, sizeof(F)));
+  F* part = chunks > 1 ? pscr.take<F>(chunks * NH * g.T * g.Dk) : nullptr;
+  const std::int64_t GT = G * g.T, nqb = g.nqb;
+  const std::size_t scratch =
+      Scratch::size_of({GT * g.Dkp, GT * g.Dvp, GT * g.Dkp, GT, GT, g.Dk * Bk, Bk * g.Dkp, g.Dv * Bk, Bk * g.Dkp,
+                        Bk * g.Dvp, Bq * Bk, Bq * Bk, Bq * Bk, Bq * Bk, Bq * Bk},
+                       sizeof(F)) +
+      2 * static_cast<std::size_t>(G * nqb) + 128;
+  run_items(NK * chunks, grain_for(g.T * g.S * G * (g.Dk + g.Dv) / chunks), scratch, [&](std::int64_t it, Scratch& sc) {
+    const std::int64_t x = it / chunks, c = it % chunks;
+    const std::int64_t n = x / g.Hkv, hkv = x % g.Hkv;
+    const std::int64_t kb0 = c * g.nkb / chunks, kb1 = (c + 1) * g.nkb / chunks;
+    F* qs = sc.take<F>(GT * g.Dkp);  // q * scale * log2(e), per head of the group
+    F* dob = sc.take<F>(GT * g.Dvp);
+    F* dq = sc.take<F>(GT * g.Dkp);
+    F* lse2 = sc.take<F>(GT);
+    F* dl = sc.take<F>(GT);
+    F* kt = sc.take<F>(g.Dk * Bk);
+    F* kp = sc.take<F>(Bk * g.Dkp);
+    F* vt = sc.take<F>(g.Dv * Bk);
+    F* dk = sc.take<F>(Bk * g.Dkp);
+    F* dv = sc.take<F>(Bk * g.Dvp);
+    F* sb = sc.take<F>(Bq * Bk);
+    F* pb = sc.take<F>(Bq * Bk);
+    F* pd = sc.take<F>(Bq * Bk);  // P after dropout
+    F* db = sc.take<F>(Bq * Bk);  // dP, then dS
+    F* mult = sc.take<F>(Bq * Bk);
+    char* qfin = sc.take<char>(G * nqb);
+    char* dofin = sc.take<char>(G * nqb);
+    for (std::int64_t gi = 0; gi < G; ++gi) {
+      const std::int64_t h = hkv * G + gi, nh = n * g.H + h;
+      pack_rows(qs + gi * g.T * g.Dkp, g.Dkp, row4(qst, q, n, h, 0), qst[2], qst[3], g.T, g.Dk, qscale);
+      pack_rows(dob + gi * g.T * g.Dvp, g.Dvp, row4(gost, go, n, h, 0), gost[2], gost[3], g.T, g.Dv);
+      for (std::int64_t t = 0; t < g.T; ++t) {
+        const F l = lse[nh * g.T + t];
+        // A row with nothing to attend to: 2^(s - inf) = 0 for every key.
+        lse2[gi * g.T + t] = l == kNegInf<F> ? -kNegInf<F> : l * static_cast<F>(kLog2e);
+        dl[gi * g.T + t] = delta[nh * g.T + t];
+      }
+      for (std::int64_t qb = 0; qb < nqb; ++qb) {
+        const std::int64_t t0 = qb * Bq, rows = std::min(Bq, g.T - t0);
+        qfin[gi * nqb + qb] = all_finite(qs + (gi * g.T + t0) * g.Dkp, rows * g.Dkp);
+        dofin[gi * nqb + qb] = all_finite(dob + (gi * g.T + t0) * g.Dvp, rows * g.Dvp);
+      }
+    }
+    std::fill(dq, dq + GT * g.Dkp, F(0));
+    for (std::int64_t kb = kb0; kb < kb1; ++kb) {
+      const std::int64_t j0 = kb * Bk, cols = std::min(Bk, g.S - j0), cp = std::min(Bk, g.Sp - j0);
+      const F* kx = row4(kst, k, n, hkv, j0);
+      pack_transposed(kt, Bk, kx, kst[2], kst[3], cols, cp, g.Dk);
+      pack_rows(kp, g.Dkp, kx, kst[2], kst[3], cols, g.Dk);
+      std::fill(kp + cols * g.Dkp, kp + cp * g.Dkp, F(0));
+      pack_transposed(vt, Bk, row4(vst, v, n, hkv, j0), vst[2], vst[3], cols, cp, g.Dv);
+      const bool kfin = all_finite(kp, cols * g.Dkp);
+      std::fill(dk, dk + cp * g.Dkp, F(0));
+      std::fill(dv, dv + cp * g.Dvp, F(0));
+      // Query rows t >= j0 - (S - T) see key j0 under causal.
+      const std::int64_t qb_first = a.causal ? std::max<std::int64_t>(0, j0 - (g.S - g.T)) / Bq : 0;
+      for (std::int64_t gi = 0; gi < G; ++gi) {
+        const std::int64_t h = hkv * G + gi, nh = n * g.H + h;
+        for (std::int64_t qb = qb_first; qb < nqb; ++qb) {
+          const std::int64_t t0 = qb * Bq, rows = std::min(Bq, g.T - t0);
+          const F* qrows = qs + (gi * g.T + t0) * g.Dkp;
+          const F* dorows = dob + (gi * g.T + t0) * g.Dvp;
+          gemm<F, false>(rows, cp, g.Dk, qrows, g.Dkp, 1, kt, Bk, sb, Bk);
+          gemm<F, false>(rows, cp, g.Dv, dorows, g.Dvp, 1, vt, Bk, db, Bk);
+          for (std::int64_t r = 0; r < rows; ++r) {
+            const std::int64_t t = t0 + r;
+            F* s = sb + r * Bk;
+            F* p = pb + r * Bk;
+            F* dp = db + r * Bk;
+            F* mu = mult + r * Bk;
+            const char* mrow = mask.row(n, h, t);
+            mask_row(s, std::min(cols, g.key_limit(a.causal, t) - j0), cp,
+                     mrow ? mrow + j0 * mask.ss * mask.isz : nullptr, mask.is_bool, mask.ss);
+            const Vec<F> l2 = vsplat(lse2[gi * g.T + t]), dlt = vsplat(dl[gi * g.T + t]);
+            if (drop.on) dropout_mult(drop, nh * g.T + t, j0, cp, mu);
+            for (std::int64_t j = 0; j < cp; j += kW<F>) {
+              Vec<F> pv = exp2v(vload(s + j) - l2);
+              vstore(p + j, pv);
+              if (drop.on) {
+                Vec<F> m = vload(mu + j);
+                vstore(pd + r * Bk + j, pv * m);
+                vstore(dp + j, vload(dp + j) * m);
+              }
+            }
+            if (gw) {
+              const F* gwr = gw + (nh * g.T + t) * g.S + j0;
+              for (std::int64_t j = 0; j < cols; ++j) dp[j] += gwr[j];
+            }
+            // dS = P * (dP - delta), exactly 0 where masked (dP may be NaN there).
+            for (std::int64_t j = 0; j < cp; j += kW<F>) {
+              Vec<F> sv = vload(s + j);
+              Vec<F> ds = vload(p + j) * (vload(dp + j) - dlt);
+              vstore(dp + j, sv == kNegInf<F> ? Vec<F>{} : ds);
+            }
+            if (gm) std::copy(dp, dp + cols, gm + (nh * g.T + t) * g.S + j0);
+          }
+          const F* pdrop = drop.on ? pd : pb;
+          if (dofin[gi * nqb + qb])
+            gemm<F, true>(cols, g.Dvp, rows, pdrop, 1, Bk, dorows, g.Dvp, dv, g.Dvp);
+          else
+            gemm_skip<F>(true, cols, g.Dvp, rows, pdrop, Bk, dorows, g.Dvp, dv, g.Dvp, nullptr, sb, Bk);
+          if (qfin[gi * nqb + qb])
+            gemm<F, true>(cols, g.Dkp, rows, db, 1, Bk, qrows, g.Dkp, dk, g.Dkp);
+          else
+            gemm_skip<F>(true, cols, g.Dkp, rows, db, Bk, qrows, g.Dkp, dk, g.Dkp, nullptr, sb, Bk);
+          F* dqrows = dq + (gi * g.T + t0) * g.Dkp;
+          if (kfin)
+            gemm<F, true>(rows, g.Dkp, cols, db, Bk, 1, kp, g.Dkp, dqrows, g.Dkp);
+          else
+            gemm_skip<F>(false, rows, g.Dkp, cols, db, Bk, kp, g.Dkp, dqrows, g.Dkp, nullptr, sb, Bk);
+        }
+      }
+      // dK = scale * dS^T q = ln 2 * dS^T qs.
+      const F ln2 = static_cast<F>(kLn2);
+      for (std::int64_t j = 0; j < cols; ++j) {
+        F* gkr = gk + n * gkst[0] + hkv * gkst[1] + (j0 + j) * gkst[2];
+        F* gvr = gv + n * gvst[0] + hkv * gvst[1] + (j0 + j) * gvst[2];
+        for (std::int64_t d = 0; d < g.Dk; ++d) gkr[d * gkst[3]] = dk[j * g.Dkp + d] * ln2;
+        for (std::int64_t d = 0; d < g.Dv; ++d) gvr[d * gvst[3]] = dv[j * g.Dvp + d];
+      }
+    }
+    const F sc_q = static_cast<F>(a.scale);
+    for (std::int64_t gi = 0; gi < G; ++gi) {
+      const std::int64_t h = hkv * G + gi, nh = n * g.H + h;
+      for (std::int64_t t = 0; t < g.T; ++t) {
+        const F* src = dq + (gi * g.T + t) * g.Dkp;
+        if (part) {
+          F* dst = part + ((c * NH + nh) * g.T + t) * g.Dk;
+          for (std::int64_t d = 0; d < g.Dk; ++d) dst[d] = src[d] * sc_q;
+        } else {
+          F* dst = gq + n * gqst[0] + h * gqst[1] + t * gqst[2];
+          for (std::int64_t d = 0; d < g.Dk; ++d) dst[d * gqst[3]] = src[d] * sc_q;
+        }
+      }
+    }
+  });
+  if (part) {
+    parallel_range(NH * g.T, grain_for(chunks * g.Dk), [&](std::int64_t b, std::int64_t e) {
+      for (std::int64_t x = b; x < e; ++x) {
+        const std::int64_t n = x / (g.H * g.T), h = (x / g.T) % g.H, t = x % g.T;
+        F* dst = gq + n * gqst[0] + h * gqst[1] + t * gqst[2];
+        for (std::int64_t d = 0; d < g.Dk; ++d) {
+          F s = 0;
+          for (std::int64_t c = 0; c < chunks; ++c) s += part[(c * NH * g.T + x) * g.Dk + d];
+          dst[d * gqst[3]] = s;
+        }
+      }
+    });
+  }
+}
+
+template <typename F>
+void dropout_mask_impl(const AttentionArgs& a, const Tensor& out) {
+  const Geo<F> g(a);
+  const Dropout drop = make_dropout(a, g.S);
+  F* o = out.data_ptr<F>();
+  const std::int64_t rows = g.N * g.H * g.T;
+  parallel_range(rows, grain_for(g.S * 4), [&](std::int64_t b, std::int64_t e) {
+    alignas(64) F buf[64];
+    for (std::int64_t r = b; r < e; ++r)
+      for (std::int64_t j0 = 0; j0 < g.S; j0 += 64) {
+        const std::int64_t m = std::min<std::int64_t>(64, g.S - j0);
+        if (drop.on) dropout_mult(drop, r, j0, m, buf);
+        else std::fill(buf, buf + m, F(1));
+        std::copy(buf, buf + m, o + r * g.S + j0);
+      }
+  });
+}
+
+template <typename Fn>
+void dispatch(DType dt, const char* op, Fn&& fn) {
+  if (dt == kFloat32) fn(float{});
+  else if (dt == kFloat64) fn(double{});
+  else throw_error(op, fmt::format("expected float32 or float64 tensors, got {}", dtype_name(dt)));
+}
+
+}  // namespace
+
+void CpuBackend::attention_forward(const AttentionArgs& a, const Tensor& out, const Tensor& lse,
+                                   const Tensor& weights) {
+  dispatch(a.q.dtype(), "attention_forward", [&](auto z) { forward_impl<decltype(z)>(a, out, lse, weights); });
+}
+
+void CpuBackend::attention_backward(const AttentionArgs& a, const Tensor& out, const Tensor& lse, const Tensor& gout,
+                                    const Tensor& weights, const Tensor& gweights, const AttentionGrads& grads) {
+  dispatch(a.q.dtype(), "attention_backward",
+           [&](auto z) { backward_impl<decltype(z)>(a, out, lse, gout, weights, gweights, grads); });
+}
+
+void CpuBackend::attention_dropout_mask(const AttentionArgs& a, const Tensor& out) {
+  dispatch(a.q.dtype(), "attention_dropout_mask", [&](auto z) { dropout_mask_impl<decltype(z)>(a, out); });
+}
+
+}  // namespace kiln::cpu

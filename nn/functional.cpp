@@ -1,0 +1,79 @@
+#include "functional.hpp"
+
+#include <fmt/format.h>
+
+#include <cmath>
+#include <limits>
+#include <vector>
+
+namespace kiln::nn::functional {
+
+Tensor embedding(const Tensor& input, const Tensor& weight, std::optional<std::int64_t> padding_idx) {
+  Tensor out = kiln::embedding(weight, input);
+  if (!padding_idx) return out;
+  const std::int64_t num = weight.size(0);
+  std::int64_t pad = *padding_idx;
+  KILN_CHECK(pad >= -num && pad < num, "embedding", "padding_idx {} out of range for {} embeddings", pad, num);
+  if (pad < 0) pad += num;
+  if (!out.requires_grad()) return out;
+  // Padded positions take their value from a detached copy, so no gradient reaches that row.
+  // The mask costs one pass over the output, not over the (much larger) table.
+  Tensor is_pad = (input == Scalar(pad)).unsqueeze(-1);
+  return where(is_pad, out.detach(), out);
+}
+
+Tensor rms_norm(const Tensor& x, const Shape& normalized_shape, const Tensor& weight, std::optional<double> eps) {
+  KILN_CHECK(x.defined(), "rms_norm", "input tensor is undefined");
+  KILN_CHECK(x.is_floating_point(), "rms_norm", "expected a floating point input, got {}", dtype_name(x.dtype()));
+  const auto k = static_cast<std::int64_t>(normalized_shape.size());
+  bool fits = k >= 1 && k <= x.dim();
+  for (std::int64_t i = 0; fits && i < k; ++i) fits = x.size(x.dim() - k + i) == normalized_shape[static_cast<std::size_t>(i)];
+  KILN_CHECK(fits, "rms_norm", "input shape {} does not end with normalized_shape {}", shape_str(x.shape()),
+             shape_str(normalized_shape));
+  if (weight.defined())
+    KILN_CHECK(weight.shape() == normalized_shape, "rms_norm", "weight shape {} must equal normalized_shape {}",
+               shape_str(weight.shape()), shape_str(normalized_shape));
+  double e = eps.value_or(x.dtype() == kFloat64 ? std::numeric_limits<double>::epsilon()
+                                                : std::numeric_limits<float>::epsilon());
+  KILN_CHECK(e >= 0, "rms_norm", "eps must be >= 0, got {}", e);
+  Dims dims;
+  for (std::int64_t i = x.dim() - k; i < x.dim(); ++i) dims.push_back(i);
+  Tensor y = x * rsqrt(mean(square(x), dims, /*keepdim=*/true) + e);
+  return weight.defined() ? y * weight : y;
+}
+
+void check_activation(const std::string& name, const char* op) {
+  static const char* names[] = {"relu", "gelu", "gelu_tanh", "silu", "swish", "tanh", "sigmoid", "identity", "linear"};
+  for (const char* n : names)
+    if (name == n) return;
+  KILN_CHECK(false, op,
+             "unknown activation '{}'; expected relu, gelu, gelu_tanh, silu (swish), tanh, sigmoid or identity", name);
+}
+
+Tensor activation(const Tensor& x, const std::string& name) {
+  if (name == "relu") return relu(x);
+  if (name == "gelu") return gelu(x);
+  if (name == "gelu_tanh") return gelu(x, "tanh");
+  if (name == "silu" || name == "swish") return silu(x);
+  if (name == "tanh") return kiln::tanh(x);
+  if (name == "sigmoid") return sigmoid(x);
+  check_activation(name, "activation");
+  return x;  // identity / linear
+}
+
+Tensor sinusoidal_positions(std::int64_t length, std::int64_t dim, std::int64_t offset, double base, TensorOptions opts) {
+  KILN_CHECK(length >= 0 && dim > 0 && offset >= 0, "sinusoidal_positions",
+             "need length >= 0, dim > 0 and offset >= 0, got length={} dim={} offset={}", length, dim, offset);
+  KILN_CHECK(base > 0, "sinusoidal_positions", "base must be positive, got {}", base);
+  std::vector<double> v(static_cast<std::size_t>(length * dim));
+  for (std::int64_t p = 0; p < length; ++p)
+    for (std::int64_t j = 0; j < dim; ++j) {
+      double freq = std::pow(base, -static_cast<double>(j - j % 2) / static_cast<double>(dim));
+      double angle = static_cast<double>(p + offset) * freq;
+      v[static_cast<std::size_t>(p * dim + j)] = j % 2 == 0 ? std::sin(angle) : std::cos(angle);
+    }
+  Tensor t = tensor(v, {length, dim}, kFloat64);
+  return t.to(opts.device(), opts.dtype());
+}
+
+}  // namespace kiln::nn::functional

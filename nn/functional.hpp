@@ -1,0 +1,55 @@
+#pragma once
+/// kiln::nn::functional — the stateless forms of the nn layers. Ops that already exist in
+/// kiln (linear, layer_norm, dropout, activations, losses) are re-exported here so a program
+/// can use one namespace:
+///   namespace F = kiln::nn::functional;
+///   auto h = F::rms_norm(x, {x.size(-1)}, weight);
+///   auto e = F::embedding(ids, table, /*padding_idx=*/0);   // note: (input, weight) order
+///   auto a = F::activation(h, "silu");
+///   auto pe = F::sinusoidal_positions(/*length=*/16, /*dim=*/64);
+#include <cstdint>
+#include <optional>
+#include <string>
+
+#include "../autograd/ops.hpp"
+
+namespace kiln::nn::functional {
+
+using kiln::cross_entropy;
+using kiln::dropout;
+using kiln::gelu;
+using kiln::layer_norm;
+using kiln::linear;
+using kiln::log_softmax;
+using kiln::mse_loss;
+using kiln::relu;
+using kiln::sigmoid;
+using kiln::silu;
+using kiln::softmax;
+using kiln::tanh;
+
+/// Rows of `weight` (num, dim) picked by int64 `input` of any shape -> input.shape + (dim,),
+/// as torch's F.embedding(input, weight, padding_idx). Positions holding `padding_idx` send no
+/// gradient to the weight (the row's value is still returned). Negative padding_idx counts from
+/// the end.
+Tensor embedding(const Tensor& input, const Tensor& weight, std::optional<std::int64_t> padding_idx = std::nullopt);
+
+/// Root-mean-square norm over the trailing dims `normalized_shape`:
+/// x * rsqrt(mean(x^2) + eps) * weight. eps defaults to the machine epsilon of x's dtype (as
+/// torch's RMSNorm); weight is optional and must have shape normalized_shape.
+Tensor rms_norm(const Tensor& x, const Shape& normalized_shape, const Tensor& weight = Tensor(),
+                std::optional<double> eps = std::nullopt);
+
+/// An activation by name: "relu", "gelu", "gelu_tanh", "silu" (or "swish"), "tanh", "sigmoid",
+/// "identity" (or "linear").
+Tensor activation(const Tensor& x, const std::string& name);
+/// Throws kiln::Error (naming `op`) unless `name` is one activation() accepts.
+void check_activation(const std::string& name, const char* op);
+
+/// The Vaswani et al. table for positions offset .. offset+length-1, shape (length, dim):
+/// pe[p, 2i] = sin(p / base^(2i/dim)), pe[p, 2i+1] = cos(p / base^(2i/dim)). Computed in
+/// float64, returned in opts' dtype (float32 by default).
+Tensor sinusoidal_positions(std::int64_t length, std::int64_t dim, std::int64_t offset = 0, double base = 10000.0,
+                            TensorOptions opts = {});
+
+}  // namespace kiln::nn::functional
