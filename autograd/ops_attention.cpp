@@ -244,10 +244,12 @@ Composite composite(const Plan& p, const Tensor& q, const Tensor& k, const Tenso
   s = where(c.any, s, Scalar(0.0));  // empty rows: softmax of zeros, then zeroed below (no NaN)
   c.p = where(c.keep, softmax(s, -1), Scalar(0.0));
   if (p.keep_prob < 1.0) {
+    // Only the shapes of q, k, v matter here: zero-stride views, no copies.
+    auto shaped = [](const Tensor& t, const Shape& sh) { return Tensor::make_view(t, sh, Strides(4, 0), t.offset()); };
     AttentionArgs a;
-    a.q = as4(q, p.nb);
-    a.k = as4(k, p.nb);
-    a.v = as4(v, p.nb);
+    a.q = shaped(q, {p.N, p.H, p.T, p.Dk});
+    a.k = shaped(k, {p.N, p.Hkv, p.S, p.Dk});
+    a.v = shaped(v, {p.N, p.Hkv, p.S, p.Dv});
     a.keep_prob = p.keep_prob;
     a.seed = seed;
     a.offset = offset;
@@ -347,7 +349,8 @@ SdpaResult fused(const Plan& p, const Tensor& q, const Tensor& k, const Tensor& 
         backend(q, "scaled_dot_product_attention_backward")
             .attention_backward(a, as4(out, pl.nb), lse, as4(g[0], pl.nb), w4, gw4, gr);
         Tensor gm;
-        if (want_gm) gm = reduce_grad(Tensor::make_view(gr.gmask, pl.logits, contiguous_strides(pl.logits), 0), pl.mask);
+        if (want_gm)
+          gm = reduce_grad(Tensor::make_view(gr.gmask, pl.logits, contiguous_strides(pl.logits), 0), pl.mask);
         return std::vector<Tensor>{gq, gk, gv, gm};
       })) {
     node->save(q);

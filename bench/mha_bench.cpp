@@ -96,7 +96,7 @@ int run_row(std::int64_t B, std::int64_t T, std::int64_t E, std::int64_t H, bool
   const double med = s.size() % 2 ? s[s.size() / 2] : 0.5 * (s[s.size() / 2 - 1] + s[s.size() / 2]);
   // Attention-core FLOPs as computed: q k^T and p v over the (causally halved) T x T logits;
   // backward counts 2.5x (recomputed q k^T, dP, dV, dK, dQ).
-  const double pairs = static_cast<double>(B * H) * static_cast<double>(T) * static_cast<double>(T) * (causal ? 0.5 : 1.0);
+  const double pairs = static_cast<double>(B * H * T) * static_cast<double>(T) * (causal ? 0.5 : 1.0);
   const double fwd_flop = 4.0 * pairs * static_cast<double>(D);
   const double flop = mode == "fwd" ? fwd_flop : 3.5 * fwd_flop;
   fmt::print(

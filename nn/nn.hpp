@@ -16,3 +16,5 @@
 #include "ordered_dict.hpp"
 #include "positional.hpp"
 #include "attention.hpp"
+#include "multihead_attention.hpp"
+#include "transformer.hpp"

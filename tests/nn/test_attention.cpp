@@ -359,7 +359,8 @@ TEST_CASE("sdpa: errors name the problem") {
   CHECK_KILN_ERROR(call(q.to(kInt64), k.to(kInt64), v.to(kInt64)), "floating point dtype");
   CHECK_KILN_ERROR(call(q, k, v, SdpaOptions().attn_mask(zeros({6, 7}, kInt64))), "attn_mask must be bool");
   CHECK_KILN_ERROR(call(q, k, v, SdpaOptions().attn_mask(zeros({6, 8}, kBool))),
-                   "attn_mask of shape (6, 8) cannot be broadcast to the logits' shape (batch..., H, T, S) = (2, 4, 6, 7)");
+                   "attn_mask of shape (6, 8) cannot be broadcast to the logits' shape (batch..., H, T, S) = "
+                   "(2, 4, 6, 7)");
   CHECK_KILN_ERROR(call(q, k, v, SdpaOptions().attn_mask(zeros({3, 2, 4, 6, 7}, kBool))), "cannot be broadcast");
   CHECK_KILN_ERROR(call(q, k, v, SdpaOptions().dropout_p(1.5)), "dropout_p must be in [0, 1], got 1.5");
   CHECK_KILN_ERROR(call(q, k, v, SdpaOptions().dropout_p(-0.1)), "dropout_p must be in [0, 1]");

@@ -33,8 +33,9 @@ TEST_CASE("sdpa gradcheck: fused op in every mask mode, with grouped-query heads
       CAPTURE(Hkv);
       SdpaOptions o = grad_options(mode);
       Tensor q = leaf({2, H, 3, 4}, 1), k = leaf({2, Hkv, 5, 4}, 2), v = leaf({2, Hkv, 5, 3}, 3);
-      kt::grad_ok([&](const std::vector<Tensor>& in) { return F::scaled_dot_product_attention(in[0], in[1], in[2], o).output; },
-                  {q, k, v});
+      kt::grad_ok(
+          [&](const std::vector<Tensor>& in) { return F::scaled_dot_product_attention(in[0], in[1], in[2], o).output; },
+          {q, k, v});
     }
 }
 
@@ -106,7 +107,8 @@ TEST_CASE("sdpa: fused gradients match the reference's") {
       if (c.mode == 2) o.attn_mask(rnd({c.H, c.T, c.S}, 5, dt));
       if (c.mode == 3) o.is_causal(true);
       if (c.mode == 4) o.is_causal(true).attn_mask(gt(rand({c.S}, kFloat64, &mg), scalar_tensor(0.2, kFloat64)));
-      Tensor q0 = rnd(sh(c.H, c.T, c.D), 1, dt), k0 = rnd(sh(c.Hkv, c.S, c.D), 2, dt), v0 = rnd(sh(c.Hkv, c.S, c.D), 3, dt);
+      Tensor q0 = rnd(sh(c.H, c.T, c.D), 1, dt), k0 = rnd(sh(c.Hkv, c.S, c.D), 2, dt);
+      Tensor v0 = rnd(sh(c.Hkv, c.S, c.D), 3, dt);
       Tensor go = rnd(sh(c.H, c.T, c.D), 4, dt);
       std::vector<Tensor> grads[2];
       for (int ref = 0; ref < 2; ++ref) {
@@ -147,6 +149,16 @@ TEST_CASE("sdpa dropout: determinism, eval mode, statistics, fused = reference")
   // The reference draws the same mask.
   Generator g4(42);
   CHECK(max_abs_diff(with(&g4, 0.25, true, true), a) <= 1e-5);
+  // Also with grouped-query heads and a key-padding mask (draws are per query head).
+  {
+    Tensor k1 = rnd({B, 1, S, D}, 4, kFloat32), v1 = rnd({B, 1, S, D}, 5, kFloat32);
+    Tensor keep = gt(arange(0, S, 1, kInt64), scalar_tensor(std::int64_t{10}, kInt64)).reshape({1, 1, 1, S});
+    SdpaOptions o = SdpaOptions().dropout_p(0.4).attn_mask(keep);
+    Generator ga(9), gb(9);
+    Tensor f = F::scaled_dot_product_attention(q, k1, v1, SdpaOptions(o).generator(&ga)).output;
+    Tensor r = F::scaled_dot_product_attention_reference(q, k1, v1, SdpaOptions(o).generator(&gb)).output;
+    CHECK(max_abs_diff(f, r) <= 1e-5);
+  }
   // Mean preserved: q = 0 gives uniform probabilities; with v = 1 the output is kept / (S * keep).
   Tensor q0 = zeros({4, 8, 32, 4}), k0 = rnd({4, 8, 512, 4}, 5, kFloat32), v1 = ones({4, 8, 512, 1});
   Generator g5(7);
@@ -178,7 +190,8 @@ TEST_CASE("sdpa dropout: the keep mask follows the documented Philox counters") 
   int mismatches = 0, kept = 0;
   for (std::int64_t r = 0; r < N * H * T; ++r)
     for (std::int64_t j = 0; j < S; ++j) {
-      auto w = philox4x32(a.seed, a.offset + static_cast<std::uint64_t>(r) * per_row + static_cast<std::uint64_t>(j / 64 * 16 + j % 16));
+      const auto ctr = static_cast<std::uint64_t>(r) * per_row + static_cast<std::uint64_t>(j / 64 * 16 + j % 16);
+      auto w = philox4x32(a.seed, a.offset + ctr);
       bool keep = w[static_cast<std::size_t>((j / 16) % 4)] < thresh;
       double expect = keep ? 1.0 / 0.6 : 0.0;
       kept += keep;

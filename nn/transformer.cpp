@@ -1,0 +1,214 @@
+#include "transformer.hpp"
+
+#include <cmath>
+
+#include "functional.hpp"
+
+namespace kiln::nn {
+
+namespace {
+
+void check_layer_options(const TransformerLayerOptions& o, const char* op) {
+  KILN_CHECK(o.d_model() > 0 && o.nhead() > 0, op, "need d_model > 0 and nhead > 0, got {} and {}", o.d_model(),
+             o.nhead());
+  KILN_CHECK(o.dim_feedforward() >= 0, op, "dim_feedforward must be >= 0 (0 = 4 * d_model), got {}",
+             o.dim_feedforward());
+  KILN_CHECK(o.dropout() >= 0.0 && o.dropout() <= 1.0, op, "dropout must be in [0, 1], got {}", o.dropout());
+  KILN_CHECK(o.norm() == "layer_norm" || o.norm() == "rms_norm", op,
+             "norm must be \"layer_norm\" or \"rms_norm\", got \"{}\"", o.norm());
+  functional::check_activation(o.activation(), op);
+}
+
+std::shared_ptr<Module> make_norm(const TransformerLayerOptions& o) {
+  const std::int64_t d = o.d_model();
+  if (o.norm() == "rms_norm") return RMSNorm(RMSNormOptions({d}).eps(o.norm_eps())).ptr();
+  return LayerNorm(LayerNormOptions({d}).eps(o.norm_eps()).bias(o.bias())).ptr();
+}
+
+MultiHeadAttention make_attention(const TransformerLayerOptions& o, std::optional<std::int64_t> kv_dim) {
+  auto a = MultiHeadAttentionOptions(o.d_model(), o.nhead())
+               .num_kv_heads(o.num_kv_heads())
+               .dropout(o.attn_dropout().value_or(o.dropout()))
+               .bias(o.bias())
+               .qk_norm(o.qk_norm())
+               .generator(o.generator());
+  if (kv_dim) a.kdim(*kv_dim).vdim(*kv_dim);
+  return MultiHeadAttention(a);
+}
+
+// The feed-forward, with its initializers and hidden dropout drawing from the layer's generator.
+FeedForward make_ff(const TransformerLayerOptions& o) {
+  FeedForward ff(FeedForwardOptions(o.d_model(), o.dim_feedforward())
+                     .activation(o.activation())
+                     .gated(o.gated())
+                     .dropout(o.dropout())
+                     .bias(o.bias()));
+  if (Generator* gen = o.generator()) {
+    ff->dropout->options.generator(gen);
+    for (Linear l : {ff->fc1, ff->gate, ff->fc2}) {
+      if (l.is_empty()) continue;
+      // Linear's default distributions, from the generator
+      const double bound = 1.0 / std::sqrt(static_cast<double>(l->options.in_features()));
+      l->options.weight_init([gen](Tensor w) { init::kaiming_uniform_(w, std::sqrt(5.0), "fan_in", "leaky_relu", gen); });
+      l->options.bias_init([gen, bound](Tensor b) { init::uniform_(b, -bound, bound, gen); });
+      l->reset_parameters();
+    }
+  }
+  return ff;
+}
+
+Dropout make_dropout(const TransformerLayerOptions& o) {
+  return Dropout(DropoutOptions(o.dropout()).generator(o.generator()));
+}
+
+std::string layer_repr(const TransformerLayerOptions& o) {
+  return fmt::format("d_model={}, nhead={}, dim_feedforward={}, dropout={}, activation={}, norm_first={}, norm={}",
+                     o.d_model(), o.nhead(), o.dim_feedforward() > 0 ? o.dim_feedforward() : 4 * o.d_model(),
+                     o.dropout(), o.activation(), o.norm_first(), o.norm());
+}
+
+}  // namespace
+
+Tensor apply_norm(const std::shared_ptr<Module>& norm, const Tensor& x) {
+  if (auto* ln = dynamic_cast<LayerNormImpl*>(norm.get())) return ln->forward(x);
+  if (auto* rms = dynamic_cast<RMSNormImpl*>(norm.get())) return rms->forward(x);
+  KILN_CHECK(false, "apply_norm", "expected a LayerNorm or RMSNorm module, got {}", norm ? norm->name() : "null");
+  return x;
+}
+
+// ---------------------------------------------------------------- encoder layer
+TransformerEncoderLayerImpl::TransformerEncoderLayerImpl(const TransformerLayerOptions& options_)
+    : Module("TransformerEncoderLayer"), options(options_) {
+  check_layer_options(options, "TransformerEncoderLayer");
+  reset();
+}
+
+void TransformerEncoderLayerImpl::reset() {
+  self_attn = register_module("self_attn", make_attention(options, std::nullopt));
+  ff = register_module("ff", make_ff(options));
+  norm1 = register_module("norm1", make_norm(options));
+  norm2 = register_module("norm2", make_norm(options));
+  dropout1 = register_module("dropout1", make_dropout(options));
+  dropout2 = register_module("dropout2", make_dropout(options));
+}
+
+std::string TransformerEncoderLayerImpl::extra_repr() const { return layer_repr(options); }
+
+Tensor TransformerEncoderLayerImpl::forward(const Tensor& src, const EncoderForward& f) {
+  const MhaForward mf = MhaForward().attn_mask(f.attn_mask()).key_padding(f.key_padding()).is_causal(f.is_causal());
+  Tensor x = src;
+  if (options.norm_first()) {
+    x = x + dropout1(self_attn(apply_norm(norm1, x), mf));
+    x = x + dropout2(ff(apply_norm(norm2, x)));
+  } else {
+    x = apply_norm(norm1, x + dropout1(self_attn(x, mf)));
+    x = apply_norm(norm2, x + dropout2(ff(x)));
+  }
+  return x;
+}
+
+// ---------------------------------------------------------------- decoder layer
+TransformerDecoderLayerImpl::TransformerDecoderLayerImpl(const TransformerLayerOptions& options_)
+    : Module("TransformerDecoderLayer"), options(options_) {
+  check_layer_options(options, "TransformerDecoderLayer");
+  if (auto m = options.memory_dim())
+    KILN_CHECK(*m > 0, "TransformerDecoderLayer", "memory_dim must be > 0, got {}", *m);
+  reset();
+}
+
+void TransformerDecoderLayerImpl::reset() {
+  self_attn = register_module("self_attn", make_attention(options, std::nullopt));
+  cross_attn = register_module("cross_attn", make_attention(options, options.memory_dim()));
+  ff = register_module("ff", make_ff(options));
+  norm1 = register_module("norm1", make_norm(options));
+  norm2 = register_module("norm2", make_norm(options));
+  norm3 = register_module("norm3", make_norm(options));
+  dropout1 = register_module("dropout1", make_dropout(options));
+  dropout2 = register_module("dropout2", make_dropout(options));
+  dropout3 = register_module("dropout3", make_dropout(options));
+}
+
+std::string TransformerDecoderLayerImpl::extra_repr() const { return layer_repr(options); }
+
+Tensor TransformerDecoderLayerImpl::forward(const Tensor& tgt, const Tensor& memory, const DecoderForward& f) {
+  const MhaForward sf =
+      MhaForward().attn_mask(f.tgt_mask()).key_padding(f.tgt_key_padding()).is_causal(f.tgt_is_causal());
+  const MhaForward cf =
+      MhaForward().attn_mask(f.memory_mask()).key_padding(f.memory_key_padding()).is_causal(f.memory_is_causal());
+  Tensor x = tgt;
+  if (options.norm_first()) {
+    x = x + dropout1(self_attn(apply_norm(norm1, x), sf));
+    x = x + dropout2(cross_attn(apply_norm(norm2, x), memory, cf));
+    x = x + dropout3(ff(apply_norm(norm3, x)));
+  } else {
+    x = apply_norm(norm1, x + dropout1(self_attn(x, sf)));
+    x = apply_norm(norm2, x + dropout2(cross_attn(x, memory, cf)));
+    x = apply_norm(norm3, x + dropout3(ff(x)));
+  }
+  return x;
+}
+
+// ---------------------------------------------------------------- stacks
+namespace {
+void check_stack(const TransformerEncoderOptions& o, const char* op) {
+  KILN_CHECK(o.num_layers() >= 0, op, "num_layers must be >= 0, got {}", o.num_layers());
+}
+}  // namespace
+
+TransformerEncoderImpl::TransformerEncoderImpl(const TransformerEncoderOptions& options_)
+    : Module("TransformerEncoder"), options(options_) {
+  check_stack(options, "TransformerEncoder");
+  check_layer_options(options.layer(), "TransformerEncoder");
+  reset();
+}
+
+void TransformerEncoderImpl::reset() {
+  layers = register_module("layers", ModuleList());
+  layer_list.clear();
+  for (std::int64_t i = 0; i < options.num_layers(); ++i) {
+    layer_list.emplace_back(options.layer());
+    layers->push_back(layer_list.back());
+  }
+  norm = nullptr;
+  if (options.final_norm().value_or(options.layer().norm_first())) norm = register_module("norm", make_norm(options.layer()));
+}
+
+std::string TransformerEncoderImpl::extra_repr() const {
+  return fmt::format("num_layers={}, final_norm={}", options.num_layers(), norm != nullptr);
+}
+
+Tensor TransformerEncoderImpl::forward(const Tensor& src, const EncoderForward& f) {
+  Tensor x = src;
+  for (auto& l : layer_list) x = l(x, f);
+  return norm ? apply_norm(norm, x) : x;
+}
+
+TransformerDecoderImpl::TransformerDecoderImpl(const TransformerDecoderOptions& options_)
+    : Module("TransformerDecoder"), options(options_) {
+  check_stack(options, "TransformerDecoder");
+  check_layer_options(options.layer(), "TransformerDecoder");
+  reset();
+}
+
+void TransformerDecoderImpl::reset() {
+  layers = register_module("layers", ModuleList());
+  layer_list.clear();
+  for (std::int64_t i = 0; i < options.num_layers(); ++i) {
+    layer_list.emplace_back(options.layer());
+    layers->push_back(layer_list.back());
+  }
+  norm = nullptr;
+  if (options.final_norm().value_or(options.layer().norm_first())) norm = register_module("norm", make_norm(options.layer()));
+}
+
+std::string TransformerDecoderImpl::extra_repr() const {
+  return fmt::format("num_layers={}, final_norm={}", options.num_layers(), norm != nullptr);
+}
+
+Tensor TransformerDecoderImpl::forward(const Tensor& tgt, const Tensor& memory, const DecoderForward& f) {
+  Tensor x = tgt;
+  for (auto& l : layer_list) x = l(x, memory, f);
+  return norm ? apply_norm(norm, x) : x;
+}
+
+}  // namespace kiln::nn

@@ -1,0 +1,168 @@
+#pragma once
+/// Transformer layers built on nn::MultiHeadAttention and nn::FeedForward, batch first
+/// `[batch..., T, d_model]`, with PyTorch's structure (torch.nn.TransformerEncoderLayer etc.):
+///   post-norm (default):  x = norm1(x + drop1(self_attn(x)));  x = norm2(x + drop2(ff(x)))
+///   pre-norm (norm_first): x = x + drop1(self_attn(norm1(x))); x = x + drop2(ff(norm2(x)))
+/// The decoder inserts cross-attention over `memory` (norm2/drop2) before the feed-forward
+/// (norm3/drop3); its self-attention is causal unless DecoderForward().tgt_is_causal(false).
+///
+///   auto layer = nn::TransformerLayerOptions(512, 8).dim_feedforward(2048).dropout(0.1).norm_first(true);
+///   nn::TransformerEncoder enc(nn::TransformerEncoderOptions(layer, 6));      // final norm: pre-norm default
+///   Tensor h = enc(src, nn::EncoderForward().key_padding(src_lengths));       // (B, S, 512)
+///   nn::TransformerDecoder dec(nn::TransformerDecoderOptions(layer, 6));
+///   Tensor y = dec(tgt, h, nn::DecoderForward().memory_key_padding(src_lengths));  // causal self-attention
+///
+/// Parameter names: "layers.0.self_attn.q_proj.weight", "layers.0.ff.fc1.weight", "layers.0.norm1.weight",
+/// decoder "layers.0.cross_attn.k_proj.weight", final "norm.weight".
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "container.hpp"
+#include "dropout.hpp"
+#include "feedforward.hpp"
+#include "module.hpp"
+#include "multihead_attention.hpp"
+#include "normalization.hpp"
+
+namespace kiln::nn {
+
+/// Options of one encoder or decoder layer.
+struct TransformerLayerOptions {
+  TransformerLayerOptions(std::int64_t d_model, std::int64_t nhead) : d_model_(d_model), nhead_(nhead) {}
+  KILN_ARG(std::int64_t, d_model);
+  KILN_ARG(std::int64_t, nhead);
+  /// Key/value heads of the attentions (default nhead): grouped-query attention.
+  KILN_ARG(std::optional<std::int64_t>, num_kv_heads);
+  /// Hidden width of the feed-forward (0 = 4 * d_model).
+  KILN_ARG(std::int64_t, dim_feedforward) = 0;
+  /// Dropout after each sub-layer (before the residual add) and on the feed-forward's hidden
+  /// activations, as PyTorch.
+  KILN_ARG(double, dropout) = 0.1;
+  /// Dropout on the attention probabilities (default: dropout, as PyTorch).
+  KILN_ARG(std::optional<double>, attn_dropout);
+  /// Feed-forward activation: "relu" (PyTorch's default), "gelu", "gelu_tanh", "silu", ...
+  KILN_ARG(std::string, activation) = "relu";
+  /// Gated (GLU) feed-forward: SwiGLU with "silu", GEGLU with "gelu".
+  KILN_ARG(bool, gated) = false;
+  /// Pre-norm (true) or post-norm (false, PyTorch's default).
+  KILN_ARG(bool, norm_first) = false;
+  /// "layer_norm" or "rms_norm".
+  KILN_ARG(std::string, norm) = "layer_norm";
+  KILN_ARG(double, norm_eps) = 1e-5;
+  /// Biases of the attention projections, the feed-forward and the LayerNorms.
+  KILN_ARG(bool, bias) = true;
+  KILN_ARG(QKNorm, qk_norm) = QKNorm::None;
+  /// Decoder only: width of `memory` (default d_model), the cross-attention's kdim and vdim.
+  KILN_ARG(std::optional<std::int64_t>, memory_dim);
+  /// Random numbers for every initializer and dropout of the layer (null = the default
+  /// generator); it must outlive the layer.
+  KILN_ARG(Generator*, generator) = nullptr;
+};
+using TransformerEncoderLayerOptions = TransformerLayerOptions;
+using TransformerDecoderLayerOptions = TransformerLayerOptions;
+
+/// Masks of an encoder's self-attention (see MhaForward for their forms).
+struct EncoderForward {
+  KILN_ARG(Tensor, attn_mask);
+  /// int64 valid lengths (batch...) or a bool keep-mask (batch..., S).
+  KILN_ARG(Tensor, key_padding);
+  KILN_ARG(bool, is_causal) = false;
+};
+
+/// Masks of a decoder: its (by default causal) self-attention over tgt and its
+/// cross-attention over memory.
+struct DecoderForward {
+  KILN_ARG(Tensor, tgt_mask);
+  KILN_ARG(Tensor, tgt_key_padding);
+  KILN_ARG(bool, tgt_is_causal) = true;
+  KILN_ARG(Tensor, memory_mask);
+  KILN_ARG(Tensor, memory_key_padding);
+  KILN_ARG(bool, memory_is_causal) = false;
+};
+
+class TransformerEncoderLayerImpl : public Module {
+ public:
+  TransformerEncoderLayerImpl(std::int64_t d_model, std::int64_t nhead)
+      : TransformerEncoderLayerImpl(TransformerLayerOptions(d_model, nhead)) {}
+  explicit TransformerEncoderLayerImpl(const TransformerLayerOptions& options);
+
+  void reset() override;
+  std::string extra_repr() const override;
+  /// src (batch..., S, d_model) -> same shape.
+  Tensor forward(const Tensor& src, const EncoderForward& f = {});
+
+  TransformerLayerOptions options;
+  MultiHeadAttention self_attn{nullptr};
+  FeedForward ff{nullptr};
+  std::shared_ptr<Module> norm1, norm2;  // LayerNormImpl or RMSNormImpl
+  Dropout dropout1{nullptr}, dropout2{nullptr};
+};
+KILN_MODULE(TransformerEncoderLayer);
+
+class TransformerDecoderLayerImpl : public Module {
+ public:
+  TransformerDecoderLayerImpl(std::int64_t d_model, std::int64_t nhead)
+      : TransformerDecoderLayerImpl(TransformerLayerOptions(d_model, nhead)) {}
+  explicit TransformerDecoderLayerImpl(const TransformerLayerOptions& options);
+
+  void reset() override;
+  std::string extra_repr() const override;
+  /// tgt (batch..., T, d_model), memory (batch..., S, memory_dim) -> (batch..., T, d_model).
+  Tensor forward(const Tensor& tgt, const Tensor& memory, const DecoderForward& f = {});
+
+  TransformerLayerOptions options;
+  MultiHeadAttention self_attn{nullptr}, cross_attn{nullptr};
+  FeedForward ff{nullptr};
+  std::shared_ptr<Module> norm1, norm2, norm3;
+  Dropout dropout1{nullptr}, dropout2{nullptr}, dropout3{nullptr};
+};
+KILN_MODULE(TransformerDecoderLayer);
+
+/// A stack of num_layers encoder layers, each freshly initialized from `layer`.
+struct TransformerEncoderOptions {
+  TransformerEncoderOptions(TransformerLayerOptions layer, std::int64_t num_layers)
+      : layer_(std::move(layer)), num_layers_(num_layers) {}
+  KILN_ARG(TransformerLayerOptions, layer);
+  KILN_ARG(std::int64_t, num_layers);
+  /// A norm after the last layer (default: only for pre-norm layers, whose output is otherwise
+  /// unnormalized).
+  KILN_ARG(std::optional<bool>, final_norm);
+};
+using TransformerDecoderOptions = TransformerEncoderOptions;
+
+class TransformerEncoderImpl : public Module {
+ public:
+  explicit TransformerEncoderImpl(const TransformerEncoderOptions& options);
+  void reset() override;
+  std::string extra_repr() const override;
+  /// The same masks for every layer.
+  Tensor forward(const Tensor& src, const EncoderForward& f = {});
+
+  TransformerEncoderOptions options;
+  ModuleList layers{nullptr};
+  std::vector<TransformerEncoderLayer> layer_list;  // the layers, typed
+  std::shared_ptr<Module> norm;                     // final norm or null
+};
+KILN_MODULE(TransformerEncoder);
+
+class TransformerDecoderImpl : public Module {
+ public:
+  explicit TransformerDecoderImpl(const TransformerDecoderOptions& options);
+  void reset() override;
+  std::string extra_repr() const override;
+  Tensor forward(const Tensor& tgt, const Tensor& memory, const DecoderForward& f = {});
+
+  TransformerDecoderOptions options;
+  ModuleList layers{nullptr};
+  std::vector<TransformerDecoderLayer> layer_list;
+  std::shared_ptr<Module> norm;
+};
+KILN_MODULE(TransformerDecoder);
+
+/// Calls a LayerNormImpl or RMSNormImpl (what the transformer layers hold as norms).
+Tensor apply_norm(const std::shared_ptr<Module>& norm, const Tensor& x);
+
+}  // namespace kiln::nn
