@@ -1,0 +1,76 @@
+#pragma once
+/// Named tensors in the safetensors format (the format of Hugging Face's `safetensors` package,
+/// readable by PyTorch through it): an 8-byte little-endian header length, a JSON header with
+/// each tensor's dtype, shape and byte range plus free-form string metadata, then the data.
+///
+///   kiln::save_safetensors("w.safetensors", {{"w", w}, {"b", b}}, {{"epoch", "3"}});
+///   auto f = kiln::load_safetensors("w.safetensors");
+///   Tensor w2 = f.at("w");  f.metadata["epoch"];
+///   kiln::nn::save(*model, "model.safetensors");          // Module::state_dict()
+///   kiln::nn::load(*model, "model.safetensors");          // strict key check by default
+///
+/// Writing: kiln's dtypes become F32, F64, I64, BOOL; tensors are written row-major from the
+/// CPU; the file is replaced atomically (a temporary file in the same directory, fsync, rename,
+/// fsync of the directory), so a crash mid-write leaves the previous file intact. A crashed
+/// writer can leave a `.<name>.tmp.<pid>.<n>` file behind; nothing reads it and it may be deleted.
+///
+/// Reading treats the file as untrusted: header at most 100 MB, strict JSON (duplicate keys,
+/// unknown fields, bad UTF-8 and non-integer numbers are errors), known dtypes, shapes whose byte
+/// size (overflow-checked) matches the offsets, offsets that tile the data buffer exactly with no
+/// gap, overlap or trailing byte. Anything else throws kiln::Error "[load_safetensors] <path>: ...".
+/// F16 and BF16 load as float32, U8..U64 and I8..I32 as int64; F8 types are refused.
+#include <cstdint>
+#include <map>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "../core/tensor.hpp"
+
+namespace kiln {
+
+namespace nn {
+class Module;
+struct LoadStateDictResult;
+}  // namespace nn
+
+/// What a safetensors file holds: tensors in header order, and the `__metadata__` strings.
+struct SafetensorsFile {
+  std::vector<std::pair<std::string, Tensor>> tensors;
+  std::map<std::string, std::string> metadata;
+
+  bool contains(const std::string& name) const;
+  /// The tensor named `name`; throws kiln::Error listing the names present when absent.
+  const Tensor& at(const std::string& name) const;
+};
+
+using NamedTensors = std::vector<std::pair<std::string, Tensor>>;
+
+/// Writes `tensors` (any device, dtype, layout; names unique UTF-8) and `metadata` to `path`.
+void save_safetensors(const std::string& path, const NamedTensors& tensors,
+                      const std::map<std::string, std::string>& metadata = {});
+/// The bytes save_safetensors would write.
+std::vector<std::uint8_t> save_safetensors_to_buffer(const NamedTensors& tensors,
+                                                     const std::map<std::string, std::string>& metadata = {});
+
+/// Reads a whole file onto the CPU.
+SafetensorsFile load_safetensors(const std::string& path);
+/// Reads from memory (the same checks; messages name the source as "<memory>").
+SafetensorsFile load_safetensors_from_buffer(const void* data, std::size_t size);
+
+namespace nn {
+/// Saves `module.state_dict()` (parameters and persistent buffers, dotted names).
+void save(const Module& module, const std::string& path, const std::map<std::string, std::string>& metadata = {});
+/// Loads a file written by nn::save (or by PyTorch's safetensors for a matching module) into
+/// `module` with Module::load_state_dict: strict by default, errors "[nn::load] <path>: ...".
+LoadStateDictResult load(Module& module, const std::string& path, bool strict = true);
+}  // namespace nn
+
+namespace detail {
+/// Testing only: called by the writer after each chunk of bytes reaches the temporary file
+/// (argument: bytes written so far, total bytes). The crash test pauses there and is killed.
+using SafetensorsWriteHook = void (*)(std::uint64_t written, std::uint64_t total);
+void set_safetensors_write_hook(SafetensorsWriteHook hook);
+}  // namespace detail
+
+}  // namespace kiln
