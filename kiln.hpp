@@ -18,3 +18,4 @@
 #include "autograd/node.hpp"
 #include "autograd/ops.hpp"
 #include "nn/nn.hpp"
+#include "optim/optim.hpp"

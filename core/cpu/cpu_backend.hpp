@@ -34,6 +34,8 @@ class CpuBackend final : public Backend {
   void attention_backward(const AttentionArgs& a, const Tensor& out, const Tensor& lse, const Tensor& gout,
                           const Tensor& weights, const Tensor& gweights, const AttentionGrads& grads) override;
   void attention_dropout_mask(const AttentionArgs& a, const Tensor& out) override;
+  // optim_kernels.cpp
+  void optim_update(const OptimUpdate& u) override;
 };
 
 Backend& cpu_backend();

@@ -1,0 +1,244 @@
+#include "optimizer.hpp"
+
+#include <fmt/format.h>
+
+#include <cmath>
+#include <set>
+
+#include "../autograd/grad_mode.hpp"
+#include "../core/backend.hpp"
+
+namespace kiln::optim {
+
+// ---- ParamGroup ----
+
+ParamGroup::ParamGroup(std::vector<Tensor> params) : params_(std::move(params)) {}
+ParamGroup::ParamGroup(std::vector<Tensor> params, const OptimizerOptions& options)
+    : params_(std::move(params)), options_(options.clone()) {}
+ParamGroup::ParamGroup(std::vector<Tensor> params, std::unique_ptr<OptimizerOptions> options)
+    : params_(std::move(params)), options_(std::move(options)) {}
+ParamGroup::ParamGroup(const ParamGroup& o) : params_(o.params_), options_(o.options_ ? o.options_->clone() : nullptr) {}
+ParamGroup& ParamGroup::operator=(const ParamGroup& o) {
+  if (this != &o) {
+    params_ = o.params_;
+    options_ = o.options_ ? o.options_->clone() : nullptr;
+  }
+  return *this;
+}
+ParamGroup::~ParamGroup() = default;
+
+OptimizerOptions& ParamGroup::options() {
+  if (!options_) throw_error("ParamGroup", "this group has no options (it gets the defaults when added to an optimizer)");
+  return *options_;
+}
+const OptimizerOptions& ParamGroup::options() const { return const_cast<ParamGroup*>(this)->options(); }
+
+// ---- Optimizer ----
+
+Optimizer::Optimizer(const char* name, std::unique_ptr<OptimizerOptions> defaults)
+    : name_(name), defaults_(std::move(defaults)) {}
+
+Optimizer::~Optimizer() = default;
+
+void Optimizer::init_groups(std::vector<ParamGroup> groups) {
+  validate(*defaults_);
+  std::size_t total = 0;
+  for (const auto& g : groups) total += g.params().size();
+  KILN_CHECK(total > 0, name_, "got an empty parameter list");
+  for (auto& g : groups) add_param_group(std::move(g));
+}
+
+void Optimizer::check_params(const std::vector<Tensor>& params, std::size_t gi) const {
+  // Where each parameter already sits, to report both places of a duplicate.
+  std::unordered_map<const TensorImpl*, std::pair<std::size_t, std::size_t>> seen;
+  for (std::size_t g = 0; g < groups_.size(); ++g)
+    for (std::size_t i = 0; i < groups_[g].params().size(); ++i) seen.emplace(groups_[g].params()[i].impl_ptr(), std::pair{g, i});
+  for (std::size_t i = 0; i < params.size(); ++i) {
+    const Tensor& p = params[i];
+    KILN_CHECK(p.defined(), name_, "parameter {} of group {} is an undefined tensor", i, gi);
+    KILN_CHECK(p.is_floating_point(), name_, "parameter {} of group {} has dtype {}; only float32/float64 tensors can be optimized",
+               i, gi, dtype_name(p.dtype()));
+    KILN_CHECK(p.is_leaf(), name_,
+               "parameter {} of group {} (shape {}) is not a leaf tensor: it was computed by an op; optimize the leaf it came from",
+               i, gi, shape_str(p.shape()));
+    auto [it, fresh] = seen.emplace(p.impl_ptr(), std::pair{gi, i});
+    KILN_CHECK(fresh, name_, "parameter {} of group {} (shape {}) appears more than once: it is also parameter {} of group {}", i,
+               gi, shape_str(p.shape()), it->second.second, it->second.first);
+  }
+}
+
+[[noreturn]] void Optimizer::wrong_options(const OptimizerOptions& o, const char* expected) const {
+  throw_error(name_, fmt::format("param group options are {}, expected {}", o.kind(), expected));
+}
+
+void Optimizer::check_option(bool ok, const char* what, double value, const char* requirement) const {
+  if (!ok) throw_error(name_, fmt::format("invalid {}: {} ({})", what, value, requirement));
+}
+
+void Optimizer::add_param_group(ParamGroup group) {
+  check_params(group.params(), groups_.size());
+  if (!group.has_options()) group.set_options(defaults_->clone());
+  validate(group.options());
+  groups_.push_back(std::move(group));
+}
+
+std::vector<Tensor> Optimizer::parameters() const {
+  std::vector<Tensor> out;
+  for (const auto& g : groups_) out.insert(out.end(), g.params().begin(), g.params().end());
+  return out;
+}
+
+double Optimizer::lr(std::size_t group) const {
+  KILN_CHECK(group < groups_.size(), name_, "lr: group {} out of range ({} groups)", group, groups_.size());
+  return groups_[group].options().get_lr();
+}
+
+void Optimizer::set_lr(double lr, std::size_t group) {
+  KILN_CHECK(group < groups_.size(), name_, "set_lr: group {} out of range ({} groups)", group, groups_.size());
+  check_option(lr >= 0, "learning rate", lr, "must be >= 0");
+  groups_[group].options().set_lr(lr);
+}
+
+const ParamState* Optimizer::state(const Tensor& p) const {
+  auto it = state_.find(p.impl_ptr());
+  return it == state_.end() ? nullptr : &it->second;
+}
+
+Tensor Optimizer::state_buffer(const Tensor& p, double value) {
+  return full(p.shape(), value, TensorOptions(p.dtype()).device(p.device()));
+}
+
+void Optimizer::zero_grad(bool set_to_none) {
+  NoGradGuard ng;
+  for (auto& g : groups_)
+    for (auto& p : g.params()) {
+      if (set_to_none) {
+        p.set_grad(Tensor());
+      } else if (Tensor gr = p.grad(); gr.defined()) {
+        gr.zero_();
+      }
+    }
+}
+
+void Optimizer::step() {
+  NoGradGuard ng;
+  for (std::size_t gi = 0; gi < groups_.size(); ++gi) {
+    const OptimizerOptions& o = groups_[gi].options();
+    validate(o);  // options may have been edited through param_groups()
+    const auto& params = groups_[gi].params();
+    for (std::size_t i = 0; i < params.size(); ++i) {
+      const Tensor& p = params[i];
+      Tensor g = p.grad();
+      if (!g.defined()) continue;
+      KILN_CHECK(g.shape() == p.shape() && g.device() == p.device(), name_,
+                 "parameter {} of group {} has shape {} on {} but its gradient has shape {} on {}", i, gi,
+                 shape_str(p.shape()), p.device().str(), shape_str(g.shape()), g.device().str());
+      update(o, p, g, state_[p.impl_ptr()]);
+    }
+  }
+}
+
+void Optimizer::run_update(OptimUpdate& u) const {
+  Backend& be = backend_for(u.param.device(), name_);
+  Tensor p = u.param;
+  const bool direct = p.is_contiguous();
+  // Rare layouts take a detour through contiguous copies; the usual case touches memory once.
+  if (!direct) u.param = p.contiguous();
+  if (u.grad.dtype() != p.dtype()) u.grad = u.grad.to(p.dtype());
+  if (!u.grad.is_contiguous()) u.grad = u.grad.contiguous();
+  if (p.numel() > 0) be.optim_update(u);
+  if (!direct) p.copy_(u.param);
+  else p.bump_version();
+}
+
+// ---- state dicts ----
+
+namespace {
+
+std::string key(const char* kind, std::size_t i, const std::string& field) { return fmt::format("{}.{}.{}", kind, i, field); }
+
+}  // namespace
+
+StateDict Optimizer::state_dict() const {
+  NoGradGuard ng;
+  StateDict sd;
+  const auto names = buffer_names();
+  std::size_t index = 0;
+  for (std::size_t gi = 0; gi < groups_.size(); ++gi) {
+    auto opts = groups_[gi].options().clone();
+    opts->fields([&](const char* n, double& v) { sd.scalars[key("group", gi, n)] = v; });
+    sd.scalars[key("group", gi, "num_params")] = static_cast<double>(groups_[gi].params().size());
+    for (const Tensor& p : groups_[gi].params()) {
+      auto it = state_.find(p.impl_ptr());
+      if (it != state_.end()) {
+        sd.scalars[key("state", index, "step")] = static_cast<double>(it->second.step);
+        for (std::size_t k = 0; k < names.size() && k < 3; ++k)
+          if (!names[k].empty() && it->second.buffers[k].defined())
+            sd.tensors[key("state", index, names[k])] = it->second.buffers[k].clone();
+      }
+      ++index;
+    }
+  }
+  return sd;
+}
+
+void Optimizer::load_state_dict(const StateDict& sd) {
+  NoGradGuard ng;
+  const auto names = buffer_names();
+  std::set<std::string> used;
+  auto scalar = [&](const std::string& k) -> double {
+    auto it = sd.scalars.find(k);
+    KILN_CHECK(it != sd.scalars.end(), name_, "load_state_dict: missing scalar '{}'", k);
+    used.insert(k);
+    return it->second;
+  };
+  // Build everything first so a bad dict leaves this optimizer untouched.
+  std::vector<std::unique_ptr<OptimizerOptions>> opts;
+  std::unordered_map<const TensorImpl*, ParamState> state;
+  std::size_t index = 0;
+  for (std::size_t gi = 0; gi < groups_.size(); ++gi) {
+    const auto& params = groups_[gi].params();
+    const double n = scalar(key("group", gi, "num_params"));
+    KILN_CHECK(n == static_cast<double>(params.size()), name_,
+               "load_state_dict: group {} has {} parameters here but {} in the state dict", gi, params.size(), n);
+    auto o = groups_[gi].options().clone();
+    o->fields([&](const char* f, double& v) { v = scalar(key("group", gi, f)); });
+    validate(*o);
+    opts.push_back(std::move(o));
+    for (const Tensor& p : params) {
+      const std::string sk = key("state", index, "step");
+      if (sd.scalars.count(sk)) {
+        const double step = scalar(sk);
+        KILN_CHECK(step >= 0 && step == std::floor(step) && step < 9007199254740992.0, name_,
+                   "load_state_dict: '{}' is {}, not a step count", sk, step);
+        ParamState st;
+        st.step = static_cast<std::int64_t>(step);
+        for (std::size_t k = 0; k < names.size() && k < 3; ++k) {
+          if (names[k].empty()) continue;
+          const std::string tk = key("state", index, names[k]);
+          auto it = sd.tensors.find(tk);
+          if (it == sd.tensors.end()) continue;
+          used.insert(tk);
+          const Tensor& t = it->second;
+          KILN_CHECK(t.defined() && t.is_floating_point(), name_, "load_state_dict: '{}' is not a float tensor", tk);
+          KILN_CHECK(t.shape() == p.shape(), name_, "load_state_dict: '{}' has shape {} but parameter {} has shape {}", tk,
+                     shape_str(t.shape()), index, shape_str(p.shape()));
+          st.buffers[k] = state_buffer(p);
+          st.buffers[k].copy_(t);
+        }
+        state.emplace(p.impl_ptr(), std::move(st));
+      }
+      ++index;
+    }
+  }
+  for (const auto& [k, v] : sd.scalars)
+    KILN_CHECK(used.count(k), name_, "load_state_dict: unexpected scalar '{}' (this optimizer has {} groups and {} parameters)", k,
+               groups_.size(), index);
+  for (const auto& [k, v] : sd.tensors)
+    KILN_CHECK(used.count(k), name_, "load_state_dict: unexpected tensor '{}' (this optimizer has {} groups and {} parameters)", k,
+               groups_.size(), index);
+  for (std::size_t gi = 0; gi < groups_.size(); ++gi) groups_[gi].set_options(std::move(opts[gi]));
+  state_ = std::move(state);
+}
+
+}  // namespace kiln::optim

@@ -1,0 +1,189 @@
+#pragma once
+/// kiln::optim::Optimizer — the base of every optimizer, following the PyTorch C++ frontend:
+/// an Options struct with chained setters gives the defaults, parameters come in groups whose
+/// own options override them, state lives per parameter and is created on the first step.
+///
+///   optim::Adam opt(net->parameters(), optim::AdamOptions(1e-3).weight_decay(0.01));
+///   for (...) {
+///     opt.zero_grad();
+///     loss.backward();
+///     opt.step();                           // under NoGradGuard; one fused pass per parameter
+///   }
+///   // per-group options: no weight decay on biases
+///   optim::AdamW opt2({optim::ParamGroup(weights), optim::ParamGroup(biases, optim::AdamWOptions(1e-3).weight_decay(0))},
+///                     optim::AdamWOptions(1e-3));
+///   auto sd = opt.state_dict();             // exact: options, per-parameter buffers, step counters
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "../core/tensor.hpp"
+#include "state_dict.hpp"
+
+/// Declares an option with a chained setter and a getter:
+///   struct FooOptions { KILN_OPTIM_ARG(double, eps) = 1e-8; };   FooOptions().eps(1e-6).eps() == 1e-6
+#define KILN_OPTIM_ARG(T, name)                        \
+ public:                                               \
+  auto name(T new_##name)->decltype(*this) {           \
+    this->name##_ = std::move(new_##name);             \
+    return *this;                                      \
+  }                                                    \
+  const T& name() const noexcept { return this->name##_; } \
+                                                       \
+ private:                                              \
+  T name##_
+
+namespace kiln {
+struct OptimUpdate;  // core/backend.hpp
+}
+
+namespace kiln::optim {
+
+/// Called once per hyper-parameter with its name and value (bools travel as 0/1); used to save,
+/// load and print options generically.
+using OptionFieldFn = std::function<void(const char* name, double& value)>;
+
+/// The options of one optimizer (SGDOptions, AdamOptions, ...). Every option kind knows its lr,
+/// how to copy itself and how to list its fields.
+class OptimizerOptions {
+ public:
+  virtual ~OptimizerOptions() = default;
+  virtual std::unique_ptr<OptimizerOptions> clone() const = 0;
+  virtual double get_lr() const = 0;
+  virtual void set_lr(double lr) = 0;
+  /// Visits every field (reads and may write them).
+  virtual void fields(const OptionFieldFn& f) = 0;
+  /// "SGDOptions", "AdamOptions", ...
+  virtual const char* kind() const = 0;
+};
+
+/// A set of parameters that share options. Without options the optimizer's defaults apply
+/// (copied when the group joins the optimizer); with options they replace the defaults
+/// for this group.
+class ParamGroup {
+ public:
+  ParamGroup(std::vector<Tensor> params);  // NOLINT: implicit, so `{w, b}` works as a group
+  ParamGroup(std::vector<Tensor> params, const OptimizerOptions& options);
+  ParamGroup(std::vector<Tensor> params, std::unique_ptr<OptimizerOptions> options);
+  ParamGroup(const ParamGroup& o);
+  ParamGroup& operator=(const ParamGroup& o);
+  ParamGroup(ParamGroup&&) noexcept = default;
+  ParamGroup& operator=(ParamGroup&&) noexcept = default;
+  ~ParamGroup();
+
+  std::vector<Tensor>& params() { return params_; }
+  const std::vector<Tensor>& params() const { return params_; }
+  bool has_options() const { return options_ != nullptr; }
+  /// Throws if the group has no options yet (a group inside an optimizer always has).
+  OptimizerOptions& options();
+  const OptimizerOptions& options() const;
+  void set_options(std::unique_ptr<OptimizerOptions> options) { options_ = std::move(options); }
+  /// The options as their concrete type: `group.options_as<AdamOptions>().betas()`.
+  template <typename O>
+  O& options_as();
+  template <typename O>
+  const O& options_as() const;
+
+ private:
+  std::vector<Tensor> params_;
+  std::unique_ptr<OptimizerOptions> options_;
+};
+
+/// Per-parameter state: a step counter and up to three buffers (named by the optimizer).
+struct ParamState {
+  std::int64_t step = 0;
+  Tensor buffers[3];
+};
+
+class Optimizer {
+ public:
+  virtual ~Optimizer();
+  Optimizer(const Optimizer&) = delete;
+  Optimizer& operator=(const Optimizer&) = delete;
+
+  /// One update of every parameter that has a gradient (others are skipped), under NoGradGuard.
+  void step();
+  /// Clears gradients: drops them (set_to_none) or zeroes them in place.
+  void zero_grad(bool set_to_none = true);
+
+  std::vector<ParamGroup>& param_groups() { return groups_; }
+  const std::vector<ParamGroup>& param_groups() const { return groups_; }
+  /// Adds a group (options checked; defaults copied in when it has none).
+  void add_param_group(ParamGroup group);
+  /// Every parameter, in group order.
+  std::vector<Tensor> parameters() const;
+
+  double lr(std::size_t group = 0) const;
+  void set_lr(double lr, std::size_t group = 0);
+  const OptimizerOptions& defaults() const { return *defaults_; }
+  /// "SGD", "Adam", ...: the prefix of this optimizer's error messages.
+  const char* name() const { return name_; }
+
+  /// A snapshot (tensors are copies): "group.<g>.<option>" and "group.<g>.num_params" scalars,
+  /// "state.<i>.step" scalars and "state.<i>.<buffer>" tensors, where i counts parameters
+  /// across groups in order. Parameters not stepped yet have no state entries.
+  StateDict state_dict() const;
+  /// Restores options and state saved by state_dict() of an optimizer over parameters of the
+  /// same shapes in the same group layout. Every entry is checked; the state is copied.
+  void load_state_dict(const StateDict& sd);
+
+  /// The state of parameter p (null if it has none yet).
+  const ParamState* state(const Tensor& p) const;
+
+ protected:
+  Optimizer(const char* name, std::unique_ptr<OptimizerOptions> defaults);
+  /// Throws kiln::Error("[<name>] ...") if options are the wrong kind or out of range.
+  virtual void validate(const OptimizerOptions& o) const = 0;
+  /// Names of the buffer slots (empty name: unused slot), for state dicts.
+  virtual std::vector<std::string> buffer_names() const = 0;
+  /// Updates one parameter (contiguous or not) from its gradient (same shape and dtype).
+  virtual void update(const OptimizerOptions& o, const Tensor& param, const Tensor& grad, ParamState& st) = 0;
+  /// Runs the backend's fused kernel, handling non-contiguous parameters and gradients.
+  void run_update(OptimUpdate& u) const;
+  /// A zero-filled state buffer like p (contiguous, same device and dtype).
+  static Tensor state_buffer(const Tensor& p, double value = 0);
+  /// Throws "[<name>] invalid <what>: <value> (<requirement>)" unless ok.
+  void check_option(bool ok, const char* what, double value, const char* requirement) const;
+  /// The options as O, or "[<name>] param group options are XOptions, expected O".
+  template <typename O>
+  const O& options_cast(const OptimizerOptions& o) const {
+    auto* p = dynamic_cast<const O*>(&o);
+    if (!p) wrong_options(o, O::kKind);
+    return *p;
+  }
+  /// Derived constructors call this once their vtable is live (options are validated).
+  void init_groups(std::vector<ParamGroup> groups);
+
+ private:
+  void check_params(const std::vector<Tensor>& params, std::size_t group_index) const;
+  [[noreturn]] void wrong_options(const OptimizerOptions& o, const char* expected) const;
+
+  const char* name_;
+  std::unique_ptr<OptimizerOptions> defaults_;
+  std::vector<ParamGroup> groups_;
+  std::unordered_map<const TensorImpl*, ParamState> state_;
+};
+
+/// Passes a bool option through an OptionFieldFn as 0/1.
+inline void bool_field(const OptionFieldFn& f, const char* name, bool& b) {
+  double v = b ? 1.0 : 0.0;
+  f(name, v);
+  b = v != 0;
+}
+
+template <typename O>
+O& ParamGroup::options_as() {
+  auto* o = dynamic_cast<O*>(&options());
+  if (!o) throw_error("ParamGroup", std::string("options are ") + options().kind() + ", not the type asked for");
+  return *o;
+}
+
+template <typename O>
+const O& ParamGroup::options_as() const {
+  return const_cast<ParamGroup*>(this)->options_as<O>();
+}
+
+}  // namespace kiln::optim
