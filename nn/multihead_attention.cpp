@@ -1,7 +1,11 @@
 #include "multihead_attention.hpp"
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
+#include <numeric>
+
+#include <fmt/ranges.h>
 
 #include "../autograd/ops_attention.hpp"
 
@@ -38,6 +42,43 @@ Tensor split_last(const Tensor& t, std::int64_t n, std::int64_t d) {
   return reshape(t, s);
 }
 
+Shape cat_shape(Shape s, std::initializer_list<std::int64_t> tail) {
+  s.insert(s.end(), tail);
+  return s;
+}
+
+// kiln's bottom-right causal keep-mask (T, S): query t may attend key s <= S - T + t.
+Tensor causal_keep(std::int64_t T, std::int64_t S, Device dev) {
+  TensorOptions io = TensorOptions(kInt64).device(dev);
+  return le(unsqueeze(arange(0, S, 1, io), 0), unsqueeze(arange(S - T, S, 1, io), 1));
+}
+
+// The mask (broadcastable to (..., S)) with n always-attendable columns appended.
+Tensor pad_columns(Tensor mask, std::int64_t S, std::int64_t n) {
+  if (mask.dim() == 0) mask = unsqueeze(mask, 0);
+  if (mask.size(-1) != S) {
+    Shape full = mask.shape();
+    full.back() = S;
+    mask = expand(mask, full);
+  }
+  Shape ps = mask.shape();
+  ps.back() = n;
+  Tensor pad = mask.dtype() == kBool ? ones(ps, TensorOptions(kBool).device(mask.device()))
+                                     : zeros(ps, TensorOptions(mask.dtype()).device(mask.device()));
+  return cat({mask, pad}, -1);
+}
+
+// Explicit positions: int64 or floating, (L,) or (batch..., L); as (L,) or (batch..., 1, L) so
+// they broadcast over the heads of (batch..., heads, L, D).
+Tensor head_positions(const Tensor& p, const Shape& batch, std::int64_t L, const char* what) {
+  KILN_CHECK(p.dtype() == kInt64 || p.is_floating_point(), kOp, "{} must be int64 or floating point, got {}", what,
+             dtype_name(p.dtype()));
+  const Shape per_batch = cat_shape(batch, {L});
+  KILN_CHECK(p.shape() == Shape{L} || p.shape() == per_batch, kOp, "{} must have shape ({},) or {}, got {}", what, L,
+             shape_str(per_batch), shape_str(p.shape()));
+  return p.dim() > 1 ? unsqueeze(p, -2) : p;
+}
+
 }  // namespace
 
 MultiHeadAttentionImpl::MultiHeadAttentionImpl(const MultiHeadAttentionOptions& options_)
@@ -58,6 +99,19 @@ MultiHeadAttentionImpl::MultiHeadAttentionImpl(const MultiHeadAttentionOptions& 
              o.out_dropout());
   if (o.scale()) KILN_CHECK(std::isfinite(*o.scale()), kOp, "scale must be finite, got {}", *o.scale());
   if (o.qk_norm_eps()) KILN_CHECK(*o.qk_norm_eps() >= 0.0, kOp, "qk_norm_eps must be >= 0, got {}", *o.qk_norm_eps());
+  KILN_CHECK(!o.reslink() || out_dim() == o.embed_dim(), kOp,
+             "reslink adds the query to the output, which needs out_dim == embed_dim, got out_dim={} and embed_dim={}",
+             out_dim(), o.embed_dim());
+  KILN_CHECK(!(o.rotary() && o.position_fn()), kOp, "set either rotary or position_fn, not both");
+  if (o.rotary())
+    KILN_CHECK(o.rotary()->dim() <= head_dim(), kOp, "rotary dim={} exceeds head_dim={}", o.rotary()->dim(),
+               head_dim());
+  {
+    auto axes = o.attention_axes();
+    std::sort(axes.begin(), axes.end());
+    KILN_CHECK(std::adjacent_find(axes.begin(), axes.end()) == axes.end(), kOp,
+               "attention_axes must not repeat an axis, got {}", fmt::join(o.attention_axes(), ", "));
+  }
   reset();
 }
 
@@ -88,9 +142,34 @@ void MultiHeadAttentionImpl::reset() {
     q_norm = register_module("q_norm", RMSNorm(RMSNormOptions({Dk}).eps(o.qk_norm_eps()))).ptr();
     k_norm = register_module("k_norm", RMSNorm(RMSNormOptions({Dk}).eps(o.qk_norm_eps()))).ptr();
   }
+  bias_k = bias_v = Tensor();
+  if (o.add_bias_kv()) {
+    bias_k = register_parameter("bias_k", empty({1, 1, Hkv * Dk}));
+    bias_v = register_parameter("bias_v", empty({1, 1, Hkv * Dv}));
+    init_extra_parameters();
+  }
+  rotary = nullptr;
+  if (o.rotary()) rotary = register_module("rotary", RotaryEmbedding(*o.rotary()));
 }
 
-void MultiHeadAttentionImpl::reset_parameters() { Module::reset_parameters(); }
+void MultiHeadAttentionImpl::init_extra_parameters() {
+  if (bias_k.defined()) {
+    NoGradGuard ng;
+    init::xavier_normal_(bias_k, 1.0, options.generator());
+    init::xavier_normal_(bias_v, 1.0, options.generator());
+  }
+}
+
+void MultiHeadAttentionImpl::reset_parameters() {
+  Module::reset_parameters();
+  init_extra_parameters();
+}
+
+KVCache MultiHeadAttentionImpl::make_kv_cache(const Shape& batch, std::int64_t max_length) const {
+  const Tensor& w = k_proj->weight;
+  return KVCache(batch, num_kv_heads(), max_length, head_dim(), v_head_dim(),
+                 TensorOptions(w.dtype()).device(w.device()));
+}
 
 std::string MultiHeadAttentionImpl::extra_repr() const {
   const auto& o = options;
@@ -105,28 +184,92 @@ std::string MultiHeadAttentionImpl::extra_repr() const {
   if (o.out_dropout() > 0) s += fmt::format(", out_dropout={}", o.out_dropout());
   if (o.broadcast_dropout()) s += ", broadcast_dropout=true";
   if (o.qk_norm() != QKNorm::None) s += o.qk_norm() == QKNorm::LayerNorm ? ", qk_norm=layer_norm" : ", qk_norm=rms_norm";
+  if (!o.attention_axes().empty()) s += fmt::format(", attention_axes=({})", fmt::join(o.attention_axes(), ", "));
+  if (o.add_bias_kv()) s += ", add_bias_kv=true";
+  if (o.add_zero_attn()) s += ", add_zero_attn=true";
+  if (o.reslink()) s += ", reslink=true";
   return s;
 }
 
-Tensor MultiHeadAttentionImpl::forward(const Tensor& x, const MhaForward& f) { return attend(x, x, x, f).output; }
+Tensor MultiHeadAttentionImpl::forward(const Tensor& x, const MhaForward& f) { return run(x, x, x, f).output; }
 Tensor MultiHeadAttentionImpl::forward(const Tensor& q, const Tensor& kv, const MhaForward& f) {
   return forward_with_weights(q, kv, f).output;
 }
 Tensor MultiHeadAttentionImpl::forward(const Tensor& q, const Tensor& k, const Tensor& v, const MhaForward& f) {
-  return attend(q, k, v, f).output;
+  return run(q, k, v, f).output;
 }
 MhaResult MultiHeadAttentionImpl::forward_with_weights(const Tensor& x, const MhaForward& f) {
-  return attend(x, x, x, f);
+  return run(x, x, x, f);
 }
 MhaResult MultiHeadAttentionImpl::forward_with_weights(const Tensor& q, const Tensor& kv, const MhaForward& f) {
   KILN_CHECK(kdim() == vdim(), kOp,
              "one key/value input needs kdim == vdim, got kdim={} and vdim={}; pass k and v separately", kdim(),
              vdim());
-  return attend(q, kv, kv, f);
+  return run(q, kv, kv, f);
 }
 MhaResult MultiHeadAttentionImpl::forward_with_weights(const Tensor& q, const Tensor& k, const Tensor& v,
                                                        const MhaForward& f) {
-  return attend(q, k, v, f);
+  return run(q, k, v, f);
+}
+
+MhaResult MultiHeadAttentionImpl::run(const Tensor& q, const Tensor& k, const Tensor& v, const MhaForward& f) {
+  return options.attention_axes().empty() ? attend(q, k, v, f) : attend_axes(q, k, v, f);
+}
+
+// Keras attention_axes: move the non-attended dims to the front as batch dims, flatten the
+// attended ones into one sequence dim, attend, and undo both on the output.
+MhaResult MultiHeadAttentionImpl::attend_axes(const Tensor& q, const Tensor& k, const Tensor& v, const MhaForward& f) {
+  KILN_CHECK(q.defined() && k.defined() && v.defined(), kOp, "inputs must be defined, got q {}, k {}, v {}",
+             shape_or_undefined(q), shape_or_undefined(k), shape_or_undefined(v));
+  KILN_CHECK(f.cache() == nullptr, kOp, "a KV cache cannot be combined with attention_axes");
+  const std::int64_t n = q.dim();
+  std::vector<std::int64_t> axes;
+  for (std::int64_t a : options.attention_axes()) {
+    const std::int64_t d = a < 0 ? a + n : a;
+    KILN_CHECK(d >= 0 && d < n - 1, kOp,
+               "attention_axes {} out of range for a query of shape {}: axes must be in [{}, {}] (not the feature dim)",
+               a, shape_str(q.shape()), -n, n - 2);
+    axes.push_back(d);
+  }
+  std::sort(axes.begin(), axes.end());
+  KILN_CHECK(std::adjacent_find(axes.begin(), axes.end()) == axes.end(), kOp,
+             "attention_axes ({}) name the same dim twice for a query of shape {}",
+             fmt::join(options.attention_axes(), ", "), shape_str(q.shape()));
+  std::vector<std::int64_t> perm;
+  for (std::int64_t d = 0; d < n - 1; ++d)
+    if (!std::binary_search(axes.begin(), axes.end(), d)) perm.push_back(d);
+  const std::size_t nb = perm.size();
+  perm.insert(perm.end(), axes.begin(), axes.end());
+  perm.push_back(n - 1);
+
+  auto flat = [&](const Tensor& x, const char* what) {
+    KILN_CHECK(x.dim() == n, kOp, "with attention_axes the {} must have the query's {} dims, got shape {} (query {})",
+               what, n, shape_str(x.shape()), shape_str(q.shape()));
+    Shape s;
+    for (std::size_t i = 0; i < nb; ++i) {
+      KILN_CHECK(x.size(perm[i]) == q.size(perm[i]), kOp,
+                 "with attention_axes ({}) the {} must share the query's non-attended dims, got shape {} (query {})",
+                 fmt::join(options.attention_axes(), ", "), what, shape_str(x.shape()), shape_str(q.shape()));
+      s.push_back(x.size(perm[i]));
+    }
+    std::int64_t L = 1;
+    for (std::int64_t d : axes) L *= x.size(d);
+    s.push_back(L);
+    s.push_back(x.size(-1));
+    return reshape(permute(x, perm), s);
+  };
+  Tensor qf = flat(q, "query");
+  Tensor kf = k.is_same(q) ? qf : flat(k, "key");
+  Tensor vf = v.is_same(k) ? kf : v.is_same(q) ? qf : flat(v, "value");
+  MhaResult r = attend(qf, kf, vf, f);
+
+  Shape us(r.output.shape().begin(), r.output.shape().begin() + static_cast<std::ptrdiff_t>(nb));
+  for (std::int64_t d : axes) us.push_back(q.size(d));
+  us.push_back(r.output.size(-1));
+  std::vector<std::int64_t> inv(perm.size());
+  for (std::size_t i = 0; i < perm.size(); ++i) inv[static_cast<std::size_t>(perm[i])] = static_cast<std::int64_t>(i);
+  r.output = permute(reshape(r.output, us), inv);
+  return r;
 }
 
 Tensor MultiHeadAttentionImpl::norm_heads(const std::shared_ptr<Module>& norm, const Tensor& x) const {
@@ -153,16 +296,34 @@ MhaResult MultiHeadAttentionImpl::attend(const Tensor& q, const Tensor& k, const
                  Shape(v.shape().begin(), v.shape().end() - 2) == batch,
              kOp, "query, key and value must share the batch dims, got shapes {}, {} and {}", shape_str(q.shape()),
              shape_str(k.shape()), shape_str(v.shape()));
-  const std::int64_t T = q.size(-2), S = k.size(-2);
-  KILN_CHECK(v.size(-2) == S, kOp, "key and value must have the same length, got shapes {} and {} ({} != {})",
-             shape_str(k.shape()), shape_str(v.shape()), S, v.size(-2));
+  const std::int64_t T = q.size(-2), S_new = k.size(-2);
+  KILN_CHECK(v.size(-2) == S_new, kOp, "key and value must have the same length, got shapes {} and {} ({} != {})",
+             shape_str(k.shape()), shape_str(v.shape()), S_new, v.size(-2));
   const Device dev = q.device();
+
+  // ---- KV cache: checked before any work, so an overflow leaves the cache untouched
+  KVCache* cache = f.cache();
+  std::int64_t past = 0;
+  if (cache) {
+    KILN_CHECK(cache->defined(), kOp, "the KV cache is empty (default-constructed); use make_kv_cache");
+    KILN_CHECK(cache->batch_shape() == batch && cache->num_kv_heads() == Hkv && cache->head_dim() == Dk &&
+                   cache->v_head_dim() == Dv,
+               kOp,
+               "the KV cache holds batch {} with num_kv_heads={}, head_dim={}, v_head_dim={}, but this call needs "
+               "batch {} with {}, {}, {}",
+               shape_str(cache->batch_shape()), cache->num_kv_heads(), cache->head_dim(), cache->v_head_dim(),
+               shape_str(batch), Hkv, Dk, Dv);
+    KILN_CHECK(cache->dtype() == q.dtype(), kOp, "the KV cache is {} but the query is {}", dtype_name(cache->dtype()),
+               dtype_name(q.dtype()));
+    cache->check_append(S_new);
+    past = cache->length();
+  }
+  const std::int64_t S = past + S_new;  // keys attended to, before bias_kv / zero_attn
   Shape logits = batch;
   logits.insert(logits.end(), {H, T, S});
 
   // ---- masks: one keep/additive mask for the core, and the keys no query may attend to
   Tensor mask = f.attn_mask();
-  Tensor live;  // bool, broadcastable to (batch..., S): keys some query may attend to
   if (mask.defined()) {
     KILN_CHECK(mask.dtype() == kBool || mask.is_floating_point(), kOp,
                "attn_mask must be bool (true = may attend) or floating point (added to the logits), got {}",
@@ -170,6 +331,18 @@ MhaResult MultiHeadAttentionImpl::attend(const Tensor& q, const Tensor& k, const
     KILN_CHECK(broadcastable(mask.shape(), logits), kOp,
                "attn_mask of shape {} cannot be broadcast to (batch..., H, T, S) = {}", shape_str(mask.shape()),
                shape_str(logits));
+  }
+  if (const Tensor& bias = f.attn_bias(); bias.defined()) {
+    KILN_CHECK(bias.is_floating_point(), kOp, "attn_bias must be floating point, got {}", dtype_name(bias.dtype()));
+    KILN_CHECK(broadcastable(bias.shape(), logits), kOp,
+               "attn_bias of shape {} cannot be broadcast to (batch..., H, T, S) = {}", shape_str(bias.shape()),
+               shape_str(logits));
+    if (!mask.defined()) mask = bias;
+    else if (mask.dtype() == kBool) mask = where(mask, bias, Scalar(-kInf));
+    else mask = mask + bias;
+  }
+  Tensor live;  // bool, broadcastable to (batch..., S): keys some query may attend to
+  if (mask.defined()) {
     Tensor km = mask.dtype() == kBool ? mask : mask != Scalar(-kInf);
     if (km.dim() >= 3) live = any(km, {-3, -2});
     else if (km.dim() == 2) live = any(km, {-2});
@@ -197,38 +370,123 @@ MhaResult MultiHeadAttentionImpl::attend(const Tensor& q, const Tensor& k, const
   }
 
   // Keys nobody attends to become zeros before the projections: NaN/Inf there must not reach
-  // the parameters' gradients through the projection's backward (0 * NaN).
+  // the parameters' gradients through the projection's backward (0 * NaN). With a cache only
+  // this call's keys are projected.
   Tensor kin = k, vin = v;
   if (live.defined()) {
-    Tensor lv = unsqueeze(live, -1);
+    Tensor lv = live;
+    if (past > 0 && lv.dim() > 0 && lv.size(-1) == S) lv = lv.narrow(-1, past, S_new);
+    lv = unsqueeze(lv, -1);
     kin = where(lv, k, Scalar(0.0));
     vin = v.is_same(k) ? kin : where(lv, v, Scalar(0.0));
   }
 
   // ---- projections and heads: (batch..., L, n * d) -> (batch..., n, L, d)
-  Tensor qh = norm_heads(q_norm, split_last(q_proj(q), H, Dk)).transpose(-3, -2);
-  Tensor kh = norm_heads(k_norm, split_last(k_proj(kin), Hkv, Dk)).transpose(-3, -2);
-  Tensor vh = split_last(v_proj(vin), Hkv, Dv).transpose(-3, -2);
+  Tensor qp = options.to_q_fn() ? options.to_q_fn()(q, q_proj) : q_proj(q);
+  Tensor kp, vp;
+  if (options.to_kv_fn()) {
+    std::tie(kp, vp) = options.to_kv_fn()(kin, vin, k_proj, v_proj);
+  } else {
+    kp = k_proj(kin);
+    vp = v_proj(vin);
+  }
+  if (options.to_q_fn() || options.to_kv_fn()) {
+    KILN_CHECK(qp.defined() && qp.shape() == cat_shape(batch, {T, H * Dk}), kOp,
+               "to_q_fn must return (batch..., T, num_heads * head_dim) = {}, got {}",
+               shape_str(cat_shape(batch, {T, H * Dk})), shape_or_undefined(qp));
+    KILN_CHECK(kp.defined() && kp.shape() == cat_shape(batch, {S_new, Hkv * Dk}) && vp.defined() &&
+                   vp.shape() == cat_shape(batch, {S_new, Hkv * Dv}),
+               kOp, "to_kv_fn must return keys {} and values {}, got {} and {}",
+               shape_str(cat_shape(batch, {S_new, Hkv * Dk})), shape_str(cat_shape(batch, {S_new, Hkv * Dv})),
+               shape_or_undefined(kp), shape_or_undefined(vp));
+  }
+  Tensor qh = norm_heads(q_norm, split_last(qp, H, Dk)).transpose(-3, -2);
+  Tensor kh = norm_heads(k_norm, split_last(kp, Hkv, Dk)).transpose(-3, -2);
+  Tensor vh = split_last(vp, Hkv, Dv).transpose(-3, -2);
+
+  // ---- positions (rotary or a custom hook), before the keys enter the cache
+  const bool has_pos = !rotary.is_empty() || static_cast<bool>(options.position_fn());
+  KILN_CHECK(has_pos || (!f.positions().defined() && !f.key_positions().defined()), kOp,
+             "positions were given but the module has no rotary or position_fn to use them");
+  if (has_pos) {
+    const TensorOptions io = TensorOptions(kInt64).device(dev);
+    Tensor qpos = f.positions().defined() ? head_positions(f.positions(), batch, T, "positions")
+                                          : arange(past, past + T, 1, io);
+    Tensor kpos = f.key_positions().defined()       ? head_positions(f.key_positions(), batch, S_new, "key_positions")
+                  : f.positions().defined() && S_new == T ? qpos
+                                                          : arange(past, past + S_new, 1, io);
+    if (!rotary.is_empty()) {
+      qh = rotary->forward(qh, qpos);
+      kh = rotary->forward(kh, kpos);
+    } else {
+      qh = options.position_fn()(qh, qpos, false);
+      kh = options.position_fn()(kh, kpos, true);
+      KILN_CHECK(qh.defined() && kh.defined() && qh.shape() == cat_shape(batch, {H, T, Dk}) &&
+                     kh.shape() == cat_shape(batch, {Hkv, S_new, Dk}),
+                 kOp, "position_fn must keep the shapes of q {} and k {}, got {} and {}",
+                 shape_str(cat_shape(batch, {H, T, Dk})), shape_str(cat_shape(batch, {Hkv, S_new, Dk})),
+                 shape_or_undefined(qh), shape_or_undefined(kh));
+    }
+  }
+  if (cache) std::tie(kh, vh) = cache->append(kh, vh);
+
+  // ---- PyTorch's add_bias_kv / add_zero_attn: extra key/value positions after the S real ones
+  bool causal = f.is_causal();
+  const std::int64_t extra = (options.add_bias_kv() ? 1 : 0) + (options.add_zero_attn() ? 1 : 0);
+  if (extra > 0) {
+    const Shape col_k = cat_shape(batch, {Hkv, 1, Dk}), col_v = cat_shape(batch, {Hkv, 1, Dv});
+    std::vector<Tensor> ks{kh}, vs{vh};
+    if (options.add_bias_kv()) {
+      Shape ones_b(batch.size(), 1);
+      ks.push_back(expand(reshape(bias_k, cat_shape(ones_b, {Hkv, 1, Dk})), col_k));
+      vs.push_back(expand(reshape(bias_v, cat_shape(ones_b, {Hkv, 1, Dv})), col_v));
+    }
+    if (options.add_zero_attn()) {
+      ks.push_back(zeros(col_k, TensorOptions(kh.dtype()).device(dev)));
+      vs.push_back(zeros(col_v, TensorOptions(vh.dtype()).device(dev)));
+    }
+    kh = cat(ks, -2);
+    vh = cat(vs, -2);
+    // causal concerns the real keys only: made explicit, then every mask gets true columns
+    if (causal) {
+      Tensor ck = causal_keep(T, S, dev);
+      if (!mask.defined()) mask = ck;
+      else if (mask.dtype() == kBool) mask = logical_and(mask, ck);
+      else mask = where(ck, mask, Scalar(-kInf));
+      causal = false;
+    }
+    if (mask.defined()) mask = pad_columns(mask, S, extra);
+  }
 
   const double p = options.dropout();
   const bool train = is_training();
   const bool bcast = options.broadcast_dropout() && train && p > 0.0;
   SdpaOptions so;
   so.attn_mask(mask)
-      .is_causal(f.is_causal())
+      .is_causal(causal)
       .scale(options.scale())
       .dropout_p(bcast ? 0.0 : p)
       .training(train)
       .generator(options.generator())
       .need_weights(f.need_weights() || bcast);
-  SdpaResult r = scaled_dot_product_attention(qh, kh, vh, so);
+  SdpaResult r = options.attention_fn() ? options.attention_fn()(qh, kh, vh, so)
+                                        : scaled_dot_product_attention(qh, kh, vh, so);
   Tensor o = r.output;  // (batch..., H, T, Dv)
+  KILN_CHECK(o.defined() && o.shape() == cat_shape(batch, {H, T, Dv}), kOp,
+             "the attention function must return output (batch..., H, T, v_head_dim) = {}, got {}",
+             shape_str(cat_shape(batch, {H, T, Dv})), shape_or_undefined(o));
+  KILN_CHECK(!so.need_weights() || r.weights.defined(), kOp,
+             "the attention function returned no weights although need_weights was set");
   if (bcast) o = broadcast_dropout_attention(r.weights, vh);
 
-  Shape merged = batch;
-  merged.insert(merged.end(), {T, H * Dv});
-  Tensor y = out_proj(reshape(o.transpose(-3, -2), merged));
+  Tensor merged = reshape(o.transpose(-3, -2), cat_shape(batch, {T, H * Dv}));
+  Tensor y = options.to_out_fn() ? options.to_out_fn()(merged, out_proj) : out_proj(merged);
   y = dropout(y, options.out_dropout(), train, options.generator());
+  if (options.reslink()) {
+    KILN_CHECK(y.shape() == q.shape(), kOp, "reslink: the output of shape {} cannot be added to the query of shape {}",
+               shape_str(y.shape()), shape_str(q.shape()));
+    y = y + q;
+  }
 
   MhaResult res{y, Tensor()};
   if (f.need_weights()) res.weights = f.average_attn_weights() ? mean(r.weights, {-3}) : r.weights;

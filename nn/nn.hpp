@@ -16,5 +16,7 @@
 #include "ordered_dict.hpp"
 #include "positional.hpp"
 #include "attention.hpp"
+#include "kv_cache.hpp"
 #include "multihead_attention.hpp"
+#include "rotary.hpp"
 #include "transformer.hpp"

@@ -220,6 +220,73 @@ def gqa_case(name, E, H, Hkv, B, T, S, lengths=None, causal=False, seed=0):
     g.write()
 
 
+def layout_case(name, E, H, B, T, S, kdim=None, vdim=None, bias=True, add_bias_kv=False, add_zero_attn=False,
+                lengths=None, keep_mask=None, causal=False, seed=0):
+    """torch.nn.MultiheadAttention's own state (its keys and layout) for load_torch_state, with the
+    MegEngine io_weight_bias packed from the same weights (Y = X W order: W_q, W_k, W_v, W_o as
+    (in, out) row-major, then b_q, b_k, b_v, b_o), outputs, per-head weights and gradients.
+    Tensors: torch.<state key>, torch_grad.<state key>, megengine.io_weight_bias and its gradient
+    megengine_grad.io_weight_bias (the same packing applied to torch's gradients)."""
+    torch.manual_seed(seed)
+    kdim_ = kdim or E
+    vdim_ = vdim or E
+    mha = torch.nn.MultiheadAttention(E, H, bias=bias, add_bias_kv=add_bias_kv, add_zero_attn=add_zero_attn,
+                                      kdim=kdim, vdim=vdim, batch_first=True).to(DT)
+    with torch.no_grad():
+        for p in mha.parameters():
+            p.copy_(q32(torch.randn_like(p) * 0.4))
+    query = q32(torch.randn(B, T, E, dtype=DT)).requires_grad_()
+    key = q32(torch.randn(B, S, kdim_, dtype=DT)).requires_grad_()
+    value = q32(torch.randn(B, S, vdim_, dtype=DT)).requires_grad_()
+    kpm = None
+    if lengths is not None:
+        kpm = torch.arange(S).unsqueeze(0) >= torch.tensor(lengths).unsqueeze(1)  # True = padded
+    keep = keep_mask
+    if causal:
+        keep = causal_keep(T, S) if keep is None else keep & causal_keep(T, S)
+    attn = None if keep is None else ~keep  # torch pads it with an attendable column per extra key
+    out, w = mha(query, key, value, key_padding_mask=kpm, need_weights=True, attn_mask=attn,
+                 average_attn_weights=False)
+    gout = q32(torch.randn_like(out))
+    gw = q32(torch.randn_like(w))
+    ((out * gout).sum() + (w * gw).sum()).backward()
+
+    def megengine_pack(get):
+        if mha._qkv_same_embed_dim:
+            wq, wk, wv = get("in_proj_weight").chunk(3)
+        else:
+            wq, wk, wv = get("q_proj_weight"), get("k_proj_weight"), get("v_proj_weight")
+        parts = [wq.T, wk.T, wv.T, get("out_proj.weight").T]
+        if bias:
+            parts += list(get("in_proj_bias").chunk(3)) + [get("out_proj.bias")]
+        return torch.cat([p.reshape(-1) for p in parts]).reshape(1, -1)
+
+    params = dict(mha.named_parameters())
+    g = Golden(name)
+    g.meta(embed_dim=E, num_heads=H, kdim=kdim_, vdim=vdim_, bias=bias, add_bias_kv=add_bias_kv,
+           add_zero_attn=add_zero_attn, causal=causal)
+    g.tensor("query", query)
+    g.tensor("key", key)
+    g.tensor("value", value)
+    for k, p in mha.state_dict().items():
+        g.tensor("torch." + k, p)
+        g.tensor("torch_grad." + k, params[k].grad)
+    g.tensor("megengine.io_weight_bias", megengine_pack(lambda k: params[k].detach()))
+    g.tensor("megengine_grad.io_weight_bias", megengine_pack(lambda k: params[k].grad))
+    if lengths is not None:
+        g.tensor("lengths", torch.tensor(lengths, dtype=DT))
+    if keep_mask is not None:
+        g.tensor("keep_mask", keep_mask)
+    g.tensor("gout", gout)
+    g.tensor("gw", gw)
+    g.tensor("output", out)
+    g.tensor("weights", w)
+    g.tensor("grad.query", query.grad)
+    g.tensor("grad.key", key.grad)
+    g.tensor("grad.value", value.grad)
+    g.write()
+
+
 def main():
     os.makedirs(OUT, exist_ok=True)
     torch.manual_seed(0)
@@ -245,6 +312,17 @@ def main():
     # grouped-query (4 query heads over 2 kv heads) with padding; multi-query (1 kv head), causal
     gqa_case("gqa", E=8, H=4, Hkv=2, B=2, T=4, S=5, lengths=[5, 3], seed=8)
     gqa_case("mqa_causal", E=8, H=4, Hkv=1, B=2, T=4, S=4, causal=True, seed=9)
+    # torch's own state layouts (tests/nn/test_mha_layouts.cpp): packed in_proj_weight, separate
+    # q/k/v_proj_weight (kdim/vdim differ), no bias, add_bias_kv, add_zero_attn, both with causal
+    layout_case("torch_packed", E=8, H=2, B=2, T=4, S=5, lengths=[5, 3], seed=10)
+    layout_case("torch_separate", E=8, H=2, B=2, T=3, S=4, kdim=6, vdim=5, seed=11)
+    layout_case("torch_nobias", E=6, H=3, B=2, T=3, S=3, bias=False, seed=12)
+    keep = torch.rand(4, 5, generator=torch.Generator().manual_seed(13)) > 0.4
+    layout_case("torch_bias_kv", E=8, H=2, B=2, T=4, S=5, add_bias_kv=True, lengths=[5, 2], keep_mask=keep, seed=13)
+    layout_case("torch_zero_attn", E=8, H=4, B=2, T=3, S=4, kdim=5, vdim=7, add_zero_attn=True, lengths=[4, 0],
+                seed=14)
+    layout_case("torch_bias_kv_zero_attn_causal", E=8, H=2, B=2, T=3, S=5, add_bias_kv=True, add_zero_attn=True,
+                causal=True, lengths=[5, 4], seed=15)
 
 
 if __name__ == "__main__":
