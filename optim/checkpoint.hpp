@@ -1,0 +1,118 @@
+#pragma once
+/// Training checkpoints: the model, the optimizer, the learning-rate schedule, any other object
+/// with a state dict, the step, random generators and your own metadata, in one safetensors
+/// file written atomically (a crash mid-write leaves the previous checkpoint intact).
+///
+///   kiln::Generator dropout_gen(1);
+///   optim::AdamW opt(model->parameters(), optim::AdamWOptions(3e-4));
+///   optim::WarmupCosineLR sched(opt, 100, 5000);
+///   optim::TrainingState state{.model = model.get(), .optimizer = opt, .scheduler = sched,
+///                              .generators = {{"dropout", &dropout_gen}, {"default", &kiln::default_generator()}}};
+///   optim::save_checkpoint("ckpt.safetensors", state, step, {{"run", "baseline"}});
+///   ...
+///   optim::CheckpointInfo info = optim::load_checkpoint("ckpt.safetensors", state);   // in a new process
+///   for (std::int64_t step = info.step; step < total; ++step) ...   // continues bit for bit
+///
+/// The file is plain safetensors (Python can read it): tensors "model.<name>", "optimizer.<key>",
+/// "scheduler.<key>", "extra.<name>.<key>"; metadata "kiln.checkpoint" (format version),
+/// "kiln.step", "kiln.section.<section>", "kiln.generator.<name>" ("<seed> <offset>"), state-dict
+/// scalars under the section's prefix as shortest round-trip decimals (exact), and yours under
+/// "user.<key>".
+#include <concepts>
+#include <cstdint>
+#include <map>
+#include <string>
+#include <type_traits>
+#include <utility>
+
+#include "state_dict.hpp"
+
+namespace kiln {
+class Generator;
+namespace nn {
+class Module;
+}
+}  // namespace kiln
+
+namespace kiln::optim {
+
+class StatefulRef;
+
+/// Anything with `StateDict state_dict() const` and `void load_state_dict(const StateDict&)`.
+template <typename T>
+concept HasStateDict = !std::is_same_v<std::remove_cv_t<T>, StatefulRef> &&
+                       requires(T& t, const T& ct, const StateDict& sd) {
+                         { ct.state_dict() } -> std::same_as<StateDict>;
+                         t.load_state_dict(sd);
+                       };
+
+/// A non-owning handle to an object with a state dict: an Optimizer, an LRScheduler, a
+/// ReduceLROnPlateau, or a class of your own. Empty when default-constructed or made from null.
+class StatefulRef {
+ public:
+  StatefulRef() = default;
+  StatefulRef(std::nullptr_t) {}  // NOLINT: implicit
+  template <HasStateDict T>
+  StatefulRef(T& obj)  // NOLINT: implicit, so `.optimizer = opt` works
+      : obj_(&obj),
+        save_([](const void* o) { return static_cast<const T*>(o)->state_dict(); }),
+        load_([](void* o, const StateDict& sd) { static_cast<T*>(o)->load_state_dict(sd); }) {}
+  template <HasStateDict T>
+  StatefulRef(T* obj) : StatefulRef() {  // NOLINT: implicit
+    if (obj) *this = StatefulRef(*obj);
+  }
+
+  explicit operator bool() const { return obj_ != nullptr; }
+  StateDict state_dict() const {
+    check();
+    return save_(obj_);
+  }
+  void load_state_dict(const StateDict& sd) const {
+    check();
+    load_(obj_, sd);
+  }
+
+ private:
+  void check() const {
+    if (!obj_) throw_error("StatefulRef", "empty: it refers to no object");
+  }
+  void* obj_ = nullptr;
+  StateDict (*save_)(const void*) = nullptr;
+  void (*load_)(void*, const StateDict&) = nullptr;
+};
+
+/// What a checkpoint saves and restores; every part is optional. Names of extras and
+/// generators must not contain '.'.
+struct TrainingState {
+  nn::Module* model = nullptr;
+  StatefulRef optimizer;
+  StatefulRef scheduler;
+  /// Other objects with state dicts: a ReduceLROnPlateau next to a scheduler, an EMA, a data sampler...
+  std::map<std::string, StatefulRef> extras;
+  /// Generators by name; their (seed, offset) is saved and restored.
+  std::map<std::string, Generator*> generators;
+};
+
+struct CheckpointInfo {
+  std::int64_t step = 0;
+  /// The user metadata given to save_checkpoint.
+  std::map<std::string, std::string> metadata;
+};
+
+/// Writes `state`, `step` and `metadata` to `path` atomically (see save_safetensors).
+void save_checkpoint(const std::string& path, const TrainingState& state, std::int64_t step,
+                     const std::map<std::string, std::string>& metadata = {});
+
+/// Restores every part `state` names from `path` and returns the step and user metadata. Parts
+/// the file has but `state` does not name are ignored (load a model alone from a training
+/// checkpoint); a part `state` names that the file lacks is an error. The model's keys are
+/// checked strictly unless `strict_model` is false. Missing parts and malformed entries are found
+/// before anything changes; then each part loads all-or-nothing in the order model, optimizer,
+/// scheduler, extras, generators, so a part rejected later (say an optimizer over different
+/// parameters) leaves the parts before it loaded. Errors: "[load_checkpoint] <path>: ...".
+CheckpointInfo load_checkpoint(const std::string& path, const TrainingState& state, bool strict_model = true);
+
+/// Reads only the step and user metadata.
+CheckpointInfo read_checkpoint_info(const std::string& path);
+
+}  // namespace kiln::optim
