@@ -3,7 +3,6 @@
 // (1.13) operation by operation, so float64 trajectories agree to rounding.
 #include <cmath>
 #include <fmt/format.h>
-#include <type_traits>
 
 #include "cpu_backend.hpp"
 #include "loops.hpp"
@@ -29,40 +28,48 @@ struct Hyper {
         decay(T(1 - u.lr * u.weight_decay)) {}
 };
 
-// x (N): p, g, state buffers
-template <typename T>
-void sgd(const OptimUpdate& u, const Hyper<T>& h, T* __restrict p, const T* __restrict g, T* __restrict buf,
-         std::int64_t b, std::int64_t e) {
-  const bool wd = u.weight_decay != 0, mom = u.momentum != 0;
+// Calls f.template operator()<b0, b1, ...>() with the runtime flags as compile-time
+// constants, so each loop body is branch-free and vectorizes.
+template <bool... Bs, typename F>
+void with_flags(F&& f) {
+  f.template operator()<Bs...>();
+}
+template <bool... Bs, typename F, typename... Rest>
+void with_flags(F&& f, bool b, Rest... rest) {
+  if (b) with_flags<Bs..., true>(f, rest...);
+  else with_flags<Bs..., false>(f, rest...);
+}
+
+// Every kernel: p, g and the state buffers are (N) and contiguous; it updates [b, e).
+template <typename T, bool NEG, bool WD, bool MOM, bool FIRST, bool NESTEROV>
+void sgd(const Hyper<T>& h, T* __restrict p, const T* __restrict g, T* __restrict buf, std::int64_t b, std::int64_t e) {
   for (std::int64_t i = b; i < e; ++i) {
-    T d = u.maximize ? -g[i] : g[i];
-    if (wd) d += h.wd * p[i];
-    if (mom) {
-      T m = u.first_step ? d : h.momentum * buf[i] + h.one_minus_dampening * d;
+    T d = NEG ? -g[i] : g[i];
+    if constexpr (WD) d += h.wd * p[i];
+    if constexpr (MOM) {
+      T m = FIRST ? d : h.momentum * buf[i] + h.one_minus_dampening * d;
       buf[i] = m;
-      d = u.nesterov ? d + h.momentum * m : m;
+      d = NESTEROV ? d + h.momentum * m : m;
     }
     p[i] -= h.lr * d;
   }
 }
 
-template <typename T>
-void adam(const OptimUpdate& u, const Hyper<T>& h, T* __restrict p, const T* __restrict g, T* __restrict m,
-          T* __restrict v, T* __restrict vmax, std::int64_t b, std::int64_t e) {
-  const bool coupled_wd = u.weight_decay != 0 && !u.decoupled_weight_decay;
-  const bool decoupled = u.decoupled_weight_decay;
+template <typename T, bool NEG, bool WD, bool DECOUPLED, bool AMSGRAD>
+void adam(const Hyper<T>& h, T* __restrict p, const T* __restrict g, T* __restrict m, T* __restrict v,
+          T* __restrict vmax, std::int64_t b, std::int64_t e) {
   for (std::int64_t i = b; i < e; ++i) {
-    T d = u.maximize ? -g[i] : g[i];
+    T d = NEG ? -g[i] : g[i];
     T x = p[i];
-    if (decoupled) x *= h.decay;
-    if (coupled_wd) d += h.wd * x;
+    if constexpr (DECOUPLED) x *= h.decay;
+    if constexpr (WD) d += h.wd * x;
     T mi = h.beta1 * m[i] + h.one_minus_beta1 * d;
     T vi = h.beta2 * v[i] + h.one_minus_beta2 * d * d;
     m[i] = mi;
     v[i] = vi;
-    if (u.amsgrad) {
+    if constexpr (AMSGRAD) {
       T w = vmax[i];
-      if (vi > w || std::isnan(vi)) w = vi;  // torch.maximum propagates NaN
+      w = (vi > w || vi != vi) ? vi : w;  // torch.maximum propagates NaN
       vmax[i] = w;
       vi = w;
     }
@@ -71,24 +78,23 @@ void adam(const OptimUpdate& u, const Hyper<T>& h, T* __restrict p, const T* __r
   }
 }
 
-template <typename T>
-void rmsprop(const OptimUpdate& u, const Hyper<T>& h, T* __restrict p, const T* __restrict g, T* __restrict sq,
-             T* __restrict buf, T* __restrict gavg, std::int64_t b, std::int64_t e) {
-  const bool wd = u.weight_decay != 0, mom = u.momentum > 0;
+template <typename T, bool NEG, bool WD, bool MOM, bool CENTERED>
+void rmsprop(const Hyper<T>& h, T* __restrict p, const T* __restrict g, T* __restrict sq, T* __restrict buf,
+             T* __restrict gavg, std::int64_t b, std::int64_t e) {
   for (std::int64_t i = b; i < e; ++i) {
-    T d = u.maximize ? -g[i] : g[i];
-    if (wd) d += h.wd * p[i];
+    T d = NEG ? -g[i] : g[i];
+    if constexpr (WD) d += h.wd * p[i];
     T s = h.alpha * sq[i] + h.one_minus_alpha * d * d;
     sq[i] = s;
     T avg;
-    if (u.centered) {
+    if constexpr (CENTERED) {
       T ga = h.alpha * gavg[i] + h.one_minus_alpha * d;
       gavg[i] = ga;
       avg = std::sqrt(s - ga * ga) + h.eps;
     } else {
       avg = std::sqrt(s) + h.eps;
     }
-    if (mom) {
+    if constexpr (MOM) {
       T bi = h.momentum * buf[i] + d / avg;
       buf[i] = bi;
       p[i] -= h.lr * bi;
@@ -98,24 +104,22 @@ void rmsprop(const OptimUpdate& u, const Hyper<T>& h, T* __restrict p, const T* 
   }
 }
 
-template <typename T>
-void adagrad(const OptimUpdate& u, const Hyper<T>& h, T* __restrict p, const T* __restrict g, T* __restrict sum,
-             std::int64_t b, std::int64_t e) {
-  const bool wd = u.weight_decay != 0;
+template <typename T, bool NEG, bool WD>
+void adagrad(const Hyper<T>& h, T* __restrict p, const T* __restrict g, T* __restrict sum, std::int64_t b,
+             std::int64_t e) {
   for (std::int64_t i = b; i < e; ++i) {
-    T d = u.maximize ? -g[i] : g[i];
-    if (wd) d += h.wd * p[i];
+    T d = NEG ? -g[i] : g[i];
+    if constexpr (WD) d += h.wd * p[i];
     T s = sum[i] + d * d;
     sum[i] = s;
     p[i] -= h.lr * (d / (std::sqrt(s) + h.eps));  // h.lr is Adagrad's decayed clr
   }
 }
 
-template <typename T>
-void lion(const OptimUpdate& u, const Hyper<T>& h, T* __restrict p, const T* __restrict g, T* __restrict m,
-          std::int64_t b, std::int64_t e) {
+template <typename T, bool NEG>
+void lion(const Hyper<T>& h, T* __restrict p, const T* __restrict g, T* __restrict m, std::int64_t b, std::int64_t e) {
   for (std::int64_t i = b; i < e; ++i) {
-    T d = u.maximize ? -g[i] : g[i];
+    T d = NEG ? -g[i] : g[i];
     T c = h.beta1 * m[i] + h.one_minus_beta1 * d;
     T s = c > 0 ? T(1) : c < 0 ? T(-1) : c;  // sign, NaN stays NaN
     p[i] = p[i] * h.decay - h.lr * s;
@@ -131,15 +135,36 @@ void run(const OptimUpdate& u) {
   T* s0 = ptr<T>(u.state[0]);
   T* s1 = ptr<T>(u.state[1]);
   T* s2 = ptr<T>(u.state[2]);
-  parallel_range(u.param.numel(), kParallelGrain, [&](std::int64_t b, std::int64_t e) {
-    switch (u.kind) {
-      case OptimKind::SGD: sgd<T>(u, h, p, g, s0, b, e); break;
-      case OptimKind::Adam: adam<T>(u, h, p, g, s0, s1, s2, b, e); break;
-      case OptimKind::RMSprop: rmsprop<T>(u, h, p, g, s0, s1, s2, b, e); break;
-      case OptimKind::Adagrad: adagrad<T>(u, h, p, g, s0, b, e); break;
-      case OptimKind::Lion: lion<T>(u, h, p, g, s0, b, e); break;
-    }
-  });
+  const std::int64_t n = u.param.numel();
+  const bool wd = u.weight_decay != 0;
+  auto split = [n](auto&& body) { parallel_range(n, kParallelGrain, body); };
+  switch (u.kind) {
+    case OptimKind::SGD:
+      with_flags([&]<bool NEG, bool WD, bool MOM, bool FIRST, bool NESTEROV>() {
+        split([&](std::int64_t b, std::int64_t e) { sgd<T, NEG, WD, MOM, FIRST, NESTEROV>(h, p, g, s0, b, e); });
+      }, u.maximize, wd, u.momentum != 0, u.first_step, u.nesterov);
+      break;
+    case OptimKind::Adam:
+      with_flags([&]<bool NEG, bool WD, bool DECOUPLED, bool AMSGRAD>() {
+        split([&](std::int64_t b, std::int64_t e) { adam<T, NEG, WD, DECOUPLED, AMSGRAD>(h, p, g, s0, s1, s2, b, e); });
+      }, u.maximize, wd && !u.decoupled_weight_decay, u.decoupled_weight_decay, u.amsgrad);
+      break;
+    case OptimKind::RMSprop:
+      with_flags([&]<bool NEG, bool WD, bool MOM, bool CENTERED>() {
+        split([&](std::int64_t b, std::int64_t e) { rmsprop<T, NEG, WD, MOM, CENTERED>(h, p, g, s0, s1, s2, b, e); });
+      }, u.maximize, wd, u.momentum > 0, u.centered);
+      break;
+    case OptimKind::Adagrad:
+      with_flags([&]<bool NEG, bool WD>() {
+        split([&](std::int64_t b, std::int64_t e) { adagrad<T, NEG, WD>(h, p, g, s0, b, e); });
+      }, u.maximize, wd);
+      break;
+    case OptimKind::Lion:
+      with_flags([&]<bool NEG>() {
+        split([&](std::int64_t b, std::int64_t e) { lion<T, NEG>(h, p, g, s0, b, e); });
+      }, u.maximize);
+      break;
+  }
 }
 
 }  // namespace
