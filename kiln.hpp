@@ -3,6 +3,7 @@
 ///   #include <kiln/kiln.hpp>
 #include "core/allocator.hpp"
 #include "core/backend.hpp"
+#include "core/cuda/cuda.hpp"
 #include "core/device.hpp"
 #include "core/dtype.hpp"
 #include "core/error.hpp"

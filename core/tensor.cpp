@@ -476,17 +476,22 @@ Backend*& slot(DeviceType t) {
 namespace cpu {
 Backend& cpu_backend();
 }
+namespace cuda {
+// core/cuda/runtime.cpp, or core/cuda/stub.cpp without CUDA: the backend of GPU `index`, or
+// kiln::Error "[op] device cuda:N is not available: <why>".
+Backend& backend_for_device(int index, const char* op);
+int device_count();
+}  // namespace cuda
 
 void register_backend(DeviceType type, Backend* backend) { slot(type) = backend; }
 
 Backend& backend_for(Device device, const char* op) {
   if (device.is_cpu()) return cpu::cpu_backend();
-  Backend* b = slot(device.type);
-  KILN_CHECK(b != nullptr, op, "device {} is not available: kiln was built without CUDA support (KILN_CUDA=OFF) "
-             "or no GPU is present", device.str());
-  return *b;
+  if (Backend* b = slot(device.type)) return *b;
+  if (device.is_cuda()) return cuda::backend_for_device(device.index, op);
+  throw_error(op, fmt::format("device {} has no backend", device.str()));
 }
 
-bool cuda_is_available() { return slot(DeviceType::CUDA) != nullptr; }
+bool cuda_is_available() { return slot(DeviceType::CUDA) != nullptr || cuda::device_count() > 0; }
 
 }  // namespace kiln

@@ -1,0 +1,150 @@
+// The device caching allocator and the pinned host staging pool.
+#include <fmt/format.h>
+
+#include "runtime.hpp"
+
+namespace kiln::cuda {
+namespace {
+
+// 512-byte steps up to 1 MiB, then 8 steps per power of two (<= 12.5% waste), so tensors of
+// nearly equal size share a bucket.
+std::size_t round_size(std::size_t n) {
+  if (n <= (std::size_t{1} << 20)) return (n + 511) & ~std::size_t{511};
+  const std::size_t p = std::size_t{1} << (63 - __builtin_clzll(n));
+  const std::size_t step = p / 8;
+  return (n + step - 1) / step * step;
+}
+
+std::string mib(std::size_t b) { return fmt::format("{:.1f} MiB", static_cast<double>(b) / (1024.0 * 1024.0)); }
+
+}  // namespace
+
+void* DeviceAllocator::allocate(std::size_t nbytes) {
+  const std::size_t n = round_size(nbytes);
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = free_.find(n);
+  if (it != free_.end() && !it->second.empty()) {
+    void* p = it->second.back();
+    it->second.pop_back();
+    stats_.cached_bytes -= n;
+    stats_.cache_hits++;
+    stats_.in_use_bytes += n;
+    stats_.peak_in_use_bytes = std::max(stats_.peak_in_use_bytes, stats_.in_use_bytes);
+    return p;
+  }
+  DeviceGuard g(device_);
+  void* p = nullptr;
+  cudaError_t e = cudaMalloc(&p, n);
+  if (e == cudaErrorMemoryAllocation) {
+    cudaGetLastError();
+    release_cached_locked();  // blocks of other sizes go back to the driver, then retry once
+    e = cudaMalloc(&p, n);
+  }
+  if (e != cudaSuccess) {
+    cudaGetLastError();
+    std::size_t free_b = 0, total_b = 0;
+    cudaMemGetInfo(&free_b, &total_b);
+    throw_error("alloc", fmt::format("out of memory allocating {} bytes on cuda:{} ({}; kiln holds {} in use, {} "
+                                     "cached; the device has {} free of {})",
+                                     nbytes, device_, cudaGetErrorString(e), mib(stats_.in_use_bytes),
+                                     mib(stats_.cached_bytes), mib(free_b), mib(total_b)));
+  }
+  stats_.os_allocs++;
+  stats_.in_use_bytes += n;
+  stats_.peak_in_use_bytes = std::max(stats_.peak_in_use_bytes, stats_.in_use_bytes);
+  return p;
+}
+
+void DeviceAllocator::deallocate(void* p, std::size_t nbytes) {
+  if (!p) return;
+  const std::size_t n = round_size(nbytes);
+  std::lock_guard<std::mutex> lock(mu_);
+  free_[n].push_back(p);
+  stats_.in_use_bytes -= n;
+  stats_.cached_bytes += n;
+}
+
+AllocatorStats DeviceAllocator::stats() {
+  std::lock_guard<std::mutex> lock(mu_);
+  return stats_;
+}
+
+void DeviceAllocator::empty_cache() {
+  std::lock_guard<std::mutex> lock(mu_);
+  DeviceGuard g(device_);
+  release_cached_locked();
+}
+
+void DeviceAllocator::release_cached_locked() {
+  // cudaFree waits for the device, so blocks still used by queued kernels are safe to free.
+  for (auto& [n, v] : free_)
+    for (void* p : v) cudaFree(p);
+  free_.clear();
+  stats_.cached_bytes = 0;
+}
+
+// ---- pinned staging ----
+
+void* PinnedPool::acquire(std::size_t nbytes) {
+  std::size_t n = std::size_t{1} << 16;  // powers of two from 64 KiB
+  while (n < nbytes) n <<= 1;
+  std::lock_guard<std::mutex> lock(mu_);
+  for (std::size_t i = 0; i < free_.size(); ++i) {
+    Block b = free_[i];
+    if (b.n != n || (b.ev && cudaEventQuery(b.ev) != cudaSuccess)) continue;
+    free_.erase(free_.begin() + static_cast<std::ptrdiff_t>(i));
+    used_[b.p] = b;
+    stats_.cache_hits++;
+    stats_.cached_bytes -= n;
+    stats_.in_use_bytes += n;
+    stats_.peak_in_use_bytes = std::max(stats_.peak_in_use_bytes, stats_.in_use_bytes);
+    return b.p;
+  }
+  cudaGetLastError();  // cudaEventQuery's cudaErrorNotReady is not an error here
+  Block b{nullptr, n, nullptr, -1};
+  check(cudaHostAlloc(&b.p, n, cudaHostAllocPortable), "to");
+  used_[b.p] = b;
+  stats_.os_allocs++;
+  stats_.in_use_bytes += n;
+  stats_.peak_in_use_bytes = std::max(stats_.peak_in_use_bytes, stats_.in_use_bytes);
+  return b.p;
+}
+
+void PinnedPool::release(void* p, cudaStream_t stream) {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = used_.find(p);
+  if (it == used_.end()) return;
+  Block b = it->second;
+  used_.erase(it);
+  int cur = 0;
+  cudaGetDevice(&cur);  // the stream's device (callers hold a DeviceGuard)
+  if (b.device != cur) {
+    if (b.ev) cudaEventDestroy(b.ev);
+    b.ev = nullptr;
+    if (cudaEventCreateWithFlags(&b.ev, cudaEventDisableTiming) != cudaSuccess) {
+      cudaGetLastError();
+      b.ev = nullptr;
+    }
+    b.device = cur;
+  }
+  if (!b.ev || cudaEventRecord(b.ev, stream) != cudaSuccess) {
+    // Without an event the block cannot be proven idle: wait for the stream instead.
+    cudaGetLastError();
+    cudaStreamSynchronize(stream);
+  }
+  free_.push_back(b);
+  stats_.in_use_bytes -= b.n;
+  stats_.cached_bytes += b.n;
+}
+
+AllocatorStats PinnedPool::stats() {
+  std::lock_guard<std::mutex> lock(mu_);
+  return stats_;
+}
+
+PinnedPool& pinned_pool() {
+  static auto* p = new PinnedPool();  // leaked: see DeviceContext
+  return *p;
+}
+
+}  // namespace kiln::cuda

@@ -1,0 +1,50 @@
+#pragma once
+// The CUDA backend: cuBLAS for float GEMMs, kiln's own kernels (core/cuda/*.cu) for the rest.
+// One instance per GPU; every call enqueues work on the device's stream and returns, except
+// copies to the host, which wait for their data.
+#include "runtime.hpp"
+
+namespace kiln::cuda {
+
+class CudaBackend final : public Backend {
+ public:
+  explicit CudaBackend(DeviceContext& ctx) : ctx_(ctx) {}
+  Allocator& allocator() override { return ctx_.allocator; }
+  // backend.cpp
+  void copy(const Tensor& dst, const Tensor& src) override;
+  void copy_to_host(void* dst, const Tensor& src) override;
+  void copy_from_host(const Tensor& dst, const void* src) override;
+  void fill(const Tensor& dst, const Scalar& v) override;
+  void unary(UnaryOp op, const Tensor& x, const Tensor& out, double a, double b) override;
+  void binary(BinaryOp op, const Tensor& x, const Tensor& y, const Tensor& out) override;
+  void compare(CompareOp op, const Tensor& x, const Tensor& y, const Tensor& out) override;
+  void where(const Tensor& cond, const Tensor& x, const Tensor& y, const Tensor& out) override;
+  void reduce(ReduceOp op, const Tensor& x, const std::vector<std::int64_t>& dims, const Tensor& out) override;
+  void arg_reduce(ReduceOp op, const Tensor& x, std::int64_t dim, const Tensor& values,
+                  const Tensor& indices) override;
+  void index_select(const Tensor& x, std::int64_t dim, const Tensor& index, const Tensor& out) override;
+  void index_add(const Tensor& out, std::int64_t dim, const Tensor& index, const Tensor& src) override;
+  void gather(const Tensor& x, std::int64_t dim, const Tensor& index, const Tensor& out) override;
+  void scatter_add(const Tensor& out, std::int64_t dim, const Tensor& index, const Tensor& src) override;
+  void softmax(const Tensor& x, const Tensor& out, bool log) override;
+  void softmax_backward(const Tensor& y, const Tensor& gy, const Tensor& gx, bool log) override;
+  void layer_norm(const Tensor& x, const Tensor& weight, const Tensor& bias, double eps, const Tensor& out,
+                  const Tensor& mean, const Tensor& rstd) override;
+  void random(const Tensor& out, const RandomSpec& spec) override;
+  void optim_update(const OptimUpdate& u) override;
+  // blas.cpp
+  void matmul(const Tensor& a, const Tensor& c, const Tensor& out) override;
+  // attention.cpp
+  void attention_forward(const AttentionArgs& a, const Tensor& out, const Tensor& lse, const Tensor& weights) override;
+  void attention_backward(const AttentionArgs& a, const Tensor& out, const Tensor& lse, const Tensor& gout,
+                          const Tensor& weights, const Tensor& gweights, const AttentionGrads& grads) override;
+  void attention_dropout_mask(const AttentionArgs& a, const Tensor& out) override;
+
+  DeviceContext& context() { return ctx_; }
+  cudaStream_t stream() const { return ctx_.stream; }
+
+ private:
+  DeviceContext& ctx_;
+};
+
+}  // namespace kiln::cuda

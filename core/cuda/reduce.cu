@@ -1,0 +1,411 @@
+// Reductions over any dims (sum, mean, prod, max, min), arg max/min along one dim, and the
+// row kernels softmax / log-softmax (forward, backward) and layer norm.
+//   rows mode   : a group of G threads (a warp, or the whole block) per output, striding over
+//                 the reduced elements; used when those are contiguous or outputs are few.
+//   column mode : one output per thread (kept dim contiguous: coalesced loads), the reduced
+//                 range split over blockDim.y threads.
+//   split mode  : few outputs with many elements: partial results per chunk, then a rows
+//                 pass over the partials.
+#include <cmath>
+#include <limits>
+
+#include "device_util.cuh"
+
+namespace kiln::cuda {
+namespace {
+
+// Shuffle for every dtype kiln has (bool through int).
+template <typename T>
+__device__ __forceinline__ T shfl_xor(T v, int o) {
+  if constexpr (std::is_same_v<T, bool>) return __shfl_xor_sync(0xffffffffu, static_cast<int>(v), o) != 0;
+  else if constexpr (std::is_same_v<T, std::int64_t>) return static_cast<T>(__shfl_xor_sync(0xffffffffu, static_cast<long long>(v), o));
+  else return __shfl_xor_sync(0xffffffffu, v, o);
+}
+
+// Combine rules of the CPU backend (core/cpu/reduce.cpp); NaN wins max/min.
+template <typename T>
+struct SumR {
+  __host__ __device__ static T init() { return T(0); }
+  __device__ static T apply(T a, T b) { return static_cast<T>(a + b); }
+};
+template <typename T>
+struct ProdR {
+  __host__ __device__ static T init() { return T(1); }
+  __device__ static T apply(T a, T b) {
+    if constexpr (std::is_same_v<T, bool>) return a && b;
+    else return a * b;
+  }
+};
+template <typename T>
+struct MaxR {
+  __host__ __device__ static T init() {
+    if constexpr (std::is_floating_point_v<T>) return -std::numeric_limits<T>::infinity();
+    else return std::numeric_limits<T>::lowest();
+  }
+  __device__ static T apply(T a, T b) {
+    if constexpr (std::is_floating_point_v<T>) {
+      if (is_nan(a)) return a;
+      if (is_nan(b)) return b;
+    }
+    return b > a ? b : a;
+  }
+};
+template <typename T>
+struct MinR {
+  __host__ __device__ static T init() {
+    if constexpr (std::is_floating_point_v<T>) return std::numeric_limits<T>::infinity();
+    else return std::numeric_limits<T>::max();
+  }
+  __device__ static T apply(T a, T b) {
+    if constexpr (std::is_floating_point_v<T>) {
+      if (is_nan(a)) return a;
+      if (is_nan(b)) return b;
+    }
+    return b < a ? b : a;
+  }
+};
+
+/// Reduces v over a group of G threads (G = 32, or G = blockDim.x with one group per block);
+/// every thread of the group gets the result. `smem` holds 32 values.
+template <typename T, typename Op>
+__device__ __forceinline__ T group_reduce(T v, int G, T* smem, Op op) {
+  for (int o = 16; o > 0; o >>= 1) v = op(v, shfl_xor(v, o));
+  if (G <= 32) return v;
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  __syncthreads();  // smem may still be read from a previous call
+  if (lane == 0) smem[warp] = v;
+  __syncthreads();
+  v = smem[0];
+  for (int w = 1; w < G / 32; ++w) v = op(v, smem[w]);
+  return v;
+}
+
+__device__ __forceinline__ std::int64_t offset_of(std::int64_t i, int nd, const std::int64_t* size,
+                                                  const std::int64_t* stride) {
+  std::int64_t off = 0;
+  for (int d = 0; d < nd; ++d) {
+    const std::int64_t q = i / size[d];
+    off += (i - q * size[d]) * stride[d];
+    i = q;
+  }
+  return off;
+}
+
+template <typename T>
+__device__ __forceinline__ T finish(T v, double mean_div) {
+  if constexpr (std::is_floating_point_v<T>) return mean_div > 0 ? static_cast<T>(v * (1.0 / mean_div)) : v;
+  else return v;
+}
+
+// Rows mode. grid.x covers outputs (blockDim.x / G per block), grid.y the chunks of R.
+// partial == nullptr: out[m] = finished value; else partial[m * P + p] = raw chunk value.
+template <typename T, typename Op>
+__global__ void reduce_rows_kernel(ReduceGeom g, const T* x, T* out, T* partial, int G, std::int64_t chunk,
+                                   double mean_div) {
+  __shared__ T smem[32];
+  const std::int64_t m = static_cast<std::int64_t>(blockIdx.x) * (blockDim.x / G) + threadIdx.x / G;
+  const int lane = threadIdx.x % G;
+  const bool live = m < g.M;
+  const std::int64_t r0 = static_cast<std::int64_t>(blockIdx.y) * chunk;
+  const std::int64_t r1 = min(g.R, r0 + chunk);
+  T acc = Op::init();
+  if (live) {
+    const T* base = x + offset_of(m, g.nk, g.ksize, g.kstride);
+    if (g.nr == 1) {
+      const std::int64_t st = g.rstride[0];
+      for (std::int64_t r = r0 + lane; r < r1; r += G) acc = Op::apply(acc, base[r * st]);
+    } else {
+      for (std::int64_t r = r0 + lane; r < r1; r += G) acc = Op::apply(acc, base[offset_of(r, g.nr, g.rsize, g.rstride)]);
+    }
+  }
+  acc = group_reduce(acc, G, smem, [](T a, T b) { return Op::apply(a, b); });
+  if (live && lane == 0) {
+    if (partial) partial[m * gridDim.y + blockIdx.y] = acc;
+    else out[m] = finish(acc, mean_div);
+  }
+}
+
+// Column mode: blockDim (32, Y); thread x owns output m, threads y split R.
+template <typename T, typename Op>
+__global__ void reduce_cols_kernel(ReduceGeom g, const T* x, T* out, double mean_div) {
+  __shared__ T smem[32 * 8];
+  const std::int64_t m = static_cast<std::int64_t>(blockIdx.x) * 32 + threadIdx.x;
+  T acc = Op::init();
+  if (m < g.M) {
+    const T* base = x + offset_of(m, g.nk, g.ksize, g.kstride);
+    for (std::int64_t r = threadIdx.y; r < g.R; r += blockDim.y)
+      acc = Op::apply(acc, base[g.nr == 1 ? r * g.rstride[0] : offset_of(r, g.nr, g.rsize, g.rstride)]);
+  }
+  smem[threadIdx.y * 32 + threadIdx.x] = acc;
+  __syncthreads();
+  if (threadIdx.y == 0 && m < g.M) {
+    for (unsigned y = 1; y < blockDim.y; ++y) acc = Op::apply(acc, smem[y * 32 + threadIdx.x]);
+    out[m] = finish(acc, mean_div);
+  }
+}
+
+template <typename T>
+__global__ void reduce_empty_kernel(T* out, std::int64_t M, T v) {
+  for (std::int64_t m = blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x; m < M;
+       m += static_cast<std::int64_t>(gridDim.x) * blockDim.x)
+    out[m] = v;
+}
+
+template <typename T, typename Op>
+void reduce_typed(const ReduceGeom& g, const T* x, T* out, T* scratch, double mean_div, cudaStream_t s) {
+  if (g.M == 0) return;
+  if (g.R == 0) {
+    reduce_empty_kernel<T><<<grid_for(g.M), kThreads, 0, s>>>(out, g.M, Op::init());
+    return;
+  }
+  const bool inner_contig = g.nr > 0 && g.rstride[0] == 1;
+  const bool kept_contig = g.nk > 0 && g.kstride[0] == 1;
+  if (!inner_contig && kept_contig && g.M >= 256) {
+    const unsigned y = g.R >= 64 ? 8 : 1;
+    reduce_cols_kernel<T, Op><<<static_cast<unsigned>((g.M + 31) / 32), dim3(32, y), 0, s>>>(g, x, out, mean_div);
+    return;
+  }
+  const std::int64_t P = reduce_partials(g);
+  if (P > 1) {
+    // Few long outputs: one block per (output, chunk), then a pass over the partials.
+    const std::int64_t chunk = (g.R + P - 1) / P;
+    reduce_rows_kernel<T, Op><<<dim3(static_cast<unsigned>(g.M), static_cast<unsigned>(P)), kThreads, 0, s>>>(
+        g, x, out, scratch, kThreads, chunk, mean_div);
+    ReduceGeom g2;
+    g2.nk = 1;
+    g2.M = g.M;
+    g2.ksize[0] = g.M;
+    g2.kstride[0] = P;
+    g2.nr = 1;
+    g2.R = P;
+    g2.rsize[0] = P;
+    g2.rstride[0] = 1;
+    const std::int64_t bx = (g.M + kThreads / 32 - 1) / (kThreads / 32);
+    reduce_rows_kernel<T, Op><<<static_cast<unsigned>(bx), kThreads, 0, s>>>(g2, scratch, out, nullptr, 32, P, mean_div);
+    return;
+  }
+  // Rows mode: a warp per output for short rows, the whole block for long ones.
+  const int G = g.R >= 4096 ? kThreads : 32;
+  const std::int64_t per_block = kThreads / G;
+  const std::int64_t bx = (g.M + per_block - 1) / per_block;
+  reduce_rows_kernel<T, Op><<<static_cast<unsigned>(bx), kThreads, 0, s>>>(g, x, out, nullptr, G, g.R, mean_div);
+}
+
+// ---- arg max / min ----
+template <typename T>
+__device__ __forceinline__ bool arg_better(bool is_max, T v, std::int64_t i, T best, std::int64_t bi) {
+  if constexpr (std::is_floating_point_v<T>) {
+    const bool nv = is_nan(v), nb = is_nan(best);
+    if (nv || nb) return nv && (!nb || i < bi);
+  }
+  if (is_max ? v > best : v < best) return true;
+  return v == best && i < bi;
+}
+
+// One warp per output.
+template <typename T>
+__global__ void arg_reduce_kernel(ReduceGeom g, const T* x, T* values, std::int64_t* indices, bool is_max) {
+  const std::int64_t m = static_cast<std::int64_t>(blockIdx.x) * (blockDim.x / 32) + threadIdx.x / 32;
+  const int lane = threadIdx.x & 31;
+  if (m >= g.M) return;
+  const T* base = x + offset_of(m, g.nk, g.ksize, g.kstride);
+  const std::int64_t st = g.rstride[0];
+  T best = base[0];
+  std::int64_t bi = g.R;  // "none yet" sorts after every real index
+  for (std::int64_t r = lane; r < g.R; r += 32) {
+    const T v = base[r * st];
+    if (bi == g.R || arg_better(is_max, v, r, best, bi)) {
+      best = v;
+      bi = r;
+    }
+  }
+  for (int o = 16; o > 0; o >>= 1) {
+    const T ov = shfl_xor(best, o);
+    const std::int64_t oi = shfl_xor(bi, o);
+    if (oi != g.R && (bi == g.R || arg_better(is_max, ov, oi, best, bi))) {
+      best = ov;
+      bi = oi;
+    }
+  }
+  if (lane == 0) {
+    values[m] = best;
+    indices[m] = bi;
+  }
+}
+
+// ---- row kernels (contiguous rows of length n; G threads per row) ----
+template <typename T>
+__device__ __forceinline__ T fmax_nan_ignoring(T a, T b) {
+  return b > a ? b : a;
+}
+
+template <typename T>
+__global__ void softmax_kernel(const T* x, T* out, std::int64_t rows, std::int64_t n, bool log, int G) {
+  __shared__ T smem[32];
+  const std::int64_t r = static_cast<std::int64_t>(blockIdx.x) * (blockDim.x / G) + threadIdx.x / G;
+  const int lane = threadIdx.x % G;
+  const bool live = r < rows;
+  const T* xr = x + (live ? r : 0) * n;
+  T* yr = out + (live ? r : 0) * n;
+  T m = -std::numeric_limits<T>::infinity();
+  if (live)
+    for (std::int64_t j = lane; j < n; j += G) m = fmax_nan_ignoring(m, xr[j]);
+  m = group_reduce(m, G, smem, [](T a, T b) { return fmax_nan_ignoring(a, b); });
+  T sum = 0;
+  if (live)
+    for (std::int64_t j = lane; j < n; j += G) sum += exp(xr[j] - m);
+  sum = group_reduce(sum, G, smem, [](T a, T b) { return a + b; });
+  if (!live) return;
+  if (log) {
+    const T ls = ::log(sum);
+    for (std::int64_t j = lane; j < n; j += G) yr[j] = (xr[j] - m) - ls;
+  } else {
+    const T inv = T(1) / sum;
+    for (std::int64_t j = lane; j < n; j += G) yr[j] = exp(xr[j] - m) * inv;
+  }
+}
+
+template <typename T>
+__global__ void softmax_backward_kernel(const T* y, const T* gy, T* gx, std::int64_t rows, std::int64_t n, bool log,
+                                        int G) {
+  __shared__ T smem[32];
+  const std::int64_t r = static_cast<std::int64_t>(blockIdx.x) * (blockDim.x / G) + threadIdx.x / G;
+  const int lane = threadIdx.x % G;
+  const bool live = r < rows;
+  const std::int64_t o = (live ? r : 0) * n;
+  T dot = 0;
+  if (live)
+    for (std::int64_t j = lane; j < n; j += G) dot += log ? gy[o + j] : gy[o + j] * y[o + j];
+  dot = group_reduce(dot, G, smem, [](T a, T b) { return a + b; });
+  if (!live) return;
+  for (std::int64_t j = lane; j < n; j += G)
+    gx[o + j] = log ? gy[o + j] - exp(y[o + j]) * dot : y[o + j] * (gy[o + j] - dot);
+}
+
+template <typename T>
+__global__ void layer_norm_kernel(const T* x, const T* w, const T* b, double eps, T* out, T* mean, T* rstd,
+                                  std::int64_t rows, std::int64_t n, int G) {
+  __shared__ T smem[32];
+  const std::int64_t r = static_cast<std::int64_t>(blockIdx.x) * (blockDim.x / G) + threadIdx.x / G;
+  const int lane = threadIdx.x % G;
+  const bool live = r < rows;
+  const T* xr = x + (live ? r : 0) * n;
+  T s = 0;
+  if (live)
+    for (std::int64_t j = lane; j < n; j += G) s += xr[j];
+  s = group_reduce(s, G, smem, [](T a, T c) { return a + c; });
+  const T mu = n ? s / T(n) : T(0);
+  T v = 0;
+  if (live)
+    for (std::int64_t j = lane; j < n; j += G) {
+      const T d = xr[j] - mu;
+      v += d * d;
+    }
+  v = group_reduce(v, G, smem, [](T a, T c) { return a + c; });
+  if (!live) return;
+  const T var = n ? v / T(n) : T(0);
+  const T rs = T(1) / sqrt(var + T(eps));
+  if (lane == 0) {
+    mean[r] = mu;
+    rstd[r] = rs;
+  }
+  T* yr = out + r * n;
+  for (std::int64_t j = lane; j < n; j += G) {
+    T y = (xr[j] - mu) * rs;
+    if (w) y *= w[j];
+    if (b) y += b[j];
+    yr[j] = y;
+  }
+}
+
+// Threads per row and blocks for `rows` rows of length n.
+void row_launch(std::int64_t rows, std::int64_t n, int& G, unsigned& blocks) {
+  G = n >= 2048 ? kThreads : 32;
+  const std::int64_t per = kThreads / G;
+  blocks = static_cast<unsigned>((rows + per - 1) / per);
+}
+
+}  // namespace
+
+std::int64_t reduce_partials(const ReduceGeom& g) {
+  if (g.M == 0 || g.M >= 128 || g.R < 65536) return 1;
+  const std::int64_t by_size = g.R / 16384, by_outputs = 1024 / g.M;
+  return by_size < by_outputs ? by_size : by_outputs;
+}
+
+void launch_reduce(ReduceOp op, const ReduceGeom& g, const void* x, void* out, void* scratch, DType dt,
+                   cudaStream_t s) {
+  dispatch(dt, [&](auto z) {
+    using T = decltype(z);
+    const T* xp = static_cast<const T*>(x);
+    T* op_ = static_cast<T*>(out);
+    T* sc = static_cast<T*>(scratch);
+    switch (op) {
+      case ReduceOp::Sum: reduce_typed<T, SumR<T>>(g, xp, op_, sc, 0.0, s); break;
+      case ReduceOp::Mean:
+        if (g.R == 0 && g.M > 0) {
+          T nan_v;
+          if constexpr (std::is_floating_point_v<T>) nan_v = std::numeric_limits<T>::quiet_NaN();
+          else nan_v = T(0);
+          reduce_empty_kernel<T><<<grid_for(g.M), kThreads, 0, s>>>(op_, g.M, nan_v);
+        } else {
+          reduce_typed<T, SumR<T>>(g, xp, op_, sc, static_cast<double>(g.R), s);
+        }
+        break;
+      case ReduceOp::Prod: reduce_typed<T, ProdR<T>>(g, xp, op_, sc, 0.0, s); break;
+      case ReduceOp::Max: reduce_typed<T, MaxR<T>>(g, xp, op_, sc, 0.0, s); break;
+      case ReduceOp::Min: reduce_typed<T, MinR<T>>(g, xp, op_, sc, 0.0, s); break;
+    }
+  });
+}
+
+void launch_arg_reduce(bool is_max, const ReduceGeom& g, const void* x, void* values, std::int64_t* indices, DType dt,
+                       cudaStream_t s) {
+  if (g.M == 0) return;
+  dispatch(dt, [&](auto z) {
+    using T = decltype(z);
+    const unsigned blocks = static_cast<unsigned>((g.M + kThreads / 32 - 1) / (kThreads / 32));
+    arg_reduce_kernel<T><<<blocks, kThreads, 0, s>>>(g, static_cast<const T*>(x), static_cast<T*>(values), indices,
+                                                     is_max);
+  });
+}
+
+void launch_softmax(const void* x, void* out, std::int64_t rows, std::int64_t n, bool log, DType dt, cudaStream_t s) {
+  if (rows == 0 || n == 0) return;
+  int G;
+  unsigned blocks;
+  row_launch(rows, n, G, blocks);
+  dispatch_float(dt, [&](auto z) {
+    using T = decltype(z);
+    softmax_kernel<T><<<blocks, kThreads, 0, s>>>(static_cast<const T*>(x), static_cast<T*>(out), rows, n, log, G);
+  });
+}
+
+void launch_softmax_backward(const void* y, const void* gy, void* gx, std::int64_t rows, std::int64_t n, bool log,
+                             DType dt, cudaStream_t s) {
+  if (rows == 0 || n == 0) return;
+  int G;
+  unsigned blocks;
+  row_launch(rows, n, G, blocks);
+  dispatch_float(dt, [&](auto z) {
+    using T = decltype(z);
+    softmax_backward_kernel<T><<<blocks, kThreads, 0, s>>>(static_cast<const T*>(y), static_cast<const T*>(gy),
+                                                           static_cast<T*>(gx), rows, n, log, G);
+  });
+}
+
+void launch_layer_norm(const void* x, const void* w, const void* b, double eps, void* out, void* mean, void* rstd,
+                       std::int64_t rows, std::int64_t n, DType dt, cudaStream_t s) {
+  if (rows == 0) return;
+  int G;
+  unsigned blocks;
+  row_launch(rows, n, G, blocks);
+  dispatch_float(dt, [&](auto z) {
+    using T = decltype(z);
+    layer_norm_kernel<T><<<blocks, kThreads, 0, s>>>(static_cast<const T*>(x), static_cast<const T*>(w),
+                                                     static_cast<const T*>(b), eps, static_cast<T*>(out),
+                                                     static_cast<T*>(mean), static_cast<T*>(rstd), rows, n, G);
+  });
+}
+
+}  // namespace kiln::cuda
