@@ -89,4 +89,20 @@ void KVCache::crop(std::int64_t length) {
   length_ = length;
 }
 
+void KVCache::reorder(const Tensor& indices) {
+  KILN_CHECK(defined() && !batch_.empty(), kOp, "reorder needs a cache with a batch dim");
+  KILN_CHECK(indices.defined() && indices.dtype() == kInt64 && indices.shape() == Shape{batch_[0]}, kOp,
+             "reorder indices must be int64 of shape ({},), got {}", batch_[0],
+             indices.defined() ? fmt::format("{} of shape {}", dtype_name(indices.dtype()), shape_str(indices.shape()))
+                               : std::string("undefined"));
+  auto idx = indices.to_vector<std::int64_t>();
+  for (std::int64_t i : idx)
+    KILN_CHECK(i >= 0 && i < batch_[0], kOp, "reorder index {} out of range [0, {})", i, batch_[0]);
+  NoGradGuard ng;
+  Tensor on = indices.to(device());
+  Tensor k = index_select(keys(), 0, on), v = index_select(values(), 0, on);  // copies before overwriting
+  keys().copy_(k);
+  values().copy_(v);
+}
+
 }  // namespace kiln::nn

@@ -62,6 +62,9 @@ class KVCache {
   void reset() { length_ = 0; }
   /// Keep only the first `length` positions (e.g. to roll back rejected speculative tokens).
   void crop(std::int64_t length);
+  /// Beam search: entry i of the first batch dim becomes old entry indices[i] (int64, one per
+  /// entry, repeats allowed), e.g. the beams that survived a step. Copies the stored positions.
+  void reorder(const Tensor& indices);
 
  private:
   Shape batch_;

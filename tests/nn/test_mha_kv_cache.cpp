@@ -137,6 +137,24 @@ TEST_CASE("mha kv cache: forward with a cache is differentiable w.r.t. the new t
   CHECK(x.grad().defined());
 }
 
+TEST_CASE("mha kv cache: reorder for beam search equals decoding the reordered sequences") {
+  nn::MultiHeadAttention m = make32(O(8, 2).num_kv_heads(1));
+  Tensor x = rnd({3, 5, 8}, 21, 1.0, kFloat32);
+  NoGradGuard ng;
+  nn::KVCache cache = m->make_kv_cache(3, 5);
+  m(x.narrow(1, 0, 3), nn::MhaForward().is_causal(true).cache(&cache));
+  Tensor order = tensor({2, 2, 0});
+  cache.reorder(order);
+  CHECK(cache.length() == 3);
+  // the surviving histories continue with new tokens
+  Tensor xr = index_select(x, 0, order);
+  Tensor y = m(x.narrow(1, 3, 2), nn::MhaForward().is_causal(true).cache(&cache));
+  Tensor want = m(cat({xr.narrow(1, 0, 3), x.narrow(1, 3, 2)}, 1), nn::MhaForward().is_causal(true)).narrow(1, 3, 2);
+  CHECK(max_abs_diff(y, want) < 1e-5);
+  CHECK_KILN_ERROR(cache.reorder(tensor({0, 1})), "[KVCache] reorder indices must be int64 of shape (3,), got int64 of shape (2,)");
+  CHECK_KILN_ERROR(cache.reorder(tensor({0, 1, 3})), "reorder index 3 out of range [0, 3)");
+}
+
 TEST_CASE("mha kv cache: errors show the lengths, shapes and dtypes") {
   nn::MultiHeadAttention m(O(8, 2).num_kv_heads(1));
   nn::KVCache cache = m->make_kv_cache(2, 4);
