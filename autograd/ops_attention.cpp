@@ -5,6 +5,7 @@
 
 #include <cmath>
 #include <limits>
+#include <vector>
 
 #include "internal.hpp"
 
@@ -30,7 +31,26 @@ struct Plan {
   bool need_weights = false;
   Tensor mask;         // the user's mask, floats converted to q's dtype (differentiably)
   bool float_mask = false;
+  std::int64_t window_left = -1, window_right = -1;  // -1: unbounded
+  Tensor alibi, sinks;  // as given, converted to q's dtype (differentiably); broadcast to (batch..., H)
+  bool extended() const { return window_left >= 0 || window_right >= 0 || alibi.defined() || sinks.defined(); }
 };
+
+// A per-head option (ALiBi slopes, sinks): floating point, broadcastable to (batch..., H).
+Tensor per_head(const Tensor& t, const char* what, const Plan& p, const Tensor& q) {
+  KILN_CHECK(t.is_floating_point(), kOp, "{} must be floating point, got {}", what, dtype_name(t.dtype()));
+  KILN_CHECK(t.device() == q.device(), kOp, "{} is on {} but q is on {}", what, t.device().str(), q.device().str());
+  Shape bh = p.batch;
+  bh.push_back(p.H);
+  bool ok = t.dim() <= static_cast<std::int64_t>(bh.size());
+  for (std::int64_t i = 1; ok && i <= t.dim(); ++i) {
+    const std::int64_t ts = t.size(-i), want = bh[bh.size() - static_cast<std::size_t>(i)];
+    ok = ts == want || ts == 1;
+  }
+  KILN_CHECK(ok, kOp, "{} of shape {} cannot be broadcast to (batch..., H) = {}", what, shape_str(t.shape()),
+             shape_str(bh));
+  return t.dtype() != q.dtype() ? to(t, q.dtype()) : t;
+}
 
 Plan plan_for(const Tensor& q, const Tensor& k, const Tensor& v, const SdpaOptions& o) {
   check_defined(q, kOp, "q");
@@ -103,6 +123,12 @@ Plan plan_for(const Tensor& q, const Tensor& k, const Tensor& v, const SdpaOptio
   p.causal = o.is_causal();
   p.keep_prob = o.training() ? 1.0 - dp : 1.0;
   p.need_weights = o.need_weights();
+  // Widths that reach past every key are unbounded (which also keeps p +- width from overflowing).
+  auto width = [&](std::int64_t w) { return w < 0 || w > p.S + p.T ? std::int64_t{-1} : w; };
+  p.window_left = width(o.window_left());
+  p.window_right = width(o.window_right());
+  if (o.alibi_slopes().defined()) p.alibi = per_head(o.alibi_slopes(), "alibi_slopes", p, q);
+  if (o.sinks().defined()) p.sinks = per_head(o.sinks(), "sinks", p, q);
   return p;
 }
 
@@ -164,6 +190,15 @@ Tensor empty_like_layout(const Tensor& t) {
   return Tensor::empty(t.shape(), t.dtype(), t.device());
 }
 
+// A per-head tensor as a contiguous (N, H) copy (it is tiny).
+Tensor as_nh(const Tensor& t, const Plan& p) {
+  if (!t.defined()) return Tensor();
+  Shape bh = p.batch;
+  bh.push_back(p.H);
+  Tensor c = contiguous_raw(expand_raw(t, bh, kOp));
+  return Tensor::make_view(c, {p.N, p.H}, {p.H, 1}, c.offset());
+}
+
 AttentionArgs args_for(const Plan& p, const Tensor& q, const Tensor& k, const Tensor& v, std::uint64_t seed,
                        std::uint64_t offset) {
   AttentionArgs a;
@@ -171,6 +206,10 @@ AttentionArgs args_for(const Plan& p, const Tensor& q, const Tensor& k, const Te
   a.k = as4(k, p.nb);
   a.v = as4(v, p.nb);
   a.mask = mask4(p);
+  a.alibi = as_nh(p.alibi, p);
+  a.sinks = as_nh(p.sinks, p);
+  a.window_left = p.window_left;
+  a.window_right = p.window_right;
   a.scale = p.scale;
   a.causal = p.causal;
   a.keep_prob = p.keep_prob;
@@ -214,6 +253,8 @@ struct Composite {
   Tensor keep;        // bool, logits' shape: entry takes part
   Tensor any;         // bool (..., T, 1): the row attends to something
   Tensor p;           // probabilities, exactly 0 where !keep and on empty rows
+  Tensor psink;       // (..., T, 1) sink probabilities, 0 on empty rows (undefined without sinks)
+  Tensor dist;        // (T, S) |position - key| in q's dtype (undefined without ALiBi)
   Tensor drop;        // dropout multipliers (undefined without dropout)
 };
 
@@ -225,6 +266,14 @@ Composite composite(const Plan& p, const Tensor& q, const Tensor& k, const Tenso
   c.kf = expand_heads(finite_or_zero(k), p);
   c.vf = expand_heads(finite_or_zero(v), p);
   Tensor logits = mul(matmul(c.qf, transpose(c.kf, -1, -2)), scalar_on(p.scale, q.dtype(), dev));
+  // Query positions (T, 1) and keys (1, S) for causal, window and ALiBi.
+  auto i64 = [&](std::int64_t x) { return scalar_on(x, kInt64, dev); };
+  const Tensor pos = add(unsqueeze(arange(0, p.T, 1, TensorOptions(kInt64).device(dev)), 1), i64(p.S - p.T));
+  const Tensor key = unsqueeze(arange(0, p.S, 1, TensorOptions(kInt64).device(dev)), 0);
+  if (p.alibi.defined()) {
+    c.dist = to(abs(sub(pos, key)), q.dtype());
+    logits = sub(logits, mul(unsqueeze(unsqueeze(p.alibi, -1), -1), c.dist));
+  }
   c.keep = ones(p.logits, TensorOptions(kBool).device(dev));
   if (p.mask.defined()) {
     if (p.float_mask) {
@@ -234,15 +283,22 @@ Composite composite(const Plan& p, const Tensor& q, const Tensor& k, const Tenso
       c.keep = logical_and(c.keep, p.mask);
     }
   }
-  if (p.causal) {
-    Tensor i = unsqueeze(arange(0, p.T, 1, TensorOptions(kInt64).device(dev)), 1);
-    Tensor j = unsqueeze(arange(0, p.S, 1, TensorOptions(kInt64).device(dev)), 0);
-    c.keep = logical_and(c.keep, le(j, add(i, scalar_on(p.S - p.T, kInt64, dev))));
-  }
+  if (p.causal) c.keep = logical_and(c.keep, le(key, pos));
+  if (p.window_left >= 0) c.keep = logical_and(c.keep, ge(key, sub(pos, i64(p.window_left))));
+  if (p.window_right >= 0) c.keep = logical_and(c.keep, le(key, add(pos, i64(p.window_right))));
   c.any = any(c.keep, {-1}, true);
   Tensor s = where(c.keep, logits, Scalar(-kInf));
   s = where(c.any, s, Scalar(0.0));  // empty rows: softmax of zeros, then zeroed below (no NaN)
-  c.p = where(c.keep, softmax(s, -1), Scalar(0.0));
+  if (p.sinks.defined()) {
+    // The sink is one more logit per row whose probability is dropped (it has no value).
+    Shape col = p.logits;
+    col.back() = 1;
+    Tensor pe = softmax(cat({s, expand(unsqueeze(unsqueeze(p.sinks, -1), -1), col)}, -1), -1);
+    c.p = where(c.keep, narrow(pe, -1, 0, p.S), Scalar(0.0));
+    c.psink = where(c.any, narrow(pe, -1, p.S, 1), Scalar(0.0));
+  } else {
+    c.p = where(c.keep, softmax(s, -1), Scalar(0.0));
+  }
   if (p.keep_prob < 1.0) {
     // Only the shapes of q, k, v matter here: zero-stride views, no copies.
     auto shaped = [](const Tensor& t, const Shape& sh) { return Tensor::make_view(t, sh, Strides(4, 0), t.offset()); };
@@ -270,7 +326,8 @@ std::vector<Tensor> composite_backward(const Plan& p, const Tensor& q, const Ten
   Tensor dp = matmul(g, transpose(c.vf, -1, -2));
   if (c.drop.defined()) dp = mul(dp, c.drop);
   if (gw.defined()) dp = add(dp, gw);
-  Tensor ds = mul(c.p, sub(dp, sum(mul(c.p, dp), {-1}, true)));
+  Tensor delta = sum(mul(c.p, dp), {-1}, true);
+  Tensor ds = mul(c.p, sub(dp, delta));
   ds = where(c.keep, ds, Scalar(0.0));
   const Tensor sc = scalar_on(p.scale, q.dtype(), q.device());
   Tensor gq, gk, gv, gm;
@@ -279,7 +336,11 @@ std::vector<Tensor> composite_backward(const Plan& p, const Tensor& q, const Ten
     gk = where(isfinite(k), reduce_heads(mul(matmul(transpose(ds, -1, -2), c.qf), sc), p), Scalar(0.0));
   if (edges[2].valid()) gv = where(isfinite(v), reduce_heads(matmul(transpose(pd, -1, -2), g), p), Scalar(0.0));
   if (edges.size() > 3 && edges[3].valid()) gm = reduce_grad(ds, p.mask);
-  return {gq, gk, gv, gm};
+  // d logits / d slope = -|position - key|; d out / d sink = -P(sink) * out, so d sink = -P(sink) * delta.
+  Tensor ga, gs;
+  if (edges.size() > 4 && edges[4].valid()) ga = reduce_grad(neg(sum(mul(ds, c.dist), {-2, -1})), p.alibi);
+  if (edges.size() > 5 && edges[5].valid()) gs = reduce_grad(neg(sum(mul(c.psink, delta), {-2, -1})), p.sinks);
+  return {gq, gk, gv, gm, ga, gs};
 }
 
 SdpaResult reference(const Plan& p, const Tensor& q, const Tensor& k, const Tensor& v, std::uint64_t seed,
@@ -330,28 +391,43 @@ SdpaResult fused(const Plan& p, const Tensor& q, const Tensor& k, const Tensor& 
   if (p.need_weights) outputs.push_back(w);
   Tensor mgrad = p.float_mask ? p.mask : Tensor();
   Plan pc = p;
-  pc.mask = Tensor();  // the node keeps the mask as a saved (version-checked) tensor
-  if (auto node = record(kOp, {q, k, v, mgrad}, outputs, [pc, seed, offset](FunctionNode& n, std::vector<Tensor>& g) {
+  // The node keeps mask, slopes and sinks as saved (version-checked) tensors.
+  pc.mask = pc.alibi = pc.sinks = Tensor();
+  const std::size_t extra = p.need_weights ? 6 : 5;  // slot of the mask; slopes and sinks follow
+  if (auto node = record(kOp, {q, k, v, mgrad, p.alibi, p.sinks}, outputs,
+                         [pc, seed, offset, extra](FunctionNode& n, std::vector<Tensor>& g) {
         const Plan& p = pc;
         Tensor q = n.saved(0), k = n.saved(1), v = n.saved(2), out = n.saved(3), lse = n.saved(4);
         Tensor w = p.need_weights ? n.saved(5) : Tensor();
         Tensor gw = p.need_weights ? g[1] : Tensor();
         Plan pl = p;
-        pl.mask = n.saved(p.need_weights ? 6 : 5);
+        pl.mask = n.saved(extra);
+        pl.alibi = n.saved(extra + 1);
+        pl.sinks = n.saved(extra + 2);
         if (autograd::grad_enabled()) return composite_backward(pl, q, k, v, seed, offset, g[0], gw, n.next_edges);
         AttentionArgs a = args_for(pl, q, k, v, seed, offset);
         Tensor gq = empty_like_layout(q), gk = empty_like_layout(k), gv = empty_like_layout(v);
-        AttentionGrads gr{as4(gq, pl.nb), as4(gk, pl.nb), as4(gv, pl.nb), Tensor()};
-        const bool want_gm = n.next_edges[3].valid();
-        if (want_gm) gr.gmask = zeros({pl.N, pl.H, pl.T, pl.S}, TensorOptions(q.dtype()).device(q.device()));
+        AttentionGrads gr{as4(gq, pl.nb), as4(gk, pl.nb), as4(gv, pl.nb), Tensor(), Tensor(), Tensor()};
+        const TensorOptions fo = TensorOptions(q.dtype()).device(q.device());
+        // Only inputs that require grad get one: the full d logits buffer is O(T * S).
+        const bool want_gm = n.next_edges[3].valid(), want_ga = n.next_edges[4].valid();
+        const bool want_gs = n.next_edges[5].valid();
+        if (want_gm) gr.gmask = zeros({pl.N, pl.H, pl.T, pl.S}, fo);
+        if (want_ga) gr.galibi = Tensor::empty({pl.N, pl.H}, q.dtype(), q.device());
+        if (want_gs) gr.gsinks = Tensor::empty({pl.N, pl.H}, q.dtype(), q.device());
         Tensor gw4 = gw.defined() ? contiguous_raw(as4(gw, pl.nb)) : Tensor();
         Tensor w4 = w.defined() ? contiguous_raw(as4(w, pl.nb)) : Tensor();
         backend(q, "scaled_dot_product_attention_backward")
             .attention_backward(a, as4(out, pl.nb), lse, as4(g[0], pl.nb), w4, gw4, gr);
+        Shape bh = pl.batch;
+        bh.push_back(pl.H);
+        auto per_head_grad = [&](const Tensor& g2, const Tensor& x) {
+          return g2.defined() ? reduce_grad(Tensor::make_view(g2, bh, contiguous_strides(bh), 0), x) : Tensor();
+        };
         Tensor gm;
         if (want_gm)
           gm = reduce_grad(Tensor::make_view(gr.gmask, pl.logits, contiguous_strides(pl.logits), 0), pl.mask);
-        return std::vector<Tensor>{gq, gk, gv, gm};
+        return std::vector<Tensor>{gq, gk, gv, gm, per_head_grad(gr.galibi, pl.alibi), per_head_grad(gr.gsinks, pl.sinks)};
       })) {
     node->save(q);
     node->save(k);
@@ -360,6 +436,8 @@ SdpaResult fused(const Plan& p, const Tensor& q, const Tensor& k, const Tensor& 
     node->save(lse);
     if (p.need_weights) node->save(w, true);
     node->save(p.mask);
+    node->save(p.alibi);
+    node->save(p.sinks);
   }
   return {out, w};
 }
@@ -370,6 +448,8 @@ SdpaResult scaled_dot_product_attention(const Tensor& q, const Tensor& k, const 
   if (opts.use_reference()) return scaled_dot_product_attention_reference(q, k, v, opts);
   Plan p = plan_for(q, k, v, opts);
   auto [seed, offset] = reserve_dropout(p, opts);
+  // A backend whose kernels lack window / ALiBi / sinks runs the composite formulation instead.
+  if (p.extended() && !backend(q, kOp).attention_has_extensions()) return reference(p, q, k, v, seed, offset);
   return fused(p, q, k, v, seed, offset);
 }
 
@@ -378,6 +458,20 @@ SdpaResult scaled_dot_product_attention_reference(const Tensor& q, const Tensor&
   Plan p = plan_for(q, k, v, opts);
   auto [seed, offset] = reserve_dropout(p, opts);
   return reference(p, q, k, v, seed, offset);
+}
+
+Tensor alibi_slopes(std::int64_t num_heads) {
+  KILN_CHECK(num_heads > 0, "alibi_slopes", "num_heads must be positive, got {}", num_heads);
+  // Slope i of a power of two m is 2^(-8 (i + 1) / m).
+  auto slope = [](std::int64_t m, std::int64_t i) {
+    return static_cast<float>(std::exp2(-8.0 * static_cast<double>(i + 1) / static_cast<double>(m)));
+  };
+  std::int64_t m = 1;
+  while (m * 2 <= num_heads) m *= 2;
+  std::vector<float> s;
+  for (std::int64_t i = 0; i < m; ++i) s.push_back(slope(m, i));
+  for (std::int64_t i = 0; static_cast<std::int64_t>(s.size()) < num_heads; i += 2) s.push_back(slope(2 * m, i));
+  return tensor(s);
 }
 
 }  // namespace kiln

@@ -4,11 +4,17 @@
 ///   // q (B, H, T, Dk), k (B, Hkv, S, Dk), v (B, Hkv, S, Dv); H a multiple of Hkv
 ///   auto r = kiln::scaled_dot_product_attention(q, k, v, kiln::SdpaOptions().is_causal(true));
 ///   r.output;  // (B, H, T, Dv)
-/// Semantics (DESIGN.md "Attention semantics"): logits = scale * q k^T (+ float mask);
-/// a bool mask keeps entries where true; causal is aligned bottom-right (query t sits at key
-/// position S - T + t); a -inf logit counts as masked; a query with nothing to attend to
-/// outputs 0 and gets 0 gradient; NaN/Inf in masked-out keys/values never reaches outputs or
-/// gradients; dropout acts on the probabilities; returned weights are pre-dropout.
+/// Semantics (DESIGN.md "Attention semantics"): query t sits at absolute position
+/// p = S - T + t (bottom-right aligned); logits = scale * q k^T (+ float mask) (- ALiBi
+/// slope * |p - s|); a bool mask keeps entries where true, causal keeps s <= p, a window keeps
+/// p - left <= s <= p + right, all ANDed; a -inf logit counts as masked; sinks join each
+/// row's softmax denominator; a query with no key to attend to outputs 0 and gets 0 gradient;
+/// NaN/Inf in masked-out keys/values never reaches outputs or gradients; dropout acts on the
+/// probabilities; returned weights are pre-dropout.
+///   // Mistral-style local causal attention with ALiBi and learned sinks (gpt-oss):
+///   auto o = kiln::SdpaOptions().is_causal(true).window(4096, 0)
+///                .alibi_slopes(kiln::alibi_slopes(H)).sinks(sink_logits);  // sinks (H,)
+#include <cstdint>
 #include <optional>
 
 #include "../core/generator.hpp"
@@ -37,6 +43,24 @@ class SdpaOptions {
   SdpaOptions& need_weights(bool w) { need_weights_ = w; return *this; }
   /// Use the composite reference (matmul / where / softmax) instead of the fused kernels.
   SdpaOptions& use_reference(bool r) { use_reference_ = r; return *this; }
+  /// Sliding-window (local) attention: the query at position p attends key s only when
+  /// p - left <= s <= p + right; a negative width is unbounded on that side. ANDed with causal
+  /// and the mask; e.g. window(W - 1, 0) with is_causal(true) sees the last W keys. The fused
+  /// kernels skip key tiles outside the window: cost O(T * window).
+  SdpaOptions& window(std::int64_t left, std::int64_t right) {
+    window_left_ = left;
+    window_right_ = right;
+    return *this;
+  }
+  /// ALiBi: adds -m_h * |p - s| to the logits of query head h, with slopes m of shape (H,) or
+  /// broadcastable to (batch..., H) (e.g. kiln::alibi_slopes(H)). Differentiable: a slopes
+  /// tensor that requires grad gets its gradient.
+  SdpaOptions& alibi_slopes(Tensor slopes) { alibi_slopes_ = std::move(slopes); return *this; }
+  /// Attention sinks (learned per head, as in gpt-oss): logit s_h of shape (H,) or
+  /// broadcastable to (batch..., H) joins every softmax denominator of head h without a value:
+  /// out = sum_j e^{l_j} v_j / (e^{s_h} + sum_j e^{l_j}), so the weights sum to 1 - P(sink).
+  /// Differentiable. A row with no key to attend to still outputs 0 (and gets 0 gradient).
+  SdpaOptions& sinks(Tensor s) { sinks_ = std::move(s); return *this; }
 
   const Tensor& attn_mask() const { return attn_mask_; }
   bool is_causal() const { return is_causal_; }
@@ -46,6 +70,10 @@ class SdpaOptions {
   Generator* generator() const { return generator_; }
   bool need_weights() const { return need_weights_; }
   bool use_reference() const { return use_reference_; }
+  std::int64_t window_left() const { return window_left_; }
+  std::int64_t window_right() const { return window_right_; }
+  const Tensor& alibi_slopes() const { return alibi_slopes_; }
+  const Tensor& sinks() const { return sinks_; }
 
  private:
   Tensor attn_mask_;
@@ -56,6 +84,9 @@ class SdpaOptions {
   Generator* generator_ = nullptr;
   bool need_weights_ = false;
   bool use_reference_ = false;
+  std::int64_t window_left_ = -1, window_right_ = -1;
+  Tensor alibi_slopes_;
+  Tensor sinks_;
 };
 
 struct SdpaResult {
@@ -74,5 +105,11 @@ SdpaResult scaled_dot_product_attention(const Tensor& q, const Tensor& k, const 
 /// Same semantics and the same dropout draws as the fused op for the same generator state.
 SdpaResult scaled_dot_product_attention_reference(const Tensor& q, const Tensor& k, const Tensor& v,
                                                   const SdpaOptions& opts = {});
+
+/// The ALiBi paper's head slopes as float32 (num_heads,): for a power of two n, 2^(-8 (i + 1) / n);
+/// otherwise the slopes of the largest power of two below n, followed by every other slope of
+/// twice that power until there are n.
+///   kiln::alibi_slopes(8);  // 1/2, 1/4, ..., 1/256
+Tensor alibi_slopes(std::int64_t num_heads);
 
 }  // namespace kiln

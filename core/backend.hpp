@@ -37,14 +37,19 @@ struct RandomSpec {
 ///   query head h reads kv head h / (H / Hkv) (grouped-query attention).
 ///   mask: undefined, or bool (true = may attend) or q's dtype (added to the logits), with
 ///   shape (N, H, T, S) and any strides (broadcast views have 0 strides).
-/// Logits are scale * q.k + mask; causal (bottom-right aligned) keeps key s for query t when
-/// s <= S - T + t; a -inf logit counts as masked. Masked entries are skipped, never multiplied
-/// by 0, so NaN/Inf in masked-out keys/values cannot leak; a query with nothing left to
-/// attend to gets output 0 and gradient 0.
+///   alibi, sinks: undefined, or (N, H) of q's dtype, any strides (see below).
+/// Query t sits at absolute position p = S - T + t (bottom-right aligned). Logits are
+/// scale * q.k + mask - alibi[n, h] * |p - s|; causal keeps key s when s <= p; the window keeps
+/// p - window_left <= s <= p + window_right (a negative width is unbounded); a -inf logit
+/// counts as masked. A sink adds exp(sinks[n, h]) to every row's softmax denominator (no value).
+/// Masked entries are skipped, never multiplied by 0, so NaN/Inf in masked-out keys/values
+/// cannot leak; a query with no key left to attend to gets output 0 and gradient 0.
 struct AttentionArgs {
   Tensor q, k, v, mask;
+  Tensor alibi, sinks;
   double scale = 1.0;
   bool causal = false;
+  std::int64_t window_left = -1, window_right = -1;
   /// Dropout on the probabilities: keep with keep_prob, scale kept ones by 1/keep_prob. The keep
   /// decision for (n*H + h, t, s) comes from Philox (seed, offset + attention_dropout_counters
   /// position), so backward and attention_dropout_mask regenerate it without storing it.
@@ -58,10 +63,12 @@ inline std::uint64_t attention_dropout_counters(std::int64_t N, std::int64_t H, 
   return static_cast<std::uint64_t>(N * H * T) * static_cast<std::uint64_t>((S + 63) / 64 * 16);
 }
 
-/// Gradient outputs of Backend::attention_backward; gmask may be undefined.
+/// Gradient outputs of Backend::attention_backward; gmask, galibi and gsinks may be undefined.
 struct AttentionGrads {
   Tensor gq, gk, gv;  // shapes of q, k, v; any strides (no overlap)
   Tensor gmask;       // undefined or contiguous (N, H, T, S): d loss / d logits
+  Tensor galibi;      // undefined or contiguous (N, H): d loss / d alibi
+  Tensor gsinks;      // undefined or contiguous (N, H): d loss / d sinks
 };
 
 /// One fused optimizer update of one parameter (see optim/): reads param, grad and the state
@@ -149,6 +156,9 @@ class Backend {
   /// The dropout multipliers the fused kernels use: contiguous (N, H, T, S) out of q's dtype
   /// gets 1/keep_prob where kept, 0 where dropped.
   virtual void attention_dropout_mask(const AttentionArgs& a, const Tensor& out) = 0;
+  /// Whether the attention kernels implement AttentionArgs' window, alibi and sinks (and the
+  /// matching AttentionGrads); when not, the op runs its composite formulation for such calls.
+  virtual bool attention_has_extensions() const { return false; }
 
   /// Fused optimizer step (see OptimUpdate). Defaulted so a new backend builds before it has one.
   virtual void optim_update(const OptimUpdate& /*u*/) {

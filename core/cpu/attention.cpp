@@ -31,28 +31,47 @@ namespace {
 using namespace attention_kernels;
 
 // ---------------------------------------------------------------- rows
-// Masks one score row (log2 units) of keys [j0, j0 + cp): keys at or past `valid` (causal limit,
-// end of the sequence, vector padding) become -inf; then the user mask over [0, valid).
+// What shapes one score row besides q.k: the user mask row (already at the tile's first key),
+// the ALiBi slope in log2 units (0: none) and the query's absolute position.
 template <typename F>
-void mask_row(F* s, std::int64_t valid, std::int64_t cp, const char* mrow, bool is_bool, std::int64_t ms) {
-  if (mrow) {
-    if (is_bool) {
-      const auto* m = reinterpret_cast<const std::uint8_t*>(mrow);
+struct RowMask {
+  const char* mrow;
+  bool is_bool;
+  std::int64_t ms;  // mask stride along keys
+  F slope;
+  std::int64_t pos;
+};
+
+// Masks one score row (log2 units) of keys [j0, j0 + cp): keys before `first` or at or past
+// `valid` (window, causal limit, end of the sequence, vector padding; both relative to j0)
+// become -inf; over [first, valid) the user mask applies, then -slope * |pos - key|.
+template <typename F>
+void mask_row(F* s, std::int64_t j0, std::int64_t first, std::int64_t valid, std::int64_t cp, const RowMask<F>& rm) {
+  const std::int64_t f = std::clamp<std::int64_t>(first, 0, cp), e = std::clamp<std::int64_t>(valid, f, cp);
+  std::fill(s, s + f, kNegInf<F>);
+  if (rm.mrow) {
+    const std::int64_t ms = rm.ms;
+    if (rm.is_bool) {
+      const auto* m = reinterpret_cast<const std::uint8_t*>(rm.mrow);
       if (ms == 1)
-        for (std::int64_t j = 0; j < valid; ++j) s[j] = m[j] ? s[j] : kNegInf<F>;
+        for (std::int64_t j = f; j < e; ++j) s[j] = m[j] ? s[j] : kNegInf<F>;
       else
-        for (std::int64_t j = 0; j < valid; ++j) s[j] = m[j * ms] ? s[j] : kNegInf<F>;
+        for (std::int64_t j = f; j < e; ++j) s[j] = m[j * ms] ? s[j] : kNegInf<F>;
     } else {
       // A -inf entry masks even a NaN logit (from NaN in a masked-out key).
-      const F* m = reinterpret_cast<const F*>(mrow);
+      const F* m = reinterpret_cast<const F*>(rm.mrow);
       const F l2e = static_cast<F>(kLog2e);
-      for (std::int64_t j = 0; j < valid; ++j) {
+      for (std::int64_t j = f; j < e; ++j) {
         F x = m[j * ms];
         s[j] = x == kNegInf<F> ? kNegInf<F> : s[j] + x * l2e;
       }
     }
   }
-  for (std::int64_t j = std::max<std::int64_t>(valid, 0); j < cp; ++j) s[j] = kNegInf<F>;
+  if (rm.slope != F(0)) {
+    const std::int64_t d0 = rm.pos - j0;
+    for (std::int64_t j = f; j < e; ++j) s[j] -= rm.slope * static_cast<F>(std::abs(d0 - j));
+  }
+  std::fill(s + e, s + cp, kNegInf<F>);
 }
 
 template <typename F>
@@ -95,6 +114,8 @@ struct Geo {
   static constexpr std::int64_t kBq = 32;                                   // queries per block
   static constexpr std::int64_t kBk = 64;  // keys per block (a multiple of 64: dropout bits come in 64s)
   std::int64_t N, H, Hkv, G, T, S, Dk, Dv, Dkp, Dvp, Sp, nqb, nkb;
+  bool causal;
+  std::int64_t wl, wr;  // window widths, -1 = unbounded
   explicit Geo(const AttentionArgs& a) {
     N = a.q.size(0);
     H = a.q.size(1);
@@ -110,11 +131,36 @@ struct Geo {
     Sp = up(S);
     nqb = (T + kBq - 1) / kBq;
     nkb = (S + kBk - 1) / kBk;
+    causal = a.causal;
+    // Widths reaching past every key are unbounded (and cannot overflow below).
+    wl = a.window_left < 0 || a.window_left > S + T ? -1 : a.window_left;
+    wr = a.window_right < 0 || a.window_right > S + T ? -1 : a.window_right;
   }
-  // Keys [0, result) may be seen by query t (before the user mask).
-  std::int64_t key_limit(bool causal, std::int64_t t) const {
-    return causal ? std::clamp<std::int64_t>(S - T + t + 1, 0, S) : S;
+  // Query t (at position S - T + t) may see keys [lo(t), hi(t)) before the user mask; both are
+  // nondecreasing in t.
+  std::int64_t lo(std::int64_t t) const { return wl >= 0 ? std::clamp<std::int64_t>(S - T + t - wl, 0, S) : 0; }
+  std::int64_t hi(std::int64_t t) const {
+    std::int64_t h = S;
+    if (causal) h = std::min(h, S - T + t + 1);
+    if (wr >= 0) h = std::min(h, S - T + t + wr + 1);
+    return std::max<std::int64_t>(h, 0);
   }
+  // Keys one query block sees on average (for the thread grain).
+  std::int64_t span() const { return wl >= 0 && wr >= 0 ? std::min(S, wl + wr + kBq + kBk) : S; }
+};
+
+// Per (n, h) values of a (N, H) tensor of any strides (ALiBi slopes, sinks).
+template <typename F>
+struct HeadValues {
+  const F* p = nullptr;
+  std::int64_t sn = 0, sh = 0;
+  explicit HeadValues(const Tensor& t) {
+    if (!t.defined()) return;
+    p = t.data_ptr<F>();
+    sn = t.stride(0);
+    sh = t.stride(1);
+  }
+  F operator()(std::int64_t n, std::int64_t h, F none) const { return p ? p[n * sn + h * sh] : none; }
 };
 
 // Thread scratch from the caching allocator (no page faults in steady state).
@@ -246,8 +292,10 @@ void forward_impl(const AttentionArgs& a, const Tensor& out, const Tensor& lse_t
   F* lse = lse_t.data_ptr<F>();
   F* w = weights.defined() ? weights.data_ptr<F>() : nullptr;
   const MaskView mask(a.mask);
+  const HeadValues<F> alibi(a.alibi), sinks(a.sinks);
   const Dropout drop = make_dropout(a, g.S);
   const F qscale = static_cast<F>(a.scale * kLog2e);
+  const F l2e = static_cast<F>(kLog2e);
   const St4 qst = st4(a.q), kst = st4(a.k), vst = st4(a.v), ost = st4(out);
 
   // K^T and V (Sp, Dvp) per kv head, packed once; which V blocks are all finite.
@@ -282,7 +330,7 @@ void forward_impl(const AttentionArgs& a, const Tensor& out, const Tensor& lse_t
 
   const std::size_t scratch = Scratch::size_of({Bq * g.Dkp, Bq * Bk, Bq * Bk, Bq * g.Dvp, Bq, Bq, Bq, Bk}, sizeof(F));
   // Heads in order, each head's query blocks from the last (most keys under causal) down.
-  run_items(NH * g.nqb, grain_for(Bq * g.S * (g.Dk + g.Dv)), scratch, [&](std::int64_t it, Scratch& sc) {
+  run_items(NH * g.nqb, grain_for(Bq * g.span() * (g.Dk + g.Dv)), scratch, [&](std::int64_t it, Scratch& sc) {
     const std::int64_t nh = it / g.nqb, qb = g.nqb - 1 - it % g.nqb;
     const std::int64_t n = nh / g.H, h = nh % g.H, kvx = n * g.Hkv + h / g.G;
     const std::int64_t t0 = qb * Bq, rows = std::min(Bq, g.T - t0);
@@ -298,19 +346,22 @@ void forward_impl(const AttentionArgs& a, const Tensor& out, const Tensor& lse_t
     std::fill(acc, acc + rows * g.Dvp, F(0));
     std::fill(m, m + rows, kNegInf<F>);
     std::fill(l, l + rows, F(0));
-    const std::int64_t kend = g.key_limit(a.causal, t0 + rows - 1);  // keys any row of the block sees
+    // Keys [kbeg, kend) are all any row of the block may see (causal, window): only their
+    // tiles are visited, so local attention costs O(T * window).
+    const std::int64_t kbeg = g.lo(t0) / Bk * Bk, kend = std::max(g.hi(t0 + rows - 1), kbeg);
+    const F slope = alibi(n, h, F(0)) * l2e;
     const F* kt = kt_all + kvx * ktsz;
     const F* vp = vp_all + kvx * g.Sp * g.Dvp;
-    for (std::int64_t j0 = 0; j0 < kend; j0 += Bk) {
-      // Keys past kend are masked for every row here (causal): the block is cut there.
+    for (std::int64_t j0 = kbeg; j0 < kend; j0 += Bk) {
       const std::int64_t cols = std::min(Bk, kend - j0), cp = std::min(Bk, round_up_w<F>(cols));
       gemm<F, false>(rows, cp, g.Dk, qs, g.Dkp, 1, kt + (j0 / Bk) * g.Dk * Bk, Bk, sb, Bk);
       for (std::int64_t r = 0; r < rows; ++r) {
         const std::int64_t t = t0 + r;
         F* s = sb + r * Bk;
         const char* mrow = mask.row(n, h, t);
-        mask_row(s, std::min(cols, g.key_limit(a.causal, t) - j0), cp,
-                 mrow ? mrow + j0 * mask.ss * mask.isz : nullptr, mask.is_bool, mask.ss);
+        const RowMask<F> rm{mrow ? mrow + j0 * mask.ss * mask.isz : nullptr, mask.is_bool, mask.ss, slope,
+                            g.S - g.T + t};
+        mask_row(s, j0, g.lo(t) - j0, std::min(cols, g.hi(t) - j0), cp, rm);
         if (w) std::copy(s, s + cols, w + (nh * g.T + t) * g.S + j0);
         alpha[r] = 1;
         if (m[r] != m[r]) {  // poisoned by NaN logits: stays NaN
@@ -333,23 +384,36 @@ void forward_impl(const AttentionArgs& a, const Tensor& out, const Tensor& lse_t
       else
         gemm_skip<F>(false, rows, g.Dvp, cols, pb, Bk, vp + j0 * g.Dvp, g.Dvp, acc, g.Dvp, alpha, sb, Bk);
     }
+    const F sink = sinks(n, h, kNegInf<F>) * l2e;
     for (std::int64_t r = 0; r < rows; ++r) {
       const std::int64_t t = t0 + r;
-      const F inv = l[r] > 0 ? F(1) / l[r] : (l[r] == 0 ? F(0) : l[r]);
+      // lse (log2 units) covers the keys and the sink; a row with no key left stays empty (-inf).
+      F inv, lse2;
+      if (m[r] == kNegInf<F>) {
+        inv = 0;
+        lse2 = kNegInf<F>;
+      } else if (sinks.p && m[r] == m[r]) {
+        const F mx = std::max(m[r], sink), keys = std::exp2(m[r] - mx), den = l[r] * keys + std::exp2(sink - mx);
+        inv = keys / den;
+        lse2 = mx + std::log2(den);
+      } else {
+        inv = F(1) / l[r];  // NaN stays NaN
+        lse2 = m[r] + std::log2(l[r]);
+      }
       F* orow = o + n * ost[0] + h * ost[1] + t * ost[2];
       for (std::int64_t d = 0; d < g.Dv; ++d) orow[d * ost[3]] = acc[r * g.Dvp + d] * inv;
-      const F lse2 = m[r] == kNegInf<F> ? kNegInf<F> : m[r] + std::log2(l[r]);
       lse[nh * g.T + t] = lse2 * static_cast<F>(kLn2);
       if (w) {
         F* wr = w + (nh * g.T + t) * g.S;
-        const std::int64_t done = kend;  // keys past it were never computed: weight 0
+        // Keys outside [kbeg, kend) were never computed: weight 0.
         if (lse2 == kNegInf<F>) {
           std::fill(wr, wr + g.S, F(0));
         } else {
-          std::int64_t j = 0;
-          for (; j + kW<F> <= done; j += kW<F>) vstore(wr + j, exp2v(vload(wr + j) - vsplat(lse2)));
-          for (; j < done; ++j) wr[j] = wr[j] == kNegInf<F> ? F(0) : std::exp2(wr[j] - lse2);
-          std::fill(wr + done, wr + g.S, F(0));
+          std::fill(wr, wr + kbeg, F(0));
+          std::int64_t j = kbeg;
+          for (; j + kW<F> <= kend; j += kW<F>) vstore(wr + j, exp2v(vload(wr + j) - vsplat(lse2)));
+          for (; j < kend; ++j) wr[j] = wr[j] == kNegInf<F> ? F(0) : std::exp2(wr[j] - lse2);
+          std::fill(wr + kend, wr + g.S, F(0));
         }
       }
     }
@@ -375,14 +439,20 @@ void backward_impl(const AttentionArgs& a, const Tensor& out, const Tensor& lse_
   F* gk = gr.gk.data_ptr<F>();
   F* gv = gr.gv.data_ptr<F>();
   F* gm = gr.gmask.defined() ? gr.gmask.data_ptr<F>() : nullptr;
+  F* gsink = gr.gsinks.defined() ? gr.gsinks.data_ptr<F>() : nullptr;
+  F* galibi = gr.galibi.defined() ? gr.galibi.data_ptr<F>() : nullptr;
   const MaskView mask(a.mask);
+  const HeadValues<F> alibi(a.alibi), sinks(a.sinks);
   const Dropout drop = make_dropout(a, g.S);
   const F qscale = static_cast<F>(a.scale * kLog2e);
+  const F l2e = static_cast<F>(kLog2e);
   const St4 qst = st4(a.q), kst = st4(a.k), vst = st4(a.v), ost = st4(out), gost = st4(gout);
   const St4 gqst = st4(gr.gq), gkst = st4(gr.gk), gvst = st4(gr.gv);
   auto row4 = [](const St4& st, const F* base, std::int64_t n, std::int64_t h, std::int64_t i) {
     return base + n * st[0] + h * st[1] + i * st[2];
   };
+  if (gsink) std::fill(gsink, gsink + NH, F(0));
+  if (galibi) std::fill(galibi, galibi + NH, F(0));
   if (NH * g.T == 0 || g.S == 0) {  // nothing attended: every gradient is 0
     for (const Tensor* t : {&gr.gq, &gr.gk, &gr.gv}) zero4<F>(*t);
     return;
@@ -392,15 +462,18 @@ void backward_impl(const AttentionArgs& a, const Tensor& out, const Tensor& lse_
   // to feed the threads; their dQ parts are summed afterwards.
   const std::int64_t nt = omp_in_parallel() ? 1 : get_num_threads();
   const std::int64_t chunks = NK >= 2 * nt ? 1 : std::min<std::int64_t>(g.nkb, (2 * nt + NK - 1) / NK);
-  Scratch pscr(Scratch::size_of({chunks > 1 ? chunks * NH * g.T * g.Dk : 0}, sizeof(F)));
+  Scratch pscr(Scratch::size_of({chunks > 1 ? chunks * NH * g.T * g.Dk : 0, galibi ? chunks * NH : 0}, sizeof(F)));
   F* part = chunks > 1 ? pscr.take<F>(chunks * NH * g.T * g.Dk) : nullptr;
+  // ALiBi slope gradients per (chunk, n, h): each task owns its slots; summed at the end.
+  F* apart = galibi ? pscr.take<F>(chunks * NH) : nullptr;
   const std::int64_t GT = G * g.T, nqb = g.nqb;
   const std::size_t scratch =
       Scratch::size_of({GT * g.Dkp, GT * g.Dvp, GT * g.Dkp, GT, GT, g.Dk * Bk, Bk * g.Dkp, g.Dv * Bk, Bk * g.Dkp,
                         Bk * g.Dvp, Bq * Bk, Bq * Bk, Bq * Bk, Bq * Bk, Bq * Bk},
                        sizeof(F)) +
       2 * static_cast<std::size_t>(G * nqb) + 128;
-  run_items(NK * chunks, grain_for(g.T * g.S * G * (g.Dk + g.Dv) / chunks), scratch, [&](std::int64_t it, Scratch& sc) {
+  run_items(NK * chunks, grain_for(g.T * g.span() * G * (g.Dk + g.Dv) / chunks), scratch, [&](std::int64_t it,
+                                                                                               Scratch& sc) {
     const std::int64_t x = it / chunks, c = it % chunks;
     const std::int64_t n = x / g.Hkv, hkv = x % g.Hkv;
     const std::int64_t kb0 = c * g.nkb / chunks, kb1 = (c + 1) * g.nkb / chunks;
@@ -423,6 +496,7 @@ void backward_impl(const AttentionArgs& a, const Tensor& out, const Tensor& lse_
     char* dofin = sc.take<char>(G * nqb);
     for (std::int64_t gi = 0; gi < G; ++gi) {
       const std::int64_t h = hkv * G + gi, nh = n * g.H + h;
+      if (apart) apart[c * NH + nh] = 0;
       pack_rows(qs + gi * g.T * g.Dkp, g.Dkp, row4(qst, q, n, h, 0), qst[2], qst[3], g.T, g.Dk, qscale);
       pack_rows(dob + gi * g.T * g.Dvp, g.Dvp, row4(gost, go, n, h, 0), gost[2], gost[3], g.T, g.Dv);
       for (std::int64_t t = 0; t < g.T; ++t) {
@@ -438,6 +512,14 @@ void backward_impl(const AttentionArgs& a, const Tensor& out, const Tensor& lse_
         if (w)
           for (std::int64_t j = 0; j < g.S; ++j) d += w[(nh * g.T + t) * g.S + j] * gw[(nh * g.T + t) * g.S + j];
         dl[gi * g.T + t] = d;
+      }
+      // d sink = -sum over rows of P_sink * delta (rows with no key: 0); the first chunk writes it.
+      if (gsink && c == 0) {
+        const F sink2 = sinks(n, h, kNegInf<F>) * l2e;
+        F acc = 0;
+        for (std::int64_t t = 0; t < g.T; ++t)
+          if (lse[nh * g.T + t] != kNegInf<F>) acc -= std::exp2(sink2 - lse2[gi * g.T + t]) * dl[gi * g.T + t];
+        gsink[nh] = acc;
       }
       for (std::int64_t qb = 0; qb < nqb; ++qb) {
         const std::int64_t t0 = qb * Bq, rows = std::min(Bq, g.T - t0);
@@ -456,14 +538,15 @@ void backward_impl(const AttentionArgs& a, const Tensor& out, const Tensor& lse_
       const bool kfin = all_finite(kp, kcols * g.Dkp);
       std::fill(dk, dk + kcp * g.Dkp, F(0));
       std::fill(dv, dv + kcp * g.Dvp, F(0));
-      // Query rows t >= j0 - (S - T) see key j0 under causal.
-      const std::int64_t qb_first = a.causal ? std::max<std::int64_t>(0, j0 - (g.S - g.T)) / Bq : 0;
       for (std::int64_t gi = 0; gi < G; ++gi) {
         const std::int64_t h = hkv * G + gi, nh = n * g.H + h;
-        for (std::int64_t qb = qb_first; qb < nqb; ++qb) {
+        const F slope = alibi(n, h, F(0)) * l2e;
+        for (std::int64_t qb = 0; qb < nqb; ++qb) {
           const std::int64_t t0 = qb * Bq, rows = std::min(Bq, g.T - t0);
-          // The block's keys past the last row's causal limit are masked for all rows: cut them.
-          const std::int64_t cols = std::min(kcols, g.key_limit(a.causal, t0 + rows - 1) - j0);
+          // Query blocks whose keys (causal, window) miss this key block are skipped.
+          if (g.hi(t0 + rows - 1) <= j0 || g.lo(t0) >= j0 + kcols) continue;
+          // The block's keys past the last row's limit are masked for all rows: cut them.
+          const std::int64_t cols = std::min(kcols, g.hi(t0 + rows - 1) - j0);
           const std::int64_t cp = std::min(kcp, round_up_w<F>(cols));
           const F* qrows = qs + (gi * g.T + t0) * g.Dkp;
           const F* dorows = dob + (gi * g.T + t0) * g.Dvp;
@@ -476,8 +559,9 @@ void backward_impl(const AttentionArgs& a, const Tensor& out, const Tensor& lse_
             F* dp = db + r * Bk;
             F* mu = mult + r * Bk;
             const char* mrow = mask.row(n, h, t);
-            mask_row(s, std::min(cols, g.key_limit(a.causal, t) - j0), cp,
-                     mrow ? mrow + j0 * mask.ss * mask.isz : nullptr, mask.is_bool, mask.ss);
+            const RowMask<F> rm{mrow ? mrow + j0 * mask.ss * mask.isz : nullptr, mask.is_bool, mask.ss, slope,
+                                g.S - g.T + t};
+            mask_row(s, j0, g.lo(t) - j0, std::min(cols, g.hi(t) - j0), cp, rm);
             const Vec<F> l2 = vsplat(lse2[gi * g.T + t]), dlt = vsplat(dl[gi * g.T + t]);
             if (drop.on) dropout_mult(drop, nh * g.T + t, j0, cp, mu);
             for (std::int64_t j = 0; j < cp; j += kW<F>) {
@@ -500,6 +584,12 @@ void backward_impl(const AttentionArgs& a, const Tensor& out, const Tensor& lse_
               vstore(dp + j, sv == kNegInf<F> ? Vec<F>{} : ds);
             }
             if (gm) std::copy(dp, dp + cols, gm + (nh * g.T + t) * g.S + j0);
+            if (apart) {  // d slope = -sum dS * |pos - key|
+              const std::int64_t d0 = g.S - g.T + t - j0;
+              F acc = 0;
+              for (std::int64_t j = 0; j < cols; ++j) acc += dp[j] * static_cast<F>(std::abs(d0 - j));
+              apart[c * NH + nh] -= acc;
+            }
           }
           const F* pdrop = drop.on ? pd : pb;
           if (dofin[gi * nqb + qb])
@@ -541,6 +631,12 @@ void backward_impl(const AttentionArgs& a, const Tensor& out, const Tensor& lse_
       }
     }
   });
+  if (apart)
+    for (std::int64_t nh = 0; nh < NH; ++nh) {
+      F s = 0;
+      for (std::int64_t c = 0; c < chunks; ++c) s += apart[c * NH + nh];
+      galibi[nh] = s;
+    }
   if (part) {
     parallel_range(NH * g.T, grain_for(chunks * g.Dk), [&](std::int64_t b, std::int64_t e) {
       for (std::int64_t x = b; x < e; ++x) {
