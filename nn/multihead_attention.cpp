@@ -106,6 +106,13 @@ MultiHeadAttentionImpl::MultiHeadAttentionImpl(const MultiHeadAttentionOptions& 
   if (o.rotary())
     KILN_CHECK(o.rotary()->dim() <= head_dim(), kOp, "rotary dim={} exceeds head_dim={}", o.rotary()->dim(),
                head_dim());
+  KILN_CHECK(!((o.add_bias_kv() || o.add_zero_attn()) &&
+               (o.window_left() >= 0 || o.window_right() >= 0 || o.alibi() || o.alibi_slopes().defined())),
+             kOp, "add_bias_kv / add_zero_attn cannot be combined with window or ALiBi (the extra keys have no position)");
+  if (const Tensor& sl = o.alibi_slopes(); sl.defined())
+    KILN_CHECK(sl.is_floating_point() && sl.shape() == Shape{o.num_heads()}, kOp,
+               "alibi_slopes must be floating point of shape (num_heads,) = ({},), got {} of shape {}", o.num_heads(),
+               dtype_name(sl.dtype()), shape_str(sl.shape()));
   {
     auto axes = o.attention_axes();
     std::sort(axes.begin(), axes.end());
@@ -150,14 +157,25 @@ void MultiHeadAttentionImpl::reset() {
   }
   rotary = nullptr;
   if (o.rotary()) rotary = register_module("rotary", RotaryEmbedding(*o.rotary()));
+  alibi_slopes = Tensor();
+  if (o.alibi_slopes().defined())
+    alibi_slopes = register_buffer("alibi_slopes", o.alibi_slopes().detach().clone(), /*persistent=*/false);
+  else if (o.alibi())
+    alibi_slopes = register_buffer("alibi_slopes", kiln::alibi_slopes(H), /*persistent=*/false);
+  sinks = Tensor();
+  if (o.attention_sinks()) {
+    sinks = register_parameter("sinks", empty({H}));
+    init_extra_parameters();
+  }
 }
 
 void MultiHeadAttentionImpl::init_extra_parameters() {
+  NoGradGuard ng;
   if (bias_k.defined()) {
-    NoGradGuard ng;
     init::xavier_normal_(bias_k, 1.0, options.generator());
     init::xavier_normal_(bias_v, 1.0, options.generator());
   }
+  if (sinks.defined()) init::zeros_(sinks);
 }
 
 void MultiHeadAttentionImpl::reset_parameters() {
@@ -188,6 +206,9 @@ std::string MultiHeadAttentionImpl::extra_repr() const {
   if (o.add_bias_kv()) s += ", add_bias_kv=true";
   if (o.add_zero_attn()) s += ", add_zero_attn=true";
   if (o.reslink()) s += ", reslink=true";
+  if (o.window_left() >= 0 || o.window_right() >= 0) s += fmt::format(", window=({}, {})", o.window_left(), o.window_right());
+  if (alibi_slopes.defined()) s += ", alibi=true";
+  if (sinks.defined()) s += ", attention_sinks=true";
   return s;
 }
 
@@ -469,6 +490,10 @@ MhaResult MultiHeadAttentionImpl::attend(const Tensor& q, const Tensor& k, const
       .training(train)
       .generator(options.generator())
       .need_weights(f.need_weights() || bcast);
+  if (options.window_left() >= 0 || options.window_right() >= 0)
+    so.window(options.window_left(), options.window_right());
+  if (alibi_slopes.defined()) so.alibi_slopes(alibi_slopes);
+  if (sinks.defined()) so.sinks(sinks);
   SdpaResult r = options.attention_fn() ? options.attention_fn()(qh, kh, vh, so)
                                         : scaled_dot_product_attention(qh, kh, vh, so);
   Tensor o = r.output;  // (batch..., H, T, Dv)

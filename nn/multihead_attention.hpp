@@ -36,9 +36,17 @@
 ///   nn::MultiHeadAttention img(nn::MultiHeadAttentionOptions(64, 4).attention_axes({1, 2}));
 ///   // an additive bias broadcastable to (batch..., H, T, S) (Flux's bias), differentiable
 ///   Tensor y = mha(x, nn::MhaForward().attn_bias(rel_pos_bias));
+///   // local attention with ALiBi and learned sinks (Mistral / BLOOM / gpt-oss style)
+///   nn::MultiHeadAttention loc(nn::MultiHeadAttentionOptions(256, 8).window(4095, 0).alibi(true)
+///                                  .attention_sinks(true));
 ///   // PyTorch's add_bias_kv / add_zero_attn, MegEngine's reslink, PyTorch/MegEngine weights
 ///   nn::MultiHeadAttention t(nn::MultiHeadAttentionOptions(512, 8).add_bias_kv(true).add_zero_attn(true));
 ///   t->load_torch_state(torch_state);   // keys exactly torch.nn.MultiheadAttention's state_dict()
+///   Tensor io = t->to_megengine_io_weight_bias();   // (1, N), MegEngine's packed order
+///   // replaceable pieces (Ivy's to_q_fn / to_kv_fn / to_out_fn, Flax's attention_fn)
+///   auto o = nn::MultiHeadAttentionOptions(512, 8)
+///                .to_q_fn([&](const Tensor& x, nn::Linear& q) { return q(x) + lora(x); })
+///                .attention_fn(kiln::scaled_dot_product_attention_reference);
 #include <cstdint>
 #include <functional>
 #include <optional>
@@ -138,7 +146,8 @@ struct MultiHeadAttentionOptions {
   /// attended dims may differ in size. Masks, key_padding, causal, bias and weights then refer to
   /// the flattened positions (row-major over the axes in increasing order): attn_mask broadcastable
   /// to (batch'..., H, T, S) with batch' the non-attended dims in order, T = A1 * A2, and weights
-  /// are returned as (batch'..., H, T, S). Not combinable with a KV cache.
+  /// are returned as (batch'..., H, T, S); window and ALiBi distances are over the flattened index
+  /// too. Not combinable with a KV cache.
   KILN_ARG(std::vector<std::int64_t>, attention_axes);
   /// PyTorch/MegEngine add_bias_kv: learned bias_k (1, 1, Hkv * head_dim) and bias_v
   /// (1, 1, Hkv * v_head_dim) appended as one more key/value position after the projections.
@@ -161,6 +170,34 @@ struct MultiHeadAttentionOptions {
   KILN_ARG(MhaToKVFn, to_kv_fn);
   KILN_ARG(MhaToOutFn, to_out_fn);
   KILN_ARG(MhaAttentionFn, attention_fn);
+
+  /// ALiBi (Press et al.): adds -m_h * |p - s| to head h's logits, with the paper's slopes
+  /// m = kiln::alibi_slopes(num_heads); positions p of the queries are bottom-right aligned
+  /// (KV cache aware) as for causal.
+  KILN_ARG(bool, alibi) = false;
+  /// ALiBi with custom fixed slopes (num_heads,) instead (implies alibi). Held as buffer
+  /// `alibi_slopes` (moves with to(), not in state_dict()).
+  KILN_ARG(Tensor, alibi_slopes);
+  /// Learned per-head attention sinks (gpt-oss): parameter `sinks` (num_heads,), initialized to
+  /// zeros, a logit per head that joins every softmax denominator without a value, so a query may
+  /// attend to "nothing" (returned weights then sum to less than 1).
+  KILN_ARG(bool, attention_sinks) = false;
+
+ public:
+  /// Sliding-window (local) attention: the query at position p attends keys s with
+  /// p - left <= s <= p + right; a negative width leaves that side unbounded (the default, no
+  /// window). Positions are bottom-right aligned as for causal, so it holds with a KV cache.
+  /// `.window(4095, 0).` with is_causal: each query sees the last 4096 keys (Mistral).
+  MultiHeadAttentionOptions& window(std::int64_t left, std::int64_t right) {
+    window_left_ = left;
+    window_right_ = right;
+    return *this;
+  }
+  std::int64_t window_left() const { return window_left_; }
+  std::int64_t window_right() const { return window_right_; }
+
+ private:
+  std::int64_t window_left_ = -1, window_right_ = -1;
 };
 
 /// Per-call options of MultiHeadAttention::forward.
@@ -264,6 +301,10 @@ class MultiHeadAttentionImpl : public Module {
   Tensor bias_k, bias_v;
   /// Only with the rotary option.
   RotaryEmbedding rotary{nullptr};
+  /// Only with alibi: the slopes (num_heads,) (a non-persistent buffer).
+  Tensor alibi_slopes;
+  /// Only with attention_sinks: the sink logits (num_heads,).
+  Tensor sinks;
 
  private:
   void init_extra_parameters();
