@@ -27,7 +27,9 @@ namespace kiln {
 class SdpaOptions {
  public:
   /// bool (true = may attend) or floating point (added to the logits; -inf masks), broadcastable
-  /// to (batch..., H, T, S): e.g. (T, S), a key-padding mask (B, 1, 1, S), or per head.
+  /// to (batch..., H, T, S): e.g. (T, S), a key-padding mask (B, 1, 1, S), or per head. A float
+  /// mask that requires grad is a learned bias (e.g. (H, T, S) relative positions): its gradient
+  /// comes back in its own shape (backward then holds one (batch..., H, T, S) buffer).
   SdpaOptions& attn_mask(Tensor m) { attn_mask_ = std::move(m); return *this; }
   /// Causal masking (ANDed with attn_mask), aligned bottom-right: query t may attend key s <= S - T + t.
   SdpaOptions& is_causal(bool c) { is_causal_ = c; return *this; }

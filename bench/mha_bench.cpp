@@ -4,9 +4,11 @@
 // does (no input/output projections yet: compare with the anchors' full-module numbers for
 // context only).
 //   build/bench/mha_bench                                  every row, each in its own process
-//   build/bench/mha_bench B T E H causal(0|1) fwd|fwdbwd [threads=2]
+//   build/bench/mha_bench B T E H causal(0|1) fwd|fwdbwd [threads=2] [window=L] [alibi=1] [sinks=1]
 //   fwd    : output under NoGradGuard
 //   fwdbwd : output with autograd, then backward(gy) for q, k and v (grads reset untimed)
+//   window=L: sliding window of L keys to the left (and 0 to the right when causal, L otherwise);
+//   alibi=1 : ALiBi with kiln::alibi_slopes(H); sinks=1: one learned sink logit per head.
 // One `RESULT mha impl=kiln_sdpa ... scope=core ...` line per row (format in DESIGN.md).
 #include <sys/resource.h>
 
@@ -59,8 +61,13 @@ std::vector<double> time_reps(const std::function<void()>& setup, const std::fun
   return t;
 }
 
+struct Extras {
+  std::int64_t window = -1;
+  bool alibi = false, sinks = false;
+};
+
 int run_row(std::int64_t B, std::int64_t T, std::int64_t E, std::int64_t H, bool causal, const std::string& mode,
-            int threads) {
+            int threads, const Extras& x) {
   set_num_threads(threads);
   const std::int64_t D = E / H;
   Generator g(0);
@@ -69,6 +76,9 @@ int run_row(std::int64_t B, std::int64_t T, std::int64_t E, std::int64_t H, bool
   Tensor qb = randn({B, T, E}, {}, &g), kb = randn({B, T, E}, {}, &g), vb = randn({B, T, E}, {}, &g);
   Tensor gy = randn({B, H, T, D}, {}, &g);
   SdpaOptions opts = SdpaOptions().is_causal(causal);
+  if (x.window >= 0) opts.window(x.window, causal ? 0 : x.window);
+  if (x.alibi) opts.alibi_slopes(alibi_slopes(H));
+  if (x.sinks) opts.sinks(randn({H}, {}, &g));
   const double setup_rss = peak_rss_mib();
   std::vector<double> t;
   double cpu0 = cpu_time_s(), wall0 = now_s();
@@ -96,14 +106,22 @@ int run_row(std::int64_t B, std::int64_t T, std::int64_t E, std::int64_t H, bool
   const double med = s.size() % 2 ? s[s.size() / 2] : 0.5 * (s[s.size() / 2 - 1] + s[s.size() / 2]);
   // Attention-core FLOPs as computed: q k^T and p v over the (causally halved) T x T logits;
   // backward counts 2.5x (recomputed q k^T, dP, dV, dK, dQ).
-  const double pairs = static_cast<double>(B * H * T) * static_cast<double>(T) * (causal ? 0.5 : 1.0);
+  // With a window, the (query, key) pairs actually visible.
+  double pairs = static_cast<double>(B * H * T) * static_cast<double>(T) * (causal ? 0.5 : 1.0);
+  if (x.window >= 0) {
+    double n = 0;
+    for (std::int64_t t = 0; t < T; ++t)
+      n += static_cast<double>(std::min(T - 1, t + (causal ? 0 : x.window)) - std::max<std::int64_t>(0, t - x.window) + 1);
+    pairs = static_cast<double>(B * H) * n;
+  }
   const double fwd_flop = 4.0 * pairs * static_cast<double>(D);
   const double flop = mode == "fwd" ? fwd_flop : 3.5 * fwd_flop;
   fmt::print(
-      "RESULT mha impl=kiln_sdpa scope=core B={} T={} E={} H={} causal={} mode={} threads={} reps={} median_ms={:.3f} "
-      "min_ms={:.3f} core_gflops={:.1f} setup_rss_mib={:.1f} peak_rss_mib={:.1f} cpu_util={:.2f}\n",
-      B, T, E, H, causal ? 1 : 0, mode, threads, t.size(), med * 1e3, s.front() * 1e3, flop / med / 1e9, setup_rss,
-      peak_rss_mib(), util);
+      "RESULT mha impl=kiln_sdpa scope=core B={} T={} E={} H={} causal={} window={} alibi={} sinks={} mode={} threads={} "
+      "reps={} median_ms={:.3f} min_ms={:.3f} core_gflops={:.1f} setup_rss_mib={:.1f} peak_rss_mib={:.1f} "
+      "cpu_util={:.2f}\n",
+      B, T, E, H, causal ? 1 : 0, x.window, x.alibi ? 1 : 0, x.sinks ? 1 : 0, mode, threads, t.size(), med * 1e3,
+      s.front() * 1e3, flop / med / 1e9, setup_rss, peak_rss_mib(), util);
   return 0;
 }
 
@@ -111,11 +129,21 @@ int run_row(std::int64_t B, std::int64_t T, std::int64_t E, std::int64_t H, bool
 
 int main(int argc, char** argv) {
   if (argc >= 7) {
+    Extras x;
+    int threads = 2;
+    for (int i = 7; i < argc; ++i) {
+      const std::string a = argv[i];
+      if (a.rfind("window=", 0) == 0) x.window = std::atoll(a.c_str() + 7);
+      else if (a.rfind("alibi=", 0) == 0) x.alibi = std::atoi(a.c_str() + 6) != 0;
+      else if (a.rfind("sinks=", 0) == 0) x.sinks = std::atoi(a.c_str() + 6) != 0;
+      else threads = std::atoi(a.c_str());
+    }
     return run_row(std::atoll(argv[1]), std::atoll(argv[2]), std::atoll(argv[3]), std::atoll(argv[4]),
-                   std::atoi(argv[5]) != 0, argv[6], argc > 7 ? std::atoi(argv[7]) : 2);
+                   std::atoi(argv[5]) != 0, argv[6], threads, x);
   }
   if (argc != 1 && !(argc == 2 && std::strcmp(argv[1], "--all") == 0)) {
-    std::fprintf(stderr, "usage: %s [B T E H causal(0|1) fwd|fwdbwd [threads=2]]\n", argv[0]);
+    std::fprintf(stderr, "usage: %s [B T E H causal(0|1) fwd|fwdbwd [threads=2] [window=L] [alibi=1] [sinks=1]]\n",
+                 argv[0]);
     return 2;
   }
   // Every row in a fresh process, so peak RSS is per row.
@@ -129,5 +157,10 @@ int main(int argc, char** argv) {
         std::string cmd = fmt::format("'{}' {} {} {} {} {} {}", argv[0], r[0], r[1], r[2], r[3], causal, mode);
         rc |= std::system(cmd.c_str());
       }
+  // Local attention: a 256-key causal window over 4096 tokens (compare with the full causal rows).
+  for (const char* mode : {"fwd", "fwdbwd"}) {
+    std::string cmd = fmt::format("'{}' 1 4096 256 8 1 {} 2 window=256", argv[0], mode);
+    rc |= std::system(cmd.c_str());
+  }
   return rc == 0 ? 0 : 1;
 }

@@ -146,7 +146,10 @@ struct Geo {
     return std::max<std::int64_t>(h, 0);
   }
   // Keys one query block sees on average (for the thread grain).
-  std::int64_t span() const { return wl >= 0 && wr >= 0 ? std::min(S, wl + wr + kBq + kBk) : S; }
+  std::int64_t span() const {
+    const std::int64_t r = causal ? 0 : wr;
+    return wl >= 0 && r >= 0 ? std::min(S, wl + r + kBq + kBk) : S;
+  }
 };
 
 // Per (n, h) values of a (N, H) tensor of any strides (ALiBi slopes, sinks).
@@ -355,13 +358,19 @@ void forward_impl(const AttentionArgs& a, const Tensor& out, const Tensor& lse_t
     for (std::int64_t j0 = kbeg; j0 < kend; j0 += Bk) {
       const std::int64_t cols = std::min(Bk, kend - j0), cp = std::min(Bk, round_up_w<F>(cols));
       gemm<F, false>(rows, cp, g.Dk, qs, g.Dkp, 1, kt + (j0 / Bk) * g.Dk * Bk, Bk, sb, Bk);
+      // A tile every row sees whole, with no mask or bias, needs only its vector padding masked.
+      const bool whole = !mask.p && slope == F(0) && g.lo(t0 + rows - 1) <= j0 && g.hi(t0) >= j0 + cols;
       for (std::int64_t r = 0; r < rows; ++r) {
         const std::int64_t t = t0 + r;
         F* s = sb + r * Bk;
-        const char* mrow = mask.row(n, h, t);
-        const RowMask<F> rm{mrow ? mrow + j0 * mask.ss * mask.isz : nullptr, mask.is_bool, mask.ss, slope,
-                            g.S - g.T + t};
-        mask_row(s, j0, g.lo(t) - j0, std::min(cols, g.hi(t) - j0), cp, rm);
+        if (whole) {
+          std::fill(s + cols, s + cp, kNegInf<F>);
+        } else {
+          const char* mrow = mask.row(n, h, t);
+          const RowMask<F> rm{mrow ? mrow + j0 * mask.ss * mask.isz : nullptr, mask.is_bool, mask.ss, slope,
+                              g.S - g.T + t};
+          mask_row(s, j0, g.lo(t) - j0, std::min(cols, g.hi(t) - j0), cp, rm);
+        }
         if (w) std::copy(s, s + cols, w + (nh * g.T + t) * g.S + j0);
         alpha[r] = 1;
         if (m[r] != m[r]) {  // poisoned by NaN logits: stays NaN
@@ -552,16 +561,21 @@ void backward_impl(const AttentionArgs& a, const Tensor& out, const Tensor& lse_
           const F* dorows = dob + (gi * g.T + t0) * g.Dvp;
           gemm<F, false>(rows, cp, g.Dk, qrows, g.Dkp, 1, kt, Bk, sb, Bk);
           gemm<F, false>(rows, cp, g.Dv, dorows, g.Dvp, 1, vt, Bk, db, Bk);
+          const bool whole = !mask.p && slope == F(0) && g.lo(t0 + rows - 1) <= j0 && g.hi(t0) >= j0 + cols;
           for (std::int64_t r = 0; r < rows; ++r) {
             const std::int64_t t = t0 + r;
             F* s = sb + r * Bk;
             F* p = pb + r * Bk;
             F* dp = db + r * Bk;
             F* mu = mult + r * Bk;
-            const char* mrow = mask.row(n, h, t);
-            const RowMask<F> rm{mrow ? mrow + j0 * mask.ss * mask.isz : nullptr, mask.is_bool, mask.ss, slope,
-                                g.S - g.T + t};
-            mask_row(s, j0, g.lo(t) - j0, std::min(cols, g.hi(t) - j0), cp, rm);
+            if (whole) {
+              std::fill(s + cols, s + cp, kNegInf<F>);
+            } else {
+              const char* mrow = mask.row(n, h, t);
+              const RowMask<F> rm{mrow ? mrow + j0 * mask.ss * mask.isz : nullptr, mask.is_bool, mask.ss, slope,
+                                  g.S - g.T + t};
+              mask_row(s, j0, g.lo(t) - j0, std::min(cols, g.hi(t) - j0), cp, rm);
+            }
             const Vec<F> l2 = vsplat(lse2[gi * g.T + t]), dlt = vsplat(dl[gi * g.T + t]);
             if (drop.on) dropout_mult(drop, nh * g.T + t, j0, cp, mu);
             for (std::int64_t j = 0; j < cp; j += kW<F>) {
