@@ -221,7 +221,7 @@ TEST_CASE("checkpoint: a writer killed mid-write leaves the previous checkpoint 
   fs::remove_all(dir);
 }
 
-TEST_CASE("checkpoint: model, optimizer, scheduler, extras, generators, step and metadata round trip exactly") {
+TEST_CASE("checkpoint: model optimizer scheduler extras generators step and metadata round trip exactly") {
   auto dir = ckt::temp_dir("ck_roundtrip");
   const std::string path = (dir / "ck.safetensors").string();
   Trainer a(1);
@@ -255,7 +255,7 @@ TEST_CASE("checkpoint: model, optimizer, scheduler, extras, generators, step and
   fs::remove_all(dir);
 }
 
-TEST_CASE("checkpoint: a model alone loads from a training checkpoint, and parts can be left out") {
+TEST_CASE("checkpoint: a model alone loads from a training checkpoint and parts can be left out") {
   auto dir = ckt::temp_dir("ck_partial");
   const std::string path = (dir / "ck.safetensors").string();
   Trainer a(1);
@@ -274,7 +274,7 @@ TEST_CASE("checkpoint: a model alone loads from a training checkpoint, and parts
   fs::remove_all(dir);
 }
 
-TEST_CASE("checkpoint: errors name the file and what is missing or wrong, and a missing part changes nothing") {
+TEST_CASE("checkpoint: errors name the file and what is missing or wrong and a missing part changes nothing") {
   auto dir = ckt::temp_dir("ck_errors");
   const std::string path = (dir / "ck.safetensors").string();
   Trainer a(1);

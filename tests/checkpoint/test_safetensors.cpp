@@ -62,7 +62,7 @@ std::uint64_t le64(const std::vector<std::uint8_t>& b, std::size_t at) {
 
 }  // namespace
 
-TEST_CASE("safetensors: round trip of every kiln dtype, scalars, empty and non-contiguous tensors") {
+TEST_CASE("safetensors: round trip of every kiln dtype with scalars and empty and non-contiguous tensors") {
   auto dir = ckt::temp_dir("st_roundtrip");
   auto tensors = mixed_tensors();
   save_safetensors((dir / "m.safetensors").string(), tensors, kMixedMetadata);
@@ -120,7 +120,7 @@ TEST_CASE("safetensors: kiln-written golden files are stable (tools/safetensors_
   CHECK(ckt::read_bytes(d + "kiln_module.safetensors") == module);
 }
 
-TEST_CASE("safetensors: a file written by Python's safetensors loads, F16 BF16 and small ints converted") {
+TEST_CASE("safetensors: a file written by Python safetensors loads with F16 BF16 and small ints converted") {
   SafetensorsFile f = load_safetensors(ckt::data_dir() + "python_written.safetensors");
   CHECK(f.metadata == std::map<std::string, std::string>{{"format", "pt"},
                                                          {"note", "kiln fixture \xe2\x9c\x93 \"quoted\"\n"}});
@@ -161,7 +161,7 @@ TEST_CASE("safetensors: a file written by Python's safetensors loads, F16 BF16 a
   kt::expect_shape(f.at("empty"), {0, 3});
 }
 
-TEST_CASE("safetensors: a file written by hand from the spec (U16 U32 U64, whitespace, escapes) loads") {
+TEST_CASE("safetensors: a file written by hand from the spec (U16 U32 U64 and whitespace and escapes) loads") {
   SafetensorsFile f = load_safetensors(ckt::data_dir() + "spec_written.safetensors");
   using V = std::vector<std::int64_t>;
   std::vector<std::string> names;
@@ -186,7 +186,7 @@ TEST_CASE("safetensors: a PyTorch module's state dict loads into the same kiln m
   kt::expect_values(y, io.at("y").to_vector<double>(), 1e-5, 1e-5);
 }
 
-TEST_CASE("safetensors: every malformed file in the corpus gets a [load_safetensors] error saying what is wrong") {
+TEST_CASE("safetensors: every malformed file in the corpus gets a load_safetensors error saying what is wrong") {
   std::ifstream manifest(ckt::data_dir() + "bad_cases.txt");
   REQUIRE(manifest.good());
   std::set<std::string> listed;
@@ -278,7 +278,7 @@ TEST_CASE("safetensors: half and bfloat16 decoding is exact for every bit patter
   }
 }
 
-TEST_CASE("safetensors: save rejects duplicate, reserved and non-UTF-8 names, and undefined tensors") {
+TEST_CASE("safetensors: save rejects duplicate and reserved and non-UTF-8 names and undefined tensors") {
   Tensor t = ones({2});
   CHECK_KILN_ERROR(save_safetensors_to_buffer({{"a", t}, {"b", t}, {"a", t}}), "[save_safetensors] duplicate tensor name 'a'");
   CHECK_KILN_ERROR(save_safetensors_to_buffer({{"__metadata__", t}}), "'__metadata__' is reserved");
@@ -327,7 +327,7 @@ TEST_CASE("SafetensorsFile::at names the tensors the file has") {
   CHECK_KILN_ERROR(f.at("c"), "[SafetensorsFile] no tensor 'c'; the file has 'a', 'b'");
 }
 
-TEST_CASE("nn::save and nn::load: a fresh module gets the saved state in place, converting dtypes") {
+TEST_CASE("nn::save and nn::load: a fresh module gets the saved state in place with dtype conversion") {
   auto dir = ckt::temp_dir("st_module");
   std::string path = (dir / "m.safetensors").string();
   manual_seed(1);
@@ -351,7 +351,7 @@ TEST_CASE("nn::save and nn::load: a fresh module gets the saved state in place, 
   fs::remove_all(dir);
 }
 
-TEST_CASE("nn::load: strict key checking, shape mismatches and bad files name the file") {
+TEST_CASE("nn::load: strict key checking and shape mismatches and bad files name the file") {
   auto dir = ckt::temp_dir("st_module_errors");
   std::string path = (dir / "m.safetensors").string();
   nn::Sequential a(nn::Linear(3, 4), nn::LayerNorm(4));
