@@ -35,7 +35,7 @@ TEST_CASE("cuda: availability queries agree and an unavailable device is a clear
   MESSAGE("CUDA device: " << cuda::device_name());
 }
 
-TEST_CASE("cuda: every dtype round-trips host -> device -> host exactly, in every layout") {
+TEST_CASE("cuda: every dtype round-trips host -> device -> host exactly in every layout") {
   KILN_CUDA_OR_SKIP();
   for (DType dt : {kBool, kInt64, kFloat32, kFloat64})
     for (const auto& l : kc::layouts())
@@ -68,7 +68,7 @@ TEST_CASE("cuda: large copies go through several pinned chunks and keep every by
   for (int i = 0; i < 4; ++i) CHECK(equal(ups[static_cast<std::size_t>(i)].to(Device::cpu()), h + double(i)));
 }
 
-TEST_CASE("cuda: copy_ converts dtype, broadcasts and crosses devices") {
+TEST_CASE("cuda: copy_ converts dtype and broadcasts and crosses devices") {
   KILN_CUDA_OR_SKIP();
   Tensor src = arange(0, 12, 1, TensorOptions(kFloat64)).reshape({3, 4});
   Tensor d = zeros({2, 3, 4}, TensorOptions(kFloat32).device(kGpu));

@@ -11,7 +11,7 @@ namespace {
 const std::vector<DType> kFloats = {kFloat32, kFloat64};
 }
 
-TEST_CASE("cuda nn: softmax and log_softmax match the CPU along every dim, values and gradients") {
+TEST_CASE("cuda nn: softmax and log_softmax values and gradients match the CPU along every dim") {
   KILN_CUDA_OR_SKIP();
   for (DType dt : kFloats)
     for (const auto& l : kc::layouts())
@@ -64,7 +64,7 @@ TEST_CASE("cuda nn: layer_norm matches the CPU with and without affine parameter
       }
 }
 
-TEST_CASE("cuda nn: cross_entropy and mse_loss match the CPU, values and gradients") {
+TEST_CASE("cuda nn: cross_entropy and mse_loss values and gradients match the CPU") {
   KILN_CUDA_OR_SKIP();
   for (DType dt : kFloats) {
     CAPTURE(dtype_name(dt));

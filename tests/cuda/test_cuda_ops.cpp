@@ -117,7 +117,7 @@ TEST_CASE("cuda ops: integer and bool unary ops match the CPU") {
   });
 }
 
-TEST_CASE("cuda ops: binary ops, comparisons and where match the CPU with mixed layouts") {
+TEST_CASE("cuda ops: binary ops and comparisons and where match the CPU with mixed layouts") {
   KILN_CUDA_OR_SKIP();
   const auto ls = kc::layouts();
   std::uint64_t seed = 100;
@@ -202,7 +202,7 @@ TEST_CASE("cuda ops: casts between every pair of dtypes match the CPU") {
   }
 }
 
-TEST_CASE("cuda ops: shape ops (cat, stack, split, slicing backward) match the CPU") {
+TEST_CASE("cuda ops: shape ops (cat / stack / chunk / slicing backward) match the CPU") {
   KILN_CUDA_OR_SKIP();
   for (DType dt : kAll) {
     CAPTURE(dtype_name(dt));
@@ -225,7 +225,7 @@ TEST_CASE("cuda ops: reductions over every dim set match the CPU") {
     Pair x = kc::make_pair(l, s, dt, seed, -4, 4);
     const double rt = is_floating(dt) ? kc::rtol_for(dt) * 10 : 0, at = is_floating(dt) ? kc::atol_for(dt) * 10 : 0;
     for (const Dims& d : dim_sets) {
-      if (s.empty() && !d.empty()) continue;
+      if (s.size() < d.size()) continue;
       CAPTURE(d.size());
       for (bool keep : {false, true}) {
         kc::check_op("sum", [&](auto& v) { return sum(v[0], d, keep); }, {x}, rt, at);
@@ -254,22 +254,24 @@ TEST_CASE("cuda ops: reductions over every dim set match the CPU") {
   });
 }
 
-TEST_CASE("cuda ops: long, wide and NaN-holding reductions match the CPU") {
+TEST_CASE("cuda ops: long and wide and NaN-holding reductions match the CPU") {
   KILN_CUDA_OR_SKIP();
   for (DType dt : kFloats) {
     CAPTURE(dtype_name(dt));
-    const double rt = dt == kFloat32 ? 1e-4 : 1e-11;
+    // Sums of n values in [-2, 2) in another order: absolute differences grow with n (float32).
+    const double rt = dt == kFloat32 ? 1e-5 : 1e-12;
+    auto at = [dt](double n) { return dt == kFloat32 ? 2e-7 * n : 1e-14 * n; };
     Pair rows = kc::make_pair(kc::layouts()[0], {3, 200001}, dt, 1);  // few long rows: split into chunks
-    kc::check_op("sum rows", [](auto& v) { return sum(v[0], {-1}); }, {rows}, rt, rt);
+    kc::check_op("sum rows", [](auto& v) { return sum(v[0], {-1}); }, {rows}, rt, at(200001));
     kc::check_op("amax rows", [](auto& v) { return amax(v[0], {-1}); }, {rows}, 0, 0);
     Pair cols = kc::make_pair(kc::layouts()[0], {4099, 300}, dt, 2);  // column sums: one thread per output
-    kc::check_op("sum cols", [](auto& v) { return sum(v[0], {0}); }, {cols}, rt, rt);
-    kc::check_op("mean cols", [](auto& v) { return mean(v[0], {0}); }, {cols}, rt, rt);
+    kc::check_op("sum cols", [](auto& v) { return sum(v[0], {0}); }, {cols}, rt, at(4099));
+    kc::check_op("mean cols", [](auto& v) { return mean(v[0], {0}); }, {cols}, rt, at(1));
     Pair tall = kc::make_pair(kc::layouts()[0], {70001, 2}, dt, 3);  // strided long reduction, split
-    kc::check_op("sum tall", [](auto& v) { return sum(v[0], {0}); }, {tall}, rt, rt);
+    kc::check_op("sum tall", [](auto& v) { return sum(v[0], {0}); }, {tall}, rt, at(70001));
     kc::check_op("argmax tall", [](auto& v) { return argmax(v[0], 0); }, {tall}, 0, 0);
     Pair all_of = kc::make_pair(kc::layouts()[1], {513, 1027}, dt, 4);  // everything, permuted
-    kc::check_op("sum all", [](auto& v) { return sum(v[0]); }, {all_of}, rt, rt);
+    kc::check_op("sum all", [](auto& v) { return sum(v[0]); }, {all_of}, rt, at(513 * 1027));
     Pair sp = specials(dt);
     kc::check_op("amax NaN", [](auto& v) { return amax(v[0]); }, {sp}, 0, 0);
     kc::check_op("argmax NaN", [](auto& v) { return argmax(v[0]); }, {sp}, 0, 0);
@@ -296,7 +298,7 @@ TEST_CASE("cuda ops: reduction gradients match the CPU") {
     }
 }
 
-TEST_CASE("cuda ops: matmul matches the CPU for 1-D, 2-D, batched, broadcast and strided operands") {
+TEST_CASE("cuda ops: matmul matches the CPU for 1-D / 2-D / batched / broadcast / strided operands") {
   KILN_CUDA_OR_SKIP();
   struct Case {
     Shape a, b;
@@ -338,7 +340,7 @@ TEST_CASE("cuda ops: TF32 matmul is opt-in and stays within TF32 precision") {
   kc::expect_match(tf.to(kFloat64), exact, 5e-3, 5e-2, "tf32");  // 10-bit mantissa products over K = 512
 }
 
-TEST_CASE("cuda ops: index_select, index_add, gather, scatter_add and embedding match the CPU") {
+TEST_CASE("cuda ops: index_select / index_add / gather / scatter_add / embedding match the CPU") {
   KILN_CUDA_OR_SKIP();
   for (DType dt : kAll)
     for (const auto& l : kc::layouts()) {
