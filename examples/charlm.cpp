@@ -1,0 +1,293 @@
+// A character-level GPT learns to write like its training text, then samples from it.
+//
+// By default it reads the fortune cookies of Debian's `fortunes` package; --data takes any text
+// file (or a folder of them). The last 10% of the text is held out for validation, and the
+// validation loss is compared with a unigram baseline (predicting each character from its
+// frequency alone) to show how much the model learned from context.
+//
+//   build/examples/charlm                                   # train on the fortunes, print samples
+//   build/examples/charlm --out runs/lm                     # + CSV log, PNG loss curve, checkpoint
+//   build/examples/charlm --out runs/lm --resume runs/lm/charlm.ckpt --steps 4000   # continue
+//   build/examples/charlm --data my.txt --temperature 0.8 --top-k 20 --top-p 0.95 --prompt "Once"
+//
+// A checkpoint (safetensors) holds the model, optimizer, schedule and random generators, so a
+// resumed run continues exactly where the first one stopped.
+#include <array>
+#include <cmath>
+#include <numeric>
+#include <map>
+#include <random>
+
+#include "common/common.hpp"
+#include "common/data.hpp"
+#include "common/plot.hpp"
+#include <kiln/optim/checkpoint.hpp>
+#include <kiln/optim/optim.hpp>
+
+using namespace kiln;
+
+namespace {
+
+const char* kDefaultCorpus = "/usr/share/games/fortunes";
+
+// Characters <-> token ids: the distinct bytes of the text, in byte order.
+struct Vocab {
+  std::string chars;
+  std::array<std::int64_t, 256> id{};
+  explicit Vocab(const std::string& text) {
+    std::array<bool, 256> seen{};
+    for (unsigned char c : text) seen[c] = true;
+    for (int c = 0; c < 256; ++c)
+      if (seen[c]) id[c] = std::int64_t(chars.size()), chars += char(c);
+  }
+  std::int64_t size() const { return std::int64_t(chars.size()); }
+  std::string hex() const {  // stored in checkpoints to recognize the same text on --resume
+    std::string h;
+    for (unsigned char c : chars) h += fmt::format("{:02x}", c);
+    return h;
+  }
+  Tensor encode(const std::string& s) const {
+    std::vector<std::int64_t> ids;
+    for (unsigned char c : s) ids.push_back(id[c]);
+    return tensor(ids, {std::int64_t(ids.size())});
+  }
+};
+
+// Cross-entropy (nats per character) of `val` under the character frequencies of `train`
+// (add-one smoothed): what a model that ignores context achieves.
+double unigram_loss(const std::string& train, const std::string& val, const Vocab& vocab) {
+  std::vector<double> count(vocab.size(), 1.0);
+  for (unsigned char c : train) count[vocab.id[c]] += 1;
+  double total = double(train.size()) + double(vocab.size()), nll = 0;
+  for (unsigned char c : val) nll -= std::log(count[vocab.id[c]] / total);
+  return nll / double(val.size());
+}
+
+// `batch` random windows of context + 1 characters: x = window[:-1], y = window[1:].
+std::pair<Tensor, Tensor> get_batch(const Tensor& data, std::int64_t batch, std::int64_t context, Generator& gen) {
+  Tensor start = randint(0, data.size(0) - context, {batch, 1}, kInt64, &gen);
+  Tensor idx = start + arange(0, context + 1, 1, kInt64);            // (batch, context + 1)
+  Tensor window = index_select(data, 0, idx.flatten()).view({batch, context + 1});
+  return {window.slice(1, 0, context), window.slice(1, 1, context + 1)};
+}
+
+// GPT: token + position embeddings, pre-norm causal transformer layers, a final norm (part of
+// the stack) and a linear read-out over the characters.
+struct CharGPTImpl : nn::Module {
+  CharGPTImpl(std::int64_t vocab, std::int64_t context, std::int64_t dim, std::int64_t heads, std::int64_t layers,
+              double dropout) {
+    tok = register_module("tok", nn::Embedding(vocab, dim));
+    pos = register_module("pos", nn::LearnedPositionalEmbedding(context, dim));
+    drop = register_module("drop", nn::Dropout(dropout));
+    auto layer = nn::TransformerLayerOptions(dim, heads).dropout(dropout).activation("gelu").norm_first(true);
+    body = register_module("body", nn::TransformerEncoder(nn::TransformerEncoderOptions(layer, layers)));
+    head = register_module("head", nn::Linear(dim, vocab));
+  }
+  Tensor forward(const Tensor& ids) {  // (B, T) -> logits (B, T, vocab)
+    return head(body(drop(pos(tok(ids))), nn::EncoderForward().is_causal(true)));
+  }
+  nn::Embedding tok{nullptr};
+  nn::LearnedPositionalEmbedding pos{nullptr};
+  nn::Dropout drop{nullptr};
+  nn::TransformerEncoder body{nullptr};
+  nn::Linear head{nullptr};
+};
+KILN_MODULE(CharGPT);
+
+struct SamplingOptions {
+  double temperature = 0.8;
+  std::int64_t top_k = 0;  // 0 = off
+  double top_p = 1.0;      // 1 = off
+};
+
+// Draws one token from logits: divide by the temperature, keep the top-k most likely, then the
+// smallest set whose probability reaches top-p, renormalize and sample.
+std::int64_t sample_token(const std::vector<float>& logits, const SamplingOptions& o, std::mt19937_64& rng) {
+  if (o.temperature <= 0) return std::max_element(logits.begin(), logits.end()) - logits.begin();  // greedy
+  std::vector<std::int64_t> order(logits.size());
+  std::iota(order.begin(), order.end(), 0);
+  std::sort(order.begin(), order.end(), [&](auto a, auto b) { return logits[a] > logits[b]; });
+  if (o.top_k > 0 && o.top_k < std::int64_t(order.size())) order.resize(o.top_k);
+  std::vector<double> p;
+  for (auto i : order) p.push_back(std::exp((logits[i] - logits[order[0]]) / o.temperature));
+  double total = 0;
+  for (double x : p) total += x;
+  double cum = 0;
+  std::size_t keep = 0;
+  while (keep < p.size() && (keep == 0 || cum < o.top_p * total)) cum += p[keep++];
+  std::discrete_distribution<std::size_t> pick(p.begin(), p.begin() + std::ptrdiff_t(keep));
+  return order[pick(rng)];
+}
+
+// Autoregressive sampling; the model sees the last `context` characters.
+std::string generate(CharGPT& model, const Vocab& vocab, const std::string& prompt, std::int64_t n, std::int64_t context,
+                     const SamplingOptions& o, std::mt19937_64& rng, Device dev) {
+  NoGradGuard no_grad;
+  model->eval();
+  std::vector<std::int64_t> ids;
+  for (unsigned char c : prompt) ids.push_back(vocab.id[c]);
+  std::string out = prompt;
+  for (std::int64_t i = 0; i < n; ++i) {
+    const auto T = std::min<std::int64_t>(std::int64_t(ids.size()), context);
+    std::vector<std::int64_t> window(ids.end() - T, ids.end());
+    Tensor logits = model(tensor(window, {1, T}).to(dev)).select(1, -1).select(0, 0);  // (vocab,)
+    ids.push_back(sample_token(logits.to(Device::cpu()).to_vector<float>(), o, rng));
+    out += vocab.chars[ids.back()];
+  }
+  model->train();
+  return out;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"A character-level GPT trained on a text corpus"};
+  examples::Flags flags{.steps = 2000, .batch = 32, .lr = 1e-3};
+  std::string data_path = kDefaultCorpus, resume, prompt = "\n";
+  std::int64_t stop_at = 0;
+  std::int64_t context = 128, dim = 128, heads = 4, layers = 4, sample_chars = 300, samples = 3, warmup = 100;
+  double dropout = 0.1, val_fraction = 0.1;
+  SamplingOptions sampling;
+  examples::add_common_flags(app, flags);
+  app.add_option("--data", data_path, "a text file, or a folder of them")->capture_default_str();
+  app.add_option("--resume", resume, "continue from this checkpoint (written to --out/charlm.ckpt)");
+  app.add_option("--stop-at", stop_at, "stop after this step, with a checkpoint, to --resume later (0 = run to --steps)")
+      ->check(CLI::NonNegativeNumber);
+  app.add_option("--context", context, "characters of context")->check(CLI::Range(2, 4096))->capture_default_str();
+  app.add_option("--dim", dim, "model width")->check(CLI::PositiveNumber)->capture_default_str();
+  app.add_option("--heads", heads, "attention heads (must divide --dim)")->check(CLI::PositiveNumber)->capture_default_str();
+  app.add_option("--layers", layers, "transformer layers")->check(CLI::PositiveNumber)->capture_default_str();
+  app.add_option("--dropout", dropout, "dropout probability")->check(CLI::Range(0.0, 0.9))->capture_default_str();
+  app.add_option("--warmup", warmup, "learning-rate warm-up steps (at most a tenth of --steps)")->check(CLI::NonNegativeNumber)->capture_default_str();
+  app.add_option("--val-fraction", val_fraction, "share of the text held out")->check(CLI::Range(0.01, 0.5))->capture_default_str();
+  app.add_option("--temperature", sampling.temperature, "sampling temperature (0 = greedy)")->check(CLI::NonNegativeNumber)->capture_default_str();
+  app.add_option("--top-k", sampling.top_k, "sample among the k most likely (0 = all)")->check(CLI::NonNegativeNumber)->capture_default_str();
+  app.add_option("--top-p", sampling.top_p, "nucleus sampling threshold")->check(CLI::Range(0.0, 1.0))->capture_default_str();
+  app.add_option("--prompt", prompt, "text the samples start from");
+  app.add_option("--sample-chars", sample_chars, "characters per sample")->check(CLI::NonNegativeNumber)->capture_default_str();
+  app.add_option("--samples", samples, "samples printed at the end")->check(CLI::NonNegativeNumber)->capture_default_str();
+
+  return examples::run(app, argc, argv, [&] {
+    if (dim % heads != 0) throw examples::UsageError(fmt::format("--heads {} must divide --dim {}", heads, dim));
+    Device dev = examples::setup(flags);
+    examples::Timer wall;
+
+    // ---- data ----
+    std::string text = examples::read_text(data_path);
+    if (data_path == kDefaultCorpus) {  // fortune files separate entries with "%" lines; keep plain ASCII
+      std::string clean;
+      std::istringstream lines(text);
+      for (std::string line; std::getline(lines, line);) {
+        if (line == "%") line.clear();
+        for (char c : line)
+          if ((c >= 32 && c < 127) || c == '\t') clean += c;
+        clean += '\n';
+      }
+      text = std::move(clean);
+    }
+    const auto n_val = std::int64_t(double(text.size()) * val_fraction);
+    if (n_val <= context + 1 || std::int64_t(text.size()) - n_val <= context + 1)
+      throw examples::UsageError(fmt::format("{}: {} characters is too little text for --context {} and --val-fraction {}",
+                                             data_path, text.size(), context, val_fraction));
+    Vocab vocab(text);
+    for (unsigned char c : prompt)
+      if (vocab.chars.find(char(c)) == std::string::npos)
+        throw examples::UsageError(fmt::format("--prompt: character code {} never occurs in the training text", int(c)));
+    const std::string train_text = text.substr(0, text.size() - n_val), val_text = text.substr(text.size() - n_val);
+    Tensor train_data = vocab.encode(train_text).to(dev), val_data = vocab.encode(val_text).to(dev);
+    const double baseline = unigram_loss(train_text, val_text, vocab);
+    fmt::print("charlm: {} ({:.2f} MB, {} distinct characters), {} train / {} validation characters\n", data_path,
+               text.size() / 1e6, vocab.size(), train_text.size(), val_text.size());
+
+    // ---- model, optimizer, schedule ----
+    CharGPT model(vocab.size(), context, dim, heads, layers, dropout);
+    model->to(dev);
+    optim::AdamW opt(model->parameters(), optim::AdamWOptions(flags.lr).betas({0.9, 0.99}).weight_decay(0.1));
+    optim::WarmupCosineLR schedule(opt, std::min(warmup, flags.steps / 10), flags.steps, /*start_factor=*/0.0, /*eta_min=*/0.1 * flags.lr);
+    Generator batch_gen(flags.seed + 1);
+    // Everything a resumed run needs to continue exactly: the default generator drives dropout.
+    optim::TrainingState state{.model = model.get(), .optimizer = opt, .scheduler = schedule,
+                               .generators = {{"batches", &batch_gen}, {"default", &default_generator()}}};
+    std::int64_t first_step = 1;
+    if (!resume.empty()) {
+      auto info = optim::read_checkpoint_info(resume);
+      if (info.metadata["vocab"] != vocab.hex())
+        throw examples::UsageError(fmt::format("--resume {}: the checkpoint was trained on other text (its characters differ)", resume));
+      // The same --steps continues the run exactly; another --steps keeps the model and optimizer
+      // and re-plans the learning-rate schedule for the new length.
+      const bool same_plan = info.metadata["steps"] == std::to_string(flags.steps);
+      optim::TrainingState restore = state;
+      if (!same_plan) restore.scheduler = nullptr;
+      first_step = optim::load_checkpoint(resume, restore).step + 1;
+      for (std::int64_t s = 1; !same_plan && s < first_step; ++s) schedule.step();
+      fmt::print("resumed from {} at step {}{}\n", resume, first_step - 1, same_plan ? "" : " (schedule re-planned for --steps)");
+    }
+    fmt::print("model: {} layers, dim {}, {} heads, context {}, {} parameters; unigram baseline {:.3f} nats/char\n", layers,
+               dim, heads, context, examples::count_str(model->num_parameters()), baseline);
+
+    // Validation loss over fixed windows (the same ones at every evaluation).
+    auto validate = [&] {
+      NoGradGuard no_grad;
+      model->eval();
+      Generator val_gen(12345);
+      double total = 0;
+      const int batches = 16;
+      for (int i = 0; i < batches; ++i) {
+        auto [x, y] = get_batch(val_data, flags.batch, context, val_gen);
+        total += cross_entropy(model(x).flatten(0, 1), y.flatten()).item<double>();
+      }
+      model->train();
+      return total / batches;
+    };
+
+    // ---- training ----
+    const std::string ckpt = examples::out_path(flags, "charlm.ckpt");
+    examples::CsvLog log(examples::out_path(flags, "charlm_log.csv"), {"step", "train_loss", "val_loss", "lr"},
+                        /*resume_before=*/double(first_step));
+    examples::Progress progress(flags.steps, 0, first_step - 1);
+    const std::int64_t eval_every = examples::eval_interval(flags);
+    double loss_sum = 0, val_loss = 0;  // training loss summed since the last evaluation
+    std::int64_t loss_count = 0;
+    const std::int64_t last_step = stop_at > 0 ? std::min(stop_at, flags.steps) : flags.steps;
+    for (std::int64_t step = first_step; step <= last_step; ++step) {
+      auto [x, y] = get_batch(train_data, flags.batch, context, batch_gen);
+      Tensor loss = cross_entropy(model(x).flatten(0, 1), y.flatten());
+      opt.zero_grad();
+      loss.backward();
+      optim::clip_grad_norm_(model->parameters(), 1.0);
+      opt.step();
+      schedule.step();
+
+      loss_sum += loss.item<double>(), ++loss_count;
+      progress.step(step, fmt::format("loss {:.3f}", loss_sum / loss_count));
+      if (step % eval_every == 0 || step == last_step) {
+        const double train_loss = loss_sum / loss_count;
+        loss_sum = 0, loss_count = 0;
+        val_loss = validate();
+        progress.note(fmt::format("step {:5d}  train loss {:.3f}  val loss {:.3f}  (unigram {:.3f})  lr {:.2e}  ({:.0f} s)", step,
+                                  train_loss, val_loss, baseline, schedule.get_last_lr()[0], wall.seconds()));
+        log.row({double(step), train_loss, val_loss, schedule.get_last_lr()[0]});
+        if (!ckpt.empty())
+          optim::save_checkpoint(ckpt, state, step, {{"vocab", vocab.hex()}, {"steps", std::to_string(flags.steps)}});
+      }
+    }
+    progress.finish();
+    if (!flags.out.empty() && !log.rows().empty()) {
+      examples::LineChart chart;
+      chart.add(log.column(0), log.column(1), {31, 119, 180});  // blue: training loss
+      chart.add(log.column(0), log.column(2), {255, 127, 14});  // orange: validation loss
+      chart.hline(baseline, {150, 150, 150});      // grey dashes: unigram baseline
+      chart.write_png(examples::out_path(flags, "charlm_loss.png"));
+      fmt::print("wrote {}, {} (blue: training loss, orange: validation, grey: unigram baseline) and {}\n",
+                 examples::out_path(flags, "charlm_log.csv"), examples::out_path(flags, "charlm_loss.png"), ckpt);
+    }
+
+    // ---- samples ----
+    std::mt19937_64 rng(flags.seed);
+    for (std::int64_t i = 0; i < samples; ++i)
+      fmt::print("--- sample {} ---\n{}\n", i + 1, generate(model, vocab, prompt, sample_chars, context, sampling, rng, dev));
+    if (first_step > last_step) val_loss = validate();
+    fmt::print("trained in {:.1f} s\n", wall.seconds());
+    fmt::print("validation loss: {:.4f} nats/char (unigram baseline {:.4f})\n", val_loss, baseline);
+  });
+}

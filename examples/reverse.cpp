@@ -1,0 +1,173 @@
+// A decoder-only transformer learns to reverse sequences of random digits.
+//
+// Each example is one token sequence:   3 1 4 1 5 9 | 9 5 1 4 1 3
+// The model reads it left to right (causal self-attention) and is trained to predict every
+// token after the separator. At test time it sees only "3 1 4 1 5 9 |" and writes the answer
+// one token at a time (greedy decoding); an answer counts only if every digit is right.
+//
+//   build/examples/reverse                       # defaults: ~99.9% exact match in ~1-2 min
+//   build/examples/reverse --length 20 --steps 4000 --out runs/reverse
+//
+// Reversal is all about positions: output slot i must copy input slot L-1-i, which one
+// attention head can learn once the positional embeddings line up. The last line printed is
+// `exact-match accuracy: <x>` over held-out sequences.
+#include "common/common.hpp"
+#include "common/plot.hpp"
+#include <kiln/optim/optim.hpp>
+
+using namespace kiln;
+
+namespace {
+
+constexpr std::int64_t kDigits = 10;   // tokens 0..9 are digits
+constexpr std::int64_t kSep = 10;      // token 10 separates question and answer
+constexpr std::int64_t kVocab = 11;
+constexpr std::int64_t kIgnore = -100;  // targets the loss skips (cross_entropy's ignore_index)
+
+struct Batch {
+  Tensor input;   // (B, 2L) int64: digits, separator, reversed digits without the last one
+  Tensor target;  // (B, 2L) int64: the next token where it is part of the answer, else kIgnore
+  Tensor answer;  // (B, L) int64: the reversed digits
+};
+
+// n random sequences of `length` digits. The full sequence is digits | reversed (2L + 1 tokens);
+// the model sees it shifted by one, so position t is trained to predict token t + 1.
+Batch make_batch(std::int64_t n, std::int64_t length, Generator& gen) {
+  Tensor digits = randint(0, kDigits, {n, length}, kInt64, &gen);
+  Tensor backwards = arange(length - 1, -1, -1, kInt64);      // L-1, ..., 1, 0
+  Tensor reversed = index_select(digits, 1, backwards);
+  Tensor sep = full({n, 1}, kSep, kInt64);
+  Tensor input = cat({digits, sep, reversed.slice(1, 0, length - 1)}, 1);
+  Tensor target = cat({full({n, length}, kIgnore, kInt64), reversed}, 1);
+  return {input, target, reversed};
+}
+
+// GPT-style decoder: token + learned position embeddings, a stack of pre-norm transformer
+// layers with causal self-attention, a final norm (the stack's) and a linear read-out.
+struct ReverserImpl : nn::Module {
+  ReverserImpl(std::int64_t max_len, std::int64_t dim, std::int64_t heads, std::int64_t layers) {
+    tok = register_module("tok", nn::Embedding(kVocab, dim));
+    pos = register_module("pos", nn::LearnedPositionalEmbedding(max_len, dim));
+    auto layer = nn::TransformerLayerOptions(dim, heads).dim_feedforward(4 * dim).dropout(0.0)
+                     .activation("gelu").norm_first(true);
+    body = register_module("body", nn::TransformerEncoder(nn::TransformerEncoderOptions(layer, layers)));
+    head = register_module("head", nn::Linear(dim, kVocab));
+  }
+  // ids (B, T) -> logits (B, T, vocab)
+  Tensor forward(const Tensor& ids) {
+    Tensor h = pos(tok(ids));
+    h = body(h, nn::EncoderForward().is_causal(true));
+    return head(h);
+  }
+  nn::Embedding tok{nullptr};
+  nn::LearnedPositionalEmbedding pos{nullptr};
+  nn::TransformerEncoder body{nullptr};
+  nn::Linear head{nullptr};
+};
+KILN_MODULE(Reverser);
+
+// Greedy decoding: start from "digits |" and append the most likely token L times.
+// (Recomputes the whole prefix each time; at these lengths that is cheap.)
+Tensor generate(Reverser& model, const Tensor& digits, Device dev) {
+  NoGradGuard no_grad;
+  const std::int64_t n = digits.size(0), length = digits.size(1);
+  Tensor seq = cat({digits, full({n, 1}, kSep, TensorOptions(kInt64).device(dev))}, 1);
+  for (std::int64_t i = 0; i < length; ++i) {
+    Tensor logits = model(seq).select(1, -1);           // (n, vocab) at the last position
+    seq = cat({seq, argmax(logits, -1).unsqueeze(1)}, 1);
+  }
+  return seq.slice(1, length + 1, 2 * length + 1);      // (n, L): the generated answer
+}
+
+struct Eval {
+  double loss, token_acc, exact;
+};
+
+// Teacher-forced loss and per-token accuracy, plus exact match of free-running generation.
+Eval evaluate(Reverser& model, const Batch& test, Device dev) {
+  NoGradGuard no_grad;
+  model->eval();
+  Tensor logits = model(test.input);
+  double loss = cross_entropy(logits.flatten(0, 1), test.target.flatten(), {.ignore_index = kIgnore}).item<double>();
+  Tensor answer = generate(model, test.input.slice(1, 0, test.answer.size(1)), dev);
+  Tensor right = eq(answer, test.answer);  // (n, L) bool
+  double token_acc = mean(right.to(kFloat32)).item<double>();
+  double exact = mean(all(right, {1}).to(kFloat32)).item<double>();
+  model->train();
+  return {loss, token_acc, exact};
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"A decoder-only transformer learns to reverse random digit sequences"};
+  examples::Flags flags{.steps = 1000, .batch = 128, .lr = 2e-3};
+  std::int64_t length = 12, dim = 64, heads = 4, layers = 2, test_size = 1000, warmup = 100;
+  examples::add_common_flags(app, flags);
+  app.add_option("--length", length, "digits per sequence")->check(CLI::Range(1, 256))->capture_default_str();
+  app.add_option("--dim", dim, "model width")->check(CLI::PositiveNumber)->capture_default_str();
+  app.add_option("--heads", heads, "attention heads (must divide --dim)")->check(CLI::PositiveNumber)->capture_default_str();
+  app.add_option("--layers", layers, "transformer layers")->check(CLI::PositiveNumber)->capture_default_str();
+  app.add_option("--test-size", test_size, "held-out sequences")->check(CLI::PositiveNumber)->capture_default_str();
+  app.add_option("--warmup", warmup, "learning-rate warm-up steps (at most a tenth of --steps)")->check(CLI::NonNegativeNumber)->capture_default_str();
+
+  return examples::run(app, argc, argv, [&] {
+    if (dim % heads != 0) throw examples::UsageError(fmt::format("--heads {} must divide --dim {}", heads, dim));
+    Device dev = examples::setup(flags);
+    examples::Timer wall;
+
+    // Two independent random streams: training batches, and the held-out test set. With
+    // 10^length possible sequences, the test sequences are (almost surely) never trained on.
+    Generator train_gen(flags.seed), test_gen(flags.seed + 1'000'003);
+    Batch test = make_batch(test_size, length, test_gen);
+    test = {test.input.to(dev), test.target.to(dev), test.answer.to(dev)};
+
+    Reverser model(2 * length, dim, heads, layers);
+    model->to(dev);
+    // AdamW with a linear warm-up, then a cosine decay to 10% of the peak rate.
+    optim::AdamW opt(model->parameters(), optim::AdamWOptions(flags.lr).betas({0.9, 0.98}).weight_decay(0.01));
+    optim::WarmupCosineLR schedule(opt, std::min(warmup, flags.steps / 10), flags.steps, /*start_factor=*/0.0, /*eta_min=*/0.1 * flags.lr);
+    fmt::print("reverse: {} digits, {} layers, dim {}, {} heads, {} parameters, batch {}, {} steps on {}\n", length,
+               layers, dim, heads, examples::count_str(model->num_parameters()), flags.batch, flags.steps, dev.str());
+
+    examples::CsvLog log(examples::out_path(flags, "reverse_log.csv"), {"step", "train_loss", "test_loss", "test_exact"});
+    examples::Progress progress(flags.steps);
+    const std::int64_t eval_every = examples::eval_interval(flags);
+    double loss_sum = 0;  // training loss summed since the last evaluation
+    std::int64_t loss_count = 0;
+    for (std::int64_t step = 1; step <= flags.steps; ++step) {
+      Batch b = make_batch(flags.batch, length, train_gen);
+      Tensor logits = model(b.input.to(dev));
+      Tensor loss = cross_entropy(logits.flatten(0, 1), b.target.to(dev).flatten(), {.ignore_index = kIgnore});
+      opt.zero_grad();
+      loss.backward();
+      opt.step();
+      schedule.step();
+
+      loss_sum += loss.item<double>(), ++loss_count;
+      progress.step(step, fmt::format("loss {:.4f}", loss_sum / loss_count));
+      if (step % eval_every == 0 || step == flags.steps) {
+        const double train_loss = loss_sum / loss_count;
+        loss_sum = 0, loss_count = 0;
+        Eval e = evaluate(model, test, dev);
+        progress.note(fmt::format("step {:5d}  train loss {:.4f}  test loss {:.4f}  token acc {:.4f}  exact {:.4f}  ({:.1f} s)",
+                                  step, train_loss, e.loss, e.token_acc, e.exact, wall.seconds()));
+        log.row({double(step), train_loss, e.loss, e.exact});
+      }
+    }
+    progress.finish();
+
+    // A few decoded examples, then the headline number.
+    Eval final_eval = evaluate(model, test, dev);
+    Tensor shown = test.input.slice(0, 0, 3).slice(1, 0, length);
+    Tensor answers = generate(model, shown, dev).to(Device::cpu());
+    for (std::int64_t i = 0; i < 3; ++i) {
+      std::string q, a;
+      for (auto d : shown.to(Device::cpu()).select(0, i).to_vector<std::int64_t>()) q += char('0' + d);
+      for (auto d : answers.select(0, i).to_vector<std::int64_t>()) a += char('0' + d);
+      fmt::print("  {} -> {}\n", q, a);
+    }
+    fmt::print("trained in {:.1f} s\n", wall.seconds());
+    fmt::print("exact-match accuracy: {:.4f}\n", final_eval.exact);
+  });
+}
