@@ -40,8 +40,15 @@ const Discovery& discovery() {
     Discovery r;
     int n = 0;
     cudaError_t e = cudaGetDeviceCount(&n);
-    if (e != cudaSuccess) {
+    if (e == cudaErrorInsufficientDriver) {
       cudaGetLastError();  // not sticky, but keep later checks clean
+      int rt = 0;
+      cudaRuntimeGetVersion(&rt);
+      r.reason = fmt::format("no usable CUDA driver: none is installed, or it is older than CUDA runtime {}.{} "
+                             "(cudaGetDeviceCount: {})",
+                             rt / 1000, rt % 1000 / 10, cudaGetErrorString(e));
+    } else if (e != cudaSuccess) {
+      cudaGetLastError();
       r.reason = fmt::format("no CUDA GPU is visible (cudaGetDeviceCount: {})", cudaGetErrorString(e));
     } else if (n == 0) {
       r.reason = "no CUDA GPU is visible (cudaGetDeviceCount returned 0)";
