@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# Runs the CUDA backend and tests/cuda on a machine without a GPU, through a small emulator:
+# core/cuda/*.cu are compiled as C++ (kernel launches rewritten to emu::launch), each block's
+# threads run as cooperative fibers where __syncthreads and warp shuffles are real barriers,
+# and include/ holds stand-ins for the CUDA runtime (one synchronous device in host memory)
+# and cuBLAS (a checked reference GEMM, TF32 rounding included). It checks kernel logic,
+# indexing, barriers and the host code; not speed, not the memory model, not real launch limits.
+#
+#   tools/cuda_emu/run.sh                      # every cuda* test case
+#   tools/cuda_emu/run.sh -tc='cuda attention*'
+#   EMU_REVERSE=1 tools/cuda_emu/run.sh        # run each block's threads in reverse order (races)
+#   EMU_NO_GPU=1 tools/cuda_emu/run.sh         # the "no GPU" path
+#
+# Needs a configured and built KILN_CUDA=OFF build directory for the rest of kiln
+# (KILN_EMU_BASE, default build-emu-base; created when missing). Output in $KILN_EMU_BASE/cuda_emu.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+ROOT=$PWD
+BASE=${KILN_EMU_BASE:-build-emu-base}
+OUT=$BASE/cuda_emu
+EMU=$ROOT/tools/cuda_emu
+
+if [ ! -f "$BASE/libkiln.a" ]; then
+  cmake -S . -B "$BASE" -DCMAKE_BUILD_TYPE=Release -DKILN_CUDA=OFF -DKILN_TEST_PATTERN='cuda/*.cpp' \
+    -DKILN_BUILD_EXAMPLES=OFF -DKILN_BUILD_BENCH=OFF >/dev/null
+  cmake --build "$BASE" -j2 --target kiln
+fi
+mkdir -p "$OUT/src" "$OUT/obj" "$OUT/lib"
+rm -f "$OUT"/obj/*.o
+LAUNCHER=$(command -v ccache || true)
+CXX=(${LAUNCHER} g++ -std=c++20 -O1 -g -fopenmp -w -I"$EMU/include" -I"$BASE/include" -I"$ROOT/tests"
+     "-DKILN_TEST_DATA=\"$ROOT/tests/data\"")
+
+# The rest of kiln, without the "built without CUDA" entry points.
+(cd "$OUT/lib" && rm -f ./*.o && ar x "$ROOT/$BASE/libkiln.a" && rm -f stub.cpp.o)
+
+# Two compiles at a time (the machine may be shared).
+compile() {
+  while [ "$(jobs -rp | wc -l)" -ge 2 ]; do wait -n; done
+  "${CXX[@]}" "$@" &
+}
+for f in core/cuda/*.cu; do
+  b=$(basename "$f" .cu)
+  python3 - "$f" "$OUT/src/$b.cpp" <<'PY'
+import re, sys
+s = open(sys.argv[1]).read()
+s = s.replace("extern __shared__ __align__(16) unsigned char attn_smem[];", "alignas(16) unsigned char attn_smem[1 << 20];")
+s = re.sub(r'(\b[\w:]+(?:<[^<>;()]*(?:<[^<>;()]*>[^<>;()]*)*>)?)<<<(.*?)>>>\(', r'emu::launch(\1, \2)(', s, flags=re.S)
+open(sys.argv[2], "w").write("#include <cuda_runtime.h>\n" + s)
+PY
+  compile -I"$ROOT/core/cuda" -c "$OUT/src/$b.cpp" -o "$OUT/obj/cu_$b.o"
+done
+for f in core/cuda/*.cpp; do
+  b=$(basename "$f" .cpp)
+  [ "$b" = stub ] && continue
+  compile -c "$f" -o "$OUT/obj/h_$b.o"
+done
+for f in tests/cuda/*.cpp tests/main.cpp; do
+  compile -c "$f" -o "$OUT/obj/t_$(basename "$f" .cpp).o"
+done
+wait
+g++ -fopenmp -o "$OUT/emu_tests" "$OUT"/obj/*.o "$OUT"/lib/*.o -lfmt -ldl -lpthread
+if [ $# -eq 0 ]; then set -- -tc='cuda*'; fi
+"$OUT/emu_tests" "$@"
