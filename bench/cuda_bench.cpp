@@ -22,7 +22,7 @@ namespace {
 double now_s() { return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count(); }
 
 // Median seconds per call: warm-up (>= 2 calls, 0.3 s), then repetitions of `inner` calls
-// between device synchronizations until ~1.5 s or 25 repetitions.
+// between device synchronizations until ~0.8 s or 15 repetitions.
 double median_s(const std::function<void()>& fn, const std::function<void()>& setup = [] {}) {
   double w0 = now_s();
   for (int i = 0; i < 2 || now_s() - w0 < 0.3; ++i) {
@@ -38,7 +38,7 @@ double median_s(const std::function<void()>& fn, const std::function<void()>& se
   const int inner = static_cast<int>(std::clamp(0.02 / one, 1.0, 200.0));  // ~20 ms per repetition
   std::vector<double> t;
   double spent = 0;
-  while (t.size() < 25 && (t.size() < 5 || spent < 1.5)) {
+  while (t.size() < 15 && (t.size() < 5 || spent < 0.8)) {
     double a = now_s(), setup_s = 0;
     for (int i = 0; i < inner; ++i) {
       double s0 = now_s();
