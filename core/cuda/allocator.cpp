@@ -76,7 +76,9 @@ void DeviceAllocator::empty_cache() {
 }
 
 void DeviceAllocator::release_cached_locked() {
-  // cudaFree waits for the device, so blocks still used by queued kernels are safe to free.
+  // A cached block may still be read by queued kernels (its tensor died after the launch):
+  // wait for the device before handing blocks back.
+  if (!free_.empty()) cudaDeviceSynchronize();
   for (auto& [n, v] : free_)
     for (void* p : v) cudaFree(p);
   free_.clear();
