@@ -158,6 +158,30 @@ TEST_CASE("cuda attention: dropout multipliers are the CPU's and backward regene
   }
 }
 
+TEST_CASE("cuda attention: window / ALiBi / sinks run on the GPU (composite path) and match the CPU") {
+  KILN_CUDA_OR_SKIP();
+  // The CUDA kernels leave these to the op's composite formulation (attention_has_extensions()
+  // is false), which must still give the CPU's values and gradients.
+  CHECK(!backend_for(kGpu).attention_has_extensions());
+  AttnCase c{"extensions", 2, 4, 2, 9, 21, 8, 8, true};
+  for (DType dt : {kFloat32, kFloat64}) {
+    CAPTURE(dtype_name(dt));
+    auto run = [&](Device dev) {
+      Inputs in = make_inputs(c, dt, 6, dev);
+      for (Tensor* t : {&in.q, &in.k, &in.v}) t->requires_grad_();
+      Generator g(1);
+      Tensor sinks = randn({c.H}, dt, &g).to(dev).requires_grad_();
+      SdpaOptions o = SdpaOptions().is_causal(true).window(5, 0).alibi_slopes(alibi_slopes(c.H).to(dev, dt)).sinks(sinks);
+      SdpaResult r = scaled_dot_product_attention(in.q, in.k, in.v, o);
+      sum(r.output * r.output).backward();
+      return std::vector<Tensor>{r.output, in.q.grad(), in.k.grad(), in.v.grad(), sinks.grad()};
+    };
+    auto a = run(kGpu), b = run(Device::cpu());
+    const double tol = dt == kFloat32 ? 1e-4 : 1e-10;
+    for (std::size_t i = 0; i < a.size(); ++i) kc::expect_match(a[i], b[i], tol, tol, "extension result " + std::to_string(i));
+  }
+}
+
 TEST_CASE("cuda attention: create_graph backward (composite) runs on the GPU like on the CPU") {
   KILN_CUDA_OR_SKIP();
   AttnCase c{"gradgrad", 1, 2, 1, 4, 6, 4, 4, true};
