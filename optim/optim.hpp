@@ -5,10 +5,12 @@
 ///   kiln::optim::WarmupCosineLR sched(opt, 100, 2000);
 #include "adagrad.hpp"
 #include "adam.hpp"
+#include "checkpoint.hpp"
 #include "clip.hpp"
 #include "lion.hpp"
 #include "optimizer.hpp"
 #include "rmsprop.hpp"
+#include "safetensors.hpp"
 #include "scheduler.hpp"
 #include "scheduler_plateau.hpp"
 #include "sgd.hpp"
