@@ -3,6 +3,9 @@
 //   forward : per (batch, head, block of kBq queries), stream over blocks of Bk keys with an
 //             online softmax (running max and sum per row); the output accumulates in a
 //             (kBq, Dv) tile; only the per-row logsumexp is kept for backward.
+//             With at most 16 query rows per kv head (decoding with a KV cache) the few-query
+//             path instead reads K and V in place per (batch, kv head), its long key ranges
+//             split into chunks over the threads and merged.
 //   backward: per (batch, kv head, range of key blocks), recompute the probabilities tile by
 //             tile from the logsumexp; dK/dV of the key block accumulate in tiles (no races),
 //             dQ of the task's query heads in a per-task buffer.
@@ -30,246 +33,6 @@ namespace kiln::cpu {
 namespace {
 using namespace attention_kernels;
 
-// ---------------------------------------------------------------- rows
-// What shapes one score row besides q.k: the user mask row (already at the tile's first key),
-// the ALiBi slope in log2 units (0: none) and the query's absolute position.
-template <typename F>
-struct RowMask {
-  const char* mrow;
-  bool is_bool;
-  std::int64_t ms;  // mask stride along keys
-  F slope;
-  std::int64_t pos;
-};
-
-// Masks one score row (log2 units) of keys [j0, j0 + cp): keys before `first` or at or past
-// `valid` (window, causal limit, end of the sequence, vector padding; both relative to j0)
-// become -inf; over [first, valid) the user mask applies, then -slope * |pos - key|.
-template <typename F>
-void mask_row(F* s, std::int64_t j0, std::int64_t first, std::int64_t valid, std::int64_t cp, const RowMask<F>& rm) {
-  const std::int64_t f = std::clamp<std::int64_t>(first, 0, cp), e = std::clamp<std::int64_t>(valid, f, cp);
-  std::fill(s, s + f, kNegInf<F>);
-  if (rm.mrow) {
-    const std::int64_t ms = rm.ms;
-    if (rm.is_bool) {
-      const auto* m = reinterpret_cast<const std::uint8_t*>(rm.mrow);
-      if (ms == 1)
-        for (std::int64_t j = f; j < e; ++j) s[j] = m[j] ? s[j] : kNegInf<F>;
-      else
-        for (std::int64_t j = f; j < e; ++j) s[j] = m[j * ms] ? s[j] : kNegInf<F>;
-    } else {
-      // A -inf entry masks even a NaN logit (from NaN in a masked-out key).
-      const F* m = reinterpret_cast<const F*>(rm.mrow);
-      const F l2e = static_cast<F>(kLog2e);
-      for (std::int64_t j = f; j < e; ++j) {
-        F x = m[j * ms];
-        s[j] = x == kNegInf<F> ? kNegInf<F> : s[j] + x * l2e;
-      }
-    }
-  }
-  if (rm.slope != F(0)) {
-    const std::int64_t d0 = rm.pos - j0;
-    for (std::int64_t j = f; j < e; ++j) s[j] -= rm.slope * static_cast<F>(std::abs(d0 - j));
-  }
-  std::fill(s + e, s + cp, kNegInf<F>);
-}
-
-template <typename F>
-F max_row(const F* s, std::int64_t cp) {
-  Vec<F> m = vsplat(kNegInf<F>);
-  for (std::int64_t j = 0; j < cp; j += kW<F>) {
-    Vec<F> x = vload(s + j);
-    m = x > m ? x : m;
-  }
-  return hmax<F>(m);
-}
-
-template <typename F>
-bool has_nan(const F* s, std::int64_t n) {
-  bool any = false;
-  for (std::int64_t j = 0; j < n; ++j) any |= s[j] != s[j];
-  return any;
-}
-
-// p = 2^(s - m) (times the dropout multipliers when given); returns the sum before dropout.
-template <typename F>
-F exp_row(const F* s, F m, F* p, std::int64_t cp, const F* mult) {
-  Vec<F> acc{}, mv = vsplat(m);
-  for (std::int64_t j = 0; j < cp; j += kW<F>) {
-    Vec<F> e = exp2v(vload(s + j) - mv);
-    acc += e;
-    vstore(p + j, mult ? e * vload(mult + j) : e);
-  }
-  return hsum<F>(acc);
-}
-
-// ---------------------------------------------------------------- geometry and scratch
-template <typename F>
-constexpr std::int64_t round_up_w(std::int64_t x) {
-  return (x + kW<F> - 1) / kW<F> * kW<F>;
-}
-
-template <typename F>
-struct Geo {
-  static constexpr std::int64_t kBq = 32;                                   // queries per block
-  static constexpr std::int64_t kBk = 64;  // keys per block (a multiple of 64: dropout bits come in 64s)
-  std::int64_t N, H, Hkv, G, T, S, Dk, Dv, Dkp, Dvp, Sp, nqb, nkb;
-  bool causal;
-  std::int64_t wl, wr;  // window widths, -1 = unbounded
-  explicit Geo(const AttentionArgs& a) {
-    N = a.q.size(0);
-    H = a.q.size(1);
-    T = a.q.size(2);
-    Dk = a.q.size(3);
-    Hkv = a.k.size(1);
-    S = a.k.size(2);
-    Dv = a.v.size(3);
-    G = Hkv ? H / Hkv : 1;
-    auto up = [](std::int64_t x) { return (x + kW<F> - 1) / kW<F> * kW<F>; };
-    Dkp = up(Dk);
-    Dvp = up(Dv);
-    Sp = up(S);
-    nqb = (T + kBq - 1) / kBq;
-    nkb = (S + kBk - 1) / kBk;
-    causal = a.causal;
-    // Widths reaching past every key are unbounded (and cannot overflow below).
-    wl = a.window_left < 0 || a.window_left > S + T ? -1 : a.window_left;
-    wr = a.window_right < 0 || a.window_right > S + T ? -1 : a.window_right;
-  }
-  // Query t (at position S - T + t) may see keys [lo(t), hi(t)) before the user mask; both are
-  // nondecreasing in t.
-  std::int64_t lo(std::int64_t t) const { return wl >= 0 ? std::clamp<std::int64_t>(S - T + t - wl, 0, S) : 0; }
-  std::int64_t hi(std::int64_t t) const {
-    std::int64_t h = S;
-    if (causal) h = std::min(h, S - T + t + 1);
-    if (wr >= 0) h = std::min(h, S - T + t + wr + 1);
-    return std::max<std::int64_t>(h, 0);
-  }
-  // Keys one query block sees on average (for the thread grain).
-  std::int64_t span() const {
-    const std::int64_t r = causal ? 0 : wr;
-    return wl >= 0 && r >= 0 ? std::min(S, wl + r + kBq + kBk) : S;
-  }
-};
-
-// Per (n, h) values of a (N, H) tensor of any strides (ALiBi slopes, sinks).
-template <typename F>
-struct HeadValues {
-  const F* p = nullptr;
-  std::int64_t sn = 0, sh = 0;
-  explicit HeadValues(const Tensor& t) {
-    if (!t.defined()) return;
-    p = t.data_ptr<F>();
-    sn = t.stride(0);
-    sh = t.stride(1);
-  }
-  F operator()(std::int64_t n, std::int64_t h, F none) const { return p ? p[n * sn + h * sh] : none; }
-};
-
-// Thread scratch from the caching allocator (no page faults in steady state).
-class Scratch {
- public:
-  explicit Scratch(std::size_t bytes) : n_(std::max<std::size_t>(bytes, 64)), p_(cpu_allocator().allocate(n_)) {}
-  ~Scratch() { cpu_allocator().deallocate(p_, n_); }
-  Scratch(const Scratch&) = delete;
-  Scratch& operator=(const Scratch&) = delete;
-  template <typename F>
-  F* take(std::int64_t count) {  // 64-byte aligned piece
-    F* r = reinterpret_cast<F*>(static_cast<char*>(p_) + used_);
-    used_ += (static_cast<std::size_t>(count) * sizeof(F) + 63) / 64 * 64;
-    return r;
-  }
-  void reset() { used_ = 0; }
-  static std::size_t size_of(std::initializer_list<std::int64_t> counts, std::size_t elem) {
-    std::size_t s = 0;
-    for (auto c : counts) s += (static_cast<std::size_t>(c) * elem + 63) / 64 * 64;
-    return s;
-  }
-
- private:
-  std::size_t n_;
-  void* p_;
-  std::size_t used_ = 0;
-};
-
-struct MaskView {
-  const char* p = nullptr;
-  bool is_bool = false;
-  std::int64_t isz = 0, sn = 0, sh = 0, st = 0, ss = 0;
-  explicit MaskView(const Tensor& m) {
-    if (!m.defined()) return;
-    p = static_cast<const char*>(m.raw_data());
-    is_bool = m.dtype() == kBool;
-    isz = static_cast<std::int64_t>(itemsize(m.dtype()));
-    sn = m.stride(0);
-    sh = m.stride(1);
-    st = m.stride(2);
-    ss = m.stride(3);
-  }
-  const char* row(std::int64_t n, std::int64_t h, std::int64_t t) const {
-    return p ? p + (n * sn + h * sh + t * st) * isz : nullptr;
-  }
-};
-
-// Runs body(item, scratch) for items [0, n) over the thread pool, pulling items from a shared
-// counter (causal blocks differ in cost); one scratch area per thread.
-template <typename Body>
-void run_items(std::int64_t n, std::int64_t grain, std::size_t scratch_bytes, Body&& body) {
-  const int nt = threads_for(n, grain);
-  std::vector<std::unique_ptr<Scratch>> scratch;
-  for (int i = 0; i < std::max(nt, 1); ++i) scratch.push_back(std::make_unique<Scratch>(scratch_bytes));
-  std::atomic<std::int64_t> next{0};
-  parallel_range(n, grain, [&](std::int64_t, std::int64_t) {
-    Scratch& s = *scratch[static_cast<std::size_t>(nt > 1 ? omp_get_thread_num() : 0)];
-    for (std::int64_t it; (it = next.fetch_add(1)) < n;) {
-      s.reset();
-      body(it, s);
-    }
-  });
-}
-
-// Items needed so each thread gets ~64k multiply-adds before splitting.
-std::int64_t grain_for(std::int64_t work_per_item) {
-  return std::max<std::int64_t>(1, (std::int64_t{1} << 16) / std::max<std::int64_t>(work_per_item, 1));
-}
-
-// dst[d * ld + j] = src[j * sj + d * sd] for j < rows, d < D; columns [rows, cp) zeroed.
-template <typename F>
-void pack_transposed(F* dst, std::int64_t ld, const F* src, std::int64_t sj, std::int64_t sd, std::int64_t rows,
-                     std::int64_t cp, std::int64_t D) {
-  // 16 source rows at a time: they stay in L1 while each destination row gets 16 contiguous values.
-  constexpr std::int64_t kJ = 16;
-  for (std::int64_t j0 = 0; j0 < rows; j0 += kJ) {
-    const std::int64_t jn = std::min(kJ, rows - j0);
-    const F* s = src + j0 * sj;
-    for (std::int64_t d = 0; d < D; ++d) {
-      F* o = dst + d * ld + j0;
-      const F* sc = s + d * sd;
-      for (std::int64_t j = 0; j < jn; ++j) o[j] = sc[j * sj];
-    }
-  }
-  for (std::int64_t d = 0; d < D; ++d) std::fill(dst + d * ld + rows, dst + d * ld + cp, F(0));
-}
-
-// dst[j * ld + d] = src[j * sj + d * sd] * scale for j < rows, d < D; columns [D, ld) zeroed.
-template <typename F>
-void pack_rows(F* dst, std::int64_t ld, const F* src, std::int64_t sj, std::int64_t sd, std::int64_t rows,
-               std::int64_t D, F scale = F(1)) {
-  for (std::int64_t j = 0; j < rows; ++j) {
-    F* o = dst + j * ld;
-    const F* s = src + j * sj;
-    if (sd == 1)
-      for (std::int64_t d = 0; d < D; ++d) o[d] = s[d] * scale;
-    else
-      for (std::int64_t d = 0; d < D; ++d) o[d] = s[d * sd] * scale;
-    for (std::int64_t d = D; d < ld; ++d) o[d] = 0;
-  }
-}
-
-using St4 = std::array<std::int64_t, 4>;
-inline St4 st4(const Tensor& t) {
-  return t.defined() ? St4{t.stride(0), t.stride(1), t.stride(2), t.stride(3)} : St4{};
-}
 
 template <typename F>
 void zero4(const Tensor& t) {
@@ -281,6 +44,246 @@ void zero4(const Tensor& t) {
           p[a * t.stride(0) + b * t.stride(1) + c * t.stride(2) + d * t.stride(3)] = 0;
 }
 
+// ---------------------------------------------------------------- decode forward
+// A few query rows per kv head (T * G <= kDecodeRows: KV-cache decoding, GQA groups): the rows
+// of one kv head's G query heads are done together, reading K and V in place. Packing the whole
+// cache as the tiled path does would cost more than attending with one query. Long key ranges
+// split into chunks over the threads; their (max, sum, accumulator) states merge at the end.
+constexpr std::int64_t kDecodeRows = 16;
+// Rows up to which a score is a dot product per (row, key); above, K (keys as rows) times the
+// packed q^T fills every vector lane.
+constexpr std::int64_t kDotRows = 4;
+// Multiply-adds a thread must get before the work is split: a fork/join costs microseconds when
+// the cores are free and a scheduler slice (milliseconds) when another process holds one.
+constexpr std::int64_t kDecodeGrain = std::int64_t{1} << 20;
+// > 0: split every key range into this many chunks (set by tests through
+// attention_decode_split_for_testing, so the merge runs on small shapes and one thread).
+std::atomic<std::int64_t> decode_split{0};
+constexpr std::int64_t kMaxChunks = 64;
+
+// s[r * lds] = q_r . k for rows r < R of q (row stride ldq) and one key row; Dp (a multiple of
+// the vector width) readable, zero-padded in q.
+template <typename F>
+inline void dot_rows(std::int64_t R, std::int64_t Dp, const F* q, std::int64_t ldq, const F* k, F* s,
+                     std::int64_t lds) {
+  for (std::int64_t r = 0; r < R; ++r) {
+    const F* qr = q + r * ldq;
+    Vec<F> a = vload(qr) * vload(k);
+    for (std::int64_t d = kW<F>; d < Dp; d += kW<F>) a += vload(qr + d) * vload(k + d);
+    s[r * lds] = hsum<F>(a);
+  }
+}
+
+// out[:] = sum_j p[j] * V[j, :] over cols keys for one row (Dp a multiple of the vector
+// width): keys in four independent FMA chains, as one row leaves too few accumulators to hide
+// the FMA latency.
+template <typename F>
+void pv_row(std::int64_t cols, const F* p, const F* V, std::int64_t ldv, std::int64_t Dp, F* out) {
+  using Vf = Vec<F>;
+  constexpr std::int64_t W = kW<F>;
+  std::int64_t d0 = 0;
+  for (; d0 + 2 * W <= Dp; d0 += 2 * W) {
+    Vf a[4][2] = {};
+    std::int64_t j = 0;
+    for (; j + 4 <= cols; j += 4)
+      for (int u = 0; u < 4; ++u) {
+        const Vf pj = vsplat(p[j + u]);
+        const F* vr = V + (j + u) * ldv + d0;
+        a[u][0] += pj * vload(vr);
+        a[u][1] += pj * vload(vr + W);
+      }
+    for (; j < cols; ++j) {
+      const Vf pj = vsplat(p[j]);
+      a[0][0] += pj * vload(V + j * ldv + d0);
+      a[0][1] += pj * vload(V + j * ldv + d0 + W);
+    }
+    vstore(out + d0, (a[0][0] + a[1][0]) + (a[2][0] + a[3][0]));
+    vstore(out + d0 + W, (a[0][1] + a[1][1]) + (a[2][1] + a[3][1]));
+  }
+  if (d0 < Dp) {
+    Vf a[4] = {};
+    std::int64_t j = 0;
+    for (; j + 4 <= cols; j += 4)
+      for (int u = 0; u < 4; ++u) a[u] += vsplat(p[j + u]) * vload(V + (j + u) * ldv + d0);
+    for (; j < cols; ++j) a[0] += vsplat(p[j]) * vload(V + j * ldv + d0);
+    vstore(out + d0, (a[0] + a[1]) + (a[2] + a[3]));
+  }
+}
+
+template <typename F>
+void decode_forward(const Geo<F>& g, const AttentionArgs& a, const Tensor& out, const Tensor& lse_t,
+                    const Tensor& weights) {
+  constexpr std::int64_t Bk = Geo<F>::kBk;
+  const std::int64_t NK = g.N * g.Hkv, R = g.G * g.T, Rp = round_up_w<F>(R);
+  const F* q = a.q.data_ptr<F>();
+  const F* k = a.k.data_ptr<F>();
+  const F* v = a.v.data_ptr<F>();
+  F* o = out.data_ptr<F>();
+  F* lse = lse_t.data_ptr<F>();
+  F* w = weights.defined() ? weights.data_ptr<F>() : nullptr;
+  const MaskView mask(a.mask);
+  const HeadValues<F> alibi(a.alibi), sinks(a.sinks);
+  const Dropout drop = make_dropout(a, g.S);
+  const F qscale = static_cast<F>(a.scale * kLog2e);
+  const F l2e = static_cast<F>(kLog2e);
+  const St4 qst = st4(a.q), kst = st4(a.k), vst = st4(a.v), ost = st4(out);
+  // K / V rows are read in place when they are contiguous and vector-sized, else per tile packed.
+  const bool k_direct = kst[3] == 1 && g.Dk == g.Dkp, v_direct = vst[3] == 1 && g.Dv == g.Dvp;
+  const bool use_dot = R <= kDotRows;
+
+  // Keys any row may see (rows are t = 0..T-1 of each head; lo and hi grow with t).
+  const std::int64_t kbeg = g.lo(0) / Bk * Bk, kend = std::max(g.hi(g.T - 1), kbeg);
+  const std::int64_t nblk = (kend - kbeg + Bk - 1) / Bk;
+  const std::int64_t work = std::max<std::int64_t>(R * (kend - kbeg) * (g.Dk + g.Dv), 1);  // per kv head
+  const std::int64_t nt = omp_in_parallel() ? 1 : get_num_threads();
+  std::int64_t chunks = 1;
+  if (NK < nt && nblk > 1)
+    chunks = std::clamp<std::int64_t>(std::min((nt + NK - 1) / NK, work / kDecodeGrain), 1,
+                                      std::min(nblk, kMaxChunks));
+  if (const std::int64_t forced = decode_split.load(); forced > 0 && nblk > 0)
+    chunks = std::min({forced, nblk, kMaxChunks});
+  const std::int64_t items = NK * chunks;
+  // Per item: running max (R), sum (R), accumulator (R, Dvp).
+  const std::int64_t pstride = round_up_w<F>(R * (2 + g.Dvp));
+  Scratch parts(Scratch::size_of({items * pstride}, sizeof(F)));
+  F* part = parts.take<F>(items * pstride);
+
+  const std::size_t scratch = Scratch::size_of(
+      {R * g.Dkp, use_dot ? 0 : g.Dk * Rp, use_dot ? 0 : Bk * Rp, R * Bk, R * Bk, R * g.Dvp, R, Bk,
+       k_direct ? 0 : Bk * g.Dkp, v_direct ? 0 : Bk * g.Dvp},
+      sizeof(F));
+  // Writes row r of kv head (n, hkv) from its running max, sum and accumulator acc_at(d).
+  auto finish = [&](std::int64_t n, std::int64_t hkv, std::int64_t r, F mrow, F lrow, auto&& acc_at) {
+    const std::int64_t gi = r / g.T, t = r % g.T, h = hkv * g.G + gi, nh = n * g.H + h;
+    F inv, lse2;
+    row_norm(mrow, lrow, sinks.p != nullptr, sinks(n, h, kNegInf<F>) * l2e, inv, lse2);
+    F* orow = o + n * ost[0] + h * ost[1] + t * ost[2];
+    for (std::int64_t d = 0; d < g.Dv; ++d) orow[d * ost[3]] = acc_at(d) * inv;
+    lse[nh * g.T + t] = lse2 * static_cast<F>(kLn2);
+    if (w) finish_weights(w + (nh * g.T + t) * g.S, g.S, kbeg, kend, lse2);
+  };
+  const std::int64_t item_work = std::max<std::int64_t>(work / chunks, 1);
+  run_items(items, (kDecodeGrain + item_work - 1) / item_work, scratch, [&](std::int64_t it, Scratch& sc) {
+    const std::int64_t x = it / chunks, c = it % chunks;
+    const std::int64_t n = x / g.Hkv, hkv = x % g.Hkv;
+    const std::int64_t b0 = kbeg + c * nblk / chunks * Bk, b1 = std::min(kend, kbeg + (c + 1) * nblk / chunks * Bk);
+    F* m = part + it * pstride;
+    F* l = m + R;
+    F* acc = l + R;  // (R, Dvp)
+    F* qs = sc.take<F>(R * g.Dkp);  // row r = gi * T + t: head hkv * G + gi, query t
+    F* qt = use_dot ? nullptr : sc.take<F>(g.Dk * Rp);
+    F* st = use_dot ? nullptr : sc.take<F>(Bk * Rp);
+    F* sb = sc.take<F>(R * Bk);
+    F* pb = sc.take<F>(R * Bk);
+    F* tmp = sc.take<F>(R * g.Dvp);
+    F* alpha = sc.take<F>(R);
+    F* mult = sc.take<F>(Bk);
+    F* kpk = k_direct ? nullptr : sc.take<F>(Bk * g.Dkp);
+    F* vpk = v_direct ? nullptr : sc.take<F>(Bk * g.Dvp);
+    for (std::int64_t gi = 0; gi < g.G; ++gi) {
+      const std::int64_t h = hkv * g.G + gi;
+      pack_rows(qs + gi * g.T * g.Dkp, g.Dkp, q + n * qst[0] + h * qst[1], qst[2], qst[3], g.T, g.Dk, qscale);
+    }
+    if (qt) {
+      for (std::int64_t d = 0; d < g.Dk; ++d) {
+        for (std::int64_t r = 0; r < R; ++r) qt[d * Rp + r] = qs[r * g.Dkp + d];
+        std::fill(qt + d * Rp + R, qt + (d + 1) * Rp, F(0));
+      }
+    }
+    std::fill(m, m + R, kNegInf<F>);
+    std::fill(l, l + R, F(0));
+    std::fill(acc, acc + R * g.Dvp, F(0));
+    const F* kx = k + n * kst[0] + hkv * kst[1];
+    const F* vx = v + n * vst[0] + hkv * vst[1];
+    for (std::int64_t j0 = b0; j0 < b1; j0 += Bk) {
+      const std::int64_t cols = std::min(Bk, b1 - j0), cp = std::min(Bk, round_up_w<F>(cols));
+      const F* kb = kx + j0 * kst[2];
+      std::int64_t ldk = kst[2];
+      if (!k_direct) {
+        pack_rows(kpk, g.Dkp, kb, kst[2], kst[3], cols, g.Dk);
+        kb = kpk;
+        ldk = g.Dkp;
+      }
+      if (use_dot) {
+        for (std::int64_t j = 0; j < cols; ++j) dot_rows(R, g.Dkp, qs, g.Dkp, kb + j * ldk, sb + j, Bk);
+      } else {
+        gemm<F, false>(cols, Rp, g.Dk, kb, ldk, 1, qt, Rp, st, Rp);
+        for (std::int64_t r = 0; r < R; ++r)
+          for (std::int64_t j = 0; j < cols; ++j) sb[r * Bk + j] = st[j * Rp + r];
+      }
+      for (std::int64_t r = 0; r < R; ++r) {
+        const std::int64_t gi = r / g.T, t = r % g.T, h = hkv * g.G + gi, nh = n * g.H + h;
+        const F slope = alibi(n, h, F(0)) * l2e;
+        const char* mrow = mask.row(n, h, t);
+        const RowMask<F> rm{mrow ? mrow + j0 * mask.ss * mask.isz : nullptr, mask.is_bool, mask.ss, slope,
+                            g.S - g.T + t};
+        const bool whole = !mask.p && slope == F(0) && g.lo(t) <= j0 && g.hi(t) >= j0 + cols;
+        alpha[r] = online_row(sb + r * Bk, pb + r * Bk, m[r], l[r], j0, cols, cp, whole, g.lo(t) - j0,
+                              std::min(cols, g.hi(t) - j0), rm, w ? w + (nh * g.T + t) * g.S : nullptr, drop,
+                              nh * g.T + t, drop.on ? mult : nullptr);
+      }
+      const F* vb = vx + j0 * vst[2];
+      std::int64_t ldv = vst[2];
+      if (!v_direct) {
+        pack_rows(vpk, g.Dvp, vb, vst[2], vst[3], cols, g.Dv);
+        vb = vpk;
+        ldv = g.Dvp;
+      }
+      // P V of the tile; NaN/Inf in it may come from masked keys (0 * Inf): then the exact
+      // product, which skips masked pairs.
+      if (use_dot)
+        for (std::int64_t r = 0; r < R; ++r) pv_row(cols, pb + r * Bk, vb, ldv, g.Dvp, tmp + r * g.Dvp);
+      else
+        gemm<F, false>(R, g.Dvp, cols, pb, Bk, 1, vb, ldv, tmp, g.Dvp);
+      if (!all_finite(tmp, R * g.Dvp)) {
+        std::fill(tmp, tmp + R * g.Dvp, F(0));
+        gemm_skip<F>(false, R, g.Dvp, cols, pb, Bk, vb, ldv, tmp, g.Dvp, nullptr, sb, Bk);
+      }
+      for (std::int64_t r = 0; r < R; ++r) {
+        F* ar = acc + r * g.Dvp;
+        const F* tr = tmp + r * g.Dvp;
+        const F al = alpha[r];
+        for (std::int64_t d = 0; d < g.Dvp; ++d) ar[d] = ar[d] * al + tr[d];
+      }
+    }
+    if (chunks == 1)
+      for (std::int64_t r = 0; r < R; ++r)
+        finish(n, hkv, r, m[r], l[r], [&](std::int64_t d) { return acc[r * g.Dvp + d]; });
+  });
+
+  if (chunks == 1) return;
+  // Merge the chunks of every row (each scaled to the common max) and write it out.
+  const std::int64_t row_work = chunks * g.Dv + (w ? g.S : 0) + 1;
+  parallel_range(NK * R, (kDecodeGrain + row_work - 1) / row_work, [&](std::int64_t b, std::int64_t e) {
+    std::array<F, kMaxChunks> f;
+    for (std::int64_t xr = b; xr < e; ++xr) {
+      const std::int64_t x = xr / R, r = xr % R;
+      const F* p0 = part + x * chunks * pstride;
+      F mx = kNegInf<F>;
+      bool nan = false;
+      for (std::int64_t c = 0; c < chunks; ++c) {
+        const F mc = p0[c * pstride + r];
+        nan |= mc != mc;
+        mx = std::max(mx, mc);
+      }
+      F mrow = mx, lrow = 0;
+      for (std::int64_t c = 0; c < chunks; ++c) {
+        // A chunk with nothing attended holds 0; with a NaN row the sum is NaN whatever the factors.
+        const F mc = p0[c * pstride + r];
+        f[static_cast<std::size_t>(c)] = nan ? F(1) : mc == kNegInf<F> ? F(0) : std::exp2(mc - mx);
+        lrow += p0[c * pstride + R + r] * f[static_cast<std::size_t>(c)];
+      }
+      if (nan) mrow = lrow = std::numeric_limits<F>::quiet_NaN();
+      finish(x / g.Hkv, x % g.Hkv, r, mrow, lrow, [&](std::int64_t d) {
+        F sum = 0;
+        for (std::int64_t c = 0; c < chunks; ++c)
+          sum += p0[c * pstride + 2 * R + r * g.Dvp + d] * f[static_cast<std::size_t>(c)];
+        return sum;
+      });
+    }
+  });
+}
+
 // ---------------------------------------------------------------- forward
 template <typename F>
 void forward_impl(const AttentionArgs& a, const Tensor& out, const Tensor& lse_t, const Tensor& weights) {
@@ -288,6 +291,7 @@ void forward_impl(const AttentionArgs& a, const Tensor& out, const Tensor& lse_t
   constexpr std::int64_t Bq = Geo<F>::kBq, Bk = Geo<F>::kBk;
   const std::int64_t NH = g.N * g.H, NK = g.N * g.Hkv;
   if (NH * g.T == 0) return;
+  if (g.T * g.G <= kDecodeRows) return decode_forward(g, a, out, lse_t, weights);
   const F* q = a.q.data_ptr<F>();
   const F* k = a.k.data_ptr<F>();
   const F* v = a.v.data_ptr<F>();
@@ -362,31 +366,12 @@ void forward_impl(const AttentionArgs& a, const Tensor& out, const Tensor& lse_t
       const bool whole = !mask.p && slope == F(0) && g.lo(t0 + rows - 1) <= j0 && g.hi(t0) >= j0 + cols;
       for (std::int64_t r = 0; r < rows; ++r) {
         const std::int64_t t = t0 + r;
-        F* s = sb + r * Bk;
-        if (whole) {
-          std::fill(s + cols, s + cp, kNegInf<F>);
-        } else {
-          const char* mrow = mask.row(n, h, t);
-          const RowMask<F> rm{mrow ? mrow + j0 * mask.ss * mask.isz : nullptr, mask.is_bool, mask.ss, slope,
-                              g.S - g.T + t};
-          mask_row(s, j0, g.lo(t) - j0, std::min(cols, g.hi(t) - j0), cp, rm);
-        }
-        if (w) std::copy(s, s + cols, w + (nh * g.T + t) * g.S + j0);
-        alpha[r] = 1;
-        if (m[r] != m[r]) {  // poisoned by NaN logits: stays NaN
-          std::fill(pb + r * Bk, pb + r * Bk + cp, F(0));
-          continue;
-        }
-        const F mnew = std::max(m[r], max_row(s, cp));
-        if (mnew == kNegInf<F>) {  // nothing to attend to yet
-          std::fill(pb + r * Bk, pb + r * Bk + cp, F(0));
-          if (has_nan(s, cols)) m[r] = l[r] = std::numeric_limits<F>::quiet_NaN();
-          continue;
-        }
-        alpha[r] = mnew == m[r] ? F(1) : m[r] == kNegInf<F> ? F(0) : std::exp2(m[r] - mnew);
-        if (mult) dropout_mult(drop, nh * g.T + t, j0, cp, mult);
-        l[r] = l[r] * alpha[r] + exp_row(s, mnew, pb + r * Bk, cp, mult);
-        m[r] = mnew;
+        const char* mrow = mask.row(n, h, t);
+        const RowMask<F> rm{mrow ? mrow + j0 * mask.ss * mask.isz : nullptr, mask.is_bool, mask.ss, slope,
+                            g.S - g.T + t};
+        alpha[r] = online_row(sb + r * Bk, pb + r * Bk, m[r], l[r], j0, cols, cp, whole, g.lo(t) - j0,
+                              std::min(cols, g.hi(t) - j0), rm, w ? w + (nh * g.T + t) * g.S : nullptr, drop,
+                              nh * g.T + t, mult);
       }
       if (vfin[static_cast<std::size_t>(kvx * g.nkb + j0 / Bk)])
         gemm<F, true>(rows, g.Dvp, cols, pb, Bk, 1, vp + j0 * g.Dvp, g.Dvp, acc, g.Dvp, alpha);
@@ -396,35 +381,12 @@ void forward_impl(const AttentionArgs& a, const Tensor& out, const Tensor& lse_t
     const F sink = sinks(n, h, kNegInf<F>) * l2e;
     for (std::int64_t r = 0; r < rows; ++r) {
       const std::int64_t t = t0 + r;
-      // lse (log2 units) covers the keys and the sink; a row with no key left stays empty (-inf).
       F inv, lse2;
-      if (m[r] == kNegInf<F>) {
-        inv = 0;
-        lse2 = kNegInf<F>;
-      } else if (sinks.p && m[r] == m[r]) {
-        const F mx = std::max(m[r], sink), keys = std::exp2(m[r] - mx), den = l[r] * keys + std::exp2(sink - mx);
-        inv = keys / den;
-        lse2 = mx + std::log2(den);
-      } else {
-        inv = F(1) / l[r];  // NaN stays NaN
-        lse2 = m[r] + std::log2(l[r]);
-      }
+      row_norm(m[r], l[r], sinks.p != nullptr, sink, inv, lse2);
       F* orow = o + n * ost[0] + h * ost[1] + t * ost[2];
       for (std::int64_t d = 0; d < g.Dv; ++d) orow[d * ost[3]] = acc[r * g.Dvp + d] * inv;
       lse[nh * g.T + t] = lse2 * static_cast<F>(kLn2);
-      if (w) {
-        F* wr = w + (nh * g.T + t) * g.S;
-        // Keys outside [kbeg, kend) were never computed: weight 0.
-        if (lse2 == kNegInf<F>) {
-          std::fill(wr, wr + g.S, F(0));
-        } else {
-          std::fill(wr, wr + kbeg, F(0));
-          std::int64_t j = kbeg;
-          for (; j + kW<F> <= kend; j += kW<F>) vstore(wr + j, exp2v(vload(wr + j) - vsplat(lse2)));
-          for (; j < kend; ++j) wr[j] = wr[j] == kNegInf<F> ? F(0) : std::exp2(wr[j] - lse2);
-          std::fill(wr + kend, wr + g.S, F(0));
-        }
-      }
+      if (w) finish_weights(w + (nh * g.T + t) * g.S, g.S, kbeg, kend, lse2);
     }
   });
 }
@@ -692,6 +654,12 @@ void dispatch(DType dt, const char* op, Fn&& fn) {
 }
 
 }  // namespace
+
+// Declared by the decode tests only: chunks > 0 forces the key-range split, 0 restores the
+// automatic choice; returns the previous setting.
+std::int64_t attention_decode_split_for_testing(std::int64_t chunks) {
+  return decode_split.exchange(std::max<std::int64_t>(chunks, 0));
+}
 
 void CpuBackend::attention_forward(const AttentionArgs& a, const Tensor& out, const Tensor& lse,
                                    const Tensor& weights) {

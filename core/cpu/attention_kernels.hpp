@@ -1,12 +1,19 @@
 #pragma once
 // Building blocks of the CPU attention kernels (attention.cpp): SIMD vectors (GCC vector
-// extensions, AVX-512 when compiled for it), exp2, the dropout bits, and the register-blocked
-// tile product. Internal to core/cpu.
+// extensions, AVX-512 when compiled for it), exp2, the dropout bits, the register-blocked tile
+// product, score rows (mask, online softmax), geometry, scratch and packing. Internal to core/cpu.
+#include <omp.h>
+
 #include <algorithm>
+#include <array>
+#include <atomic>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <limits>
+#include <memory>
 #include <type_traits>
+#include <vector>
 
 #if defined(__AVX512F__)
 // GCC 12 reports false "used uninitialized" inside its own AVX-512 intrinsics (_mm512_set1_*).
@@ -17,8 +24,10 @@
 #pragma GCC diagnostic pop
 #endif
 
+#include "../allocator.hpp"
 #include "../backend.hpp"
 #include "../generator.hpp"
+#include "loops.hpp"
 
 namespace kiln::cpu::attention_kernels {
 
@@ -310,6 +319,308 @@ void gemm_skip(bool trans, std::int64_t M, std::int64_t N, std::int64_t K, const
       for (std::int64_t x = 0; x < N; ++x) c[x] += a * b[x];
     }
   }
+}
+
+// ---------------------------------------------------------------- rows
+// What shapes one score row besides q.k: the user mask row (already at the tile's first key),
+// the ALiBi slope in log2 units (0: none) and the query's absolute position.
+template <typename F>
+struct RowMask {
+  const char* mrow;
+  bool is_bool;
+  std::int64_t ms;  // mask stride along keys
+  F slope;
+  std::int64_t pos;
+};
+
+// Masks one score row (log2 units) of keys [j0, j0 + cp): keys before `first` or at or past
+// `valid` (window, causal limit, end of the sequence, vector padding; both relative to j0)
+// become -inf; over [first, valid) the user mask applies, then -slope * |pos - key|.
+template <typename F>
+void mask_row(F* s, std::int64_t j0, std::int64_t first, std::int64_t valid, std::int64_t cp, const RowMask<F>& rm) {
+  const std::int64_t f = std::clamp<std::int64_t>(first, 0, cp), e = std::clamp<std::int64_t>(valid, f, cp);
+  std::fill(s, s + f, kNegInf<F>);
+  if (rm.mrow) {
+    const std::int64_t ms = rm.ms;
+    if (rm.is_bool) {
+      const auto* m = reinterpret_cast<const std::uint8_t*>(rm.mrow);
+      if (ms == 1)
+        for (std::int64_t j = f; j < e; ++j) s[j] = m[j] ? s[j] : kNegInf<F>;
+      else
+        for (std::int64_t j = f; j < e; ++j) s[j] = m[j * ms] ? s[j] : kNegInf<F>;
+    } else {
+      // A -inf entry masks even a NaN logit (from NaN in a masked-out key).
+      const F* m = reinterpret_cast<const F*>(rm.mrow);
+      const F l2e = static_cast<F>(kLog2e);
+      for (std::int64_t j = f; j < e; ++j) {
+        F x = m[j * ms];
+        s[j] = x == kNegInf<F> ? kNegInf<F> : s[j] + x * l2e;
+      }
+    }
+  }
+  if (rm.slope != F(0)) {
+    const std::int64_t d0 = rm.pos - j0;
+    for (std::int64_t j = f; j < e; ++j) s[j] -= rm.slope * static_cast<F>(std::abs(d0 - j));
+  }
+  std::fill(s + e, s + cp, kNegInf<F>);
+}
+
+template <typename F>
+F max_row(const F* s, std::int64_t cp) {
+  Vec<F> m = vsplat(kNegInf<F>);
+  for (std::int64_t j = 0; j < cp; j += kW<F>) {
+    Vec<F> x = vload(s + j);
+    m = x > m ? x : m;
+  }
+  return hmax<F>(m);
+}
+
+template <typename F>
+bool has_nan(const F* s, std::int64_t n) {
+  bool any = false;
+  for (std::int64_t j = 0; j < n; ++j) any |= s[j] != s[j];
+  return any;
+}
+
+// p = 2^(s - m) (times the dropout multipliers when given); returns the sum before dropout.
+template <typename F>
+F exp_row(const F* s, F m, F* p, std::int64_t cp, const F* mult) {
+  Vec<F> acc{}, mv = vsplat(m);
+  for (std::int64_t j = 0; j < cp; j += kW<F>) {
+    Vec<F> e = exp2v(vload(s + j) - mv);
+    acc += e;
+    vstore(p + j, mult ? e * vload(mult + j) : e);
+  }
+  return hsum<F>(acc);
+}
+
+// One score row s (log2 units, keys [j0, j0 + cols), padded to cp) through the mask and the
+// online softmax: p gets 2^(s - new max) (times the dropout multipliers), the running max m and
+// sum l are updated; returns the factor the row's accumulator must be scaled by. whole: no key
+// of the tile is masked (only the padding). w: the row's weights (raw logits stored for later).
+template <typename F>
+__attribute__((always_inline)) inline F online_row(F* s, F* p, F& m, F& l, std::int64_t j0, std::int64_t cols, std::int64_t cp, bool whole,
+             std::int64_t first, std::int64_t valid, const RowMask<F>& rm, F* w, const Dropout& drop,
+             std::int64_t drow, F* mult) {
+  if (whole) std::fill(s + cols, s + cp, kNegInf<F>);
+  else mask_row(s, j0, first, valid, cp, rm);
+  if (w) std::copy(s, s + cols, w + j0);
+  if (m != m) {  // poisoned by NaN logits: stays NaN
+    std::fill(p, p + cp, F(0));
+    return 1;
+  }
+  const F mnew = std::max(m, max_row(s, cp));
+  if (mnew == kNegInf<F>) {  // nothing to attend to yet
+    std::fill(p, p + cp, F(0));
+    if (has_nan(s, cols)) m = l = std::numeric_limits<F>::quiet_NaN();
+    return 1;
+  }
+  const F alpha = mnew == m ? F(1) : m == kNegInf<F> ? F(0) : std::exp2(m - mnew);
+  if (mult) dropout_mult(drop, drow, j0, cp, mult);
+  l = l * alpha + exp_row(s, mnew, p, cp, mult);
+  m = mnew;
+  return alpha;
+}
+
+// A finished row's output factor (out = acc * inv) and logsumexp in log2 units, from its running
+// max m and sum l; the sink (log2 units) joins the denominator when has_sink. A row with no key
+// left stays empty (lse -inf, output 0); NaN stays NaN.
+template <typename F>
+void row_norm(F m, F l, bool has_sink, F sink, F& inv, F& lse2) {
+  if (m == kNegInf<F>) {
+    inv = 0;
+    lse2 = kNegInf<F>;
+  } else if (has_sink && m == m) {
+    const F mx = std::max(m, sink), keys = std::exp2(m - mx), den = l * keys + std::exp2(sink - mx);
+    inv = keys / den;
+    lse2 = mx + std::log2(den);
+  } else {
+    inv = F(1) / l;
+    lse2 = m + std::log2(l);
+  }
+}
+
+// A weights row (S keys) holding raw logits over [kbeg, kend) becomes probabilities; keys
+// outside were never computed and get weight 0.
+template <typename F>
+void finish_weights(F* wr, std::int64_t S, std::int64_t kbeg, std::int64_t kend, F lse2) {
+  if (lse2 == kNegInf<F>) {
+    std::fill(wr, wr + S, F(0));
+    return;
+  }
+  std::fill(wr, wr + kbeg, F(0));
+  std::int64_t j = kbeg;
+  for (; j + kW<F> <= kend; j += kW<F>) vstore(wr + j, exp2v(vload(wr + j) - vsplat(lse2)));
+  for (; j < kend; ++j) wr[j] = wr[j] == kNegInf<F> ? F(0) : std::exp2(wr[j] - lse2);
+  std::fill(wr + kend, wr + S, F(0));
+}
+
+// ---------------------------------------------------------------- geometry and scratch
+template <typename F>
+constexpr std::int64_t round_up_w(std::int64_t x) {
+  return (x + kW<F> - 1) / kW<F> * kW<F>;
+}
+
+template <typename F>
+struct Geo {
+  static constexpr std::int64_t kBq = 32;                                   // queries per block
+  static constexpr std::int64_t kBk = 64;  // keys per block (a multiple of 64: dropout bits come in 64s)
+  std::int64_t N, H, Hkv, G, T, S, Dk, Dv, Dkp, Dvp, Sp, nqb, nkb;
+  bool causal;
+  std::int64_t wl, wr;  // window widths, -1 = unbounded
+  explicit Geo(const AttentionArgs& a) {
+    N = a.q.size(0);
+    H = a.q.size(1);
+    T = a.q.size(2);
+    Dk = a.q.size(3);
+    Hkv = a.k.size(1);
+    S = a.k.size(2);
+    Dv = a.v.size(3);
+    G = Hkv ? H / Hkv : 1;
+    auto up = [](std::int64_t x) { return (x + kW<F> - 1) / kW<F> * kW<F>; };
+    Dkp = up(Dk);
+    Dvp = up(Dv);
+    Sp = up(S);
+    nqb = (T + kBq - 1) / kBq;
+    nkb = (S + kBk - 1) / kBk;
+    causal = a.causal;
+    // Widths reaching past every key are unbounded (and cannot overflow below).
+    wl = a.window_left < 0 || a.window_left > S + T ? -1 : a.window_left;
+    wr = a.window_right < 0 || a.window_right > S + T ? -1 : a.window_right;
+  }
+  // Query t (at position S - T + t) may see keys [lo(t), hi(t)) before the user mask; both are
+  // nondecreasing in t.
+  std::int64_t lo(std::int64_t t) const { return wl >= 0 ? std::clamp<std::int64_t>(S - T + t - wl, 0, S) : 0; }
+  std::int64_t hi(std::int64_t t) const {
+    std::int64_t h = S;
+    if (causal) h = std::min(h, S - T + t + 1);
+    if (wr >= 0) h = std::min(h, S - T + t + wr + 1);
+    return std::max<std::int64_t>(h, 0);
+  }
+  // Keys one query block sees on average (for the thread grain).
+  std::int64_t span() const {
+    const std::int64_t r = causal ? 0 : wr;
+    return wl >= 0 && r >= 0 ? std::min(S, wl + r + kBq + kBk) : S;
+  }
+};
+
+// Per (n, h) values of a (N, H) tensor of any strides (ALiBi slopes, sinks).
+template <typename F>
+struct HeadValues {
+  const F* p = nullptr;
+  std::int64_t sn = 0, sh = 0;
+  explicit HeadValues(const Tensor& t) {
+    if (!t.defined()) return;
+    p = t.data_ptr<F>();
+    sn = t.stride(0);
+    sh = t.stride(1);
+  }
+  F operator()(std::int64_t n, std::int64_t h, F none) const { return p ? p[n * sn + h * sh] : none; }
+};
+
+// Thread scratch from the caching allocator (no page faults in steady state).
+class Scratch {
+ public:
+  explicit Scratch(std::size_t bytes) : n_(std::max<std::size_t>(bytes, 64)), p_(cpu_allocator().allocate(n_)) {}
+  ~Scratch() { cpu_allocator().deallocate(p_, n_); }
+  Scratch(const Scratch&) = delete;
+  Scratch& operator=(const Scratch&) = delete;
+  template <typename F>
+  F* take(std::int64_t count) {  // 64-byte aligned piece
+    F* r = reinterpret_cast<F*>(static_cast<char*>(p_) + used_);
+    used_ += (static_cast<std::size_t>(count) * sizeof(F) + 63) / 64 * 64;
+    return r;
+  }
+  void reset() { used_ = 0; }
+  static std::size_t size_of(std::initializer_list<std::int64_t> counts, std::size_t elem) {
+    std::size_t s = 0;
+    for (auto c : counts) s += (static_cast<std::size_t>(c) * elem + 63) / 64 * 64;
+    return s;
+  }
+
+ private:
+  std::size_t n_;
+  void* p_;
+  std::size_t used_ = 0;
+};
+
+struct MaskView {
+  const char* p = nullptr;
+  bool is_bool = false;
+  std::int64_t isz = 0, sn = 0, sh = 0, st = 0, ss = 0;
+  explicit MaskView(const Tensor& m) {
+    if (!m.defined()) return;
+    p = static_cast<const char*>(m.raw_data());
+    is_bool = m.dtype() == kBool;
+    isz = static_cast<std::int64_t>(itemsize(m.dtype()));
+    sn = m.stride(0);
+    sh = m.stride(1);
+    st = m.stride(2);
+    ss = m.stride(3);
+  }
+  const char* row(std::int64_t n, std::int64_t h, std::int64_t t) const {
+    return p ? p + (n * sn + h * sh + t * st) * isz : nullptr;
+  }
+};
+
+// Runs body(item, scratch) for items [0, n) over the thread pool, pulling items from a shared
+// counter (causal blocks differ in cost); one scratch area per thread.
+template <typename Body>
+void run_items(std::int64_t n, std::int64_t grain, std::size_t scratch_bytes, Body&& body) {
+  const int nt = threads_for(n, grain);
+  std::vector<std::unique_ptr<Scratch>> scratch;
+  for (int i = 0; i < std::max(nt, 1); ++i) scratch.push_back(std::make_unique<Scratch>(scratch_bytes));
+  std::atomic<std::int64_t> next{0};
+  parallel_range(n, grain, [&](std::int64_t, std::int64_t) {
+    Scratch& s = *scratch[static_cast<std::size_t>(nt > 1 ? omp_get_thread_num() : 0)];
+    for (std::int64_t it; (it = next.fetch_add(1)) < n;) {
+      s.reset();
+      body(it, s);
+    }
+  });
+}
+
+// Items needed so each thread gets ~64k multiply-adds before splitting.
+inline std::int64_t grain_for(std::int64_t work_per_item) {
+  return std::max<std::int64_t>(1, (std::int64_t{1} << 16) / std::max<std::int64_t>(work_per_item, 1));
+}
+
+// dst[d * ld + j] = src[j * sj + d * sd] for j < rows, d < D; columns [rows, cp) zeroed.
+template <typename F>
+void pack_transposed(F* dst, std::int64_t ld, const F* src, std::int64_t sj, std::int64_t sd, std::int64_t rows,
+                     std::int64_t cp, std::int64_t D) {
+  // 16 source rows at a time: they stay in L1 while each destination row gets 16 contiguous values.
+  constexpr std::int64_t kJ = 16;
+  for (std::int64_t j0 = 0; j0 < rows; j0 += kJ) {
+    const std::int64_t jn = std::min(kJ, rows - j0);
+    const F* s = src + j0 * sj;
+    for (std::int64_t d = 0; d < D; ++d) {
+      F* o = dst + d * ld + j0;
+      const F* sc = s + d * sd;
+      for (std::int64_t j = 0; j < jn; ++j) o[j] = sc[j * sj];
+    }
+  }
+  for (std::int64_t d = 0; d < D; ++d) std::fill(dst + d * ld + rows, dst + d * ld + cp, F(0));
+}
+
+// dst[j * ld + d] = src[j * sj + d * sd] * scale for j < rows, d < D; columns [D, ld) zeroed.
+template <typename F>
+void pack_rows(F* dst, std::int64_t ld, const F* src, std::int64_t sj, std::int64_t sd, std::int64_t rows,
+               std::int64_t D, F scale = F(1)) {
+  for (std::int64_t j = 0; j < rows; ++j) {
+    F* o = dst + j * ld;
+    const F* s = src + j * sj;
+    if (sd == 1)
+      for (std::int64_t d = 0; d < D; ++d) o[d] = s[d] * scale;
+    else
+      for (std::int64_t d = 0; d < D; ++d) o[d] = s[d * sd] * scale;
+    for (std::int64_t d = D; d < ld; ++d) o[d] = 0;
+  }
+}
+
+using St4 = std::array<std::int64_t, 4>;
+inline St4 st4(const Tensor& t) {
+  return t.defined() ? St4{t.stride(0), t.stride(1), t.stride(2), t.stride(3)} : St4{};
 }
 
 }  // namespace kiln::cpu::attention_kernels
