@@ -46,6 +46,26 @@ TEST_CASE("README: the short example trains a small MLP with AdamW and saves it"
   std::remove(path.c_str());
 }
 
+TEST_CASE("README: the MultiHeadAttention snippet decodes with a KV cache like the full causal forward") {
+  manual_seed(1);
+  const std::int64_t B = 2, T = 5;
+  Tensor x = randn({B, T, 256});
+  std::vector<Tensor> tokens;
+  for (std::int64_t t = 0; t < T; ++t) tokens.push_back(x.narrow(1, t, 1));
+  nn::MultiHeadAttention mha(nn::MultiHeadAttentionOptions(256, 8).num_kv_heads(2).dropout(0.1)
+                                 .rotary(nn::RotaryEmbeddingOptions(32)));   // GQA + RoPE
+  Tensor y = mha(x, nn::MhaForward().is_causal(true));
+  CHECK(y.shape() == Shape{B, T, 256});
+  mha->eval();
+  NoGradGuard no_grad;
+  Tensor full = mha(x, nn::MhaForward().is_causal(true));
+  nn::KVCache cache = mha->make_kv_cache(/*batch=*/B, /*max_length=*/512);
+  std::vector<Tensor> outs;
+  for (const Tensor& tok : tokens) outs.push_back(mha(tok, nn::MhaForward().cache(&cache).is_causal(true)));
+  Tensor stepwise = cat(outs, 1);
+  CHECK(kiln::max(kiln::abs(stepwise - full)).item<float>() < 1e-5f);
+}
+
 TEST_CASE("README: custom Function with gradcheck") {
   Tensor x = randn({4}).requires_grad_();
   Tensor y = Cube::apply(x);
