@@ -212,6 +212,8 @@ int main(int argc, char** argv) {
       ->check(CLI::IsMember({"manual", "mha"}))->capture_default_str();
   app.add_option("--device", c.device, "cpu or cuda")->check(CLI::IsMember({"cpu", "cuda"}))->capture_default_str();
   app.add_flag("--verbose", c.verbose, "per-step times and losses");
+  std::string out;
+  app.add_option("--out", out, "also append the RESULT line to this file");
   CLI11_PARSE(app, argc, argv);
   c.preset = preset;
   if (preset == "shakespeare")  // nanoGPT shakespeare-char size
@@ -276,7 +278,7 @@ int main(int argc, char** argv) {
   }
   const double cpu_util = (cpu_time_s() - cpu0) / (now_s() - wall0);
   const double med = median(t_step);
-  fmt::print(
+  const std::string result = fmt::format(
       "RESULT gpt impl=kiln preset={} attn={} device={} threads={} T={} d={} heads={} layers={} batch={} dropout={:.2f} "
       "params={} steps={} median_step_ms={:.2f} min_step_ms={:.2f} fwd_ms={:.2f} bwd_ms={:.2f} opt_ms={:.2f} "
       "tokens_per_s={:.0f} loss_first={:.4f} loss_last={:.4f} peak_rss_mib={:.1f} cpu_util={:.2f}\n",
@@ -284,5 +286,15 @@ int main(int argc, char** argv) {
       t_step.size(), med * 1e3, *std::min_element(t_step.begin(), t_step.end()) * 1e3, median(t_fwd) * 1e3,
       median(t_bwd) * 1e3, median(t_opt) * 1e3, double(c.batch * c.T) / med, first_loss, last_loss, peak_rss_mib(),
       cpu_util);
+  fmt::print("{}", result);
+  if (!out.empty()) {
+    std::FILE* f = std::fopen(out.c_str(), "a");
+    if (!f) {
+      fmt::print(stderr, "error: --out {}: cannot open the file for appending\n", out);
+      return 1;
+    }
+    fmt::print(f, "{}", result);
+    std::fclose(f);
+  }
   return 0;
 }

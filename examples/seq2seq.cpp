@@ -64,7 +64,7 @@ std::string words_of(const std::vector<std::int64_t>& ids) {
   return s;
 }
 
-// A number with 1..6 digits (the digit count uniform, so "seven" is as common as "seven hundred thousand").
+// A number of 1..6 digits; the digit count is uniform, so short numbers are as common as long ones.
 std::int64_t draw_number(std::mt19937_64& rng, int min_digits = 1) {
   const int k = std::uniform_int_distribution<int>(min_digits, kMaxDigits)(rng);
   std::int64_t lo = 1;
@@ -75,7 +75,7 @@ std::int64_t draw_number(std::mt19937_64& rng, int min_digits = 1) {
 struct Batch {
   Tensor src;      // (B, S) int64 word ids, padded with kSrcPad
   Tensor src_len;  // (B,) int64: words per sentence (the encoder's key padding)
-  Tensor tgt_in;   // (B, T) int64: BOS d1 d2 ... (padded with EOS; padded rows are ignored)
+  Tensor tgt_in;   // (B, T) int64: BOS d1 d2 ... (padded with EOS; the loss skips those positions)
   Tensor tgt_out;  // (B, T) int64: d1 d2 ... EOS, kIgnore where padded
   std::vector<std::int64_t> numbers;
 };
