@@ -210,11 +210,15 @@ int main(int argc, char** argv) {
     // Everything a resumed run needs to continue exactly: the default generator drives dropout.
     optim::TrainingState state{.model = model.get(), .optimizer = opt, .scheduler = schedule,
                                .generators = {{"batches", &batch_gen}, {"default", &default_generator()}}};
+    const std::string shape = fmt::format("--context {} --dim {} --heads {} --layers {}", context, dim, heads, layers);
     std::int64_t first_step = 1;
     if (!resume.empty()) {
       auto info = optim::read_checkpoint_info(resume);
       if (info.metadata["vocab"] != vocab.hex())
         throw examples::UsageError(fmt::format("--resume {}: the checkpoint was trained on other text (its characters differ)", resume));
+      if (info.metadata["model"] != shape)
+        throw examples::UsageError(fmt::format("--resume {}: the checkpoint's model has {}; this run asks for {}", resume,
+                                               info.metadata["model"], shape));
       // The same --steps continues the run exactly; another --steps keeps the model and optimizer
       // and re-plans the learning-rate schedule for the new length.
       const bool same_plan = info.metadata["steps"] == std::to_string(flags.steps);
@@ -270,7 +274,7 @@ int main(int argc, char** argv) {
                                   train_loss, val_loss, baseline, schedule.get_last_lr()[0], wall.seconds()));
         log.row({double(step), train_loss, val_loss, schedule.get_last_lr()[0]});
         if (!ckpt.empty())
-          optim::save_checkpoint(ckpt, state, step, {{"vocab", vocab.hex()}, {"steps", std::to_string(flags.steps)}});
+          optim::save_checkpoint(ckpt, state, step, {{"vocab", vocab.hex()}, {"model", shape}, {"steps", std::to_string(flags.steps)}});
       }
     }
     progress.finish();
