@@ -27,7 +27,7 @@ void CpuBackend::softmax(const Tensor& x, const Tensor& out, bool log) {
           yr = xr - m;
           if (log) {
             // exp goes through a scratch row so the shifted logits stay exact in yr.
-            thread_local std::vector<T> scratch;
+            thread_local std::vector<T, Eigen::aligned_allocator<T>> scratch;  // 64-B aligned: same reduction order in every process
             scratch.resize(static_cast<std::size_t>(N));
             exp_run(scratch.data(), yr.data(), N);
             T s = Eigen::Map<const A>(scratch.data(), N).sum();
