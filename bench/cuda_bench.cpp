@@ -15,11 +15,13 @@
 #include <string>
 #include <vector>
 
+#include "bench_util.hpp"
+
 using namespace kiln;
 
 namespace {
 
-double now_s() { return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count(); }
+using kiln::bench::now_s;
 
 // Median seconds per call: warm-up (>= 2 calls, 0.3 s), then repetitions of `inner` calls
 // between device synchronizations until ~0.8 s or 15 repetitions.

@@ -25,11 +25,13 @@
 #include <string>
 #include <vector>
 
+#include "bench_util.hpp"
+
 using namespace kiln;
 
 namespace {
 
-double now_s() { return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count(); }
+using kiln::bench::now_s;
 
 // User + system time of every thread of the process (getrusage).
 double cpu_s() {

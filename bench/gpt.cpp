@@ -30,9 +30,14 @@
 #include <string>
 #include <vector>
 
+#include "bench_util.hpp"
+
 using namespace kiln;
 
 namespace {
+
+using kiln::bench::now_s;
+using kiln::bench::peak_rss_mib;
 
 struct Config {
   std::string preset = "small", attn = "manual", device = "cpu";
@@ -169,15 +174,9 @@ struct GPTImpl : nn::Module {
 };
 KILN_MODULE(GPT);
 
-double now_s() { return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count(); }
 double median(std::vector<double> v) {
   std::sort(v.begin(), v.end());
   return v.size() % 2 ? v[v.size() / 2] : 0.5 * (v[v.size() / 2 - 1] + v[v.size() / 2]);
-}
-double peak_rss_mib() {
-  rusage ru{};
-  getrusage(RUSAGE_SELF, &ru);
-  return static_cast<double>(ru.ru_maxrss) / 1024.0;
 }
 double cpu_time_s() {
   rusage ru{};

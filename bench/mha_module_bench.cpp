@@ -22,24 +22,15 @@
 #include <string>
 #include <vector>
 
+#include "bench_util.hpp"
+
 using namespace kiln;
 
 namespace {
 
-double now_s() { return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count(); }
-
-double peak_rss_mib() {
-  rusage ru{};
-  getrusage(RUSAGE_SELF, &ru);
-  return static_cast<double>(ru.ru_maxrss) / 1024.0;
-}
-
-double cpu_time_s() {
-  rusage ru{};
-  getrusage(RUSAGE_SELF, &ru);
-  return static_cast<double>(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) +
-         static_cast<double>(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) * 1e-6;
-}
+using kiln::bench::now_s;
+using kiln::bench::peak_rss_mib;
+using kiln::bench::cpu_time_s;
 
 // The anchors' policy: >= 1 warm-up call and 0.5 s of warm-up, then 3..30 timed calls in ~2 s.
 std::vector<double> time_reps(const std::function<void()>& setup, const std::function<void()>& fn) {

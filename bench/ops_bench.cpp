@@ -12,16 +12,14 @@
 #include <string>
 #include <vector>
 
+#include "bench_util.hpp"
+
 using namespace kiln;
 using Clock = std::chrono::steady_clock;
 
 namespace {
 
-double peak_rss_mib() {
-  rusage ru{};
-  getrusage(RUSAGE_SELF, &ru);
-  return static_cast<double>(ru.ru_maxrss) / 1024.0;
-}
+using kiln::bench::peak_rss_mib;
 
 // Median seconds per call: >= 1 warm-up call, then calls until min_reps and ~budget_s.
 double median_seconds(const std::function<void()>& fn, int min_reps, double budget_s, int inner = 1) {
