@@ -32,25 +32,7 @@ namespace {
 using kiln::bench::now_s;
 using kiln::bench::peak_rss_mib;
 using kiln::bench::cpu_time_s;
-
-// The anchors' policy: >= 1 warm-up call and 0.5 s of warm-up, then 3..30 timed calls in ~2 s.
-std::vector<double> time_reps(const std::function<void()>& setup, const std::function<void()>& fn) {
-  double w0 = now_s();
-  for (int i = 0; i < 1 || now_s() - w0 < 0.5; ++i) {
-    setup();
-    fn();
-  }
-  std::vector<double> t;
-  double spent = 0;
-  while (t.size() < 30 && (t.size() < 3 || spent < 2.0)) {
-    setup();
-    double t0 = now_s();
-    fn();
-    t.push_back(now_s() - t0);
-    spent += t.back();
-  }
-  return t;
-}
+using kiln::bench::time_reps;
 
 struct Extras {
   std::int64_t window = -1;
