@@ -11,12 +11,12 @@ class AdagradOptions final : public OptimizerOptions {
  public:
   static constexpr const char* kKind = "AdagradOptions";
   AdagradOptions(double lr = 1e-2) : lr_(lr) {}  // NOLINT: implicit from a learning rate
-  KILN_OPTIM_ARG(double, lr);
-  KILN_OPTIM_ARG(double, lr_decay) = 0;
-  KILN_OPTIM_ARG(double, weight_decay) = 0;
-  KILN_OPTIM_ARG(double, initial_accumulator_value) = 0;
-  KILN_OPTIM_ARG(double, eps) = 1e-10;
-  KILN_OPTIM_ARG(bool, maximize) = false;
+  KILN_ARG(double, lr);
+  KILN_ARG(double, lr_decay) = 0;
+  KILN_ARG(double, weight_decay) = 0;
+  KILN_ARG(double, initial_accumulator_value) = 0;
+  KILN_ARG(double, eps) = 1e-10;
+  KILN_ARG(bool, maximize) = false;
 
  public:
   std::unique_ptr<OptimizerOptions> clone() const override { return std::make_unique<AdagradOptions>(*this); }

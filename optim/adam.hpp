@@ -17,12 +17,12 @@ class AdamOptions final : public OptimizerOptions {
  public:
   static constexpr const char* kKind = "AdamOptions";
   AdamOptions(double lr = 1e-3) : lr_(lr) {}  // NOLINT: implicit from a learning rate
-  KILN_OPTIM_ARG(double, lr);
-  KILN_OPTIM_ARG(Betas, betas) = {0.9, 0.999};
-  KILN_OPTIM_ARG(double, eps) = 1e-8;
-  KILN_OPTIM_ARG(double, weight_decay) = 0;
-  KILN_OPTIM_ARG(bool, amsgrad) = false;
-  KILN_OPTIM_ARG(bool, maximize) = false;
+  KILN_ARG(double, lr);
+  KILN_ARG(Betas, betas) = {0.9, 0.999};
+  KILN_ARG(double, eps) = 1e-8;
+  KILN_ARG(double, weight_decay) = 0;
+  KILN_ARG(bool, amsgrad) = false;
+  KILN_ARG(bool, maximize) = false;
 
  public:
   std::unique_ptr<OptimizerOptions> clone() const override { return std::make_unique<AdamOptions>(*this); }
@@ -36,12 +36,12 @@ class AdamWOptions final : public OptimizerOptions {
  public:
   static constexpr const char* kKind = "AdamWOptions";
   AdamWOptions(double lr = 1e-3) : lr_(lr) {}  // NOLINT: implicit from a learning rate
-  KILN_OPTIM_ARG(double, lr);
-  KILN_OPTIM_ARG(Betas, betas) = {0.9, 0.999};
-  KILN_OPTIM_ARG(double, eps) = 1e-8;
-  KILN_OPTIM_ARG(double, weight_decay) = 1e-2;
-  KILN_OPTIM_ARG(bool, amsgrad) = false;
-  KILN_OPTIM_ARG(bool, maximize) = false;
+  KILN_ARG(double, lr);
+  KILN_ARG(Betas, betas) = {0.9, 0.999};
+  KILN_ARG(double, eps) = 1e-8;
+  KILN_ARG(double, weight_decay) = 1e-2;
+  KILN_ARG(bool, amsgrad) = false;
+  KILN_ARG(bool, maximize) = false;
 
  public:
   std::unique_ptr<OptimizerOptions> clone() const override { return std::make_unique<AdamWOptions>(*this); }

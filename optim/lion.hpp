@@ -12,10 +12,10 @@ class LionOptions final : public OptimizerOptions {
  public:
   static constexpr const char* kKind = "LionOptions";
   LionOptions(double lr = 1e-4) : lr_(lr) {}  // NOLINT: implicit from a learning rate
-  KILN_OPTIM_ARG(double, lr);
-  KILN_OPTIM_ARG(Betas, betas) = {0.9, 0.99};
-  KILN_OPTIM_ARG(double, weight_decay) = 0;
-  KILN_OPTIM_ARG(bool, maximize) = false;
+  KILN_ARG(double, lr);
+  KILN_ARG(Betas, betas) = {0.9, 0.99};
+  KILN_ARG(double, weight_decay) = 0;
+  KILN_ARG(bool, maximize) = false;
 
  public:
   std::unique_ptr<OptimizerOptions> clone() const override { return std::make_unique<LionOptions>(*this); }

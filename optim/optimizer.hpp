@@ -20,21 +20,10 @@
 #include <unordered_map>
 #include <vector>
 
+#include "../core/arg.hpp"
 #include "../core/tensor.hpp"
 #include "state_dict.hpp"
 
-/// Declares an option with a chained setter and a getter:
-///   struct FooOptions { KILN_OPTIM_ARG(double, eps) = 1e-8; };   FooOptions().eps(1e-6).eps() == 1e-6
-#define KILN_OPTIM_ARG(T, name)                        \
- public:                                               \
-  auto name(T new_##name)->decltype(*this) {           \
-    this->name##_ = std::move(new_##name);             \
-    return *this;                                      \
-  }                                                    \
-  const T& name() const noexcept { return this->name##_; } \
-                                                       \
- private:                                              \
-  T name##_
 
 namespace kiln {
 struct OptimUpdate;  // core/backend.hpp

@@ -11,13 +11,13 @@ class RMSpropOptions final : public OptimizerOptions {
  public:
   static constexpr const char* kKind = "RMSpropOptions";
   RMSpropOptions(double lr = 1e-2) : lr_(lr) {}  // NOLINT: implicit from a learning rate
-  KILN_OPTIM_ARG(double, lr);
-  KILN_OPTIM_ARG(double, alpha) = 0.99;
-  KILN_OPTIM_ARG(double, eps) = 1e-8;
-  KILN_OPTIM_ARG(double, weight_decay) = 0;
-  KILN_OPTIM_ARG(double, momentum) = 0;
-  KILN_OPTIM_ARG(bool, centered) = false;
-  KILN_OPTIM_ARG(bool, maximize) = false;
+  KILN_ARG(double, lr);
+  KILN_ARG(double, alpha) = 0.99;
+  KILN_ARG(double, eps) = 1e-8;
+  KILN_ARG(double, weight_decay) = 0;
+  KILN_ARG(double, momentum) = 0;
+  KILN_ARG(bool, centered) = false;
+  KILN_ARG(bool, maximize) = false;
 
  public:
   std::unique_ptr<OptimizerOptions> clone() const override { return std::make_unique<RMSpropOptions>(*this); }

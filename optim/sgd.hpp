@@ -11,12 +11,12 @@ class SGDOptions final : public OptimizerOptions {
  public:
   static constexpr const char* kKind = "SGDOptions";
   SGDOptions(double lr = 1e-3) : lr_(lr) {}  // NOLINT: implicit from a learning rate
-  KILN_OPTIM_ARG(double, lr);
-  KILN_OPTIM_ARG(double, momentum) = 0;
-  KILN_OPTIM_ARG(double, dampening) = 0;
-  KILN_OPTIM_ARG(double, weight_decay) = 0;
-  KILN_OPTIM_ARG(bool, nesterov) = false;
-  KILN_OPTIM_ARG(bool, maximize) = false;
+  KILN_ARG(double, lr);
+  KILN_ARG(double, momentum) = 0;
+  KILN_ARG(double, dampening) = 0;
+  KILN_ARG(double, weight_decay) = 0;
+  KILN_ARG(bool, nesterov) = false;
+  KILN_ARG(bool, maximize) = false;
 
  public:
   std::unique_ptr<OptimizerOptions> clone() const override { return std::make_unique<SGDOptions>(*this); }
