@@ -1,10 +1,12 @@
 // The backward engine: dependency counting over the graph reachable from the
-// roots, nodes run most-recent-first, gradients summed per input slot.
+// roots, nodes run most-recent-first, gradients summed per input slot. Each call's
+// bookkeeping lives in its own GraphTask, never on the shared nodes.
 #include <algorithm>
 #include <atomic>
 #include <cmath>
 #include <fmt/format.h>
 #include <queue>
+#include <unordered_map>
 
 #include "grad_mode.hpp"
 #include "node.hpp"
@@ -13,7 +15,6 @@
 namespace kiln::autograd {
 namespace {
 std::atomic<std::uint64_t> g_sequence{0};
-std::atomic<std::uint64_t> g_task{0};
 
 AutogradMeta& meta(const Tensor& t) {
   auto* impl = t.impl_ptr();
@@ -182,117 +183,143 @@ std::shared_ptr<FunctionNode> record(const char* name, const std::vector<Tensor>
 
 // ---- the engine ----
 
-std::vector<Tensor> run_backward(const std::vector<Tensor>& roots, const std::vector<Tensor>& root_grads,
-                                 bool retain_graph, bool create_graph, const std::vector<Tensor>& inputs,
-                                 bool allow_unused) {
-  GradModeGuard mode(create_graph);
-  // Per-node scratch (buffer, dependency count) is tagged with this pass's id, so a pass
-  // that threw half-way leaves nothing behind for the next one.
-  const std::uint64_t task = g_task.fetch_add(1) + 1;
-  auto touch = [task](Node* n) {
-    if (n->task_id != task) {
-      n->task_id = task;
-      n->dependencies = 0;
-      n->grad_buffer.clear();
+namespace {
+
+// One backward call: its bookkeeping (dependency counts, gradient buffers, captured results)
+// lives here, not on the shared graph nodes, so each call is self-contained. The stages run in
+// order: seed the roots, count dependencies, then run the ready nodes most-recent-first.
+class GraphTask {
+ public:
+  GraphTask(bool retain_graph, bool create_graph, const std::vector<Tensor>& inputs)
+      : retain_graph_(retain_graph), create_graph_(create_graph), capture_mode_(!inputs.empty()),
+        results_(inputs.size()), reachable_(inputs.size(), false) {
+    for (std::size_t i = 0; i < inputs.size(); ++i) {
+      KILN_CHECK(inputs[i].defined() && inputs[i].requires_grad(), "grad",
+                 "input {} does not require grad, so no gradient can be computed for it", i);
+      Edge e = gradient_edge(inputs[i]);
+      captures_.push_back({e.node.get(), e.input_nr, i});
+      keep_alive_.push_back(e.node);
     }
-  };
-  const bool capture_mode = !inputs.empty();
-  struct Capture {
-    Node* node;
-    std::uint32_t input_nr;
-    std::size_t index;
-  };
-  std::vector<Capture> captures;
-  std::vector<Tensor> results(inputs.size());
-  std::vector<bool> reachable(inputs.size(), false);
-  // A leaf's accumulator is only weakly held by the leaf: keep the captured ones alive
-  // (and a leaf that is also a root finds its capture).
-  std::vector<std::shared_ptr<Node>> keep_alive;
-  for (std::size_t i = 0; i < inputs.size(); ++i) {
-    KILN_CHECK(inputs[i].defined() && inputs[i].requires_grad(), "grad",
-               "input {} does not require grad, so no gradient can be computed for it", i);
-    Edge e = gradient_edge(inputs[i]);
-    captures.push_back({e.node.get(), e.input_nr, i});
-    keep_alive.push_back(e.node);
   }
 
-  auto add_to = [&](const Edge& e, const Tensor& g) {
-    Node* n = e.node.get();
-    touch(n);
-    auto& buf = n->grad_buffer;
-    std::size_t size = std::max<std::size_t>(n->outputs.size(), 1);
-    if (buf.size() < size) buf.resize(size);
-    Tensor& slot = buf[e.input_nr];
-    slot = slot.defined() ? add(slot, g) : g;
-  };
-
-  std::vector<Node*> root_nodes;
-  for (std::size_t i = 0; i < roots.size(); ++i) {
-    const Tensor& r = roots[i];
-    KILN_CHECK(r.defined(), "backward", "root tensor {} is undefined", i);
-    KILN_CHECK(r.requires_grad(), "backward",
-               "tensor of shape {} ({}) does not require grad and has no grad_fn: it is not connected to any "
-               "tensor with requires_grad=true, or it is the output of a non-differentiable op",
-               shape_str(r.shape()), dtype_name(r.dtype()));
-    Edge e = gradient_edge(r);
-    add_to(e, root_grads[i]);
-    root_nodes.push_back(e.node.get());
-    keep_alive.push_back(e.node);
+  // Stage 1: each root's gradient goes into its node's buffer.
+  void seed_roots(const std::vector<Tensor>& roots, const std::vector<Tensor>& root_grads) {
+    for (std::size_t i = 0; i < roots.size(); ++i) {
+      const Tensor& r = roots[i];
+      KILN_CHECK(r.defined(), "backward", "root tensor {} is undefined", i);
+      KILN_CHECK(r.requires_grad(), "backward",
+                 "tensor of shape {} ({}) does not require grad and has no grad_fn: it is not connected to any "
+                 "tensor with requires_grad=true, or it is the output of a non-differentiable op",
+                 shape_str(r.shape()), dtype_name(r.dtype()));
+      Edge e = gradient_edge(r);
+      add_to(e, root_grads[i]);
+      root_nodes_.push_back(e.node.get());
+      keep_alive_.push_back(e.node);
+    }
   }
 
-  // Dependency counts over the reachable graph (visited = has a count this pass).
-  {
+  // Stage 2: how many edges of the reachable graph lead into each node.
+  void count_dependencies() {
     std::vector<Node*> stack;
-    std::uint64_t visit = task | (std::uint64_t{1} << 63);  // distinct from `task` to mark "expanded"
-    for (Node* n : root_nodes)
-      if (n->visit_id != visit) {
-        n->visit_id = visit;
-        stack.push_back(n);
-      }
+    for (Node* n : root_nodes_) expand_once(n, stack);
     while (!stack.empty()) {
       Node* n = stack.back();
       stack.pop_back();
       for (auto& e : n->next_edges) {
         if (!e.valid()) continue;
-        Node* c = e.node.get();
-        touch(c);
-        c->dependencies++;
-        if (c->visit_id != visit) {
-          c->visit_id = visit;
-          stack.push_back(c);
-        }
+        state(e.node.get()).dependencies++;
+        expand_once(e.node.get(), stack);
       }
     }
   }
-  // Most recently created node first; nodes stay alive through the roots' edges.
-  auto cmp = [](const Node* a, const Node* b) { return a->sequence_nr < b->sequence_nr; };
-  std::priority_queue<Node*, std::vector<Node*>, decltype(cmp)> ready(cmp);
-  for (std::size_t i = 0; i < root_nodes.size(); ++i) {
-    Node* n = root_nodes[i];
-    bool dup = std::find(root_nodes.begin(), root_nodes.begin() + static_cast<std::ptrdiff_t>(i), n) !=
-               root_nodes.begin() + static_cast<std::ptrdiff_t>(i);
-    if (n->dependencies == 0 && !dup) ready.push(n);
+
+  // Stage 3: nodes whose every consumer has run, most recently created first (nodes stay alive
+  // through the roots' edges).
+  void execute() {
+    auto later_first = [](const Node* a, const Node* b) { return a->sequence_nr < b->sequence_nr; };
+    std::priority_queue<Node*, std::vector<Node*>, decltype(later_first)> ready(later_first);
+    for (std::size_t i = 0; i < root_nodes_.size(); ++i) {
+      Node* n = root_nodes_[i];
+      const auto before = root_nodes_.begin() + static_cast<std::ptrdiff_t>(i);
+      if (state(n).dependencies == 0 && std::find(root_nodes_.begin(), before, n) == before) ready.push(n);
+    }
+    while (!ready.empty()) {
+      Node* node = ready.top();
+      ready.pop();
+      std::vector<Tensor> buf = take_buffer(node);
+      deliver_retained_and_captured(node, buf);
+      if (node->is_accumulator()) {
+        if (!capture_mode_) node->apply(std::move(buf));
+        continue;
+      }
+      std::vector<Tensor> grads = call_node(node, std::move(buf));
+      for (std::size_t k = 0; k < grads.size(); ++k) {
+        const Edge& e = node->next_edges[k];
+        if (!e.valid()) continue;
+        if (grads[k].defined()) add_to(e, checked_grad(*node, k, e, std::move(grads[k])));
+        if (--state(e.node.get()).dependencies == 0) ready.push(e.node.get());
+      }
+    }
   }
 
-  while (!ready.empty()) {
-    Node* node = ready.top();
-    ready.pop();
-    std::vector<Tensor> buf = std::move(node->grad_buffer);
-    node->grad_buffer.clear();
+  // Stage 4 (torch.autograd.grad): the captured gradients of the inputs.
+  std::vector<Tensor> results(bool allow_unused) {
+    if (capture_mode_ && !allow_unused)
+      for (std::size_t i = 0; i < reachable_.size(); ++i)
+        KILN_CHECK(reachable_[i], "grad", "input {} is not reachable from the outputs (pass allow_unused=true)", i);
+    return std::move(results_);
+  }
+
+ private:
+  struct NodeState {
+    int dependencies = 0;
+    bool expanded = false;       // its edges were counted
+    std::vector<Tensor> buffer;  // gradient per output slot, summed
+  };
+  struct Capture {
+    Node* node;
+    std::uint32_t input_nr;
+    std::size_t index;
+  };
+
+  NodeState& state(Node* n) { return nodes_[n]; }
+
+  void expand_once(Node* n, std::vector<Node*>& stack) {
+    NodeState& s = state(n);
+    if (s.expanded) return;
+    s.expanded = true;
+    stack.push_back(n);
+  }
+
+  void add_to(const Edge& e, const Tensor& g) {
+    Node* n = e.node.get();
+    auto& buf = state(n).buffer;
+    const std::size_t size = std::max<std::size_t>(n->outputs.size(), 1);
+    if (buf.size() < size) buf.resize(size);
+    Tensor& slot = buf[e.input_nr];
+    slot = slot.defined() ? add(slot, g) : g;
+  }
+
+  std::vector<Tensor> take_buffer(Node* node) {
+    std::vector<Tensor> buf = std::move(state(node).buffer);
     buf.resize(std::max<std::size_t>(node->outputs.size(), 1));
+    return buf;
+  }
 
+  // retain_grad() outputs get their .grad; torch.autograd.grad inputs get their result.
+  void deliver_retained_and_captured(Node* node, const std::vector<Tensor>& buf) {
     for (auto& [nr, weak] : node->retained)
-      if (auto impl = weak.lock()) accumulate_into(impl, buf[nr], create_graph, false);
-    for (const auto& c : captures)
+      if (auto impl = weak.lock()) accumulate_into(impl, buf[nr], create_graph_, false);
+    for (const auto& c : captures_)
       if (c.node == node) {
-        results[c.index] = buf[c.input_nr];
-        reachable[c.index] = true;
+        results_[c.index] = buf[c.input_nr];
+        reachable_[c.index] = true;
       }
+  }
 
-    if (node->is_accumulator()) {
-      if (!capture_mode) node->apply(std::move(buf));
-      continue;
-    }
+  // The node's backward on its output gradients (missing ones as zeros); frees its saved
+  // tensors unless the graph is retained.
+  std::vector<Tensor> call_node(Node* node, std::vector<Tensor>&& buf) {
     KILN_CHECK(!node->released(), node->name(),
                "trying to run backward through the graph a second time (its saved tensors were freed); "
                "pass retain_graph=true to the first backward");
@@ -302,28 +329,44 @@ std::vector<Tensor> run_backward(const std::vector<Tensor>& roots, const std::ve
         buf[i] = zeros(o.shape, TensorOptions(o.dtype).device(o.device));
       }
     std::vector<Tensor> grads = node->apply(std::move(buf));
-    if (!retain_graph) node->release();
+    if (!retain_graph_) node->release();
     KILN_CHECK(grads.size() == node->next_edges.size(), node->name(),
                "backward returned {} gradients for {} inputs", grads.size(), node->next_edges.size());
-    for (std::size_t k = 0; k < grads.size(); ++k) {
-      const Edge& e = node->next_edges[k];
-      if (!e.valid()) continue;
-      if (grads[k].defined()) {
-        grads[k] = validate_grad(*node, k, e, std::move(grads[k]));
-        if (anomaly_mode() && has_nonfinite(grads[k]))
-          throw_error("autograd anomaly",
-                      fmt::format("the backward of '{}' produced NaN or Inf in the gradient of its input {} "
-                                  "(shape {})",
-                                  node->name(), k, shape_str(grads[k].shape())));
-        add_to(e, grads[k]);
-      }
-      if (--e.node->dependencies == 0) ready.push(e.node.get());
-    }
+    return grads;
   }
-  if (capture_mode && !allow_unused)
-    for (std::size_t i = 0; i < inputs.size(); ++i)
-      KILN_CHECK(reachable[i], "grad", "input {} is not reachable from the outputs (pass allow_unused=true)", i);
-  return results;
+
+  // validate_grad, plus the anomaly-mode check for NaN/Inf.
+  static Tensor checked_grad(const Node& node, std::size_t k, const Edge& e, Tensor g) {
+    g = validate_grad(node, k, e, std::move(g));
+    if (anomaly_mode() && has_nonfinite(g))
+      throw_error("autograd anomaly",
+                  fmt::format("the backward of '{}' produced NaN or Inf in the gradient of its input {} (shape {})",
+                              node.name(), k, shape_str(g.shape())));
+    return g;
+  }
+
+  const bool retain_graph_, create_graph_, capture_mode_;
+  std::unordered_map<Node*, NodeState> nodes_;
+  std::vector<Node*> root_nodes_;
+  std::vector<Capture> captures_;
+  std::vector<Tensor> results_;
+  std::vector<bool> reachable_;
+  // A leaf's accumulator is only weakly held by the leaf: keep the captured ones alive
+  // (and a leaf that is also a root finds its capture).
+  std::vector<std::shared_ptr<Node>> keep_alive_;
+};
+
+}  // namespace
+
+std::vector<Tensor> run_backward(const std::vector<Tensor>& roots, const std::vector<Tensor>& root_grads,
+                                 bool retain_graph, bool create_graph, const std::vector<Tensor>& inputs,
+                                 bool allow_unused) {
+  GradModeGuard mode(create_graph);
+  GraphTask task(retain_graph, create_graph, inputs);
+  task.seed_roots(roots, root_grads);
+  task.count_dependencies();
+  task.execute();
+  return task.results(allow_unused);
 }
 
 std::vector<Tensor> grad(const std::vector<Tensor>& outputs, const std::vector<Tensor>& inputs,

@@ -64,12 +64,6 @@ class Node : public std::enable_shared_from_this<Node> {
   std::uint64_t sequence_nr = 0;
   virtual bool is_accumulator() const { return false; }
 
-  // Engine scratch for the backward pass `task_id` (see engine.cpp).
-  std::uint64_t task_id = 0;
-  std::uint64_t visit_id = 0;
-  int dependencies = 0;
-  std::vector<Tensor> grad_buffer;
-
   /// Saves a tensor for backward; returns its slot.
   std::size_t save(const Tensor& t, bool is_output = false);
   Tensor saved(std::size_t i);
