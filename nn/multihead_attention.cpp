@@ -53,6 +53,13 @@ Tensor causal_keep(std::int64_t T, std::int64_t S, Device dev) {
   return le(unsqueeze(arange(0, S, 1, io), 0), unsqueeze(arange(S - T, S, 1, io), 1));
 }
 
+// mask (keep or additive, or undefined) restricted to where the bool `keep` is true.
+Tensor and_keep(const Tensor& mask, const Tensor& keep) {
+  if (!mask.defined()) return keep;
+  if (mask.dtype() == kBool) return logical_and(mask, keep);
+  return where(keep, mask, Scalar(-kInf));
+}
+
 // The mask (broadcastable to (..., S)) with n always-attendable columns appended.
 Tensor pad_columns(Tensor mask, std::int64_t S, std::int64_t n) {
   if (mask.dim() == 0) mask = unsqueeze(mask, 0);
@@ -299,9 +306,36 @@ Tensor MultiHeadAttentionImpl::norm_heads(const std::shared_ptr<Module>& norm, c
   return static_cast<RMSNormImpl*>(norm.get())->forward(x);
 }
 
+// What one attend() call carries from stage to stage. Shapes: q (batch..., T, E), k and v
+// (batch..., S_new, kdim / vdim); S = past + S_new keys once a KV cache is counted.
+struct MultiHeadAttentionImpl::Call {
+  const Tensor &q, &k, &v;
+  const MhaForward& f;
+  Shape batch;
+  std::int64_t T = 0, S_new = 0, past = 0, S = 0;
+  Device dev;
+  Tensor mask;         // keep (bool) or additive mask for the core, broadcastable to (batch..., H, T, S)
+  Tensor live;         // bool, broadcastable to (batch..., S): keys some query may attend to
+  bool causal = false;
+  Tensor qh, kh, vh;   // (batch..., H, T, Dk), (batch..., Hkv, S, Dk), (batch..., Hkv, S, Dv)
+};
+
 MhaResult MultiHeadAttentionImpl::attend(const Tensor& q, const Tensor& k, const Tensor& v, const MhaForward& f) {
-  const std::int64_t E = options.embed_dim(), H = num_heads(), Hkv = num_kv_heads(), Dk = head_dim(),
-                     Dv = v_head_dim();
+  Call c{q, k, v, f, check_inputs(q, k, v), q.size(-2), k.size(-2), 0, 0, q.device()};
+  c.causal = f.is_causal();
+  open_cache(c);
+  build_mask(c);
+  add_key_padding(c);
+  project_heads(c);
+  apply_positions(c);
+  if (KVCache* cache = f.cache()) std::tie(c.kh, c.vh) = cache->append(c.kh, c.vh);
+  append_extra_keys(c);
+  return attend_core(c);
+}
+
+// The batch dims q, k and v share, after checking their shapes.
+Shape MultiHeadAttentionImpl::check_inputs(const Tensor& q, const Tensor& k, const Tensor& v) const {
+  const std::int64_t E = options.embed_dim();
   KILN_CHECK(q.defined() && k.defined() && v.defined(), kOp, "inputs must be defined, got q {}, k {}, v {}",
              shape_or_undefined(q), shape_or_undefined(k), shape_or_undefined(v));
   KILN_CHECK(q.dim() >= 2 && q.size(-1) == E, kOp, "query must be (batch..., T, embed_dim={}), got shape {}", E,
@@ -312,39 +346,41 @@ MhaResult MultiHeadAttentionImpl::attend(const Tensor& q, const Tensor& k, const
   KILN_CHECK(v.dim() == q.dim() && v.size(-1) == vdim(), kOp,
              "value must be (batch..., S, vdim={}) with the query's {} dims, got shape {} (query {})", vdim(),
              q.dim(), shape_str(v.shape()), shape_str(q.shape()));
-  const Shape batch(q.shape().begin(), q.shape().end() - 2);
+  Shape batch(q.shape().begin(), q.shape().end() - 2);
   KILN_CHECK(Shape(k.shape().begin(), k.shape().end() - 2) == batch &&
                  Shape(v.shape().begin(), v.shape().end() - 2) == batch,
              kOp, "query, key and value must share the batch dims, got shapes {}, {} and {}", shape_str(q.shape()),
              shape_str(k.shape()), shape_str(v.shape()));
-  const std::int64_t T = q.size(-2), S_new = k.size(-2);
-  KILN_CHECK(v.size(-2) == S_new, kOp, "key and value must have the same length, got shapes {} and {} ({} != {})",
-             shape_str(k.shape()), shape_str(v.shape()), S_new, v.size(-2));
-  const Device dev = q.device();
+  KILN_CHECK(v.size(-2) == k.size(-2), kOp, "key and value must have the same length, got shapes {} and {} ({} != {})",
+             shape_str(k.shape()), shape_str(v.shape()), k.size(-2), v.size(-2));
+  return batch;
+}
 
-  // ---- KV cache: checked before any work, so an overflow leaves the cache untouched
-  KVCache* cache = f.cache();
-  std::int64_t past = 0;
-  if (cache) {
+// The KV cache is checked before any work, so an overflow leaves it untouched; S counts the
+// cached keys too (before bias_kv / zero_attn).
+void MultiHeadAttentionImpl::open_cache(Call& c) const {
+  if (KVCache* cache = c.f.cache()) {
+    const std::int64_t Hkv = num_kv_heads(), Dk = head_dim(), Dv = v_head_dim();
     KILN_CHECK(cache->defined(), kOp, "the KV cache is empty (default-constructed); use make_kv_cache");
-    KILN_CHECK(cache->batch_shape() == batch && cache->num_kv_heads() == Hkv && cache->head_dim() == Dk &&
+    KILN_CHECK(cache->batch_shape() == c.batch && cache->num_kv_heads() == Hkv && cache->head_dim() == Dk &&
                    cache->v_head_dim() == Dv,
                kOp,
                "the KV cache holds batch {} with num_kv_heads={}, head_dim={}, v_head_dim={}, but this call needs "
                "batch {} with {}, {}, {}",
                shape_str(cache->batch_shape()), cache->num_kv_heads(), cache->head_dim(), cache->v_head_dim(),
-               shape_str(batch), Hkv, Dk, Dv);
-    KILN_CHECK(cache->dtype() == q.dtype(), kOp, "the KV cache is {} but the query is {}", dtype_name(cache->dtype()),
-               dtype_name(q.dtype()));
-    cache->check_append(S_new);
-    past = cache->length();
+               shape_str(c.batch), Hkv, Dk, Dv);
+    KILN_CHECK(cache->dtype() == c.q.dtype(), kOp, "the KV cache is {} but the query is {}",
+               dtype_name(cache->dtype()), dtype_name(c.q.dtype()));
+    cache->check_append(c.S_new);
+    c.past = cache->length();
   }
-  const std::int64_t S = past + S_new;  // keys attended to, before bias_kv / zero_attn
-  Shape logits = batch;
-  logits.insert(logits.end(), {H, T, S});
+  c.S = c.past + c.S_new;
+}
 
-  // ---- masks: one keep/additive mask for the core, and the keys no query may attend to
-  Tensor mask = f.attn_mask();
+// attn_mask and attn_bias as one keep/additive mask for the core, and the keys it leaves live.
+void MultiHeadAttentionImpl::build_mask(Call& c) const {
+  const Shape logits = cat_shape(c.batch, {num_heads(), c.T, c.S});
+  Tensor mask = c.f.attn_mask();
   if (mask.defined()) {
     KILN_CHECK(mask.dtype() == kBool || mask.is_floating_point(), kOp,
                "attn_mask must be bool (true = may attend) or floating point (added to the logits), got {}",
@@ -353,7 +389,7 @@ MhaResult MultiHeadAttentionImpl::attend(const Tensor& q, const Tensor& k, const
                "attn_mask of shape {} cannot be broadcast to (batch..., H, T, S) = {}", shape_str(mask.shape()),
                shape_str(logits));
   }
-  if (const Tensor& bias = f.attn_bias(); bias.defined()) {
+  if (const Tensor& bias = c.f.attn_bias(); bias.defined()) {
     KILN_CHECK(bias.is_floating_point(), kOp, "attn_bias must be floating point, got {}", dtype_name(bias.dtype()));
     KILN_CHECK(broadcastable(bias.shape(), logits), kOp,
                "attn_bias of shape {} cannot be broadcast to (batch..., H, T, S) = {}", shape_str(bias.shape()),
@@ -362,49 +398,51 @@ MhaResult MultiHeadAttentionImpl::attend(const Tensor& q, const Tensor& k, const
     else if (mask.dtype() == kBool) mask = where(mask, bias, Scalar(-kInf));
     else mask = mask + bias;
   }
-  Tensor live;  // bool, broadcastable to (batch..., S): keys some query may attend to
   if (mask.defined()) {
     Tensor km = mask.dtype() == kBool ? mask : mask != Scalar(-kInf);
-    if (km.dim() >= 3) live = any(km, {-3, -2});
-    else if (km.dim() == 2) live = any(km, {-2});
-    else live = km;
+    if (km.dim() >= 3) c.live = any(km, {-3, -2});
+    else if (km.dim() == 2) c.live = any(km, {-2});
+    else c.live = km;
   }
-  if (const Tensor& kp = f.key_padding(); kp.defined()) {
-    Tensor keep;
-    if (kp.dtype() == kInt64) {
-      KILN_CHECK(kp.shape() == batch, kOp, "key_padding lengths must have the batch shape {}, got shape {}",
-                 shape_str(batch), shape_str(kp.shape()));
-      keep = lt(arange(0, S, 1, TensorOptions(kInt64).device(dev)), unsqueeze(kp, -1));
-    } else {
-      Shape want = batch;
-      want.push_back(S);
-      KILN_CHECK(kp.dtype() == kBool && kp.shape() == want, kOp,
-                 "key_padding must be int64 lengths of shape {} or a bool keep-mask of shape {}, got {} of shape {}",
-                 shape_str(batch), shape_str(want), dtype_name(kp.dtype()), shape_str(kp.shape()));
-      keep = kp;
-    }
-    live = live.defined() ? logical_and(live, keep) : keep;
-    Tensor k4 = unsqueeze(unsqueeze(keep, -2), -2);  // (batch..., 1, 1, S)
-    if (!mask.defined()) mask = k4;
-    else if (mask.dtype() == kBool) mask = logical_and(mask, k4);
-    else mask = where(k4, mask, Scalar(-kInf));
-  }
+  c.mask = mask;
+}
 
-  // Keys nobody attends to become zeros before the projections: NaN/Inf there must not reach
-  // the parameters' gradients through the projection's backward (0 * NaN). With a cache only
-  // this call's keys are projected.
-  Tensor kin = k, vin = v;
-  if (live.defined()) {
-    Tensor lv = live;
-    if (past > 0 && lv.dim() > 0 && lv.size(-1) == S) lv = lv.narrow(-1, past, S_new);
+// key_padding (lengths or a keep-mask (batch..., S)) joins the mask and the live keys.
+void MultiHeadAttentionImpl::add_key_padding(Call& c) const {
+  const Tensor& kp = c.f.key_padding();
+  if (!kp.defined()) return;
+  Tensor keep;
+  if (kp.dtype() == kInt64) {
+    KILN_CHECK(kp.shape() == c.batch, kOp, "key_padding lengths must have the batch shape {}, got shape {}",
+               shape_str(c.batch), shape_str(kp.shape()));
+    keep = lt(arange(0, c.S, 1, TensorOptions(kInt64).device(c.dev)), unsqueeze(kp, -1));
+  } else {
+    const Shape want = cat_shape(c.batch, {c.S});
+    KILN_CHECK(kp.dtype() == kBool && kp.shape() == want, kOp,
+               "key_padding must be int64 lengths of shape {} or a bool keep-mask of shape {}, got {} of shape {}",
+               shape_str(c.batch), shape_str(want), dtype_name(kp.dtype()), shape_str(kp.shape()));
+    keep = kp;
+  }
+  c.live = c.live.defined() ? logical_and(c.live, keep) : keep;
+  c.mask = and_keep(c.mask, unsqueeze(unsqueeze(keep, -2), -2));  // (batch..., 1, 1, S)
+}
+
+// Projections and heads: (batch..., L, n * d) -> (batch..., n, L, d), with qk_norm. Keys nobody
+// attends to become zeros before the projections: NaN/Inf there must not reach the parameters'
+// gradients through the projection's backward (0 * NaN). With a cache only this call's keys
+// are projected.
+void MultiHeadAttentionImpl::project_heads(Call& c) {
+  const std::int64_t H = num_heads(), Hkv = num_kv_heads(), Dk = head_dim(), Dv = v_head_dim();
+  Tensor kin = c.k, vin = c.v;
+  if (c.live.defined()) {
+    Tensor lv = c.live;
+    if (c.past > 0 && lv.dim() > 0 && lv.size(-1) == c.S) lv = lv.narrow(-1, c.past, c.S_new);
     lv = unsqueeze(lv, -1);
-    kin = where(lv, k, Scalar(0.0));
-    vin = v.is_same(k) ? kin : where(lv, v, Scalar(0.0));
+    kin = where(lv, c.k, Scalar(0.0));
+    vin = c.v.is_same(c.k) ? kin : where(lv, c.v, Scalar(0.0));
   }
-
-  // ---- projections and heads: (batch..., L, n * d) -> (batch..., n, L, d)
-  Tensor qp = options.to_q_fn() ? options.to_q_fn()(q, q_proj) : q_proj(q);
-  Tensor kp, vp;
+  Tensor qp = options.to_q_fn() ? options.to_q_fn()(c.q, q_proj) : q_proj(c.q);  // (batch..., T, H * Dk)
+  Tensor kp, vp;                                                                 // (batch..., S_new, Hkv * D)
   if (options.to_kv_fn()) {
     std::tie(kp, vp) = options.to_kv_fn()(kin, vin, k_proj, v_proj);
   } else {
@@ -412,109 +450,113 @@ MhaResult MultiHeadAttentionImpl::attend(const Tensor& q, const Tensor& k, const
     vp = v_proj(vin);
   }
   if (options.to_q_fn() || options.to_kv_fn()) {
-    KILN_CHECK(qp.defined() && qp.shape() == cat_shape(batch, {T, H * Dk}), kOp,
+    KILN_CHECK(qp.defined() && qp.shape() == cat_shape(c.batch, {c.T, H * Dk}), kOp,
                "to_q_fn must return (batch..., T, num_heads * head_dim) = {}, got {}",
-               shape_str(cat_shape(batch, {T, H * Dk})), shape_or_undefined(qp));
-    KILN_CHECK(kp.defined() && kp.shape() == cat_shape(batch, {S_new, Hkv * Dk}) && vp.defined() &&
-                   vp.shape() == cat_shape(batch, {S_new, Hkv * Dv}),
+               shape_str(cat_shape(c.batch, {c.T, H * Dk})), shape_or_undefined(qp));
+    KILN_CHECK(kp.defined() && kp.shape() == cat_shape(c.batch, {c.S_new, Hkv * Dk}) && vp.defined() &&
+                   vp.shape() == cat_shape(c.batch, {c.S_new, Hkv * Dv}),
                kOp, "to_kv_fn must return keys {} and values {}, got {} and {}",
-               shape_str(cat_shape(batch, {S_new, Hkv * Dk})), shape_str(cat_shape(batch, {S_new, Hkv * Dv})),
+               shape_str(cat_shape(c.batch, {c.S_new, Hkv * Dk})), shape_str(cat_shape(c.batch, {c.S_new, Hkv * Dv})),
                shape_or_undefined(kp), shape_or_undefined(vp));
   }
-  Tensor qh = norm_heads(q_norm, split_last(qp, H, Dk)).transpose(-3, -2);
-  Tensor kh = norm_heads(k_norm, split_last(kp, Hkv, Dk)).transpose(-3, -2);
-  Tensor vh = split_last(vp, Hkv, Dv).transpose(-3, -2);
+  c.qh = norm_heads(q_norm, split_last(qp, H, Dk)).transpose(-3, -2);
+  c.kh = norm_heads(k_norm, split_last(kp, Hkv, Dk)).transpose(-3, -2);
+  c.vh = split_last(vp, Hkv, Dv).transpose(-3, -2);
+}
 
-  // ---- positions (rotary or a custom hook), before the keys enter the cache
+// Positions (rotary or a custom hook) on qh and kh, before the keys enter the cache.
+void MultiHeadAttentionImpl::apply_positions(Call& c) {
+  const MhaForward& f = c.f;
   const bool has_pos = !rotary.is_empty() || static_cast<bool>(options.position_fn());
   KILN_CHECK(has_pos || (!f.positions().defined() && !f.key_positions().defined()), kOp,
              "positions were given but the module has no rotary or position_fn to use them");
-  if (has_pos) {
-    const TensorOptions io = TensorOptions(kInt64).device(dev);
-    Tensor qpos = f.positions().defined() ? head_positions(f.positions(), batch, T, "positions")
-                                          : arange(past, past + T, 1, io);
-    Tensor kpos = f.key_positions().defined()       ? head_positions(f.key_positions(), batch, S_new, "key_positions")
-                  : f.positions().defined() && S_new == T ? qpos
-                                                          : arange(past, past + S_new, 1, io);
-    if (!rotary.is_empty()) {
-      qh = rotary->forward(qh, qpos);
-      kh = rotary->forward(kh, kpos);
-    } else {
-      qh = options.position_fn()(qh, qpos, false);
-      kh = options.position_fn()(kh, kpos, true);
-      KILN_CHECK(qh.defined() && kh.defined() && qh.shape() == cat_shape(batch, {H, T, Dk}) &&
-                     kh.shape() == cat_shape(batch, {Hkv, S_new, Dk}),
-                 kOp, "position_fn must keep the shapes of q {} and k {}, got {} and {}",
-                 shape_str(cat_shape(batch, {H, T, Dk})), shape_str(cat_shape(batch, {Hkv, S_new, Dk})),
-                 shape_or_undefined(qh), shape_or_undefined(kh));
-    }
+  if (!has_pos) return;
+  const TensorOptions io = TensorOptions(kInt64).device(c.dev);
+  Tensor qpos = f.positions().defined() ? head_positions(f.positions(), c.batch, c.T, "positions")
+                                        : arange(c.past, c.past + c.T, 1, io);
+  Tensor kpos = f.key_positions().defined() ? head_positions(f.key_positions(), c.batch, c.S_new, "key_positions")
+                : f.positions().defined() && c.S_new == c.T ? qpos
+                                                            : arange(c.past, c.past + c.S_new, 1, io);
+  if (!rotary.is_empty()) {
+    c.qh = rotary->forward(c.qh, qpos);
+    c.kh = rotary->forward(c.kh, kpos);
+    return;
   }
-  if (cache) std::tie(kh, vh) = cache->append(kh, vh);
+  const std::int64_t H = num_heads(), Hkv = num_kv_heads(), Dk = head_dim();
+  c.qh = options.position_fn()(c.qh, qpos, false);
+  c.kh = options.position_fn()(c.kh, kpos, true);
+  KILN_CHECK(c.qh.defined() && c.kh.defined() && c.qh.shape() == cat_shape(c.batch, {H, c.T, Dk}) &&
+                 c.kh.shape() == cat_shape(c.batch, {Hkv, c.S_new, Dk}),
+             kOp, "position_fn must keep the shapes of q {} and k {}, got {} and {}",
+             shape_str(cat_shape(c.batch, {H, c.T, Dk})), shape_str(cat_shape(c.batch, {Hkv, c.S_new, Dk})),
+             shape_or_undefined(c.qh), shape_or_undefined(c.kh));
+}
 
-  // ---- PyTorch's add_bias_kv / add_zero_attn: extra key/value positions after the S real ones
-  bool causal = f.is_causal();
+// PyTorch's add_bias_kv / add_zero_attn: extra key/value positions after the S real ones.
+void MultiHeadAttentionImpl::append_extra_keys(Call& c) const {
   const std::int64_t extra = (options.add_bias_kv() ? 1 : 0) + (options.add_zero_attn() ? 1 : 0);
-  if (extra > 0) {
-    const Shape col_k = cat_shape(batch, {Hkv, 1, Dk}), col_v = cat_shape(batch, {Hkv, 1, Dv});
-    std::vector<Tensor> ks{kh}, vs{vh};
-    if (options.add_bias_kv()) {
-      Shape ones_b(batch.size(), 1);
-      ks.push_back(expand(reshape(bias_k, cat_shape(ones_b, {Hkv, 1, Dk})), col_k));
-      vs.push_back(expand(reshape(bias_v, cat_shape(ones_b, {Hkv, 1, Dv})), col_v));
-    }
-    if (options.add_zero_attn()) {
-      ks.push_back(zeros(col_k, TensorOptions(kh.dtype()).device(dev)));
-      vs.push_back(zeros(col_v, TensorOptions(vh.dtype()).device(dev)));
-    }
-    kh = cat(ks, -2);
-    vh = cat(vs, -2);
-    // causal concerns the real keys only: made explicit, then every mask gets true columns
-    if (causal) {
-      Tensor ck = causal_keep(T, S, dev);
-      if (!mask.defined()) mask = ck;
-      else if (mask.dtype() == kBool) mask = logical_and(mask, ck);
-      else mask = where(ck, mask, Scalar(-kInf));
-      causal = false;
-    }
-    if (mask.defined()) mask = pad_columns(mask, S, extra);
+  if (extra == 0) return;
+  const std::int64_t Hkv = num_kv_heads(), Dk = head_dim(), Dv = v_head_dim();
+  const Shape col_k = cat_shape(c.batch, {Hkv, 1, Dk}), col_v = cat_shape(c.batch, {Hkv, 1, Dv});
+  std::vector<Tensor> ks{c.kh}, vs{c.vh};
+  if (options.add_bias_kv()) {
+    const Shape ones_b(c.batch.size(), 1);
+    ks.push_back(expand(reshape(bias_k, cat_shape(ones_b, {Hkv, 1, Dk})), col_k));
+    vs.push_back(expand(reshape(bias_v, cat_shape(ones_b, {Hkv, 1, Dv})), col_v));
   }
+  if (options.add_zero_attn()) {
+    ks.push_back(zeros(col_k, TensorOptions(c.kh.dtype()).device(c.dev)));
+    vs.push_back(zeros(col_v, TensorOptions(c.vh.dtype()).device(c.dev)));
+  }
+  c.kh = cat(ks, -2);  // (batch..., Hkv, S + extra, Dk)
+  c.vh = cat(vs, -2);
+  // causal concerns the real keys only: made explicit, then every mask gets true columns
+  if (c.causal) {
+    c.mask = and_keep(c.mask, causal_keep(c.T, c.S, c.dev));
+    c.causal = false;
+  }
+  if (c.mask.defined()) c.mask = pad_columns(c.mask, c.S, extra);
+}
 
+// The attention core on the heads, then heads merged, out_proj, out_dropout and reslink.
+MhaResult MultiHeadAttentionImpl::attend_core(Call& c) {
+  const std::int64_t H = num_heads(), Dv = v_head_dim();
   const double p = options.dropout();
   const bool train = is_training();
   const bool bcast = options.broadcast_dropout() && train && p > 0.0;
   SdpaOptions so;
-  so.attn_mask(mask)
-      .is_causal(causal)
+  so.attn_mask(c.mask)
+      .is_causal(c.causal)
       .scale(options.scale())
       .dropout_p(bcast ? 0.0 : p)
       .training(train)
       .generator(options.generator())
-      .need_weights(f.need_weights() || bcast);
+      .need_weights(c.f.need_weights() || bcast);
   if (options.window_left() >= 0 || options.window_right() >= 0)
     so.window(options.window_left(), options.window_right());
   if (alibi_slopes.defined()) so.alibi_slopes(alibi_slopes);
   if (sinks.defined()) so.sinks(sinks);
-  SdpaResult r = options.attention_fn() ? options.attention_fn()(qh, kh, vh, so)
-                                        : scaled_dot_product_attention(qh, kh, vh, so);
+  SdpaResult r = options.attention_fn() ? options.attention_fn()(c.qh, c.kh, c.vh, so)
+                                        : scaled_dot_product_attention(c.qh, c.kh, c.vh, so);
   Tensor o = r.output;  // (batch..., H, T, Dv)
-  KILN_CHECK(o.defined() && o.shape() == cat_shape(batch, {H, T, Dv}), kOp,
+  KILN_CHECK(o.defined() && o.shape() == cat_shape(c.batch, {H, c.T, Dv}), kOp,
              "the attention function must return output (batch..., H, T, v_head_dim) = {}, got {}",
-             shape_str(cat_shape(batch, {H, T, Dv})), shape_or_undefined(o));
+             shape_str(cat_shape(c.batch, {H, c.T, Dv})), shape_or_undefined(o));
   KILN_CHECK(!so.need_weights() || r.weights.defined(), kOp,
              "the attention function returned no weights although need_weights was set");
-  if (bcast) o = broadcast_dropout_attention(r.weights, vh);
+  if (bcast) o = broadcast_dropout_attention(r.weights, c.vh);
 
-  Tensor merged = reshape(o.transpose(-3, -2), cat_shape(batch, {T, H * Dv}));
+  Tensor merged = reshape(o.transpose(-3, -2), cat_shape(c.batch, {c.T, H * Dv}));  // (batch..., T, H * Dv)
   Tensor y = options.to_out_fn() ? options.to_out_fn()(merged, out_proj) : out_proj(merged);
   y = dropout(y, options.out_dropout(), train, options.generator());
   if (options.reslink()) {
-    KILN_CHECK(y.shape() == q.shape(), kOp, "reslink: the output of shape {} cannot be added to the query of shape {}",
-               shape_str(y.shape()), shape_str(q.shape()));
-    y = y + q;
+    KILN_CHECK(y.shape() == c.q.shape(), kOp,
+               "reslink: the output of shape {} cannot be added to the query of shape {}", shape_str(y.shape()),
+               shape_str(c.q.shape()));
+    y = y + c.q;
   }
-
   MhaResult res{y, Tensor()};
-  if (f.need_weights()) res.weights = f.average_attn_weights() ? mean(r.weights, {-3}) : r.weights;
+  if (c.f.need_weights()) res.weights = c.f.average_attn_weights() ? mean(r.weights, {-3}) : r.weights;
   return res;
 }
 

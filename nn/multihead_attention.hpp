@@ -313,6 +313,16 @@ class MultiHeadAttentionImpl : public Module {
   MhaResult attend_axes(const Tensor& q, const Tensor& k, const Tensor& v, const MhaForward& f);
   Tensor norm_heads(const std::shared_ptr<Module>& norm, const Tensor& x) const;
   Tensor broadcast_dropout_attention(const Tensor& P, const Tensor& v) const;
+  // attend()'s stages, in order, on the per-call state (multihead_attention.cpp).
+  struct Call;
+  Shape check_inputs(const Tensor& q, const Tensor& k, const Tensor& v) const;
+  void open_cache(Call& c) const;
+  void build_mask(Call& c) const;
+  void add_key_padding(Call& c) const;
+  void project_heads(Call& c);
+  void apply_positions(Call& c);
+  void append_extra_keys(Call& c) const;
+  MhaResult attend_core(Call& c);
 };
 KILN_MODULE(MultiHeadAttention);
 
