@@ -110,155 +110,212 @@ void pv_row(std::int64_t cols, const F* p, const F* V, std::int64_t ldv, std::in
   }
 }
 
+// One decode call: the key range, its split into chunks and where the chunks' states go.
 template <typename F>
-void decode_forward(const Geo<F>& g, const AttentionArgs& a, const Tensor& out, const Tensor& lse_t,
-                    const Tensor& weights) {
-  constexpr std::int64_t Bk = Geo<F>::kBk;
-  const std::int64_t NK = g.N * g.Hkv, R = g.G * g.T, Rp = round_up_w<F>(R);
-  const F* q = a.q.data_ptr<F>();
-  const F* k = a.k.data_ptr<F>();
-  const F* v = a.v.data_ptr<F>();
-  F* o = out.data_ptr<F>();
-  F* lse = lse_t.data_ptr<F>();
-  F* w = weights.defined() ? weights.data_ptr<F>() : nullptr;
-  const MaskView mask(a.mask);
-  const HeadValues<F> alibi(a.alibi), sinks(a.sinks);
-  const Dropout drop = make_dropout(a, g.S);
-  const F qscale = static_cast<F>(a.scale * kLog2e);
-  const F l2e = static_cast<F>(kLog2e);
-  const St4 qst = st4(a.q), kst = st4(a.k), vst = st4(a.v), ost = st4(out);
+struct DecodeCall {
+  const Geo<F>& g;
+  const AttnInputs<F>& in;
+  F *o, *lse, *w;  // out (N, H, T, Dv), lse (N, H, T), weights (N, H, T, S) or null
+  St4 ost;
+  std::int64_t R, Rp;  // query rows per kv head (G * T), rounded up to the vector width
   // K / V rows are read in place when they are contiguous and vector-sized, else per tile packed.
-  const bool k_direct = kst[3] == 1 && g.Dk == g.Dkp, v_direct = vst[3] == 1 && g.Dv == g.Dvp;
-  const bool use_dot = R <= kDotRows;
+  bool k_direct, v_direct, use_dot;
+  std::int64_t kbeg, kend, nblk;  // keys any row may see (rows t = 0..T-1; lo and hi grow with t), in blocks
+  std::int64_t work, chunks, pstride;
+  F* part;  // per item: running max (R), sum (R), accumulator (R, Dvp)
 
-  // Keys any row may see (rows are t = 0..T-1 of each head; lo and hi grow with t).
-  const std::int64_t kbeg = g.lo(0) / Bk * Bk, kend = std::max(g.hi(g.T - 1), kbeg);
-  const std::int64_t nblk = (kend - kbeg + Bk - 1) / Bk;
-  const std::int64_t work = std::max<std::int64_t>(R * (kend - kbeg) * (g.Dk + g.Dv), 1);  // per kv head
-  const std::int64_t nt = omp_in_parallel() ? 1 : get_num_threads();
-  std::int64_t chunks = 1;
-  if (NK < nt && nblk > 1)
-    chunks = std::clamp<std::int64_t>(std::min((nt + NK - 1) / NK, work / kDecodeGrain), 1,
-                                      std::min(nblk, kMaxChunks));
-  if (const std::int64_t forced = decode_split.load(); forced > 0 && nblk > 0)
-    chunks = std::min({forced, nblk, kMaxChunks});
-  const std::int64_t items = NK * chunks;
-  // Per item: running max (R), sum (R), accumulator (R, Dvp).
-  const std::int64_t pstride = round_up_w<F>(R * (2 + g.Dvp));
-  Scratch parts(Scratch::size_of({items * pstride}, sizeof(F)));
-  F* part = parts.take<F>(items * pstride);
+  DecodeCall(const Geo<F>& g_, const AttnInputs<F>& in_, const Tensor& out, const Tensor& lse_t, const Tensor& weights)
+      : g(g_), in(in_), o(out.data_ptr<F>()), lse(lse_t.data_ptr<F>()), w(data_or_null<F>(weights)), ost(st4(out)) {
+    constexpr std::int64_t Bk = Geo<F>::kBk;
+    R = g.G * g.T;
+    Rp = round_up_w<F>(R);
+    k_direct = in.kst[3] == 1 && g.Dk == g.Dkp;
+    v_direct = in.vst[3] == 1 && g.Dv == g.Dvp;
+    use_dot = R <= kDotRows;
+    kbeg = g.lo(0) / Bk * Bk;
+    kend = std::max(g.hi(g.T - 1), kbeg);
+    nblk = (kend - kbeg + Bk - 1) / Bk;
+    work = std::max<std::int64_t>(R * (kend - kbeg) * (g.Dk + g.Dv), 1);  // per kv head
+    const std::int64_t NK = g.N * g.Hkv, nt = omp_in_parallel() ? 1 : get_num_threads();
+    chunks = 1;
+    if (NK < nt && nblk > 1)
+      chunks = std::clamp<std::int64_t>(std::min((nt + NK - 1) / NK, work / kDecodeGrain), 1,
+                                        std::min(nblk, kMaxChunks));
+    if (const std::int64_t forced = decode_split.load(); forced > 0 && nblk > 0)
+      chunks = std::min({forced, nblk, kMaxChunks});
+    pstride = round_up_w<F>(R * (2 + g.Dvp));
+  }
 
-  const std::size_t scratch = Scratch::size_of(
-      {R * g.Dkp, use_dot ? 0 : g.Dk * Rp, use_dot ? 0 : Bk * Rp, R * Bk, R * Bk, R * g.Dvp, R, Bk,
-       k_direct ? 0 : Bk * g.Dkp, v_direct ? 0 : Bk * g.Dvp},
-      sizeof(F));
   // Writes row r of kv head (n, hkv) from its running max, sum and accumulator acc_at(d).
-  auto finish = [&](std::int64_t n, std::int64_t hkv, std::int64_t r, F mrow, F lrow, auto&& acc_at) {
+  void finish(std::int64_t n, std::int64_t hkv, std::int64_t r, F mrow, F lrow, auto&& acc_at) const {
     const std::int64_t gi = r / g.T, t = r % g.T, h = hkv * g.G + gi, nh = n * g.H + h;
     F inv, lse2;
-    row_norm(mrow, lrow, sinks.p != nullptr, sinks(n, h, kNegInf<F>) * l2e, inv, lse2);
+    row_norm(mrow, lrow, in.sinks.p != nullptr, in.sinks(n, h, kNegInf<F>) * in.l2e, inv, lse2);
     F* orow = o + n * ost[0] + h * ost[1] + t * ost[2];
     for (std::int64_t d = 0; d < g.Dv; ++d) orow[d * ost[3]] = acc_at(d) * inv;
     lse[nh * g.T + t] = lse2 * static_cast<F>(kLn2);
     if (w) finish_weights(w + (nh * g.T + t) * g.S, g.S, kbeg, kend, lse2);
-  };
-  const std::int64_t item_work = std::max<std::int64_t>(work / chunks, 1);
-  run_items(items, (kDecodeGrain + item_work - 1) / item_work, scratch, [&](std::int64_t it, Scratch& sc) {
-    const std::int64_t x = it / chunks, c = it % chunks;
-    const std::int64_t n = x / g.Hkv, hkv = x % g.Hkv;
-    const std::int64_t b0 = kbeg + c * nblk / chunks * Bk, b1 = std::min(kend, kbeg + (c + 1) * nblk / chunks * Bk);
-    F* m = part + it * pstride;
-    F* l = m + R;
-    F* acc = l + R;  // (R, Dvp)
-    F* qs = sc.take<F>(R * g.Dkp);  // row r = gi * T + t: head hkv * G + gi, query t
-    F* qt = use_dot ? nullptr : sc.take<F>(g.Dk * Rp);
-    F* st = use_dot ? nullptr : sc.take<F>(Bk * Rp);
-    F* sb = sc.take<F>(R * Bk);
-    F* pb = sc.take<F>(R * Bk);
-    F* tmp = sc.take<F>(R * g.Dvp);
-    F* alpha = sc.take<F>(R);
-    F* mult = sc.take<F>(Bk);
-    F* kpk = k_direct ? nullptr : sc.take<F>(Bk * g.Dkp);
-    F* vpk = v_direct ? nullptr : sc.take<F>(Bk * g.Dvp);
-    for (std::int64_t gi = 0; gi < g.G; ++gi) {
-      const std::int64_t h = hkv * g.G + gi;
-      pack_rows(qs + gi * g.T * g.Dkp, g.Dkp, q + n * qst[0] + h * qst[1], qst[2], qst[3], g.T, g.Dk, qscale);
-    }
-    if (qt) {
-      for (std::int64_t d = 0; d < g.Dk; ++d) {
-        for (std::int64_t r = 0; r < R; ++r) qt[d * Rp + r] = qs[r * g.Dkp + d];
-        std::fill(qt + d * Rp + R, qt + (d + 1) * Rp, F(0));
-      }
-    }
-    std::fill(m, m + R, kNegInf<F>);
-    std::fill(l, l + R, F(0));
-    std::fill(acc, acc + R * g.Dvp, F(0));
-    const F* kx = k + n * kst[0] + hkv * kst[1];
-    const F* vx = v + n * vst[0] + hkv * vst[1];
-    for (std::int64_t j0 = b0; j0 < b1; j0 += Bk) {
-      const std::int64_t cols = std::min(Bk, b1 - j0), cp = std::min(Bk, round_up_w<F>(cols));
-      const F* kb = kx + j0 * kst[2];
-      std::int64_t ldk = kst[2];
-      if (!k_direct) {
-        pack_rows(kpk, g.Dkp, kb, kst[2], kst[3], cols, g.Dk);
-        kb = kpk;
-        ldk = g.Dkp;
-      }
-      if (use_dot) {
-        for (std::int64_t j = 0; j < cols; ++j) dot_rows(R, g.Dkp, qs, g.Dkp, kb + j * ldk, sb + j, Bk);
-      } else {
-        gemm<F, false>(cols, Rp, g.Dk, kb, ldk, 1, qt, Rp, st, Rp);
-        for (std::int64_t r = 0; r < R; ++r)
-          for (std::int64_t j = 0; j < cols; ++j) sb[r * Bk + j] = st[j * Rp + r];
-      }
-      for (std::int64_t r = 0; r < R; ++r) {
-        const std::int64_t gi = r / g.T, t = r % g.T, h = hkv * g.G + gi, nh = n * g.H + h;
-        const F slope = alibi(n, h, F(0)) * l2e;
-        const char* mrow = mask.row(n, h, t);
-        const RowMask<F> rm{mrow ? mrow + j0 * mask.ss * mask.isz : nullptr, mask.is_bool, mask.ss, slope,
-                            g.S - g.T + t};
-        const bool whole = !mask.p && slope == F(0) && g.lo(t) <= j0 && g.hi(t) >= j0 + cols;
-        alpha[r] = online_row(sb + r * Bk, pb + r * Bk, m[r], l[r], j0, cols, cp, whole, g.lo(t) - j0,
-                              std::min(cols, g.hi(t) - j0), rm, w ? w + (nh * g.T + t) * g.S : nullptr, drop,
-                              nh * g.T + t, drop.on ? mult : nullptr);
-      }
-      const F* vb = vx + j0 * vst[2];
-      std::int64_t ldv = vst[2];
-      if (!v_direct) {
-        pack_rows(vpk, g.Dvp, vb, vst[2], vst[3], cols, g.Dv);
-        vb = vpk;
-        ldv = g.Dvp;
-      }
-      // P V of the tile; NaN/Inf in it may come from masked keys (0 * Inf): then the exact
-      // product, which skips masked pairs.
-      if (use_dot)
-        for (std::int64_t r = 0; r < R; ++r) pv_row(cols, pb + r * Bk, vb, ldv, g.Dvp, tmp + r * g.Dvp);
-      else
-        gemm<F, false>(R, g.Dvp, cols, pb, Bk, 1, vb, ldv, tmp, g.Dvp);
-      if (!all_finite(tmp, R * g.Dvp)) {
-        std::fill(tmp, tmp + R * g.Dvp, F(0));
-        gemm_skip<F>(false, R, g.Dvp, cols, pb, Bk, vb, ldv, tmp, g.Dvp, nullptr, sb, Bk);
-      }
-      for (std::int64_t r = 0; r < R; ++r) {
-        F* ar = acc + r * g.Dvp;
-        const F* tr = tmp + r * g.Dvp;
-        const F al = alpha[r];
-        for (std::int64_t d = 0; d < g.Dvp; ++d) ar[d] = ar[d] * al + tr[d];
-      }
-    }
-    if (chunks == 1)
-      for (std::int64_t r = 0; r < R; ++r)
-        finish(n, hkv, r, m[r], l[r], [&](std::int64_t d) { return acc[r * g.Dvp + d]; });
-  });
+  }
+};
 
-  if (chunks == 1) return;
-  // Merge the chunks of every row (each scaled to the common max) and write it out.
-  const std::int64_t row_work = chunks * g.Dv + (w ? g.S : 0) + 1;
-  parallel_range(NK * R, (kDecodeGrain + row_work - 1) / row_work, [&](std::int64_t b, std::int64_t e) {
+// One item's scratch: rows r = gi * T + t of the kv head's G query heads.
+template <typename F>
+struct DecodeScratch {
+  F *qs, *qt, *st;  // (R, Dkp) q in log2 units; with gemm scores: (Dk, Rp) q^T and (Bk, Rp) K q^T
+  F *sb, *pb;       // (R, Bk) scores, probabilities
+  F *tmp, *alpha;   // (R, Dvp) the tile's P V, (R) accumulator factors
+  F *mult;          // (Bk) dropout multipliers
+  F *kpk, *vpk;     // (Bk, Dkp), (Bk, Dvp) packed K / V tile unless read in place
+  static std::size_t bytes(const DecodeCall<F>& dc) {
+    constexpr std::int64_t Bk = Geo<F>::kBk;
+    const Geo<F>& g = dc.g;
+    const std::int64_t R = dc.R, Rp = dc.Rp;
+    return Scratch::size_of({R * g.Dkp, dc.use_dot ? 0 : g.Dk * Rp, dc.use_dot ? 0 : Bk * Rp, R * Bk, R * Bk,
+                             R * g.Dvp, R, Bk, dc.k_direct ? 0 : Bk * g.Dkp, dc.v_direct ? 0 : Bk * g.Dvp},
+                            sizeof(F));
+  }
+  DecodeScratch(const DecodeCall<F>& dc, Scratch& sc) {
+    constexpr std::int64_t Bk = Geo<F>::kBk;
+    const Geo<F>& g = dc.g;
+    const std::int64_t R = dc.R, Rp = dc.Rp;
+    qs = sc.take<F>(R * g.Dkp);
+    qt = dc.use_dot ? nullptr : sc.take<F>(g.Dk * Rp);
+    st = dc.use_dot ? nullptr : sc.take<F>(Bk * Rp);
+    sb = sc.take<F>(R * Bk);
+    pb = sc.take<F>(R * Bk);
+    tmp = sc.take<F>(R * g.Dvp);
+    alpha = sc.take<F>(R);
+    mult = sc.take<F>(Bk);
+    kpk = dc.k_direct ? nullptr : sc.take<F>(Bk * g.Dkp);
+    vpk = dc.v_direct ? nullptr : sc.take<F>(Bk * g.Dvp);
+  }
+};
+
+// Packs the G query heads of kv head (n, hkv) as rows (and transposed for the gemm scores).
+template <typename F>
+void decode_load_queries(const DecodeCall<F>& dc, std::int64_t n, std::int64_t hkv, DecodeScratch<F>& s) {
+  const Geo<F>& g = dc.g;
+  const St4& qst = dc.in.qst;
+  for (std::int64_t gi = 0; gi < g.G; ++gi) {
+    const std::int64_t h = hkv * g.G + gi;
+    pack_rows(s.qs + gi * g.T * g.Dkp, g.Dkp, dc.in.q + n * qst[0] + h * qst[1], qst[2], qst[3], g.T, g.Dk,
+              dc.in.qscale);
+  }
+  if (!s.qt) return;
+  for (std::int64_t d = 0; d < g.Dk; ++d) {
+    for (std::int64_t r = 0; r < dc.R; ++r) s.qt[d * dc.Rp + r] = s.qs[r * g.Dkp + d];
+    std::fill(s.qt + d * dc.Rp + dc.R, s.qt + (d + 1) * dc.Rp, F(0));
+  }
+}
+
+// Scores sb (R, Bk) of every row against keys [j0, j0 + cols), then each row through the mask
+// and the online softmax (alpha: the factor its accumulator is scaled by).
+template <typename F>
+void decode_scores(const DecodeCall<F>& dc, std::int64_t n, std::int64_t hkv, std::int64_t j0, std::int64_t cols,
+                   F* m, F* l, DecodeScratch<F>& s) {
+  constexpr std::int64_t Bk = Geo<F>::kBk;
+  const Geo<F>& g = dc.g;
+  const AttnInputs<F>& in = dc.in;
+  const std::int64_t R = dc.R, Rp = dc.Rp, cp = std::min(Bk, round_up_w<F>(cols));
+  const F* kb = in.k + n * in.kst[0] + hkv * in.kst[1] + j0 * in.kst[2];
+  std::int64_t ldk = in.kst[2];
+  if (!dc.k_direct) {
+    pack_rows(s.kpk, g.Dkp, kb, in.kst[2], in.kst[3], cols, g.Dk);
+    kb = s.kpk;
+    ldk = g.Dkp;
+  }
+  if (dc.use_dot) {
+    for (std::int64_t j = 0; j < cols; ++j) dot_rows(R, g.Dkp, s.qs, g.Dkp, kb + j * ldk, s.sb + j, Bk);
+  } else {
+    gemm<F, false>(cols, Rp, g.Dk, kb, ldk, 1, s.qt, Rp, s.st, Rp);
+    for (std::int64_t r = 0; r < R; ++r)
+      for (std::int64_t j = 0; j < cols; ++j) s.sb[r * Bk + j] = s.st[j * Rp + r];
+  }
+  for (std::int64_t r = 0; r < R; ++r) {
+    const std::int64_t gi = r / g.T, t = r % g.T, h = hkv * g.G + gi, nh = n * g.H + h;
+    const F slope = in.alibi(n, h, F(0)) * in.l2e;
+    const char* mrow = in.mask.row(n, h, t);
+    const RowMask<F> rm{mrow ? mrow + j0 * in.mask.ss * in.mask.isz : nullptr, in.mask.is_bool, in.mask.ss, slope,
+                        g.S - g.T + t};
+    const bool whole = !in.mask.p && slope == F(0) && g.lo(t) <= j0 && g.hi(t) >= j0 + cols;
+    s.alpha[r] = online_row(s.sb + r * Bk, s.pb + r * Bk, m[r], l[r], j0, cols, cp, whole, g.lo(t) - j0,
+                            std::min(cols, g.hi(t) - j0), rm, dc.w ? dc.w + (nh * g.T + t) * g.S : nullptr, in.drop,
+                            nh * g.T + t, in.drop.on ? s.mult : nullptr);
+  }
+}
+
+// acc = acc * alpha + P V over keys [j0, j0 + cols). NaN/Inf in the product may come from masked
+// keys (0 * Inf): then the exact product, which skips masked pairs.
+template <typename F>
+void decode_accumulate(const DecodeCall<F>& dc, std::int64_t n, std::int64_t hkv, std::int64_t j0, std::int64_t cols,
+                       F* acc, DecodeScratch<F>& s) {
+  constexpr std::int64_t Bk = Geo<F>::kBk;
+  const Geo<F>& g = dc.g;
+  const St4& vst = dc.in.vst;
+  const std::int64_t R = dc.R;
+  const F* vb = dc.in.v + n * vst[0] + hkv * vst[1] + j0 * vst[2];
+  std::int64_t ldv = vst[2];
+  if (!dc.v_direct) {
+    pack_rows(s.vpk, g.Dvp, vb, vst[2], vst[3], cols, g.Dv);
+    vb = s.vpk;
+    ldv = g.Dvp;
+  }
+  if (dc.use_dot)
+    for (std::int64_t r = 0; r < R; ++r) pv_row(cols, s.pb + r * Bk, vb, ldv, g.Dvp, s.tmp + r * g.Dvp);
+  else
+    gemm<F, false>(R, g.Dvp, cols, s.pb, Bk, 1, vb, ldv, s.tmp, g.Dvp);
+  if (!all_finite(s.tmp, R * g.Dvp)) {
+    std::fill(s.tmp, s.tmp + R * g.Dvp, F(0));
+    gemm_skip<F>(false, R, g.Dvp, cols, s.pb, Bk, vb, ldv, s.tmp, g.Dvp, nullptr, s.sb, Bk);
+  }
+  for (std::int64_t r = 0; r < R; ++r) {
+    F* ar = acc + r * g.Dvp;
+    const F* tr = s.tmp + r * g.Dvp;
+    const F al = s.alpha[r];
+    for (std::int64_t d = 0; d < g.Dvp; ++d) ar[d] = ar[d] * al + tr[d];
+  }
+}
+
+// Item it = (kv head x, chunk c): its rows over the chunk's keys, in its part of dc.part;
+// written out directly when the keys are not split.
+template <typename F>
+void decode_item(const DecodeCall<F>& dc, std::int64_t it, Scratch& sc) {
+  constexpr std::int64_t Bk = Geo<F>::kBk;
+  const Geo<F>& g = dc.g;
+  const std::int64_t chunks = dc.chunks, R = dc.R;
+  const std::int64_t x = it / chunks, c = it % chunks;
+  const std::int64_t n = x / g.Hkv, hkv = x % g.Hkv;
+  const std::int64_t b0 = dc.kbeg + c * dc.nblk / chunks * Bk;
+  const std::int64_t b1 = std::min(dc.kend, dc.kbeg + (c + 1) * dc.nblk / chunks * Bk);
+  F* m = dc.part + it * dc.pstride;
+  F* l = m + R;
+  F* acc = l + R;  // (R, Dvp)
+  DecodeScratch<F> s(dc, sc);
+  decode_load_queries(dc, n, hkv, s);
+  std::fill(m, m + R, kNegInf<F>);
+  std::fill(l, l + R, F(0));
+  std::fill(acc, acc + R * g.Dvp, F(0));
+  for (std::int64_t j0 = b0; j0 < b1; j0 += Bk) {
+    const std::int64_t cols = std::min(Bk, b1 - j0);
+    decode_scores(dc, n, hkv, j0, cols, m, l, s);
+    decode_accumulate(dc, n, hkv, j0, cols, acc, s);
+  }
+  if (chunks == 1)
+    for (std::int64_t r = 0; r < R; ++r)
+      dc.finish(n, hkv, r, m[r], l[r], [&](std::int64_t d) { return acc[r * g.Dvp + d]; });
+}
+
+// Merges the chunks of every row (each scaled to the common max) and writes it out.
+template <typename F>
+void decode_merge(const DecodeCall<F>& dc) {
+  const Geo<F>& g = dc.g;
+  const std::int64_t chunks = dc.chunks, R = dc.R, pstride = dc.pstride;
+  const std::int64_t row_work = chunks * g.Dv + (dc.w ? g.S : 0) + 1;
+  parallel_range(g.N * g.Hkv * R, (kDecodeGrain + row_work - 1) / row_work, [&](std::int64_t b, std::int64_t e) {
     std::array<F, kMaxChunks> f;
     for (std::int64_t xr = b; xr < e; ++xr) {
       const std::int64_t x = xr / R, r = xr % R;
-      const F* p0 = part + x * chunks * pstride;
+      const F* p0 = dc.part + x * chunks * pstride;
       F mx = kNegInf<F>;
       bool nan = false;
       for (std::int64_t c = 0; c < chunks; ++c) {
@@ -274,7 +331,7 @@ void decode_forward(const Geo<F>& g, const AttentionArgs& a, const Tensor& out, 
         lrow += p0[c * pstride + R + r] * f[static_cast<std::size_t>(c)];
       }
       if (nan) mrow = lrow = std::numeric_limits<F>::quiet_NaN();
-      finish(x / g.Hkv, x % g.Hkv, r, mrow, lrow, [&](std::int64_t d) {
+      dc.finish(x / g.Hkv, x % g.Hkv, r, mrow, lrow, [&](std::int64_t d) {
         F sum = 0;
         for (std::int64_t c = 0; c < chunks; ++c)
           sum += p0[c * pstride + 2 * R + r * g.Dvp + d] * f[static_cast<std::size_t>(c)];
@@ -284,6 +341,19 @@ void decode_forward(const Geo<F>& g, const AttentionArgs& a, const Tensor& out, 
   });
 }
 
+template <typename F>
+void decode_forward(const Geo<F>& g, const AttnInputs<F>& in, const Tensor& out, const Tensor& lse_t,
+                    const Tensor& weights) {
+  DecodeCall<F> dc(g, in, out, lse_t, weights);
+  const std::int64_t items = g.N * g.Hkv * dc.chunks;
+  Scratch parts(Scratch::size_of({items * dc.pstride}, sizeof(F)));
+  dc.part = parts.take<F>(items * dc.pstride);
+  const std::int64_t item_work = std::max<std::int64_t>(dc.work / dc.chunks, 1);
+  run_items(items, (kDecodeGrain + item_work - 1) / item_work, DecodeScratch<F>::bytes(dc),
+            [&](std::int64_t it, Scratch& sc) { decode_item(dc, it, sc); });
+  if (dc.chunks > 1) decode_merge(dc);
+}
+
 // ---------------------------------------------------------------- forward
 template <typename F>
 void forward_impl(const AttentionArgs& a, const Tensor& out, const Tensor& lse_t, const Tensor& weights) {
@@ -291,19 +361,14 @@ void forward_impl(const AttentionArgs& a, const Tensor& out, const Tensor& lse_t
   constexpr std::int64_t Bq = Geo<F>::kBq, Bk = Geo<F>::kBk;
   const std::int64_t NH = g.N * g.H, NK = g.N * g.Hkv;
   if (NH * g.T == 0) return;
-  if (g.T * g.G <= kDecodeRows) return decode_forward(g, a, out, lse_t, weights);
-  const F* q = a.q.data_ptr<F>();
-  const F* k = a.k.data_ptr<F>();
-  const F* v = a.v.data_ptr<F>();
+  const AttnInputs<F> in(a, g.S);
+  if (g.T * g.G <= kDecodeRows) return decode_forward(g, in, out, lse_t, weights);
+  const MaskView& mask = in.mask;
+  const Dropout& drop = in.drop;
+  const St4 &qst = in.qst, &kst = in.kst, &vst = in.vst, ost = st4(out);
   F* o = out.data_ptr<F>();
   F* lse = lse_t.data_ptr<F>();
-  F* w = weights.defined() ? weights.data_ptr<F>() : nullptr;
-  const MaskView mask(a.mask);
-  const HeadValues<F> alibi(a.alibi), sinks(a.sinks);
-  const Dropout drop = make_dropout(a, g.S);
-  const F qscale = static_cast<F>(a.scale * kLog2e);
-  const F l2e = static_cast<F>(kLog2e);
-  const St4 qst = st4(a.q), kst = st4(a.k), vst = st4(a.v), ost = st4(out);
+  F* w = data_or_null<F>(weights);
 
   // K^T and V (Sp, Dvp) per kv head, packed once; which V blocks are all finite.
   // K^T blocks are contiguous (Dk, Bk) tiles: rows Sp apart would all fall into one L1 set.
@@ -318,8 +383,8 @@ void forward_impl(const AttentionArgs& a, const Tensor& out, const Tensor& lse_t
   parallel_range(NK, pack_grain, [&](std::int64_t b, std::int64_t e) {
     for (std::int64_t x = b; x < e; ++x) {
       const std::int64_t n = x / g.Hkv, h = x % g.Hkv;
-      const F* kx = k + n * kst[0] + h * kst[1];
-      const F* vx = v + n * vst[0] + h * vst[1];
+      const F* kx = in.k + n * kst[0] + h * kst[1];
+      const F* vx = in.v + n * vst[0] + h * vst[1];
       for (std::int64_t kb = 0; kb < g.nkb; ++kb) {
         const std::int64_t j0 = kb * Bk;
         pack_transposed(kt_all + x * ktsz + kb * g.Dk * Bk, Bk, kx + j0 * kst[2], kst[2], kst[3],
@@ -349,14 +414,14 @@ void forward_impl(const AttentionArgs& a, const Tensor& out, const Tensor& lse_t
     F* l = sc.take<F>(Bq);
     F* alpha = sc.take<F>(Bq);
     F* mult = drop.on ? sc.take<F>(Bk) : nullptr;
-    pack_rows(qs, g.Dkp, q + n * qst[0] + h * qst[1] + t0 * qst[2], qst[2], qst[3], rows, g.Dk, qscale);
+    pack_rows(qs, g.Dkp, in.q + n * qst[0] + h * qst[1] + t0 * qst[2], qst[2], qst[3], rows, g.Dk, in.qscale);
     std::fill(acc, acc + rows * g.Dvp, F(0));
     std::fill(m, m + rows, kNegInf<F>);
     std::fill(l, l + rows, F(0));
     // Keys [kbeg, kend) are all any row of the block may see (causal, window): only their
     // tiles are visited, so local attention costs O(T * window).
     const std::int64_t kbeg = g.lo(t0) / Bk * Bk, kend = std::max(g.hi(t0 + rows - 1), kbeg);
-    const F slope = alibi(n, h, F(0)) * l2e;
+    const F slope = in.alibi(n, h, F(0)) * in.l2e;
     const F* kt = kt_all + kvx * ktsz;
     const F* vp = vp_all + kvx * g.Sp * g.Dvp;
     for (std::int64_t j0 = kbeg; j0 < kend; j0 += Bk) {
@@ -373,16 +438,14 @@ void forward_impl(const AttentionArgs& a, const Tensor& out, const Tensor& lse_t
                               std::min(cols, g.hi(t) - j0), rm, w ? w + (nh * g.T + t) * g.S : nullptr, drop,
                               nh * g.T + t, mult);
       }
-      if (vfin[static_cast<std::size_t>(kvx * g.nkb + j0 / Bk)])
-        gemm<F, true>(rows, g.Dvp, cols, pb, Bk, 1, vp + j0 * g.Dvp, g.Dvp, acc, g.Dvp, alpha);
-      else
-        gemm_skip<F>(false, rows, g.Dvp, cols, pb, Bk, vp + j0 * g.Dvp, g.Dvp, acc, g.Dvp, alpha, sb, Bk);
+      gemm_acc<F, false>(vfin[static_cast<std::size_t>(kvx * g.nkb + j0 / Bk)], rows, g.Dvp, cols, pb, Bk,
+                         vp + j0 * g.Dvp, g.Dvp, acc, g.Dvp, sb, Bk, alpha);
     }
-    const F sink = sinks(n, h, kNegInf<F>) * l2e;
+    const F sink = in.sinks(n, h, kNegInf<F>) * in.l2e;
     for (std::int64_t r = 0; r < rows; ++r) {
       const std::int64_t t = t0 + r;
       F inv, lse2;
-      row_norm(m[r], l[r], sinks.p != nullptr, sink, inv, lse2);
+      row_norm(m[r], l[r], in.sinks.p != nullptr, sink, inv, lse2);
       F* orow = o + n * ost[0] + h * ost[1] + t * ost[2];
       for (std::int64_t d = 0; d < g.Dv; ++d) orow[d * ost[3]] = acc[r * g.Dvp + d] * inv;
       lse[nh * g.T + t] = lse2 * static_cast<F>(kLn2);
@@ -392,240 +455,307 @@ void forward_impl(const AttentionArgs& a, const Tensor& out, const Tensor& lse_t
 }
 
 // ---------------------------------------------------------------- backward
+// Tasks: (batch, kv head, chunk of key blocks). A task packs its G query heads once, then per
+// key block recomputes P and dS tile by tile; dK/dV of the block accumulate in tiles (no races),
+// dQ in the task's buffer. Chunks only when there are too few kv heads to feed the threads;
+// their dQ parts (and ALiBi slope gradients) are summed afterwards.
+template <typename F>
+struct BackwardCall {
+  const Geo<F>& g;
+  const AttnInputs<F>& in;
+  const F *o, *go, *lse, *w, *gw;  // out, d out (N, H, T, Dv), lse (N, H, T), weights and d weights (N, H, T, S)
+  F *gq, *gk, *gv, *gm, *gsink, *galibi;
+  St4 ost, gost, gqst, gkst, gvst;
+  std::int64_t NH, chunks;
+  F* part;   // chunks > 1: dQ per (chunk, n, h, t, Dk)
+  F* apart;  // ALiBi: slope gradient per (chunk, n, h)
+};
+
+// One task's scratch: rows r = gi * T + t of its G query heads, and one key block's tiles.
+template <typename F>
+struct BackwardScratch {
+  F *qs, *dob, *dq, *lse2, *dl;  // (G*T, Dkp) q * scale * log2(e), (G*T, Dvp) dO, (G*T, Dkp) dQ, (G*T) x2
+  F *kt, *kp, *vt, *dk, *dv;     // (Dk, Bk) K^T, (Bk, Dkp) K, (Dv, Bk) V^T, (Bk, Dkp) dK, (Bk, Dvp) dV
+  F *sb, *pb, *pd, *db, *mult;   // (Bq, Bk) each: scores, P, P after dropout, dP then dS, multipliers
+  char *qfin, *dofin;            // (G, nqb): query / dO block all finite
+  static std::size_t bytes(const Geo<F>& g) {
+    constexpr std::int64_t Bq = Geo<F>::kBq, Bk = Geo<F>::kBk;
+    const std::int64_t GT = g.G * g.T;
+    return Scratch::size_of({GT * g.Dkp, GT * g.Dvp, GT * g.Dkp, GT, GT, g.Dk * Bk, Bk * g.Dkp, g.Dv * Bk,
+                             Bk * g.Dkp, Bk * g.Dvp, Bq * Bk, Bq * Bk, Bq * Bk, Bq * Bk, Bq * Bk},
+                            sizeof(F)) +
+           2 * static_cast<std::size_t>(g.G * g.nqb) + 128;
+  }
+  BackwardScratch(const Geo<F>& g, Scratch& sc) {
+    constexpr std::int64_t Bq = Geo<F>::kBq, Bk = Geo<F>::kBk;
+    const std::int64_t GT = g.G * g.T;
+    qs = sc.take<F>(GT * g.Dkp);
+    dob = sc.take<F>(GT * g.Dvp);
+    dq = sc.take<F>(GT * g.Dkp);
+    lse2 = sc.take<F>(GT);
+    dl = sc.take<F>(GT);
+    kt = sc.take<F>(g.Dk * Bk);
+    kp = sc.take<F>(Bk * g.Dkp);
+    vt = sc.take<F>(g.Dv * Bk);
+    dk = sc.take<F>(Bk * g.Dkp);
+    dv = sc.take<F>(Bk * g.Dvp);
+    sb = sc.take<F>(Bq * Bk);
+    pb = sc.take<F>(Bq * Bk);
+    pd = sc.take<F>(Bq * Bk);
+    db = sc.take<F>(Bq * Bk);
+    mult = sc.take<F>(Bq * Bk);
+    qfin = sc.take<char>(g.G * g.nqb);
+    dofin = sc.take<char>(g.G * g.nqb);
+  }
+};
+
+// Packs the task's query heads (q scaled to log2 units, dO), each row's lse (log2 units) and
+// delta = rowsum(dO * O) (+ rowsum(P * dW) with returned weights): the softmax backward's per-row
+// term, since rowsum(P * dP) equals it. Chunk 0 also writes the sink gradients.
+template <typename F>
+void load_query_group(const BackwardCall<F>& bc, std::int64_t n, std::int64_t hkv, std::int64_t c,
+                      BackwardScratch<F>& s) {
+  const Geo<F>& g = bc.g;
+  constexpr std::int64_t Bq = Geo<F>::kBq;
+  const St4 &qst = bc.in.qst, &ost = bc.ost, &gost = bc.gost;
+  for (std::int64_t gi = 0; gi < g.G; ++gi) {
+    const std::int64_t h = hkv * g.G + gi, nh = n * g.H + h;
+    if (bc.apart) bc.apart[c * bc.NH + nh] = 0;
+    pack_rows(s.qs + gi * g.T * g.Dkp, g.Dkp, bc.in.q + n * qst[0] + h * qst[1], qst[2], qst[3], g.T, g.Dk,
+              bc.in.qscale);
+    pack_rows(s.dob + gi * g.T * g.Dvp, g.Dvp, bc.go + n * gost[0] + h * gost[1], gost[2], gost[3], g.T, g.Dv);
+    for (std::int64_t t = 0; t < g.T; ++t) {
+      const F l = bc.lse[nh * g.T + t];
+      // A row with nothing to attend to: 2^(s - inf) = 0 for every key.
+      s.lse2[gi * g.T + t] = l == kNegInf<F> ? -kNegInf<F> : l * static_cast<F>(kLog2e);
+      const F* orow = bc.o + n * ost[0] + h * ost[1] + t * ost[2];
+      const F* grow = bc.go + n * gost[0] + h * gost[1] + t * gost[2];
+      F d = 0;
+      for (std::int64_t x = 0; x < g.Dv; ++x) d += orow[x * ost[3]] * grow[x * gost[3]];
+      if (bc.w)
+        for (std::int64_t j = 0; j < g.S; ++j) d += bc.w[(nh * g.T + t) * g.S + j] * bc.gw[(nh * g.T + t) * g.S + j];
+      s.dl[gi * g.T + t] = d;
+    }
+    // d sink = -sum over rows of P_sink * delta (rows with no key: 0).
+    if (bc.gsink && c == 0) {
+      const F sink2 = bc.in.sinks(n, h, kNegInf<F>) * bc.in.l2e;
+      F acc = 0;
+      for (std::int64_t t = 0; t < g.T; ++t)
+        if (bc.lse[nh * g.T + t] != kNegInf<F>) acc -= std::exp2(sink2 - s.lse2[gi * g.T + t]) * s.dl[gi * g.T + t];
+      bc.gsink[nh] = acc;
+    }
+    for (std::int64_t qb = 0; qb < g.nqb; ++qb) {
+      const std::int64_t t0 = qb * Bq, rows = std::min(Bq, g.T - t0);
+      s.qfin[gi * g.nqb + qb] = all_finite(s.qs + (gi * g.T + t0) * g.Dkp, rows * g.Dkp);
+      s.dofin[gi * g.nqb + qb] = all_finite(s.dob + (gi * g.T + t0) * g.Dvp, rows * g.Dvp);
+    }
+  }
+}
+
+// Packs key block [j0, j0 + kcols) of kv head (n, hkv) (K^T, K, V^T) and zeroes its dK / dV
+// tiles; returns whether K is all finite.
+template <typename F>
+bool load_key_block(const BackwardCall<F>& bc, std::int64_t n, std::int64_t hkv, std::int64_t j0,
+                    std::int64_t kcols, std::int64_t kcp, BackwardScratch<F>& s) {
+  const Geo<F>& g = bc.g;
+  constexpr std::int64_t Bk = Geo<F>::kBk;
+  const St4 &kst = bc.in.kst, &vst = bc.in.vst;
+  const F* kx = bc.in.k + n * kst[0] + hkv * kst[1] + j0 * kst[2];
+  pack_transposed(s.kt, Bk, kx, kst[2], kst[3], kcols, kcp, g.Dk);
+  pack_rows(s.kp, g.Dkp, kx, kst[2], kst[3], kcols, g.Dk);
+  std::fill(s.kp + kcols * g.Dkp, s.kp + kcp * g.Dkp, F(0));
+  pack_transposed(s.vt, Bk, bc.in.v + n * vst[0] + hkv * vst[1] + j0 * vst[2], vst[2], vst[3], kcols, kcp, g.Dv);
+  std::fill(s.dk, s.dk + kcp * g.Dkp, F(0));
+  std::fill(s.dv, s.dv + kcp * g.Dvp, F(0));
+  return all_finite(s.kp, kcols * g.Dkp);
+}
+
+// Row r of a (query block, key block) tile: P = 2^(s - lse) (times the dropout multipliers into
+// pd), then dS = P * (dP - delta) in place of dP, exactly 0 where masked (dP may be NaN there);
+// copies dS to the mask gradient and adds its ALiBi slope gradient.
+template <typename F>
+__attribute__((always_inline)) inline void ds_row(const BackwardCall<F>& bc, const BackwardScratch<F>& s,
+                                                  std::int64_t n, std::int64_t h, std::int64_t gi, std::int64_t t,
+                                                  std::int64_t r, std::int64_t j0, std::int64_t cols,
+                                                  std::int64_t cp, bool whole, F slope, std::int64_t c) {
+  const Geo<F>& g = bc.g;
+  const Dropout& drop = bc.in.drop;
+  constexpr std::int64_t Bk = Geo<F>::kBk;
+  const std::int64_t nh = n * g.H + h;
+  F* sr = s.sb + r * Bk;
+  F* p = s.pb + r * Bk;
+  F* dp = s.db + r * Bk;
+  F* mu = s.mult + r * Bk;
+  if (whole) {
+    std::fill(sr + cols, sr + cp, kNegInf<F>);
+  } else {
+    const MaskView& mask = bc.in.mask;
+    const char* mrow = mask.row(n, h, t);
+    const RowMask<F> rm{mrow ? mrow + j0 * mask.ss * mask.isz : nullptr, mask.is_bool, mask.ss, slope, g.S - g.T + t};
+    mask_row(sr, j0, g.lo(t) - j0, std::min(cols, g.hi(t) - j0), cp, rm);
+  }
+  const Vec<F> l2 = vsplat(s.lse2[gi * g.T + t]), dlt = vsplat(s.dl[gi * g.T + t]);
+  if (drop.on) dropout_mult(drop, nh * g.T + t, j0, cp, mu);
+  for (std::int64_t j = 0; j < cp; j += kW<F>) {
+    Vec<F> pv = exp2v(vload(sr + j) - l2);
+    vstore(p + j, pv);
+    if (drop.on) {
+      Vec<F> m = vload(mu + j);
+      vstore(s.pd + r * Bk + j, pv * m);
+      vstore(dp + j, vload(dp + j) * m);
+    }
+  }
+  if (bc.gw) {
+    const F* gwr = bc.gw + (nh * g.T + t) * g.S + j0;
+    for (std::int64_t j = 0; j < cols; ++j) dp[j] += gwr[j];
+  }
+  for (std::int64_t j = 0; j < cp; j += kW<F>) {
+    Vec<F> sv = vload(sr + j);
+    Vec<F> ds = vload(p + j) * (vload(dp + j) - dlt);
+    vstore(dp + j, sv == kNegInf<F> ? Vec<F>{} : ds);
+  }
+  if (bc.gm) std::copy(dp, dp + cols, bc.gm + (nh * g.T + t) * g.S + j0);
+  if (bc.apart) {  // d slope = -sum dS * |pos - key|
+    const std::int64_t d0 = g.S - g.T + t - j0;
+    F acc = 0;
+    for (std::int64_t j = 0; j < cols; ++j) acc += dp[j] * static_cast<F>(std::abs(d0 - j));
+    bc.apart[c * bc.NH + nh] -= acc;
+  }
+}
+
+// Query block qb of head hkv * G + gi against key block [j0, j0 + kcols): scores and dP, dS per
+// row, then dV += P^T dO, dK += dS^T q, dQ += dS K.
+template <typename F>
+void backward_tile(const BackwardCall<F>& bc, const BackwardScratch<F>& s, std::int64_t n, std::int64_t hkv,
+                   std::int64_t gi, std::int64_t qb, std::int64_t j0, std::int64_t kcols, std::int64_t kcp, bool kfin,
+                   std::int64_t c) {
+  const Geo<F>& g = bc.g;
+  constexpr std::int64_t Bq = Geo<F>::kBq, Bk = Geo<F>::kBk;
+  const std::int64_t h = hkv * g.G + gi;
+  const std::int64_t t0 = qb * Bq, rows = std::min(Bq, g.T - t0);
+  // Query blocks whose keys (causal, window) miss this key block are skipped.
+  if (g.hi(t0 + rows - 1) <= j0 || g.lo(t0) >= j0 + kcols) return;
+  // The block's keys past the last row's limit are masked for all rows: cut them.
+  const std::int64_t cols = std::min(kcols, g.hi(t0 + rows - 1) - j0);
+  const std::int64_t cp = std::min(kcp, round_up_w<F>(cols));
+  const F slope = bc.in.alibi(n, h, F(0)) * bc.in.l2e;
+  const F* qrows = s.qs + (gi * g.T + t0) * g.Dkp;   // (rows, Dkp)
+  const F* dorows = s.dob + (gi * g.T + t0) * g.Dvp;  // (rows, Dvp)
+  gemm<F, false>(rows, cp, g.Dk, qrows, g.Dkp, 1, s.kt, Bk, s.sb, Bk);
+  gemm<F, false>(rows, cp, g.Dv, dorows, g.Dvp, 1, s.vt, Bk, s.db, Bk);
+  const bool whole = !bc.in.mask.p && slope == F(0) && g.lo(t0 + rows - 1) <= j0 && g.hi(t0) >= j0 + cols;
+  for (std::int64_t r = 0; r < rows; ++r) ds_row(bc, s, n, h, gi, t0 + r, r, j0, cols, cp, whole, slope, c);
+  const F* pdrop = bc.in.drop.on ? s.pd : s.pb;
+  gemm_acc<F, true>(s.dofin[gi * g.nqb + qb], cols, g.Dvp, rows, pdrop, Bk, dorows, g.Dvp, s.dv, g.Dvp, s.sb, Bk);
+  gemm_acc<F, true>(s.qfin[gi * g.nqb + qb], cols, g.Dkp, rows, s.db, Bk, qrows, g.Dkp, s.dk, g.Dkp, s.sb, Bk);
+  gemm_acc<F, false>(kfin, rows, g.Dkp, cols, s.db, Bk, s.kp, g.Dkp, s.dq + (gi * g.T + t0) * g.Dkp, g.Dkp, s.sb,
+                     Bk);
+}
+
+// dK = scale * dS^T q = ln 2 * dS^T qs, and dV, of key block [j0, j0 + kcols).
+template <typename F>
+void store_key_grads(const BackwardCall<F>& bc, const BackwardScratch<F>& s, std::int64_t n, std::int64_t hkv,
+                     std::int64_t j0, std::int64_t kcols) {
+  const Geo<F>& g = bc.g;
+  const St4 &gkst = bc.gkst, &gvst = bc.gvst;
+  const F ln2 = static_cast<F>(kLn2);
+  for (std::int64_t j = 0; j < kcols; ++j) {
+    F* gkr = bc.gk + n * gkst[0] + hkv * gkst[1] + (j0 + j) * gkst[2];
+    F* gvr = bc.gv + n * gvst[0] + hkv * gvst[1] + (j0 + j) * gvst[2];
+    for (std::int64_t d = 0; d < g.Dk; ++d) gkr[d * gkst[3]] = s.dk[j * g.Dkp + d] * ln2;
+    for (std::int64_t d = 0; d < g.Dv; ++d) gvr[d * gvst[3]] = s.dv[j * g.Dvp + d];
+  }
+}
+
+// The task's dQ (times scale) into gq, or into its chunk's part.
+template <typename F>
+void store_query_grads(const BackwardCall<F>& bc, const BackwardScratch<F>& s, const AttentionArgs& a,
+                       std::int64_t n, std::int64_t hkv, std::int64_t c) {
+  const Geo<F>& g = bc.g;
+  const St4& gqst = bc.gqst;
+  const F sc_q = static_cast<F>(a.scale);
+  for (std::int64_t gi = 0; gi < g.G; ++gi) {
+    const std::int64_t h = hkv * g.G + gi, nh = n * g.H + h;
+    for (std::int64_t t = 0; t < g.T; ++t) {
+      const F* src = s.dq + (gi * g.T + t) * g.Dkp;
+      if (bc.part) {
+        F* dst = bc.part + ((c * bc.NH + nh) * g.T + t) * g.Dk;
+        for (std::int64_t d = 0; d < g.Dk; ++d) dst[d] = src[d] * sc_q;
+      } else {
+        F* dst = bc.gq + n * gqst[0] + h * gqst[1] + t * gqst[2];
+        for (std::int64_t d = 0; d < g.Dk; ++d) dst[d * gqst[3]] = src[d] * sc_q;
+      }
+    }
+  }
+}
+
+// Sums the chunks' ALiBi slope gradients and dQ parts.
+template <typename F>
+void reduce_chunks(const BackwardCall<F>& bc) {
+  const Geo<F>& g = bc.g;
+  const std::int64_t NH = bc.NH, chunks = bc.chunks;
+  if (bc.apart)
+    for (std::int64_t nh = 0; nh < NH; ++nh) {
+      F s = 0;
+      for (std::int64_t c = 0; c < chunks; ++c) s += bc.apart[c * NH + nh];
+      bc.galibi[nh] = s;
+    }
+  if (!bc.part) return;
+  const St4& gqst = bc.gqst;
+  parallel_range(NH * g.T, grain_for(chunks * g.Dk), [&](std::int64_t b, std::int64_t e) {
+    for (std::int64_t x = b; x < e; ++x) {
+      const std::int64_t n = x / (g.H * g.T), h = (x / g.T) % g.H, t = x % g.T;
+      F* dst = bc.gq + n * gqst[0] + h * gqst[1] + t * gqst[2];
+      for (std::int64_t d = 0; d < g.Dk; ++d) {
+        F s = 0;
+        for (std::int64_t c = 0; c < chunks; ++c) s += bc.part[(c * NH * g.T + x) * g.Dk + d];
+        dst[d * gqst[3]] = s;
+      }
+    }
+  });
+}
+
 template <typename F>
 void backward_impl(const AttentionArgs& a, const Tensor& out, const Tensor& lse_t, const Tensor& gout,
                    const Tensor& weights, const Tensor& gweights, const AttentionGrads& gr) {
   const Geo<F> g(a);
-  constexpr std::int64_t Bq = Geo<F>::kBq, Bk = Geo<F>::kBk;
-  const std::int64_t NH = g.N * g.H, NK = g.N * g.Hkv, G = g.G;
-  const F* q = a.q.data_ptr<F>();
-  const F* k = a.k.data_ptr<F>();
-  const F* v = a.v.data_ptr<F>();
-  const F* o = out.data_ptr<F>();
-  const F* go = gout.data_ptr<F>();
-  const F* lse = lse_t.data_ptr<F>();
-  const F* w = weights.defined() ? weights.data_ptr<F>() : nullptr;
-  const F* gw = gweights.defined() ? gweights.data_ptr<F>() : nullptr;
-  F* gq = gr.gq.data_ptr<F>();
-  F* gk = gr.gk.data_ptr<F>();
-  F* gv = gr.gv.data_ptr<F>();
-  F* gm = gr.gmask.defined() ? gr.gmask.data_ptr<F>() : nullptr;
-  F* gsink = gr.gsinks.defined() ? gr.gsinks.data_ptr<F>() : nullptr;
-  F* galibi = gr.galibi.defined() ? gr.galibi.data_ptr<F>() : nullptr;
-  const MaskView mask(a.mask);
-  const HeadValues<F> alibi(a.alibi), sinks(a.sinks);
-  const Dropout drop = make_dropout(a, g.S);
-  const F qscale = static_cast<F>(a.scale * kLog2e);
-  const F l2e = static_cast<F>(kLog2e);
-  const St4 qst = st4(a.q), kst = st4(a.k), vst = st4(a.v), ost = st4(out), gost = st4(gout);
-  const St4 gqst = st4(gr.gq), gkst = st4(gr.gk), gvst = st4(gr.gv);
-  auto row4 = [](const St4& st, const F* base, std::int64_t n, std::int64_t h, std::int64_t i) {
-    return base + n * st[0] + h * st[1] + i * st[2];
-  };
-  if (gsink) std::fill(gsink, gsink + NH, F(0));
-  if (galibi) std::fill(galibi, galibi + NH, F(0));
+  constexpr std::int64_t Bk = Geo<F>::kBk;
+  const std::int64_t NH = g.N * g.H, NK = g.N * g.Hkv;
+  const AttnInputs<F> in(a, g.S);
+  BackwardCall<F> bc{g, in, out.data_ptr<F>(), gout.data_ptr<F>(), lse_t.data_ptr<F>(), data_or_null<F>(weights),
+                     data_or_null<F>(gweights), gr.gq.data_ptr<F>(), gr.gk.data_ptr<F>(), gr.gv.data_ptr<F>(),
+                     data_or_null<F>(gr.gmask), data_or_null<F>(gr.gsinks), data_or_null<F>(gr.galibi), st4(out),
+                     st4(gout), st4(gr.gq), st4(gr.gk), st4(gr.gv), NH, 1, nullptr, nullptr};
+  if (bc.gsink) std::fill(bc.gsink, bc.gsink + NH, F(0));
+  if (bc.galibi) std::fill(bc.galibi, bc.galibi + NH, F(0));
   if (NH * g.T == 0 || g.S == 0) {  // nothing attended: every gradient is 0
     for (const Tensor* t : {&gr.gq, &gr.gk, &gr.gv}) zero4<F>(*t);
     return;
   }
-
-  // Tasks: (batch, kv head, chunk of key blocks). Chunks only when there are too few kv heads
-  // to feed the threads; their dQ parts are summed afterwards.
   const std::int64_t nt = omp_in_parallel() ? 1 : get_num_threads();
   const std::int64_t chunks = NK >= 2 * nt ? 1 : std::min<std::int64_t>(g.nkb, (2 * nt + NK - 1) / NK);
-  Scratch pscr(Scratch::size_of({chunks > 1 ? chunks * NH * g.T * g.Dk : 0, galibi ? chunks * NH : 0}, sizeof(F)));
-  F* part = chunks > 1 ? pscr.take<F>(chunks * NH * g.T * g.Dk) : nullptr;
-  // ALiBi slope gradients per (chunk, n, h): each task owns its slots; summed at the end.
-  F* apart = galibi ? pscr.take<F>(chunks * NH) : nullptr;
-  const std::int64_t GT = G * g.T, nqb = g.nqb;
-  const std::size_t scratch =
-      Scratch::size_of({GT * g.Dkp, GT * g.Dvp, GT * g.Dkp, GT, GT, g.Dk * Bk, Bk * g.Dkp, g.Dv * Bk, Bk * g.Dkp,
-                        Bk * g.Dvp, Bq * Bk, Bq * Bk, Bq * Bk, Bq * Bk, Bq * Bk},
-                       sizeof(F)) +
-      2 * static_cast<std::size_t>(G * nqb) + 128;
-  run_items(NK * chunks, grain_for(g.T * g.span() * G * (g.Dk + g.Dv) / chunks), scratch, [&](std::int64_t it,
-                                                                                               Scratch& sc) {
+  Scratch pscr(Scratch::size_of({chunks > 1 ? chunks * NH * g.T * g.Dk : 0, bc.galibi ? chunks * NH : 0}, sizeof(F)));
+  bc.chunks = chunks;
+  bc.part = chunks > 1 ? pscr.take<F>(chunks * NH * g.T * g.Dk) : nullptr;
+  bc.apart = bc.galibi ? pscr.take<F>(chunks * NH) : nullptr;
+  const std::int64_t work = g.T * g.span() * g.G * (g.Dk + g.Dv) / chunks;
+  run_items(NK * chunks, grain_for(work), BackwardScratch<F>::bytes(g), [&](std::int64_t it, Scratch& sc) {
     const std::int64_t x = it / chunks, c = it % chunks;
     const std::int64_t n = x / g.Hkv, hkv = x % g.Hkv;
+    BackwardScratch<F> s(g, sc);
+    load_query_group(bc, n, hkv, c, s);
+    std::fill(s.dq, s.dq + g.G * g.T * g.Dkp, F(0));
     const std::int64_t kb0 = c * g.nkb / chunks, kb1 = (c + 1) * g.nkb / chunks;
-    F* qs = sc.take<F>(GT * g.Dkp);  // q * scale * log2(e), per head of the group
-    F* dob = sc.take<F>(GT * g.Dvp);
-    F* dq = sc.take<F>(GT * g.Dkp);
-    F* lse2 = sc.take<F>(GT);
-    F* dl = sc.take<F>(GT);
-    F* kt = sc.take<F>(g.Dk * Bk);
-    F* kp = sc.take<F>(Bk * g.Dkp);
-    F* vt = sc.take<F>(g.Dv * Bk);
-    F* dk = sc.take<F>(Bk * g.Dkp);
-    F* dv = sc.take<F>(Bk * g.Dvp);
-    F* sb = sc.take<F>(Bq * Bk);
-    F* pb = sc.take<F>(Bq * Bk);
-    F* pd = sc.take<F>(Bq * Bk);  // P after dropout
-    F* db = sc.take<F>(Bq * Bk);  // dP, then dS
-    F* mult = sc.take<F>(Bq * Bk);
-    char* qfin = sc.take<char>(G * nqb);
-    char* dofin = sc.take<char>(G * nqb);
-    for (std::int64_t gi = 0; gi < G; ++gi) {
-      const std::int64_t h = hkv * G + gi, nh = n * g.H + h;
-      if (apart) apart[c * NH + nh] = 0;
-      pack_rows(qs + gi * g.T * g.Dkp, g.Dkp, row4(qst, q, n, h, 0), qst[2], qst[3], g.T, g.Dk, qscale);
-      pack_rows(dob + gi * g.T * g.Dvp, g.Dvp, row4(gost, go, n, h, 0), gost[2], gost[3], g.T, g.Dv);
-      for (std::int64_t t = 0; t < g.T; ++t) {
-        const F l = lse[nh * g.T + t];
-        // A row with nothing to attend to: 2^(s - inf) = 0 for every key.
-        lse2[gi * g.T + t] = l == kNegInf<F> ? -kNegInf<F> : l * static_cast<F>(kLog2e);
-        // delta = rowsum(dO * O) (+ rowsum(P * dW) with returned weights): the softmax backward's
-        // per-row term, since rowsum(P * dP) equals it.
-        const F* orow = row4(ost, o, n, h, t);
-        const F* grow = row4(gost, go, n, h, t);
-        F d = 0;
-        for (std::int64_t c = 0; c < g.Dv; ++c) d += orow[c * ost[3]] * grow[c * gost[3]];
-        if (w)
-          for (std::int64_t j = 0; j < g.S; ++j) d += w[(nh * g.T + t) * g.S + j] * gw[(nh * g.T + t) * g.S + j];
-        dl[gi * g.T + t] = d;
-      }
-      // d sink = -sum over rows of P_sink * delta (rows with no key: 0); the first chunk writes it.
-      if (gsink && c == 0) {
-        const F sink2 = sinks(n, h, kNegInf<F>) * l2e;
-        F acc = 0;
-        for (std::int64_t t = 0; t < g.T; ++t)
-          if (lse[nh * g.T + t] != kNegInf<F>) acc -= std::exp2(sink2 - lse2[gi * g.T + t]) * dl[gi * g.T + t];
-        gsink[nh] = acc;
-      }
-      for (std::int64_t qb = 0; qb < nqb; ++qb) {
-        const std::int64_t t0 = qb * Bq, rows = std::min(Bq, g.T - t0);
-        qfin[gi * nqb + qb] = all_finite(qs + (gi * g.T + t0) * g.Dkp, rows * g.Dkp);
-        dofin[gi * nqb + qb] = all_finite(dob + (gi * g.T + t0) * g.Dvp, rows * g.Dvp);
-      }
-    }
-    std::fill(dq, dq + GT * g.Dkp, F(0));
     for (std::int64_t kb = kb0; kb < kb1; ++kb) {
       const std::int64_t j0 = kb * Bk, kcols = std::min(Bk, g.S - j0), kcp = std::min(Bk, g.Sp - j0);
-      const F* kx = row4(kst, k, n, hkv, j0);
-      pack_transposed(kt, Bk, kx, kst[2], kst[3], kcols, kcp, g.Dk);
-      pack_rows(kp, g.Dkp, kx, kst[2], kst[3], kcols, g.Dk);
-      std::fill(kp + kcols * g.Dkp, kp + kcp * g.Dkp, F(0));
-      pack_transposed(vt, Bk, row4(vst, v, n, hkv, j0), vst[2], vst[3], kcols, kcp, g.Dv);
-      const bool kfin = all_finite(kp, kcols * g.Dkp);
-      std::fill(dk, dk + kcp * g.Dkp, F(0));
-      std::fill(dv, dv + kcp * g.Dvp, F(0));
-      for (std::int64_t gi = 0; gi < G; ++gi) {
-        const std::int64_t h = hkv * G + gi, nh = n * g.H + h;
-        const F slope = alibi(n, h, F(0)) * l2e;
-        for (std::int64_t qb = 0; qb < nqb; ++qb) {
-          const std::int64_t t0 = qb * Bq, rows = std::min(Bq, g.T - t0);
-          // Query blocks whose keys (causal, window) miss this key block are skipped.
-          if (g.hi(t0 + rows - 1) <= j0 || g.lo(t0) >= j0 + kcols) continue;
-          // The block's keys past the last row's limit are masked for all rows: cut them.
-          const std::int64_t cols = std::min(kcols, g.hi(t0 + rows - 1) - j0);
-          const std::int64_t cp = std::min(kcp, round_up_w<F>(cols));
-          const F* qrows = qs + (gi * g.T + t0) * g.Dkp;
-          const F* dorows = dob + (gi * g.T + t0) * g.Dvp;
-          gemm<F, false>(rows, cp, g.Dk, qrows, g.Dkp, 1, kt, Bk, sb, Bk);
-          gemm<F, false>(rows, cp, g.Dv, dorows, g.Dvp, 1, vt, Bk, db, Bk);
-          const bool whole = !mask.p && slope == F(0) && g.lo(t0 + rows - 1) <= j0 && g.hi(t0) >= j0 + cols;
-          for (std::int64_t r = 0; r < rows; ++r) {
-            const std::int64_t t = t0 + r;
-            F* s = sb + r * Bk;
-            F* p = pb + r * Bk;
-            F* dp = db + r * Bk;
-            F* mu = mult + r * Bk;
-            if (whole) {
-              std::fill(s + cols, s + cp, kNegInf<F>);
-            } else {
-              const char* mrow = mask.row(n, h, t);
-              const RowMask<F> rm{mrow ? mrow + j0 * mask.ss * mask.isz : nullptr, mask.is_bool, mask.ss, slope,
-                                  g.S - g.T + t};
-              mask_row(s, j0, g.lo(t) - j0, std::min(cols, g.hi(t) - j0), cp, rm);
-            }
-            const Vec<F> l2 = vsplat(lse2[gi * g.T + t]), dlt = vsplat(dl[gi * g.T + t]);
-            if (drop.on) dropout_mult(drop, nh * g.T + t, j0, cp, mu);
-            for (std::int64_t j = 0; j < cp; j += kW<F>) {
-              Vec<F> pv = exp2v(vload(s + j) - l2);
-              vstore(p + j, pv);
-              if (drop.on) {
-                Vec<F> m = vload(mu + j);
-                vstore(pd + r * Bk + j, pv * m);
-                vstore(dp + j, vload(dp + j) * m);
-              }
-            }
-            if (gw) {
-              const F* gwr = gw + (nh * g.T + t) * g.S + j0;
-              for (std::int64_t j = 0; j < cols; ++j) dp[j] += gwr[j];
-            }
-            // dS = P * (dP - delta), exactly 0 where masked (dP may be NaN there).
-            for (std::int64_t j = 0; j < cp; j += kW<F>) {
-              Vec<F> sv = vload(s + j);
-              Vec<F> ds = vload(p + j) * (vload(dp + j) - dlt);
-              vstore(dp + j, sv == kNegInf<F> ? Vec<F>{} : ds);
-            }
-            if (gm) std::copy(dp, dp + cols, gm + (nh * g.T + t) * g.S + j0);
-            if (apart) {  // d slope = -sum dS * |pos - key|
-              const std::int64_t d0 = g.S - g.T + t - j0;
-              F acc = 0;
-              for (std::int64_t j = 0; j < cols; ++j) acc += dp[j] * static_cast<F>(std::abs(d0 - j));
-              apart[c * NH + nh] -= acc;
-            }
-          }
-          const F* pdrop = drop.on ? pd : pb;
-          if (dofin[gi * nqb + qb])
-            gemm<F, true>(cols, g.Dvp, rows, pdrop, 1, Bk, dorows, g.Dvp, dv, g.Dvp);
-          else
-            gemm_skip<F>(true, cols, g.Dvp, rows, pdrop, Bk, dorows, g.Dvp, dv, g.Dvp, nullptr, sb, Bk);
-          if (qfin[gi * nqb + qb])
-            gemm<F, true>(cols, g.Dkp, rows, db, 1, Bk, qrows, g.Dkp, dk, g.Dkp);
-          else
-            gemm_skip<F>(true, cols, g.Dkp, rows, db, Bk, qrows, g.Dkp, dk, g.Dkp, nullptr, sb, Bk);
-          F* dqrows = dq + (gi * g.T + t0) * g.Dkp;
-          if (kfin)
-            gemm<F, true>(rows, g.Dkp, cols, db, Bk, 1, kp, g.Dkp, dqrows, g.Dkp);
-          else
-            gemm_skip<F>(false, rows, g.Dkp, cols, db, Bk, kp, g.Dkp, dqrows, g.Dkp, nullptr, sb, Bk);
-        }
-      }
-      // dK = scale * dS^T q = ln 2 * dS^T qs.
-      const F ln2 = static_cast<F>(kLn2);
-      for (std::int64_t j = 0; j < kcols; ++j) {
-        F* gkr = gk + n * gkst[0] + hkv * gkst[1] + (j0 + j) * gkst[2];
-        F* gvr = gv + n * gvst[0] + hkv * gvst[1] + (j0 + j) * gvst[2];
-        for (std::int64_t d = 0; d < g.Dk; ++d) gkr[d * gkst[3]] = dk[j * g.Dkp + d] * ln2;
-        for (std::int64_t d = 0; d < g.Dv; ++d) gvr[d * gvst[3]] = dv[j * g.Dvp + d];
-      }
+      const bool kfin = load_key_block(bc, n, hkv, j0, kcols, kcp, s);
+      for (std::int64_t gi = 0; gi < g.G; ++gi)
+        for (std::int64_t qb = 0; qb < g.nqb; ++qb) backward_tile(bc, s, n, hkv, gi, qb, j0, kcols, kcp, kfin, c);
+      store_key_grads(bc, s, n, hkv, j0, kcols);
     }
-    const F sc_q = static_cast<F>(a.scale);
-    for (std::int64_t gi = 0; gi < G; ++gi) {
-      const std::int64_t h = hkv * G + gi, nh = n * g.H + h;
-      for (std::int64_t t = 0; t < g.T; ++t) {
-        const F* src = dq + (gi * g.T + t) * g.Dkp;
-        if (part) {
-          F* dst = part + ((c * NH + nh) * g.T + t) * g.Dk;
-          for (std::int64_t d = 0; d < g.Dk; ++d) dst[d] = src[d] * sc_q;
-        } else {
-          F* dst = gq + n * gqst[0] + h * gqst[1] + t * gqst[2];
-          for (std::int64_t d = 0; d < g.Dk; ++d) dst[d * gqst[3]] = src[d] * sc_q;
-        }
-      }
-    }
+    store_query_grads(bc, s, a, n, hkv, c);
   });
-  if (apart)
-    for (std::int64_t nh = 0; nh < NH; ++nh) {
-      F s = 0;
-      for (std::int64_t c = 0; c < chunks; ++c) s += apart[c * NH + nh];
-      galibi[nh] = s;
-    }
-  if (part) {
-    parallel_range(NH * g.T, grain_for(chunks * g.Dk), [&](std::int64_t b, std::int64_t e) {
-      for (std::int64_t x = b; x < e; ++x) {
-        const std::int64_t n = x / (g.H * g.T), h = (x / g.T) % g.H, t = x % g.T;
-        F* dst = gq + n * gqst[0] + h * gqst[1] + t * gqst[2];
-        for (std::int64_t d = 0; d < g.Dk; ++d) {
-          F s = 0;
-          for (std::int64_t c = 0; c < chunks; ++c) s += part[(c * NH * g.T + x) * g.Dk + d];
-          dst[d * gqst[3]] = s;
-        }
-      }
-    });
-  }
+  reduce_chunks(bc);
 }
 
 template <typename F>

@@ -321,6 +321,16 @@ void gemm_skip(bool trans, std::int64_t M, std::int64_t N, std::int64_t K, const
   }
 }
 
+// C (+)= A B with gemm<F, true>, or with gemm_skip when an operand tile is not all finite
+// (A is (M, K) with row stride lda, or read transposed from (K, M) when Trans).
+template <typename F, bool Trans>
+inline void gemm_acc(bool finite, std::int64_t M, std::int64_t N, std::int64_t K, const F* A, std::int64_t lda,
+                     const F* B, std::int64_t ldb, F* C, std::int64_t ldc, const F* Sc, std::int64_t lds,
+                     const F* alpha = nullptr) {
+  if (finite) gemm<F, true>(M, N, K, A, Trans ? 1 : lda, Trans ? lda : 1, B, ldb, C, ldc, alpha);
+  else gemm_skip<F>(Trans, M, N, K, A, lda, B, ldb, C, ldc, alpha, Sc, lds);
+}
+
 // ---------------------------------------------------------------- rows
 // What shapes one score row besides q.k: the user mask row (already at the tile's first key),
 // the ALiBi slope in log2 units (0: none) and the query's absolute position.
@@ -622,5 +632,27 @@ using St4 = std::array<std::int64_t, 4>;
 inline St4 st4(const Tensor& t) {
   return t.defined() ? St4{t.stride(0), t.stride(1), t.stride(2), t.stride(3)} : St4{};
 }
+
+template <typename F>
+F* data_or_null(const Tensor& t) {
+  return t.defined() ? t.data_ptr<F>() : nullptr;
+}
+
+// What every kernel of one attention call reads: q (N, H, T, Dk), k (N, Hkv, S, Dk) and
+// v (N, Hkv, S, Dv) with their strides, the mask, ALiBi slopes, sinks, dropout, and q's scale
+// in log2 units (logits are kept in log2 units, so each probability is one exp2).
+template <typename F>
+struct AttnInputs {
+  const F *q, *k, *v;
+  St4 qst, kst, vst;
+  MaskView mask;
+  HeadValues<F> alibi, sinks;
+  Dropout drop;
+  F qscale, l2e;
+  AttnInputs(const AttentionArgs& a, std::int64_t S)
+      : q(a.q.data_ptr<F>()), k(a.k.data_ptr<F>()), v(a.v.data_ptr<F>()), qst(st4(a.q)), kst(st4(a.k)),
+        vst(st4(a.v)), mask(a.mask), alibi(a.alibi), sinks(a.sinks), drop(make_dropout(a, S)),
+        qscale(static_cast<F>(a.scale * kLog2e)), l2e(static_cast<F>(kLog2e)) {}
+};
 
 }  // namespace kiln::cpu::attention_kernels
