@@ -67,6 +67,32 @@ std::string layer_repr(const TransformerLayerOptions& o) {
                      o.dropout(), o.activation(), o.norm_first(), o.norm());
 }
 
+// One residual sub-block around fn (self-attention, cross-attention or the feed-forward):
+// x + dropout(fn(norm(x))) pre-norm, norm(x + dropout(fn(x))) post-norm.
+template <typename Fn>
+Tensor residual(const Tensor& x, bool norm_first, const std::shared_ptr<Module>& norm, Dropout& drop, Fn&& fn) {
+  if (norm_first) return x + drop(fn(apply_norm(norm, x)));
+  return apply_norm(norm, x + drop(fn(x)));
+}
+
+// A stack's layers (registered under "layers", kept typed in `list`) and its final norm.
+template <typename Layer>
+void build_stack(Module& stack, const TransformerEncoderOptions& o, ModuleList& layers, std::vector<Layer>& list,
+                 std::shared_ptr<Module>& norm) {
+  layers = stack.register_module("layers", ModuleList());
+  list.clear();
+  for (std::int64_t i = 0; i < o.num_layers(); ++i) {
+    list.emplace_back(o.layer());
+    layers->push_back(list.back());
+  }
+  norm = nullptr;
+  if (o.final_norm().value_or(o.layer().norm_first())) norm = stack.register_module("norm", make_norm(o.layer()));
+}
+
+std::string stack_repr(const TransformerEncoderOptions& o, const std::shared_ptr<Module>& norm) {
+  return fmt::format("num_layers={}, final_norm={}", o.num_layers(), norm != nullptr);
+}
+
 }  // namespace
 
 Tensor apply_norm(const std::shared_ptr<Module>& norm, const Tensor& x) {
@@ -96,15 +122,9 @@ std::string TransformerEncoderLayerImpl::extra_repr() const { return layer_repr(
 
 Tensor TransformerEncoderLayerImpl::forward(const Tensor& src, const EncoderForward& f) {
   const MhaForward mf = MhaForward().attn_mask(f.attn_mask()).key_padding(f.key_padding()).is_causal(f.is_causal());
-  Tensor x = src;
-  if (options.norm_first()) {
-    x = x + dropout1(self_attn(apply_norm(norm1, x), mf));
-    x = x + dropout2(ff(apply_norm(norm2, x)));
-  } else {
-    x = apply_norm(norm1, x + dropout1(self_attn(x, mf)));
-    x = apply_norm(norm2, x + dropout2(ff(x)));
-  }
-  return x;
+  const bool pre = options.norm_first();
+  Tensor x = residual(src, pre, norm1, dropout1, [&](const Tensor& h) { return self_attn(h, mf); });
+  return residual(x, pre, norm2, dropout2, [&](const Tensor& h) { return ff(h); });
 }
 
 // ---------------------------------------------------------------- decoder layer
@@ -135,17 +155,10 @@ Tensor TransformerDecoderLayerImpl::forward(const Tensor& tgt, const Tensor& mem
       MhaForward().attn_mask(f.tgt_mask()).key_padding(f.tgt_key_padding()).is_causal(f.tgt_is_causal());
   const MhaForward cf =
       MhaForward().attn_mask(f.memory_mask()).key_padding(f.memory_key_padding()).is_causal(f.memory_is_causal());
-  Tensor x = tgt;
-  if (options.norm_first()) {
-    x = x + dropout1(self_attn(apply_norm(norm1, x), sf));
-    x = x + dropout2(cross_attn(apply_norm(norm2, x), memory, cf));
-    x = x + dropout3(ff(apply_norm(norm3, x)));
-  } else {
-    x = apply_norm(norm1, x + dropout1(self_attn(x, sf)));
-    x = apply_norm(norm2, x + dropout2(cross_attn(x, memory, cf)));
-    x = apply_norm(norm3, x + dropout3(ff(x)));
-  }
-  return x;
+  const bool pre = options.norm_first();
+  Tensor x = residual(tgt, pre, norm1, dropout1, [&](const Tensor& h) { return self_attn(h, sf); });
+  x = residual(x, pre, norm2, dropout2, [&](const Tensor& h) { return cross_attn(h, memory, cf); });
+  return residual(x, pre, norm3, dropout3, [&](const Tensor& h) { return ff(h); });
 }
 
 // ---------------------------------------------------------------- stacks
@@ -163,18 +176,11 @@ TransformerEncoderImpl::TransformerEncoderImpl(const TransformerEncoderOptions& 
 }
 
 void TransformerEncoderImpl::reset() {
-  layers = register_module("layers", ModuleList());
-  layer_list.clear();
-  for (std::int64_t i = 0; i < options.num_layers(); ++i) {
-    layer_list.emplace_back(options.layer());
-    layers->push_back(layer_list.back());
-  }
-  norm = nullptr;
-  if (options.final_norm().value_or(options.layer().norm_first())) norm = register_module("norm", make_norm(options.layer()));
+  build_stack(*this, options, layers, layer_list, norm);
 }
 
 std::string TransformerEncoderImpl::extra_repr() const {
-  return fmt::format("num_layers={}, final_norm={}", options.num_layers(), norm != nullptr);
+  return stack_repr(options, norm);
 }
 
 Tensor TransformerEncoderImpl::forward(const Tensor& src, const EncoderForward& f) {
@@ -191,18 +197,11 @@ TransformerDecoderImpl::TransformerDecoderImpl(const TransformerDecoderOptions& 
 }
 
 void TransformerDecoderImpl::reset() {
-  layers = register_module("layers", ModuleList());
-  layer_list.clear();
-  for (std::int64_t i = 0; i < options.num_layers(); ++i) {
-    layer_list.emplace_back(options.layer());
-    layers->push_back(layer_list.back());
-  }
-  norm = nullptr;
-  if (options.final_norm().value_or(options.layer().norm_first())) norm = register_module("norm", make_norm(options.layer()));
+  build_stack(*this, options, layers, layer_list, norm);
 }
 
 std::string TransformerDecoderImpl::extra_repr() const {
-  return fmt::format("num_layers={}, final_norm={}", options.num_layers(), norm != nullptr);
+  return stack_repr(options, norm);
 }
 
 Tensor TransformerDecoderImpl::forward(const Tensor& tgt, const Tensor& memory, const DecoderForward& f) {
