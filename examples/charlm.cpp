@@ -140,160 +140,212 @@ std::string generate(CharGPT& model, const Vocab& vocab, const std::string& prom
   return out;
 }
 
-}  // namespace
-
-int main(int argc, char** argv) {
-  CLI::App app{"A character-level GPT trained on a text corpus"};
+// Everything the command line sets.
+struct Config {
   examples::Flags flags{.steps = 1500, .batch = 32, .lr = 2e-3};
   std::string data_path = kDefaultCorpus, resume, prompt = "\n";
   std::int64_t stop_at = 0;
   std::int64_t context = 64, dim = 128, heads = 4, layers = 4, sample_chars = 300, samples = 3, warmup = 100;
   double dropout = 0.0, val_fraction = 0.1;  // a short run underfits: no dropout needed
   SamplingOptions sampling;
-  examples::add_common_flags(app, flags);
-  app.add_option("--data", data_path, "a text file, or a folder of them")->capture_default_str();
-  app.add_option("--resume", resume, "continue from this checkpoint (written to --out/charlm.ckpt)");
-  app.add_option("--stop-at", stop_at, "stop after this step, with a checkpoint, to --resume later (0 = run to --steps)")
+  // The model's shape, stored in checkpoints so --resume refuses another one.
+  std::string shape() const {
+    return fmt::format("--context {} --dim {} --heads {} --layers {}", context, dim, heads, layers);
+  }
+};
+
+void add_flags(CLI::App& app, Config& c) {
+  examples::add_common_flags(app, c.flags);
+  app.add_option("--data", c.data_path, "a text file, or a folder of them")->capture_default_str();
+  app.add_option("--resume", c.resume, "continue from this checkpoint (written to --out/charlm.ckpt)");
+  app.add_option("--stop-at", c.stop_at, "stop after this step, with a checkpoint, to --resume later (0 = run to --steps)")
       ->check(CLI::NonNegativeNumber);
-  app.add_option("--context", context, "characters of context")->check(CLI::Range(2, 4096))->capture_default_str();
-  app.add_option("--dim", dim, "model width")->check(CLI::PositiveNumber)->capture_default_str();
-  app.add_option("--heads", heads, "attention heads (must divide --dim)")->check(CLI::PositiveNumber)->capture_default_str();
-  app.add_option("--layers", layers, "transformer layers")->check(CLI::PositiveNumber)->capture_default_str();
-  app.add_option("--dropout", dropout, "dropout probability")->check(CLI::Range(0.0, 0.9))->capture_default_str();
-  app.add_option("--warmup", warmup, "learning-rate warm-up steps (at most a tenth of --steps)")->check(CLI::NonNegativeNumber)->capture_default_str();
-  app.add_option("--val-fraction", val_fraction, "share of the text held out")->check(CLI::Range(0.01, 0.5))->capture_default_str();
-  app.add_option("--temperature", sampling.temperature, "sampling temperature (0 = greedy)")->check(CLI::NonNegativeNumber)->capture_default_str();
-  app.add_option("--top-k", sampling.top_k, "sample among the k most likely (0 = all)")->check(CLI::NonNegativeNumber)->capture_default_str();
-  app.add_option("--top-p", sampling.top_p, "nucleus sampling threshold")->check(CLI::Range(0.0, 1.0))->capture_default_str();
-  app.add_option("--prompt", prompt, "text the samples start from");
-  app.add_option("--sample-chars", sample_chars, "characters per sample")->check(CLI::NonNegativeNumber)->capture_default_str();
-  app.add_option("--samples", samples, "samples printed at the end")->check(CLI::NonNegativeNumber)->capture_default_str();
+  app.add_option("--context", c.context, "characters of context")->check(CLI::Range(2, 4096))->capture_default_str();
+  app.add_option("--dim", c.dim, "model width")->check(CLI::PositiveNumber)->capture_default_str();
+  app.add_option("--heads", c.heads, "attention heads (must divide --dim)")->check(CLI::PositiveNumber)->capture_default_str();
+  app.add_option("--layers", c.layers, "transformer layers")->check(CLI::PositiveNumber)->capture_default_str();
+  app.add_option("--dropout", c.dropout, "dropout probability")->check(CLI::Range(0.0, 0.9))->capture_default_str();
+  app.add_option("--warmup", c.warmup, "learning-rate warm-up steps (at most a tenth of --steps)")->check(CLI::NonNegativeNumber)->capture_default_str();
+  app.add_option("--val-fraction", c.val_fraction, "share of the text held out")->check(CLI::Range(0.01, 0.5))->capture_default_str();
+  app.add_option("--temperature", c.sampling.temperature, "sampling temperature (0 = greedy)")->check(CLI::NonNegativeNumber)->capture_default_str();
+  app.add_option("--top-k", c.sampling.top_k, "sample among the k most likely (0 = all)")->check(CLI::NonNegativeNumber)->capture_default_str();
+  app.add_option("--top-p", c.sampling.top_p, "nucleus sampling threshold")->check(CLI::Range(0.0, 1.0))->capture_default_str();
+  app.add_option("--prompt", c.prompt, "text the samples start from");
+  app.add_option("--sample-chars", c.sample_chars, "characters per sample")->check(CLI::NonNegativeNumber)->capture_default_str();
+  app.add_option("--samples", c.samples, "samples printed at the end")->check(CLI::NonNegativeNumber)->capture_default_str();
+}
 
+// The text split into training and validation characters, with its vocabulary and the unigram
+// baseline.
+struct Corpus {
+  Vocab vocab;
+  std::string train_text, val_text;
+  Tensor train_data, val_data;
+  double baseline = 0;
+};
+
+Corpus load_corpus(const Config& c) {
+  std::string text = examples::read_text(c.data_path);
+  if (c.data_path == kDefaultCorpus) {  // fortune files separate entries with "%" lines; keep plain ASCII
+    std::string clean;
+    std::istringstream lines(text);
+    for (std::string line; std::getline(lines, line);) {
+      if (line == "%") line.clear();
+      for (char ch : line)
+        if ((ch >= 32 && ch < 127) || ch == '\t') clean += ch;
+      clean += '\n';
+    }
+    text = std::move(clean);
+  }
+  const auto n_val = std::int64_t(double(text.size()) * c.val_fraction);
+  if (n_val <= c.context + 1 || std::int64_t(text.size()) - n_val <= c.context + 1)
+    throw examples::UsageError(fmt::format("{}: {} characters is too little text for --context {} and --val-fraction {}",
+                                           c.data_path, text.size(), c.context, c.val_fraction));
+  Corpus corpus{Vocab(text), text.substr(0, text.size() - n_val), text.substr(text.size() - n_val)};
+  for (unsigned char ch : c.prompt)
+    if (corpus.vocab.chars.find(char(ch)) == std::string::npos)
+      throw examples::UsageError(fmt::format("--prompt: character code {} never occurs in the training text", int(ch)));
+  corpus.train_data = corpus.vocab.encode(corpus.train_text);
+  corpus.val_data = corpus.vocab.encode(corpus.val_text);
+  corpus.baseline = unigram_loss(corpus.train_text, corpus.val_text, corpus.vocab);
+  fmt::print("charlm: {} ({:.2f} MB, {} distinct characters), {} train / {} validation characters\n", c.data_path,
+             text.size() / 1e6, corpus.vocab.size(), corpus.train_text.size(), corpus.val_text.size());
+  return corpus;
+}
+
+CharGPT& on_device(CharGPT& model, Device dev) {
+  model->to(dev);
+  return model;
+}
+
+// The model with its optimizer, schedule and batch generator: everything a checkpoint holds.
+struct Trainer {
+  Trainer(const Config& c, const Corpus& corpus, Device dev)
+      : model(corpus.vocab.size(), c.context, c.dim, c.heads, c.layers, c.dropout),
+        opt(on_device(model, dev)->parameters(), optim::AdamWOptions(c.flags.lr).betas({0.9, 0.99}).weight_decay(0.1)),
+        schedule(opt, std::min(c.warmup, c.flags.steps / 10), c.flags.steps, /*start_factor=*/0.0, /*eta_min=*/0.1 * c.flags.lr),
+        batch_gen(c.flags.seed + 1),
+        // Everything a resumed run needs to continue exactly: the default generator drives dropout.
+        state{.model = model.get(), .optimizer = opt, .scheduler = schedule,
+              .generators = {{"batches", &batch_gen}, {"default", &default_generator()}}} {}
+  CharGPT model;
+  optim::AdamW opt;
+  optim::WarmupCosineLR schedule;
+  Generator batch_gen;
+  optim::TrainingState state;
+};
+
+// Restores --resume into the trainer; returns the first step still to run.
+std::int64_t resume_training(Trainer& tr, const Config& c, const Corpus& corpus) {
+  if (c.resume.empty()) return 1;
+  auto info = optim::read_checkpoint_info(c.resume);
+  if (info.metadata["vocab"] != corpus.vocab.hex())
+    throw examples::UsageError(fmt::format("--resume {}: the checkpoint was trained on other text (its characters differ)", c.resume));
+  if (info.metadata["model"] != c.shape())
+    throw examples::UsageError(fmt::format("--resume {}: the checkpoint's model has {}; this run asks for {}", c.resume,
+                                           info.metadata["model"], c.shape()));
+  // The same --steps continues the run exactly; another --steps keeps the model and optimizer
+  // and re-plans the learning-rate schedule for the new length.
+  const bool same_plan = info.metadata["steps"] == std::to_string(c.flags.steps);
+  optim::TrainingState restore = tr.state;
+  if (!same_plan) restore.scheduler = nullptr;
+  const std::int64_t first_step = optim::load_checkpoint(c.resume, restore).step + 1;
+  for (std::int64_t s = 1; !same_plan && s < first_step; ++s) tr.schedule.step();
+  fmt::print("resumed from {} at step {}{}\n", c.resume, first_step - 1, same_plan ? "" : " (schedule re-planned for --steps)");
+  return first_step;
+}
+
+// Validation loss over fixed windows (the same ones at every evaluation).
+double validate(CharGPT& model, const Corpus& corpus, const Config& c, Device dev) {
+  NoGradGuard no_grad;
+  model->eval();
+  Generator val_gen(12345);
+  double total = 0;
+  const int batches = 16;
+  for (int i = 0; i < batches; ++i) {
+    auto [x, y] = get_batch(corpus.val_data, c.flags.batch, c.context, val_gen, dev);
+    total += cross_entropy(model(x).flatten(0, 1), y.flatten()).item<double>();
+  }
+  model->train();
+  return total / batches;
+}
+
+// The PNG loss curve next to the CSV log (with --out).
+void write_loss_chart(const examples::Flags& flags, const examples::CsvLog& log, double baseline,
+                      const std::string& ckpt) {
+  if (flags.out.empty() || log.rows().empty()) return;
+  examples::LineChart chart;
+  chart.add(log.column(0), log.column(1), {31, 119, 180});  // blue: training loss
+  chart.add(log.column(0), log.column(2), {255, 127, 14});  // orange: validation loss
+  chart.hline(baseline, {150, 150, 150});      // grey dashes: unigram baseline
+  chart.write_png(examples::out_path(flags, "charlm_loss.png"));
+  fmt::print("wrote {}, {} (blue: training loss, orange: validation, grey: unigram baseline) and {}\n",
+             examples::out_path(flags, "charlm_log.csv"), examples::out_path(flags, "charlm_loss.png"), ckpt);
+}
+
+// Steps [first_step, last_step] with evaluations, log rows and checkpoints every eval interval;
+// returns the last validation loss (0 when no step ran).
+double train(Trainer& tr, const Config& c, const Corpus& corpus, std::int64_t first_step, std::int64_t last_step,
+             const examples::Timer& wall, Device dev) {
+  const examples::Flags& flags = c.flags;
+  const std::string ckpt = examples::out_path(flags, "charlm.ckpt");
+  examples::CsvLog log(examples::out_path(flags, "charlm_log.csv"), {"step", "train_loss", "val_loss", "lr"},
+                      /*resume_before=*/double(first_step));
+  examples::Progress progress(flags.steps, 0, first_step - 1);
+  const std::int64_t eval_every = examples::eval_interval(flags);
+  double loss_sum = 0, val_loss = 0;  // training loss summed since the last evaluation
+  std::int64_t loss_count = 0;
+  for (std::int64_t step = first_step; step <= last_step; ++step) {
+    auto [x, y] = get_batch(corpus.train_data, flags.batch, c.context, tr.batch_gen, dev);
+    Tensor loss = cross_entropy(tr.model(x).flatten(0, 1), y.flatten());
+    tr.opt.zero_grad();
+    loss.backward();
+    optim::clip_grad_norm_(tr.model->parameters(), 1.0);
+    tr.opt.step();
+    tr.schedule.step();
+
+    loss_sum += loss.item<double>(), ++loss_count;
+    progress.step(step, fmt::format("loss {:.3f}", loss_sum / loss_count));
+    if (step % eval_every == 0 || step == last_step) {
+      const double train_loss = loss_sum / loss_count;
+      loss_sum = 0, loss_count = 0;
+      val_loss = validate(tr.model, corpus, c, dev);
+      progress.note(fmt::format("step {:5d}  train loss {:.3f}  val loss {:.3f}  (unigram {:.3f})  lr {:.2e}  ({:.0f} s)", step,
+                                train_loss, val_loss, corpus.baseline, tr.schedule.get_last_lr()[0], wall.seconds()));
+      log.row({double(step), train_loss, val_loss, tr.schedule.get_last_lr()[0]});
+      if (!ckpt.empty())
+        optim::save_checkpoint(ckpt, tr.state, step, {{"vocab", corpus.vocab.hex()}, {"model", c.shape()}, {"steps", std::to_string(flags.steps)}});
+    }
+  }
+  progress.finish();
+  write_loss_chart(flags, log, corpus.baseline, ckpt);
+  return val_loss;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"A character-level GPT trained on a text corpus"};
+  Config c;
+  add_flags(app, c);
   return examples::run(app, argc, argv, [&] {
-    if (dim % heads != 0) throw examples::UsageError(fmt::format("--heads {} must divide --dim {}", heads, dim));
-    Device dev = examples::setup(flags);
+    if (c.dim % c.heads != 0) throw examples::UsageError(fmt::format("--heads {} must divide --dim {}", c.heads, c.dim));
+    Device dev = examples::setup(c.flags);
     examples::Timer wall;
+    const Corpus corpus = load_corpus(c);
+    Trainer tr(c, corpus, dev);
+    const std::int64_t first_step = resume_training(tr, c, corpus);
+    fmt::print("model: {} layers, dim {}, {} heads, context {}, {} parameters; unigram baseline {:.3f} nats/char\n",
+               c.layers, c.dim, c.heads, c.context, examples::count_str(tr.model->num_parameters()), corpus.baseline);
+    const std::int64_t last_step = c.stop_at > 0 ? std::min(c.stop_at, c.flags.steps) : c.flags.steps;
+    double val_loss = train(tr, c, corpus, first_step, last_step, wall, dev);
 
-    // ---- data ----
-    std::string text = examples::read_text(data_path);
-    if (data_path == kDefaultCorpus) {  // fortune files separate entries with "%" lines; keep plain ASCII
-      std::string clean;
-      std::istringstream lines(text);
-      for (std::string line; std::getline(lines, line);) {
-        if (line == "%") line.clear();
-        for (char c : line)
-          if ((c >= 32 && c < 127) || c == '\t') clean += c;
-        clean += '\n';
-      }
-      text = std::move(clean);
-    }
-    const auto n_val = std::int64_t(double(text.size()) * val_fraction);
-    if (n_val <= context + 1 || std::int64_t(text.size()) - n_val <= context + 1)
-      throw examples::UsageError(fmt::format("{}: {} characters is too little text for --context {} and --val-fraction {}",
-                                             data_path, text.size(), context, val_fraction));
-    Vocab vocab(text);
-    for (unsigned char c : prompt)
-      if (vocab.chars.find(char(c)) == std::string::npos)
-        throw examples::UsageError(fmt::format("--prompt: character code {} never occurs in the training text", int(c)));
-    const std::string train_text = text.substr(0, text.size() - n_val), val_text = text.substr(text.size() - n_val);
-    Tensor train_data = vocab.encode(train_text), val_data = vocab.encode(val_text);
-    const double baseline = unigram_loss(train_text, val_text, vocab);
-    fmt::print("charlm: {} ({:.2f} MB, {} distinct characters), {} train / {} validation characters\n", data_path,
-               text.size() / 1e6, vocab.size(), train_text.size(), val_text.size());
-
-    // ---- model, optimizer, schedule ----
-    CharGPT model(vocab.size(), context, dim, heads, layers, dropout);
-    model->to(dev);
-    optim::AdamW opt(model->parameters(), optim::AdamWOptions(flags.lr).betas({0.9, 0.99}).weight_decay(0.1));
-    optim::WarmupCosineLR schedule(opt, std::min(warmup, flags.steps / 10), flags.steps, /*start_factor=*/0.0, /*eta_min=*/0.1 * flags.lr);
-    Generator batch_gen(flags.seed + 1);
-    // Everything a resumed run needs to continue exactly: the default generator drives dropout.
-    optim::TrainingState state{.model = model.get(), .optimizer = opt, .scheduler = schedule,
-                               .generators = {{"batches", &batch_gen}, {"default", &default_generator()}}};
-    const std::string shape = fmt::format("--context {} --dim {} --heads {} --layers {}", context, dim, heads, layers);
-    std::int64_t first_step = 1;
-    if (!resume.empty()) {
-      auto info = optim::read_checkpoint_info(resume);
-      if (info.metadata["vocab"] != vocab.hex())
-        throw examples::UsageError(fmt::format("--resume {}: the checkpoint was trained on other text (its characters differ)", resume));
-      if (info.metadata["model"] != shape)
-        throw examples::UsageError(fmt::format("--resume {}: the checkpoint's model has {}; this run asks for {}", resume,
-                                               info.metadata["model"], shape));
-      // The same --steps continues the run exactly; another --steps keeps the model and optimizer
-      // and re-plans the learning-rate schedule for the new length.
-      const bool same_plan = info.metadata["steps"] == std::to_string(flags.steps);
-      optim::TrainingState restore = state;
-      if (!same_plan) restore.scheduler = nullptr;
-      first_step = optim::load_checkpoint(resume, restore).step + 1;
-      for (std::int64_t s = 1; !same_plan && s < first_step; ++s) schedule.step();
-      fmt::print("resumed from {} at step {}{}\n", resume, first_step - 1, same_plan ? "" : " (schedule re-planned for --steps)");
-    }
-    fmt::print("model: {} layers, dim {}, {} heads, context {}, {} parameters; unigram baseline {:.3f} nats/char\n", layers,
-               dim, heads, context, examples::count_str(model->num_parameters()), baseline);
-
-    // Validation loss over fixed windows (the same ones at every evaluation).
-    auto validate = [&] {
-      NoGradGuard no_grad;
-      model->eval();
-      Generator val_gen(12345);
-      double total = 0;
-      const int batches = 16;
-      for (int i = 0; i < batches; ++i) {
-        auto [x, y] = get_batch(val_data, flags.batch, context, val_gen, dev);
-        total += cross_entropy(model(x).flatten(0, 1), y.flatten()).item<double>();
-      }
-      model->train();
-      return total / batches;
-    };
-
-    // ---- training ----
-    const std::string ckpt = examples::out_path(flags, "charlm.ckpt");
-    examples::CsvLog log(examples::out_path(flags, "charlm_log.csv"), {"step", "train_loss", "val_loss", "lr"},
-                        /*resume_before=*/double(first_step));
-    examples::Progress progress(flags.steps, 0, first_step - 1);
-    const std::int64_t eval_every = examples::eval_interval(flags);
-    double loss_sum = 0, val_loss = 0;  // training loss summed since the last evaluation
-    std::int64_t loss_count = 0;
-    const std::int64_t last_step = stop_at > 0 ? std::min(stop_at, flags.steps) : flags.steps;
-    for (std::int64_t step = first_step; step <= last_step; ++step) {
-      auto [x, y] = get_batch(train_data, flags.batch, context, batch_gen, dev);
-      Tensor loss = cross_entropy(model(x).flatten(0, 1), y.flatten());
-      opt.zero_grad();
-      loss.backward();
-      optim::clip_grad_norm_(model->parameters(), 1.0);
-      opt.step();
-      schedule.step();
-
-      loss_sum += loss.item<double>(), ++loss_count;
-      progress.step(step, fmt::format("loss {:.3f}", loss_sum / loss_count));
-      if (step % eval_every == 0 || step == last_step) {
-        const double train_loss = loss_sum / loss_count;
-        loss_sum = 0, loss_count = 0;
-        val_loss = validate();
-        progress.note(fmt::format("step {:5d}  train loss {:.3f}  val loss {:.3f}  (unigram {:.3f})  lr {:.2e}  ({:.0f} s)", step,
-                                  train_loss, val_loss, baseline, schedule.get_last_lr()[0], wall.seconds()));
-        log.row({double(step), train_loss, val_loss, schedule.get_last_lr()[0]});
-        if (!ckpt.empty())
-          optim::save_checkpoint(ckpt, state, step, {{"vocab", vocab.hex()}, {"model", shape}, {"steps", std::to_string(flags.steps)}});
-      }
-    }
-    progress.finish();
-    if (!flags.out.empty() && !log.rows().empty()) {
-      examples::LineChart chart;
-      chart.add(log.column(0), log.column(1), {31, 119, 180});  // blue: training loss
-      chart.add(log.column(0), log.column(2), {255, 127, 14});  // orange: validation loss
-      chart.hline(baseline, {150, 150, 150});      // grey dashes: unigram baseline
-      chart.write_png(examples::out_path(flags, "charlm_loss.png"));
-      fmt::print("wrote {}, {} (blue: training loss, orange: validation, grey: unigram baseline) and {}\n",
-                 examples::out_path(flags, "charlm_log.csv"), examples::out_path(flags, "charlm_loss.png"), ckpt);
-    }
-
-    // ---- samples ----
-    std::mt19937_64 rng(flags.seed);
-    for (std::int64_t i = 0; i < samples; ++i)
-      fmt::print("--- sample {} ---\n{}\n", i + 1, generate(model, vocab, prompt, sample_chars, context, sampling, rng, dev));
-    if (first_step > last_step) val_loss = validate();
+    std::mt19937_64 rng(c.flags.seed);
+    for (std::int64_t i = 0; i < c.samples; ++i)
+      fmt::print("--- sample {} ---\n{}\n", i + 1,
+                 generate(tr.model, corpus.vocab, c.prompt, c.sample_chars, c.context, c.sampling, rng, dev));
+    if (first_step > last_step) val_loss = validate(tr.model, corpus, c, dev);
     fmt::print("trained in {:.1f} s\n", wall.seconds());
-    fmt::print("validation loss: {:.4f} nats/char (unigram baseline {:.4f})\n", val_loss, baseline);
+    fmt::print("validation loss: {:.4f} nats/char (unigram baseline {:.4f})\n", val_loss, corpus.baseline);
   });
 }
