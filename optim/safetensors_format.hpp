@@ -1,7 +1,7 @@
 #pragma once
 /// The safetensors byte format without kiln::Tensor: header parsing and validation (for
 /// untrusted files), element conversion, and header writing. optim/safetensors.hpp builds the
-/// public API on it; the libFuzzer target (tools/fuzz/) compiles this file alone.
+/// public API on it; the libFuzzer target (tests/fuzz/) compiles this file alone.
 ///
 /// A file is: u64 little-endian N, N bytes of UTF-8 JSON (the header), then the data buffer.
 ///   {"__metadata__": {"k": "v"}, "w": {"dtype": "F32", "shape": [2, 3], "data_offsets": [0, 24]}}

@@ -6,10 +6,10 @@
 # and cuBLAS (a checked reference GEMM, TF32 rounding included). It checks kernel logic,
 # indexing, barriers and the host code; not speed, not the memory model, not real launch limits.
 #
-#   tools/cuda_emu/run.sh                      # every cuda* test case
-#   tools/cuda_emu/run.sh -tc='cuda attention*'
-#   EMU_REVERSE=1 tools/cuda_emu/run.sh        # run each block's threads in reverse order (races)
-#   EMU_NO_GPU=1 tools/cuda_emu/run.sh         # the "no GPU" path
+#   tests/cuda_emu/run.sh                      # every cuda* test case
+#   tests/cuda_emu/run.sh -tc='cuda attention*'
+#   EMU_REVERSE=1 tests/cuda_emu/run.sh        # run each block's threads in reverse order (races)
+#   EMU_NO_GPU=1 tests/cuda_emu/run.sh         # the "no GPU" path
 #
 # Needs a configured and built KILN_CUDA=OFF build directory for the rest of kiln
 # (KILN_EMU_BASE, default build-emu-base; created when missing). Output in $KILN_EMU_BASE/cuda_emu.
@@ -18,7 +18,7 @@ cd "$(dirname "$0")/../.."
 ROOT=$PWD
 BASE=${KILN_EMU_BASE:-build-emu-base}
 OUT=$BASE/cuda_emu
-EMU=$ROOT/tools/cuda_emu
+EMU=$ROOT/tests/cuda_emu
 
 if [ ! -f "$BASE/libkiln.a" ]; then
   cmake -S . -B "$BASE" -DCMAKE_BUILD_TYPE=Release -DKILN_CUDA=OFF -DKILN_TEST_PATTERN='cuda/*.cpp' \
