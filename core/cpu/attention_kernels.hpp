@@ -655,4 +655,15 @@ struct AttnInputs {
         qscale(static_cast<F>(a.scale * kLog2e)), l2e(static_cast<F>(kLog2e)) {}
 };
 
+// ---------------------------------------------------------------- decode (attention_decode.cpp)
+// The forward takes the decode path when a kv head has at most this many query rows (T * G).
+constexpr std::int64_t kDecodeRows = 16;
+template <typename F>
+void decode_forward(const Geo<F>& g, const AttnInputs<F>& in, const Tensor& out, const Tensor& lse_t,
+                    const Tensor& weights);
+extern template void decode_forward<float>(const Geo<float>&, const AttnInputs<float>&, const Tensor&,
+                                           const Tensor&, const Tensor&);
+extern template void decode_forward<double>(const Geo<double>&, const AttnInputs<double>&, const Tensor&,
+                                            const Tensor&, const Tensor&);
+
 }  // namespace kiln::cpu::attention_kernels
