@@ -149,6 +149,33 @@ __device__ __forceinline__ bool group16_any(bool v) {
 }
 
 // ---------------------------------------------------------------- forward
+// acc (rows, D) = acc * scale + A B for this thread's rows r0..r0+3, 64 columns at a time, with
+// A(r, k) = A[r * ars + k * aks] and B (K, D) of row stride ldb in shared memory (the forward's
+// P V; the backward's dV += P^T dO and dK += dS^T Q). scale: per-row factors of this thread's
+// rows (null: none); skip: the exact product that leaves out masked pairs.
+template <typename F>
+__device__ __forceinline__ void accumulate_rows(F* acc, int D, const F* A, int ars, int aks, const F* B, int ldb,
+                                                int r0, int cl, int K, bool skip, const F* scale = nullptr) {
+  for (int cc = 0; cc < (D + 63) / 64; ++cc) {
+    F a[4][4];
+#pragma unroll
+    for (int i = 0; i < 4; ++i)
+#pragma unroll
+      for (int c = 0; c < 4; ++c) {
+        const int col = cc * 64 + cl + 16 * c;
+        a[i][c] = col < D ? (scale ? acc[(r0 + i) * D + col] * scale[i] : acc[(r0 + i) * D + col]) : F(0);
+      }
+    tile_mma<F, 4>(a, A, ars, aks, r0, B, 1, ldb, cc * 64 + cl, D, K, skip);
+#pragma unroll
+    for (int i = 0; i < 4; ++i)
+#pragma unroll
+      for (int c = 0; c < 4; ++c) {
+        const int col = cc * 64 + cl + 16 * c;
+        if (col < D) acc[(r0 + i) * D + col] = a[i][c];
+      }
+  }
+}
+
 // grid: N*H*nqb blocks (query blocks of a head from the last, the most keys under causal, down).
 template <typename F>
 __global__ void __launch_bounds__(kAttnThreads) attn_fwd_kernel(AttnGeom g, Attn4 q, Attn4 k, Attn4 v, Attn4 o,
@@ -179,7 +206,6 @@ __global__ void __launch_bounds__(kAttnThreads) attn_fwd_kernel(AttnGeom g, Attn
   }
   const std::int64_t last = (t0 + Bq < g.T ? t0 + Bq : g.T) - 1;
   const std::int64_t kend = key_limit(g, last);  // keys any row of the block sees
-  const int nch = (Dv + 63) / 64;
   for (std::int64_t j0 = 0; j0 < kend; j0 += Bk) {
     __syncthreads();  // the previous tile's P V product is done with kv and ps
     load_tile(kv, ldkv, kp, k.s[2], k.s[3], j0, Bk, g.S, Dk, F(1));
@@ -236,24 +262,7 @@ __global__ void __launch_bounds__(kAttnThreads) attn_fwd_kernel(AttnGeom g, Attn
     __syncthreads();  // ps written; everyone is done reading K
     bool vfin = load_tile(kv, ldkv, vp, v.s[2], v.s[3], j0, Bk, g.S, Dv, F(1));
     vfin = __syncthreads_and(vfin);
-    for (int cc = 0; cc < nch; ++cc) {
-      F a[4][4];
-#pragma unroll
-      for (int i = 0; i < 4; ++i)
-#pragma unroll
-        for (int c = 0; c < 4; ++c) {
-          const int col = cc * 64 + cl + 16 * c;
-          a[i][c] = col < Dv ? acc[(r0 + i) * Dv + col] * alpha[i] : F(0);
-        }
-      tile_mma<F, 4>(a, ps, ldp, 1, r0, kv, 1, ldkv, cc * 64 + cl, Dv, Bk, !vfin);
-#pragma unroll
-      for (int i = 0; i < 4; ++i)
-#pragma unroll
-        for (int c = 0; c < 4; ++c) {
-          const int col = cc * 64 + cl + 16 * c;
-          if (col < Dv) acc[(r0 + i) * Dv + col] = a[i][c];
-        }
-    }
+    accumulate_rows<F>(acc, Dv, ps, ldp, 1, kv, ldkv, r0, cl, Bk, !vfin, alpha);
   }
   // Epilogue: each thread reads back only the acc / weight entries it wrote.
   F* op = static_cast<F*>(o.p) + n * o.s[0] + h * o.s[1];
@@ -378,42 +387,8 @@ __global__ void __launch_bounds__(kAttnThreads) attn_bwd_kernel(AttnGeom g, Attn
       }
       __syncthreads();
       // dV += Pd^T dO and dK += dS^T Qs: rows are this block's keys.
-      for (int cc = 0; cc < (Dv + 63) / 64; ++cc) {
-        F a[4][4];
-#pragma unroll
-        for (int i = 0; i < 4; ++i)
-#pragma unroll
-          for (int c = 0; c < 4; ++c) {
-            const int col = cc * 64 + cl + 16 * c;
-            a[i][c] = col < Dv ? dv[(r0 + i) * Dv + col] : F(0);
-          }
-        tile_mma<F, 4>(a, pd, 1, ldp, r0, dos, 1, ldv, cc * 64 + cl, Dv, Bq, !dofin);
-#pragma unroll
-        for (int i = 0; i < 4; ++i)
-#pragma unroll
-          for (int c = 0; c < 4; ++c) {
-            const int col = cc * 64 + cl + 16 * c;
-            if (col < Dv) dv[(r0 + i) * Dv + col] = a[i][c];
-          }
-      }
-      for (int cc = 0; cc < (Dk + 63) / 64; ++cc) {
-        F a[4][4];
-#pragma unroll
-        for (int i = 0; i < 4; ++i)
-#pragma unroll
-          for (int c = 0; c < 4; ++c) {
-            const int col = cc * 64 + cl + 16 * c;
-            a[i][c] = col < Dk ? dk[(r0 + i) * Dk + col] : F(0);
-          }
-        tile_mma<F, 4>(a, ds, 1, ldp, r0, qs, 1, ldk, cc * 64 + cl, Dk, Bq, !qfin);
-#pragma unroll
-        for (int i = 0; i < 4; ++i)
-#pragma unroll
-          for (int c = 0; c < 4; ++c) {
-            const int col = cc * 64 + cl + 16 * c;
-            if (col < Dk) dk[(r0 + i) * Dk + col] = a[i][c];
-          }
-      }
+      accumulate_rows<F>(dv, Dv, pd, 1, ldp, dos, ldv, r0, cl, Bq, !dofin);
+      accumulate_rows<F>(dk, Dk, ds, 1, ldp, qs, ldk, r0, cl, Bq, !qfin);
       // dQ (unscaled) += dS K: rows are the tile's queries.
       for (int cc = 0; cc < (Dk + 63) / 64; ++cc) {
         F a[4][4] = {};
