@@ -2,6 +2,7 @@
 // (token by token, chunked prefill, grouped-query and multi-query heads, rotary positions, extra
 // bias_kv / zero_attn positions), the cache's bookkeeping and errors, and the gradient w.r.t. the
 // new tokens.
+#include "autograd/test_sdpa_ext_util.hpp"  // kx::SplitEverything
 #include "nn/test_mha_util.hpp"
 
 using namespace kiln;
@@ -60,7 +61,7 @@ TEST_CASE("mha kv cache: token-by-token and chunked decoding equal the full caus
   }
 }
 
-TEST_CASE("mha kv cache: rotary positions follow the cache; extra bias_kv / zero_attn keys; extra batch dims") {
+TEST_CASE("mha kv cache: rotary positions follow the cache / extra bias_kv / zero_attn keys / extra batch dims") {
   SUBCASE("rotary (half-split and interleaved, partial)") {
     for (bool inter : {false, true}) {
       CAPTURE(inter);
@@ -192,4 +193,30 @@ TEST_CASE("mha kv cache: errors show the lengths, shapes and dtypes") {
   nn::MultiHeadAttention ax(O(8, 2).attention_axes({1, 2}));
   nn::KVCache c2 = ax->make_kv_cache(2, 4);
   CHECK_KILN_ERROR(ax(randn({2, 2, 2, 8}), nn::MhaForward().cache(&c2)), "a KV cache cannot be combined with attention_axes");
+}
+
+TEST_CASE("decode attention: MultiHeadAttention decoding with GQA window ALiBi and sinks equals the full forward") {
+  // The full forward (200 rows per kv head) takes the tiled path; each decode step the few-query
+  // path, its keys (up to 101 in the window) split over chunks or not.
+  using O = nn::MultiHeadAttentionOptions;
+  for (bool split : {false, true})
+    for (std::int64_t hkv : {4, 2, 1}) {
+      CAPTURE(split);
+      CAPTURE(hkv);
+      nn::MultiHeadAttention m(O(32, 4).num_kv_heads(hkv).window(100, 0).alibi(true).attention_sinks(true));
+      km::randomize(*m, 3, 0.3);
+      m->eval();
+      const std::int64_t T = 200;
+      Tensor x = km::rnd({2, T, 32}, 11, 1.0, kFloat32);
+      Tensor full = m(x, nn::MhaForward().is_causal(true));
+      std::optional<kx::SplitEverything> guard;
+      if (split) guard.emplace();
+      NoGradGuard ng;
+      nn::KVCache cache = m->make_kv_cache(2, T);
+      std::vector<Tensor> ys;
+      ys.push_back(m(x.narrow(1, 0, 5), nn::MhaForward().is_causal(true).cache(&cache)));
+      for (std::int64_t t = 5; t < T; ++t)
+        ys.push_back(m(x.narrow(1, t, 1), nn::MhaForward().is_causal(true).cache(&cache)));
+      CHECK(max_abs_diff(cat(ys, 1), full) < 1e-5);
+    }
 }

@@ -1,7 +1,7 @@
 // scaled_dot_product_attention values: hand-computed and host-loop references, fused kernels
 // against the composite reference on a table of shapes and mask modes (float32 and float64),
 // the decided semantics (empty rows, NaN in masked keys/values, weights), layouts and errors.
-#include "nn/test_attention_util.hpp"
+#include "autograd/test_attention_util.hpp"
 
 using namespace kiln;
 using namespace ka;

@@ -2,7 +2,7 @@
 // reference for sliding windows, ALiBi (with slope gradients), sinks (with sink gradients) and
 // learned additive biases broadcast over batch / heads / queries; the create_graph (double
 // backward) path; fused gradients against the reference's on larger shapes.
-#include "nn/test_sdpa_ext_util.hpp"
+#include "autograd/test_sdpa_ext_util.hpp"
 
 using namespace kiln;
 using namespace kx;

@@ -1,7 +1,7 @@
 // scaled_dot_product_attention gradients: float64 gradcheck of the fused op in every mask mode,
 // with grouped-query heads, a learnable float mask, returned weights, dropout and double
 // backward; fused gradients against the reference's on larger shapes; dropout behaviour.
-#include "nn/test_attention_util.hpp"
+#include "autograd/test_attention_util.hpp"
 
 using namespace kiln;
 using namespace ka;

@@ -3,7 +3,7 @@
 // against the composite reference on a table of shapes; both against host loops; each feature
 // against its explicit equivalent (band mask, float bias, an appended zero-value key); empty
 // rows, NaN outside the window, the slope helper and the errors.
-#include "nn/test_sdpa_ext_util.hpp"
+#include "autograd/test_sdpa_ext_util.hpp"
 
 using namespace kiln;
 using namespace kx;

@@ -2,31 +2,14 @@
 // grouped-query heads) and its split of long key ranges into chunks whose softmax states merge:
 // against the composite reference and host loops with every option (masks, causal, window, ALiBi,
 // sinks, dropout, weights, GQA), empty rows and NaN, strided caches and head dims off the vector
-// width, gradients through its logsumexp, and MultiHeadAttention decoding against the full forward.
-#include "nn/test_mha_util.hpp"
-#include "nn/test_sdpa_ext_util.hpp"
-
-namespace kiln::cpu {
-// core/cpu/attention.cpp: chunks > 0 makes the few-query path split every key range into that
-// many chunks (0: its own choice, by thread count and work); returns the previous setting.
-std::int64_t attention_decode_split_for_testing(std::int64_t chunks);
-}  // namespace kiln::cpu
+// width and gradients through its logsumexp. (MultiHeadAttention decoding on this path:
+// tests/nn/test_mha_kv_cache.cpp.)
+#include "autograd/test_sdpa_ext_util.hpp"
 
 using namespace kiln;
 using namespace kx;
 
 namespace {
-
-// While alive, every key range of more than one tile (64 keys) is split into up to 3 chunks
-// (uneven ones too), whatever the thread count; the split itself runs on one machine thread
-// here as it would on several.
-struct SplitEverything {
-  std::int64_t prev = cpu::attention_decode_split_for_testing(3);
-  SplitEverything() = default;
-  ~SplitEverything() { cpu::attention_decode_split_for_testing(prev); }
-  SplitEverything(const SplitEverything&) = delete;
-  SplitEverything& operator=(const SplitEverything&) = delete;
-};
 
 struct Feat {
   const char* name;
@@ -260,30 +243,4 @@ TEST_CASE("decode attention: gradients through the split forward's logsumexp (fl
         return F::scaled_dot_product_attention(x[0], x[1], x[2], o).output;
       },
       {q, k, v, sinks, slopes});
-}
-
-TEST_CASE("decode attention: MultiHeadAttention decoding with GQA window ALiBi and sinks equals the full forward") {
-  // The full forward (200 rows per kv head) takes the tiled path; each decode step the few-query
-  // path, its keys (up to 101 in the window) split over chunks or not.
-  using O = nn::MultiHeadAttentionOptions;
-  for (bool split : {false, true})
-    for (std::int64_t hkv : {4, 2, 1}) {
-      CAPTURE(split);
-      CAPTURE(hkv);
-      nn::MultiHeadAttention m(O(32, 4).num_kv_heads(hkv).window(100, 0).alibi(true).attention_sinks(true));
-      km::randomize(*m, 3, 0.3);
-      m->eval();
-      const std::int64_t T = 200;
-      Tensor x = km::rnd({2, T, 32}, 11, 1.0, kFloat32);
-      Tensor full = m(x, nn::MhaForward().is_causal(true));
-      std::optional<SplitEverything> guard;
-      if (split) guard.emplace();
-      NoGradGuard ng;
-      nn::KVCache cache = m->make_kv_cache(2, T);
-      std::vector<Tensor> ys;
-      ys.push_back(m(x.narrow(1, 0, 5), nn::MhaForward().is_causal(true).cache(&cache)));
-      for (std::int64_t t = 5; t < T; ++t)
-        ys.push_back(m(x.narrow(1, t, 1), nn::MhaForward().is_causal(true).cache(&cache)));
-      CHECK(max_abs_diff(cat(ys, 1), full) < 1e-5);
-    }
 }

@@ -1,9 +1,26 @@
 #pragma once
 // Shared helpers for the scaled_dot_product_attention extension suites (window, ALiBi, sinks,
 // learned bias): a host-loop implementation of the extended semantics and option builders.
-#include "nn/test_attention_util.hpp"
+#include "autograd/test_attention_util.hpp"
+
+namespace kiln::cpu {
+// core/cpu/attention.cpp: chunks > 0 makes the few-query path split every key range into that
+// many chunks (0: its own choice, by thread count and work); returns the previous setting.
+std::int64_t attention_decode_split_for_testing(std::int64_t chunks);
+}  // namespace kiln::cpu
 
 namespace kx {
+
+// While alive, every key range of more than one tile (64 keys) is split into up to 3 chunks
+// (uneven ones too), whatever the thread count; the split itself runs on one machine thread
+// here as it would on several.
+struct SplitEverything {
+  std::int64_t prev = kiln::cpu::attention_decode_split_for_testing(3);
+  SplitEverything() = default;
+  ~SplitEverything() { kiln::cpu::attention_decode_split_for_testing(prev); }
+  SplitEverything(const SplitEverything&) = delete;
+  SplitEverything& operator=(const SplitEverything&) = delete;
+};
 
 using namespace ka;
 using kiln::SdpaOptions;
