@@ -245,7 +245,7 @@ TEST_CASE("orthogonal_: orthonormal rows or columns, N-D flattened, gain") {
   CHECK_KILN_ERROR(init::orthogonal_(empty({5})), "[orthogonal_] only tensors with 2 or more dims are supported, got shape (5,)");
 }
 
-TEST_CASE("random initializers: same seed, same values; default generator follows manual_seed") {
+TEST_CASE("random initializers: same seed, same values / default generator follows manual_seed") {
   using Init = std::function<void(Tensor, Generator*)>;
   std::vector<std::pair<const char*, Init>> inits = {
       {"uniform_", [](Tensor t, Generator* g) { init::uniform_(t, -1, 1, g); }},

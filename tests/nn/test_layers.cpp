@@ -43,7 +43,7 @@ TEST_CASE("Linear: values, leading dims, no bias") {
   kt::expect_shape(zero_in(zeros({4, 0})), {4, 3});
 }
 
-TEST_CASE("Linear: default init is U(-1/sqrt(in), 1/sqrt(in)) for weight and bias; overridable") {
+TEST_CASE("Linear: default init is U(-1/sqrt(in), 1/sqrt(in)) for weight and bias / overridable") {
   manual_seed(0);
   nn::Linear fc(256, 512);
   double bound = 1.0 / 16.0;
@@ -70,7 +70,7 @@ TEST_CASE("Linear: default init is U(-1/sqrt(in), 1/sqrt(in)) for weight and bia
   kt::expect_values(custom->weight, std::vector<double>(12, 0.5));
 }
 
-TEST_CASE("Linear: float64 gradcheck through input, weight and bias; non-contiguous input") {
+TEST_CASE("Linear: float64 gradcheck through input, weight and bias / non-contiguous input") {
   nn::Linear fc(3, 2);
   fc->to(kFloat64);
   Tensor x = kt::leaf({2, 3}, 7);

@@ -112,7 +112,7 @@ TEST_CASE("FeedForward: gated (SwiGLU) is fc2(act(gate(x)) * fc1(x))") {
   kt::expect_values(tiny(tensor({1.0f}).reshape({1, 1})), {0.5 * g * 2.0}, 1e-6);
 }
 
-TEST_CASE("FeedForward: dropout acts in training only; float64 gradcheck plain and gated") {
+TEST_CASE("FeedForward: dropout acts in training only / float64 gradcheck plain and gated") {
   nn::FeedForward ff(nn::FeedForwardOptions(3, 5).dropout(0.5));
   Tensor x = randn({4, 3});
   ff->eval();
@@ -173,7 +173,7 @@ TEST_CASE("SinusoidalPositionalEmbedding: Vaswani formula, offsets, a non-persis
   kt::grad_ok([&](const std::vector<Tensor>& in) { return pos(in[0], 1) * in[0]; }, {xl});
 }
 
-TEST_CASE("LearnedPositionalEmbedding: adds trained rows; gradient reaches only the rows used") {
+TEST_CASE("LearnedPositionalEmbedding: adds trained rows / gradient reaches only the rows used") {
   manual_seed(7);
   nn::LearnedPositionalEmbedding pos(6, 3);
   kt::expect_shape(pos->weight, {6, 3});

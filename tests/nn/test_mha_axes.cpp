@@ -44,7 +44,7 @@ TEST_CASE("mha attention_axes: {1, 2} attends over all A1 * A2 positions (self a
                                      .reshape({2, 3, 4, 8})) < 1e-14);
 }
 
-TEST_CASE("mha attention_axes: one inner axis attends per row; three-axis inputs permute as expected") {
+TEST_CASE("mha attention_axes: one inner axis attends per row / three-axis inputs permute as expected") {
   Tensor x = rnd({2, 3, 4, 8}, 5);
   {  // {2}: along A2 for every (B, A1) -- the default layout with A1 as a batch dim
     auto [a, b] = pair_of(O(8, 2).attention_axes({2}));

@@ -105,7 +105,7 @@ TEST_CASE("mha layouts: load_megengine_io_weight_bias of torch's weights reprodu
   }
 }
 
-TEST_CASE("mha layouts: torch state keys, shapes and order are PyTorch's; round trips are exact") {
+TEST_CASE("mha layouts: torch state keys, shapes and order are PyTorch's / round trips are exact") {
   for (const char* c : kCases) {
     CAPTURE(c);
     Golden g = load_golden(std::string("mha_") + c + ".txt");

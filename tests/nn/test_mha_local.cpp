@@ -105,7 +105,7 @@ TEST_CASE("mha alibi: the paper's slopes or custom ones equal the bias -m_h |p -
                    "alibi_slopes must be floating point of shape (num_heads,) = (4,), got float32 of shape (3,)");
 }
 
-TEST_CASE("mha attention_sinks: a learned logit per head joins each softmax; gradients; decoding") {
+TEST_CASE("mha attention_sinks: a learned logit per head joins each softmax / gradients / decoding") {
   const std::int64_t H = 2, T = 3, S = 4;
   nn::MultiHeadAttention m0(O(6, H).attention_sinks(true));
   kt::expect_shape(m0->sinks, {H});
@@ -136,7 +136,7 @@ TEST_CASE("mha attention_sinks: a learned logit per head joins each softmax; gra
   CHECK_KILN_ERROR(m->to_torch_state(), "torch.nn.MultiheadAttention has no attention sinks");
 }
 
-TEST_CASE("mha window + alibi + sinks + rotary + padding combine; extras refuse window/ALiBi") {
+TEST_CASE("mha window + alibi + sinks + rotary + padding combine / extras refuse window/ALiBi") {
   nn::MultiHeadAttention m = make64(O(8, 2).num_kv_heads(1).window(3, 0).alibi(true).attention_sinks(true).rotary(
       nn::RotaryEmbeddingOptions(4)));
   Tensor x = rnd({2, 6, 8}, 14);

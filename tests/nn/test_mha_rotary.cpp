@@ -57,7 +57,7 @@ TEST_CASE("rotary: matches the direct formula (half-split, interleaved, partial 
   CHECK(fmt::format("{}", *rope).find("RotaryEmbedding(dim=8, base=10000)") != std::string::npos);
 }
 
-TEST_CASE("rotary: q_m . k_n depends only on m - n; positions per batch element broadcast over heads") {
+TEST_CASE("rotary: q_m . k_n depends only on m - n / positions per batch element broadcast over heads") {
   nn::RotaryEmbedding rope(nn::RotaryEmbeddingOptions(8));
   Tensor q = rnd({1, 1, 8}, 2), k = rnd({1, 1, 8}, 3);
   auto dot_at = [&](std::int64_t m, std::int64_t n) {
@@ -93,7 +93,7 @@ TEST_CASE("rotary: float64 gradcheck (half-split, interleaved, partial) and erro
   CHECK_KILN_ERROR(rope->forward(randn({2, 3, 8}), ones({3}, kBool)), "positions must be int64 or floating point, got bool");
 }
 
-TEST_CASE("mha rotary: equals rotating the projected heads by hand; position_fn gets the positions") {
+TEST_CASE("mha rotary: equals rotating the projected heads by hand / position_fn gets the positions") {
   nn::MultiHeadAttention m(O(8, 2).num_kv_heads(1).rotary(nn::RotaryEmbeddingOptions(4)));
   m->to(kFloat64);
   randomize(*m, 7, 0.5);

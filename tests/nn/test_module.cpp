@@ -137,7 +137,7 @@ TEST_CASE("Module: shared submodules and tied parameters are listed once") {
   CHECK(m->state_dict().keys() == std::vector<std::string>{"emb.weight", "head.weight", "again.weight"});
 }
 
-TEST_CASE("Module: register_* return what they register; re-registering replaces") {
+TEST_CASE("Module: register_* return what they register / re-registering replaces") {
   nn::Module m;
   Tensor w = m.register_parameter("w", zeros({2, 3}));
   CHECK(w.requires_grad());

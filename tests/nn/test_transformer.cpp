@@ -105,7 +105,7 @@ TEST_CASE("transformer: decoder self-attention is causal by default") {
   CHECK(max_abs_diff(layer(x, mem, full).select(1, 0), layer(x2, mem, full).select(1, 0)) > 1e-6);
 }
 
-TEST_CASE("transformer: padding passes through the stack; padded keys cannot change valid rows") {
+TEST_CASE("transformer: padding passes through the stack / padded keys cannot change valid rows") {
   nn::TransformerEncoder enc = make64(nn::TransformerEncoder(nn::TransformerEncoderOptions(L(8, 2).dim_feedforward(12), 2)));
   enc->eval();
   Tensor x = rnd({2, 5, 8}, 1);
