@@ -202,12 +202,12 @@ TEST_CASE("cuda attention: nn::MultiHeadAttention matches the PyTorch goldens on
                            "causal_padding", "gqa", "mqa_causal"}) {
     CAPTURE(name);
     km::Golden g = km::load_golden(std::string("mha_") + name + ".txt");
-    const bool self = g.imeta("self_attn") != 0, causal = g.imeta("causal") != 0, with_w = g.imeta("with_weights") != 0;
-    nn::MultiHeadAttention mha(nn::MultiHeadAttentionOptions(g.imeta("embed_dim"), g.imeta("num_heads"))
-                                   .num_kv_heads(g.imeta("num_kv_heads"))
-                                   .kdim(g.imeta("kdim"))
-                                   .vdim(g.imeta("vdim"))
-                                   .bias(g.imeta("bias") != 0));
+    const bool self = g.inum("self_attn") != 0, causal = g.inum("causal") != 0, with_w = g.inum("with_weights") != 0;
+    nn::MultiHeadAttention mha(nn::MultiHeadAttentionOptions(g.inum("embed_dim"), g.inum("num_heads"))
+                                   .num_kv_heads(g.inum("num_kv_heads"))
+                                   .kdim(g.inum("kdim"))
+                                   .vdim(g.inum("vdim"))
+                                   .bias(g.inum("bias") != 0));
     mha->to(kFloat64);
     nn::OrderedDict<Tensor> sd;
     for (const auto& [n, _] : mha->named_parameters()) sd.insert(n, g.at(n));

@@ -26,12 +26,12 @@ void run_golden(const std::string& name, Tol t) {
   CAPTURE(name);
   CAPTURE(dtype_name(t.dt));
   Golden g = load_golden("mha_" + name + ".txt");
-  const bool self = g.imeta("self_attn") != 0, bias = g.imeta("bias") != 0, causal = g.imeta("causal") != 0;
-  const bool with_w = g.imeta("with_weights") != 0;
-  nn::MultiHeadAttention mha(nn::MultiHeadAttentionOptions(g.imeta("embed_dim"), g.imeta("num_heads"))
-                                 .num_kv_heads(g.imeta("num_kv_heads"))
-                                 .kdim(g.imeta("kdim"))
-                                 .vdim(g.imeta("vdim"))
+  const bool self = g.inum("self_attn") != 0, bias = g.inum("bias") != 0, causal = g.inum("causal") != 0;
+  const bool with_w = g.inum("with_weights") != 0;
+  nn::MultiHeadAttention mha(nn::MultiHeadAttentionOptions(g.inum("embed_dim"), g.inum("num_heads"))
+                                 .num_kv_heads(g.inum("num_kv_heads"))
+                                 .kdim(g.inum("kdim"))
+                                 .vdim(g.inum("vdim"))
                                  .bias(bias));
   mha->to(t.dt);
   // torch's parameters under kiln's names, through the checkpoint path (strict: names must match)
@@ -87,7 +87,7 @@ TEST_CASE("mha golden: the reference attention path gives the same numbers") {
   // Not a module option: check the golden output against the composite core directly, so a
   // fused-kernel bug and a projection bug are told apart.
   Golden g = load_golden("mha_kvdim.txt");
-  const std::int64_t E = g.imeta("embed_dim"), H = g.imeta("num_heads"), D = E / H;
+  const std::int64_t E = g.inum("embed_dim"), H = g.inum("num_heads"), D = E / H;
   Tensor q = g.at("query"), k = g.at("key"), v = g.at("value");
   auto heads = [&](const Tensor& x, const char* p) {
     Tensor y = linear(x, g.at(std::string(p) + ".weight"), g.at(std::string(p) + ".bias"));

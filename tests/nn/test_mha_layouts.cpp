@@ -26,12 +26,12 @@ void check_close(const Tensor& got, const Tensor& want, double tol, const std::s
 }
 
 O options_of(const Golden& g) {
-  return O(g.imeta("embed_dim"), g.imeta("num_heads"))
-      .kdim(g.imeta("kdim"))
-      .vdim(g.imeta("vdim"))
-      .bias(g.imeta("bias") != 0)
-      .add_bias_kv(g.imeta("add_bias_kv") != 0)
-      .add_zero_attn(g.imeta("add_zero_attn") != 0);
+  return O(g.inum("embed_dim"), g.inum("num_heads"))
+      .kdim(g.inum("kdim"))
+      .vdim(g.inum("vdim"))
+      .bias(g.inum("bias") != 0)
+      .add_bias_kv(g.inum("add_bias_kv") != 0)
+      .add_zero_attn(g.inum("add_zero_attn") != 0);
 }
 
 // The golden's tensors under `prefix` ("torch." -> state keys), in the golden's (sorted) order.
@@ -48,7 +48,7 @@ void check_against(nn::MultiHeadAttention m, const Golden& g, DType dt, double t
   auto input = [&](const char* n) { return g.at(n).to(dt).detach().requires_grad_(); };
   Tensor q = input("query"), k = input("key"), v = input("value");
   nn::MhaForward f;
-  f.is_causal(g.imeta("causal") != 0).need_weights(true);
+  f.is_causal(g.inum("causal") != 0).need_weights(true);
   if (g.has("lengths")) f.key_padding(g.at("lengths").to(kInt64));
   if (g.has("keep_mask")) f.attn_mask(g.at("keep_mask") != 0.0);
   nn::MhaResult r = m->forward_with_weights(q, k, v, f);

@@ -1,13 +1,11 @@
 #pragma once
 // Shared helpers for the nn::MultiHeadAttention suites.
+#include "golden.hpp"
 #include "test_util.hpp"
 
 #include <algorithm>
 #include <cmath>
-#include <fstream>
 #include <limits>
-#include <map>
-#include <sstream>
 #include <string>
 #include <vector>
 
@@ -72,62 +70,8 @@ inline void randomize(nn::Module& m, std::uint64_t seed, double scale = 0.3) {
   for (Tensor p : m.parameters()) p.copy_(kiln::randn(p.shape(), p.dtype(), &g) * scale);
 }
 
-/// A golden file written by tools/mha_goldens.py: `meta` values and named float64 tensors.
-struct Golden {
-  std::map<std::string, double> meta;
-  std::map<std::string, Tensor> tensors;
-  bool has(const std::string& n) const { return tensors.count(n) != 0; }
-  const Tensor& at(const std::string& n) const {
-    auto it = tensors.find(n);
-    INFO("golden tensor '" << n << "'");
-    REQUIRE(it != tensors.end());
-    return it->second;
-  }
-  std::int64_t imeta(const std::string& k) const {
-    auto it = meta.find(k);
-    INFO("golden meta '" << k << "'");
-    REQUIRE(it != meta.end());
-    return static_cast<std::int64_t>(it->second);
-  }
-};
-
-inline Golden load_golden(const std::string& file) {
-  const std::string path = std::string(KILN_TEST_DATA) + "/" + file;
-  std::ifstream in(path);
-  INFO("golden file " << path);
-  REQUIRE(in.good());
-  Golden g;
-  std::string line;
-  while (std::getline(in, line)) {
-    if (line.empty() || line[0] == '#') continue;
-    std::istringstream ls(line);
-    std::string kind, name;
-    ls >> kind >> name;
-    if (kind == "meta") {
-      std::string v;
-      ls >> v;
-      g.meta[name] = std::strtod(v.c_str(), nullptr);
-    } else if (kind == "tensor") {
-      std::int64_t nd = 0;
-      ls >> nd;
-      Shape s(static_cast<std::size_t>(nd));
-      for (auto& d : s) ls >> d;
-      std::string vals;
-      std::getline(in, vals);
-      std::istringstream vs(vals);
-      std::vector<double> v;
-      std::string tok;
-      while (vs >> tok) v.push_back(std::strtod(tok.c_str(), nullptr));  // strtod reads inf/-inf
-      std::int64_t n = 1;
-      for (auto d : s) n *= d;
-      REQUIRE(static_cast<std::int64_t>(v.size()) == n);
-      g.tensors[name] = kiln::tensor(v, s);
-    } else {
-      INFO("line: " << line);
-      REQUIRE(kind == "meta");  // an unknown line kind
-    }
-  }
-  return g;
-}
+/// The goldens of tools/mha_goldens.py (tests/data/mha_*.txt), read by tests/golden.hpp.
+using kt::Golden;
+using kt::load_golden;
 
 }  // namespace km

@@ -1,6 +1,7 @@
 #pragma once
-// Shared helpers for the optimizer, scheduler and clipping suites: the golden-file loader
-// (format of tools/optim_goldens.py) and the small problem the trajectories are computed on.
+// Shared helpers for the optimizer, scheduler and clipping suites: their golden files (read by
+// tests/golden.hpp) and the small problem the trajectories are computed on.
+#include "golden.hpp"
 #include "test_util.hpp"
 
 #include <cmath>
@@ -20,78 +21,10 @@ using kiln::Shape;
 using kiln::Tensor;
 namespace optim = kiln::optim;
 
-/// A golden file: `meta` numbers and named float64 tensors.
-struct Golden {
-  std::string file;
-  std::map<std::string, double> meta;
-  std::map<std::string, Tensor> tensors;
+using kt::Golden;
 
-  bool has_meta(const std::string& k) const { return meta.count(k) != 0; }
-  double num(const std::string& k) const {
-    auto it = meta.find(k);
-    INFO("golden " << file << ": meta '" << k << "'");
-    REQUIRE(it != meta.end());
-    return it->second;
-  }
-  std::int64_t inum(const std::string& k) const { return static_cast<std::int64_t>(num(k)); }
-  bool flag(const std::string& k) const { return num(k) != 0; }
-  const Tensor& at(const std::string& n) const {
-    auto it = tensors.find(n);
-    INFO("golden " << file << ": tensor '" << n << "'");
-    REQUIRE(it != tensors.end());
-    return it->second;
-  }
-  /// Case names: the distinct prefixes before `.<suffix>` of tensor names ending in `suffix`.
-  std::vector<std::string> cases(const std::string& suffix) const {
-    std::vector<std::string> out;
-    const std::string tail = "." + suffix;
-    for (const auto& [n, t] : tensors)
-      if (n.size() > tail.size() && n.compare(n.size() - tail.size(), tail.size(), tail) == 0)
-        out.push_back(n.substr(0, n.size() - tail.size()));
-    return out;
-  }
-};
-
-inline Golden load_golden(const std::string& file) {
-  const std::string path = std::string(KILN_TEST_DATA) + "/optim/" + file;
-  std::ifstream in(path);
-  INFO("golden file " << path);
-  REQUIRE(in.good());
-  Golden g;
-  g.file = file;
-  std::string line;
-  while (std::getline(in, line)) {
-    if (line.empty() || line[0] == '#') continue;
-    std::istringstream ls(line);
-    std::string kind, name;
-    ls >> kind >> name;
-    if (kind == "meta") {
-      std::string v;
-      ls >> v;
-      g.meta[name] = std::strtod(v.c_str(), nullptr);  // strtod reads inf
-    } else if (kind == "tensor") {
-      std::int64_t nd = 0;
-      ls >> nd;
-      Shape s(static_cast<std::size_t>(nd));
-      for (auto& d : s) ls >> d;
-      std::string vals;
-      std::getline(in, vals);
-      std::istringstream vs(vals);
-      std::vector<double> v;
-      std::string tok;
-      while (vs >> tok) v.push_back(std::strtod(tok.c_str(), nullptr));
-      std::int64_t n = 1;
-      for (auto d : s) n *= d;
-      INFO("tensor " << name);
-      REQUIRE(static_cast<std::int64_t>(v.size()) == n);
-      g.tensors[name] = kiln::tensor(v, s);
-    } else {
-      INFO("line: " << line);
-      REQUIRE(kind == "meta");  // an unknown line kind
-    }
-  }
-  return g;
-}
+/// The optimizer goldens: tests/data/optim/<file>.
+inline Golden load_golden(const std::string& file) { return kt::load_golden("optim/" + file); }
 
 /// Largest |a - b| / (atol + rtol * |b|) over all elements; <= 1 means "close". NaN -> inf.
 inline double closeness(const Tensor& a, const Tensor& b, double rtol = 1e-5, double atol = 1e-12) {
