@@ -155,10 +155,11 @@ std::vector<Sample> reduction_samples(bool empty_dims) {
   using L = Layout;
   std::vector<Sample> out;
   const std::vector<Dims> all_dims = {{}, {0}, {1}, {2}, {-1}, {-3}, {0, 2}, {2, 0}, {-1, 0}, {1, 2}, {0, 1, 2}, {0, -2}};
-  for (const Dims& d : all_dims)
-    for (bool keep : {false, true}) out.push_back({{{{2, 3, 4}}}, {d, keep}, false});
-  for (L l : {L::Permuted, L::Sliced, L::Expanded})
-    for (const Dims& d : std::vector<Dims>{{}, {0}, {-1}, {0, 1}, {1, -1}})
+  for (L l : {L::Contiguous, L::Permuted})
+    for (const Dims& d : all_dims)
+      for (bool keep : {false, true}) out.push_back({{{{2, 3, 4}, l}}, {d, keep}, false});
+  for (L l : {L::Sliced, L::Expanded})
+    for (const Dims& d : std::vector<Dims>{{}, {0}, {1}, {-1}, {0, 1}, {1, -1}})
       for (bool keep : {false, true}) out.push_back({{{{3, 4, 5}, l}}, {d, keep}, false});
   out.push_back({{{{300, 257}}}, {{0}}, false});  // vectorized across the kept dim, threaded
   out.push_back({{{{300, 257}}}, {{1}}, false});
