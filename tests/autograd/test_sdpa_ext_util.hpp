@@ -4,7 +4,7 @@
 #include "autograd/test_attention_util.hpp"
 
 namespace kiln::cpu {
-// core/cpu/attention.cpp: chunks > 0 makes the few-query path split every key range into that
+// core/cpu/attention_decode.cpp: chunks > 0 makes the few-query path split every key range into that
 // many chunks (0: its own choice, by thread count and work); returns the previous setting.
 std::int64_t attention_decode_split_for_testing(std::int64_t chunks);
 }  // namespace kiln::cpu
