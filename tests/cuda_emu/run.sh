@@ -6,7 +6,7 @@
 # and cuBLAS (a checked reference GEMM, TF32 rounding included). It checks kernel logic,
 # indexing, barriers and the host code; not speed, not the memory model, not real launch limits.
 #
-#   tests/cuda_emu/run.sh                      # every cuda* test case
+#   tests/cuda_emu/run.sh                      # every cuda* test case and the op registry's parity
 #   tests/cuda_emu/run.sh -tc='cuda attention*'
 #   EMU_REVERSE=1 tests/cuda_emu/run.sh        # run each block's threads in reverse order (races)
 #   EMU_NO_GPU=1 tests/cuda_emu/run.sh         # the "no GPU" path
@@ -55,10 +55,10 @@ for f in core/cuda/*.cpp; do
   [ "$b" = stub ] && continue
   compile -c "$f" -o "$OUT/obj/h_$b.o"
 done
-for f in tests/cuda/*.cpp tests/main.cpp; do
+for f in tests/cuda/*.cpp tests/opinfo/*.cpp tests/main.cpp; do
   compile -c "$f" -o "$OUT/obj/t_$(basename "$f" .cpp).o"
 done
 wait
 g++ -fopenmp -o "$OUT/emu_tests" "$OUT"/obj/*.o "$OUT"/lib/*.o -lfmt -ldl -lpthread
-if [ $# -eq 0 ]; then set -- -tc='cuda*'; fi
+if [ $# -eq 0 ]; then set -- -tc='cuda*,opinfo*: cuda parity'; fi
 "$OUT/emu_tests" "$@"
