@@ -4,7 +4,7 @@
 ///   // q (B, H, T, Dk), k (B, Hkv, S, Dk), v (B, Hkv, S, Dv); H a multiple of Hkv
 ///   auto r = kiln::scaled_dot_product_attention(q, k, v, kiln::SdpaOptions().is_causal(true));
 ///   r.output;  // (B, H, T, Dv)
-/// Semantics (DESIGN.md "Attention semantics"): query t sits at absolute position
+/// Semantics (ARCHITECTURE.md "Attention semantics"): query t sits at absolute position
 /// p = S - T + t (bottom-right aligned); logits = scale * q k^T (+ float mask) (- ALiBi
 /// slope * |p - s|); a bool mask keeps entries where true, causal keeps s <= p, a window keeps
 /// p - left <= s <= p + right, all ANDed; a -inf logit counts as masked; sinks join each

@@ -1,6 +1,6 @@
 #pragma once
 /// nn::MultiHeadAttention — projections around the fused attention core
-/// (kiln::scaled_dot_product_attention), with the semantics decided in DESIGN.md:
+/// (kiln::scaled_dot_product_attention), with the semantics of ARCHITECTURE.md "Attention semantics":
 /// batch first `[batch..., T, E]` (any number of leading dims, none included), boolean masks
 /// keep where true, float masks are added to the logits, padding as valid lengths or a
 /// `[batch..., S]` keep-mask, causal aligned bottom-right and ANDed with every mask.

@@ -25,7 +25,7 @@ struct SplitEverything {
 using namespace ka;
 using kiln::SdpaOptions;
 
-// Plain loops over contiguous host copies, (B, H, T, S) semantics of DESIGN.md plus the
+// Plain loops over contiguous host copies, (B, H, T, S) semantics of ARCHITECTURE.md plus the
 // extensions: window (negative = unbounded), ALiBi slopes per (b, h), sinks per (b, h).
 struct HostExt {
   std::int64_t B, H, Hkv, T, S, Dk, Dv;
