@@ -72,17 +72,17 @@ bool gradcheck(const std::function<Tensor(const std::vector<Tensor>&)>& fn, cons
     for (std::int64_t e = 0; e < n_in; ++e) {
       double* p = element(x, e);
       const double orig = *p;
-      *p = orig + opts.eps;
+      *p = orig + opts.eps();
       auto plus = eval(fn, inputs);
-      *p = orig - opts.eps;
+      *p = orig - opts.eps();
       auto minus = eval(fn, inputs);
       *p = orig;
       for (std::int64_t j = 0; j < n_out; ++j) {
-        double num = (plus[j] - minus[j]) / (2 * opts.eps);
+        double num = (plus[j] - minus[j]) / (2 * opts.eps());
         double an = ana[k][j * n_in + e];
-        bool ok = std::abs(an - num) <= opts.atol + opts.rtol * std::abs(num) || (std::isnan(an) && std::isnan(num));
+        bool ok = std::abs(an - num) <= opts.atol() + opts.rtol() * std::abs(num) || (std::isnan(an) && std::isnan(num));
         if (!ok) {
-          if (!opts.raise_on_failure) return false;
+          if (!opts.raise_on_failure()) return false;
           throw_error("gradcheck", fmt::format("Jacobian mismatch for input {} (shape {}) at output element {}, input "
                                                "element {}: analytical {:.8g} vs numerical {:.8g}",
                                                which[k], shape_str(x.shape()), j, e, an, num));

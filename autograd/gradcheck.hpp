@@ -8,15 +8,20 @@
 #include <functional>
 #include <vector>
 
+#include "../core/arg.hpp"
 #include "../core/tensor.hpp"
 
 namespace kiln::autograd {
 
+/// `GradcheckOptions().eps(1e-4).atol(1e-3)`.
 struct GradcheckOptions {
-  double eps = 1e-6;
-  double atol = 1e-5;
-  double rtol = 1e-3;
-  bool raise_on_failure = true;
+  /// Finite-difference step.
+  KILN_ARG(double, eps) = 1e-6;
+  /// An entry passes when |numerical - analytical| <= atol + rtol * |numerical|.
+  KILN_ARG(double, atol) = 1e-5;
+  KILN_ARG(double, rtol) = 1e-3;
+  /// Throw on the first mismatch (true) or return false.
+  KILN_ARG(bool, raise_on_failure) = true;
 };
 
 bool gradcheck(const std::function<Tensor(const std::vector<Tensor>&)>& fn, const std::vector<Tensor>& inputs,

@@ -11,6 +11,7 @@
 #include <optional>
 #include <vector>
 
+#include "../core/arg.hpp"
 #include "../core/generator.hpp"
 #include "../core/tensor.hpp"
 
@@ -142,8 +143,9 @@ Tensor index_add(const Tensor& x, std::int64_t dim, const Tensor& index, const T
 Tensor gather(const Tensor& x, std::int64_t dim, const Tensor& index);
 /// x with src[i] added at x[..index[i]..] along dim (out of place); index and src share a shape.
 Tensor scatter_add(const Tensor& x, std::int64_t dim, const Tensor& index, const Tensor& src);
-/// Rows of weight (num, dim) picked by int64 indices of any shape -> indices.shape + (dim,).
-Tensor embedding(const Tensor& weight, const Tensor& indices);
+/// Rows of weight (num, dim) picked by int64 indices of any shape -> indices.shape + (dim,);
+/// indices first, as torch's F.embedding(input, weight).
+Tensor embedding(const Tensor& indices, const Tensor& weight);
 
 // ---------- fused nn ops ----------
 Tensor softmax(const Tensor& x, std::int64_t dim);
@@ -154,13 +156,13 @@ Tensor layer_norm(const Tensor& x, const Shape& normalized_shape, const Tensor& 
 /// Inverted dropout: zeros with probability p, scales kept values by 1/(1-p). Identity when !training.
 Tensor dropout(const Tensor& x, double p, bool training = true, Generator* gen = nullptr);
 enum class Reduction { None, Mean, Sum };
+/// cross_entropy's options: `CrossEntropyOptions().ignore_index(0).label_smoothing(0.1)`.
 struct CrossEntropyOptions {
-  std::int64_t ignore_index = -100;
-  double label_smoothing = 0.0;
-  Reduction reduction = Reduction::Mean;
-  CrossEntropyOptions& ignore_index_(std::int64_t v) { ignore_index = v; return *this; }
-  CrossEntropyOptions& label_smoothing_(double v) { label_smoothing = v; return *this; }
-  CrossEntropyOptions& reduction_(Reduction r) { reduction = r; return *this; }
+  /// Targets equal to it add no loss and no gradient (and are left out of the mean).
+  KILN_ARG(std::int64_t, ignore_index) = -100;
+  /// In [0, 1]: the target distribution is (1 - ls) one-hot + ls / C uniform.
+  KILN_ARG(double, label_smoothing) = 0.0;
+  KILN_ARG(Reduction, reduction) = Reduction::Mean;
 };
 /// logits (C), (N, C) or (N, C, d1, ...) with int64 class targets (), (N) or (N, d1, ...).
 Tensor cross_entropy(const Tensor& logits, const Tensor& target, const CrossEntropyOptions& opts = {});

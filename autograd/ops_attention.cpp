@@ -42,12 +42,7 @@ Tensor per_head(const Tensor& t, const char* what, const Plan& p, const Tensor& 
   KILN_CHECK(t.device() == q.device(), kOp, "{} is on {} but q is on {}", what, t.device().str(), q.device().str());
   Shape bh = p.batch;
   bh.push_back(p.H);
-  bool ok = t.dim() <= static_cast<std::int64_t>(bh.size());
-  for (std::int64_t i = 1; ok && i <= t.dim(); ++i) {
-    const std::int64_t ts = t.size(-i), want = bh[bh.size() - static_cast<std::size_t>(i)];
-    ok = ts == want || ts == 1;
-  }
-  KILN_CHECK(ok, kOp, "{} of shape {} cannot be broadcast to (batch..., H) = {}", what, shape_str(t.shape()),
+  KILN_CHECK(broadcastable(t.shape(), bh), kOp, "{} of shape {} cannot be broadcast to (batch..., H) = {}", what, shape_str(t.shape()),
              shape_str(bh));
   return t.dtype() != q.dtype() ? to(t, q.dtype()) : t;
 }
@@ -102,12 +97,7 @@ Plan plan_for(const Tensor& q, const Tensor& k, const Tensor& v, const SdpaOptio
                dtype_name(m.dtype()));
     KILN_CHECK(m.device() == q.device(), kOp, "attn_mask is on {} but q is on {}", m.device().str(),
                q.device().str());
-    bool ok = m.dim() <= static_cast<std::int64_t>(p.logits.size());
-    for (std::int64_t i = 1; ok && i <= m.dim(); ++i) {
-      std::int64_t ms = m.size(-i), ls = p.logits[p.logits.size() - static_cast<std::size_t>(i)];
-      ok = ms == ls || ms == 1;
-    }
-    KILN_CHECK(ok, kOp, "attn_mask of shape {} cannot be broadcast to the logits' shape (batch..., H, T, S) = {}",
+    KILN_CHECK(broadcastable(m.shape(), p.logits), kOp, "attn_mask of shape {} cannot be broadcast to the logits' shape (batch..., H, T, S) = {}",
                shape_str(m.shape()), shape_str(p.logits));
     p.float_mask = m.is_floating_point();
     p.mask = p.float_mask && m.dtype() != q.dtype() ? to(m, q.dtype()) : m;

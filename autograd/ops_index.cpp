@@ -135,7 +135,7 @@ Tensor scatter_add(const Tensor& x, std::int64_t dim_in, const Tensor& index, co
   return out;
 }
 
-Tensor embedding(const Tensor& weight, const Tensor& indices) {
+Tensor embedding(const Tensor& indices, const Tensor& weight) {
   check_defined(weight, "embedding", "weight");
   KILN_CHECK(weight.dim() == 2, "embedding", "weight must be 2-D (num_embeddings, dim), got shape {}",
              shape_str(weight.shape()));

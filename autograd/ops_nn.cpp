@@ -168,8 +168,8 @@ Tensor cross_entropy(const Tensor& logits, const Tensor& target, const CrossEntr
   KILN_CHECK(target.dtype() == kInt64, "cross_entropy", "target must hold int64 class indices, got {}",
              dtype_name(target.dtype()));
   KILN_CHECK(logits.dim() >= 1, "cross_entropy", "logits must be at least 1-D, got shape {}", shape_str(logits.shape()));
-  KILN_CHECK(opts.label_smoothing >= 0.0 && opts.label_smoothing <= 1.0, "cross_entropy",
-             "label_smoothing must be in [0, 1], got {}", opts.label_smoothing);
+  KILN_CHECK(opts.label_smoothing() >= 0.0 && opts.label_smoothing() <= 1.0, "cross_entropy",
+             "label_smoothing must be in [0, 1], got {}", opts.label_smoothing());
   const std::int64_t cdim = logits.dim() == 1 ? 0 : 1;
   const std::int64_t C = logits.size(cdim);
   Shape expect = logits.shape();
@@ -177,12 +177,12 @@ Tensor cross_entropy(const Tensor& logits, const Tensor& target, const CrossEntr
   KILN_CHECK(target.shape() == expect, "cross_entropy",
              "target shape {} does not match logits shape {}: expected {} (logits without the class dim {})",
              shape_str(target.shape()), shape_str(logits.shape()), shape_str(expect), cdim);
-  Tensor valid = ne(target, scalar_on(opts.ignore_index, kInt64, target.device()));
+  Tensor valid = ne(target, scalar_on(opts.ignore_index(), kInt64, target.device()));
   Tensor safe = where(valid, target, scalar_on(0, kInt64, target.device()));
   if (safe.numel() > 0) {
     auto lo = amin(safe).item<std::int64_t>(), hi = amax(safe).item<std::int64_t>();
     KILN_CHECK(lo >= 0 && hi < C, "cross_entropy", "target {} is out of range for {} classes (ignore_index is {})",
-               lo < 0 ? lo : hi, C, opts.ignore_index);
+               lo < 0 ? lo : hi, C, opts.ignore_index());
   }
   Tensor moved = cdim == 0 ? logits : (logits.dim() == 2 ? logits : transpose(logits, 1, -1));
   // moved: (..., C) with the same leading layout as target (for >2-D, dims after 1 are permuted once)
@@ -194,14 +194,14 @@ Tensor cross_entropy(const Tensor& logits, const Tensor& target, const CrossEntr
   Tensor lp = log_softmax(moved, -1);
   Tensor nll = neg(squeeze(gather(lp, -1, unsqueeze(tgt, -1)), -1));
   Tensor loss = nll;
-  if (opts.label_smoothing > 0) {
-    double ls = opts.label_smoothing;
+  if (opts.label_smoothing() > 0) {
+    double ls = opts.label_smoothing();
     Tensor smooth = neg(mean(lp, {-1}));
     loss = add(mul(nll, scalar_on(1.0 - ls, nll.dtype(), nll.device())), mul(smooth, scalar_on(ls, nll.dtype(), nll.device())));
   }
   loss = where(vmask, loss, zeros({}, TensorOptions(loss.dtype()).device(loss.device())));
   if (logits.dim() > 2) loss = transpose(unsqueeze(loss, 1), 1, -1).squeeze(-1);
-  switch (opts.reduction) {
+  switch (opts.reduction()) {
     case Reduction::None: return loss;
     case Reduction::Sum: return sum(loss);
     case Reduction::Mean: return div(sum(loss), to(sum(valid), loss.dtype()));

@@ -49,7 +49,7 @@ int run_row(std::int64_t B, std::int64_t T, std::int64_t E, std::int64_t H, bool
   Tensor qb = randn({B, T, E}, {}, &g), kb = randn({B, T, E}, {}, &g), vb = randn({B, T, E}, {}, &g);
   Tensor gy = randn({B, H, T, D}, {}, &g);
   SdpaOptions opts = SdpaOptions().is_causal(causal);
-  if (x.window >= 0) opts.window(x.window, causal ? 0 : x.window);
+  if (x.window >= 0) opts.window_left(x.window).window_right(causal ? 0 : x.window);
   if (x.alibi) opts.alibi_slopes(alibi_slopes(H));
   if (x.sinks) opts.sinks(randn({H}, {}, &g));
   const double setup_rss = peak_rss_mib();

@@ -53,6 +53,14 @@ Shape broadcast_shapes(const Shape& a, const Shape& b, const char* op) {
   return out;
 }
 
+bool broadcastable(const Shape& from, const Shape& to) {
+  if (from.size() > to.size()) return false;
+  const std::size_t off = to.size() - from.size();
+  for (std::size_t i = 0; i < from.size(); ++i)
+    if (from[i] != to[off + i] && from[i] != 1) return false;
+  return true;
+}
+
 Strides broadcast_strides(const Shape& shape, const Strides& strides, const Shape& target, const char* op) {
   KILN_CHECK(shape.size() <= target.size(), op, "cannot broadcast shape {} to {}", shape_str(shape),
              shape_str(target));

@@ -19,6 +19,8 @@ std::string shape_str(const Shape& shape);
 std::int64_t normalize_dim(std::int64_t dim, std::int64_t ndim, const char* op);
 /// NumPy broadcasting of two shapes; throws "[op] shapes (..) and (..) cannot be broadcast".
 Shape broadcast_shapes(const Shape& a, const Shape& b, const char* op);
+/// Whether a tensor of shape `from` broadcasts to `to` itself (NumPy rules: `to` unchanged).
+bool broadcastable(const Shape& from, const Shape& to);
 /// Strides that view a tensor of (shape, strides) as `target` (broadcast), zero on expanded dims.
 Strides broadcast_strides(const Shape& shape, const Strides& strides, const Shape& target, const char* op);
 /// Sorted, normalized, de-duplicated dims; empty `dims` means all dims.

@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "allocator.hpp"
+#include "arg.hpp"
 #include "device.hpp"
 #include "dtype.hpp"
 #include "error.hpp"
@@ -35,17 +36,9 @@ class TensorOptions {
   TensorOptions() = default;
   TensorOptions(DType d) : dtype_(d) {}
   TensorOptions(Device d) : device_(d) {}
-  TensorOptions& dtype(DType d) { dtype_ = d; return *this; }
-  TensorOptions& device(Device d) { device_ = d; return *this; }
-  TensorOptions& requires_grad(bool r) { requires_grad_ = r; return *this; }
-  DType dtype() const { return dtype_; }
-  Device device() const { return device_; }
-  bool requires_grad() const { return requires_grad_; }
-
- private:
-  DType dtype_ = kFloat32;
-  Device device_ = Device::cpu();
-  bool requires_grad_ = false;
+  KILN_ARG(DType, dtype) = kFloat32;
+  KILN_ARG(Device, device) = Device::cpu();
+  KILN_ARG(bool, requires_grad) = false;
 };
 
 /// Gradient bookkeeping attached to a tensor that takes part in autograd.

@@ -81,7 +81,7 @@ struct CharGPTImpl : nn::Module {
     tok = register_module("tok", nn::Embedding(vocab, dim));
     pos = register_module("pos", nn::LearnedPositionalEmbedding(context, dim));
     drop = register_module("drop", nn::Dropout(dropout));
-    auto layer = nn::TransformerLayerOptions(dim, heads).dropout(dropout).activation("gelu").norm_first(true);
+    auto layer = nn::TransformerLayerOptions(dim, heads).dropout(dropout).activation(nn::Activation::GELU).norm_first(true);
     body = register_module("body", nn::TransformerEncoder(nn::TransformerEncoderOptions(layer, layers)));
     head = register_module("head", nn::Linear(dim, vocab));
   }

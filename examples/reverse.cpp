@@ -49,7 +49,7 @@ struct ReverserImpl : nn::Module {
     tok = register_module("tok", nn::Embedding(kVocab, dim));
     pos = register_module("pos", nn::LearnedPositionalEmbedding(max_len, dim));
     auto layer = nn::TransformerLayerOptions(dim, heads).dim_feedforward(4 * dim).dropout(0.0)
-                     .activation("gelu").norm_first(true);
+                     .activation(nn::Activation::GELU).norm_first(true);
     body = register_module("body", nn::TransformerEncoder(nn::TransformerEncoderOptions(layer, layers)));
     head = register_module("head", nn::Linear(dim, kVocab));
   }
@@ -95,7 +95,7 @@ Eval evaluate(Reverser& model, const Batch& test, Device dev) {
     Tensor input = test.input.narrow(0, i, m), target = test.target.narrow(0, i, m);
     Tensor logits = model(input);
     loss_sum += cross_entropy(logits.flatten(0, 1), target.flatten(),
-                              {.ignore_index = kIgnore, .reduction = Reduction::Sum}).item<double>();
+                              CrossEntropyOptions().ignore_index(kIgnore).reduction(Reduction::Sum)).item<double>();
     Tensor right = eq(generate(model, input.slice(1, 0, length), dev), test.answer.narrow(0, i, m));  // (m, L)
     right_tokens += sum(right).item<double>();
     right_rows += sum(all(right, {1})).item<double>();
@@ -146,7 +146,7 @@ int main(int argc, char** argv) {
     for (std::int64_t step = 1; step <= flags.steps; ++step) {
       Batch b = make_batch(flags.batch, length, train_gen);
       Tensor logits = model(b.input.to(dev));
-      Tensor loss = cross_entropy(logits.flatten(0, 1), b.target.to(dev).flatten(), {.ignore_index = kIgnore});
+      Tensor loss = cross_entropy(logits.flatten(0, 1), b.target.to(dev).flatten(), CrossEntropyOptions().ignore_index(kIgnore));
       opt.zero_grad();
       loss.backward();
       opt.step();

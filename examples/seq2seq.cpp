@@ -106,7 +106,7 @@ struct DecoderLayerImpl : nn::Module {
   DecoderLayerImpl(std::int64_t dim, std::int64_t heads) {
     self_attn = register_module("self_attn", nn::MultiHeadAttention(dim, heads));
     cross_attn = register_module("cross_attn", nn::MultiHeadAttention(dim, heads));
-    ff = register_module("ff", nn::FeedForward(nn::FeedForwardOptions(dim).activation("gelu")));
+    ff = register_module("ff", nn::FeedForward(nn::FeedForwardOptions(dim).activation(nn::Activation::GELU)));
     norm1 = register_module("norm1", nn::LayerNorm(dim));
     norm2 = register_module("norm2", nn::LayerNorm(dim));
     norm3 = register_module("norm3", nn::LayerNorm(dim));
@@ -129,7 +129,7 @@ struct TranslatorImpl : nn::Module {
     tgt_emb = register_module("tgt_emb", nn::Embedding(kTgtVocab, dim));
     src_pos = register_module("src_pos", nn::LearnedPositionalEmbedding(kMaxWords, dim));
     tgt_pos = register_module("tgt_pos", nn::LearnedPositionalEmbedding(kMaxDigits + 1, dim));
-    auto layer = nn::TransformerLayerOptions(dim, heads).dropout(0.0).activation("gelu").norm_first(true);
+    auto layer = nn::TransformerLayerOptions(dim, heads).dropout(0.0).activation(nn::Activation::GELU).norm_first(true);
     encoder = register_module("encoder", nn::TransformerEncoder(nn::TransformerEncoderOptions(layer, layers)));
     decoder = register_module("decoder", nn::ModuleList());
     for (std::int64_t i = 0; i < layers; ++i) decoder->push_back(DecoderLayer(dim, heads));
@@ -240,7 +240,7 @@ int main(int argc, char** argv) {
       Batch b = train_batch();
       Tensor memory = model->encode(b.src, b.src_len);
       Tensor logits = model->decode(b.tgt_in, memory, b.src_len);  // teacher forcing
-      Tensor loss = cross_entropy(logits.flatten(0, 1), b.tgt_out.flatten(), {.ignore_index = kIgnore});
+      Tensor loss = cross_entropy(logits.flatten(0, 1), b.tgt_out.flatten(), CrossEntropyOptions().ignore_index(kIgnore));
       opt.zero_grad();
       loss.backward();
       optim::clip_grad_norm_(model->parameters(), 1.0);

@@ -59,7 +59,7 @@ struct ViTImpl : nn::Module {
     embed = register_module("embed", nn::Linear(patch * patch, dim));
     cls = register_parameter("cls", zeros({1, 1, dim}));
     pos = register_module("pos", nn::LearnedPositionalEmbedding(grid * grid + 1, dim));
-    auto layer = nn::TransformerLayerOptions(dim, heads).dropout(dropout).activation("gelu").norm_first(true);
+    auto layer = nn::TransformerLayerOptions(dim, heads).dropout(dropout).activation(nn::Activation::GELU).norm_first(true);
     body = register_module("body", nn::TransformerEncoder(nn::TransformerEncoderOptions(layer, layers)));
     head = register_module("head", nn::Linear(dim, 10));
   }

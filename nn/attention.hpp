@@ -8,7 +8,7 @@
 ///                       .dropout_p(0.1).training(is_training()));
 ///   r.output;   // (B, H, T, Dv); r.weights only with .need_weights(true) (pre-dropout)
 ///   // Local attention over the last 256 keys, ALiBi, learned per-head sinks (all combinable):
-///   F::SdpaOptions().is_causal(true).window(256, 0).alibi_slopes(F::alibi_slopes(H)).sinks(s);
+///   F::SdpaOptions().is_causal(true).window_left(255).alibi_slopes(F::alibi_slopes(H)).sinks(s);
 /// Any number of leading batch dims. Fused, flash-style kernels: memory O((T + S) * D) per head
 /// unless the weights are requested. A query row with nothing to attend to outputs exactly 0 and
 /// gets 0 gradient; NaN/Inf in masked-out keys or values never reaches outputs or gradients.

@@ -21,8 +21,8 @@ void EmbeddingImpl::reset() {
 }
 
 void EmbeddingImpl::reset_parameters() {
-  if (options.weight_init()) options.weight_init()(weight);
-  else init::normal_(weight);
+  if (options.weight_init()) options.weight_init()(weight, options.generator());
+  else init::normal_(weight, 0.0, 1.0, options.generator());
   if (auto p = options.padding_idx()) init::zeros_(weight.select(0, *p));
 }
 

@@ -19,7 +19,10 @@ struct EmbeddingOptions {
   KILN_ARG(std::int64_t, embedding_dim);
   /// A row that is initialized to zero and gets no gradient (negative counts from the end).
   KILN_ARG(std::optional<std::int64_t>, padding_idx) = std::nullopt;
+  /// Replaces the default N(0, 1) (the padding row is zeroed after it).
   KILN_ARG(InitFn, weight_init);
+  /// Random numbers of the initializer (null = the default generator); it must outlive the layer.
+  KILN_ARG(Generator*, generator) = nullptr;
 };
 
 class EmbeddingImpl : public Module {

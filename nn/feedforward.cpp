@@ -1,14 +1,11 @@
 #include "feedforward.hpp"
 
-#include "functional.hpp"
-
 namespace kiln::nn {
 
 FeedForwardImpl::FeedForwardImpl(const FeedForwardOptions& options_) : Module("FeedForward"), options(options_) {
   KILN_CHECK(options.dim() > 0 && options.hidden_dim() >= 0 && options.out_dim() >= 0, "FeedForward",
              "need dim > 0, hidden_dim >= 0 and out_dim >= 0, got dim={} hidden_dim={} out_dim={}", options.dim(),
              options.hidden_dim(), options.out_dim());
-  functional::check_activation(options.activation(), "FeedForward");
   reset();
 }
 
@@ -22,7 +19,7 @@ void FeedForwardImpl::reset() {
 
 std::string FeedForwardImpl::extra_repr() const {
   return fmt::format("dim={}, hidden_dim={}, out_dim={}, activation={}, gated={}", options.dim(), hidden_dim(),
-                     out_dim(), options.activation(), options.gated());
+                     out_dim(), to_string(options.activation()), options.gated());
 }
 
 Tensor FeedForwardImpl::forward(const Tensor& x) {

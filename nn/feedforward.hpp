@@ -1,13 +1,13 @@
 #pragma once
 /// nn::FeedForward — the transformer MLP: fc1 -> activation -> dropout -> fc2, or with `gated`
-/// the GLU form act(gate(x)) * fc1(x) -> dropout -> fc2 (SwiGLU with "silu", GEGLU with "gelu").
-///   nn::FeedForward ff(nn::FeedForwardOptions(512).hidden_dim(2048).activation("gelu").dropout(0.1));
-///   nn::FeedForward swiglu(nn::FeedForwardOptions(512, 1376).activation("silu").gated(true).bias(false));
+/// the GLU form act(gate(x)) * fc1(x) -> dropout -> fc2 (SwiGLU with SiLU, GEGLU with GELU).
+///   nn::FeedForward ff(nn::FeedForwardOptions(512).hidden_dim(2048).activation(nn::Activation::GELU).dropout(0.1));
+///   nn::FeedForward swiglu(nn::FeedForwardOptions(512, 1376).activation(nn::Activation::SiLU).gated(true).bias(false));
 ///   Tensor y = ff(x);   // x (..., dim) -> (..., out_dim)
 #include <cstdint>
-#include <string>
 
 #include "dropout.hpp"
+#include "functional.hpp"
 #include "linear.hpp"
 #include "module.hpp"
 
@@ -20,8 +20,7 @@ struct FeedForwardOptions {
   KILN_ARG(std::int64_t, hidden_dim);
   /// Output features; 0 means dim.
   KILN_ARG(std::int64_t, out_dim) = 0;
-  /// "gelu", "gelu_tanh", "relu", "silu" (swish), "tanh", "sigmoid", "identity".
-  KILN_ARG(std::string, activation) = "gelu";
+  KILN_ARG(Activation, activation) = Activation::GELU;
   KILN_ARG(bool, gated) = false;
   /// Dropout on the hidden activations.
   KILN_ARG(double, dropout) = 0.0;

@@ -6,10 +6,27 @@
 #include <limits>
 #include <vector>
 
+namespace kiln::nn {
+
+const char* to_string(Activation a) {
+  switch (a) {
+    case Activation::ReLU: return "relu";
+    case Activation::GELU: return "gelu";
+    case Activation::GELUTanh: return "gelu_tanh";
+    case Activation::SiLU: return "silu";
+    case Activation::Tanh: return "tanh";
+    case Activation::Sigmoid: return "sigmoid";
+    case Activation::Identity: break;
+  }
+  return "identity";
+}
+
+}  // namespace kiln::nn
+
 namespace kiln::nn::functional {
 
 Tensor embedding(const Tensor& input, const Tensor& weight, std::optional<std::int64_t> padding_idx) {
-  Tensor out = kiln::embedding(weight, input);
+  Tensor out = kiln::embedding(input, weight);
   if (!padding_idx) return out;
   const std::int64_t num = weight.size(0);
   std::int64_t pad = *padding_idx;
@@ -42,23 +59,17 @@ Tensor rms_norm(const Tensor& x, const Shape& normalized_shape, const Tensor& we
   return weight.defined() ? y * weight : y;
 }
 
-void check_activation(const std::string& name, const char* op) {
-  static const char* names[] = {"relu", "gelu", "gelu_tanh", "silu", "swish", "tanh", "sigmoid", "identity", "linear"};
-  for (const char* n : names)
-    if (name == n) return;
-  KILN_CHECK(false, op,
-             "unknown activation '{}'; expected relu, gelu, gelu_tanh, silu (swish), tanh, sigmoid or identity", name);
-}
-
-Tensor activation(const Tensor& x, const std::string& name) {
-  if (name == "relu") return relu(x);
-  if (name == "gelu") return gelu(x);
-  if (name == "gelu_tanh") return gelu(x, "tanh");
-  if (name == "silu" || name == "swish") return silu(x);
-  if (name == "tanh") return kiln::tanh(x);
-  if (name == "sigmoid") return sigmoid(x);
-  check_activation(name, "activation");
-  return x;  // identity / linear
+Tensor activation(const Tensor& x, Activation a) {
+  switch (a) {
+    case Activation::ReLU: return relu(x);
+    case Activation::GELU: return gelu(x);
+    case Activation::GELUTanh: return gelu(x, "tanh");
+    case Activation::SiLU: return silu(x);
+    case Activation::Tanh: return kiln::tanh(x);
+    case Activation::Sigmoid: return sigmoid(x);
+    case Activation::Identity: break;
+  }
+  return x;
 }
 
 Tensor sinusoidal_positions(std::int64_t length, std::int64_t dim, std::int64_t offset, double base, TensorOptions opts) {

@@ -4,14 +4,25 @@
 /// can use one namespace:
 ///   namespace F = kiln::nn::functional;
 ///   auto h = F::rms_norm(x, {x.size(-1)}, weight);
-///   auto e = F::embedding(ids, table, /*padding_idx=*/0);   // note: (input, weight) order
-///   auto a = F::activation(h, "silu");
+///   auto e = F::embedding(ids, table, /*padding_idx=*/0);   // (input, weight), as kiln::embedding
+///   auto a = F::activation(h, nn::Activation::SiLU);
 ///   auto pe = F::sinusoidal_positions(/*length=*/16, /*dim=*/64);
 #include <cstdint>
 #include <optional>
 #include <string>
 
 #include "../autograd/ops.hpp"
+
+namespace kiln::nn {
+
+/// The activations FeedForward and the transformer layers choose from (F::activation applies
+/// one): `.activation(nn::Activation::SiLU)`. GELUTanh is GELU's tanh approximation; SiLU is
+/// also known as swish.
+enum class Activation { ReLU, GELU, GELUTanh, SiLU, Tanh, Sigmoid, Identity };
+/// "relu", "gelu", "gelu_tanh", "silu", "tanh", "sigmoid" or "identity" (what modules print).
+const char* to_string(Activation a);
+
+}  // namespace kiln::nn
 
 namespace kiln::nn::functional {
 
@@ -40,11 +51,8 @@ Tensor embedding(const Tensor& input, const Tensor& weight, std::optional<std::i
 Tensor rms_norm(const Tensor& x, const Shape& normalized_shape, const Tensor& weight = Tensor(),
                 std::optional<double> eps = std::nullopt);
 
-/// An activation by name: "relu", "gelu", "gelu_tanh", "silu" (or "swish"), "tanh", "sigmoid",
-/// "identity" (or "linear").
-Tensor activation(const Tensor& x, const std::string& name);
-/// Throws kiln::Error (naming `op`) unless `name` is one activation() accepts.
-void check_activation(const std::string& name, const char* op);
+/// Applies the activation `a` to x.
+Tensor activation(const Tensor& x, Activation a);
 
 /// The Vaswani et al. table for positions offset .. offset+length-1, shape (length, dim):
 /// pe[p, 2i] = sin(p / base^(2i/dim)), pe[p, 2i+1] = cos(p / base^(2i/dim)). Computed in

@@ -21,8 +21,11 @@
 #include "../core/tensor.hpp"
 
 namespace kiln::nn {
-/// An initializer a layer's options can hold: `[](Tensor w) { nn::init::xavier_uniform_(w); }`.
-using InitFn = std::function<void(Tensor)>;
+/// The one initializer signature every layer option uses (Linear, Embedding, MultiHeadAttention,
+/// ...): fill `t` in place, drawing from `gen`, which is the layer's `generator` option (null =
+/// the default generator), so a seeded generator reproduces the layer's weights:
+///   [](Tensor w, Generator* g) { nn::init::normal_(w, 0.0, 0.02, g); }
+using InitFn = std::function<void(Tensor t, Generator* gen)>;
 }  // namespace kiln::nn
 
 namespace kiln::nn::init {

@@ -17,15 +17,16 @@ void LinearImpl::reset() {
 }
 
 void LinearImpl::reset_parameters() {
-  if (options.weight_init()) options.weight_init()(weight);
-  else init::kaiming_uniform_(weight, std::sqrt(5.0));  // = U(-1/sqrt(in), 1/sqrt(in))
+  Generator* gen = options.generator();
+  if (options.weight_init()) options.weight_init()(weight, gen);
+  else init::kaiming_uniform_(weight, std::sqrt(5.0), "fan_in", "leaky_relu", gen);  // = U(-1/sqrt(in), 1/sqrt(in))
   if (!bias.defined()) return;
   if (options.bias_init()) {
-    options.bias_init()(bias);
+    options.bias_init()(bias, gen);
   } else {
     std::int64_t fan_in = options.in_features();
     double bound = fan_in > 0 ? 1.0 / std::sqrt(static_cast<double>(fan_in)) : 0.0;
-    init::uniform_(bias, -bound, bound);
+    init::uniform_(bias, -bound, bound, gen);
   }
 }
 

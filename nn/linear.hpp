@@ -2,7 +2,7 @@
 /// nn::Linear — y = x W^T + b over the last dim, any leading dims (batch first).
 ///   nn::Linear fc(3, 4);                                     // weight (4, 3), bias (4,)
 ///   nn::Linear proj(nn::LinearOptions(512, 512).bias(false)
-///                       .weight_init([](Tensor w) { nn::init::xavier_uniform_(w); }));
+///                       .weight_init([](Tensor w, Generator* g) { nn::init::xavier_uniform_(w, 1.0, g); }));
 ///   Tensor y = fc(x);                                        // x (..., 3) -> y (..., 4)
 /// Default init is PyTorch's: weight kaiming_uniform_(a = sqrt(5)), i.e. U(-1/sqrt(in), 1/sqrt(in)),
 /// and bias U(-1/sqrt(in), 1/sqrt(in)).
@@ -22,6 +22,9 @@ struct LinearOptions {
   /// Replace the default initializers (empty = default).
   KILN_ARG(InitFn, weight_init);
   KILN_ARG(InitFn, bias_init);
+  /// Random numbers of the initializers, default or not (null = the default generator); it must
+  /// outlive the layer.
+  KILN_ARG(Generator*, generator) = nullptr;
 };
 
 class LinearImpl : public Module {

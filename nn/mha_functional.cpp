@@ -7,15 +7,6 @@ namespace {
 
 constexpr const char* kOp = "multi_head_attention";
 
-bool broadcastable(const Shape& from, const Shape& to) {
-  if (from.size() > to.size()) return false;
-  for (std::size_t i = 1; i <= from.size(); ++i) {
-    std::int64_t a = from[from.size() - i], b = to[to.size() - i];
-    if (a != b && a != 1) return false;
-  }
-  return true;
-}
-
 // (batch..., L, h * f) -> (batch..., h, L, f)
 Tensor heads(const Tensor& t, std::int64_t h, const char* what) {
   KILN_CHECK(t.defined() && t.dim() >= 2, kOp, "{} must be (batch..., L, features), got {}", what,

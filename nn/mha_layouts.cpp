@@ -34,7 +34,7 @@ std::vector<Entry> torch_layout(const MultiHeadAttentionImpl& m) {
   KILN_CHECK(qb == kb && kb == vb && vb == ob, kTorch,
              "torch.nn.MultiheadAttention has all four projection biases or none, got q={} k={} v={} out={}", qb, kb,
              vb, ob);
-  KILN_CHECK(o.qk_norm() == QKNorm::None, kTorch, "torch.nn.MultiheadAttention has no qk_norm");
+  KILN_CHECK(o.qk_norm() == Norm::None, kTorch, "torch.nn.MultiheadAttention has no qk_norm");
   KILN_CHECK(!o.attention_sinks(), kTorch, "torch.nn.MultiheadAttention has no attention sinks");
   std::vector<Entry> l;
   if (m.kdim() == E && m.vdim() == E) {
@@ -72,7 +72,7 @@ std::vector<MgePiece> megengine_layout(MultiHeadAttentionImpl& m) {
   KILN_CHECK(m.num_kv_heads() == m.num_heads(), kMge,
              "MegEngine's packed layout has no grouped kv heads, got num_kv_heads={} and num_heads={}",
              m.num_kv_heads(), m.num_heads());
-  KILN_CHECK(o.qk_norm() == QKNorm::None, kMge, "MegEngine's packed layout has no qk_norm parameters");
+  KILN_CHECK(o.qk_norm() == Norm::None, kMge, "MegEngine's packed layout has no qk_norm parameters");
   KILN_CHECK(!o.attention_sinks(), kMge, "MegEngine's packed layout has no attention sinks");
   std::vector<MgePiece> l;
   for (Linear* p : {&m.q_proj, &m.k_proj, &m.v_proj, &m.out_proj}) {

@@ -73,6 +73,20 @@ class Module : public std::enable_shared_from_this<Module> {
   /// Options shown in parentheses after the name: "in_features=3, out_features=4, bias=true".
   virtual std::string extra_repr() const { return {}; }
 
+  /// This module as `T` (an Impl class, or a holder such as nn::Linear, meaning its Impl), or
+  /// nullptr when it is not one, as torch::nn::Module::as:
+  ///   if (auto* lin = m.as<nn::Linear>()) nn::init::zeros_(lin->bias);   // lin: nn::LinearImpl*
+  template <typename T>
+  auto* as() noexcept {
+    if constexpr (is_module_holder_v<T>) return dynamic_cast<typename T::ContainedType*>(this);
+    else return dynamic_cast<T*>(this);
+  }
+  template <typename T>
+  const auto* as() const noexcept {
+    if constexpr (is_module_holder_v<T>) return dynamic_cast<const typename T::ContainedType*>(this);
+    else return dynamic_cast<const T*>(this);
+  }
+
   // ---- registration (each returns what it registered) ----
   /// Registers a leaf tensor as a parameter (requires_grad set to `requires_grad`). Re-registering
   /// a name replaces the tensor; an undefined tensor is kept but skipped by every listing.

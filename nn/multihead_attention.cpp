@@ -18,21 +18,9 @@ constexpr double kInf = std::numeric_limits<double>::infinity();
 
 std::string shape_or_undefined(const Tensor& t) { return t.defined() ? shape_str(t.shape()) : "undefined"; }
 
-bool broadcastable(const Shape& from, const Shape& to) {
-  if (from.size() > to.size()) return false;
-  for (std::size_t i = 1; i <= from.size(); ++i) {
-    std::int64_t a = from[from.size() - i], b = to[to.size() - i];
-    if (a != b && a != 1) return false;
-  }
-  return true;
-}
-
-// Linear's initializer from an MHA initializer (or the default) bound to the generator.
-InitFn bind_init(const MhaInitFn& fn, Generator* gen, bool is_bias) {
-  if (fn) return [fn, gen](Tensor t) { fn(t, gen); };
-  if (is_bias) return [](Tensor t) { init::zeros_(t); };
-  return [gen](Tensor t) { init::xavier_uniform_(t, 1.0, gen); };
-}
+// MultiHeadAttention's default initializers (Keras/Flax): Xavier-uniform kernels, zero biases.
+void xavier_kernel(Tensor t, Generator* gen) { init::xavier_uniform_(std::move(t), 1.0, gen); }
+void zero_bias(Tensor t, Generator*) { init::zeros_(std::move(t)); }
 
 // (batch..., L, n * d) -> (batch..., L, n, d)
 Tensor split_last(const Tensor& t, std::int64_t n, std::int64_t d) {
@@ -137,24 +125,21 @@ void MultiHeadAttentionImpl::reset() {
   const auto& o = options;
   const std::int64_t H = num_heads(), Hkv = num_kv_heads(), Dk = head_dim(), Dv = v_head_dim();
   Generator* gen = o.generator();
-  auto make = [&](std::int64_t in, std::int64_t out, std::optional<bool> b, const MhaInitFn& w_init) {
+  auto make = [&](std::int64_t in, std::int64_t out, std::optional<bool> b, const InitFn& w_init) {
     return Linear(LinearOptions(in, out)
                       .bias(b.value_or(o.bias()))
-                      .weight_init(bind_init(w_init, gen, false))
-                      .bias_init(bind_init(o.bias_init(), gen, true)));
+                      .weight_init(w_init ? w_init : InitFn(xavier_kernel))
+                      .bias_init(o.bias_init() ? o.bias_init() : InitFn(zero_bias))
+                      .generator(gen));
   };
   q_proj = register_module("q_proj", make(o.embed_dim(), H * Dk, o.q_bias(), o.kernel_init()));
   k_proj = register_module("k_proj", make(kdim(), Hkv * Dk, o.k_bias(), o.kernel_init()));
   v_proj = register_module("v_proj", make(vdim(), Hkv * Dv, o.v_bias(), o.kernel_init()));
   out_proj = register_module("out_proj", make(H * Dv, out_dim(), o.out_bias(), o.out_kernel_init()));
   q_norm = k_norm = nullptr;
-  if (o.qk_norm() == QKNorm::LayerNorm) {
-    double eps = o.qk_norm_eps().value_or(1e-5);
-    q_norm = register_module("q_norm", LayerNorm(LayerNormOptions({Dk}).eps(eps))).ptr();
-    k_norm = register_module("k_norm", LayerNorm(LayerNormOptions({Dk}).eps(eps))).ptr();
-  } else if (o.qk_norm() == QKNorm::RMSNorm) {
-    q_norm = register_module("q_norm", RMSNorm(RMSNormOptions({Dk}).eps(o.qk_norm_eps()))).ptr();
-    k_norm = register_module("k_norm", RMSNorm(RMSNormOptions({Dk}).eps(o.qk_norm_eps()))).ptr();
+  if (o.qk_norm() != Norm::None) {
+    q_norm = register_module("q_norm", make_norm(o.qk_norm(), Dk, o.qk_norm_eps()));
+    k_norm = register_module("k_norm", make_norm(o.qk_norm(), Dk, o.qk_norm_eps()));
   }
   bias_k = bias_v = Tensor();
   if (o.add_bias_kv()) {
@@ -208,7 +193,7 @@ std::string MultiHeadAttentionImpl::extra_repr() const {
   if (o.dropout() > 0) s += fmt::format(", dropout={}", o.dropout());
   if (o.out_dropout() > 0) s += fmt::format(", out_dropout={}", o.out_dropout());
   if (o.broadcast_dropout()) s += ", broadcast_dropout=true";
-  if (o.qk_norm() != QKNorm::None) s += o.qk_norm() == QKNorm::LayerNorm ? ", qk_norm=layer_norm" : ", qk_norm=rms_norm";
+  if (o.qk_norm() != Norm::None) s += fmt::format(", qk_norm={}", to_string(o.qk_norm()));
   if (!o.attention_axes().empty()) s += fmt::format(", attention_axes=({})", fmt::join(o.attention_axes(), ", "));
   if (o.add_bias_kv()) s += ", add_bias_kv=true";
   if (o.add_zero_attn()) s += ", add_zero_attn=true";
@@ -533,7 +518,7 @@ MhaResult MultiHeadAttentionImpl::attend_core(Call& c) {
       .generator(options.generator())
       .need_weights(c.f.need_weights() || bcast);
   if (options.window_left() >= 0 || options.window_right() >= 0)
-    so.window(options.window_left(), options.window_right());
+    so.window_left(options.window_left()).window_right(options.window_right());
   if (alibi_slopes.defined()) so.alibi_slopes(alibi_slopes);
   if (sinks.defined()) so.sinks(sinks);
   SdpaResult r = options.attention_fn() ? options.attention_fn()(c.qh, c.kh, c.vh, so)

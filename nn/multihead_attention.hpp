@@ -14,7 +14,7 @@
 ///
 /// Parameters (PyTorch's (out, in) layout): q_proj.weight (H*Dk, E), k_proj.weight (Hkv*Dk, kdim),
 /// v_proj.weight (Hkv*Dv, vdim), out_proj.weight (out_dim, H*Dv), each with a `.bias` unless
-/// disabled; q_norm.weight / k_norm.weight (+ .bias for layer_norm) of shape (Dk,) with qk_norm.
+/// disabled; q_norm.weight / k_norm.weight (+ .bias for Norm::LayerNorm) of shape (Dk,) with qk_norm.
 ///
 /// Rows with nothing to attend to (every key masked for that query): the attention core gives
 /// exactly 0 for such a row, so the module returns out_proj(0) = out_proj.bias (a zero vector
@@ -37,7 +37,7 @@
 ///   // an additive bias broadcastable to (batch..., H, T, S) (Flux's bias), differentiable
 ///   Tensor y = mha(x, nn::MhaForward().attn_bias(rel_pos_bias));
 ///   // local attention with ALiBi and learned sinks (Mistral / BLOOM / gpt-oss style)
-///   nn::MultiHeadAttention loc(nn::MultiHeadAttentionOptions(256, 8).window(4095, 0).alibi(true)
+///   nn::MultiHeadAttention loc(nn::MultiHeadAttentionOptions(256, 8).window_left(4095).alibi(true)
 ///                                  .attention_sinks(true));
 ///   // PyTorch's add_bias_kv / add_zero_attn, MegEngine's reslink, PyTorch/MegEngine weights
 ///   nn::MultiHeadAttention t(nn::MultiHeadAttentionOptions(512, 8).add_bias_kv(true).add_zero_attn(true));
@@ -62,13 +62,6 @@
 #include "rotary.hpp"
 
 namespace kiln::nn {
-
-/// An initializer for the attention projections: fills `t` in place, drawing from `gen`
-/// (null = the default generator). `[](Tensor& w, Generator* g) { init::normal_(w, 0, 0.02, g); }`
-using MhaInitFn = std::function<void(Tensor&, Generator*)>;
-
-/// Normalization of q and k per head (over head_dim) before the dot products.
-enum class QKNorm { None, LayerNorm, RMSNorm };
 
 /// Position hook on the projected heads before the attention core (after qk_norm):
 /// x is q (batch..., H, T, Dk) or k (batch..., Hkv, S, Dk) (is_key), positions int64 (L,) or
@@ -124,15 +117,18 @@ struct MultiHeadAttentionOptions {
   /// dropout > 0 it materializes (batch..., H, T, S) weights: O(T * S) memory per head, like
   /// need_weights (the fused core's per-(batch, head) dropout stays O((T + S) * D)).
   KILN_ARG(bool, broadcast_dropout) = false;
-  /// Initializer of q/k/v_proj.weight (default: Xavier-uniform per matrix).
-  KILN_ARG(MhaInitFn, kernel_init);
+  /// Initializer of q/k/v_proj.weight (default: Xavier-uniform per matrix), called with
+  /// `generator`: `.kernel_init([](Tensor w, Generator* g) { nn::init::normal_(w, 0, 0.02, g); })`.
+  KILN_ARG(InitFn, kernel_init);
   /// Initializer of out_proj.weight (default: Xavier-uniform).
-  KILN_ARG(MhaInitFn, out_kernel_init);
+  KILN_ARG(InitFn, out_kernel_init);
   /// Initializer of every projection bias (default: zeros).
-  KILN_ARG(MhaInitFn, bias_init);
+  KILN_ARG(InitFn, bias_init);
   /// Multiplies q k^T (default 1 / sqrt(head_dim)).
   KILN_ARG(std::optional<double>, scale);
-  KILN_ARG(QKNorm, qk_norm) = QKNorm::None;
+  /// Normalization of q and k per head (over head_dim) before the dot products:
+  /// Norm::LayerNorm or Norm::RMSNorm (registered as q_norm / k_norm).
+  KILN_ARG(Norm, qk_norm) = Norm::None;
   /// eps of the q/k norms (default: LayerNorm's 1e-5, RMSNorm's machine epsilon of the dtype).
   KILN_ARG(std::optional<double>, qk_norm_eps);
   /// Random numbers for initialization and both dropouts (null = the default generator); it
@@ -182,22 +178,12 @@ struct MultiHeadAttentionOptions {
   /// zeros, a logit per head that joins every softmax denominator without a value, so a query may
   /// attend to "nothing" (returned weights then sum to less than 1).
   KILN_ARG(bool, attention_sinks) = false;
-
- public:
   /// Sliding-window (local) attention: the query at position p attends keys s with
-  /// p - left <= s <= p + right; a negative width leaves that side unbounded (the default, no
-  /// window). Positions are bottom-right aligned as for causal, so it holds with a KV cache.
-  /// `.window(4095, 0).` with is_causal: each query sees the last 4096 keys (Mistral).
-  MultiHeadAttentionOptions& window(std::int64_t left, std::int64_t right) {
-    window_left_ = left;
-    window_right_ = right;
-    return *this;
-  }
-  std::int64_t window_left() const { return window_left_; }
-  std::int64_t window_right() const { return window_right_; }
-
- private:
-  std::int64_t window_left_ = -1, window_right_ = -1;
+  /// p - window_left <= s <= p + window_right; a negative width leaves that side unbounded (the
+  /// default, no window). Positions are bottom-right aligned as for causal, so it holds with a
+  /// KV cache. `.window_left(4095)` with is_causal: each query sees the last 4096 keys (Mistral).
+  KILN_ARG(std::int64_t, window_left) = -1;
+  KILN_ARG(std::int64_t, window_right) = -1;
 };
 
 /// Per-call options of MultiHeadAttention::forward.

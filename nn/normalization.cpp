@@ -68,4 +68,22 @@ Tensor RMSNormImpl::forward(const Tensor& x) {
   return functional::rms_norm(x, options.normalized_shape(), weight, options.eps());
 }
 
+const char* to_string(Norm kind) {
+  switch (kind) {
+    case Norm::LayerNorm: return "layer_norm";
+    case Norm::RMSNorm: return "rms_norm";
+    case Norm::None: break;
+  }
+  return "none";
+}
+
+std::shared_ptr<Module> make_norm(Norm kind, std::int64_t dim, std::optional<double> eps, bool bias) {
+  switch (kind) {
+    case Norm::LayerNorm: return LayerNorm(LayerNormOptions({dim}).eps(eps.value_or(1e-5)).bias(bias)).ptr();
+    case Norm::RMSNorm: return RMSNorm(RMSNormOptions({dim}).eps(eps)).ptr();
+    case Norm::None: break;
+  }
+  return nullptr;
+}
+
 }  // namespace kiln::nn

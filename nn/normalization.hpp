@@ -3,7 +3,9 @@
 ///   nn::LayerNorm ln(512);                                         // weight 1, bias 0
 ///   nn::LayerNorm ln2(nn::LayerNormOptions({8, 16}).eps(1e-6).bias(false));
 ///   nn::RMSNorm rms(nn::RMSNormOptions({512}).eps(1e-6));          // x * rsqrt(mean(x^2) + eps) * weight
+///   auto n = nn::make_norm(nn::Norm::RMSNorm, 512);                // what layers choosing a norm build
 #include <cstdint>
+#include <memory>
 #include <optional>
 
 #include "init.hpp"
@@ -58,5 +60,15 @@ class RMSNormImpl : public Module {
   Tensor weight;  // normalized_shape, or undefined
 };
 KILN_MODULE(RMSNorm);
+
+/// The normalization a composite layer builds (MultiHeadAttention's qk_norm, the transformer
+/// layers' norm): `.norm(nn::Norm::RMSNorm)`.
+enum class Norm { None, LayerNorm, RMSNorm };
+/// "none", "layer_norm" or "rms_norm" (what modules print).
+const char* to_string(Norm kind);
+/// A LayerNorm (eps default 1e-5, bias when `bias`) or an RMSNorm (eps default: the input
+/// dtype's machine epsilon) over (dim,); null for Norm::None.
+std::shared_ptr<Module> make_norm(Norm kind, std::int64_t dim, std::optional<double> eps = std::nullopt,
+                                  bool bias = true);
 
 }  // namespace kiln::nn

@@ -4,28 +4,32 @@
 
 namespace kiln::nn {
 
-namespace {
-void check_options(std::int64_t max_len, std::int64_t dim, const char* op) {
-  KILN_CHECK(max_len > 0 && dim > 0, op, "max_len and dim must be positive, got max_len={} dim={}", max_len, dim);
+PositionalEmbeddingBase::PositionalEmbeddingBase(std::string name, std::int64_t max_len, std::int64_t dim)
+    : Module(std::move(name)) {
+  KILN_CHECK(max_len > 0 && dim > 0, this->name().c_str(), "max_len and dim must be positive, got max_len={} dim={}",
+             max_len, dim);
 }
 
-void check_range(std::int64_t length, std::int64_t offset, std::int64_t max_len, const char* op) {
+Tensor PositionalEmbeddingBase::positions(std::int64_t length, std::int64_t offset) const {
+  const char* op = name().c_str();
+  const std::int64_t max_len = table().size(0);
   KILN_CHECK(length >= 0 && offset >= 0, op, "length and offset must be >= 0, got length={} offset={}", length, offset);
   KILN_CHECK(offset + length <= max_len, op,
              "sequence of length {} at offset {} needs positions up to {}, but max_len is {}", length, offset,
              offset + length, max_len);
+  return table().narrow(0, offset, length);
 }
 
-void check_input(const Tensor& x, std::int64_t dim, const char* op) {
-  KILN_CHECK(x.defined(), op, "input tensor is undefined");
-  KILN_CHECK(x.dim() >= 2 && x.size(-1) == dim, op, "expected input (..., T, {}), got shape {}", dim,
+Tensor PositionalEmbeddingBase::forward(const Tensor& x, std::int64_t offset) {
+  const std::int64_t dim = table().size(1);
+  KILN_CHECK(x.defined(), name().c_str(), "input tensor is undefined");
+  KILN_CHECK(x.dim() >= 2 && x.size(-1) == dim, name().c_str(), "expected input (..., T, {}), got shape {}", dim,
              shape_str(x.shape()));
+  return x + positions(x.size(-2), offset);
 }
-}  // namespace
 
 SinusoidalPositionalEmbeddingImpl::SinusoidalPositionalEmbeddingImpl(const SinusoidalPositionalEmbeddingOptions& o)
-    : Module("SinusoidalPositionalEmbedding"), options(o) {
-  check_options(options.max_len(), options.dim(), "SinusoidalPositionalEmbedding");
+    : PositionalEmbeddingBase("SinusoidalPositionalEmbedding", o.max_len(), o.dim()), options(o) {
   reset();
 }
 
@@ -38,19 +42,8 @@ std::string SinusoidalPositionalEmbeddingImpl::extra_repr() const {
   return fmt::format("max_len={}, dim={}, base={}", options.max_len(), options.dim(), options.base());
 }
 
-Tensor SinusoidalPositionalEmbeddingImpl::positions(std::int64_t length, std::int64_t offset) const {
-  check_range(length, offset, options.max_len(), "SinusoidalPositionalEmbedding");
-  return pe.narrow(0, offset, length);
-}
-
-Tensor SinusoidalPositionalEmbeddingImpl::forward(const Tensor& x, std::int64_t offset) {
-  check_input(x, options.dim(), "SinusoidalPositionalEmbedding");
-  return x + positions(x.size(-2), offset);
-}
-
 LearnedPositionalEmbeddingImpl::LearnedPositionalEmbeddingImpl(const LearnedPositionalEmbeddingOptions& o)
-    : Module("LearnedPositionalEmbedding"), options(o) {
-  check_options(options.max_len(), options.dim(), "LearnedPositionalEmbedding");
+    : PositionalEmbeddingBase("LearnedPositionalEmbedding", o.max_len(), o.dim()), options(o) {
   reset();
 }
 
@@ -60,22 +53,12 @@ void LearnedPositionalEmbeddingImpl::reset() {
 }
 
 void LearnedPositionalEmbeddingImpl::reset_parameters() {
-  if (options.weight_init()) options.weight_init()(weight);
-  else init::normal_(weight, 0.0, 0.02);
+  if (options.weight_init()) options.weight_init()(weight, options.generator());
+  else init::normal_(weight, 0.0, 0.02, options.generator());
 }
 
 std::string LearnedPositionalEmbeddingImpl::extra_repr() const {
   return fmt::format("max_len={}, dim={}", options.max_len(), options.dim());
-}
-
-Tensor LearnedPositionalEmbeddingImpl::positions(std::int64_t length, std::int64_t offset) const {
-  check_range(length, offset, options.max_len(), "LearnedPositionalEmbedding");
-  return weight.narrow(0, offset, length);
-}
-
-Tensor LearnedPositionalEmbeddingImpl::forward(const Tensor& x, std::int64_t offset) {
-  check_input(x, options.dim(), "LearnedPositionalEmbedding");
-  return x + positions(x.size(-2), offset);
 }
 
 }  // namespace kiln::nn

@@ -7,11 +7,27 @@
 ///   nn::LearnedPositionalEmbedding wpe(1024, 64);                        // weight (1024, 64), trained
 /// Positions past max_len raise kiln::Error naming the layer and the lengths.
 #include <cstdint>
+#include <string>
 
 #include "init.hpp"
 #include "module.hpp"
 
 namespace kiln::nn {
+
+/// What both positional embeddings share: a (max_len, dim) table added to (..., T, dim) inputs
+/// at an offset. Subclasses provide the table.
+class PositionalEmbeddingBase : public Module {
+ public:
+  /// x (..., T, dim) + table[offset : offset + T].
+  Tensor forward(const Tensor& x, std::int64_t offset = 0);
+  /// table[offset : offset + length], shape (length, dim) (differentiable when the table is).
+  Tensor positions(std::int64_t length, std::int64_t offset = 0) const;
+
+ protected:
+  /// Checks max_len > 0 and dim > 0, naming the layer `name`.
+  PositionalEmbeddingBase(std::string name, std::int64_t max_len, std::int64_t dim);
+  virtual const Tensor& table() const = 0;
+};
 
 struct SinusoidalPositionalEmbeddingOptions {
   SinusoidalPositionalEmbeddingOptions(std::int64_t max_len, std::int64_t dim) : max_len_(max_len), dim_(dim) {}
@@ -22,7 +38,7 @@ struct SinusoidalPositionalEmbeddingOptions {
 
 /// pe[p, 2i] = sin(p / base^(2i/dim)), pe[p, 2i+1] = cos(p / base^(2i/dim)) (Vaswani et al.).
 /// The table is a non-persistent buffer "pe": it follows to() but is not in state_dict().
-class SinusoidalPositionalEmbeddingImpl : public Module {
+class SinusoidalPositionalEmbeddingImpl : public PositionalEmbeddingBase {
  public:
   SinusoidalPositionalEmbeddingImpl(std::int64_t max_len, std::int64_t dim)
       : SinusoidalPositionalEmbeddingImpl(SinusoidalPositionalEmbeddingOptions(max_len, dim)) {}
@@ -30,13 +46,12 @@ class SinusoidalPositionalEmbeddingImpl : public Module {
 
   void reset() override;
   std::string extra_repr() const override;
-  /// x (..., T, dim) + pe[offset : offset + T].
-  Tensor forward(const Tensor& x, std::int64_t offset = 0);
-  /// pe[offset : offset + length], shape (length, dim).
-  Tensor positions(std::int64_t length, std::int64_t offset = 0) const;
 
   SinusoidalPositionalEmbeddingOptions options;
   Tensor pe;  // (max_len, dim)
+
+ protected:
+  const Tensor& table() const override { return pe; }
 };
 KILN_MODULE(SinusoidalPositionalEmbedding);
 
@@ -46,9 +61,11 @@ struct LearnedPositionalEmbeddingOptions {
   KILN_ARG(std::int64_t, dim);
   /// Default: N(0, 0.02^2) (GPT-2).
   KILN_ARG(InitFn, weight_init);
+  /// Random numbers of the initializer (null = the default generator); it must outlive the layer.
+  KILN_ARG(Generator*, generator) = nullptr;
 };
 
-class LearnedPositionalEmbeddingImpl : public Module {
+class LearnedPositionalEmbeddingImpl : public PositionalEmbeddingBase {
  public:
   LearnedPositionalEmbeddingImpl(std::int64_t max_len, std::int64_t dim)
       : LearnedPositionalEmbeddingImpl(LearnedPositionalEmbeddingOptions(max_len, dim)) {}
@@ -57,13 +74,12 @@ class LearnedPositionalEmbeddingImpl : public Module {
   void reset() override;
   void reset_parameters() override;
   std::string extra_repr() const override;
-  /// x (..., T, dim) + weight[offset : offset + T].
-  Tensor forward(const Tensor& x, std::int64_t offset = 0);
-  /// weight[offset : offset + length], shape (length, dim) (differentiable).
-  Tensor positions(std::int64_t length, std::int64_t offset = 0) const;
 
   LearnedPositionalEmbeddingOptions options;
   Tensor weight;  // (max_len, dim)
+
+ protected:
+  const Tensor& table() const override { return weight; }
 };
 KILN_MODULE(LearnedPositionalEmbedding);
 

@@ -9,15 +9,6 @@ namespace {
 
 constexpr const char* kOp = "RotaryEmbedding";
 
-bool broadcastable(const Shape& from, const Shape& to) {
-  if (from.size() > to.size()) return false;
-  for (std::size_t i = 1; i <= from.size(); ++i) {
-    std::int64_t a = from[from.size() - i], b = to[to.size() - i];
-    if (a != b && a != 1) return false;
-  }
-  return true;
-}
-
 }  // namespace
 
 RotaryEmbeddingImpl::RotaryEmbeddingImpl(const RotaryEmbeddingOptions& o) : Module("RotaryEmbedding"), options(o) {

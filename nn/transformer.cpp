@@ -1,7 +1,5 @@
 #include "transformer.hpp"
 
-#include <cmath>
-
 #include "functional.hpp"
 
 namespace kiln::nn {
@@ -14,15 +12,11 @@ void check_layer_options(const TransformerLayerOptions& o, const char* op) {
   KILN_CHECK(o.dim_feedforward() >= 0, op, "dim_feedforward must be >= 0 (0 = 4 * d_model), got {}",
              o.dim_feedforward());
   KILN_CHECK(o.dropout() >= 0.0 && o.dropout() <= 1.0, op, "dropout must be in [0, 1], got {}", o.dropout());
-  KILN_CHECK(o.norm() == "layer_norm" || o.norm() == "rms_norm", op,
-             "norm must be \"layer_norm\" or \"rms_norm\", got \"{}\"", o.norm());
-  functional::check_activation(o.activation(), op);
+  KILN_CHECK(o.norm() != Norm::None, op, "norm must be Norm::LayerNorm or Norm::RMSNorm, got Norm::None");
 }
 
 std::shared_ptr<Module> make_norm(const TransformerLayerOptions& o) {
-  const std::int64_t d = o.d_model();
-  if (o.norm() == "rms_norm") return RMSNorm(RMSNormOptions({d}).eps(o.norm_eps())).ptr();
-  return LayerNorm(LayerNormOptions({d}).eps(o.norm_eps()).bias(o.bias())).ptr();
+  return nn::make_norm(o.norm(), o.d_model(), o.norm_eps(), o.bias());
 }
 
 MultiHeadAttention make_attention(const TransformerLayerOptions& o, std::optional<std::int64_t> kv_dim) {
@@ -47,10 +41,7 @@ FeedForward make_ff(const TransformerLayerOptions& o) {
     ff->dropout->options.generator(gen);
     for (Linear l : {ff->fc1, ff->gate, ff->fc2}) {
       if (l.is_empty()) continue;
-      // Linear's default distributions, from the generator
-      const double bound = 1.0 / std::sqrt(static_cast<double>(l->options.in_features()));
-      l->options.weight_init([gen](Tensor w) { init::kaiming_uniform_(w, std::sqrt(5.0), "fan_in", "leaky_relu", gen); });
-      l->options.bias_init([gen, bound](Tensor b) { init::uniform_(b, -bound, bound, gen); });
+      l->options.generator(gen);  // Linear's default distributions, from the generator
       l->reset_parameters();
     }
   }
@@ -64,7 +55,7 @@ Dropout make_dropout(const TransformerLayerOptions& o) {
 std::string layer_repr(const TransformerLayerOptions& o) {
   return fmt::format("d_model={}, nhead={}, dim_feedforward={}, dropout={}, activation={}, norm_first={}, norm={}",
                      o.d_model(), o.nhead(), o.dim_feedforward() > 0 ? o.dim_feedforward() : 4 * o.d_model(),
-                     o.dropout(), o.activation(), o.norm_first(), o.norm());
+                     o.dropout(), to_string(o.activation()), o.norm_first(), to_string(o.norm()));
 }
 
 // One residual sub-block around fn (self-attention, cross-attention or the feed-forward):

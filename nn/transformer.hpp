@@ -43,18 +43,18 @@ struct TransformerLayerOptions {
   KILN_ARG(double, dropout) = 0.1;
   /// Dropout on the attention probabilities (default: dropout, as PyTorch).
   KILN_ARG(std::optional<double>, attn_dropout);
-  /// Feed-forward activation: "relu" (PyTorch's default), "gelu", "gelu_tanh", "silu", ...
-  KILN_ARG(std::string, activation) = "relu";
-  /// Gated (GLU) feed-forward: SwiGLU with "silu", GEGLU with "gelu".
+  /// Feed-forward activation (ReLU is PyTorch's default).
+  KILN_ARG(Activation, activation) = Activation::ReLU;
+  /// Gated (GLU) feed-forward: SwiGLU with SiLU, GEGLU with GELU.
   KILN_ARG(bool, gated) = false;
   /// Pre-norm (true) or post-norm (false, PyTorch's default).
   KILN_ARG(bool, norm_first) = false;
-  /// "layer_norm" or "rms_norm".
-  KILN_ARG(std::string, norm) = "layer_norm";
+  /// Norm::LayerNorm or Norm::RMSNorm.
+  KILN_ARG(Norm, norm) = Norm::LayerNorm;
   KILN_ARG(double, norm_eps) = 1e-5;
   /// Biases of the attention projections, the feed-forward and the LayerNorms.
   KILN_ARG(bool, bias) = true;
-  KILN_ARG(QKNorm, qk_norm) = QKNorm::None;
+  KILN_ARG(Norm, qk_norm) = Norm::None;
   /// Decoder only: width of `memory` (default d_model), the cross-attention's kdim and vdim.
   KILN_ARG(std::optional<std::int64_t>, memory_dim);
   /// Random numbers for every initializer and dropout of the layer (null = the default

@@ -55,8 +55,8 @@ inline Tensor noncontig_leaf(const kiln::Shape& s, std::uint64_t seed = 1) {
 inline void grad_ok(const std::function<Tensor(const std::vector<Tensor>&)>& fn, const std::vector<Tensor>& inputs,
                     double atol = 1e-5, double rtol = 1e-3) {
   kiln::autograd::GradcheckOptions o;
-  o.atol = atol;
-  o.rtol = rtol;
+  o.atol(atol);
+  o.rtol(rtol);
   try {
     CHECK(kiln::autograd::gradcheck(fn, inputs, o));
   } catch (const kiln::Error& e) {

@@ -37,7 +37,7 @@ SdpaOptions feat_options(const Feat& f, std::int64_t B, std::int64_t H, std::int
                          std::uint64_t seed) {
   SdpaOptions o;
   Generator g(seed);
-  o.is_causal(f.causal).window(f.wl, f.wr).need_weights(f.weights);
+  o.is_causal(f.causal).window_left(f.wl).window_right(f.wr).need_weights(f.weights);
   if (f.alibi) o.alibi_slopes(mul(rand({B, H}, dt, &g), scalar_tensor(0.1, dt)));
   if (f.sinks) o.sinks(rnd({H}, seed + 7, dt, 2.0));
   if (f.mask == 1) o.attn_mask(gt(rand({T, S}, kFloat64, &g), scalar_tensor(0.3, kFloat64)));
@@ -119,7 +119,7 @@ TEST_CASE("decode attention: a long cache split over chunks matches host loops")
     h.q = q.to_vector<double>();
     h.k = k.to_vector<double>();
     h.v = v.to_vector<double>();
-    SdpaOptions o = SdpaOptions().scale(0.6).is_causal(c.causal).window(c.wl, -1).need_weights(true);
+    SdpaOptions o = SdpaOptions().scale(0.6).is_causal(c.causal).window_left(c.wl).window_right(-1).need_weights(true);
     if (c.alibi) {
       Generator g(static_cast<std::uint64_t>(n));
       Tensor sl = mul(rand({B, c.H}, kFloat64, &g), scalar_tensor(0.05, kFloat64));
@@ -223,7 +223,7 @@ TEST_CASE("decode attention: strided caches and head dims off the vector width")
         Tensor k = kbuf.narrow(2, 0, S), v = vbuf.transpose(2, 3).narrow(2, 0, S);
         Tensor q = rnd({B, T, H, Dk}, 1, dt).transpose(1, 2);
         REQUIRE(!v.is_contiguous());
-        SdpaOptions o = SdpaOptions().is_causal(true).window(250, 0).sinks(rnd({H}, 4, dt)).need_weights(true);
+        SdpaOptions o = SdpaOptions().is_causal(true).window_left(250).window_right(0).sinks(rnd({H}, 4, dt)).need_weights(true);
         auto a = F::scaled_dot_product_attention(q, k, v, o);
         auto b = F::scaled_dot_product_attention_reference(q, k.contiguous(), v.contiguous(), o);
         const double tol = dt == kFloat32 ? 1e-5 : 1e-10;
@@ -239,7 +239,7 @@ TEST_CASE("decode attention: gradients through the split forward's logsumexp (fl
   Tensor sinks = kt::leaf({H}, 4), slopes = kt::leaf({H}, 5, 0.01);
   kt::grad_ok(
       [](const std::vector<Tensor>& x) {
-        SdpaOptions o = SdpaOptions().is_causal(true).window(150, 0).sinks(x[3]).alibi_slopes(x[4]);
+        SdpaOptions o = SdpaOptions().is_causal(true).window_left(150).window_right(0).sinks(x[3]).alibi_slopes(x[4]);
         return F::scaled_dot_product_attention(x[0], x[1], x[2], o).output;
       },
       {q, k, v, sinks, slopes});

@@ -565,7 +565,7 @@ TEST_CASE("shared inputs and diamonds sum their gradients") {
 TEST_CASE("gradcheck itself: catches a wrong gradient / validates its inputs") {
   auto x = kt::leaf({3});
   autograd::GradcheckOptions o;
-  o.raise_on_failure = false;
+  o.raise_on_failure(false);
   auto wrong = [](const std::vector<Tensor>& in) { return WrongGrad::apply(in[0]); };
   CHECK_FALSE(autograd::gradcheck(wrong, {x}, o));
   CHECK_KILN_ERROR(autograd::gradcheck(wrong, {x}), "[gradcheck] Jacobian mismatch for input 0 (shape (3,))");

@@ -200,30 +200,30 @@ TEST_CASE("scatter_add gradients") {
 
 TEST_CASE("embedding: any index shape") {
   Tensor w = iota64({5, 3});
-  Tensor e2 = embedding(w, idx({4, 0, 1, 4}, {2, 2}));
+  Tensor e2 = embedding(idx({4, 0, 1, 4}, {2, 2}), w);
   kt::expect_shape(e2, {2, 2, 3});
   kt::expect_values(e2, {12, 13, 14, 0, 1, 2, 3, 4, 5, 12, 13, 14});
-  Tensor e0 = embedding(w, scalar_tensor(2, kInt64));
+  Tensor e0 = embedding(scalar_tensor(2, kInt64), w);
   kt::expect_shape(e0, {3});
   kt::expect_values(e0, {6, 7, 8});
-  kt::expect_shape(embedding(w, idx({1, 2, 3})), {3, 3});
-  kt::expect_shape(embedding(w, idx({}, {2, 0})), {2, 0, 3});
-  kt::expect_shape(embedding(w, idx({0, 1, 2, 3, 4, 0, 1, 2}, {2, 2, 2})), {2, 2, 2, 3});
-  kt::expect_values(embedding(w, idx({0, 1, 2, 3}, {2, 2}).t()), {0, 1, 2, 6, 7, 8, 3, 4, 5, 9, 10, 11});
+  kt::expect_shape(embedding(idx({1, 2, 3}), w), {3, 3});
+  kt::expect_shape(embedding(idx({}, {2, 0}), w), {2, 0, 3});
+  kt::expect_shape(embedding(idx({0, 1, 2, 3, 4, 0, 1, 2}, {2, 2, 2}), w), {2, 2, 2, 3});
+  kt::expect_values(embedding(idx({0, 1, 2, 3}, {2, 2}).t(), w), {0, 1, 2, 6, 7, 8, 3, 4, 5, 9, 10, 11});
 
-  CHECK_KILN_ERROR(embedding(w, idx({5})), "[embedding] index 5 is out of range for dim 0 of size 5");
-  CHECK_KILN_ERROR(embedding(w, idx({-1})), "[embedding] index -1 is out of range for dim 0 of size 5");
-  CHECK_KILN_ERROR(embedding(w, tensor({1.f})), "[embedding] index must be an int64 tensor, got float32");
-  CHECK_KILN_ERROR(embedding(iota64({5}), idx({1})), "[embedding] weight must be 2-D (num_embeddings, dim), got shape (5,)");
+  CHECK_KILN_ERROR(embedding(idx({5}), w), "[embedding] index 5 is out of range for dim 0 of size 5");
+  CHECK_KILN_ERROR(embedding(idx({-1}), w), "[embedding] index -1 is out of range for dim 0 of size 5");
+  CHECK_KILN_ERROR(embedding(tensor({1.f}), w), "[embedding] index must be an int64 tensor, got float32");
+  CHECK_KILN_ERROR(embedding(idx({1}), iota64({5})), "[embedding] weight must be 2-D (num_embeddings, dim), got shape (5,)");
 
   auto lw = kt::leaf({5, 3});
-  kt::grad_ok([](const std::vector<Tensor>& in) { return embedding(in[0], idx({4, 0, 4, 4}, {2, 2})); }, {lw});
-  kt::grad_ok([](const std::vector<Tensor>& in) { return embedding(in[0], scalar_tensor(3, kInt64)); }, {lw});
-  kt::grad_ok([](const std::vector<Tensor>& in) { return embedding(in[0], idx({}, {0})); }, {lw});
+  kt::grad_ok([](const std::vector<Tensor>& in) { return embedding(idx({4, 0, 4, 4}, {2, 2}), in[0]); }, {lw});
+  kt::grad_ok([](const std::vector<Tensor>& in) { return embedding(scalar_tensor(3, kInt64), in[0]); }, {lw});
+  kt::grad_ok([](const std::vector<Tensor>& in) { return embedding(idx({}, {0}), in[0]); }, {lw});
   auto nw = kt::noncontig_leaf({4, 2});
-  kt::grad_ok([](const std::vector<Tensor>& in) { return embedding(in[0], idx({1, 3, 1})); }, {nw});
+  kt::grad_ok([](const std::vector<Tensor>& in) { return embedding(idx({1, 3, 1}), in[0]); }, {nw});
   // Repeated tokens: their rows' gradients add up.
-  (embedding(lw, idx({1, 1, 1, 3}, {2, 2})).sum()).backward();
+  (embedding(idx({1, 1, 1, 3}, {2, 2}), lw).sum()).backward();
   kt::expect_values(lw.grad(), {0, 0, 0, 3, 3, 3, 0, 0, 0, 1, 1, 1, 0, 0, 0});
 }
 
@@ -238,7 +238,7 @@ TEST_CASE("index ops: double backward (gradients of gradients)") {
   auto x = kt::leaf({4, 3});
   kt::grad_ok(second([](const Tensor& t) { return index_select(t, 0, idx({3, 0, 3})); }), {x});
   kt::grad_ok(second([](const Tensor& t) { return gather(t, 1, idx({0, 0, 2, 1, 1, 1, 2, 0}, {4, 2})); }), {x});
-  kt::grad_ok(second([](const Tensor& t) { return embedding(t, idx({1, 1, 3, 0}, {2, 2})); }), {x});
+  kt::grad_ok(second([](const Tensor& t) { return embedding(idx({1, 1, 3, 0}, {2, 2}), t); }), {x});
   kt::grad_ok(second([](const Tensor& t) { return index_add(t, 1, idx({2, 2}), t.slice(1, 0, 2)); }), {x});
   kt::grad_ok(second([](const Tensor& t) { return scatter_add(t, 0, idx({3, 3, 0}, {1, 3}), t.slice(0, 1, 2)); }), {x});
 }

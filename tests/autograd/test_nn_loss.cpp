@@ -69,8 +69,8 @@ TEST_CASE("cross_entropy (N / C) values: mean / sum / none") {
   Tensor m = cross_entropy(L, T);
   kt::expect_shape(m, {});
   kt::expect_values(m, {ref.mean()}, 1e-12);
-  kt::expect_values(cross_entropy(L, T, opts().reduction_(Reduction::Sum)), {ref.sum}, 1e-12);
-  Tensor none = cross_entropy(L, T, opts().reduction_(Reduction::None));
+  kt::expect_values(cross_entropy(L, T, opts().reduction(Reduction::Sum)), {ref.sum}, 1e-12);
+  Tensor none = cross_entropy(L, T, opts().reduction(Reduction::None));
   kt::expect_shape(none, {4});
   kt::expect_values(none, ref.per, 1e-12);
   // Hand-computed: uniform logits over 4 classes -> log 4.
@@ -84,14 +84,14 @@ TEST_CASE("cross_entropy (N / C) values: mean / sum / none") {
   Tensor Tt = targets({9, 4, 9, 0, 9, 1, 9, 2}, {4, 2}).select(1, 1);  // stride 2
   CHECK_FALSE(Tt.is_contiguous());
   HostCE rt = host_ce(Lt.contiguous().to_vector<double>(), {4, 5}, {4, 0, 1, 2});
-  kt::expect_values(cross_entropy(Lt, Tt, opts().reduction_(Reduction::None)), rt.per, 1e-12);
+  kt::expect_values(cross_entropy(Lt, Tt, opts().reduction(Reduction::None)), rt.per, 1e-12);
 }
 
 TEST_CASE("cross_entropy (N / C / d...) values") {
   Tensor L = rnd({2, 3, 4}, 3);
   IVec t = {0, 1, 2, 1, 2, 2, 0, 0};
   HostCE ref = host_ce(L.to_vector<double>(), {2, 3, 4}, t);
-  Tensor none = cross_entropy(L, targets(t, {2, 4}), opts().reduction_(Reduction::None));
+  Tensor none = cross_entropy(L, targets(t, {2, 4}), opts().reduction(Reduction::None));
   kt::expect_shape(none, {2, 4});
   kt::expect_values(none, ref.per, 1e-12);
   kt::expect_values(cross_entropy(L, targets(t, {2, 4})), {ref.mean()}, 1e-12);
@@ -99,14 +99,14 @@ TEST_CASE("cross_entropy (N / C / d...) values") {
   Tensor L4 = rnd({2, 3, 2, 3}, 4);
   IVec t4 = {0, 1, 2, 2, 1, 0, 1, 1, 1, 2, 0, 2};
   HostCE r4 = host_ce(L4.to_vector<double>(), {2, 3, 2, 3}, t4);
-  Tensor n4 = cross_entropy(L4, targets(t4, {2, 2, 3}), opts().reduction_(Reduction::None));
+  Tensor n4 = cross_entropy(L4, targets(t4, {2, 2, 3}), opts().reduction(Reduction::None));
   kt::expect_shape(n4, {2, 2, 3});
   kt::expect_values(n4, r4.per, 1e-12);
-  kt::expect_values(cross_entropy(L4, targets(t4, {2, 2, 3}), opts().reduction_(Reduction::Sum)), {r4.sum}, 1e-12);
+  kt::expect_values(cross_entropy(L4, targets(t4, {2, 2, 3}), opts().reduction(Reduction::Sum)), {r4.sum}, 1e-12);
   // d = 1 and size-1 dims keep their places
   Tensor L1 = rnd({3, 4, 1}, 5);
   HostCE r1 = host_ce(L1.to_vector<double>(), {3, 4, 1}, {3, 0, 1});
-  kt::expect_values(cross_entropy(L1, targets({3, 0, 1}, {3, 1}), opts().reduction_(Reduction::None)), r1.per, 1e-12);
+  kt::expect_values(cross_entropy(L1, targets({3, 0, 1}, {3, 1}), opts().reduction(Reduction::None)), r1.per, 1e-12);
 }
 
 TEST_CASE("cross_entropy with 1-D logits and a 0-D target") {
@@ -114,7 +114,7 @@ TEST_CASE("cross_entropy with 1-D logits and a 0-D target") {
   Tensor T = scalar_tensor(1, kInt64);
   HostCE ref = host_ce(L.to_vector<double>(), {3}, {1});
   for (Reduction r : {Reduction::Mean, Reduction::Sum, Reduction::None}) {
-    Tensor l = cross_entropy(L, T, opts().reduction_(r));
+    Tensor l = cross_entropy(L, T, opts().reduction(r));
     kt::expect_shape(l, {});
     kt::expect_values(l, {ref.sum}, 1e-12);
   }
@@ -127,17 +127,17 @@ TEST_CASE("cross_entropy ignore_index") {
   HostCE ref = host_ce(L.to_vector<double>(), {5, 3}, t);
   CHECK(ref.count == 3);
   kt::expect_values(cross_entropy(L, targets(t, {5})), {ref.mean()}, 1e-12);
-  kt::expect_values(cross_entropy(L, targets(t, {5}), opts().reduction_(Reduction::Sum)), {ref.sum}, 1e-12);
-  kt::expect_values(cross_entropy(L, targets(t, {5}), opts().reduction_(Reduction::None)), ref.per, 1e-12);
+  kt::expect_values(cross_entropy(L, targets(t, {5}), opts().reduction(Reduction::Sum)), {ref.sum}, 1e-12);
+  kt::expect_values(cross_entropy(L, targets(t, {5}), opts().reduction(Reduction::None)), ref.per, 1e-12);
   // A custom ignore_index that is also a valid class.
   IVec t2 = {0, 2, 2, 1, 1};
   HostCE r2 = host_ce(L.to_vector<double>(), {5, 3}, t2, 2);
-  kt::expect_values(cross_entropy(L, targets(t2, {5}), opts().ignore_index_(2)), {r2.mean()}, 1e-12);
+  kt::expect_values(cross_entropy(L, targets(t2, {5}), opts().ignore_index(2)), {r2.mean()}, 1e-12);
   // (N, C, d) with ignored positions
   Tensor L3 = rnd({2, 4, 3}, 7);
   IVec t3 = {3, -1, 0, -1, -1, 2};
   HostCE r3 = host_ce(L3.to_vector<double>(), {2, 4, 3}, t3, -1);
-  kt::expect_values(cross_entropy(L3, targets(t3, {2, 3}), opts().ignore_index_(-1)), {r3.mean()}, 1e-12);
+  kt::expect_values(cross_entropy(L3, targets(t3, {2, 3}), opts().ignore_index(-1)), {r3.mean()}, 1e-12);
   // Ignored rows get zero gradient; the mean divides by the 3 counted rows.
   Tensor Lg = L.clone().requires_grad_();
   cross_entropy(Lg, targets(t, {5})).backward();
@@ -153,7 +153,7 @@ TEST_CASE("cross_entropy ignore_index") {
   // Every target ignored: the mean is 0 / 0 (NaN, as PyTorch), the sum 0.
   Tensor all = targets({-100, -100}, {2});
   CHECK(std::isnan(cross_entropy(rnd({2, 3}, 8), all).item<double>()));
-  kt::expect_values(cross_entropy(rnd({2, 3}, 8), all, opts().reduction_(Reduction::Sum)), {0});
+  kt::expect_values(cross_entropy(rnd({2, 3}, 8), all, opts().reduction(Reduction::Sum)), {0});
 }
 
 TEST_CASE("cross_entropy label_smoothing") {
@@ -162,17 +162,17 @@ TEST_CASE("cross_entropy label_smoothing") {
   for (double ls : {0.1, 0.3, 1.0}) {
     INFO("label_smoothing " << ls);
     HostCE ref = host_ce(L.to_vector<double>(), {4, 5}, t, -100, ls);
-    kt::expect_values(cross_entropy(L, targets(t, {4}), opts().label_smoothing_(ls)), {ref.mean()}, 1e-12);
-    kt::expect_values(cross_entropy(L, targets(t, {4}), opts().label_smoothing_(ls).reduction_(Reduction::None)),
+    kt::expect_values(cross_entropy(L, targets(t, {4}), opts().label_smoothing(ls)), {ref.mean()}, 1e-12);
+    kt::expect_values(cross_entropy(L, targets(t, {4}), opts().label_smoothing(ls).reduction(Reduction::None)),
                       ref.per, 1e-12);
   }
   // Uniform logits: every term is log C.
-  kt::expect_values(cross_entropy(zeros({2, 4}, kFloat64), targets({0, 3}, {2}), opts().label_smoothing_(0.2)),
+  kt::expect_values(cross_entropy(zeros({2, 4}, kFloat64), targets({0, 3}, {2}), opts().label_smoothing(0.2)),
                     {std::log(4.0)}, 1e-12);
   Tensor L3 = rnd({2, 3, 2}, 10);
   IVec t3 = {0, 2, 1, 1};
   HostCE r3 = host_ce(L3.to_vector<double>(), {2, 3, 2}, t3, -100, 0.25);
-  kt::expect_values(cross_entropy(L3, targets(t3, {2, 2}), opts().label_smoothing_(0.25).reduction_(Reduction::Sum)),
+  kt::expect_values(cross_entropy(L3, targets(t3, {2, 2}), opts().label_smoothing(0.25).reduction(Reduction::Sum)),
                     {r3.sum}, 1e-12);
 }
 
@@ -180,8 +180,8 @@ TEST_CASE("cross_entropy with large logits stays finite") {
   Tensor L = tensor(Vec{1000, 0, -1000, 1000, 1001, 999}, {2, 3});
   Tensor T = targets({2, 1}, {2});
   HostCE ref = host_ce(L.to_vector<double>(), {2, 3}, {2, 1});
-  kt::expect_values(cross_entropy(L, T, opts().reduction_(Reduction::None)), ref.per, 1e-9, 1e-12);
-  Tensor l32 = cross_entropy(L.to(kFloat32), T, opts().reduction_(Reduction::None));
+  kt::expect_values(cross_entropy(L, T, opts().reduction(Reduction::None)), ref.per, 1e-9, 1e-12);
+  Tensor l32 = cross_entropy(L.to(kFloat32), T, opts().reduction(Reduction::None));
   kt::expect_values(l32, ref.per, 1e-3, 1e-6);
   Tensor Lg = L.to(kFloat32).requires_grad_();
   cross_entropy(Lg, T).backward();
@@ -193,7 +193,7 @@ TEST_CASE("cross_entropy errors") {
   CHECK_KILN_ERROR(cross_entropy(L, targets({0, 5}, {2})),
                    "[cross_entropy] target 5 is out of range for 3 classes (ignore_index is -100)");
   CHECK_KILN_ERROR(cross_entropy(L, targets({-1, 0}, {2})), "[cross_entropy] target -1 is out of range for 3 classes");
-  CHECK_KILN_ERROR(cross_entropy(L, targets({3, 2}, {2}), opts().ignore_index_(2)),
+  CHECK_KILN_ERROR(cross_entropy(L, targets({3, 2}, {2}), opts().ignore_index(2)),
                    "[cross_entropy] target 3 is out of range for 3 classes (ignore_index is 2)");
   CHECK_KILN_ERROR(cross_entropy(L, tensor({0.f, 1.f})), "[cross_entropy] target must hold int64 class indices, got float32");
   CHECK_KILN_ERROR(cross_entropy(L, tensor({true, false})), "[cross_entropy] target must hold int64 class indices, got bool");
@@ -205,7 +205,7 @@ TEST_CASE("cross_entropy errors") {
   CHECK_KILN_ERROR(cross_entropy(arange(6).reshape({2, 3}), targets({0, 1}, {2})),
                    "[cross_entropy] expected a floating point tensor, got int64");
   CHECK_KILN_ERROR(cross_entropy(scalar_tensor(1.0), scalar_tensor(0, kInt64)), "[cross_entropy] logits must be at least 1-D");
-  CHECK_KILN_ERROR(cross_entropy(L, targets({0, 1}, {2}), opts().label_smoothing_(1.5)),
+  CHECK_KILN_ERROR(cross_entropy(L, targets({0, 1}, {2}), opts().label_smoothing(1.5)),
                    "[cross_entropy] label_smoothing must be in [0, 1], got 1.5");
   CHECK_KILN_ERROR(cross_entropy(L, Tensor()), "[cross_entropy] target tensor is undefined");
 }
@@ -214,18 +214,18 @@ TEST_CASE("cross_entropy gradcheck") {
   auto L = kt::leaf({4, 5}, 1);
   Tensor T = targets({0, 4, 2, 2}, {4});
   for (Reduction r : {Reduction::Mean, Reduction::Sum, Reduction::None}) {
-    kt::grad_ok([&](const std::vector<Tensor>& in) { return cross_entropy(in[0], T, opts().reduction_(r)); }, {L});
+    kt::grad_ok([&](const std::vector<Tensor>& in) { return cross_entropy(in[0], T, opts().reduction(r)); }, {L});
     kt::grad_ok([&](const std::vector<Tensor>& in) {
-      return cross_entropy(in[0], targets({1, -100, 3, 0}, {4}), opts().reduction_(r).label_smoothing_(0.2));
+      return cross_entropy(in[0], targets({1, -100, 3, 0}, {4}), opts().reduction(r).label_smoothing(0.2));
     }, {L});
   }
   auto L3 = kt::leaf({2, 3, 4}, 2);
   kt::grad_ok([](const std::vector<Tensor>& in) {
-    return cross_entropy(in[0], targets({0, 1, 2, 1, 2, 2, 7, 0}, {2, 4}), opts().ignore_index_(7));
+    return cross_entropy(in[0], targets({0, 1, 2, 1, 2, 2, 7, 0}, {2, 4}), opts().ignore_index(7));
   }, {L3});
   auto L4 = kt::leaf({2, 3, 2, 2}, 3);
   kt::grad_ok([](const std::vector<Tensor>& in) {
-    return cross_entropy(in[0], targets({0, 1, 2, 2, 1, 0, 1, 1}, {2, 2, 2}), opts().reduction_(Reduction::None));
+    return cross_entropy(in[0], targets({0, 1, 2, 2, 1, 0, 1, 1}, {2, 2, 2}), opts().reduction(Reduction::None));
   }, {L4});
   auto v = kt::leaf({4}, 4);
   kt::grad_ok([](const std::vector<Tensor>& in) { return cross_entropy(in[0], scalar_tensor(2, kInt64)); }, {v});
@@ -233,16 +233,16 @@ TEST_CASE("cross_entropy gradcheck") {
   kt::grad_ok([](const std::vector<Tensor>& in) { return cross_entropy(in[0].t(), targets({4, 0, 3}, {3})); }, {nc});
   kt::grad_ok([](const std::vector<Tensor>& in) {
     // (1, 3, 5): one example, 3 classes, 5 positions
-    return cross_entropy(in[0].permute({1, 0}).unsqueeze(0), targets({2, 0, 1, 1, 0}, {1, 5}), opts().label_smoothing_(0.1));
+    return cross_entropy(in[0].permute({1, 0}).unsqueeze(0), targets({2, 0, 1, 1, 0}, {1, 5}), opts().label_smoothing(0.1));
   }, {nc});
   auto e = kt::leaf({0, 3}, 6);
   kt::grad_ok([](const std::vector<Tensor>& in) {
-    return cross_entropy(in[0], targets({}, {0}), opts().reduction_(Reduction::Sum));
+    return cross_entropy(in[0], targets({}, {0}), opts().reduction(Reduction::Sum));
   }, {e});
   kt::grad_ok([](const std::vector<Tensor>& in) {
-    return cross_entropy(in[0], targets({}, {0}), opts().reduction_(Reduction::None));
+    return cross_entropy(in[0], targets({}, {0}), opts().reduction(Reduction::None));
   }, {e});
-  kt::expect_shape(cross_entropy(e, targets({}, {0}), opts().reduction_(Reduction::None)), {0});
+  kt::expect_shape(cross_entropy(e, targets({}, {0}), opts().reduction(Reduction::None)), {0});
 }
 
 // ---------- mse_loss ----------

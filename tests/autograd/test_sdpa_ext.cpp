@@ -41,7 +41,7 @@ SdpaOptions feat_options(const Feat& f, const Shape& batch, std::int64_t H, std:
                          std::uint64_t seed) {
   SdpaOptions o;
   Generator g(seed);
-  o.is_causal(f.causal).window(f.wl, f.wr).need_weights(f.weights);
+  o.is_causal(f.causal).window_left(f.wl).window_right(f.wr).need_weights(f.weights);
   if (f.alibi == 1) o.alibi_slopes(alibi_slopes(H));
   if (f.alibi == 2) o.alibi_slopes(mul(rand(cat_shape(batch, {H}), dt, &g), scalar_tensor(0.5, dt)));
   if (f.sinks) o.sinks(rnd({H}, seed + 7, dt, 2.0));
@@ -145,7 +145,7 @@ TEST_CASE("sdpa ext: fused and reference match host loops") {
     h.q = q.to_vector<double>();
     h.k = k.to_vector<double>();
     h.v = v.to_vector<double>();
-    SdpaOptions o = SdpaOptions().scale(0.7).is_causal(c.causal).window(c.wl, c.wr).need_weights(true);
+    SdpaOptions o = SdpaOptions().scale(0.7).is_causal(c.causal).window_left(c.wl).window_right(c.wr).need_weights(true);
     Generator g(static_cast<std::uint64_t>(n));
     if (c.alibi) {
       Tensor sl = rand({B, H}, kFloat64, &g);  // per example and head
@@ -203,7 +203,7 @@ TEST_CASE("sdpa ext: a window equals the explicit bool band mask") {
         auto gs = autograd::grad({r.output}, {q, k, v}, {go});
         return std::vector<Tensor>{r.output, r.weights, gs[0], gs[1], gs[2]};
       };
-      auto a = run(SdpaOptions().window(c.l, c.r).is_causal(c.causal));
+      auto a = run(SdpaOptions().window_left(c.l).window_right(c.r).is_causal(c.causal));
       auto b = run(SdpaOptions().attn_mask(band_mask(c.T, c.S, c.causal, c.l, c.r)));
       const double tol = dt == kFloat32 ? 1e-5 : 1e-12;
       for (std::size_t i = 0; i < a.size(); ++i) {
@@ -308,10 +308,10 @@ TEST_CASE("sdpa ext: rows with no key left output exactly 0 and get 0 gradient, 
           auto* mp = static_cast<bool*>(km.raw_data());
           for (std::int64_t j = 0; j < Tq * S; ++j) mp[j] = false;        // head 0
           for (std::int64_t j = 0; j < S; ++j) mp[(Tq + 2) * S + j] = false;  // head 1, row 2
-          o.attn_mask(km).window(20, 3);
+          o.attn_mask(km).window_left(20).window_right(3);
           empty_rows = {2};
         } else {
-          o.is_causal(true).window(1, 0);
+          o.is_causal(true).window_left(1).window_right(0);
           for (std::int64_t t = 0; t < Tq - S; ++t) empty_rows.push_back(t);
         }
         Tensor go = rnd({B, H, Tq, D}, 9, dt);
@@ -358,8 +358,8 @@ TEST_CASE("sdpa ext: NaN/Inf in keys and values outside the window never leaks")
         const std::int64_t d0 = how == 0 ? 0 : 150, dn = how == 0 ? 216 : 10;
         SdpaOptions o = SdpaOptions().use_reference(ref).need_weights(true).sinks(rnd({2}, 8, dt));
         o.alibi_slopes(alibi_slopes(2).to(dt));
-        if (how == 0) o.is_causal(true).window(20, 0);
-        else o.window(4, 4);
+        if (how == 0) o.is_causal(true).window_left(20).window_right(0);
+        else o.window_left(4).window_right(4);
         Tensor q = rnd({2, 2, T, D}, 1, dt), k = rnd({2, 1, S, D}, 2, dt), v = rnd({2, 1, S, D}, 3, dt);
         Tensor kd = k.clone(), vd = v.clone();
         {
@@ -401,7 +401,7 @@ TEST_CASE("sdpa ext: NaN/Inf in keys and values outside the window never leaks")
 
 TEST_CASE("sdpa ext: dropout draws are the same with the extensions, fused and reference") {
   Tensor q = rnd({2, 4, 40, 8}, 1, kFloat32), k = rnd({2, 2, 150, 8}, 2, kFloat32), v = rnd({2, 2, 150, 8}, 3, kFloat32);
-  SdpaOptions o = SdpaOptions().is_causal(true).window(50, 0).alibi_slopes(alibi_slopes(4)).sinks(rnd({4}, 4, kFloat32));
+  SdpaOptions o = SdpaOptions().is_causal(true).window_left(50).window_right(0).alibi_slopes(alibi_slopes(4)).sinks(rnd({4}, 4, kFloat32));
   o.dropout_p(0.4).need_weights(true);
   Generator g1(3), g2(3), g3(3);
   auto a = F::scaled_dot_product_attention(q, k, v, SdpaOptions(o).generator(&g1));
@@ -421,12 +421,12 @@ TEST_CASE("sdpa ext: unbounded and huge windows equal no window") {
       CAPTURE(l);
       CAPTURE(r);
       CAPTURE(ref);
-      auto o = F::scaled_dot_product_attention(q, k, v, SdpaOptions().is_causal(true).window(l, r).use_reference(ref));
+      auto o = F::scaled_dot_product_attention(q, k, v, SdpaOptions().is_causal(true).window_left(l).window_right(r).use_reference(ref));
       CHECK(max_abs_diff(o.output, base) <= 1e-12);
     }
   // The most negative width is unbounded too (no overflow in p - left).
   const std::int64_t small = std::numeric_limits<std::int64_t>::min();
-  auto o = F::scaled_dot_product_attention(q, k, v, SdpaOptions().is_causal(true).window(small, small));
+  auto o = F::scaled_dot_product_attention(q, k, v, SdpaOptions().is_causal(true).window_left(small).window_right(small));
   CHECK(max_abs_diff(o.output, base) <= 1e-12);
 }
 

@@ -35,7 +35,7 @@ TEST_CASE("sdpa ext gradcheck: sliding windows, fused and reference") {
         CAPTURE(c.causal);
         CAPTURE(Hkv);
         CAPTURE(ref);
-        SdpaOptions o = SdpaOptions().window(c.l, c.r).is_causal(c.causal);
+        SdpaOptions o = SdpaOptions().window_left(c.l).window_right(c.r).is_causal(c.causal);
         // Long key sequences with one example and small head dims keep the Jacobian small.
         const std::int64_t B = c.S > 64 ? 1 : 2, D = c.S > 64 ? 2 : 4;
         Tensor q = leaf({B, H, c.T, D}, 1), k = leaf({B, Hkv, c.S, D}, 2), v = leaf({B, Hkv, c.S, 3}, 3);
@@ -54,7 +54,7 @@ TEST_CASE("sdpa ext gradcheck: ALiBi slopes get gradients, shaped (H) and (batch
         Tensor slopes = shape == 0 ? leaf({2}, 4, 0.1) : leaf({2, 2}, 4, 0.1);
         kt::grad_ok(
             [&](const std::vector<Tensor>& in) {
-              SdpaOptions o = SdpaOptions().alibi_slopes(in[3]).is_causal(causal).window(40, 1);
+              SdpaOptions o = SdpaOptions().alibi_slopes(in[3]).is_causal(causal).window_left(40).window_right(1);
               return run(in, o, ref);
             },
             {q, k, v, slopes});
@@ -92,7 +92,7 @@ TEST_CASE("sdpa ext gradcheck: learned bias broadcast over batch, heads or queri
       Tensor q = leaf({2, 2, 3, 4}, 1), k = leaf({2, 2, 70, 4}, 2), v = leaf({2, 2, 70, 3}, 3), bias = leaf(bs, 4);
       kt::grad_ok(
           [&](const std::vector<Tensor>& in) {
-            return run(in, SdpaOptions().attn_mask(in[3]).window(66, 0).is_causal(true), ref);
+            return run(in, SdpaOptions().attn_mask(in[3]).window_left(66).window_right(0).is_causal(true), ref);
           },
           {q, k, v, bias});
     }
@@ -119,7 +119,7 @@ TEST_CASE("sdpa ext gradcheck: everything at once, with dropout and extra batch 
         [&](const std::vector<Tensor>& in) {
           Generator g(11);  // the same keep mask on every evaluation
           SdpaOptions o = SdpaOptions().attn_mask(add(in[3], sel(keep, 0.0, -kInf))).alibi_slopes(in[4]).sinks(in[5]);
-          o.is_causal(true).window(50, 0).dropout_p(0.2).generator(&g).need_weights(true).use_reference(ref);
+          o.is_causal(true).window_left(50).window_right(0).dropout_p(0.2).generator(&g).need_weights(true).use_reference(ref);
           auto r = F::scaled_dot_product_attention(in[0], in[1], in[2], o);
           return cat({r.output.flatten(), r.weights.flatten() * 0.7}, 0);
         },
@@ -133,7 +133,7 @@ TEST_CASE("sdpa ext gradcheck: double backward through the create_graph path") {
   Tensor go = rnd({1, 2, 3, 3}, 9), gw = rnd({1, 2, 3, 6}, 10);
   kt::grad_ok(
       [&](const std::vector<Tensor>& in) {
-        SdpaOptions o = SdpaOptions().alibi_slopes(in[3]).sinks(in[4]).attn_mask(in[5]).window(2, 1).need_weights(true);
+        SdpaOptions o = SdpaOptions().alibi_slopes(in[3]).sinks(in[4]).attn_mask(in[5]).window_left(2).window_right(1).need_weights(true);
         auto r = F::scaled_dot_product_attention(in[0], in[1], in[2], o);
         auto gs = autograd::grad({r.output, r.weights}, in, {go, gw}, true, true);
         std::vector<Tensor> flat;
@@ -176,7 +176,7 @@ TEST_CASE("sdpa ext: fused gradients match the reference's on larger shapes") {
         std::vector<Tensor> in = {q0.detach().requires_grad_(), k0.detach().requires_grad_(),
                                   v0.detach().requires_grad_(), sl0.detach().requires_grad_(),
                                   sk0.detach().requires_grad_(), b0.detach().requires_grad_()};
-        SdpaOptions o = SdpaOptions().is_causal(c.causal).window(c.wl, c.wr).need_weights(c.weights);
+        SdpaOptions o = SdpaOptions().is_causal(c.causal).window_left(c.wl).window_right(c.wr).need_weights(c.weights);
         if (c.alibi) o.alibi_slopes(in[3]);
         if (c.sinks) o.sinks(in[4]);
         if (c.bias) o.attn_mask(in[5]);

@@ -344,8 +344,8 @@ TEST_CASE("to(dtype): values and gradient flows back in the source dtype") {
 
   // Through float32 and back: a larger finite-difference step keeps float32 rounding out of the check.
   autograd::GradcheckOptions o;
-  o.eps = 1e-2;
-  o.atol = 1e-4;
+  o.eps(1e-2);
+  o.atol(1e-4);
   auto nc = kt::noncontig_leaf({3, 2});
   CHECK(autograd::gradcheck([](const std::vector<Tensor>& in) { return in[0].to(kFloat32).to(kFloat64); }, {nc}, o));
   auto s = kt::leaf({});
@@ -515,7 +515,7 @@ TEST_CASE("shape ops: double backward (gradients of gradients)") {
   kt::grad_ok(second([](const Tensor& t) { return stack({t, t * 2.0}, 1); }), {x});
   kt::grad_ok(second([](const Tensor& t) { return split(t, 3, 1)[1]; }), {x});
   autograd::GradcheckOptions o;  // through float32: a wide step keeps rounding out of the differences
-  o.eps = 1e-2;
-  o.atol = 1e-4;
+  o.eps(1e-2);
+  o.atol(1e-4);
   CHECK(autograd::gradcheck(second([](const Tensor& t) { return t.to(kFloat32).to(kFloat64); }), {x}, o));
 }

@@ -171,7 +171,7 @@ TEST_CASE("cuda attention: window / ALiBi / sinks run on the GPU (composite path
       for (Tensor* t : {&in.q, &in.k, &in.v}) t->requires_grad_();
       Generator g(1);
       Tensor sinks = randn({c.H}, dt, &g).to(dev).requires_grad_();
-      SdpaOptions o = SdpaOptions().is_causal(true).window(5, 0).alibi_slopes(alibi_slopes(c.H).to(dev, dt)).sinks(sinks);
+      SdpaOptions o = SdpaOptions().is_causal(true).window_left(5).window_right(0).alibi_slopes(alibi_slopes(c.H).to(dev, dt)).sinks(sinks);
       SdpaResult r = scaled_dot_product_attention(in.q, in.k, in.v, o);
       sum(r.output * r.output).backward();
       return std::vector<Tensor>{r.output, in.q.grad(), in.k.grad(), in.v.grad(), sinks.grad()};

@@ -74,7 +74,7 @@ TEST_CASE("cuda nn: cross_entropy and mse_loss values and gradients match the CP
     for (double ls : {0.0, 0.1})
       for (Reduction r : {Reduction::Mean, Reduction::Sum, Reduction::None}) {
         CAPTURE(ls);
-        CrossEntropyOptions o = CrossEntropyOptions().label_smoothing_(ls).reduction_(r);
+        CrossEntropyOptions o = CrossEntropyOptions().label_smoothing(ls).reduction(r);
         kc::check_grads("cross_entropy", [o](auto& v) { return cross_entropy(v[0], v[1], o); }, {logits, tgt},
                         kc::rtol_for(dt) * 10, kc::atol_for(dt));
         kc::check_op("cross_entropy", [o](auto& v) { return cross_entropy(v[0], v[1], o); }, {logits, tgt},

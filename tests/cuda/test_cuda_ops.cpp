@@ -371,8 +371,8 @@ TEST_CASE("cuda ops: index_select / index_add / gather / scatter_add / embedding
     Generator g(2);
     Tensor ids = randint(0, 11, {4, 9}, kInt64, &g);
     Pair id{ids, ids.to(kGpu)};
-    kc::check_op("embedding", [](auto& v) { return embedding(v[0], v[1]); }, {w, id}, 0, 0);
-    kc::check_grads("embedding", [](auto& v) { return embedding(v[0], v[1]); }, {w, id}, kc::rtol_for(dt),
+    kc::check_op("embedding", [](auto& v) { return embedding(v[1], v[0]); }, {w, id}, 0, 0);
+    kc::check_grads("embedding", [](auto& v) { return embedding(v[1], v[0]); }, {w, id}, kc::rtol_for(dt),
                     kc::atol_for(dt));
     Pair x = kc::make_pair(kc::layouts()[1], {5, 8}, dt, 3);
     Tensor gi = randint(0, 5, {3, 8}, kInt64, &g);

@@ -37,12 +37,12 @@ TEST_CASE("mha: parameter names, shapes and the options that size them") {
   Tensor y = g(randn({2, 3, 12}), randn({2, 5, 7}), randn({2, 5, 6}));
   kt::expect_shape(y, {2, 3, 9});
 
-  nn::MultiHeadAttention n(O(8, 2).qk_norm(nn::QKNorm::LayerNorm).bias(false).v_bias(true));
+  nn::MultiHeadAttention n(O(8, 2).qk_norm(nn::Norm::LayerNorm).bias(false).v_bias(true));
   CHECK(n->state_dict().keys() == std::vector<std::string>{"q_proj.weight", "k_proj.weight", "v_proj.weight",
                                                            "v_proj.bias", "out_proj.weight", "q_norm.weight",
                                                            "q_norm.bias", "k_norm.weight", "k_norm.bias"});
   kt::expect_shape(n->q_norm->named_parameters()["weight"], {4});
-  nn::MultiHeadAttention r(O(8, 2).qk_norm(nn::QKNorm::RMSNorm));
+  nn::MultiHeadAttention r(O(8, 2).qk_norm(nn::Norm::RMSNorm));
   CHECK(r->named_parameters().contains("k_norm.weight"));
   CHECK_FALSE(r->named_parameters().contains("k_norm.bias"));
   CHECK(fmt::format("{}", g).find("MultiHeadAttention(embed_dim=12, num_heads=4, num_kv_heads=2, head_dim=5") !=
@@ -82,12 +82,12 @@ TEST_CASE("mha: injected initializers are used, with the module's generator") {
   std::vector<Generator*> seen;
   nn::MultiHeadAttention m(O(4, 2)
                                .generator(&gen)
-                               .kernel_init([&](Tensor& w, Generator* g) {
+                               .kernel_init([&](Tensor w, Generator* g) {
                                  seen.push_back(g);
                                  nn::init::constant_(w, 0.5);
                                })
-                               .out_kernel_init([](Tensor& w, Generator*) { nn::init::constant_(w, 0.25); })
-                               .bias_init([](Tensor& b, Generator*) { nn::init::constant_(b, -1.0); }));
+                               .out_kernel_init([](Tensor w, Generator*) { nn::init::constant_(w, 0.25); })
+                               .bias_init([](Tensor b, Generator*) { nn::init::constant_(b, -1.0); }));
   CHECK(seen == std::vector<Generator*>{&gen, &gen, &gen});
   for (const char* n : {"q_proj.weight", "k_proj.weight", "v_proj.weight"}) CHECK(m->state_dict()[n].to_vector<float>() == std::vector<float>(16, 0.5f));
   CHECK(m->out_proj->weight.to_vector<float>() == std::vector<float>(16, 0.25f));
@@ -193,7 +193,7 @@ TEST_CASE("mha: NaN/Inf in padded keys and values never reaches outputs or gradi
   for (int mode = 0; mode < 4; ++mode) {
     CAPTURE(mode);
     // 0: lengths, 1: (B, S) keep-mask, 2: a bool attn_mask with dead columns, 3: GQA + qk_norm + need_weights
-    O o = mode == 3 ? O(8, 4).num_kv_heads(2).qk_norm(nn::QKNorm::RMSNorm).kdim(5).vdim(3) : O(6, 2).kdim(5).vdim(3);
+    O o = mode == 3 ? O(8, 4).num_kv_heads(2).qk_norm(nn::Norm::RMSNorm).kdim(5).vdim(3) : O(6, 2).kdim(5).vdim(3);
     nn::MultiHeadAttention m = make64(o);
     nn::MhaForward f;
     Tensor keep = tensor({true, true, true, false, false, true, true, false, true, false}).reshape({2, 5});
@@ -365,7 +365,7 @@ TEST_CASE("mha: scale and qk_norm") {
   CHECK(max_abs_diff(rz.weights, full({1, 2, 3, 5}, 0.2)) < 1e-7);  // uniform
   CHECK_FALSE(max_abs_diff(r.weights, full({1, 2, 3, 5}, 0.2, kFloat64)) < 1e-3);
   // a per-head norm makes the logits invariant to the scale of the q/k projections
-  for (auto kind : {nn::QKNorm::LayerNorm, nn::QKNorm::RMSNorm}) {
+  for (auto kind : {nn::Norm::LayerNorm, nn::Norm::RMSNorm}) {
     nn::MultiHeadAttention n = make64(O(4, 2).qk_norm(kind).q_bias(false).k_bias(false).qk_norm_eps(0.0));
     Tensor q = rnd({2, 3, 4}, 1), kv = rnd({2, 5, 4}, 2);
     Tensor y0 = n(q, kv);

@@ -116,8 +116,8 @@ TEST_CASE("mha gradcheck: causal self-attention, and causal cross-attention with
 
 TEST_CASE("mha gradcheck: dropout > 0 in eval mode, qk_norm, explicit head dims") {
   check_mha(make(O(4, 2).dropout(0.5).out_dropout(0.3)), {2}, 3, 3, Call::Self);
-  check_mha(make(O(4, 2).qk_norm(nn::QKNorm::LayerNorm)), {2}, 3, 4, Call::QKV);
-  check_mha(make(O(4, 2).qk_norm(nn::QKNorm::RMSNorm).qk_norm_eps(1e-6)), {2}, 3, 4, Call::QKV);
+  check_mha(make(O(4, 2).qk_norm(nn::Norm::LayerNorm)), {2}, 3, 4, Call::QKV);
+  check_mha(make(O(4, 2).qk_norm(nn::Norm::RMSNorm).qk_norm_eps(1e-6)), {2}, 3, 4, Call::QKV);
   check_mha(make(O(4, 2).head_dim(3).v_head_dim(1)), {2}, 3, 4, Call::QKV);
 }
 

@@ -203,7 +203,7 @@ TEST_CASE("decode attention: MultiHeadAttention decoding with GQA window ALiBi a
     for (std::int64_t hkv : {4, 2, 1}) {
       CAPTURE(split);
       CAPTURE(hkv);
-      nn::MultiHeadAttention m(O(32, 4).num_kv_heads(hkv).window(100, 0).alibi(true).attention_sinks(true));
+      nn::MultiHeadAttention m(O(32, 4).num_kv_heads(hkv).window_left(100).window_right(0).alibi(true).attention_sinks(true));
       km::randomize(*m, 3, 0.3);
       m->eval();
       const std::int64_t T = 200;

@@ -166,7 +166,7 @@ TEST_CASE("mha layouts: modules the other layouts cannot express, and malformed 
                    "needs head_dim * num_heads == embed_dim and v_head_dim == head_dim, got head_dim=3");
   CHECK_KILN_ERROR(nn::MultiHeadAttention(O(8, 2).out_bias(false))->to_torch_state(),
                    "has all four projection biases or none, got q=true k=true v=true out=false");
-  CHECK_KILN_ERROR(nn::MultiHeadAttention(O(8, 2).qk_norm(nn::QKNorm::RMSNorm))->to_torch_state(), "has no qk_norm");
+  CHECK_KILN_ERROR(nn::MultiHeadAttention(O(8, 2).qk_norm(nn::Norm::RMSNorm))->to_torch_state(), "has no qk_norm");
 
   nn::MultiHeadAttention m(O(8, 2));
   randomize(*m, 2);

@@ -22,7 +22,7 @@ nn::MultiHeadAttention make64(const O& o, std::uint64_t seed = 3) {
 // A plain module holding `src`'s projection weights.
 nn::MultiHeadAttention plain_copy(const nn::MultiHeadAttention& src) {
   O o = src->options;
-  o.window(-1, -1).alibi(false).alibi_slopes(Tensor()).attention_sinks(false);
+  o.window_left(-1).window_right(-1).alibi(false).alibi_slopes(Tensor()).attention_sinks(false);
   nn::MultiHeadAttention m = make64(o);
   nn::OrderedDict<Tensor> sd;
   for (const auto& [n, t] : src->state_dict())
@@ -54,7 +54,7 @@ TEST_CASE("mha window: equals the band mask, with causal, padding, cross-attenti
   for (auto [l, r] : {std::pair<std::int64_t, std::int64_t>{2, 0}, {1, 1}, {-1, 1}, {0, -1}}) {
     CAPTURE(l);
     CAPTURE(r);
-    nn::MultiHeadAttention m = make64(O(8, 2).num_kv_heads(1).window(l, r));
+    nn::MultiHeadAttention m = make64(O(8, 2).num_kv_heads(1).window_left(l).window_right(r));
     nn::MultiHeadAttention p = plain_copy(m);
     Tensor q = rnd({2, 4, 8}, 1), kv = rnd({2, 6, 8}, 2);
     Tensor d = offsets(4, 6);  // p - s
@@ -68,7 +68,7 @@ TEST_CASE("mha window: equals the band mask, with causal, padding, cross-attenti
     }
   }
   // Mistral-style: window(W - 1, 0) + causal, decoded token by token
-  nn::MultiHeadAttention m = make64(O(8, 2).window(2, 0));
+  nn::MultiHeadAttention m = make64(O(8, 2).window_left(2).window_right(0));
   Tensor x = rnd({2, 6, 8}, 3);
   CHECK(max_abs_diff(decode(m, x, {1, 1, 1, 1, 1, 1}), m(x, nn::MhaForward().is_causal(true))) < 1e-12);
   CHECK(max_abs_diff(decode(m, x, {4, 2}), m(x, nn::MhaForward().is_causal(true))) < 1e-12);
@@ -137,7 +137,7 @@ TEST_CASE("mha attention_sinks: a learned logit per head joins each softmax / gr
 }
 
 TEST_CASE("mha window + alibi + sinks + rotary + padding combine / extras refuse window/ALiBi") {
-  nn::MultiHeadAttention m = make64(O(8, 2).num_kv_heads(1).window(3, 0).alibi(true).attention_sinks(true).rotary(
+  nn::MultiHeadAttention m = make64(O(8, 2).num_kv_heads(1).window_left(3).window_right(0).alibi(true).attention_sinks(true).rotary(
       nn::RotaryEmbeddingOptions(4)));
   Tensor x = rnd({2, 6, 8}, 14);
   CHECK(max_abs_diff(decode(m, x, {3, 1, 2}), m(x, nn::MhaForward().is_causal(true))) < 1e-12);
@@ -146,7 +146,7 @@ TEST_CASE("mha window + alibi + sinks + rotary + padding combine / extras refuse
   kt::grad_ok([&](const std::vector<Tensor>& v) {
     return m(v[0], nn::MhaForward().is_causal(true).key_padding(tensor({4, 3})));
   }, in);
-  CHECK_KILN_ERROR(nn::MultiHeadAttention(O(8, 2).add_bias_kv(true).window(2, 0)),
+  CHECK_KILN_ERROR(nn::MultiHeadAttention(O(8, 2).add_bias_kv(true).window_left(2).window_right(0)),
                    "add_bias_kv / add_zero_attn cannot be combined with window or ALiBi");
   CHECK_KILN_ERROR(nn::MultiHeadAttention(O(8, 2).add_zero_attn(true).alibi(true)),
                    "add_bias_kv / add_zero_attn cannot be combined with window or ALiBi");

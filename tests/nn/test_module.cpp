@@ -315,7 +315,7 @@ TEST_CASE("Module: apply visits every module, with or without names") {
   net->apply([&](nn::Module&) { ++count; });
   CHECK(count == 18);
   net->apply([](nn::Module& m) {
-    if (auto* l = dynamic_cast<nn::LinearImpl*>(&m)) nn::init::zeros_(l->weight);
+    if (auto* l = m.as<nn::Linear>()) nn::init::zeros_(l->weight);
   });
   CHECK(net->head->at<nn::LinearImpl>(3).weight.abs().sum().item<float>() == 0.0f);
   CHECK(net->blocks->ptr<BlockImpl>(1)->attn->k_proj->weight.abs().sum().item<float>() == 0.0f);

@@ -33,7 +33,7 @@ TEST_CASE("transformer: layer and stack shapes, any leading batch dims") {
   nn::TransformerDecoderLayer dec(L(8, 2).memory_dim(6).num_kv_heads(1));
   kt::expect_shape(dec(randn({2, 4, 8}), randn({2, 7, 6})), {2, 4, 8});
   kt::expect_shape(dec->cross_attn->k_proj->weight, {4, 6});
-  nn::TransformerEncoder stack(nn::TransformerEncoderOptions(L(8, 2).norm("rms_norm").gated(true).activation("silu"), 3));
+  nn::TransformerEncoder stack(nn::TransformerEncoderOptions(L(8, 2).norm(nn::Norm::RMSNorm).gated(true).activation(nn::Activation::SiLU), 3));
   kt::expect_shape(stack(randn({2, 5, 8}), nn::EncoderForward().key_padding(tensor({5, 2}))), {2, 5, 8});
   nn::TransformerDecoder dstack(nn::TransformerDecoderOptions(L(8, 2), 2));
   kt::expect_shape(dstack(randn({2, 3, 8}), randn({2, 5, 8})), {2, 3, 8});
@@ -157,7 +157,7 @@ TEST_CASE("transformer gradcheck: encoder and decoder layers at tiny sizes") {
   for (bool pre : {false, true}) {
     CAPTURE(pre);
     nn::TransformerEncoderLayer enc =
-        make64(nn::TransformerEncoderLayer(L(4, 2).dim_feedforward(6).norm_first(pre).activation("gelu")));
+        make64(nn::TransformerEncoderLayer(L(4, 2).dim_feedforward(6).norm_first(pre).activation(nn::Activation::GELU)));
     enc->eval();
     std::vector<Tensor> in{kt::leaf({2, 3, 4}, 1)};
     for (Tensor p : enc->parameters()) in.push_back(p);
@@ -165,7 +165,7 @@ TEST_CASE("transformer gradcheck: encoder and decoder layers at tiny sizes") {
                 in);
 
     nn::TransformerDecoderLayer dec = make64(nn::TransformerDecoderLayer(
-        L(4, 2).dim_feedforward(5).norm_first(pre).norm(pre ? "rms_norm" : "layer_norm").memory_dim(3).num_kv_heads(1)));
+        L(4, 2).dim_feedforward(5).norm_first(pre).norm(pre ? nn::Norm::RMSNorm : nn::Norm::LayerNorm).memory_dim(3).num_kv_heads(1)));
     dec->eval();
     std::vector<Tensor> din{kt::leaf({2, 3, 4}, 2), kt::leaf({2, 4, 3}, 3)};
     for (Tensor p : dec->parameters()) din.push_back(p);
@@ -178,8 +178,8 @@ TEST_CASE("transformer gradcheck: encoder and decoder layers at tiny sizes") {
 }
 
 TEST_CASE("transformer: option errors") {
-  CHECK_KILN_ERROR(nn::TransformerEncoderLayer(L(8, 2).norm("batch_norm")), "norm must be \"layer_norm\" or \"rms_norm\"");
-  CHECK_KILN_ERROR(nn::TransformerDecoderLayer(L(8, 2).activation("softplus")), "unknown activation 'softplus'");
+  CHECK_KILN_ERROR(nn::TransformerEncoderLayer(L(8, 2).norm(nn::Norm::None)),
+                   "[TransformerEncoderLayer] norm must be Norm::LayerNorm or Norm::RMSNorm, got Norm::None");
   CHECK_KILN_ERROR(nn::TransformerEncoderLayer(L(8, 3)), "embed_dim=8 is not divisible by num_heads=3");
   CHECK_KILN_ERROR(nn::TransformerEncoder(nn::TransformerEncoderOptions(L(8, 2), -1)), "num_layers must be >= 0, got -1");
 }
