@@ -1,5 +1,5 @@
 #pragma once
-// Clocks and resource counters shared by the benchmark programs (RESULT lines, DESIGN.md).
+// Clocks and resource counters shared by the benchmark programs (RESULT lines, bench/README.md).
 #include <sys/resource.h>
 
 #include <chrono>

@@ -3,7 +3,7 @@
 // tools/gpu_check.sh runs it beside PyTorch on the same GPU.
 //   build/bench/cuda_bench                 every group
 //   build/bench/cuda_bench matmul|mha|ops  one group
-// One `RESULT ...` line per measurement (format in DESIGN.md), e.g.
+// One `RESULT ...` line per measurement (format in bench/README.md), e.g.
 //   RESULT cuda_matmul impl=kiln dtype=float32 tf32=0 B=1 M=4096 N=4096 K=4096 median_ms=.. tflops=..
 //   RESULT mha impl=kiln_cuda scope=core device=cuda B=8 T=1024 E=768 H=12 causal=1 mode=fwdbwd dtype=float32 median_ms=.. tflops=..
 // Without a GPU it prints one `# cuda_bench skipped: <reason>` line and exits 0.

@@ -9,7 +9,7 @@
 //   fwdbwd : output with autograd, then backward(gy) for q, k and v (grads reset untimed)
 //   window=L: sliding window of L keys to the left (and 0 to the right when causal, L otherwise);
 //   alibi=1 : ALiBi with kiln::alibi_slopes(H); sinks=1: one learned sink logit per head.
-// One `RESULT mha impl=kiln_sdpa ... scope=core ...` line per row (format in DESIGN.md).
+// One `RESULT mha impl=kiln_sdpa ... scope=core ...` line per row (format in bench/README.md).
 #include <sys/resource.h>
 
 #include <algorithm>

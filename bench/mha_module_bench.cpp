@@ -9,7 +9,7 @@
 //   fwdbwd : y = mha(x) with autograd, then y.backward(gy): gradients for x and every parameter
 //            (gradients reset to none, untimed, before each call)
 // Causal uses the module's is_causal flag (the anchors pass libtorch a (T, T) -inf mask).
-// One `RESULT mha impl=kiln ...` line per row (format in DESIGN.md); nominal_gflops counts the
+// One `RESULT mha impl=kiln ...` line per row (format in bench/README.md); nominal_gflops counts the
 // full T x T attention as the anchors do.
 #include <sys/resource.h>
 

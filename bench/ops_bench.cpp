@@ -1,5 +1,5 @@
 // Foundation benchmarks: matmul GFLOP/s, softmax / layer_norm / add GB/s, and
-// per-op overhead. Prints one `RESULT ...` line per measurement (format in DESIGN.md).
+// per-op overhead. Prints one `RESULT ...` line per measurement (format in bench/README.md).
 //   build/bench/ops_bench [--threads 2] [--quick]
 #include <sys/resource.h>
 
