@@ -71,27 +71,6 @@ struct AttentionGrads {
   Tensor gsinks;      // undefined or contiguous (N, H): d loss / d sinks
 };
 
-/// One fused optimizer update of one parameter (see optim/): reads param, grad and the state
-/// buffers once and writes param and state in the same pass. param, grad and state are
-/// contiguous, of one float dtype and element count, on the backend's device. Hyper-parameters
-/// arrive already folded per step (bias corrections, Adagrad's decayed lr), so a kernel is a
-/// plain elementwise loop with no host work.
-enum class OptimKind : std::uint8_t { SGD, Adam, RMSprop, Adagrad, Lion };
-struct OptimUpdate {
-  OptimKind kind = OptimKind::SGD;
-  Tensor param, grad;
-  /// SGD: momentum_buffer | Adam: exp_avg, exp_avg_sq, max_exp_avg_sq | RMSprop: square_avg,
-  /// momentum_buffer, grad_avg | Adagrad: sum | Lion: exp_avg. Unused slots are undefined.
-  Tensor state[3];
-  double lr = 0, weight_decay = 0;
-  double beta1 = 0, beta2 = 0, eps = 0;           // Adam, Lion; RMSprop smoothing is `alpha`
-  double momentum = 0, dampening = 0, alpha = 0;  // SGD, RMSprop
-  double bias_correction1 = 1, bias_correction2 = 1;  // Adam: 1 - beta^step
-  bool nesterov = false, amsgrad = false, centered = false, maximize = false;
-  bool decoupled_weight_decay = false;  // AdamW: p *= 1 - lr * wd before the Adam update
-  bool first_step = false;              // SGD: the momentum buffer is set to the gradient
-};
-
 class Backend {
  public:
   virtual ~Backend() = default;
@@ -159,11 +138,6 @@ class Backend {
   /// Whether the attention kernels implement AttentionArgs' window, alibi and sinks (and the
   /// matching AttentionGrads); when not, the op runs its composite formulation for such calls.
   virtual bool attention_has_extensions() const { return false; }
-
-  /// Fused optimizer step (see OptimUpdate). Defaulted so a new backend builds before it has one.
-  virtual void optim_update(const OptimUpdate& /*u*/) {
-    throw_error("optim_update", "this device's backend has no fused optimizer kernels");
-  }
 };
 
 /// The backend for a device; throws kiln::Error when kiln was built without it.

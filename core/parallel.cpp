@@ -4,6 +4,7 @@
 #include <fmt/format.h>
 #include <omp.h>
 
+#include "cpu/loops.hpp"
 #include "error.hpp"
 
 namespace kiln {
@@ -37,5 +38,10 @@ void set_num_threads(int n) {
 }
 
 int get_num_threads() { return threads(); }
+
+void parallel_chunks(std::int64_t n, std::int64_t grain, void (*body)(std::int64_t, std::int64_t, const void*),
+                     const void* ctx) {
+  cpu::parallel_range(n, grain, [&](std::int64_t b, std::int64_t e) { body(b, e, ctx); });
+}
 
 }  // namespace kiln

@@ -11,4 +11,11 @@ int get_num_threads();
 /// Minimum elements per thread before a loop is split; below it kernels run serially.
 inline constexpr std::int64_t kParallelGrain = 32768;
 
+/// Runs body(begin, end, ctx) over [0, n) in contiguous chunks, one per pool thread (serially
+/// below 2 * grain or inside a parallel region). For loops compiled outside kiln's OpenMP
+/// sources, such as the header templates of core/foreach.hpp:
+///   parallel_chunks(n, kParallelGrain, [](std::int64_t b, std::int64_t e, const void* ctx) { ... }, &data);
+void parallel_chunks(std::int64_t n, std::int64_t grain, void (*body)(std::int64_t, std::int64_t, const void*),
+                     const void* ctx);
+
 }  // namespace kiln

@@ -21,7 +21,7 @@
 #include "common/common.hpp"
 #include "common/data.hpp"
 #include "common/plot.hpp"
-#include <kiln/optim/checkpoint.hpp>
+#include <kiln/io/checkpoint.hpp>
 #include <kiln/optim/optim.hpp>
 
 using namespace kiln;
@@ -232,13 +232,13 @@ struct Trainer {
   optim::AdamW opt;
   optim::WarmupCosineLR schedule;
   Generator batch_gen;
-  optim::TrainingState state;
+  io::TrainingState state;
 };
 
 // Restores --resume into the trainer; returns the first step still to run.
 std::int64_t resume_training(Trainer& tr, const Config& c, const Corpus& corpus) {
   if (c.resume.empty()) return 1;
-  auto info = optim::read_checkpoint_info(c.resume);
+  auto info = io::read_checkpoint_info(c.resume);
   if (info.metadata["vocab"] != corpus.vocab.hex())
     throw examples::UsageError(fmt::format("--resume {}: the checkpoint was trained on other text (its characters differ)", c.resume));
   if (info.metadata["model"] != c.shape())
@@ -247,9 +247,9 @@ std::int64_t resume_training(Trainer& tr, const Config& c, const Corpus& corpus)
   // The same --steps continues the run exactly; another --steps keeps the model and optimizer
   // and re-plans the learning-rate schedule for the new length.
   const bool same_plan = info.metadata["steps"] == std::to_string(c.flags.steps);
-  optim::TrainingState restore = tr.state;
+  io::TrainingState restore = tr.state;
   if (!same_plan) restore.scheduler = nullptr;
-  const std::int64_t first_step = optim::load_checkpoint(c.resume, restore).step + 1;
+  const std::int64_t first_step = io::load_checkpoint(c.resume, restore).step + 1;
   for (std::int64_t s = 1; !same_plan && s < first_step; ++s) tr.schedule.step();
   fmt::print("resumed from {} at step {}{}\n", c.resume, first_step - 1, same_plan ? "" : " (schedule re-planned for --steps)");
   return first_step;
@@ -314,7 +314,7 @@ double train(Trainer& tr, const Config& c, const Corpus& corpus, std::int64_t fi
                                 train_loss, val_loss, corpus.baseline, tr.schedule.get_last_lr()[0], wall.seconds()));
       log.row({double(step), train_loss, val_loss, tr.schedule.get_last_lr()[0]});
       if (!ckpt.empty())
-        optim::save_checkpoint(ckpt, tr.state, step, {{"vocab", corpus.vocab.hex()}, {"model", c.shape()}, {"steps", std::to_string(flags.steps)}});
+        io::save_checkpoint(ckpt, tr.state, step, {{"vocab", corpus.vocab.hex()}, {"model", c.shape()}, {"steps", std::to_string(flags.steps)}});
     }
   }
   progress.finish();

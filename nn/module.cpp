@@ -276,14 +276,14 @@ void Module::collect_state(const std::string& prefix, OrderedDict<Tensor>& out) 
   for (const auto& [k, c] : children_) c->collect_state(prefix + k + ".", out);
 }
 
-OrderedDict<Tensor> Module::state_dict() const {
-  OrderedDict<Tensor> out;
+StateDict Module::state_dict() const {
+  StateDict out;
   collect_state("", out);
   return out;
 }
 
-LoadStateDictResult Module::load_state_dict(const OrderedDict<Tensor>& dict, bool strict) {
-  OrderedDict<Tensor> own = state_dict();
+LoadStateDictResult Module::load_state_dict(const StateDict& dict, bool strict) {
+  StateDict own = state_dict();
   LoadStateDictResult r;
   std::vector<std::string> problems;
   for (const auto& [k, t] : own) {
@@ -299,6 +299,7 @@ LoadStateDictResult Module::load_state_dict(const OrderedDict<Tensor>& dict, boo
   }
   for (const auto& [k, t] : dict)
     if (!own.contains(k)) r.unexpected_keys.push_back(k);
+  for (const auto& [k, v] : dict.scalars) r.unexpected_keys.push_back(k);
   if (strict && !r.missing_keys.empty()) problems.insert(problems.begin(), "missing keys: " + join_quoted(r.missing_keys));
   if (strict && !r.unexpected_keys.empty())
     problems.insert(problems.begin() + (strict && !r.missing_keys.empty() ? 1 : 0),

@@ -33,6 +33,7 @@
 #include "../autograd/ops.hpp"
 #include "../core/arg.hpp"
 #include "../core/tensor.hpp"
+#include "../core/state_dict.hpp"
 #include "ordered_dict.hpp"
 
 
@@ -155,11 +156,11 @@ class Module : public std::enable_shared_from_this<Module> {
   // ---- checkpoints ----
   /// Parameters then persistent buffers, per module in registration order, dotted names,
   /// detached (sharing storage with the module). Tied tensors appear under every name.
-  OrderedDict<Tensor> state_dict() const;
+  StateDict state_dict() const;
   /// Copies values in place (converting dtype and device) under NoGradGuard. Throws kiln::Error
   /// listing missing and unexpected keys (strict) and shape mismatches (always); nothing is
-  /// copied when it throws.
-  LoadStateDictResult load_state_dict(const OrderedDict<Tensor>& dict, bool strict = true);
+  /// copied when it throws. Scalars (a module has none) count as unexpected keys.
+  LoadStateDictResult load_state_dict(const StateDict& dict, bool strict = true);
 
   /// The module tree: one line per module with its options and parameter count, one line per
   /// parameter/buffer with its shape, and a total.

@@ -7,7 +7,7 @@
 
 namespace kiln::optim {
 
-class AdagradOptions final : public OptimizerOptions {
+class AdagradOptions final : public OptionsBase<AdagradOptions> {
  public:
   static constexpr const char* kKind = "AdagradOptions";
   AdagradOptions(double lr = 1e-2) : lr_(lr) {}  // NOLINT: implicit from a learning rate
@@ -19,22 +19,26 @@ class AdagradOptions final : public OptimizerOptions {
   KILN_ARG(bool, maximize) = false;
 
  public:
-  std::unique_ptr<OptimizerOptions> clone() const override { return std::make_unique<AdagradOptions>(*this); }
-  double get_lr() const override { return lr_; }
-  void set_lr(double lr) override { lr_ = lr; }
-  void fields(const OptionFieldFn& f) override;
-  const char* kind() const override { return kKind; }
+  void fields(const OptionFieldFn& f) override {
+    field(f, "lr", lr_);
+    field(f, "lr_decay", lr_decay_);
+    field(f, "weight_decay", weight_decay_);
+    field(f, "initial_accumulator_value", initial_accumulator_value_);
+    field(f, "eps", eps_);
+    field(f, "maximize", maximize_);
+  }
 };
 
-class Adagrad final : public Optimizer {
+class Adagrad final : public OptimizerBase<Adagrad, AdagradOptions> {
  public:
-  Adagrad(std::vector<Tensor> params, AdagradOptions defaults = {});
-  Adagrad(std::vector<ParamGroup> groups, AdagradOptions defaults = {});
+  using OptimizerBase::OptimizerBase;
 
- protected:
-  void validate(const OptimizerOptions& o) const override;
-  std::vector<std::string> buffer_names() const override { return {"sum"}; }
-  void update(const OptimizerOptions& o, const Tensor& param, const Tensor& grad, ParamState& st) override;
+ private:
+  friend OptimizerBase;
+  static constexpr const char* kName = "Adagrad";
+  static std::vector<std::string> buffers() { return {"sum"}; }
+  static void check(const AdagradOptions& o, const OptionCheck& check);
+  void update_param(const AdagradOptions& o, const Tensor& param, const Tensor& grad, ParamState& st);
 };
 
 }  // namespace kiln::optim

@@ -4,11 +4,11 @@
 ///   p *= 1 - lr * wd;  p -= lr * sign(beta1 * m + (1 - beta1) * g);  m = beta2 * m + (1 - beta2) * g
 ///   optim::Lion opt(net->parameters(), optim::LionOptions(1e-4).betas({0.9, 0.99}).weight_decay(0.1));
 /// Use a learning rate 3-10x smaller than AdamW's. State per parameter: exp_avg and the step count.
-#include "adam.hpp"
+#include "optimizer.hpp"
 
 namespace kiln::optim {
 
-class LionOptions final : public OptimizerOptions {
+class LionOptions final : public OptionsBase<LionOptions> {
  public:
   static constexpr const char* kKind = "LionOptions";
   LionOptions(double lr = 1e-4) : lr_(lr) {}  // NOLINT: implicit from a learning rate
@@ -18,22 +18,24 @@ class LionOptions final : public OptimizerOptions {
   KILN_ARG(bool, maximize) = false;
 
  public:
-  std::unique_ptr<OptimizerOptions> clone() const override { return std::make_unique<LionOptions>(*this); }
-  double get_lr() const override { return lr_; }
-  void set_lr(double lr) override { lr_ = lr; }
-  void fields(const OptionFieldFn& f) override;
-  const char* kind() const override { return kKind; }
+  void fields(const OptionFieldFn& f) override {
+    field(f, "lr", lr_);
+    field(f, "betas", betas_);
+    field(f, "weight_decay", weight_decay_);
+    field(f, "maximize", maximize_);
+  }
 };
 
-class Lion final : public Optimizer {
+class Lion final : public OptimizerBase<Lion, LionOptions> {
  public:
-  Lion(std::vector<Tensor> params, LionOptions defaults = {});
-  Lion(std::vector<ParamGroup> groups, LionOptions defaults = {});
+  using OptimizerBase::OptimizerBase;
 
- protected:
-  void validate(const OptimizerOptions& o) const override;
-  std::vector<std::string> buffer_names() const override { return {"exp_avg"}; }
-  void update(const OptimizerOptions& o, const Tensor& param, const Tensor& grad, ParamState& st) override;
+ private:
+  friend OptimizerBase;
+  static constexpr const char* kName = "Lion";
+  static std::vector<std::string> buffers() { return {"exp_avg"}; }
+  static void check(const LionOptions& o, const OptionCheck& check);
+  void update_param(const LionOptions& o, const Tensor& param, const Tensor& grad, ParamState& st);
 };
 
 }  // namespace kiln::optim

@@ -6,7 +6,6 @@
 #include <set>
 
 #include "../autograd/grad_mode.hpp"
-#include "../core/backend.hpp"
 
 namespace kiln::optim {
 
@@ -71,9 +70,10 @@ void Optimizer::check_params(const std::vector<Tensor>& params, std::size_t gi) 
   throw_error(name_, fmt::format("param group options are {}, expected {}", o.kind(), expected));
 }
 
-void Optimizer::check_option(bool ok, const char* what, double value, const char* requirement) const {
-  if (!ok) throw_error(name_, fmt::format("invalid {}: {} ({})", what, value, requirement));
+void OptionCheck::operator()(bool ok, const char* what, double value, const char* requirement) const {
+  if (!ok) throw_error(optimizer_, fmt::format("invalid {}: {} ({})", what, value, requirement));
 }
+
 
 void Optimizer::add_param_group(ParamGroup group) {
   check_params(group.params(), groups_.size());
@@ -95,7 +95,7 @@ double Optimizer::lr(std::size_t group) const {
 
 void Optimizer::set_lr(double lr, std::size_t group) {
   KILN_CHECK(group < groups_.size(), name_, "set_lr: group {} out of range ({} groups)", group, groups_.size());
-  check_option(lr >= 0, "learning rate", lr, "must be >= 0");
+  OptionCheck{name_}(lr >= 0, "learning rate", lr, "must be >= 0");
   groups_[group].options().set_lr(lr);
 }
 
@@ -138,17 +138,20 @@ void Optimizer::step() {
   }
 }
 
-void Optimizer::run_update(OptimUpdate& u) const {
-  Backend& be = backend_for(u.param.device(), name_);
-  Tensor p = u.param;
-  const bool direct = p.is_contiguous();
+void Optimizer::prepare_update(UpdateTensors& t) const {
   // Rare layouts take a detour through contiguous copies; the usual case touches memory once.
-  if (!direct) u.param = p.contiguous();
-  if (u.grad.dtype() != p.dtype()) u.grad = u.grad.to(p.dtype());
-  if (!u.grad.is_contiguous()) u.grad = u.grad.contiguous();
-  if (p.numel() > 0) be.optim_update(u);
-  if (!direct) p.copy_(u.param);
-  else p.bump_version();
+  if (!t[0].is_contiguous()) t[0] = t[0].contiguous();
+  if (t[1].dtype() != t[0].dtype()) t[1] = t[1].to(t[0].dtype());
+  if (!t[1].is_contiguous()) t[1] = t[1].contiguous();
+}
+
+void Optimizer::finish_update(Tensor param, const Tensor& updated) {
+  if (!updated.is_same(param)) param.copy_(updated);
+  else param.bump_version();
+}
+
+[[noreturn]] void Optimizer::no_kernel(const Tensor& param) const {
+  throw_error(name_, fmt::format("no fused update kernel for parameters on {}", param.device().str()));
 }
 
 // ---- state dicts ----
@@ -174,7 +177,7 @@ StateDict Optimizer::state_dict() const {
         sd.scalars[key("state", index, "step")] = static_cast<double>(it->second.step);
         for (std::size_t k = 0; k < names.size() && k < 3; ++k)
           if (!names[k].empty() && it->second.buffers[k].defined())
-            sd.tensors[key("state", index, names[k])] = it->second.buffers[k].clone();
+            sd.insert(key("state", index, names[k]), it->second.buffers[k].clone());
       }
       ++index;
     }
@@ -216,10 +219,10 @@ void Optimizer::load_state_dict(const StateDict& sd) {
         for (std::size_t k = 0; k < names.size() && k < 3; ++k) {
           if (names[k].empty()) continue;
           const std::string tk = key("state", index, names[k]);
-          auto it = sd.tensors.find(tk);
-          if (it == sd.tensors.end()) continue;
+          const Tensor* found = sd.find(tk);
+          if (!found) continue;
           used.insert(tk);
-          const Tensor& t = it->second;
+          const Tensor& t = *found;
           KILN_CHECK(t.defined() && t.is_floating_point(), name_, "load_state_dict: '{}' is not a float tensor", tk);
           KILN_CHECK(t.shape() == p.shape(), name_, "load_state_dict: '{}' has shape {} but parameter {} has shape {}", tk,
                      shape_str(t.shape()), index, shape_str(p.shape()));
@@ -234,7 +237,7 @@ void Optimizer::load_state_dict(const StateDict& sd) {
   for (const auto& [k, v] : sd.scalars)
     KILN_CHECK(used.count(k), name_, "load_state_dict: unexpected scalar '{}' (this optimizer has {} groups and {} parameters)", k,
                groups_.size(), index);
-  for (const auto& [k, v] : sd.tensors)
+  for (const auto& [k, v] : sd)
     KILN_CHECK(used.count(k), name_, "load_state_dict: unexpected tensor '{}' (this optimizer has {} groups and {} parameters)", k,
                groups_.size(), index);
   for (std::size_t gi = 0; gi < groups_.size(); ++gi) groups_[gi].set_options(std::move(opts[gi]));

@@ -13,21 +13,21 @@
 ///   optim::AdamW opt2({optim::ParamGroup(weights), optim::ParamGroup(biases, optim::AdamWOptions(1e-3).weight_decay(0))},
 ///                     optim::AdamWOptions(1e-3));
 ///   auto sd = opt.state_dict();             // exact: options, per-parameter buffers, step counters
+///
+/// A new optimizer derives from OptimizerBase<It, ItOptions> (options from OptionsBase) and
+/// writes its update rule once in the shape fused.hpp describes; see sgd.hpp for the smallest.
 #include <cstdint>
 #include <functional>
 #include <memory>
 #include <string>
 #include <unordered_map>
+#include <utility>
 #include <vector>
 
 #include "../core/arg.hpp"
+#include "../core/state_dict.hpp"
 #include "../core/tensor.hpp"
-#include "state_dict.hpp"
-
-
-namespace kiln {
-struct OptimUpdate;  // core/backend.hpp
-}
+#include "fused.hpp"
 
 namespace kiln::optim {
 
@@ -130,12 +130,22 @@ class Optimizer {
   virtual std::vector<std::string> buffer_names() const = 0;
   /// Updates one parameter (contiguous or not) from its gradient (same shape and dtype).
   virtual void update(const OptimizerOptions& o, const Tensor& param, const Tensor& grad, ParamState& st) = 0;
-  /// Runs the backend's fused kernel, handling non-contiguous parameters and gradients.
-  void run_update(OptimUpdate& u) const;
+  /// Runs the fused kernel of the parameter's device over t = {param, grad, state...} (state
+  /// contiguous, from state_buffer), taking non-contiguous parameters and gradients and
+  /// gradients of another dtype through contiguous copies.
+  template <typename S>
+  void run_update(const UpdateKernels<S>& kernels, const S& step, UpdateTensors t) const {
+    const Tensor param = t[0];
+    prepare_update(t);
+    if (param.numel() > 0) {
+      auto kernel = param.device().is_cuda() ? kernels.cuda : kernels.cpu;
+      if (!kernel) no_kernel(param);
+      kernel(step, t);
+    }
+    finish_update(param, t[0]);
+  }
   /// A zero-filled state buffer like p (contiguous, same device and dtype).
   static Tensor state_buffer(const Tensor& p, double value = 0);
-  /// Throws "[<name>] invalid <what>: <value> (<requirement>)" unless ok.
-  void check_option(bool ok, const char* what, double value, const char* requirement) const;
   /// The options as O, or "[<name>] param group options are XOptions, expected O".
   template <typename O>
   const O& options_cast(const OptimizerOptions& o) const {
@@ -149,6 +159,9 @@ class Optimizer {
  private:
   void check_params(const std::vector<Tensor>& params, std::size_t group_index) const;
   [[noreturn]] void wrong_options(const OptimizerOptions& o, const char* expected) const;
+  void prepare_update(UpdateTensors& t) const;
+  static void finish_update(Tensor param, const Tensor& updated);
+  [[noreturn]] void no_kernel(const Tensor& param) const;
 
   const char* name_;
   std::unique_ptr<OptimizerOptions> defaults_;
@@ -156,12 +169,67 @@ class Optimizer {
   std::unordered_map<const TensorImpl*, ParamState> state_;
 };
 
-/// Passes a bool option through an OptionFieldFn as 0/1.
-inline void bool_field(const OptionFieldFn& f, const char* name, bool& b) {
+using Betas = std::pair<double, double>;
+
+/// Passes an option through an OptionFieldFn: doubles as they are, bools as 0/1, betas as
+/// "beta1" and "beta2" (the names state dicts use).
+inline void field(const OptionFieldFn& f, const char* name, double& v) { f(name, v); }
+inline void field(const OptionFieldFn& f, const char* name, bool& b) {
   double v = b ? 1.0 : 0.0;
   f(name, v);
   b = v != 0;
 }
+inline void field(const OptionFieldFn& f, const char* /*betas*/, Betas& betas) {
+  f("beta1", betas.first);
+  f("beta2", betas.second);
+}
+
+/// The boilerplate of an options class: clone, kind (Derived::kKind) and the lr accessors
+/// (Derived has KILN_ARG(double, lr)). Derived lists its fields once, in fields().
+template <typename Derived>
+class OptionsBase : public OptimizerOptions {
+ public:
+  std::unique_ptr<OptimizerOptions> clone() const override { return std::make_unique<Derived>(derived()); }
+  double get_lr() const override { return derived().lr(); }
+  void set_lr(double lr) override { static_cast<Derived&>(*this).lr(lr); }
+  const char* kind() const override { return Derived::kKind; }
+
+ private:
+  const Derived& derived() const { return static_cast<const Derived&>(*this); }
+};
+
+/// Reports an invalid option: "[<optimizer>] invalid <what>: <value> (<requirement>)".
+class OptionCheck {
+ public:
+  explicit OptionCheck(const char* optimizer) : optimizer_(optimizer) {}
+  void operator()(bool ok, const char* what, double value, const char* requirement) const;
+
+ private:
+  const char* optimizer_;
+};
+
+/// The boilerplate of an optimizer: its two constructors (a parameter list or groups, with
+/// defaults), option checks and buffer names. Derived provides
+///   static constexpr const char* kName;                 // "SGD": error prefix
+///   static std::vector<std::string> buffers();          // state slot names ("" = unused)
+///   static void check(const Options&, const OptionCheck&);
+///   void update_param(const Options&, const Tensor& param, const Tensor& grad, ParamState&);
+template <typename Derived, typename Options>
+class OptimizerBase : public Optimizer {
+ public:
+  OptimizerBase(std::vector<Tensor> params, Options defaults = {})
+      : OptimizerBase(std::vector<ParamGroup>{ParamGroup(std::move(params))}, std::move(defaults)) {}
+  OptimizerBase(std::vector<ParamGroup> groups, Options defaults = {}) : Optimizer(Derived::kName, defaults.clone()) {
+    init_groups(std::move(groups));  // validate() below needs nothing of Derived but statics
+  }
+
+ protected:
+  void validate(const OptimizerOptions& o) const override { Derived::check(options_cast<Options>(o), OptionCheck(name())); }
+  std::vector<std::string> buffer_names() const override { return Derived::buffers(); }
+  void update(const OptimizerOptions& o, const Tensor& param, const Tensor& grad, ParamState& st) override {
+    static_cast<Derived*>(this)->update_param(static_cast<const Options&>(o), param, grad, st);
+  }
+};
 
 template <typename O>
 O& ParamGroup::options_as() {

@@ -7,7 +7,7 @@
 
 namespace kiln::optim {
 
-class RMSpropOptions final : public OptimizerOptions {
+class RMSpropOptions final : public OptionsBase<RMSpropOptions> {
  public:
   static constexpr const char* kKind = "RMSpropOptions";
   RMSpropOptions(double lr = 1e-2) : lr_(lr) {}  // NOLINT: implicit from a learning rate
@@ -20,22 +20,27 @@ class RMSpropOptions final : public OptimizerOptions {
   KILN_ARG(bool, maximize) = false;
 
  public:
-  std::unique_ptr<OptimizerOptions> clone() const override { return std::make_unique<RMSpropOptions>(*this); }
-  double get_lr() const override { return lr_; }
-  void set_lr(double lr) override { lr_ = lr; }
-  void fields(const OptionFieldFn& f) override;
-  const char* kind() const override { return kKind; }
+  void fields(const OptionFieldFn& f) override {
+    field(f, "lr", lr_);
+    field(f, "alpha", alpha_);
+    field(f, "eps", eps_);
+    field(f, "weight_decay", weight_decay_);
+    field(f, "momentum", momentum_);
+    field(f, "centered", centered_);
+    field(f, "maximize", maximize_);
+  }
 };
 
-class RMSprop final : public Optimizer {
+class RMSprop final : public OptimizerBase<RMSprop, RMSpropOptions> {
  public:
-  RMSprop(std::vector<Tensor> params, RMSpropOptions defaults = {});
-  RMSprop(std::vector<ParamGroup> groups, RMSpropOptions defaults = {});
+  using OptimizerBase::OptimizerBase;
 
- protected:
-  void validate(const OptimizerOptions& o) const override;
-  std::vector<std::string> buffer_names() const override { return {"square_avg", "momentum_buffer", "grad_avg"}; }
-  void update(const OptimizerOptions& o, const Tensor& param, const Tensor& grad, ParamState& st) override;
+ private:
+  friend OptimizerBase;
+  static constexpr const char* kName = "RMSprop";
+  static std::vector<std::string> buffers() { return {"square_avg", "momentum_buffer", "grad_avg"}; }
+  static void check(const RMSpropOptions& o, const OptionCheck& check);
+  void update_param(const RMSpropOptions& o, const Tensor& param, const Tensor& grad, ParamState& st);
 };
 
 }  // namespace kiln::optim

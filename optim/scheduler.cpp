@@ -80,7 +80,7 @@ void LRScheduler::load_state_dict(const StateDict& sd) {
     base[g] = get(fmt::format("base_lr.{}", g));
     last[g] = get(fmt::format("last_lr.{}", g));
   }
-  for (const auto& [k, v] : sd.tensors) check(false, fmt::format("load_state_dict: unexpected tensor '{}'", k));
+  for (const auto& [k, v] : sd) check(false, fmt::format("load_state_dict: unexpected tensor '{}'", k));
   // Hyper-parameters are checked on a copy of the values first, so a bad dict changes nothing.
   std::vector<std::pair<std::string, double>> values;
   fields([&](const char* n, double& v) { values.emplace_back(n, get(n)); (void)v; });
@@ -220,15 +220,18 @@ StateDict LinearWarmup::state_dict() const {
   if (after_) {
     StateDict inner = after_->state_dict();
     for (auto& [k, v] : inner.scalars) sd.scalars["after." + k] = v;
-    for (auto& [k, v] : inner.tensors) sd.tensors["after." + k] = v;
+    for (auto& [k, v] : inner) sd.insert("after." + k, v);
   }
   return sd;
 }
 void LinearWarmup::load_state_dict(const StateDict& sd) {
   StateDict own, inner;
   for (const auto& [k, v] : sd.scalars) (k.rfind("after.", 0) == 0 ? inner.scalars[k.substr(6)] : own.scalars[k]) = v;
-  for (const auto& [k, v] : sd.tensors) (k.rfind("after.", 0) == 0 ? inner.tensors[k.substr(6)] : own.tensors[k]) = v;
-  check(after_ || (inner.scalars.empty() && inner.tensors.empty()),
+  for (const auto& [k, v] : sd) {
+    if (k.rfind("after.", 0) == 0) inner.insert(k.substr(6), v);
+    else own.insert(k, v);
+  }
+  check(after_ || (inner.scalars.empty() && inner.empty()),
         "load_state_dict: the state has a schedule after warm-up but this LinearWarmup has none");
   if (after_) {
     check(!inner.scalars.empty(), "load_state_dict: this LinearWarmup has a schedule after warm-up but the state has none");
@@ -305,8 +308,8 @@ void OneCycleLR::fields(const OptionFieldFn& f) {
   f("pct_start", pct_start_);
   f("div_factor", div_factor_);
   f("final_div_factor", final_div_factor_);
-  bool_field(f, "anneal_cos", cos_);
-  bool_field(f, "three_phase", three_phase_);
+  field(f, "anneal_cos", cos_);
+  field(f, "three_phase", three_phase_);
 }
 
 std::vector<double> OneCycleLR::lr_at(std::int64_t epoch) const {

@@ -82,11 +82,11 @@ void ReduceLROnPlateau::step(double metric) {
 }
 
 void ReduceLROnPlateau::fields(const OptionFieldFn& f) {
-  bool_field(f, "mode_max", max_mode_);
+  field(f, "mode_max", max_mode_);
   f("factor", factor_);
   int_field(f, "patience", patience_);
   f("threshold", threshold_);
-  bool_field(f, "threshold_abs", abs_threshold_);
+  field(f, "threshold_abs", abs_threshold_);
   int_field(f, "cooldown", cooldown_);
   for (std::size_t g = 0; g < min_lrs_.size(); ++g) f(fmt::format("min_lr.{}", g).c_str(), min_lrs_[g]);
   f("eps", eps_);
@@ -110,7 +110,7 @@ void ReduceLROnPlateau::load_state_dict(const StateDict& sd) {
   if (it == sd.scalars.end()) fail("missing scalar 'num_groups'");
   if (it->second != static_cast<double>(min_lrs_.size()))
     fail(fmt::format("the state has {} param groups, this scheduler {}", it->second, min_lrs_.size()));
-  if (!sd.tensors.empty()) fail(fmt::format("unexpected tensor '{}'", sd.tensors.begin()->first));
+  if (!sd.empty()) fail(fmt::format("unexpected tensor '{}'", sd.begin()->key));
   std::set<std::string> used{"num_groups"};
   std::vector<double> values;
   fields([&](const char* n, double&) {

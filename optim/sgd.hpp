@@ -7,7 +7,7 @@
 
 namespace kiln::optim {
 
-class SGDOptions final : public OptimizerOptions {
+class SGDOptions final : public OptionsBase<SGDOptions> {
  public:
   static constexpr const char* kKind = "SGDOptions";
   SGDOptions(double lr = 1e-3) : lr_(lr) {}  // NOLINT: implicit from a learning rate
@@ -19,22 +19,26 @@ class SGDOptions final : public OptimizerOptions {
   KILN_ARG(bool, maximize) = false;
 
  public:
-  std::unique_ptr<OptimizerOptions> clone() const override { return std::make_unique<SGDOptions>(*this); }
-  double get_lr() const override { return lr_; }
-  void set_lr(double lr) override { lr_ = lr; }
-  void fields(const OptionFieldFn& f) override;
-  const char* kind() const override { return kKind; }
+  void fields(const OptionFieldFn& f) override {
+    field(f, "lr", lr_);
+    field(f, "momentum", momentum_);
+    field(f, "dampening", dampening_);
+    field(f, "weight_decay", weight_decay_);
+    field(f, "nesterov", nesterov_);
+    field(f, "maximize", maximize_);
+  }
 };
 
-class SGD final : public Optimizer {
+class SGD final : public OptimizerBase<SGD, SGDOptions> {
  public:
-  SGD(std::vector<Tensor> params, SGDOptions defaults);
-  SGD(std::vector<ParamGroup> groups, SGDOptions defaults);
+  using OptimizerBase::OptimizerBase;
 
- protected:
-  void validate(const OptimizerOptions& o) const override;
-  std::vector<std::string> buffer_names() const override { return {"momentum_buffer"}; }
-  void update(const OptimizerOptions& o, const Tensor& param, const Tensor& grad, ParamState& st) override;
+ private:
+  friend OptimizerBase;
+  static constexpr const char* kName = "SGD";
+  static std::vector<std::string> buffers() { return {"momentum_buffer"}; }
+  static void check(const SGDOptions& o, const OptionCheck& check);
+  void update_param(const SGDOptions& o, const Tensor& param, const Tensor& grad, ParamState& st);
 };
 
 }  // namespace kiln::optim

@@ -35,8 +35,6 @@ class CpuBackend final : public Backend {
                           const Tensor& weights, const Tensor& gweights, const AttentionGrads& grads) override;
   void attention_dropout_mask(const AttentionArgs& a, const Tensor& out) override;
   bool attention_has_extensions() const override { return true; }
-  // optim_kernels.cpp
-  void optim_update(const OptimUpdate& u) override;
 };
 
 Backend& cpu_backend();

@@ -323,7 +323,7 @@ void CudaBackend::scatter_add(const Tensor& out, std::int64_t dim, const Tensor&
   check_launch("scatter_add");
 }
 
-// ---- row kernels, random, optimizer ----
+// ---- row kernels, random; launches for kernels outside core (foreach.cuh) ----
 
 void CudaBackend::softmax(const Tensor& x, const Tensor& out, bool log) {
   check_float(x, "softmax");
@@ -358,33 +358,11 @@ void CudaBackend::random(const Tensor& out, const RandomSpec& spec) {
   check_launch("random");
 }
 
-void CudaBackend::optim_update(const OptimUpdate& u) {
-  check_float(u.param, "optim_update");
-  DeviceGuard g(ctx_.index);
-  OptimArgs a;
-  a.kind = u.kind;
-  a.p = u.param.raw_data();
-  a.g = u.grad.raw_data();
-  for (int i = 0; i < 3; ++i) a.s[i] = u.state[i].defined() ? u.state[i].raw_data() : nullptr;
-  a.n = u.param.numel();
-  a.lr = u.lr;
-  a.weight_decay = u.weight_decay;
-  a.beta1 = u.beta1;
-  a.beta2 = u.beta2;
-  a.eps = u.eps;
-  a.momentum = u.momentum;
-  a.dampening = u.dampening;
-  a.alpha = u.alpha;
-  a.bias_correction1 = u.bias_correction1;
-  a.bias_correction2 = u.bias_correction2;
-  a.nesterov = u.nesterov;
-  a.amsgrad = u.amsgrad;
-  a.centered = u.centered;
-  a.maximize = u.maximize;
-  a.decoupled_weight_decay = u.decoupled_weight_decay;
-  a.first_step = u.first_step;
-  launch_optim_update(a, u.param.dtype(), ctx_.stream);
-  check_launch("optim_update");
+void launch_on(int device, const char* op, void (*launch)(cudaStream_t, const void*), const void* ctx) {
+  DeviceContext& c = context(device, op);
+  DeviceGuard g(c.index);
+  launch(c.stream, ctx);
+  check_launch(op);
 }
 
 }  // namespace kiln::cuda

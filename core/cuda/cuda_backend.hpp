@@ -31,7 +31,6 @@ class CudaBackend final : public Backend {
   void layer_norm(const Tensor& x, const Tensor& weight, const Tensor& bias, double eps, const Tensor& out,
                   const Tensor& mean, const Tensor& rstd) override;
   void random(const Tensor& out, const RandomSpec& spec) override;
-  void optim_update(const OptimUpdate& u) override;
   // blas.cpp
   void matmul(const Tensor& a, const Tensor& c, const Tensor& out) override;
   // attention.cpp

@@ -41,20 +41,6 @@ void launch_compare(CompareOp op, const Iter<3>& it, DType dt, cudaStream_t s);
 /// Operands: out, cond (bool), x, y.
 void launch_where(const Iter<4>& it, DType dt, cudaStream_t s);
 
-/// A fused optimizer step over n contiguous elements (see kiln::OptimUpdate for the fields).
-struct OptimArgs {
-  OptimKind kind = OptimKind::SGD;
-  void* p = nullptr;
-  const void* g = nullptr;
-  void* s[3] = {nullptr, nullptr, nullptr};
-  std::int64_t n = 0;
-  double lr = 0, weight_decay = 0, beta1 = 0, beta2 = 0, eps = 0, momentum = 0, dampening = 0, alpha = 0;
-  double bias_correction1 = 1, bias_correction2 = 1;
-  bool nesterov = false, amsgrad = false, centered = false, maximize = false, decoupled_weight_decay = false,
-       first_step = false;
-};
-void launch_optim_update(const OptimArgs& a, DType dt, cudaStream_t s);
-
 // ---- reduce.cu ----
 /// Geometry of a reduction: `kept` and `red` dims (innermost first, element strides) of x.
 struct ReduceGeom {

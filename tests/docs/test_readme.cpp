@@ -3,7 +3,7 @@
 
 #include <cstdio>
 
-#include <kiln/optim/safetensors.hpp>
+#include <kiln/io/safetensors.hpp>
 
 using namespace kiln;
 

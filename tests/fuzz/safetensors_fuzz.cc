@@ -1,4 +1,4 @@
-// libFuzzer target for kiln's safetensors reader (optim/safetensors_format.cpp), built with
+// libFuzzer target for kiln's safetensors reader (io/safetensors_format.cpp), built with
 // clang -fsanitize=fuzzer,address,undefined by .ci/fuzz. For every input:
 //   - the reader either accepts it or throws kiln::Error "[load_safetensors] <fuzz>: ..."; any
 //     other exception, crash, out-of-bounds access or UB is a finding;
@@ -12,9 +12,9 @@
 #include <vector>
 
 #include "../../core/error.hpp"
-#include "../../optim/safetensors_format.hpp"
+#include "../../io/safetensors_format.hpp"
 
-using namespace kiln::detail;
+using namespace kiln::io::detail;
 
 namespace {
 

@@ -178,7 +178,7 @@ TEST_CASE("optim state_dict round trip resumes bitwise for every optimizer") {
     // 4 steps, snapshot, then a fresh optimizer (other options) over copies continues for 6.
     auto b = m.make({start.w, start.b});
     train(*b, start, 4);
-    optim::StateDict sd = b->state_dict();
+    kiln::StateDict sd = b->state_dict();
     Problem resumed = copy_of(start);
     train(*b, start, 3);  // keeps going: the snapshot must not alias live state
     auto c = m.make_other({resumed.w, resumed.b});
@@ -189,13 +189,13 @@ TEST_CASE("optim state_dict round trip resumes bitwise for every optimizer") {
     CHECK(same_bits(resumed.b, ref.b));
     CHECK(c->state(resumed.w)->step == 10);
     // Its state dict has the same entries as the straight-through optimizer's, with equal values.
-    optim::StateDict sa = a->state_dict(), sc = c->state_dict();
+    kiln::StateDict sa = a->state_dict(), sc = c->state_dict();
     CHECK(sa.scalars == sc.scalars);
-    REQUIRE(sa.tensors.size() == sc.tensors.size());
-    for (const auto& [k, t] : sa.tensors) {
+    REQUIRE(sa.size() == sc.size());
+    for (const auto& [k, t] : sa) {
       INFO("state tensor " << k);
-      REQUIRE(sc.tensors.count(k) == 1);
-      CHECK(same_bits(sc.tensors.at(k), t));
+      REQUIRE(sc.contains(k));
+      CHECK(same_bits(sc.at(k), t));
     }
   }
 }
@@ -204,20 +204,20 @@ TEST_CASE("optim state_dict names options buffers and steps") {
   Problem p = small_problem();
   optim::Adam opt({optim::ParamGroup({p.w}), optim::ParamGroup({p.b}, optim::AdamOptions(0.5).amsgrad(true))},
                   optim::AdamOptions(0.01));
-  optim::StateDict before = opt.state_dict();
-  CHECK(before.tensors.empty());
+  kiln::StateDict before = opt.state_dict();
+  CHECK(before.empty());
   CHECK(before.scalars.at("group.0.lr") == 0.01);
   CHECK(before.scalars.at("group.1.amsgrad") == 1);
   CHECK(before.scalars.at("group.1.num_params") == 1);
   train(opt, p, 2);
-  optim::StateDict sd = opt.state_dict();
+  kiln::StateDict sd = opt.state_dict();
   CHECK(sd.scalars.at("state.0.step") == 2);
   CHECK(sd.scalars.at("state.1.step") == 2);
-  CHECK(sd.tensors.count("state.0.exp_avg") == 1);
-  CHECK(sd.tensors.count("state.0.exp_avg_sq") == 1);
-  CHECK(sd.tensors.count("state.0.max_exp_avg_sq") == 0);  // group 0 has no amsgrad
-  CHECK(sd.tensors.count("state.1.max_exp_avg_sq") == 1);
-  CHECK(sd.tensors.at("state.1.exp_avg").shape() == kiln::Shape{5});
+  CHECK(sd.contains("state.0.exp_avg"));
+  CHECK(sd.contains("state.0.exp_avg_sq"));
+  CHECK(!sd.contains("state.0.max_exp_avg_sq"));  // group 0 has no amsgrad
+  CHECK(sd.contains("state.1.max_exp_avg_sq"));
+  CHECK(sd.at("state.1.exp_avg").shape() == kiln::Shape{5});
   // Loading a state without entries for a parameter clears that parameter's state.
   opt.load_state_dict(before);
   CHECK(opt.state(p.w) == nullptr);
@@ -227,7 +227,7 @@ TEST_CASE("optim load_state_dict checks every entry and leaves the optimizer unt
   Problem p = small_problem();
   optim::SGD opt({p.w, p.b}, optim::SGDOptions(0.1).momentum(0.9));
   train(opt, p, 2);
-  const optim::StateDict good = opt.state_dict();
+  const kiln::StateDict good = opt.state_dict();
   const auto buf = opt.state(p.w)->buffers[0].to_vector<double>();
   auto bad = good;
   bad.scalars.erase("group.0.momentum");
@@ -236,10 +236,10 @@ TEST_CASE("optim load_state_dict checks every entry and leaves the optimizer unt
   bad.scalars["group.0.num_params"] = 3;
   CHECK_KILN_ERROR(opt.load_state_dict(bad), "[SGD] load_state_dict: group 0 has 2 parameters here but 3 in the state dict");
   bad = good;
-  bad.tensors["state.1.momentum_buffer"] = kiln::zeros({4}, kiln::kFloat64);
+  bad.insert("state.1.momentum_buffer", kiln::zeros({4}, kiln::kFloat64));
   CHECK_KILN_ERROR(opt.load_state_dict(bad), "[SGD] load_state_dict: 'state.1.momentum_buffer' has shape (4,) but parameter 1 has shape (5,)");
   bad = good;
-  bad.tensors["state.7.momentum_buffer"] = kiln::zeros({4}, kiln::kFloat64);
+  bad.insert("state.7.momentum_buffer", kiln::zeros({4}, kiln::kFloat64));
   CHECK_KILN_ERROR(opt.load_state_dict(bad), "[SGD] load_state_dict: unexpected tensor 'state.7.momentum_buffer'");
   bad = good;
   bad.scalars["group.1.lr"] = 0.1;
@@ -251,7 +251,7 @@ TEST_CASE("optim load_state_dict checks every entry and leaves the optimizer unt
   bad.scalars["state.0.step"] = 2.5;
   CHECK_KILN_ERROR(opt.load_state_dict(bad), "[SGD] load_state_dict: 'state.0.step' is 2.5, not a step count");
   bad = good;
-  bad.tensors["state.0.momentum_buffer"] = kiln::zeros({3, 4}, kiln::kInt64);
+  bad.insert("state.0.momentum_buffer", kiln::zeros({3, 4}, kiln::kInt64));
   CHECK_KILN_ERROR(opt.load_state_dict(bad), "[SGD] load_state_dict: 'state.0.momentum_buffer' is not a float tensor");
   CHECK(opt.state(p.w)->buffers[0].to_vector<double>() == buf);
   CHECK(opt.lr() == 0.1);
@@ -260,7 +260,7 @@ TEST_CASE("optim load_state_dict checks every entry and leaves the optimizer unt
   CHECK_KILN_ERROR(adam.load_state_dict(good), "[Adam] load_state_dict: missing scalar 'group.0.beta1'");
   // float32 state loads into float64 parameters by conversion.
   bad = good;
-  bad.tensors["state.0.momentum_buffer"] = good.tensors.at("state.0.momentum_buffer").to(kiln::kFloat32);
+  bad.insert("state.0.momentum_buffer", good.at("state.0.momentum_buffer").to(kiln::kFloat32));
   opt.load_state_dict(bad);
   CHECK(opt.state(p.w)->buffers[0].dtype() == kiln::kFloat64);
 }

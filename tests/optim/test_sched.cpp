@@ -158,7 +158,7 @@ TEST_CASE("sched state_dict round trip resumes every schedule exactly") {
     Fixture a(g), b(g);
     auto sa = make(a.opt);
     for (int i = 0; i < 5; ++i) sa->step();
-    optim::StateDict sd = sa->state_dict();
+    kiln::StateDict sd = sa->state_dict();
     CHECK(sd.scalars.at("last_epoch") == 5);
     // A fresh scheduler built with other arguments takes everything from the state.
     auto sb = make(b.opt);
@@ -234,7 +234,7 @@ TEST_CASE("sched bad arguments and bad state dicts raise kiln errors") {
 
   optim::StepLR s(f.opt, 3, 0.5);
   s.step();
-  optim::StateDict good = s.state_dict();
+  kiln::StateDict good = s.state_dict();
   auto bad = good;
   bad.scalars.erase("gamma");
   CHECK_KILN_ERROR(s.load_state_dict(bad), "[StepLR] load_state_dict: missing scalar 'gamma'");

@@ -6,11 +6,11 @@
 ///   kiln::Generator dropout_gen(1);
 ///   optim::AdamW opt(model->parameters(), optim::AdamWOptions(3e-4));
 ///   optim::WarmupCosineLR sched(opt, 100, 5000);
-///   optim::TrainingState state{.model = model.get(), .optimizer = opt, .scheduler = sched,
-///                              .generators = {{"dropout", &dropout_gen}, {"default", &kiln::default_generator()}}};
-///   optim::save_checkpoint("ckpt.safetensors", state, step, {{"run", "baseline"}});
+///   io::TrainingState state{.model = model, .optimizer = opt, .scheduler = sched,
+///                           .generators = {{"dropout", &dropout_gen}, {"default", &kiln::default_generator()}}};
+///   io::save_checkpoint("ckpt.safetensors", state, step, {{"run", "baseline"}});
 ///   ...
-///   optim::CheckpointInfo info = optim::load_checkpoint("ckpt.safetensors", state);   // in a new process
+///   io::CheckpointInfo info = io::load_checkpoint("ckpt.safetensors", state);   // in a new process
 ///   for (std::int64_t step = info.step; step < total; ++step) ...   // continues bit for bit
 ///
 /// The file is plain safetensors (Python can read it): tensors "model.<name>", "optimizer.<key>",
@@ -21,20 +21,42 @@
 #include <concepts>
 #include <cstdint>
 #include <map>
+#include <memory>
 #include <string>
 #include <type_traits>
 #include <utility>
 
-#include "state_dict.hpp"
+#include "../core/state_dict.hpp"
+#include "../nn/module.hpp"
 
 namespace kiln {
 class Generator;
-namespace nn {
-class Module;
-}
 }  // namespace kiln
 
-namespace kiln::optim {
+namespace kiln::io {
+
+/// A non-owning handle to a module, made from whatever a program holds: a module holder
+/// (`model`), a shared_ptr, a pointer (`model.get()`) or a reference (`*model`). Empty when
+/// default-constructed or made from null or an empty holder.
+class ModuleRef {
+ public:
+  ModuleRef() = default;
+  ModuleRef(std::nullptr_t) {}                    // NOLINT: implicit
+  ModuleRef(nn::Module* module) : module_(module) {}  // NOLINT: implicit
+  ModuleRef(nn::Module& module) : module_(&module) {}  // NOLINT: implicit
+  template <std::derived_from<nn::Module> M>
+  ModuleRef(const std::shared_ptr<M>& module) : module_(module.get()) {}  // NOLINT: implicit
+  template <typename H>
+    requires nn::is_module_holder_v<H>
+  ModuleRef(const H& holder) : module_(holder.is_empty() ? nullptr : holder.ptr().get()) {}  // NOLINT: implicit
+
+  explicit operator bool() const { return module_ != nullptr; }
+  nn::Module* get() const { return module_; }
+  nn::Module* operator->() const { return module_; }
+
+ private:
+  nn::Module* module_ = nullptr;
+};
 
 class StatefulRef;
 
@@ -83,14 +105,16 @@ class StatefulRef {
 
 /// What a checkpoint saves and restores; every part is optional. Names of extras and
 /// generators must not contain '.'.
+/// Every member has a default, so designated initializers may name any subset without
+/// -Wmissing-field-initializers warnings.
 struct TrainingState {
-  nn::Module* model = nullptr;
-  StatefulRef optimizer;
-  StatefulRef scheduler;
+  ModuleRef model = {};
+  StatefulRef optimizer = {};
+  StatefulRef scheduler = {};
   /// Other objects with state dicts: a ReduceLROnPlateau next to a scheduler, an EMA, a data sampler...
-  std::map<std::string, StatefulRef> extras;
+  std::map<std::string, StatefulRef> extras = {};
   /// Generators by name; their (seed, offset) is saved and restored.
-  std::map<std::string, Generator*> generators;
+  std::map<std::string, Generator*> generators = {};
 };
 
 struct CheckpointInfo {
@@ -115,4 +139,4 @@ CheckpointInfo load_checkpoint(const std::string& path, const TrainingState& sta
 /// Reads only the step and user metadata.
 CheckpointInfo read_checkpoint_info(const std::string& path);
 
-}  // namespace kiln::optim
+}  // namespace kiln::io

@@ -2,7 +2,7 @@
 // safetensors and PyTorch (tools/safetensors_fixtures.py), the malformed corpus, and nn::save/load.
 #include <cmath>
 #include <cstdlib>
-#include <kiln/optim/safetensors_format.hpp>
+#include <kiln/io/safetensors_format.hpp>
 #include <limits>
 #include <set>
 #include <sstream>
@@ -10,6 +10,7 @@
 #include "st_test_util.hpp"
 
 using namespace kiln;
+using namespace kiln::io;
 namespace fs = std::filesystem;
 
 namespace {
@@ -265,13 +266,13 @@ TEST_CASE("safetensors: half and bfloat16 decoding is exact for every bit patter
     double expect = exp == 0    ? sign * std::ldexp(man, -24)
                     : exp == 31 ? (man ? std::numeric_limits<double>::quiet_NaN() : sign * HUGE_VAL)
                                 : sign * std::ldexp(1024 + man, exp - 25);
-    float got = detail::half_to_float(static_cast<std::uint16_t>(h));
+    float got = io::detail::half_to_float(static_cast<std::uint16_t>(h));
     INFO("half bits " << h);
     if (std::isnan(expect)) CHECK(std::isnan(got));
     else CHECK((static_cast<double>(got) == expect && std::signbit(got) == (sign < 0)));
   }
   for (std::uint32_t b = 0; b < 65536; b += 7) {
-    float got = detail::bf16_to_float(static_cast<std::uint16_t>(b));
+    float got = io::detail::bf16_to_float(static_cast<std::uint16_t>(b));
     std::uint32_t bits;
     std::memcpy(&bits, &got, 4);
     CHECK(bits == b << 16);

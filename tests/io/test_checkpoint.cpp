@@ -1,13 +1,13 @@
 // Training checkpoints: exact resume in a new process, a writer killed mid-write, the in-process
 // round trip of every part, and the errors. The separate processes are checkpoint_tool
-// (tests/checkpoint_tool/checkpoint_tool.cc), whose path CMake passes as KILN_CHECKPOINT_TOOL.
+// (tests/io/checkpoint_tool.cc), whose path CMake passes as KILN_CHECKPOINT_TOOL.
 #include <signal.h>
 #include <spawn.h>
 #include <sys/wait.h>
 
 #include <chrono>
 #include <cmath>
-#include <kiln/optim/checkpoint.hpp>
+#include <kiln/io/checkpoint.hpp>
 #include <kiln/optim/optim.hpp>
 #include <limits>
 #include <thread>
@@ -17,6 +17,7 @@
 extern char** environ;
 
 using namespace kiln;
+using namespace kiln::io;
 namespace fs = std::filesystem;
 
 namespace {
@@ -68,15 +69,15 @@ KILN_MODULE(SmallNet);
 struct Tricky {
   std::vector<double> values;
   Tensor table;
-  optim::StateDict state_dict() const {
-    optim::StateDict sd;
+  StateDict state_dict() const {
+    StateDict sd;
     for (std::size_t i = 0; i < values.size(); ++i) sd.scalars[fmt::format("v{}", i)] = values[i];
-    sd.tensors["table"] = table;
+    sd.insert("table", table);
     return sd;
   }
-  void load_state_dict(const optim::StateDict& sd) {
+  void load_state_dict(const StateDict& sd) {
     for (std::size_t i = 0; i < values.size(); ++i) values[i] = sd.scalars.at(fmt::format("v{}", i));
-    table = sd.tensors.at("table").clone();
+    table = sd.at("table").clone();
   }
 };
 
@@ -101,7 +102,7 @@ struct Trainer {
     tricky.values.assign(kTrickyValues.size(), static_cast<double>(seed));
     tricky.table = full({2}, static_cast<double>(seed), kFloat64);
   }
-  optim::TrainingState state() {
+  io::TrainingState state() {
     return {.model = net.get(),
             .optimizer = opt,
             .scheduler = sched,
@@ -126,18 +127,18 @@ struct Trainer {
 
 bool same_bits(double a, double b) { return std::memcmp(&a, &b, sizeof a) == 0; }
 
-void check_same_state_dict(const optim::StateDict& a, const optim::StateDict& b) {
+void check_same_state_dict(const StateDict& a, const StateDict& b) {
   REQUIRE(a.scalars.size() == b.scalars.size());
   for (const auto& [k, v] : a.scalars) {
     INFO("scalar " << k);
     REQUIRE(b.scalars.count(k));
     CHECK(same_bits(v, b.scalars.at(k)));
   }
-  REQUIRE(a.tensors.size() == b.tensors.size());
-  for (const auto& [k, t] : a.tensors) {
+  REQUIRE(a.size() == b.size());
+  for (const auto& [k, t] : a) {
     INFO("tensor " << k);
-    REQUIRE(b.tensors.count(k));
-    CHECK(ckt::bitwise_equal(t, b.tensors.at(k)));
+    REQUIRE(b.contains(k));
+    CHECK(ckt::bitwise_equal(t, b.at(k)));
   }
 }
 
@@ -227,10 +228,10 @@ TEST_CASE("checkpoint: model optimizer scheduler extras generators step and meta
   Trainer a(1);
   for (int i = 0; i < 3; ++i) a.step();
   a.tricky.values = kTrickyValues;
-  optim::save_checkpoint(path, a.state(), 3, {{"run", "baseline"}, {"note", "caf\xc3\xa9"}});
+  io::save_checkpoint(path, a.state(), 3, {{"run", "baseline"}, {"note", "caf\xc3\xa9"}});
 
   Trainer b(2);
-  optim::CheckpointInfo info = optim::load_checkpoint(path, b.state());
+  io::CheckpointInfo info = io::load_checkpoint(path, b.state());
   CHECK(info.step == 3);
   CHECK(info.metadata == std::map<std::string, std::string>{{"note", "caf\xc3\xa9"}, {"run", "baseline"}});
   for (const auto& [k, t] : a.net->state_dict()) CHECK(ckt::bitwise_equal(b.net->state_dict()[k], t));
@@ -251,7 +252,7 @@ TEST_CASE("checkpoint: model optimizer scheduler extras generators step and meta
   a.step();
   b.step();
   for (const auto& [k, t] : a.net->state_dict()) CHECK(ckt::bitwise_equal(b.net->state_dict()[k], t));
-  CHECK(optim::read_checkpoint_info(path).step == 3);
+  CHECK(io::read_checkpoint_info(path).step == 3);
   fs::remove_all(dir);
 }
 
@@ -260,10 +261,10 @@ TEST_CASE("checkpoint: a model alone loads from a training checkpoint and parts 
   const std::string path = (dir / "ck.safetensors").string();
   Trainer a(1);
   a.step();
-  optim::save_checkpoint(path, a.state(), 1);
+  io::save_checkpoint(path, a.state(), 1);
   Generator g(9);
   SmallNet net(&g);
-  optim::load_checkpoint(path, {.model = net.get()});
+  io::load_checkpoint(path, {.model = net.get()});
   for (const auto& [k, t] : a.net->state_dict()) CHECK(ckt::bitwise_equal(net->state_dict()[k], t));
   CHECK(g.seed() == 9);  // not asked for, not touched
   // the file is plain safetensors with readable metadata
@@ -279,53 +280,53 @@ TEST_CASE("checkpoint: errors name the file and what is missing or wrong and a m
   const std::string path = (dir / "ck.safetensors").string();
   Trainer a(1);
   a.step();
-  optim::save_checkpoint(path, {.model = a.net.get(), .generators = {{"data", &a.data}}}, 1);
+  io::save_checkpoint(path, {.model = a.net.get(), .generators = {{"data", &a.data}}}, 1);
 
   Trainer b(2);
   Tensor before = b.net->state_dict()["fc.weight"].clone();
-  CHECK_KILN_ERROR(optim::load_checkpoint(path, b.state()),
+  CHECK_KILN_ERROR(io::load_checkpoint(path, b.state()),
                    ("[load_checkpoint] " + path + ": the checkpoint has no optimizer state").c_str());
-  CHECK_KILN_ERROR(optim::load_checkpoint(path, {.model = b.net.get(), .generators = {{"dropout", &b.gen}}}),
+  CHECK_KILN_ERROR(io::load_checkpoint(path, {.model = b.net.get(), .generators = {{"dropout", &b.gen}}}),
                    "no state for generator 'dropout' (the checkpoint has 'data')");
   CHECK(ckt::bitwise_equal(b.net->state_dict()["fc.weight"], before));  // nothing was loaded
   CHECK(b.gen.seed() == 2);
 
   Generator g;
   nn::Sequential other(nn::Linear(3, 5));
-  CHECK_KILN_ERROR(optim::load_checkpoint(path, {.model = other.get()}),
+  CHECK_KILN_ERROR(io::load_checkpoint(path, {.model = other.get()}),
                    "model: [load_state_dict] missing keys: '0.weight', '0.bias'");
 
   // an optimizer over other parameters is rejected by the optimizer itself
-  optim::save_checkpoint(path, a.state(), 1);
+  io::save_checkpoint(path, a.state(), 1);
   nn::Linear lin(7, 7);
   optim::SGD other_opt(lin->parameters(), optim::SGDOptions(0.1).momentum(0.9));
-  CHECK_KILN_ERROR(optim::load_checkpoint(path, {.optimizer = other_opt}),
+  CHECK_KILN_ERROR(io::load_checkpoint(path, {.optimizer = other_opt}),
                    ("[load_checkpoint] " + path + ": optimizer: [SGD]").c_str());
 
   Tricky t;
-  CHECK_KILN_ERROR(optim::save_checkpoint(path, {.extras = {{"a.b", t}}}, 0),
+  CHECK_KILN_ERROR(io::save_checkpoint(path, {.extras = {{"a.b", t}}}, 0),
                    "[save_checkpoint] extra name 'a.b' must be non-empty and contain no '.'");
-  CHECK_KILN_ERROR(optim::save_checkpoint(path, {.generators = {{"", &g}}}, 0), "generator name ''");
+  CHECK_KILN_ERROR(io::save_checkpoint(path, {.generators = {{"", &g}}}, 0), "generator name ''");
 
   auto with_meta = [&](std::map<std::string, std::string> m) {
     save_safetensors(path, {{"model.fc.weight", ones({4, 3})}}, m);
     return path;
   };
-  CHECK_KILN_ERROR(optim::load_checkpoint(with_meta({}), {}), "not a kiln training checkpoint");
-  CHECK_KILN_ERROR(optim::read_checkpoint_info(with_meta({{"kiln.checkpoint", "2"}, {"kiln.step", "1"}})),
+  CHECK_KILN_ERROR(io::load_checkpoint(with_meta({}), {}), "not a kiln training checkpoint");
+  CHECK_KILN_ERROR(io::read_checkpoint_info(with_meta({{"kiln.checkpoint", "2"}, {"kiln.step", "1"}})),
                    "checkpoint format version '2' is not supported");
-  CHECK_KILN_ERROR(optim::load_checkpoint(with_meta({{"kiln.checkpoint", "1"}, {"kiln.step", "x"}}), {}),
+  CHECK_KILN_ERROR(io::load_checkpoint(with_meta({{"kiln.checkpoint", "1"}, {"kiln.step", "x"}}), {}),
                    "'kiln.step' is 'x', not an integer");
-  CHECK_KILN_ERROR(optim::load_checkpoint(with_meta({{"kiln.checkpoint", "1"}}), {}), "'kiln.step' is missing");
-  CHECK_KILN_ERROR(optim::load_checkpoint(with_meta({{"kiln.checkpoint", "1"}, {"kiln.step", "1"},
+  CHECK_KILN_ERROR(io::load_checkpoint(with_meta({{"kiln.checkpoint", "1"}}), {}), "'kiln.step' is missing");
+  CHECK_KILN_ERROR(io::load_checkpoint(with_meta({{"kiln.checkpoint", "1"}, {"kiln.step", "1"},
                                                      {"kiln.section.extra.t", "1"}, {"extra.t.v0", "1.5x"}}),
                                           {.extras = {{"t", t}}}),
                    "extra.t scalar 'extra.t.v0' is '1.5x', not a number");
-  CHECK_KILN_ERROR(optim::load_checkpoint(with_meta({{"kiln.checkpoint", "1"}, {"kiln.step", "1"},
+  CHECK_KILN_ERROR(io::load_checkpoint(with_meta({{"kiln.checkpoint", "1"}, {"kiln.step", "1"},
                                                      {"kiln.generator.g", "12"}}),
                                           {.generators = {{"g", &g}}}),
                    "generator 'g' state is '12', expected '<seed> <offset>'");
-  CHECK_KILN_ERROR(optim::load_checkpoint(ckt::data_dir() + "bad_trailing_bytes.safetensors", {}),
+  CHECK_KILN_ERROR(io::load_checkpoint(ckt::data_dir() + "bad_trailing_bytes.safetensors", {}),
                    "[load_safetensors]");
   fs::remove_all(dir);
 }

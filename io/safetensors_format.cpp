@@ -11,7 +11,7 @@
 
 #include "../core/error.hpp"
 
-namespace kiln::detail {
+namespace kiln::io::detail {
 
 namespace {
 
@@ -644,4 +644,4 @@ std::string build_header(const std::vector<TensorEntry>& entries, const std::map
   return h;
 }
 
-}  // namespace kiln::detail
+}  // namespace kiln::io::detail

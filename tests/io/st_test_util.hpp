@@ -6,7 +6,7 @@
 #include <filesystem>
 #include <fstream>
 #include <iterator>
-#include <kiln/optim/safetensors.hpp>
+#include <kiln/io/safetensors.hpp>
 #include <string>
 #include <vector>
 

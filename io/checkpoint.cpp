@@ -15,7 +15,7 @@
 #include "../nn/module.hpp"
 #include "safetensors.hpp"
 
-namespace kiln::optim {
+namespace kiln::io {
 
 namespace {
 
@@ -59,7 +59,7 @@ void check_name(const std::string& name, const char* what) {
 void put_section(const std::string& section, const StateDict& sd, NamedTensors& tensors,
                  std::map<std::string, std::string>& meta) {
   meta[cat(kSectionKey, section)] = "1";
-  for (const auto& [k, t] : sd.tensors) tensors.emplace_back(section + "." + k, t);
+  for (const auto& [k, t] : sd) tensors.emplace_back(section + "." + k, t);
   for (const auto& [k, v] : sd.scalars) meta[section + "." + k] = double_str(v);
 }
 
@@ -91,7 +91,7 @@ class Reader {
     StateDict sd;
     const std::string prefix = section + ".";
     for (const auto& [k, t] : file_.tensors)
-      if (starts_with(k, prefix)) sd.tensors.emplace(k.substr(prefix.size()), t);
+      if (starts_with(k, prefix)) sd.insert(k.substr(prefix.size()), t);
     for (const auto& [k, v] : file_.metadata) {
       if (!starts_with(k, prefix)) continue;
       double d;
@@ -101,9 +101,9 @@ class Reader {
     return sd;
   }
 
-  nn::OrderedDict<Tensor> model() const {
+  StateDict model() const {
     if (!file_.metadata.count(cat(kSectionKey, "model"))) fail("the checkpoint has no model state");
-    nn::OrderedDict<Tensor> d;
+    StateDict d;
     for (const auto& [k, t] : file_.tensors)
       if (starts_with(k, "model.")) d.insert(k.substr(6), t);
     return d;
@@ -163,7 +163,7 @@ void save_checkpoint(const std::string& path, const TrainingState& state, std::i
 CheckpointInfo load_checkpoint(const std::string& path, const TrainingState& state, bool strict_model) {
   Reader r(path);
   // Gather and parse everything first: a missing part or a bad entry changes nothing.
-  nn::OrderedDict<Tensor> model;
+  StateDict model;
   if (state.model) model = r.model();
   StateDict opt, sched;
   if (state.optimizer) opt = r.section("optimizer");
@@ -196,4 +196,4 @@ CheckpointInfo load_checkpoint(const std::string& path, const TrainingState& sta
 
 CheckpointInfo read_checkpoint_info(const std::string& path) { return Reader(path).info(); }
 
-}  // namespace kiln::optim
+}  // namespace kiln::io

@@ -15,12 +15,13 @@
 #include <cstdlib>
 #include <fstream>
 #include <kiln/kiln.hpp>
-#include <kiln/optim/checkpoint.hpp>
+#include <kiln/io/checkpoint.hpp>
 #include <kiln/optim/optim.hpp>
-#include <kiln/optim/safetensors.hpp>
+#include <kiln/io/safetensors.hpp>
 #include <string>
 
 using namespace kiln;
+using namespace kiln::io;
 
 namespace {
 
@@ -48,8 +49,8 @@ struct Run {
         opt(net->parameters(), optim::AdamWOptions(1e-2).weight_decay(0.1)),
         sched(opt, kWarmup, kTotal, /*start_factor=*/0.1) {}
 
-  optim::TrainingState state(bool with_dropout_gen = true) {
-    optim::TrainingState s{.model = net.get(), .optimizer = opt, .scheduler = sched};
+  io::TrainingState state(bool with_dropout_gen = true) {
+    io::TrainingState s{.model = net.get(), .optimizer = opt, .scheduler = sched};
     s.generators["data"] = &data_gen;
     if (with_dropout_gen) s.generators["dropout"] = &dropout_gen;
     return s;
@@ -96,28 +97,28 @@ int main(int argc, char** argv) try {
     for (std::int64_t s = 1; s <= steps; ++s) {
       run.step();
       if (s == save_at) {
-        optim::save_checkpoint(argv[5], run.state(), s, {{"note", "mid-run"}});
+        io::save_checkpoint(argv[5], run.state(), s, {{"note", "mid-run"}});
         return 0;
       }
     }
-    optim::save_checkpoint(argv[3], run.state(), steps);
+    io::save_checkpoint(argv[3], run.state(), steps);
     return 0;
   }
   if (mode == "resume" && (argc == 5 || (argc == 7 && std::string(argv[5]) == "--skip-generator"))) {
     std::int64_t steps = std::stoll(argv[3]);
     Run run(555);  // different seeds everywhere: only the checkpoint can make this match
     bool skip_dropout = argc == 7;
-    optim::CheckpointInfo info = optim::load_checkpoint(argv[2], run.state(!skip_dropout));
+    io::CheckpointInfo info = io::load_checkpoint(argv[2], run.state(!skip_dropout));
     if (info.metadata.at("note") != "mid-run") throw Error("metadata did not survive");
     for (std::int64_t s = info.step + 1; s <= steps; ++s) run.step();
-    optim::save_checkpoint(argv[4], run.state(), steps);
+    io::save_checkpoint(argv[4], run.state(), steps);
     return 0;
   }
   if (mode == "stall-write" && argc == 4) {
     g_marker = argv[3];
     NamedTensors big;
     for (int i = 0; i < 8; ++i) big.emplace_back("t" + std::to_string(i), full({256 * 1024}, static_cast<double>(i)));
-    detail::set_safetensors_write_hook(&stall_half_way);
+    io::detail::set_safetensors_write_hook(&stall_half_way);
     save_safetensors(argv[2], big, {{"version", "interrupted"}});
     std::fprintf(stderr, "checkpoint_tool: the write finished without stalling\n");
     return 1;

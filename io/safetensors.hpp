@@ -3,8 +3,8 @@
 /// readable by PyTorch through it): an 8-byte little-endian header length, a JSON header with
 /// each tensor's dtype, shape and byte range plus free-form string metadata, then the data.
 ///
-///   kiln::save_safetensors("w.safetensors", {{"w", w}, {"b", b}}, {{"epoch", "3"}});
-///   auto f = kiln::load_safetensors("w.safetensors");
+///   kiln::io::save_safetensors("w.safetensors", {{"w", w}, {"b", b}}, {{"epoch", "3"}});
+///   auto f = kiln::io::load_safetensors("w.safetensors");
 ///   Tensor w2 = f.at("w");  f.metadata["epoch"];
 ///   kiln::nn::save(*model, "model.safetensors");          // Module::state_dict()
 ///   kiln::nn::load(*model, "model.safetensors");          // strict key check by default
@@ -28,11 +28,13 @@
 #include "../core/tensor.hpp"
 
 namespace kiln {
-
 namespace nn {
 class Module;
 struct LoadStateDictResult;
 }  // namespace nn
+}  // namespace kiln
+
+namespace kiln::io {
 
 /// What a safetensors file holds: tensors in header order, and the `__metadata__` strings.
 struct SafetensorsFile {
@@ -58,19 +60,21 @@ SafetensorsFile load_safetensors(const std::string& path);
 /// Reads from memory (the same checks; messages name the source as "<memory>").
 SafetensorsFile load_safetensors_from_buffer(const void* data, std::size_t size);
 
-namespace nn {
+}  // namespace kiln::io
+
+// Module files keep the spelling nn::save / nn::load (as torch::save for modules): they are what
+// a user reaches for next to Module::state_dict(), and io/ is where they are declared.
+namespace kiln::nn {
 /// Saves `module.state_dict()` (parameters and persistent buffers, dotted names).
 void save(const Module& module, const std::string& path, const std::map<std::string, std::string>& metadata = {});
 /// Loads a file written by nn::save (or by PyTorch's safetensors for a matching module) into
 /// `module` with Module::load_state_dict: strict by default, errors "[nn::load] <path>: ...".
 LoadStateDictResult load(Module& module, const std::string& path, bool strict = true);
-}  // namespace nn
+}  // namespace kiln::nn
 
-namespace detail {
+namespace kiln::io::detail {
 /// Testing only: called by the writer after each chunk of bytes reaches the temporary file
 /// (argument: bytes written so far, total bytes). The crash test pauses there and is killed.
 using SafetensorsWriteHook = void (*)(std::uint64_t written, std::uint64_t total);
 void set_safetensors_write_hook(SafetensorsWriteHook hook);
-}  // namespace detail
-
-}  // namespace kiln
+}  // namespace kiln::io::detail

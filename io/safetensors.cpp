@@ -15,7 +15,7 @@
 #include "../nn/module.hpp"
 #include "safetensors_format.hpp"
 
-namespace kiln {
+namespace kiln::io {
 
 static_assert(std::endian::native == std::endian::little, "the safetensors writer stores native (little-endian) bytes");
 
@@ -226,7 +226,14 @@ SafetensorsFile load_safetensors_from_buffer(const void* data, std::size_t size)
 
 void detail::set_safetensors_write_hook(SafetensorsWriteHook hook) { g_write_hook.store(hook); }
 
-namespace nn {
+}  // namespace kiln::io
+
+namespace kiln::nn {
+
+using io::load_safetensors;
+using io::NamedTensors;
+using io::save_safetensors;
+using io::SafetensorsFile;
 
 void save(const Module& module, const std::string& path, const std::map<std::string, std::string>& metadata) {
   NamedTensors named;
@@ -236,7 +243,7 @@ void save(const Module& module, const std::string& path, const std::map<std::str
 
 LoadStateDictResult load(Module& module, const std::string& path, bool strict) {
   SafetensorsFile f = load_safetensors(path);
-  OrderedDict<Tensor> dict;
+  StateDict dict;
   for (auto& [k, t] : f.tensors) dict.insert(k, t);
   try {
     return module.load_state_dict(dict, strict);
@@ -245,6 +252,4 @@ LoadStateDictResult load(Module& module, const std::string& path, bool strict) {
   }
 }
 
-}  // namespace nn
-
-}  // namespace kiln
+}  // namespace kiln::nn

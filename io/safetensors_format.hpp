@@ -1,6 +1,6 @@
 #pragma once
 /// The safetensors byte format without kiln::Tensor: header parsing and validation (for
-/// untrusted files), element conversion, and header writing. optim/safetensors.hpp builds the
+/// untrusted files), element conversion, and header writing. io/safetensors.hpp builds the
 /// public API on it; the libFuzzer target (tests/fuzz/) compiles this file alone.
 ///
 /// A file is: u64 little-endian N, N bytes of UTF-8 JSON (the header), then the data buffer.
@@ -21,7 +21,7 @@
 #include "../core/dtype.hpp"
 #include "../core/shape.hpp"
 
-namespace kiln::detail {
+namespace kiln::io::detail {
 
 /// Largest header accepted (the reference implementation's limit).
 inline constexpr std::uint64_t kSafetensorsMaxHeader = 100'000'000;
@@ -102,4 +102,4 @@ bool is_valid_utf8(std::string_view s);
 float half_to_float(std::uint16_t h);
 float bf16_to_float(std::uint16_t b);
 
-}  // namespace kiln::detail
+}  // namespace kiln::io::detail
