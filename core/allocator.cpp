@@ -13,32 +13,15 @@
 namespace kiln {
 namespace {
 
-// Sizes are rounded so that blocks of nearly equal size share a bucket:
-// multiples of 64 B below 4 KiB, then 8 steps per power of two (<= 12.5% waste).
-std::size_t round_size(std::size_t n) {
-  if (n <= 4096) return (n + 63) & ~std::size_t{63};
-  std::size_t p = std::size_t{1} << (63 - __builtin_clzll(n));
-  std::size_t step = p / 8;
-  return (n + step - 1) / step * step;
-}
-
 class CachingCpuAllocator final : public Allocator {
  public:
   ~CachingCpuAllocator() override { release_all(); }
 
   void* allocate(std::size_t nbytes) override {
-    std::size_t n = round_size(nbytes);
+    const std::size_t n = cache_.round(nbytes);
     {
       std::lock_guard<std::mutex> lock(mu_);
-      auto it = free_.find(n);
-      if (it != free_.end() && !it->second.empty()) {
-        void* p = it->second.back();
-        it->second.pop_back();
-        stats_.cached_bytes -= n;
-        stats_.cache_hits++;
-        note_in_use(n);
-        return p;
-      }
+      if (void* p = cache_.take(n)) return p;
     }
     void* p = std::aligned_alloc(64, n);
     if (!p) {
@@ -47,42 +30,31 @@ class CachingCpuAllocator final : public Allocator {
     }
     KILN_CHECK(p != nullptr, "alloc", "out of memory allocating {} bytes on cpu", nbytes);
     std::lock_guard<std::mutex> lock(mu_);
-    stats_.os_allocs++;
-    note_in_use(n);
+    cache_.note_os_alloc(n);
     return p;
   }
 
   void deallocate(void* p, std::size_t nbytes) override {
-    std::size_t n = round_size(nbytes);
+    const std::size_t n = cache_.round(nbytes);
     std::lock_guard<std::mutex> lock(mu_);
-    free_[n].push_back(p);
-    stats_.in_use_bytes -= n;
-    stats_.cached_bytes += n;
+    cache_.give(p, n);
   }
 
   Device device() const override { return Device::cpu(); }
 
   AllocatorStats stats() {
     std::lock_guard<std::mutex> lock(mu_);
-    return stats_;
+    return cache_.stats();
   }
 
   void release_all() {
     std::lock_guard<std::mutex> lock(mu_);
-    for (auto& [n, v] : free_)
-      for (void* p : v) std::free(p);
-    free_.clear();
-    stats_.cached_bytes = 0;
+    cache_.release_all([](void* p) { std::free(p); });
   }
 
  private:
-  void note_in_use(std::size_t n) {
-    stats_.in_use_bytes += n;
-    if (stats_.in_use_bytes > stats_.peak_in_use_bytes) stats_.peak_in_use_bytes = stats_.in_use_bytes;
-  }
   std::mutex mu_;
-  std::unordered_map<std::size_t, std::vector<void*>> free_;
-  AllocatorStats stats_;
+  BlockCache cache_{64, 4096};  // 64-byte aligned blocks
 };
 
 CachingCpuAllocator& instance() {
@@ -92,6 +64,40 @@ CachingCpuAllocator& instance() {
 }
 
 }  // namespace
+
+std::size_t BlockCache::round(std::size_t n) const {
+  if (n <= small_limit_) return (n + quantum_ - 1) / quantum_ * quantum_;
+  const std::size_t p = std::size_t{1} << (63 - __builtin_clzll(n));
+  const std::size_t step = p / 8;
+  return (n + step - 1) / step * step;
+}
+
+void* BlockCache::take(std::size_t n) {
+  auto it = free_.find(n);
+  if (it == free_.end() || it->second.empty()) return nullptr;
+  void* p = it->second.back();
+  it->second.pop_back();
+  stats_.cached_bytes -= n;
+  stats_.cache_hits++;
+  note_in_use(n);
+  return p;
+}
+
+void BlockCache::note_os_alloc(std::size_t n) {
+  stats_.os_allocs++;
+  note_in_use(n);
+}
+
+void BlockCache::give(void* p, std::size_t n) {
+  free_[n].push_back(p);
+  stats_.in_use_bytes -= n;
+  stats_.cached_bytes += n;
+}
+
+void BlockCache::note_in_use(std::size_t n) {
+  stats_.in_use_bytes += n;
+  if (stats_.in_use_bytes > stats_.peak_in_use_bytes) stats_.peak_in_use_bytes = stats_.in_use_bytes;
+}
 
 Allocator& cpu_allocator() { return instance(); }
 AllocatorStats cpu_allocator_stats() { return instance().stats(); }

@@ -5,6 +5,8 @@
 ///   kiln::cpu_empty_cache();               // hand cached blocks back to the OS
 #include <cstddef>
 #include <cstdint>
+#include <unordered_map>
+#include <vector>
 
 #include "device.hpp"
 
@@ -24,6 +26,44 @@ struct AllocatorStats {
   std::size_t peak_in_use_bytes = 0;
   std::uint64_t os_allocs = 0;    // blocks obtained from the OS so far
   std::uint64_t cache_hits = 0;   // allocations served from the cache
+};
+
+/// The bookkeeping a caching allocator needs, whatever memory it hands out: sizes rounded
+/// into buckets, freed blocks kept per bucket, and the statistics. Not thread-safe (the
+/// allocator locks around it). The CPU and CUDA allocators share it:
+///   BlockCache cache(64, 4096);
+///   std::size_t n = cache.round(nbytes);
+///   void* p = cache.take(n);             // a cached block, or null: allocate n, then
+///   if (!p) { p = os_alloc(n); cache.note_os_alloc(n); }
+///   cache.give(p, n);                    // on free
+class BlockCache {
+ public:
+  /// Multiples of `quantum` up to `small_limit` bytes, then 8 steps per power of two (<= 12.5%
+  /// waste), so blocks of nearly equal size share a bucket.
+  BlockCache(std::size_t quantum, std::size_t small_limit) : quantum_(quantum), small_limit_(small_limit) {}
+  std::size_t round(std::size_t nbytes) const;
+  /// A cached block of rounded size n (counted as a hit and in use), or nullptr.
+  void* take(std::size_t n);
+  /// A block of rounded size n just obtained from the OS or driver is in use.
+  void note_os_alloc(std::size_t n);
+  /// A block of rounded size n is free for reuse.
+  void give(void* p, std::size_t n);
+  /// Hands every cached block to free_fn(p) and forgets it.
+  template <typename F>
+  void release_all(F&& free_fn) {
+    for (auto& [n, v] : free_)
+      for (void* p : v) free_fn(p);
+    free_.clear();
+    stats_.cached_bytes = 0;
+  }
+  bool empty() const { return free_.empty(); }
+  const AllocatorStats& stats() const { return stats_; }
+
+ private:
+  void note_in_use(std::size_t n);
+  std::size_t quantum_, small_limit_;
+  std::unordered_map<std::size_t, std::vector<void*>> free_;
+  AllocatorStats stats_;
 };
 
 Allocator& cpu_allocator();

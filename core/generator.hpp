@@ -10,6 +10,8 @@
 #include <cstdint>
 #include <mutex>
 
+#include "host_device.hpp"
+
 namespace kiln {
 
 class Generator {
@@ -36,8 +38,8 @@ Generator& default_generator();
 /// Seeds the default generator.
 void manual_seed(std::uint64_t seed);
 
-/// Philox4x32-10 block: four 32-bit random words for (key, counter).
-inline std::array<std::uint32_t, 4> philox4x32(std::uint64_t key, std::uint64_t counter_lo, std::uint64_t counter_hi = 0) {
+/// Philox4x32-10 block: four 32-bit random words for (key, counter). Both backends draw with it.
+KILN_HD std::array<std::uint32_t, 4> philox4x32(std::uint64_t key, std::uint64_t counter_lo, std::uint64_t counter_hi = 0) {
   std::uint32_t c0 = static_cast<std::uint32_t>(counter_lo), c1 = static_cast<std::uint32_t>(counter_lo >> 32);
   std::uint32_t c2 = static_cast<std::uint32_t>(counter_hi), c3 = static_cast<std::uint32_t>(counter_hi >> 32);
   std::uint32_t k0 = static_cast<std::uint32_t>(key), k1 = static_cast<std::uint32_t>(key >> 32);
@@ -57,9 +59,9 @@ inline std::array<std::uint32_t, 4> philox4x32(std::uint64_t key, std::uint64_t 
 }
 
 /// 32 random bits -> float uniform in [0, 1) (24-bit mantissa).
-inline float uint_to_unit_float(std::uint32_t x) { return static_cast<float>(x >> 8) * (1.0f / 16777216.0f); }
+KILN_HD float uint_to_unit_float(std::uint32_t x) { return static_cast<float>(x >> 8) * (1.0f / 16777216.0f); }
 /// 64 random bits -> double uniform in [0, 1).
-inline double uint_to_unit_double(std::uint32_t hi, std::uint32_t lo) {
+KILN_HD double uint_to_unit_double(std::uint32_t hi, std::uint32_t lo) {
   return static_cast<double>(((static_cast<std::uint64_t>(hi) << 32) | lo) >> 11) * (1.0 / 9007199254740992.0);
 }
 

@@ -90,4 +90,14 @@ std::vector<std::int64_t> normalize_dims(const std::vector<std::int64_t>& dims, 
   return out;
 }
 
+ReduceDims split_reduce_dims(const Shape& shape, const Strides& strides, const std::vector<std::int64_t>& dims) {
+  ReduceDims r;
+  for (std::size_t d = 0; d < shape.size(); ++d) {
+    const bool red = std::find(dims.begin(), dims.end(), static_cast<std::int64_t>(d)) != dims.end();
+    (red ? r.red_shape : r.kept_shape).push_back(shape[d]);
+    (red ? r.red_strides : r.kept_strides).push_back(strides[d]);
+  }
+  return r;
+}
+
 }  // namespace kiln

@@ -1,5 +1,7 @@
 #pragma once
 /// Shapes and strides (in elements), row-major. Helpers shared by every op.
+#include <array>
+#include <cstddef>
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -25,5 +27,42 @@ bool broadcastable(const Shape& from, const Shape& to);
 Strides broadcast_strides(const Shape& shape, const Strides& strides, const Shape& target, const char* op);
 /// Sorted, normalized, de-duplicated dims; empty `dims` means all dims.
 std::vector<std::int64_t> normalize_dims(const std::vector<std::int64_t>& dims, std::int64_t ndim, const char* op);
+
+/// The dims of a tensor (shape, strides) split into those a reduction keeps and those in
+/// `dims` it reduces over, each outermost first: the geometry both backends' reductions start from.
+struct ReduceDims {
+  Shape kept_shape, red_shape;
+  Strides kept_strides, red_strides;
+};
+ReduceDims split_reduce_dims(const Shape& shape, const Strides& strides, const std::vector<std::int64_t>& dims);
+
+/// `shape` walked by N operands, with size-1 dims dropped and neighbours merged where every
+/// operand is contiguous across them (outermost first). Both backends' loops and reductions
+/// walk these fewer, longer dims; a scalar or all-size-1 shape gives no dims.
+///   auto c = coalesce_dims<2>(out.shape(), {out.strides().data(), x.strides().data()});
+///   // c.shape, c.strides[0], c.strides[1]
+template <std::size_t N>
+struct CoalescedDims {
+  Shape shape;
+  std::array<Strides, N> strides;
+};
+/// strides[k] points at operand k's strides, one per dim of `shape` (any unit: elements or bytes).
+template <std::size_t N>
+CoalescedDims<N> coalesce_dims(const Shape& shape, const std::array<const std::int64_t*, N>& strides) {
+  CoalescedDims<N> c;
+  for (std::size_t d = 0; d < shape.size(); ++d) {
+    if (shape[d] == 1) continue;
+    bool merge = !c.shape.empty();
+    for (std::size_t k = 0; k < N && merge; ++k) merge = c.strides[k].back() == strides[k][d] * shape[d];
+    if (merge) {
+      c.shape.back() *= shape[d];
+    } else {
+      c.shape.push_back(shape[d]);
+      for (std::size_t k = 0; k < N; ++k) c.strides[k].push_back(0);
+    }
+    for (std::size_t k = 0; k < N; ++k) c.strides[k].back() = strides[k][d];
+  }
+  return c;
+}
 
 }  // namespace kiln

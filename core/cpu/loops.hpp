@@ -82,24 +82,12 @@ void strided_loop(const Shape& shape_in, Operands<N> ops, F&& f, std::int64_t gr
       return;
     }
   }
-  // Coalesce: drop size-1 dims, merge neighbours contiguous for every operand.
-  Shape shape;
-  std::array<std::vector<std::int64_t>, N> st;
-  for (std::size_t d = 0; d < ndim; ++d) {
-    if (shape_in[d] == 1) continue;
-    if (!shape.empty()) {
-      bool merge = true;
-      for (int k = 0; k < N; ++k)
-        if (st[k].back() != ops.stride[k][d] * ops.itemsize[k] * shape_in[d]) merge = false;
-      if (merge) {
-        shape.back() *= shape_in[d];
-        for (int k = 0; k < N; ++k) st[k].back() = ops.stride[k][d] * ops.itemsize[k];
-        continue;
-      }
-    }
-    shape.push_back(shape_in[d]);
-    for (int k = 0; k < N; ++k) st[k].push_back(ops.stride[k][d] * ops.itemsize[k]);
-  }
+  // Coalesce (see coalesce_dims), then strides in bytes.
+  auto dims = coalesce_dims<N>(shape_in, ops.stride);
+  const Shape& shape = dims.shape;
+  auto& st = dims.strides;
+  for (int k = 0; k < N; ++k)
+    for (auto& v : st[k]) v *= ops.itemsize[k];
   std::int64_t total = 1;
   for (auto s : shape) total *= s;
   if (total == 0) return;

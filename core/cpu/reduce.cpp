@@ -3,51 +3,17 @@
 #include <fmt/format.h>
 #include <limits>
 
+#include "../math/reduce.hpp"
 #include "cpu_backend.hpp"
 #include "loops.hpp"
 
 namespace kiln::cpu {
 namespace {
 
-template <typename T>
-struct SumOp {
-  static T init() { return T(0); }
-  static T apply(T a, T b) { return a + b; }
-};
-template <typename T>
-struct ProdOp {
-  static T init() { return T(1); }
-  static T apply(T a, T b) {
-    if constexpr (std::is_same_v<T, bool>) return a && b;
-    else return a * b;
-  }
-};
-template <typename T>
-struct MaxOp {
-  static T init() {
-    if constexpr (std::is_floating_point_v<T>) return -std::numeric_limits<T>::infinity();
-    else return std::numeric_limits<T>::lowest();
-  }
-  static T apply(T a, T b) {
-    if constexpr (std::is_floating_point_v<T>) {
-      if (std::isnan(b)) return b;
-    }
-    return b > a ? b : a;
-  }
-};
-template <typename T>
-struct MinOp {
-  static T init() {
-    if constexpr (std::is_floating_point_v<T>) return std::numeric_limits<T>::infinity();
-    else return std::numeric_limits<T>::max();
-  }
-  static T apply(T a, T b) {
-    if constexpr (std::is_floating_point_v<T>) {
-      if (std::isnan(b)) return b;
-    }
-    return b < a ? b : a;
-  }
-};
+using math::MaxOp;
+using math::MinOp;
+using math::ProdOp;
+using math::SumOp;
 
 // Sum-like reduce of a strided run with 16 independent lanes (vectorizes, better rounding).
 template <typename T, typename Op>
@@ -67,30 +33,6 @@ T reduce_run(const T* p, std::int64_t n, std::int64_t stride) {
   return Op::apply(acc[0], r);
 }
 
-struct Geometry {
-  Shape kept_shape, red_shape;
-  Strides kept_st, red_st;  // elements
-  std::int64_t M = 1, R = 1;
-};
-
-// Merges adjacent dims that are contiguous with each other.
-void coalesce(Shape& shape, Strides& st) {
-  Shape s2;
-  Strides t2;
-  for (std::size_t i = 0; i < shape.size(); ++i) {
-    if (shape[i] == 1) continue;
-    if (!s2.empty() && t2.back() == st[i] * shape[i]) {
-      s2.back() *= shape[i];
-      t2.back() = st[i];
-    } else {
-      s2.push_back(shape[i]);
-      t2.push_back(st[i]);
-    }
-  }
-  shape = s2;
-  st = t2;
-}
-
 // Offset (elements) of flat index i in (shape, strides).
 inline std::int64_t offset_of(std::int64_t i, const Shape& shape, const Strides& st) {
   std::int64_t off = 0;
@@ -103,33 +45,21 @@ inline std::int64_t offset_of(std::int64_t i, const Shape& shape, const Strides&
 
 template <typename T, typename Op>
 void reduce_impl(const Tensor& x, const std::vector<std::int64_t>& dims, const Tensor& out, bool mean) {
-  Geometry g;
-  std::vector<bool> is_red(x.dim(), false);
-  for (auto d : dims) is_red[d] = true;
-  for (std::int64_t d = 0; d < x.dim(); ++d) {
-    if (is_red[d]) {
-      g.red_shape.push_back(x.size(d));
-      g.red_st.push_back(x.stride(d));
-      g.R *= x.size(d);
-    } else {
-      g.kept_shape.push_back(x.size(d));
-      g.kept_st.push_back(x.stride(d));
-      g.M *= x.size(d);
-    }
-  }
+  const ReduceDims g = split_reduce_dims(x.shape(), x.strides(), dims);
+  const std::int64_t M = numel_of(g.kept_shape), R = numel_of(g.red_shape);
   T* o = out.data_ptr<T>();
   const T* base = x.data_ptr<T>();
-  Shape ks = g.kept_shape, rs = g.red_shape;
-  Strides kst = g.kept_st, rst = g.red_st;
-  coalesce(ks, kst);
-  coalesce(rs, rst);
-  const double scale = mean ? 1.0 / static_cast<double>(g.R) : 1.0;
+  auto kept = coalesce_dims<1>(g.kept_shape, {g.kept_strides.data()});
+  auto red = coalesce_dims<1>(g.red_shape, {g.red_strides.data()});
+  const Shape &ks = kept.shape, &rs = red.shape;
+  const Strides &kst = kept.strides[0], &rst = red.strides[0];
+  const double scale = mean ? 1.0 / static_cast<double>(R) : 1.0;
   auto finish = [&](T v) -> T {
     if constexpr (std::is_floating_point_v<T>) return mean ? T(v * scale) : v;
     else return v;
   };
-  if (g.R == 0) {
-    for (std::int64_t m = 0; m < g.M; ++m)
+  if (R == 0) {
+    for (std::int64_t m = 0; m < M; ++m)
       o[m] = mean ? T(std::numeric_limits<double>::quiet_NaN()) : Op::init();
     return;
   }
@@ -138,10 +68,10 @@ void reduce_impl(const Tensor& x, const std::vector<std::int64_t>& dims, const T
   if (red_run && (rs.empty() || rst[0] == 1 || !kept_inner_contig)) {
     // One (possibly strided) run per output.
     std::int64_t rstride = rs.empty() ? 1 : rst[0];
-    parallel_range(g.M, std::max<std::int64_t>(1, kParallelGrain / std::max<std::int64_t>(g.R, 1)),
+    parallel_range(M, std::max<std::int64_t>(1, kParallelGrain / std::max<std::int64_t>(R, 1)),
                    [&](std::int64_t b, std::int64_t e) {
                      for (std::int64_t m = b; m < e; ++m)
-                       o[m] = finish(reduce_run<T, Op>(base + offset_of(m, ks, kst), g.R, rstride));
+                       o[m] = finish(reduce_run<T, Op>(base + offset_of(m, ks, kst), R, rstride));
                    });
     return;
   }
@@ -150,12 +80,12 @@ void reduce_impl(const Tensor& x, const std::vector<std::int64_t>& dims, const T
     std::int64_t inner = ks.back();
     Shape ko(ks.begin(), ks.end() - 1);
     Strides kost(kst.begin(), kst.end() - 1);
-    std::int64_t outer = g.M / inner;
-    std::vector<std::int64_t> roff(static_cast<std::size_t>(g.R));
-    for (std::int64_t r = 0; r < g.R; ++r) roff[r] = offset_of(r, rs, rst);
+    std::int64_t outer = M / inner;
+    std::vector<std::int64_t> roff(static_cast<std::size_t>(R));
+    for (std::int64_t r = 0; r < R; ++r) roff[r] = offset_of(r, rs, rst);
     const std::int64_t chunk = 256;
     std::int64_t nchunks = (inner + chunk - 1) / chunk;
-    parallel_range(outer * nchunks, std::max<std::int64_t>(1, kParallelGrain / (chunk * g.R)),
+    parallel_range(outer * nchunks, std::max<std::int64_t>(1, kParallelGrain / (chunk * R)),
                    [&](std::int64_t b, std::int64_t e) {
                      T acc[chunk];
                      for (std::int64_t w = b; w < e; ++w) {
@@ -163,7 +93,7 @@ void reduce_impl(const Tensor& x, const std::vector<std::int64_t>& dims, const T
                        std::int64_t len = std::min(chunk, inner - c0);
                        const T* src = base + offset_of(oi, ko, kost) + c0;
                        for (std::int64_t j = 0; j < len; ++j) acc[j] = Op::init();
-                       for (std::int64_t r = 0; r < g.R; ++r) {
+                       for (std::int64_t r = 0; r < R; ++r) {
                          const T* q = src + roff[r];
                          for (std::int64_t j = 0; j < len; ++j) acc[j] = Op::apply(acc[j], q[j]);
                        }
@@ -174,13 +104,13 @@ void reduce_impl(const Tensor& x, const std::vector<std::int64_t>& dims, const T
     return;
   }
   // General case: gather the reduced block of each output through offsets.
-  std::vector<std::int64_t> roff(static_cast<std::size_t>(g.R));
-  for (std::int64_t r = 0; r < g.R; ++r) roff[r] = offset_of(r, rs, rst);
-  parallel_range(g.M, std::max<std::int64_t>(1, kParallelGrain / g.R), [&](std::int64_t b, std::int64_t e) {
+  std::vector<std::int64_t> roff(static_cast<std::size_t>(R));
+  for (std::int64_t r = 0; r < R; ++r) roff[r] = offset_of(r, rs, rst);
+  parallel_range(M, std::max<std::int64_t>(1, kParallelGrain / R), [&](std::int64_t b, std::int64_t e) {
     for (std::int64_t m = b; m < e; ++m) {
       const T* src = base + offset_of(m, ks, kst);
       T acc = Op::init();
-      for (std::int64_t r = 0; r < g.R; ++r) acc = Op::apply(acc, src[roff[r]]);
+      for (std::int64_t r = 0; r < R; ++r) acc = Op::apply(acc, src[roff[r]]);
       o[m] = finish(acc);
     }
   });
@@ -205,13 +135,9 @@ void CpuBackend::arg_reduce(ReduceOp op, const Tensor& x, std::int64_t dim, cons
                             const Tensor& indices) {
   visit_dtype(x.dtype(), [&](auto z) {
     using T = decltype(z);
-    Shape ks;
-    Strides kst;
-    for (std::int64_t d = 0; d < x.dim(); ++d)
-      if (d != dim) {
-        ks.push_back(x.size(d));
-        kst.push_back(x.stride(d));
-      }
+    const ReduceDims g = split_reduce_dims(x.shape(), x.strides(), {dim});
+    const Shape& ks = g.kept_shape;
+    const Strides& kst = g.kept_strides;
     const std::int64_t R = x.dim() ? x.size(dim) : 1, rs = x.dim() ? x.stride(dim) : 1;
     const std::int64_t M = numel_of(ks);
     const T* base = x.data_ptr<T>();

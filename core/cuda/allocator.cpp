@@ -6,32 +6,14 @@
 namespace kiln::cuda {
 namespace {
 
-// 512-byte steps up to 1 MiB, then 8 steps per power of two (<= 12.5% waste), so tensors of
-// nearly equal size share a bucket.
-std::size_t round_size(std::size_t n) {
-  if (n <= (std::size_t{1} << 20)) return (n + 511) & ~std::size_t{511};
-  const std::size_t p = std::size_t{1} << (63 - __builtin_clzll(n));
-  const std::size_t step = p / 8;
-  return (n + step - 1) / step * step;
-}
-
 std::string mib(std::size_t b) { return fmt::format("{:.1f} MiB", static_cast<double>(b) / (1024.0 * 1024.0)); }
 
 }  // namespace
 
 void* DeviceAllocator::allocate(std::size_t nbytes) {
-  const std::size_t n = round_size(nbytes);
+  const std::size_t n = cache_.round(nbytes);
   std::lock_guard<std::mutex> lock(mu_);
-  auto it = free_.find(n);
-  if (it != free_.end() && !it->second.empty()) {
-    void* p = it->second.back();
-    it->second.pop_back();
-    stats_.cached_bytes -= n;
-    stats_.cache_hits++;
-    stats_.in_use_bytes += n;
-    stats_.peak_in_use_bytes = std::max(stats_.peak_in_use_bytes, stats_.in_use_bytes);
-    return p;
-  }
+  if (void* p = cache_.take(n)) return p;
   DeviceGuard g(device_);
   void* p = nullptr;
   cudaError_t e = cudaMalloc(&p, n);
@@ -46,27 +28,23 @@ void* DeviceAllocator::allocate(std::size_t nbytes) {
     cudaMemGetInfo(&free_b, &total_b);
     throw_error("alloc", fmt::format("out of memory allocating {} bytes on cuda:{} ({}; kiln holds {} in use, {} "
                                      "cached; the device has {} free of {})",
-                                     nbytes, device_, cudaGetErrorString(e), mib(stats_.in_use_bytes),
-                                     mib(stats_.cached_bytes), mib(free_b), mib(total_b)));
+                                     nbytes, device_, cudaGetErrorString(e), mib(cache_.stats().in_use_bytes),
+                                     mib(cache_.stats().cached_bytes), mib(free_b), mib(total_b)));
   }
-  stats_.os_allocs++;
-  stats_.in_use_bytes += n;
-  stats_.peak_in_use_bytes = std::max(stats_.peak_in_use_bytes, stats_.in_use_bytes);
+  cache_.note_os_alloc(n);
   return p;
 }
 
 void DeviceAllocator::deallocate(void* p, std::size_t nbytes) {
   if (!p) return;
-  const std::size_t n = round_size(nbytes);
+  const std::size_t n = cache_.round(nbytes);
   std::lock_guard<std::mutex> lock(mu_);
-  free_[n].push_back(p);
-  stats_.in_use_bytes -= n;
-  stats_.cached_bytes += n;
+  cache_.give(p, n);
 }
 
 AllocatorStats DeviceAllocator::stats() {
   std::lock_guard<std::mutex> lock(mu_);
-  return stats_;
+  return cache_.stats();
 }
 
 void DeviceAllocator::empty_cache() {
@@ -78,11 +56,8 @@ void DeviceAllocator::empty_cache() {
 void DeviceAllocator::release_cached_locked() {
   // A cached block may still be read by queued kernels (its tensor died after the launch):
   // wait for the device before handing blocks back.
-  if (!free_.empty()) cudaDeviceSynchronize();
-  for (auto& [n, v] : free_)
-    for (void* p : v) cudaFree(p);
-  free_.clear();
-  stats_.cached_bytes = 0;
+  if (!cache_.empty()) cudaDeviceSynchronize();
+  cache_.release_all([](void* p) { cudaFree(p); });
 }
 
 // ---- pinned staging ----

@@ -10,26 +10,32 @@ class CudaBackend final : public Backend {
  public:
   explicit CudaBackend(DeviceContext& ctx) : ctx_(ctx) {}
   Allocator& allocator() override { return ctx_.allocator; }
-  // backend.cpp
-  void copy(const Tensor& dst, const Tensor& src) override;
+  // Each method is defined beside the kernels it launches; a new fused op adds its
+  // declaration here and its kernel + method in one .cu file.
+  // backend.cpp: no kernels of its own
   void copy_to_host(void* dst, const Tensor& src) override;
   void copy_from_host(const Tensor& dst, const void* src) override;
+  void optim_update(const OptimUpdate& u) override;
+  // elementwise.cu
+  void copy(const Tensor& dst, const Tensor& src) override;
   void fill(const Tensor& dst, const Scalar& v) override;
   void unary(UnaryOp op, const Tensor& x, const Tensor& out, double a, double b) override;
   void binary(BinaryOp op, const Tensor& x, const Tensor& y, const Tensor& out) override;
   void compare(CompareOp op, const Tensor& x, const Tensor& y, const Tensor& out) override;
   void where(const Tensor& cond, const Tensor& x, const Tensor& y, const Tensor& out) override;
+  // reduce.cu
   void reduce(ReduceOp op, const Tensor& x, const std::vector<std::int64_t>& dims, const Tensor& out) override;
   void arg_reduce(ReduceOp op, const Tensor& x, std::int64_t dim, const Tensor& values,
                   const Tensor& indices) override;
-  void index_select(const Tensor& x, std::int64_t dim, const Tensor& index, const Tensor& out) override;
-  void index_add(const Tensor& out, std::int64_t dim, const Tensor& index, const Tensor& src) override;
-  void gather(const Tensor& x, std::int64_t dim, const Tensor& index, const Tensor& out) override;
-  void scatter_add(const Tensor& out, std::int64_t dim, const Tensor& index, const Tensor& src) override;
   void softmax(const Tensor& x, const Tensor& out, bool log) override;
   void softmax_backward(const Tensor& y, const Tensor& gy, const Tensor& gx, bool log) override;
   void layer_norm(const Tensor& x, const Tensor& weight, const Tensor& bias, double eps, const Tensor& out,
                   const Tensor& mean, const Tensor& rstd) override;
+  // index.cu
+  void index_select(const Tensor& x, std::int64_t dim, const Tensor& index, const Tensor& out) override;
+  void index_add(const Tensor& out, std::int64_t dim, const Tensor& index, const Tensor& src) override;
+  void gather(const Tensor& x, std::int64_t dim, const Tensor& index, const Tensor& out) override;
+  void scatter_add(const Tensor& out, std::int64_t dim, const Tensor& index, const Tensor& src) override;
   void random(const Tensor& out, const RandomSpec& spec) override;
   // blas.cpp
   void matmul(const Tensor& a, const Tensor& c, const Tensor& out) override;

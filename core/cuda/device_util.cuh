@@ -1,6 +1,6 @@
 #pragma once
 // Device-side helpers shared by the .cu files: strided offsets, dtype dispatch, launch
-// geometry and the Philox generator (bit-identical to core/generator.hpp).
+// geometry and Philox words for the attention kernels.
 #include <cuda_runtime.h>
 
 #include <cstdint>
@@ -72,32 +72,13 @@ __device__ __forceinline__ bool is_nan(T x) {
   return x != x;
 }
 
-// ---- Philox4x32-10, the same rounds and constants as kiln::philox4x32 ----
+// ---- Philox4x32-10 (kiln::philox4x32, shared with the CPU backend) as a plain struct ----
 struct Words4 {
   std::uint32_t w[4];
 };
 __device__ __forceinline__ Words4 philox(std::uint64_t key, std::uint64_t counter) {
-  std::uint32_t c0 = static_cast<std::uint32_t>(counter), c1 = static_cast<std::uint32_t>(counter >> 32);
-  std::uint32_t c2 = 0, c3 = 0;
-  std::uint32_t k0 = static_cast<std::uint32_t>(key), k1 = static_cast<std::uint32_t>(key >> 32);
-#pragma unroll
-  for (int r = 0; r < 10; ++r) {
-    const std::uint32_t hi0 = __umulhi(0xD2511F53u, c0), lo0 = 0xD2511F53u * c0;
-    const std::uint32_t hi1 = __umulhi(0xCD9E8D57u, c2), lo1 = 0xCD9E8D57u * c2;
-    const std::uint32_t n0 = hi1 ^ c1 ^ k0, n2 = hi0 ^ c3 ^ k1;
-    c1 = lo1;
-    c3 = lo0;
-    c0 = n0;
-    c2 = n2;
-    k0 += 0x9E3779B9u;
-    k1 += 0xBB67AE85u;
-  }
-  return {{c0, c1, c2, c3}};
-}
-
-__device__ __forceinline__ float unit_float(std::uint32_t x) { return static_cast<float>(x >> 8) * (1.0f / 16777216.0f); }
-__device__ __forceinline__ double unit_double(std::uint32_t hi, std::uint32_t lo) {
-  return static_cast<double>(((static_cast<std::uint64_t>(hi) << 32) | lo) >> 11) * (1.0 / 9007199254740992.0);
+  const auto r = philox4x32(key, counter);
+  return {{r[0], r[1], r[2], r[3]}};
 }
 
 }  // namespace kiln::cuda

@@ -3,10 +3,34 @@
 // the int64 matmul that cuBLAS does not provide.
 #include <cmath>
 
+#include "../math/random.hpp"
+#include "cuda_backend.hpp"
 #include "device_util.cuh"
 
 namespace kiln::cuda {
 namespace {
+
+Tensor contiguous_on(CudaBackend& be, const Tensor& t) {
+  if (t.is_contiguous()) return t;
+  Tensor c = Tensor::empty(t.shape(), t.dtype(), t.device());
+  be.copy(c, t);
+  return c;
+}
+
+// Elements before and after `dim` of shape s.
+void split3(const Shape& s, std::int64_t dim, std::int64_t& outer, std::int64_t& inner) {
+  outer = 1;
+  inner = 1;
+  for (std::int64_t d = 0; d < dim; ++d) outer *= s[static_cast<std::size_t>(d)];
+  for (std::size_t d = static_cast<std::size_t>(dim) + 1; d < s.size(); ++d) inner *= s[d];
+}
+
+// A view of t with `shape` and t's strides, except 0 along `dim` (the index supplies it).
+Tensor along_dim_view(const Tensor& t, const Shape& shape, std::int64_t dim) {
+  Strides st = t.strides();
+  st[static_cast<std::size_t>(dim)] = 0;
+  return Tensor::make_view(t, shape, st, t.offset());
+}
 
 // Accumulation into memory other threads may also target. bool "adds" are logical or.
 template <typename T>
@@ -64,58 +88,13 @@ __global__ void scatter_add_kernel(Iter<3> it, std::int64_t os) {
   iter_loop<3, std::int64_t>(it, f);
 }
 
-// One Philox block (4 words) per thread: 4 values of 32-bit draws, 2 of 64-bit ones, exactly
-// as CpuBackend::random lays them out.
+// One Philox block per thread (core/math/random.hpp: the CPU backend's numbers).
 template <typename T>
 __global__ void random_kernel(T* out, std::int64_t n, RandomSpec spec) {
-  constexpr int per = std::is_same_v<T, double> || std::is_same_v<T, std::int64_t> ? 2 : 4;
-  const std::int64_t blocks = (n + per - 1) / per;
+  const std::int64_t blocks = math::random_blocks<T>(n);
   for (std::int64_t blk = blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x; blk < blocks;
-       blk += static_cast<std::int64_t>(gridDim.x) * blockDim.x) {
-    const Words4 w = philox(spec.seed, spec.offset + static_cast<std::uint64_t>(blk));
-    double u[4];
-    if constexpr (per == 4) {
-      for (int j = 0; j < 4; ++j) u[j] = unit_float(w.w[j]);
-    } else {
-      u[0] = unit_double(w.w[0], w.w[1]);
-      u[1] = unit_double(w.w[2], w.w[3]);
-    }
-    double v[4] = {0, 0, 0, 0};
-    switch (spec.kind) {
-      case RandomSpec::Uniform:
-        for (int j = 0; j < per; ++j) v[j] = spec.a + (spec.b - spec.a) * u[j];
-        break;
-      case RandomSpec::Normal:
-        for (int j = 0; j < per; j += 2) {
-          const double r = sqrt(-2.0 * log(1.0 - u[j])), th = 6.283185307179586 * u[j + 1];
-          v[j] = spec.a + spec.b * r * cos(th);
-          v[j + 1] = spec.a + spec.b * r * sin(th);
-        }
-        break;
-      case RandomSpec::Int: {
-        const double range = spec.b - spec.a;
-        for (int j = 0; j < per; ++j) v[j] = spec.a + floor(u[j] * range);
-        break;
-      }
-      case RandomSpec::Bernoulli:
-        for (int j = 0; j < per; ++j) v[j] = u[j] < spec.a ? spec.b : 0.0;
-        break;
-    }
-    const std::int64_t base = blk * per;
-    for (int j = 0; j < per && base + j < n; ++j) {
-      if constexpr (std::is_same_v<T, float>) {
-        float f = static_cast<float>(v[j]);
-        // Rounding must not push a uniform draw onto its open upper bound.
-        if (spec.kind == RandomSpec::Uniform && f >= static_cast<float>(spec.b))
-          f = nextafterf(static_cast<float>(spec.b), -INFINITY);
-        out[base + j] = f;
-      } else if constexpr (std::is_same_v<T, bool>) {
-        out[base + j] = v[j] != 0.0;
-      } else {
-        out[base + j] = static_cast<T>(v[j]);
-      }
-    }
-  }
+       blk += static_cast<std::int64_t>(gridDim.x) * blockDim.x)
+    math::random_block<T>(spec, blk, out, n);
 }
 
 // (B, M, N) = (B, M, K) @ (B, K, N), one output per thread; strides in elements.
@@ -136,50 +115,69 @@ __global__ void matmul_int64_kernel(const std::int64_t* a, const std::int64_t* c
 
 }  // namespace
 
-void launch_index_select(const void* x, const std::int64_t* index, void* out, std::int64_t outer, std::int64_t D,
-                         std::int64_t L, std::int64_t inner, DType dt, cudaStream_t s) {
-  const std::int64_t n = outer * L * inner;
+void CudaBackend::index_select(const Tensor& x_in, std::int64_t dim, const Tensor& index_in, const Tensor& out) {
+  DeviceGuard guard(ctx_.index);
+  Tensor x = contiguous_on(*this, x_in), index = contiguous_on(*this, index_in);
+  std::int64_t outer, inner;
+  split3(x.shape(), dim, outer, inner);
+  const std::int64_t D = x.size(dim), L = index.numel(), n = outer * L * inner;
   if (n == 0) return;
-  dispatch(dt, [&](auto z) {
+  dispatch(x.dtype(), [&](auto z) {
     using T = decltype(z);
-    index_select_kernel<T><<<grid_for(n), kThreads, 0, s>>>(static_cast<const T*>(x), index, static_cast<T*>(out),
-                                                            outer, D, L, inner);
+    index_select_kernel<T><<<grid_for(n), kThreads, 0, ctx_.stream>>>(ptr<T>(x), ptr<std::int64_t>(index), ptr<T>(out),
+                                                                      outer, D, L, inner);
   });
+  check_launch("index_select");
 }
 
-void launch_index_add(void* out, const std::int64_t* index, const void* src, std::int64_t outer, std::int64_t D,
-                      std::int64_t L, std::int64_t inner, DType dt, cudaStream_t s) {
-  const std::int64_t n = outer * L * inner;
+void CudaBackend::index_add(const Tensor& out, std::int64_t dim, const Tensor& index_in, const Tensor& src_in) {
+  DeviceGuard guard(ctx_.index);
+  Tensor src = contiguous_on(*this, src_in), index = contiguous_on(*this, index_in);
+  std::int64_t outer, inner;
+  split3(out.shape(), dim, outer, inner);
+  const std::int64_t D = out.size(dim), L = index.numel(), n = outer * L * inner;
   if (n == 0) return;
-  dispatch(dt, [&](auto z) {
+  dispatch(out.dtype(), [&](auto z) {
     using T = decltype(z);
-    index_add_kernel<T><<<grid_for(n), kThreads, 0, s>>>(static_cast<T*>(out), index, static_cast<const T*>(src), outer,
-                                                         D, L, inner);
+    index_add_kernel<T><<<grid_for(n), kThreads, 0, ctx_.stream>>>(ptr<T>(out), ptr<std::int64_t>(index), ptr<T>(src),
+                                                                   outer, D, L, inner);
   });
+  check_launch("index_add");
 }
 
-void launch_gather(const Iter<3>& it, std::int64_t xs, DType dt, cudaStream_t s) {
+void CudaBackend::gather(const Tensor& x, std::int64_t dim, const Tensor& index, const Tensor& out) {
+  DeviceGuard guard(ctx_.index);
+  Tensor xv = along_dim_view(x, index.shape(), dim);
+  const Iter<3> it = make_iter<3>(index.shape(), {&out, &index, &xv}, "gather");
   if (it.numel == 0) return;
-  dispatch(dt, [&](auto z) {
+  dispatch(x.dtype(), [&](auto z) {
     using T = decltype(z);
-    gather_kernel<T><<<grid_for(it.numel), kThreads, 0, s>>>(it, xs);
+    gather_kernel<T><<<grid_for(it.numel), kThreads, 0, ctx_.stream>>>(it, x.stride(dim));
   });
+  check_launch("gather");
 }
 
-void launch_scatter_add(const Iter<3>& it, std::int64_t os, DType dt, cudaStream_t s) {
+void CudaBackend::scatter_add(const Tensor& out, std::int64_t dim, const Tensor& index, const Tensor& src) {
+  DeviceGuard guard(ctx_.index);
+  Tensor ov = along_dim_view(out, index.shape(), dim);
+  const Iter<3> it = make_iter<3>(index.shape(), {&ov, &index, &src}, "scatter_add");
   if (it.numel == 0) return;
-  dispatch(dt, [&](auto z) {
+  dispatch(out.dtype(), [&](auto z) {
     using T = decltype(z);
-    scatter_add_kernel<T><<<grid_for(it.numel), kThreads, 0, s>>>(it, os);
+    scatter_add_kernel<T><<<grid_for(it.numel), kThreads, 0, ctx_.stream>>>(it, out.stride(dim));
   });
+  check_launch("scatter_add");
 }
 
-void launch_random(void* out, std::int64_t n, DType dt, const RandomSpec& spec, cudaStream_t s) {
+void CudaBackend::random(const Tensor& out, const RandomSpec& spec) {
+  DeviceGuard guard(ctx_.index);
+  const std::int64_t n = out.numel();
   if (n == 0) return;
-  dispatch(dt, [&](auto z) {
+  dispatch(out.dtype(), [&](auto z) {
     using T = decltype(z);
-    random_kernel<T><<<grid_for((n + 1) / 2), kThreads, 0, s>>>(static_cast<T*>(out), n, spec);
+    random_kernel<T><<<grid_for((n + 1) / 2), kThreads, 0, ctx_.stream>>>(ptr<T>(out), n, spec);
   });
+  check_launch("random");
 }
 
 void launch_matmul_int64(const std::int64_t* a, const std::int64_t* c, std::int64_t* out, std::int64_t B,

@@ -1,11 +1,14 @@
 #pragma once
-// The launchers of the CUDA kernels (core/cuda/*.cu) as the host code of the backend sees
-// them. Light on purpose: .cu files include this and nothing that pulls in fmt (fmt 9 does
-// not compile under nvcc in C++20 mode). Launchers only enqueue work on `stream`; argument
-// checks and error messages live in the .cpp files. Launch errors come back through
-// cudaGetLastError, which the caller checks.
+// What the CUDA backend's .cu files and host .cpp files share: the strided iteration the
+// elementwise kernels walk, and the launchers that host .cpp code still calls. A backend method
+// whose work is one kernel family is defined in the .cu file beside its kernels (checks, geometry,
+// launch): adding a fused op costs its kernel and method there plus one declaration in
+// cuda_backend.hpp. Light on purpose: nothing here pulls in fmt (fmt 9 does not compile under
+// nvcc in C++20 mode); error messages that need formatting go through the out-of-line helpers
+// below. Launch errors come back through cudaGetLastError, which check_launch reads.
 #include <cuda_runtime_api.h>
 
+#include <array>
 #include <cstdint>
 
 #include "../backend.hpp"
@@ -28,57 +31,47 @@ struct Iter {
   void* data[N] = {};
 };
 
-// ---- elementwise.cu ----
-void launch_copy(const Iter<2>& it, DType dst, DType src, cudaStream_t s);
-/// `bits` holds the value already converted to `dt` (memcpy'd into the low bytes).
-void launch_fill(const Iter<1>& it, DType dt, std::uint64_t bits, cudaStream_t s);
-/// Operands: out, x. For LogicalNot `xdt` may differ from `dt` (out is bool).
-void launch_unary(UnaryOp op, const Iter<2>& it, DType dt, DType xdt, double a, double b, cudaStream_t s);
-/// Operands: out, x, y (all of dtype dt).
-void launch_binary(BinaryOp op, const Iter<3>& it, DType dt, cudaStream_t s);
-/// Operands: out (bool), x, y (dtype dt).
-void launch_compare(CompareOp op, const Iter<3>& it, DType dt, cudaStream_t s);
-/// Operands: out, cond (bool), x, y.
-void launch_where(const Iter<4>& it, DType dt, cudaStream_t s);
+/// t's data as T* (no dtype check: the caller dispatched on the dtype).
+template <typename T>
+T* ptr(const Tensor& t) {
+  return static_cast<T*>(t.raw_data());
+}
 
-// ---- reduce.cu ----
-/// Geometry of a reduction: `kept` and `red` dims (innermost first, element strides) of x.
-struct ReduceGeom {
-  int nk = 0, nr = 0;
-  std::int64_t M = 1, R = 1;  // outputs, elements per output
-  std::int64_t ksize[kMaxDims] = {}, kstride[kMaxDims] = {};
-  std::int64_t rsize[kMaxDims] = {}, rstride[kMaxDims] = {};
-};
-/// Chunks each output's elements are split into (1: no split); when > 1, launch_reduce needs
-/// `scratch` of M * chunks elements of x's dtype.
-std::int64_t reduce_partials(const ReduceGeom& g);
-/// out (contiguous, M values) = op over the R elements of each output; mean divides by R.
-void launch_reduce(ReduceOp op, const ReduceGeom& g, const void* x, void* out, void* scratch, DType dt,
-                   cudaStream_t s);
-/// Max/Min along one dim (R elements, stride rstride) with first-index ties and NaN winning.
-void launch_arg_reduce(bool is_max, const ReduceGeom& g, const void* x, void* values, std::int64_t* indices, DType dt,
-                       cudaStream_t s);
-/// Rows of length n of contiguous x: softmax or log-softmax.
-void launch_softmax(const void* x, void* out, std::int64_t rows, std::int64_t n, bool log, DType dt, cudaStream_t s);
-void launch_softmax_backward(const void* y, const void* gy, void* gx, std::int64_t rows, std::int64_t n, bool log,
-                             DType dt, cudaStream_t s);
-/// weight/bias may be null; mean/rstd get one value per row (dtype dt).
-void launch_layer_norm(const void* x, const void* w, const void* b, double eps, void* out, void* mean, void* rstd,
-                       std::int64_t rows, std::int64_t n, DType dt, cudaStream_t s);
+/// Throws "[op] operands of shape S have n dims that cannot be merged; ..." (out of line: fmt).
+[[noreturn]] void throw_too_many_dims(const char* op, const Shape& shape, std::size_t ndim);
+/// Throws unless t is float32 or float64.
+void check_float(const Tensor& t, const char* op);
+
+/// Iteration over `shape` for N operands (each a view with `shape`'s geometry).
+template <int N>
+Iter<N> make_iter(const Shape& shape, const std::array<const Tensor*, N>& ts, const char* op) {
+  std::array<const std::int64_t*, N> strides;
+  for (int k = 0; k < N; ++k) strides[k] = ts[k]->strides().data();
+  const auto c = coalesce_dims<N>(shape, strides);
+  if (c.shape.size() > static_cast<std::size_t>(kMaxDims)) throw_too_many_dims(op, shape, c.shape.size());
+  Iter<N> it;
+  it.ndim = static_cast<int>(c.shape.size());
+  it.numel = numel_of(shape);
+  bool contiguous = true, fits32 = it.numel < (std::int64_t{1} << 31);
+  for (int k = 0; k < N; ++k) {
+    it.data[k] = ts[k]->raw_data();
+    std::int64_t span = 0;
+    for (int d = 0; d < it.ndim; ++d) {  // innermost first
+      const std::int64_t s = c.strides[k][static_cast<std::size_t>(it.ndim - 1 - d)];
+      it.sizes[d] = c.shape[static_cast<std::size_t>(it.ndim - 1 - d)];
+      it.strides[k][d] = s;
+      if (s < 0) fits32 = false;
+      span += (it.sizes[d] - 1) * (s < 0 ? -s : s);
+    }
+    if (span >= (std::int64_t{1} << 31)) fits32 = false;
+    if (it.ndim > 1 || (it.ndim == 1 && it.strides[k][0] != 1)) contiguous = false;
+  }
+  it.contiguous = contiguous;
+  it.use32 = fits32;
+  return it;
+}
 
 // ---- index.cu ----
-/// out (outer, L, inner) = x (outer, D, inner)[:, index, :]; x and out contiguous.
-void launch_index_select(const void* x, const std::int64_t* index, void* out, std::int64_t outer, std::int64_t D,
-                         std::int64_t L, std::int64_t inner, DType dt, cudaStream_t s);
-/// out (outer, D, inner)[:, index, :] += src (outer, L, inner); both contiguous; atomic.
-void launch_index_add(void* out, const std::int64_t* index, const void* src, std::int64_t outer, std::int64_t D,
-                      std::int64_t L, std::int64_t inner, DType dt, cudaStream_t s);
-/// Operands over index's shape: out, index, x-with-0-stride-on-dim; xs = x's stride on dim.
-void launch_gather(const Iter<3>& it, std::int64_t xs, DType dt, cudaStream_t s);
-/// Operands over index's shape: out-with-0-stride-on-dim, index, src; os = out's stride on dim.
-void launch_scatter_add(const Iter<3>& it, std::int64_t os, DType dt, cudaStream_t s);
-/// Contiguous out of n values from Philox (same numbers as the CPU backend).
-void launch_random(void* out, std::int64_t n, DType dt, const RandomSpec& spec, cudaStream_t s);
 /// out[b] = a[b] @ c[b] for int64 (cuBLAS has no integer GEMM); element strides.
 void launch_matmul_int64(const std::int64_t* a, const std::int64_t* c, std::int64_t* out, std::int64_t B,
                          std::int64_t M, std::int64_t N, std::int64_t K, const std::int64_t* sa, const std::int64_t* sc,

@@ -9,10 +9,41 @@
 #include <cmath>
 #include <limits>
 
+#include "../math/reduce.hpp"
+#include "cuda_backend.hpp"
 #include "device_util.cuh"
 
 namespace kiln::cuda {
 namespace {
+
+// Geometry of a reduction: `kept` and `red` dims (innermost first, element strides) of x.
+struct ReduceGeom {
+  int nk = 0, nr = 0;
+  std::int64_t M = 1, R = 1;  // outputs, elements per output
+  std::int64_t ksize[kMaxDims] = {}, kstride[kMaxDims] = {};
+  std::int64_t rsize[kMaxDims] = {}, rstride[kMaxDims] = {};
+};
+
+// Merges adjacent dims of (sizes, strides) (outermost first) into innermost-first arrays.
+int pack_dims(const Shape& sizes, const Strides& strides, std::int64_t* out_size, std::int64_t* out_stride,
+              const char* op) {
+  const auto c = coalesce_dims<1>(sizes, {strides.data()});
+  if (c.shape.size() > static_cast<std::size_t>(kMaxDims)) throw_too_many_dims(op, sizes, c.shape.size());
+  const int n = static_cast<int>(c.shape.size());
+  for (int d = 0; d < n; ++d) {
+    out_size[d] = c.shape[static_cast<std::size_t>(n - 1 - d)];
+    out_stride[d] = c.strides[0][static_cast<std::size_t>(n - 1 - d)];
+  }
+  return n;
+}
+
+// Chunks each output's elements are split into (1: no split); when > 1, the split pass needs
+// scratch of M * chunks elements of x's dtype.
+std::int64_t reduce_partials(const ReduceGeom& g) {
+  if (g.M == 0 || g.M >= 128 || g.R < 65536) return 1;
+  const std::int64_t by_size = g.R / 16384, by_outputs = 1024 / g.M;
+  return by_size < by_outputs ? by_size : by_outputs;
+}
 
 // Shuffle for every dtype kiln has (bool through int).
 template <typename T>
@@ -21,49 +52,6 @@ __device__ __forceinline__ T shfl_xor(T v, int o) {
   else if constexpr (std::is_same_v<T, std::int64_t>) return static_cast<T>(__shfl_xor_sync(0xffffffffu, static_cast<long long>(v), o));
   else return __shfl_xor_sync(0xffffffffu, v, o);
 }
-
-// Combine rules of the CPU backend (core/cpu/reduce.cpp); NaN wins max/min.
-template <typename T>
-struct SumR {
-  __host__ __device__ static T init() { return T(0); }
-  __device__ static T apply(T a, T b) { return static_cast<T>(a + b); }
-};
-template <typename T>
-struct ProdR {
-  __host__ __device__ static T init() { return T(1); }
-  __device__ static T apply(T a, T b) {
-    if constexpr (std::is_same_v<T, bool>) return a && b;
-    else return a * b;
-  }
-};
-template <typename T>
-struct MaxR {
-  __host__ __device__ static T init() {
-    if constexpr (std::is_floating_point_v<T>) return -std::numeric_limits<T>::infinity();
-    else return std::numeric_limits<T>::lowest();
-  }
-  __device__ static T apply(T a, T b) {
-    if constexpr (std::is_floating_point_v<T>) {
-      if (is_nan(a)) return a;
-      if (is_nan(b)) return b;
-    }
-    return b > a ? b : a;
-  }
-};
-template <typename T>
-struct MinR {
-  __host__ __device__ static T init() {
-    if constexpr (std::is_floating_point_v<T>) return std::numeric_limits<T>::infinity();
-    else return std::numeric_limits<T>::max();
-  }
-  __device__ static T apply(T a, T b) {
-    if constexpr (std::is_floating_point_v<T>) {
-      if (is_nan(a)) return a;
-      if (is_nan(b)) return b;
-    }
-    return b < a ? b : a;
-  }
-};
 
 /// Reduces v over a group of G threads (G = 32, or G = blockDim.x with one group per block);
 /// every thread of the group gets the result. `smem` holds 32 values.
@@ -327,21 +315,25 @@ void row_launch(std::int64_t rows, std::int64_t n, int& G, unsigned& blocks) {
 
 }  // namespace
 
-std::int64_t reduce_partials(const ReduceGeom& g) {
-  if (g.M == 0 || g.M >= 128 || g.R < 65536) return 1;
-  const std::int64_t by_size = g.R / 16384, by_outputs = 1024 / g.M;
-  return by_size < by_outputs ? by_size : by_outputs;
-}
-
-void launch_reduce(ReduceOp op, const ReduceGeom& g, const void* x, void* out, void* scratch, DType dt,
-                   cudaStream_t s) {
-  dispatch(dt, [&](auto z) {
+void CudaBackend::reduce(ReduceOp op, const Tensor& x, const std::vector<std::int64_t>& dims, const Tensor& out) {
+  DeviceGuard guard(ctx_.index);
+  const ReduceDims d = split_reduce_dims(x.shape(), x.strides(), dims);
+  ReduceGeom g;
+  g.M = numel_of(d.kept_shape);
+  g.R = numel_of(d.red_shape);
+  g.nk = pack_dims(d.kept_shape, d.kept_strides, g.ksize, g.kstride, "reduce");
+  g.nr = pack_dims(d.red_shape, d.red_strides, g.rsize, g.rstride, "reduce");
+  Tensor scratch;
+  const std::int64_t P = reduce_partials(g);
+  if (P > 1) scratch = Tensor::empty({g.M * P}, x.dtype(), x.device());
+  const cudaStream_t s = ctx_.stream;
+  dispatch(x.dtype(), [&](auto z) {
     using T = decltype(z);
-    const T* xp = static_cast<const T*>(x);
-    T* op_ = static_cast<T*>(out);
-    T* sc = static_cast<T*>(scratch);
+    const T* xp = ptr<T>(x);
+    T* op_ = ptr<T>(out);
+    T* sc = scratch.defined() ? ptr<T>(scratch) : nullptr;
     switch (op) {
-      case ReduceOp::Sum: reduce_typed<T, SumR<T>>(g, xp, op_, sc, 0.0, s); break;
+      case ReduceOp::Sum: reduce_typed<T, math::SumOp<T>>(g, xp, op_, sc, 0.0, s); break;
       case ReduceOp::Mean:
         if (g.R == 0 && g.M > 0) {
           T nan_v;
@@ -349,63 +341,86 @@ void launch_reduce(ReduceOp op, const ReduceGeom& g, const void* x, void* out, v
           else nan_v = T(0);
           reduce_empty_kernel<T><<<grid_for(g.M), kThreads, 0, s>>>(op_, g.M, nan_v);
         } else {
-          reduce_typed<T, SumR<T>>(g, xp, op_, sc, static_cast<double>(g.R), s);
+          reduce_typed<T, math::SumOp<T>>(g, xp, op_, sc, static_cast<double>(g.R), s);
         }
         break;
-      case ReduceOp::Prod: reduce_typed<T, ProdR<T>>(g, xp, op_, sc, 0.0, s); break;
-      case ReduceOp::Max: reduce_typed<T, MaxR<T>>(g, xp, op_, sc, 0.0, s); break;
-      case ReduceOp::Min: reduce_typed<T, MinR<T>>(g, xp, op_, sc, 0.0, s); break;
+      case ReduceOp::Prod: reduce_typed<T, math::ProdOp<T>>(g, xp, op_, sc, 0.0, s); break;
+      case ReduceOp::Max: reduce_typed<T, math::MaxOp<T>>(g, xp, op_, sc, 0.0, s); break;
+      case ReduceOp::Min: reduce_typed<T, math::MinOp<T>>(g, xp, op_, sc, 0.0, s); break;
     }
   });
+  check_launch("reduce");
 }
 
-void launch_arg_reduce(bool is_max, const ReduceGeom& g, const void* x, void* values, std::int64_t* indices, DType dt,
-                       cudaStream_t s) {
+void CudaBackend::arg_reduce(ReduceOp op, const Tensor& x, std::int64_t dim, const Tensor& values,
+                             const Tensor& indices) {
+  DeviceGuard guard(ctx_.index);
+  const ReduceDims d = split_reduce_dims(x.shape(), x.strides(), {dim});
+  ReduceGeom g;
+  g.M = numel_of(d.kept_shape);
+  g.nk = pack_dims(d.kept_shape, d.kept_strides, g.ksize, g.kstride, "arg_reduce");
+  g.nr = 1;
+  g.R = x.dim() ? x.size(dim) : 1;
+  g.rsize[0] = g.R;
+  g.rstride[0] = x.dim() ? x.stride(dim) : 1;
   if (g.M == 0) return;
-  dispatch(dt, [&](auto z) {
+  dispatch(x.dtype(), [&](auto z) {
     using T = decltype(z);
     const unsigned blocks = static_cast<unsigned>((g.M + kThreads / 32 - 1) / (kThreads / 32));
-    arg_reduce_kernel<T><<<blocks, kThreads, 0, s>>>(g, static_cast<const T*>(x), static_cast<T*>(values), indices,
-                                                     is_max);
+    arg_reduce_kernel<T><<<blocks, kThreads, 0, ctx_.stream>>>(g, ptr<T>(x), ptr<T>(values),
+                                                               ptr<std::int64_t>(indices), op == ReduceOp::Max);
   });
+  check_launch("arg_reduce");
 }
 
-void launch_softmax(const void* x, void* out, std::int64_t rows, std::int64_t n, bool log, DType dt, cudaStream_t s) {
+void CudaBackend::softmax(const Tensor& x, const Tensor& out, bool log) {
+  check_float(x, "softmax");
+  DeviceGuard guard(ctx_.index);
+  const std::int64_t n = x.dim() ? x.size(-1) : 1, rows = n ? x.numel() / n : 0;
   if (rows == 0 || n == 0) return;
   int G;
   unsigned blocks;
   row_launch(rows, n, G, blocks);
-  dispatch_float(dt, [&](auto z) {
+  dispatch_float(x.dtype(), [&](auto z) {
     using T = decltype(z);
-    softmax_kernel<T><<<blocks, kThreads, 0, s>>>(static_cast<const T*>(x), static_cast<T*>(out), rows, n, log, G);
+    softmax_kernel<T><<<blocks, kThreads, 0, ctx_.stream>>>(ptr<T>(x), ptr<T>(out), rows, n, log, G);
   });
+  check_launch("softmax");
 }
 
-void launch_softmax_backward(const void* y, const void* gy, void* gx, std::int64_t rows, std::int64_t n, bool log,
-                             DType dt, cudaStream_t s) {
+void CudaBackend::softmax_backward(const Tensor& y, const Tensor& gy, const Tensor& gx, bool log) {
+  check_float(y, "softmax_backward");
+  DeviceGuard guard(ctx_.index);
+  const std::int64_t n = y.dim() ? y.size(-1) : 1, rows = n ? y.numel() / n : 0;
   if (rows == 0 || n == 0) return;
   int G;
   unsigned blocks;
   row_launch(rows, n, G, blocks);
-  dispatch_float(dt, [&](auto z) {
+  dispatch_float(y.dtype(), [&](auto z) {
     using T = decltype(z);
-    softmax_backward_kernel<T><<<blocks, kThreads, 0, s>>>(static_cast<const T*>(y), static_cast<const T*>(gy),
-                                                           static_cast<T*>(gx), rows, n, log, G);
+    softmax_backward_kernel<T><<<blocks, kThreads, 0, ctx_.stream>>>(ptr<T>(y), ptr<T>(gy), ptr<T>(gx), rows, n,
+                                                                     log, G);
   });
+  check_launch("softmax_backward");
 }
 
-void launch_layer_norm(const void* x, const void* w, const void* b, double eps, void* out, void* mean, void* rstd,
-                       std::int64_t rows, std::int64_t n, DType dt, cudaStream_t s) {
+void CudaBackend::layer_norm(const Tensor& x, const Tensor& weight, const Tensor& bias, double eps, const Tensor& out,
+                             const Tensor& mean, const Tensor& rstd) {
+  check_float(x, "layer_norm");
+  DeviceGuard guard(ctx_.index);
+  const std::int64_t rows = mean.numel(), n = rows ? x.numel() / rows : 0;
   if (rows == 0) return;
   int G;
   unsigned blocks;
   row_launch(rows, n, G, blocks);
-  dispatch_float(dt, [&](auto z) {
+  dispatch_float(x.dtype(), [&](auto z) {
     using T = decltype(z);
-    layer_norm_kernel<T><<<blocks, kThreads, 0, s>>>(static_cast<const T*>(x), static_cast<const T*>(w),
-                                                     static_cast<const T*>(b), eps, static_cast<T*>(out),
-                                                     static_cast<T*>(mean), static_cast<T*>(rstd), rows, n, G);
+    const T* w = weight.defined() ? ptr<T>(weight) : nullptr;
+    const T* b = bias.defined() ? ptr<T>(bias) : nullptr;
+    layer_norm_kernel<T><<<blocks, kThreads, 0, ctx_.stream>>>(ptr<T>(x), w, b, eps, ptr<T>(out), ptr<T>(mean),
+                                                               ptr<T>(rstd), rows, n, G);
   });
+  check_launch("layer_norm");
 }
 
 }  // namespace kiln::cuda

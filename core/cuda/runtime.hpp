@@ -1,6 +1,7 @@
 #pragma once
-// Internal to the CUDA backend's host code (.cpp files only): per-device state (stream,
-// allocator, cuBLAS handle), error checks, the caching allocators.
+// Internal to the CUDA backend's host code (.cpp files and the host half of .cu files, so
+// free of fmt): per-device state (stream, allocator, cuBLAS handle), error checks, the caching
+// allocators.
 #include <cuda_runtime_api.h>
 
 #include <cstddef>
@@ -49,8 +50,7 @@ class DeviceAllocator final : public Allocator {
   void release_cached_locked();
   int device_;
   std::mutex mu_;
-  std::unordered_map<std::size_t, std::vector<void*>> free_;
-  AllocatorStats stats_;
+  BlockCache cache_{512, std::size_t{1} << 20};  // 512-byte steps up to 1 MiB
 };
 
 /// Pinned host blocks for staging copies. A block returns to the pool with an event recorded
