@@ -11,60 +11,73 @@
 
 namespace kiln::cpu {
 
+namespace {
+
+// Calls row(T{}, r) for each of R rows of length N, rows split over threads; float dtypes only.
+template <typename F>
+void for_each_float_row(DType dt, std::int64_t R, std::int64_t N, F&& row) {
+  visit_dtype(dt, [&](auto z) {
+    if constexpr (std::is_floating_point_v<decltype(z)>) {
+      parallel_range(R, std::max<std::int64_t>(1, 8192 / std::max<std::int64_t>(N, 1)),
+                     [&](std::int64_t b, std::int64_t e) {
+                       for (std::int64_t r = b; r < e; ++r) row(z, r);
+                     });
+    }
+  });
+}
+
+template <typename T>
+using Row = Eigen::Map<Eigen::Array<T, Eigen::Dynamic, 1>>;
+template <typename T>
+using ConstRow = Eigen::Map<const Eigen::Array<T, Eigen::Dynamic, 1>>;
+
+// Row r of a contiguous (R, N) tensor.
+template <typename T>
+ConstRow<T> row_of(const Tensor& t, std::int64_t r, std::int64_t N) {
+  return ConstRow<T>(static_cast<const T*>(t.raw_data()) + r * N, N);
+}
+template <typename T>
+Row<T> out_row_of(const Tensor& t, std::int64_t r, std::int64_t N) {
+  return Row<T>(static_cast<T*>(t.raw_data()) + r * N, N);
+}
+
+}  // namespace
+
 void CpuBackend::softmax(const Tensor& x, const Tensor& out, bool log) {
   const std::int64_t N = x.dim() ? x.size(-1) : 1, R = N ? x.numel() / N : 0;
-  visit_dtype(x.dtype(), [&](auto z) {
+  for_each_float_row(x.dtype(), R, N, [&](auto z, std::int64_t r) {
     using T = decltype(z);
-    if constexpr (std::is_floating_point_v<T>) {
-      using A = Eigen::Array<T, Eigen::Dynamic, 1>;
-      const T* xp = x.data_ptr<T>();
-      T* op = out.data_ptr<T>();
-      parallel_range(R, std::max<std::int64_t>(1, 8192 / std::max<std::int64_t>(N, 1)), [&](std::int64_t b, std::int64_t e) {
-        for (std::int64_t r = b; r < e; ++r) {
-          Eigen::Map<const A> xr(xp + r * N, N);
-          Eigen::Map<A> yr(op + r * N, N);
-          T m = N ? xr.maxCoeff() : T(0);
-          yr = xr - m;
-          if (log) {
-            // exp goes through a scratch row so the shifted logits stay exact in yr.
-            thread_local std::vector<T, Eigen::aligned_allocator<T>> scratch;  // 64-B aligned: same reduction order in every process
-            scratch.resize(static_cast<std::size_t>(N));
-            exp_run(scratch.data(), yr.data(), N);
-            T s = Eigen::Map<const A>(scratch.data(), N).sum();
-            // (x - m) is exact; folding log(s) into m first would round at m's magnitude.
-            yr -= std::log(s);
-          } else {
-            exp_run(yr.data(), yr.data(), N);
-            yr *= T(1) / yr.sum();
-          }
-        }
-      });
+    const ConstRow<T> xr = row_of<T>(x, r, N);
+    Row<T> yr = out_row_of<T>(out, r, N);
+    T m = N ? xr.maxCoeff() : T(0);
+    yr = xr - m;
+    if (log) {
+      // exp goes through a scratch row so the shifted logits stay exact in yr.
+      thread_local std::vector<T, Eigen::aligned_allocator<T>> scratch;  // 64-B aligned: same reduction order in every process
+      scratch.resize(static_cast<std::size_t>(N));
+      exp_run(scratch.data(), yr.data(), N);
+      T s = ConstRow<T>(scratch.data(), N).sum();
+      // (x - m) is exact; folding log(s) into m first would round at m's magnitude.
+      yr -= std::log(s);
+    } else {
+      exp_run(yr.data(), yr.data(), N);
+      yr *= T(1) / yr.sum();
     }
   });
 }
 
 void CpuBackend::softmax_backward(const Tensor& y, const Tensor& gy, const Tensor& gx, bool log) {
   const std::int64_t N = y.dim() ? y.size(-1) : 1, R = N ? y.numel() / N : 0;
-  visit_dtype(y.dtype(), [&](auto z) {
+  for_each_float_row(y.dtype(), R, N, [&](auto z, std::int64_t r) {
     using T = decltype(z);
-    if constexpr (std::is_floating_point_v<T>) {
-      using A = Eigen::Array<T, Eigen::Dynamic, 1>;
-      const T* yp = y.data_ptr<T>();
-      const T* gp = gy.data_ptr<T>();
-      T* op = gx.data_ptr<T>();
-      parallel_range(R, std::max<std::int64_t>(1, 8192 / std::max<std::int64_t>(N, 1)), [&](std::int64_t b, std::int64_t e) {
-        for (std::int64_t r = b; r < e; ++r) {
-          Eigen::Map<const A> yr(yp + r * N, N), gr(gp + r * N, N);
-          Eigen::Map<A> xr(op + r * N, N);
-          if (log) {
-            exp_run(xr.data(), yr.data(), N);  // softmax, exactly 0 where log-prob is -inf
-            xr = gr - xr * gr.sum();
-          } else {
-            T dot = (gr * yr).sum();
-            xr = yr * (gr - dot);
-          }
-        }
-      });
+    const ConstRow<T> yr = row_of<T>(y, r, N), gr = row_of<T>(gy, r, N);
+    Row<T> xr = out_row_of<T>(gx, r, N);
+    if (log) {
+      exp_run(xr.data(), yr.data(), N);  // softmax, exactly 0 where log-prob is -inf
+      xr = gr - xr * gr.sum();
+    } else {
+      T dot = (gr * yr).sum();
+      xr = yr * (gr - dot);
     }
   });
 }
@@ -72,31 +85,18 @@ void CpuBackend::softmax_backward(const Tensor& y, const Tensor& gy, const Tenso
 void CpuBackend::layer_norm(const Tensor& x, const Tensor& weight, const Tensor& bias, double eps, const Tensor& out,
                             const Tensor& mean, const Tensor& rstd) {
   const std::int64_t R = mean.numel(), N = R ? x.numel() / R : 0;
-  visit_dtype(x.dtype(), [&](auto z) {
+  for_each_float_row(x.dtype(), R, N, [&](auto z, std::int64_t r) {
     using T = decltype(z);
-    if constexpr (std::is_floating_point_v<T>) {
-      using A = Eigen::Array<T, Eigen::Dynamic, 1>;
-      const T* xp = x.data_ptr<T>();
-      T* op = out.data_ptr<T>();
-      T* mp = mean.data_ptr<T>();
-      T* rp = rstd.data_ptr<T>();
-      const T* wp = weight.defined() ? weight.data_ptr<T>() : nullptr;
-      const T* bp = bias.defined() ? bias.data_ptr<T>() : nullptr;
-      parallel_range(R, std::max<std::int64_t>(1, 8192 / std::max<std::int64_t>(N, 1)), [&](std::int64_t b, std::int64_t e) {
-        for (std::int64_t r = b; r < e; ++r) {
-          Eigen::Map<const A> xr(xp + r * N, N);
-          Eigen::Map<A> yr(op + r * N, N);
-          T mu = N ? xr.mean() : T(0);
-          T var = N ? (xr - mu).square().mean() : T(0);
-          T rs = T(1) / std::sqrt(var + T(eps));
-          mp[r] = mu;
-          rp[r] = rs;
-          yr = (xr - mu) * rs;
-          if (wp) yr *= Eigen::Map<const A>(wp, N);
-          if (bp) yr += Eigen::Map<const A>(bp, N);
-        }
-      });
-    }
+    const ConstRow<T> xr = row_of<T>(x, r, N);
+    Row<T> yr = out_row_of<T>(out, r, N);
+    T mu = N ? xr.mean() : T(0);
+    T var = N ? (xr - mu).square().mean() : T(0);
+    T rs = T(1) / std::sqrt(var + T(eps));
+    static_cast<T*>(mean.raw_data())[r] = mu;
+    static_cast<T*>(rstd.raw_data())[r] = rs;
+    yr = (xr - mu) * rs;
+    if (weight.defined()) yr *= row_of<T>(weight, 0, N);
+    if (bias.defined()) yr += row_of<T>(bias, 0, N);
   });
 }
 
