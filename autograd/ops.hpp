@@ -49,6 +49,8 @@ Tensor relu(const Tensor& x);
 /// approximate = "none" (erf form) or "tanh".
 Tensor gelu(const Tensor& x, const std::string& approximate = "none");
 Tensor silu(const Tensor& x);
+/// x * relu6(x + 3) / 6 (MobileNetV3); gradient 0 below -3, 1 above 3, (2x + 3) / 6 between.
+Tensor hardswish(const Tensor& x);
 /// Bounds may be omitted (std::nullopt); gradient passes where min <= x <= max.
 Tensor clamp(const Tensor& x, std::optional<double> min, std::optional<double> max);
 Tensor clamp_min(const Tensor& x, double min);

@@ -332,6 +332,14 @@ Tensor silu(const Tensor& x) {
     return mul(g, mul(s, add(cscalar(1, x), mul(x, sub(cscalar(1, x), s)))));
   });
 }
+Tensor hardswish(const Tensor& x) {
+  return float_unary(UnaryOp::Hardswish, x, "hardswish", false, [](const Tensor& g, const Tensor& x, const Tensor&) {
+    // PyTorch's convention at the kinks: both -3 and 3 take the middle piece x / 3 + 1/2.
+    Tensor mid = add(mul(x, cscalar(1.0 / 3, x)), cscalar(0.5, x));
+    Tensor d = where(lt(x, cscalar(-3, x)), Scalar(0.0), where(le(x, cscalar(3, x)), mid, Scalar(1.0)));
+    return mul(g, d);
+  });
+}
 
 Tensor clamp(const Tensor& x, std::optional<double> lo, std::optional<double> hi) {
   check_defined(x, "clamp");

@@ -14,7 +14,7 @@
 namespace kiln {
 
 enum class UnaryOp : std::uint8_t {
-  Neg, Exp, Log, Sqrt, Rsqrt, Abs, Sign, Tanh, Sigmoid, Relu, GeluErf, GeluTanh, Silu, Erf,
+  Neg, Exp, Log, Sqrt, Rsqrt, Abs, Sign, Tanh, Sigmoid, Relu, GeluErf, GeluTanh, Silu, Hardswish, Erf,
   Reciprocal, Square, Sin, Cos, LogicalNot,
   PowScalar,  // x ** a
   Clamp,      // clamp(x, a, b); NaN bound = no bound

@@ -306,7 +306,7 @@ struct MultiHeadAttentionImpl::Call {
 };
 
 MhaResult MultiHeadAttentionImpl::attend(const Tensor& q, const Tensor& k, const Tensor& v, const MhaForward& f) {
-  Call c{q, k, v, f, check_inputs(q, k, v), q.size(-2), k.size(-2), 0, 0, q.device()};
+  Call c{q, k, v, f, check_inputs(q, k, v), q.size(-2), k.size(-2), 0, 0, q.device(), {}, {}, false, {}, {}, {}};
   c.causal = f.is_causal();
   open_cache(c);
   build_mask(c);

@@ -269,3 +269,16 @@ TEST_CASE("unary ops: second derivatives through create_graph") {
                     }),
                     1e-12, 1e-10);
 }
+
+TEST_CASE("hardswish values and gradient at the kinks follow PyTorch") {
+  using namespace kiln;
+  Tensor x = tensor(std::vector<double>{-4, -3, -1, 0, 3, 4}).requires_grad_(true);
+  Tensor y = hardswish(x);
+  std::vector<double> want_y{0, 0, -1.0 / 3, 0, 3, 4};
+  auto got_y = y.to_vector<double>();
+  for (std::size_t i = 0; i < want_y.size(); ++i) CHECK(got_y[i] == doctest::Approx(want_y[i]).epsilon(1e-15));
+  y.sum().backward();
+  std::vector<double> want_g{0, -0.5, 1.0 / 6, 0.5, 1.5, 1};
+  auto got_g = x.grad().to_vector<double>();
+  for (std::size_t i = 0; i < want_g.size(); ++i) CHECK(got_g[i] == doctest::Approx(want_g[i]).epsilon(1e-15));
+}

@@ -16,6 +16,13 @@ double sigmoid_ref(double x) { return 1 / (1 + std::exp(-x)); }
 double off_bounds(double x) { return ew::off_bounds_for_tests(x); }
 double positive(double x) { return off_bounds(ew::positive(x)); }
 double away_from_zero(double x) { return off_bounds(ew::away_from_zero(x)); }
+// Spreads inputs over all three pieces of hardswish (kinks at -3 and 3), keeping 0.1 away from them.
+double spread_off_kinks(double x) {
+  double y = 2.5 * x;
+  for (double k : {-3.0, 3.0})
+    if (std::abs(y - k) < 0.1) y = k + (y < k ? -0.1 : 0.1);
+  return y;
+}
 
 // A bool mask of `shape` with a fixed pattern (true twice in every three elements).
 Tensor pattern_mask(const Shape& shape, const Device& device) {
@@ -80,6 +87,8 @@ std::vector<OpInfo> unary_ops() {
         return 0.5 * x * (1 + std::tanh(std::sqrt(2.0 / kPi) * (x + 0.044715 * x * x * x)));
       })),
       entry("silu", [](const Tensor& x) { return silu(x); }, [](double x) { return x * sigmoid_ref(x); }),
+      entry("hardswish", [](const Tensor& x) { return hardswish(x); },
+            [](double x) { return x <= -3 ? 0.0 : x >= 3 ? x : x * (x + 3) / 6; }, spread_off_kinks),
       entry("clamp", [](const Tensor& x) { return clamp(x, -0.5, 0.7); },
             [](double x) { return std::min(std::max(x, -0.5), 0.7); }),
       entry("clamp min only", [](const Tensor& x) { return clamp(x, -0.5, std::nullopt); },
