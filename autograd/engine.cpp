@@ -1,10 +1,10 @@
 // The backward engine: dependency counting over the graph reachable from the
 // roots, nodes run most-recent-first, gradients summed per input slot. Each call's
 // bookkeeping lives in its own GraphTask, never on the shared nodes.
+#include <fmt/format.h>
 #include <algorithm>
 #include <atomic>
 #include <cmath>
-#include <fmt/format.h>
 #include <queue>
 #include <unordered_map>
 
@@ -38,9 +38,8 @@ void accumulate_into(const std::shared_ptr<TensorImpl>& impl, const Tensor& g, b
   if (!slot) {
     // Keep g itself only when nothing else can see its memory; otherwise .grad gets its own
     // contiguous copy (g may be a broadcast view or shared with another input's gradient).
-    bool owned = may_steal && g.is_contiguous() && g.impl_shared().use_count() == 1 &&
-                 g.storage().use_count() == 1 && g.offset() == 0 &&
-                 static_cast<std::size_t>(g.nbytes()) == g.storage()->nbytes;
+    bool owned = may_steal && g.is_contiguous() && g.impl_shared().use_count() == 1 && g.storage().use_count() == 1 &&
+                 g.offset() == 0 && static_cast<std::size_t>(g.nbytes()) == g.storage()->nbytes;
     Tensor v = create_graph ? (owned ? g : clone(g)) : (owned ? g.detach() : g.detach().clone());
     slot = v.impl_shared();
     return;
@@ -191,8 +190,11 @@ namespace {
 class GraphTask {
  public:
   GraphTask(bool retain_graph, bool create_graph, const std::vector<Tensor>& inputs)
-      : retain_graph_(retain_graph), create_graph_(create_graph), capture_mode_(!inputs.empty()),
-        results_(inputs.size()), reachable_(inputs.size(), false) {
+      : retain_graph_(retain_graph),
+        create_graph_(create_graph),
+        capture_mode_(!inputs.empty()),
+        results_(inputs.size()),
+        reachable_(inputs.size(), false) {
     for (std::size_t i = 0; i < inputs.size(); ++i) {
       KILN_CHECK(inputs[i].defined() && inputs[i].requires_grad(), "grad",
                  "input {} does not require grad, so no gradient can be computed for it", i);
@@ -330,8 +332,8 @@ class GraphTask {
       }
     std::vector<Tensor> grads = node->apply(std::move(buf));
     if (!retain_graph_) node->release();
-    KILN_CHECK(grads.size() == node->next_edges.size(), node->name(),
-               "backward returned {} gradients for {} inputs", grads.size(), node->next_edges.size());
+    KILN_CHECK(grads.size() == node->next_edges.size(), node->name(), "backward returned {} gradients for {} inputs",
+               grads.size(), node->next_edges.size());
     return grads;
   }
 
@@ -395,8 +397,8 @@ Tensor& Tensor::requires_grad_(bool r) {
   KILN_CHECK(is_leaf(), "requires_grad_",
              "can only change requires_grad of leaf tensors (this one was produced by '{}'); use detach()",
              grad_fn() ? grad_fn()->name() : "?");
-  KILN_CHECK(!r || is_floating_point(), "requires_grad_",
-             "only floating point tensors can require gradients, got {}", dtype_name(dtype()));
+  KILN_CHECK(!r || is_floating_point(), "requires_grad_", "only floating point tensors can require gradients, got {}",
+             dtype_name(dtype()));
   if (!impl_ptr()->autograd) {
     if (!r) return *this;
     impl_ptr()->autograd = std::make_unique<AutogradMeta>();
@@ -440,8 +442,8 @@ void Tensor::backward(const Tensor& grad, bool retain_graph, bool create_graph) 
                shape_str(shape()));
     g = ones_like(*this);
   } else {
-    KILN_CHECK(g.shape() == shape(), "backward", "grad shape {} does not match tensor shape {}",
-               shape_str(g.shape()), shape_str(shape()));
+    KILN_CHECK(g.shape() == shape(), "backward", "grad shape {} does not match tensor shape {}", shape_str(g.shape()),
+               shape_str(shape()));
     KILN_CHECK(g.device() == device(), "backward", "grad is on {} but the tensor is on {}", g.device().str(),
                device().str());
     if (g.dtype() != dtype()) g = g.to(dtype());

@@ -1,7 +1,7 @@
 #include "gradcheck.hpp"
 
-#include <cmath>
 #include <fmt/format.h>
+#include <cmath>
 
 #include "grad_mode.hpp"
 #include "node.hpp"
@@ -48,7 +48,8 @@ bool gradcheck(const std::function<Tensor(const std::vector<Tensor>&)>& fn, cons
 
   // Analytical Jacobian, one backward per output element.
   std::vector<std::vector<double>> ana(checked.size());
-  for (std::size_t k = 0; k < checked.size(); ++k) ana[k].assign(static_cast<std::size_t>(n_out * checked[k].numel()), 0.0);
+  for (std::size_t k = 0; k < checked.size(); ++k)
+    ana[k].assign(static_cast<std::size_t>(n_out * checked[k].numel()), 0.0);
   if (y.requires_grad()) {
     for (std::int64_t j = 0; j < n_out; ++j) {
       Tensor onehot = zeros(y.shape(), kFloat64);
@@ -57,8 +58,8 @@ bool gradcheck(const std::function<Tensor(const std::vector<Tensor>&)>& fn, cons
       for (std::size_t k = 0; k < checked.size(); ++k) {
         if (!gs[k].defined()) continue;
         KILN_CHECK(gs[k].shape() == checked[k].shape(), "gradcheck",
-                   "gradient for input {} has shape {} but the input has shape {}", which[k],
-                   shape_str(gs[k].shape()), shape_str(checked[k].shape()));
+                   "gradient for input {} has shape {} but the input has shape {}", which[k], shape_str(gs[k].shape()),
+                   shape_str(checked[k].shape()));
         auto v = gs[k].to_vector<double>();
         for (std::size_t e = 0; e < v.size(); ++e) ana[k][j * v.size() + e] = v[e];
       }
@@ -80,7 +81,8 @@ bool gradcheck(const std::function<Tensor(const std::vector<Tensor>&)>& fn, cons
       for (std::int64_t j = 0; j < n_out; ++j) {
         double num = (plus[j] - minus[j]) / (2 * opts.eps());
         double an = ana[k][j * n_in + e];
-        bool ok = std::abs(an - num) <= opts.atol() + opts.rtol() * std::abs(num) || (std::isnan(an) && std::isnan(num));
+        bool ok =
+            std::abs(an - num) <= opts.atol() + opts.rtol() * std::abs(num) || (std::isnan(an) && std::isnan(num));
         if (!ok) {
           if (!opts.raise_on_failure()) return false;
           throw_error("gradcheck", fmt::format("Jacobian mismatch for input {} (shape {}) at output element {}, input "

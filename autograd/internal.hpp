@@ -16,8 +16,8 @@ inline void check_defined(const Tensor& t, const char* op, const char* what = "i
 }
 
 inline void check_same_device(const char* op, const Tensor& a, const Tensor& b) {
-  KILN_CHECK(a.device() == b.device(), op, "expected all tensors on the same device, got {} and {}",
-             a.device().str(), b.device().str());
+  KILN_CHECK(a.device() == b.device(), op, "expected all tensors on the same device, got {} and {}", a.device().str(),
+             b.device().str());
 }
 
 /// Same data converted to `dtype` (no autograd).

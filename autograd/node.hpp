@@ -54,7 +54,10 @@ class Node : public std::enable_shared_from_this<Node> {
   /// Gradients for each input edge from gradients of each output (missing ones are zeros).
   virtual std::vector<Tensor> apply(std::vector<Tensor>&& grad_outputs) = 0;
   /// Frees what backward needed (after a backward without retain_graph).
-  virtual void release() { saved_.clear(); released_ = true; }
+  virtual void release() {
+    saved_.clear();
+    released_ = true;
+  }
   bool released() const { return released_; }
 
   std::vector<Edge> next_edges;

@@ -29,7 +29,7 @@ struct Plan {
   bool causal = false;
   double keep_prob = 1;  // < 1: dropout
   bool need_weights = false;
-  Tensor mask;         // the user's mask, floats converted to q's dtype (differentiably)
+  Tensor mask;  // the user's mask, floats converted to q's dtype (differentiably)
   bool float_mask = false;
   std::int64_t window_left = -1, window_right = -1;  // -1: unbounded
   Tensor alibi, sinks;  // as given, converted to q's dtype (differentiably); broadcast to (batch..., H)
@@ -42,8 +42,8 @@ Tensor per_head(const Tensor& t, const char* what, const Plan& p, const Tensor& 
   KILN_CHECK(t.device() == q.device(), kOp, "{} is on {} but q is on {}", what, t.device().str(), q.device().str());
   Shape bh = p.batch;
   bh.push_back(p.H);
-  KILN_CHECK(broadcastable(t.shape(), bh), kOp, "{} of shape {} cannot be broadcast to (batch..., H) = {}", what, shape_str(t.shape()),
-             shape_str(bh));
+  KILN_CHECK(broadcastable(t.shape(), bh), kOp, "{} of shape {} cannot be broadcast to (batch..., H) = {}", what,
+             shape_str(t.shape()), shape_str(bh));
   return t.dtype() != q.dtype() ? to(t, q.dtype()) : t;
 }
 
@@ -84,9 +84,8 @@ Plan plan_for(const Tensor& q, const Tensor& k, const Tensor& v, const SdpaOptio
   p.G = p.Hkv > 0 ? p.H / p.Hkv : 1;
   KILN_CHECK(k.size(-1) == p.Dk, kOp, "q and k must have the same head dim, got shapes {} and {} ({} != {})",
              shape_str(q.shape()), shape_str(k.shape()), p.Dk, k.size(-1));
-  KILN_CHECK(v.size(-2) == p.S, kOp,
-             "k and v must have the same sequence length, got shapes {} and {} ({} != {})", shape_str(k.shape()),
-             shape_str(v.shape()), p.S, v.size(-2));
+  KILN_CHECK(v.size(-2) == p.S, kOp, "k and v must have the same sequence length, got shapes {} and {} ({} != {})",
+             shape_str(k.shape()), shape_str(v.shape()), p.S, v.size(-2));
   p.logits = p.batch;
   p.logits.insert(p.logits.end(), {p.H, p.T, p.S});
 
@@ -95,9 +94,9 @@ Plan plan_for(const Tensor& q, const Tensor& k, const Tensor& v, const SdpaOptio
     KILN_CHECK(m.dtype() == kBool || m.is_floating_point(), kOp,
                "attn_mask must be bool (true = may attend) or floating point (added to the logits), got {}",
                dtype_name(m.dtype()));
-    KILN_CHECK(m.device() == q.device(), kOp, "attn_mask is on {} but q is on {}", m.device().str(),
-               q.device().str());
-    KILN_CHECK(broadcastable(m.shape(), p.logits), kOp, "attn_mask of shape {} cannot be broadcast to the logits' shape (batch..., H, T, S) = {}",
+    KILN_CHECK(m.device() == q.device(), kOp, "attn_mask is on {} but q is on {}", m.device().str(), q.device().str());
+    KILN_CHECK(broadcastable(m.shape(), p.logits), kOp,
+               "attn_mask of shape {} cannot be broadcast to the logits' shape (batch..., H, T, S) = {}",
                shape_str(m.shape()), shape_str(p.logits));
     p.float_mask = m.is_floating_point();
     p.mask = p.float_mask && m.dtype() != q.dtype() ? to(m, q.dtype()) : m;
@@ -384,41 +383,46 @@ SdpaResult fused(const Plan& p, const Tensor& q, const Tensor& k, const Tensor& 
   // The node keeps mask, slopes and sinks as saved (version-checked) tensors.
   pc.mask = pc.alibi = pc.sinks = Tensor();
   const std::size_t extra = p.need_weights ? 6 : 5;  // slot of the mask; slopes and sinks follow
-  if (auto node = record(kOp, {q, k, v, mgrad, p.alibi, p.sinks}, outputs,
-                         [pc, seed, offset, extra](FunctionNode& n, std::vector<Tensor>& g) {
-        const Plan& p = pc;
-        Tensor q = n.saved(0), k = n.saved(1), v = n.saved(2), out = n.saved(3), lse = n.saved(4);
-        Tensor w = p.need_weights ? n.saved(5) : Tensor();
-        Tensor gw = p.need_weights ? g[1] : Tensor();
-        Plan pl = p;
-        pl.mask = n.saved(extra);
-        pl.alibi = n.saved(extra + 1);
-        pl.sinks = n.saved(extra + 2);
-        if (autograd::grad_enabled()) return composite_backward(pl, q, k, v, seed, offset, g[0], gw, n.next_edges);
-        AttentionArgs a = args_for(pl, q, k, v, seed, offset);
-        Tensor gq = empty_like_layout(q), gk = empty_like_layout(k), gv = empty_like_layout(v);
-        AttentionGrads gr{as4(gq, pl.nb), as4(gk, pl.nb), as4(gv, pl.nb), Tensor(), Tensor(), Tensor()};
-        const TensorOptions fo = TensorOptions(q.dtype()).device(q.device());
-        // Only inputs that require grad get one: the full d logits buffer is O(T * S).
-        const bool want_gm = n.next_edges[3].valid(), want_ga = n.next_edges[4].valid();
-        const bool want_gs = n.next_edges[5].valid();
-        if (want_gm) gr.gmask = zeros({pl.N, pl.H, pl.T, pl.S}, fo);
-        if (want_ga) gr.galibi = Tensor::empty({pl.N, pl.H}, q.dtype(), q.device());
-        if (want_gs) gr.gsinks = Tensor::empty({pl.N, pl.H}, q.dtype(), q.device());
-        Tensor gw4 = gw.defined() ? contiguous_raw(as4(gw, pl.nb)) : Tensor();
-        Tensor w4 = w.defined() ? contiguous_raw(as4(w, pl.nb)) : Tensor();
-        backend(q, "scaled_dot_product_attention_backward")
-            .attention_backward(a, as4(out, pl.nb), lse, as4(g[0], pl.nb), w4, gw4, gr);
-        Shape bh = pl.batch;
-        bh.push_back(pl.H);
-        auto per_head_grad = [&](const Tensor& g2, const Tensor& x) {
-          return g2.defined() ? reduce_grad(Tensor::make_view(g2, bh, contiguous_strides(bh), 0), x) : Tensor();
-        };
-        Tensor gm;
-        if (want_gm)
-          gm = reduce_grad(Tensor::make_view(gr.gmask, pl.logits, contiguous_strides(pl.logits), 0), pl.mask);
-        return std::vector<Tensor>{gq, gk, gv, gm, per_head_grad(gr.galibi, pl.alibi), per_head_grad(gr.gsinks, pl.sinks)};
-      })) {
+  if (auto node =
+          record(kOp, {q, k, v, mgrad, p.alibi, p.sinks}, outputs,
+                 [pc, seed, offset, extra](FunctionNode& n, std::vector<Tensor>& g) {
+                   const Plan& p = pc;
+                   Tensor q = n.saved(0), k = n.saved(1), v = n.saved(2), out = n.saved(3), lse = n.saved(4);
+                   Tensor w = p.need_weights ? n.saved(5) : Tensor();
+                   Tensor gw = p.need_weights ? g[1] : Tensor();
+                   Plan pl = p;
+                   pl.mask = n.saved(extra);
+                   pl.alibi = n.saved(extra + 1);
+                   pl.sinks = n.saved(extra + 2);
+                   if (autograd::grad_enabled())
+                     return composite_backward(pl, q, k, v, seed, offset, g[0], gw, n.next_edges);
+                   AttentionArgs a = args_for(pl, q, k, v, seed, offset);
+                   Tensor gq = empty_like_layout(q), gk = empty_like_layout(k), gv = empty_like_layout(v);
+                   AttentionGrads gr{as4(gq, pl.nb), as4(gk, pl.nb), as4(gv, pl.nb), Tensor(), Tensor(), Tensor()};
+                   const TensorOptions fo = TensorOptions(q.dtype()).device(q.device());
+                   // Only inputs that require grad get one: the full d logits buffer is O(T * S).
+                   const bool want_gm = n.next_edges[3].valid(), want_ga = n.next_edges[4].valid();
+                   const bool want_gs = n.next_edges[5].valid();
+                   if (want_gm) gr.gmask = zeros({pl.N, pl.H, pl.T, pl.S}, fo);
+                   if (want_ga) gr.galibi = Tensor::empty({pl.N, pl.H}, q.dtype(), q.device());
+                   if (want_gs) gr.gsinks = Tensor::empty({pl.N, pl.H}, q.dtype(), q.device());
+                   Tensor gw4 = gw.defined() ? contiguous_raw(as4(gw, pl.nb)) : Tensor();
+                   Tensor w4 = w.defined() ? contiguous_raw(as4(w, pl.nb)) : Tensor();
+                   backend(q, "scaled_dot_product_attention_backward")
+                       .attention_backward(a, as4(out, pl.nb), lse, as4(g[0], pl.nb), w4, gw4, gr);
+                   Shape bh = pl.batch;
+                   bh.push_back(pl.H);
+                   auto per_head_grad = [&](const Tensor& g2, const Tensor& x) {
+                     return g2.defined() ? reduce_grad(Tensor::make_view(g2, bh, contiguous_strides(bh), 0), x)
+                                         : Tensor();
+                   };
+                   Tensor gm;
+                   if (want_gm)
+                     gm =
+                         reduce_grad(Tensor::make_view(gr.gmask, pl.logits, contiguous_strides(pl.logits), 0), pl.mask);
+                   return std::vector<Tensor>{
+                       gq, gk, gv, gm, per_head_grad(gr.galibi, pl.alibi), per_head_grad(gr.gsinks, pl.sinks)};
+                 })) {
     node->save(q);
     node->save(k);
     node->save(v);

@@ -142,9 +142,10 @@ Tensor mul(const Tensor& a, const Tensor& b) {
   check_defined(a, "mul");
   check_defined(b, "mul");
   Tensor out = binary_forward(BinaryOp::Mul, a, b, "mul", promote_types(a.dtype(), b.dtype()));
-  record_binary("mul", a, b, out, false, [](const Tensor& g, const Tensor& a, const Tensor& b, const Tensor&, bool na, bool nb) {
-    return std::pair<Tensor, Tensor>{na ? mul(g, b) : Tensor(), nb ? mul(g, a) : Tensor()};
-  });
+  record_binary("mul", a, b, out, false,
+                [](const Tensor& g, const Tensor& a, const Tensor& b, const Tensor&, bool na, bool nb) {
+                  return std::pair<Tensor, Tensor>{na ? mul(g, b) : Tensor(), nb ? mul(g, a) : Tensor()};
+                });
   return out;
 }
 
@@ -154,11 +155,12 @@ Tensor div(const Tensor& a, const Tensor& b) {
   DType dt = promote_types(a.dtype(), b.dtype());
   if (!is_floating(dt)) dt = kFloat32;
   Tensor out = binary_forward(BinaryOp::Div, a, b, "div", dt);
-  record_binary("div", a, b, out, false, [](const Tensor& g, const Tensor& a, const Tensor& b, const Tensor&, bool na, bool nb) {
-    Tensor ga = na ? div(g, b) : Tensor();
-    Tensor gb = nb ? neg(div(mul(g, a), mul(b, b))) : Tensor();
-    return std::pair<Tensor, Tensor>{ga, gb};
-  });
+  record_binary("div", a, b, out, false,
+                [](const Tensor& g, const Tensor& a, const Tensor& b, const Tensor&, bool na, bool nb) {
+                  Tensor ga = na ? div(g, b) : Tensor();
+                  Tensor gb = nb ? neg(div(mul(g, a), mul(b, b))) : Tensor();
+                  return std::pair<Tensor, Tensor>{ga, gb};
+                });
   return out;
 }
 
@@ -166,16 +168,17 @@ Tensor pow(const Tensor& a, const Tensor& b) {
   check_defined(a, "pow");
   check_defined(b, "pow");
   Tensor out = binary_forward(BinaryOp::Pow, a, b, "pow", promote_types(a.dtype(), b.dtype()));
-  record_binary("pow", a, b, out, true, [](const Tensor& g, const Tensor& a, const Tensor& b, const Tensor& y, bool na, bool nb) {
-    Tensor ga, gb;
-    if (na) ga = mul(g, mul(b, pow(a, sub(b, cscalar(1, b)))));
-    if (nb) {
-      // d/db a^b = a^b log a, taken as 0 where a == 0 (the limit for b > 0).
-      Tensor la = where(eq(a, cscalar(0, a)), cscalar(0, a), log(a));
-      gb = mul(g, mul(y, la));
-    }
-    return std::pair<Tensor, Tensor>{ga, gb};
-  });
+  record_binary("pow", a, b, out, true,
+                [](const Tensor& g, const Tensor& a, const Tensor& b, const Tensor& y, bool na, bool nb) {
+                  Tensor ga, gb;
+                  if (na) ga = mul(g, mul(b, pow(a, sub(b, cscalar(1, b)))));
+                  if (nb) {
+                    // d/db a^b = a^b log a, taken as 0 where a == 0 (the limit for b > 0).
+                    Tensor la = where(eq(a, cscalar(0, a)), cscalar(0, a), log(a));
+                    gb = mul(g, mul(y, la));
+                  }
+                  return std::pair<Tensor, Tensor>{ga, gb};
+                });
   return out;
 }
 
@@ -209,13 +212,14 @@ Tensor minmax(BinaryOp bop, const Tensor& a, const Tensor& b, const char* op) {
   check_defined(b, op);
   Tensor out = binary_forward(bop, a, b, op, promote_types(a.dtype(), b.dtype()));
   bool is_max = bop == BinaryOp::Maximum;
-  record_binary(op, a, b, out, false, [is_max](const Tensor& g, const Tensor& a, const Tensor& b, const Tensor&, bool, bool) {
-    // Ties share the gradient evenly, as PyTorch does.
-    Tensor ae = to(is_max ? gt(a, b) : lt(a, b), g.dtype());
-    Tensor tie = mul(to(eq(a, b), g.dtype()), cscalar(0.5, g));
-    Tensor be = to(is_max ? lt(a, b) : gt(a, b), g.dtype());
-    return std::pair<Tensor, Tensor>{mul(g, add(ae, tie)), mul(g, add(be, tie))};
-  });
+  record_binary(op, a, b, out, false,
+                [is_max](const Tensor& g, const Tensor& a, const Tensor& b, const Tensor&, bool, bool) {
+                  // Ties share the gradient evenly, as PyTorch does.
+                  Tensor ae = to(is_max ? gt(a, b) : lt(a, b), g.dtype());
+                  Tensor tie = mul(to(eq(a, b), g.dtype()), cscalar(0.5, g));
+                  Tensor be = to(is_max ? lt(a, b) : gt(a, b), g.dtype());
+                  return std::pair<Tensor, Tensor>{mul(g, add(ae, tie)), mul(g, add(be, tie))};
+                });
   return out;
 }
 }  // namespace
@@ -229,24 +233,23 @@ Tensor neg(const Tensor& x) {
   check_defined(x, "neg");
   KILN_CHECK(x.dtype() != kBool, "neg", "negation of a bool tensor is not supported; use logical_not");
   Tensor y = unary_raw(UnaryOp::Neg, x, x.dtype(), 0, 0, "neg");
-  if (auto node = record("neg", {x}, {y}, [](FunctionNode&, std::vector<Tensor>& g) {
-        return std::vector<Tensor>{neg(g[0])};
-      }))
+  if (auto node =
+          record("neg", {x}, {y}, [](FunctionNode&, std::vector<Tensor>& g) { return std::vector<Tensor>{neg(g[0])}; }))
     (void)node;
   return y;
 }
 
 Tensor exp(const Tensor& x) {
-  return float_unary(UnaryOp::Exp, x, "exp", true, [](const Tensor& g, const Tensor&, const Tensor& y) { return mul(g, y); });
+  return float_unary(UnaryOp::Exp, x, "exp", true,
+                     [](const Tensor& g, const Tensor&, const Tensor& y) { return mul(g, y); });
 }
 Tensor log(const Tensor& x) {
   return float_unary(UnaryOp::Log, x, "log", false,
                      [](const Tensor& g, const Tensor& x, const Tensor&) { return div(g, x); });
 }
 Tensor sqrt(const Tensor& x) {
-  return float_unary(UnaryOp::Sqrt, x, "sqrt", true, [](const Tensor& g, const Tensor&, const Tensor& y) {
-    return div(g, mul(y, cscalar(2, y)));
-  });
+  return float_unary(UnaryOp::Sqrt, x, "sqrt", true,
+                     [](const Tensor& g, const Tensor&, const Tensor& y) { return div(g, mul(y, cscalar(2, y))); });
 }
 Tensor rsqrt(const Tensor& x) {
   return float_unary(UnaryOp::Rsqrt, x, "rsqrt", true, [](const Tensor& g, const Tensor&, const Tensor& y) {
@@ -268,18 +271,17 @@ Tensor sign(const Tensor& x) {
 Tensor square(const Tensor& x) {
   check_defined(x, "square");
   Tensor y = unary_raw(UnaryOp::Square, x, x.dtype() == kBool ? kInt64 : x.dtype(), 0, 0, "square");
-  record_unary("square", x, y, false, [](const Tensor& g, const Tensor& x, const Tensor&) {
-    return mul(g, mul(x, cscalar(2, x)));
-  });
+  record_unary("square", x, y, false,
+               [](const Tensor& g, const Tensor& x, const Tensor&) { return mul(g, mul(x, cscalar(2, x))); });
   return y;
 }
 Tensor reciprocal(const Tensor& x) {
-  return float_unary(UnaryOp::Reciprocal, x, "reciprocal", true, [](const Tensor& g, const Tensor&, const Tensor& y) {
-    return neg(mul(g, mul(y, y)));
-  });
+  return float_unary(UnaryOp::Reciprocal, x, "reciprocal", true,
+                     [](const Tensor& g, const Tensor&, const Tensor& y) { return neg(mul(g, mul(y, y))); });
 }
 Tensor sin(const Tensor& x) {
-  return float_unary(UnaryOp::Sin, x, "sin", false, [](const Tensor& g, const Tensor& x, const Tensor&) { return mul(g, cos(x)); });
+  return float_unary(UnaryOp::Sin, x, "sin", false,
+                     [](const Tensor& g, const Tensor& x, const Tensor&) { return mul(g, cos(x)); });
 }
 Tensor cos(const Tensor& x) {
   return float_unary(UnaryOp::Cos, x, "cos", false,
@@ -304,7 +306,8 @@ Tensor relu(const Tensor& x) {
   check_defined(x, "relu");
   KILN_CHECK(x.dtype() != kBool, "relu", "relu of a bool tensor is not supported");
   Tensor y = unary_raw(UnaryOp::Relu, x, x.dtype(), 0, 0, "relu");
-  record_unary("relu", x, y, false, [](const Tensor& g, const Tensor& x, const Tensor&) { return mul(g, step(x, 0.0)); });
+  record_unary("relu", x, y, false,
+               [](const Tensor& g, const Tensor& x, const Tensor&) { return mul(g, step(x, 0.0)); });
   return y;
 }
 Tensor gelu(const Tensor& x, const std::string& approximate) {
@@ -374,8 +377,9 @@ Tensor where(const Tensor& cond, const Tensor& a, const Tensor& b) {
   Shape shape = broadcast_shapes(broadcast_shapes(cond.shape(), a.shape(), "where"), b.shape(), "where");
   DType dt = promote_types(a.dtype(), b.dtype());
   Tensor out = Tensor::empty(shape, dt, a.device());
-  backend(a, "where").where(expand_raw(cond, shape, "where"), expand_raw(cast_raw(a, dt), shape, "where"),
-                            expand_raw(cast_raw(b, dt), shape, "where"), out);
+  backend(a, "where")
+      .where(expand_raw(cond, shape, "where"), expand_raw(cast_raw(a, dt), shape, "where"),
+             expand_raw(cast_raw(b, dt), shape, "where"), out);
   if (auto node = record("where", {a, b}, {out}, [](FunctionNode& n, std::vector<Tensor>& g) {
         Tensor c = n.saved(0), a = n.saved(1), b = n.saved(2);
         Tensor z = zeros({}, TensorOptions(g[0].dtype()).device(g[0].device()));

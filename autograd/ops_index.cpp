@@ -64,8 +64,9 @@ Tensor index_add(const Tensor& x, std::int64_t dim_in, const Tensor& index, cons
   std::int64_t dim = normalize_dim(dim_in, x.dim(), "index_add");
   Shape expect = x.shape();
   expect[dim] = index.numel();
-  KILN_CHECK(src.shape() == expect, "index_add", "source shape {} must be {} (input shape {} with dim {} = index length {})",
-             shape_str(src.shape()), shape_str(expect), shape_str(x.shape()), dim, index.numel());
+  KILN_CHECK(src.shape() == expect, "index_add",
+             "source shape {} must be {} (input shape {} with dim {} = index length {})", shape_str(src.shape()),
+             shape_str(expect), shape_str(x.shape()), dim, index.numel());
   check_index_range(index, x.size(dim), "index_add", dim);
   Tensor out = Tensor::empty(x.shape(), x.dtype(), x.device());
   Backend& be = backend(x, "index_add");
@@ -88,7 +89,8 @@ Tensor gather(const Tensor& x, std::int64_t dim_in, const Tensor& index) {
   std::int64_t dim = normalize_dim(dim_in, x.dim(), "gather");
   for (std::int64_t d = 0; d < x.dim(); ++d)
     KILN_CHECK(d == dim || index.size(d) <= x.size(d), "gather",
-               "index shape {} is larger than input shape {} at dim {}", shape_str(index.shape()), shape_str(x.shape()), d);
+               "index shape {} is larger than input shape {} at dim {}", shape_str(index.shape()), shape_str(x.shape()),
+               d);
   if (x.dim() > 0) check_index_range(index, x.size(dim), "gather", dim);
   else check_index_range(index, 1, "gather", dim);
   Tensor out = Tensor::empty(index.shape(), x.dtype(), x.device());
@@ -98,7 +100,8 @@ Tensor gather(const Tensor& x, std::int64_t dim_in, const Tensor& index) {
   if (auto node = record("gather", {x}, {out}, [dim, xs](FunctionNode& n, std::vector<Tensor>& g) {
         Tensor idx = n.saved(0);
         if (xs.empty()) return std::vector<Tensor>{g[0]};
-        return std::vector<Tensor>{scatter_add(zeros(xs, TensorOptions(g[0].dtype()).device(g[0].device())), dim, idx, g[0])};
+        return std::vector<Tensor>{
+            scatter_add(zeros(xs, TensorOptions(g[0].dtype()).device(g[0].device())), dim, idx, g[0])};
       }))
     node->save(index);
   return out;
@@ -116,7 +119,8 @@ Tensor scatter_add(const Tensor& x, std::int64_t dim_in, const Tensor& index, co
   std::int64_t dim = normalize_dim(dim_in, x.dim(), "scatter_add");
   for (std::int64_t d = 0; d < x.dim(); ++d)
     KILN_CHECK(d == dim || index.size(d) <= x.size(d), "scatter_add",
-               "index shape {} is larger than input shape {} at dim {}", shape_str(index.shape()), shape_str(x.shape()), d);
+               "index shape {} is larger than input shape {} at dim {}", shape_str(index.shape()), shape_str(x.shape()),
+               d);
   check_index_range(index, x.dim() ? x.size(dim) : 1, "scatter_add", dim);
   Tensor out = Tensor::empty(x.shape(), x.dtype(), x.device());
   Backend& be = backend(x, "scatter_add");

@@ -114,8 +114,8 @@ Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias) {
              shape_str(weight.shape()), x.dim() ? x.size(-1) : 0, weight.size(1));
   Tensor y = matmul(x, transpose(weight, 0, 1));
   if (bias.defined()) {
-    KILN_CHECK(bias.dim() == 1 && bias.size(0) == weight.size(0), "linear",
-               "bias must have shape ({},), got {}", weight.size(0), shape_str(bias.shape()));
+    KILN_CHECK(bias.dim() == 1 && bias.size(0) == weight.size(0), "linear", "bias must have shape ({},), got {}",
+               weight.size(0), shape_str(bias.shape()));
     y = add(y, bias);
   }
   return y;

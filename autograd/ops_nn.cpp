@@ -78,7 +78,8 @@ Tensor softmax_impl(const Tensor& x, std::int64_t dim_in, bool log, const char* 
 Tensor softmax(const Tensor& x, std::int64_t dim) { return softmax_impl(x, dim, false, "softmax"); }
 Tensor log_softmax(const Tensor& x, std::int64_t dim) { return softmax_impl(x, dim, true, "log_softmax"); }
 
-Tensor layer_norm(const Tensor& x, const Shape& normalized_shape, const Tensor& weight, const Tensor& bias, double eps) {
+Tensor layer_norm(const Tensor& x, const Shape& normalized_shape, const Tensor& weight, const Tensor& bias,
+                  double eps) {
   check_defined(x, "layer_norm");
   check_floating(x, "layer_norm");
   const std::int64_t k = static_cast<std::int64_t>(normalized_shape.size());
@@ -86,7 +87,8 @@ Tensor layer_norm(const Tensor& x, const Shape& normalized_shape, const Tensor& 
              shape_str(normalized_shape), shape_str(x.shape()));
   for (std::int64_t i = 0; i < k; ++i)
     KILN_CHECK(x.size(x.dim() - k + i) == normalized_shape[i], "layer_norm",
-               "input shape {} does not end with normalized_shape {}", shape_str(x.shape()), shape_str(normalized_shape));
+               "input shape {} does not end with normalized_shape {}", shape_str(x.shape()),
+               shape_str(normalized_shape));
   for (const Tensor* p : {&weight, &bias})
     if (p->defined()) {
       KILN_CHECK(p->shape() == normalized_shape, "layer_norm", "{} shape {} must equal normalized_shape {}",
@@ -108,14 +110,16 @@ Tensor layer_norm(const Tensor& x, const Shape& normalized_shape, const Tensor& 
   for (std::int64_t d = 0; d < x.dim(); ++d) (d >= x.dim() - k ? norm_dims : batch_dims).push_back(d);
   bool has_w = weight.defined(), has_b = bias.defined();
   if (auto node = record("layer_norm", {x, weight, bias}, {y},
-                         [keep, norm_dims, batch_dims, has_w, has_b, eps, normalized_shape](FunctionNode& n, std::vector<Tensor>& g) {
+                         [keep, norm_dims, batch_dims, has_w, has_b, eps, normalized_shape](FunctionNode& n,
+                                                                                            std::vector<Tensor>& g) {
                            Tensor x = n.saved(0), w = n.saved(1), mu = n.saved(2), rs = n.saved(3);
                            Tensor xhat;
                            if (autograd::grad_enabled()) {
                              // Recompute the statistics differentiably so create_graph is exact.
                              Tensor m = mean(x, norm_dims, true);
                              Tensor d = sub(x, m);
-                             Tensor r = rsqrt(add(mean(mul(d, d), norm_dims, true), scalar_on(eps, x.dtype(), x.device())));
+                             Tensor r =
+                                 rsqrt(add(mean(mul(d, d), norm_dims, true), scalar_on(eps, x.dtype(), x.device())));
                              xhat = mul(d, r);
                              rs = r;
                            } else {
@@ -167,7 +171,8 @@ Tensor cross_entropy(const Tensor& logits, const Tensor& target, const CrossEntr
   check_same_device("cross_entropy", logits, target);
   KILN_CHECK(target.dtype() == kInt64, "cross_entropy", "target must hold int64 class indices, got {}",
              dtype_name(target.dtype()));
-  KILN_CHECK(logits.dim() >= 1, "cross_entropy", "logits must be at least 1-D, got shape {}", shape_str(logits.shape()));
+  KILN_CHECK(logits.dim() >= 1, "cross_entropy", "logits must be at least 1-D, got shape {}",
+             shape_str(logits.shape()));
   KILN_CHECK(opts.label_smoothing() >= 0.0 && opts.label_smoothing() <= 1.0, "cross_entropy",
              "label_smoothing must be in [0, 1], got {}", opts.label_smoothing());
   const std::int64_t cdim = logits.dim() == 1 ? 0 : 1;
@@ -197,7 +202,8 @@ Tensor cross_entropy(const Tensor& logits, const Tensor& target, const CrossEntr
   if (opts.label_smoothing() > 0) {
     double ls = opts.label_smoothing();
     Tensor smooth = neg(mean(lp, {-1}));
-    loss = add(mul(nll, scalar_on(1.0 - ls, nll.dtype(), nll.device())), mul(smooth, scalar_on(ls, nll.dtype(), nll.device())));
+    loss = add(mul(nll, scalar_on(1.0 - ls, nll.dtype(), nll.device())),
+               mul(smooth, scalar_on(ls, nll.dtype(), nll.device())));
   }
   loss = where(vmask, loss, zeros({}, TensorOptions(loss.dtype()).device(loss.device())));
   if (logits.dim() > 2) loss = transpose(unsqueeze(loss, 1), 1, -1).squeeze(-1);

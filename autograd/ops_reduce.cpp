@@ -34,7 +34,8 @@ Tensor reduce_raw(ReduceOp op, const Tensor& x, const Dims& dims, bool keepdim, 
   Shape ks = keep_shape(x.shape(), dims);
   Tensor out = Tensor::empty(ks, dtype, x.device());
   backend(x, name).reduce(op, xin, dims, out);
-  if (!keepdim) out = Tensor::make_view(out, drop_shape(x.shape(), dims), contiguous_strides(drop_shape(x.shape(), dims)), 0);
+  if (!keepdim)
+    out = Tensor::make_view(out, drop_shape(x.shape(), dims), contiguous_strides(drop_shape(x.shape(), dims)), 0);
   return out;
 }
 
@@ -153,8 +154,12 @@ Tensor std(const Tensor& x, const Dims& dims, double correction, bool keepdim) {
   return y;
 }
 
-Tensor amax(const Tensor& x, const Dims& dims, bool keepdim) { return minmax_all(ReduceOp::Max, x, dims, keepdim, "amax"); }
-Tensor amin(const Tensor& x, const Dims& dims, bool keepdim) { return minmax_all(ReduceOp::Min, x, dims, keepdim, "amin"); }
+Tensor amax(const Tensor& x, const Dims& dims, bool keepdim) {
+  return minmax_all(ReduceOp::Max, x, dims, keepdim, "amax");
+}
+Tensor amin(const Tensor& x, const Dims& dims, bool keepdim) {
+  return minmax_all(ReduceOp::Min, x, dims, keepdim, "amin");
+}
 Tensor max(const Tensor& x) { return minmax_all(ReduceOp::Max, x, {}, false, "max"); }
 Tensor min(const Tensor& x) { return minmax_all(ReduceOp::Min, x, {}, false, "min"); }
 ValuesIndices max(const Tensor& x, std::int64_t dim, bool keepdim) {

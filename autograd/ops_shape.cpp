@@ -33,8 +33,8 @@ Shape infer_shape(const Shape& shape, std::int64_t numel, const char* op, const 
                shape_str(shape), shape_str(from), numel);
     out[infer] = numel / known;
   }
-  KILN_CHECK(numel_of(out) == numel, op, "shape {} is invalid for an input of shape {} ({} elements)",
-             shape_str(shape), shape_str(from), numel);
+  KILN_CHECK(numel_of(out) == numel, op, "shape {} is invalid for an input of shape {} ({} elements)", shape_str(shape),
+             shape_str(from), numel);
   return out;
 }
 
@@ -131,7 +131,8 @@ Tensor flatten(const Tensor& x, std::int64_t start_dim, std::int64_t end_dim) {
 Tensor permute(const Tensor& x, const Dims& dims) {
   check_defined(x, "permute");
   KILN_CHECK(static_cast<std::int64_t>(dims.size()) == x.dim(), "permute",
-             "got {} dims {} for a {}-D tensor of shape {}", dims.size(), shape_str(dims), x.dim(), shape_str(x.shape()));
+             "got {} dims {} for a {}-D tensor of shape {}", dims.size(), shape_str(dims), x.dim(),
+             shape_str(x.shape()));
   Dims nd(dims.size());
   std::vector<bool> seen(dims.size(), false);
   Shape shape(dims.size());
@@ -147,9 +148,8 @@ Tensor permute(const Tensor& x, const Dims& dims) {
   Tensor y = view_raw(x, shape, st, x.offset());
   Dims inv(nd.size());
   for (std::size_t i = 0; i < nd.size(); ++i) inv[nd[i]] = static_cast<std::int64_t>(i);
-  record("permute", {x}, {y}, [inv](FunctionNode&, std::vector<Tensor>& g) {
-    return std::vector<Tensor>{permute(g[0], inv)};
-  });
+  record("permute", {x}, {y},
+         [inv](FunctionNode&, std::vector<Tensor>& g) { return std::vector<Tensor>{permute(g[0], inv)}; });
   return y;
 }
 
@@ -236,9 +236,8 @@ Tensor expand(const Tensor& x, const Shape& shape_in) {
   if (shape == x.shape()) return x;
   Tensor y = view_raw(x, shape, broadcast_strides(x.shape(), x.strides(), shape, "expand"), x.offset());
   Shape xs = x.shape();
-  record("expand", {x}, {y}, [xs](FunctionNode&, std::vector<Tensor>& g) {
-    return std::vector<Tensor>{sum_to_shape(g[0], xs)};
-  });
+  record("expand", {x}, {y},
+         [xs](FunctionNode&, std::vector<Tensor>& g) { return std::vector<Tensor>{sum_to_shape(g[0], xs)}; });
   return y;
 }
 
@@ -295,7 +294,8 @@ Tensor to(const Tensor& x, DType dtype) {
   Tensor y = cast_raw(x, dtype);
   DType from = x.dtype();
   if (is_floating(dtype))
-    record("to", {x}, {y}, [from](FunctionNode&, std::vector<Tensor>& g) { return std::vector<Tensor>{to(g[0], from)}; });
+    record("to", {x}, {y},
+           [from](FunctionNode&, std::vector<Tensor>& g) { return std::vector<Tensor>{to(g[0], from)}; });
   return y;
 }
 
@@ -372,8 +372,9 @@ Tensor stack(const std::vector<Tensor>& xs, std::int64_t dim) {
   std::vector<Tensor> us;
   for (std::size_t i = 0; i < xs.size(); ++i) {
     check_defined(xs[i], "stack");
-    KILN_CHECK(xs[i].shape() == xs[0].shape(), "stack", "all tensors must have the same shape: tensor {} has {}, tensor 0 has {}",
-               i, shape_str(xs[i].shape()), shape_str(xs[0].shape()));
+    KILN_CHECK(xs[i].shape() == xs[0].shape(), "stack",
+               "all tensors must have the same shape: tensor {} has {}, tensor 0 has {}", i, shape_str(xs[i].shape()),
+               shape_str(xs[0].shape()));
     us.push_back(unsqueeze(xs[i], d));
   }
   return cat(us, d);

@@ -5,7 +5,8 @@
 //   build/bench/cuda_bench matmul|mha|ops  one group
 // One `RESULT ...` line per measurement (format in bench/README.md), e.g.
 //   RESULT cuda_matmul impl=kiln dtype=float32 tf32=0 B=1 M=4096 N=4096 K=4096 median_ms=.. tflops=..
-//   RESULT mha impl=kiln_cuda scope=core device=cuda B=8 T=1024 E=768 H=12 causal=1 mode=fwdbwd dtype=float32 median_ms=.. tflops=..
+//   RESULT mha impl=kiln_cuda scope=core device=cuda B=8 T=1024 E=768 H=12 causal=1 mode=fwdbwd dtype=float32
+//   median_ms=.. tflops=..
 // Without a GPU it prints one `# cuda_bench skipped: <reason>` line and exits 0.
 #include <algorithm>
 #include <chrono>
@@ -25,7 +26,8 @@ using kiln::bench::now_s;
 
 // Median seconds per call: warm-up (>= 2 calls, 0.3 s), then repetitions of `inner` calls
 // between device synchronizations until ~0.8 s or 15 repetitions.
-double median_s(const std::function<void()>& fn, const std::function<void()>& setup = [] {}) {
+double median_s(
+    const std::function<void()>& fn, const std::function<void()>& setup = [] {}) {
   double w0 = now_s();
   for (int i = 0; i < 2 || now_s() - w0 < 0.3; ++i) {
     setup();
@@ -90,7 +92,8 @@ void bench_mha() {
   struct Row {
     std::int64_t B, T, E, H;
   };
-  const std::vector<Row> rows = {{32, 64, 128, 4}, {8, 256, 256, 8}, {8, 1024, 768, 12}, {4, 2048, 1024, 16}, {1, 4096, 256, 8}};
+  const std::vector<Row> rows = {
+      {32, 64, 128, 4}, {8, 256, 256, 8}, {8, 1024, 768, 12}, {4, 2048, 1024, 16}, {1, 4096, 256, 8}};
   for (DType dt : {kFloat32, kFloat64})
     for (const Row& r : rows)
       for (bool causal : {false, true})
@@ -101,7 +104,8 @@ void bench_mha() {
           const TensorOptions o = TensorOptions(dt).device(Device::cuda(0));
           // (B, T, E) buffers viewed as (B, H, T, D): the head split of a MultiHeadAttention layer.
           auto heads = [&](const Tensor& x) { return x.reshape({r.B, r.T, r.H, D}).transpose(1, 2); };
-          Tensor qb = randn({r.B, r.T, r.E}, o, &g), kb = randn({r.B, r.T, r.E}, o, &g), vb = randn({r.B, r.T, r.E}, o, &g);
+          Tensor qb = randn({r.B, r.T, r.E}, o, &g), kb = randn({r.B, r.T, r.E}, o, &g),
+                 vb = randn({r.B, r.T, r.E}, o, &g);
           Tensor gy = randn({r.B, r.H, r.T, D}, o, &g);
           const SdpaOptions opts = SdpaOptions().is_causal(causal);
           double s;
@@ -125,10 +129,11 @@ void bench_mha() {
           const double pairs = static_cast<double>(r.B * r.H * r.T) * static_cast<double>(r.T) * (causal ? 0.5 : 1.0);
           const double fwd_flop = 4.0 * pairs * static_cast<double>(D);
           const double flop = std::string(mode) == "fwd" ? fwd_flop : 3.5 * fwd_flop;
-          std::printf("RESULT mha impl=kiln_cuda scope=core device=cuda B=%ld T=%ld E=%ld H=%ld causal=%d mode=%s dtype=%s "
-                      "median_ms=%.4f tflops=%.2f\n",
-                      static_cast<long>(r.B), static_cast<long>(r.T), static_cast<long>(r.E), static_cast<long>(r.H),
-                      causal ? 1 : 0, mode, std::string(dtype_name(dt)).c_str(), s * 1e3, flop / s / 1e12);
+          std::printf(
+              "RESULT mha impl=kiln_cuda scope=core device=cuda B=%ld T=%ld E=%ld H=%ld causal=%d mode=%s dtype=%s "
+              "median_ms=%.4f tflops=%.2f\n",
+              static_cast<long>(r.B), static_cast<long>(r.T), static_cast<long>(r.E), static_cast<long>(r.H),
+              causal ? 1 : 0, mode, std::string(dtype_name(dt)).c_str(), s * 1e3, flop / s / 1e12);
           std::fflush(stdout);
         }
 }

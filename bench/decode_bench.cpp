@@ -122,9 +122,7 @@ void decode_row(const Row& r, int threads, int repeats, bool recompute) {
     const double p0 = now_s();
     (void)m.forward(seq.narrow(1, 0, r.P), &caches);
     const double pf = now_s() - p0;
-    Timing t = time_calls(static_cast<int>(r.N), [&](int i) {
-      (void)m.forward(seq.narrow(1, r.P + i, 1), &caches);
-    });
+    Timing t = time_calls(static_cast<int>(r.N), [&](int i) { (void)m.forward(seq.narrow(1, r.P + i, 1), &caches); });
     if (rep == 0) continue;
     prefill.push_back(pf);
     cpu.push_back(t.cpu_ms);
@@ -134,9 +132,10 @@ void decode_row(const Row& r, int threads, int repeats, bool recompute) {
   const double wms = median(wall), cms = median(cpu);
   const std::string shape = fmt::format("B={} E={} H={} Hkv={} layers={} prefill={} tokens={} threads={}", r.B, r.E,
                                         r.H, r.Hkv, r.layers, r.P, r.N, threads);
-  fmt::print("RESULT decode mode=cache {} median_token_ms={:.4f} mean_token_ms={:.4f} cpu_token_ms={:.4f} "
-             "tokens_per_s={:.0f} prefill_ms={:.2f} repeats={}\n",
-             shape, wms, median(mean), cms, static_cast<double>(r.B) / wms * 1e3, median(prefill) * 1e3, repeats);
+  fmt::print(
+      "RESULT decode mode=cache {} median_token_ms={:.4f} mean_token_ms={:.4f} cpu_token_ms={:.4f} "
+      "tokens_per_s={:.0f} prefill_ms={:.2f} repeats={}\n",
+      shape, wms, median(mean), cms, static_cast<double>(r.B) / wms * 1e3, median(prefill) * 1e3, repeats);
   std::fflush(stdout);
   if (!recompute) return;
   // Without a cache: each step runs the whole prefix; a few steps at the same lengths suffice.
@@ -152,9 +151,10 @@ void decode_row(const Row& r, int threads, int repeats, bool recompute) {
     rcpu.push_back(t.cpu_ms);
   }
   const double rw = median(rwall), rc = median(rcpu);
-  fmt::print("RESULT decode mode=recompute {} median_token_ms={:.4f} cpu_token_ms={:.4f} tokens_per_s={:.0f} "
-             "speedup_wall={:.1f} speedup_cpu={:.1f}\n",
-             shape, rw, rc, static_cast<double>(r.B) / rw * 1e3, rw / wms, rc / cms);
+  fmt::print(
+      "RESULT decode mode=recompute {} median_token_ms={:.4f} cpu_token_ms={:.4f} tokens_per_s={:.0f} "
+      "speedup_wall={:.1f} speedup_cpu={:.1f}\n",
+      shape, rw, rc, static_cast<double>(r.B) / rw * 1e3, rw / wms, rc / cms);
   std::fflush(stdout);
 }
 
@@ -180,9 +180,10 @@ void mha_row(std::int64_t B, std::int64_t E, std::int64_t H, std::int64_t Hkv, s
     mean.push_back(t.wall_mean_ms);
     cpu.push_back(t.cpu_ms);
   }
-  fmt::print("RESULT decode_mha B={} E={} H={} Hkv={} T=1 S={} threads={} median_ms={:.4f} mean_ms={:.4f} "
-             "cpu_ms={:.4f}\n",
-             B, E, H, Hkv, S, threads, median(wall), median(mean), median(cpu));
+  fmt::print(
+      "RESULT decode_mha B={} E={} H={} Hkv={} T=1 S={} threads={} median_ms={:.4f} mean_ms={:.4f} "
+      "cpu_ms={:.4f}\n",
+      B, E, H, Hkv, S, threads, median(wall), median(mean), median(cpu));
 
   const std::int64_t D = E / H;
   Tensor q = randn({B, H, 1, D}, {}, &g), k = randn({B, Hkv, S, D}, {}, &g), v = randn({B, Hkv, S, D}, {}, &g);
@@ -198,9 +199,10 @@ void mha_row(std::int64_t B, std::int64_t E, std::int64_t H, std::int64_t Hkv, s
     mean.push_back(t.wall_mean_ms);
     cpu.push_back(t.cpu_ms);
   }
-  fmt::print("RESULT decode_sdpa B={} H={} Hkv={} D={} T=1 S={} threads={} median_ms={:.4f} mean_ms={:.4f} "
-             "cpu_ms={:.4f}\n",
-             B, H, Hkv, D, S, threads, median(wall), median(mean), median(cpu));
+  fmt::print(
+      "RESULT decode_sdpa B={} H={} Hkv={} D={} T=1 S={} threads={} median_ms={:.4f} mean_ms={:.4f} "
+      "cpu_ms={:.4f}\n",
+      B, H, Hkv, D, S, threads, median(wall), median(mean), median(cpu));
   std::fflush(stdout);
 }
 
@@ -223,10 +225,10 @@ int main(int argc, char** argv) {
   }
   set_num_threads(threads);
   const Row rows[] = {
-      {1, 128, 4, 4, 2, 128, 64},   // charlm-sized
-      {1, 256, 8, 2, 4, 256, 64},   // GQA
-      {1, 256, 8, 8, 4, 768, 64},   // long cache
-      {4, 256, 8, 2, 4, 768, 64},   // batched
+      {1, 128, 4, 4, 2, 128, 64},  // charlm-sized
+      {1, 256, 8, 2, 4, 256, 64},  // GQA
+      {1, 256, 8, 8, 4, 768, 64},  // long cache
+      {4, 256, 8, 2, 4, 768, 64},  // batched
   };
   if (only != "mha")
     for (int i = 0; i < static_cast<int>(std::size(rows)); ++i)

@@ -106,8 +106,9 @@ struct CausalSelfAttentionImpl : nn::Module {
       Tensor q = qkv.select(2, 0).transpose(1, 2);  // (B, H, T, hd)
       Tensor k = qkv.select(2, 1).transpose(1, 2);
       Tensor v = qkv.select(2, 2).transpose(1, 2);
-      auto att = nn::functional::scaled_dot_product_attention(
-          q, k, v, SdpaOptions().is_causal(true).dropout_p(p).training(is_training()));
+      auto att = nn::functional::scaled_dot_product_attention(q, k, v,
+                                                              SdpaOptions().is_causal(true).dropout_p(p).training(
+                                                                  is_training()));
       y = c_proj(att.output.transpose(1, 2).reshape({B, T, d}));  // merge heads (a view)
     }
     return resid_drop(y);
@@ -154,10 +155,8 @@ struct GPTImpl : nn::Module {
     NoGradGuard no_grad;
     for (auto& [name, p] : named_parameters()) {
       if (name.find("ln") != std::string::npos) continue;
-      if (name.ends_with("bias"))
-        nn::init::zeros_(p);
-      else
-        nn::init::normal_(p, 0.0, 0.02);
+      if (name.ends_with("bias")) nn::init::zeros_(p);
+      else nn::init::normal_(p, 0.0, 0.02);
     }
   }
   Tensor forward(const Tensor& idx) {  // idx (B, T) int64 -> logits (B, T, vocab)
@@ -191,7 +190,8 @@ int main(int argc, char** argv) {
   CLI::App app{"GPT training-step benchmark (the anchors' model, data and optimizer)"};
   std::string preset = "small";
   app.add_option("--preset", preset, "small or shakespeare (sets the sizes below first)")
-      ->check(CLI::IsMember({"small", "shakespeare"}))->capture_default_str();
+      ->check(CLI::IsMember({"small", "shakespeare"}))
+      ->capture_default_str();
   // Explicit sizes override the preset.
   std::optional<std::int64_t> T, d, heads, layers, batch, vocab;
   std::optional<int> steps, warmup;
@@ -208,7 +208,8 @@ int main(int argc, char** argv) {
   app.add_option("--seed", c.seed, "data seed (batches use seed + 1)")->capture_default_str();
   app.add_option("--threads", c.threads, "CPU threads")->check(CLI::Range(1, 1024))->capture_default_str();
   app.add_option("--attn", c.attn, "manual (qkv Linear + fused attention) or mha (nn::MultiHeadAttention)")
-      ->check(CLI::IsMember({"manual", "mha"}))->capture_default_str();
+      ->check(CLI::IsMember({"manual", "mha"}))
+      ->capture_default_str();
   app.add_option("--device", c.device, "cpu or cuda")->check(CLI::IsMember({"cpu", "cuda"}))->capture_default_str();
   app.add_flag("--verbose", c.verbose, "per-step times and losses");
   std::string out;
@@ -217,8 +218,12 @@ int main(int argc, char** argv) {
   c.preset = preset;
   if (preset == "shakespeare")  // nanoGPT shakespeare-char size
     c.T = 256, c.d = 384, c.heads = 6, c.layers = 6, c.batch = 16, c.steps = 10, c.warmup = 2;
-  for (auto [opt, dst] : {std::pair{&T, &c.T}, {&d, &c.d}, {&heads, &c.heads}, {&layers, &c.layers},
-                          {&batch, &c.batch}, {&vocab, &c.vocab}})
+  for (auto [opt, dst] : {std::pair{&T, &c.T},
+                          {&d, &c.d},
+                          {&heads, &c.heads},
+                          {&layers, &c.layers},
+                          {&batch, &c.batch},
+                          {&vocab, &c.vocab}})
     if (*opt) *dst = **opt;
   if (steps) c.steps = *steps;
   if (warmup) c.warmup = *warmup;
@@ -242,13 +247,14 @@ int main(int argc, char** argv) {
   GPT model(c);
   model->to(dev);
   model->train();
-  optim::AdamW opt(model->parameters(),
-                   optim::AdamWOptions(c.lr).betas({0.9, 0.999}).eps(1e-8).weight_decay(0.01));
+  optim::AdamW opt(model->parameters(), optim::AdamWOptions(c.lr).betas({0.9, 0.999}).eps(1e-8).weight_decay(0.01));
   auto data = make_data(200000, c.vocab, c.seed);
   SplitMix64 batch_rng{c.seed + 1};
-  fmt::print("# gpt kiln threads={} attn={} device={} vocab={} T={} d={} heads={} layers={} batch={} dropout={:.2f} lr={} params={}\n",
-             c.threads, c.attn, dev.str(), c.vocab, c.T, c.d, c.heads, c.layers, c.batch, c.dropout, c.lr,
-             model->num_parameters());
+  fmt::print(
+      "# gpt kiln threads={} attn={} device={} vocab={} T={} d={} heads={} layers={} batch={} dropout={:.2f} lr={} "
+      "params={}\n",
+      c.threads, c.attn, dev.str(), c.vocab, c.T, c.d, c.heads, c.layers, c.batch, c.dropout, c.lr,
+      model->num_parameters());
 
   std::vector<double> t_step, t_fwd, t_bwd, t_opt;
   double first_loss = 0, last_loss = 0, cpu0 = 0, wall0 = 0;
@@ -269,8 +275,8 @@ int main(int argc, char** argv) {
     if (s == 0) first_loss = l;
     last_loss = l;
     if (c.verbose)
-      fmt::print("step {} loss {:.4f} step_ms {:.2f} fwd_ms {:.2f} bwd_ms {:.2f} opt_ms {:.2f}\n", s, l, (t3 - t0) * 1e3,
-                 (t1 - t0) * 1e3, (t2 - t1) * 1e3, (t3 - t2) * 1e3);
+      fmt::print("step {} loss {:.4f} step_ms {:.2f} fwd_ms {:.2f} bwd_ms {:.2f} opt_ms {:.2f}\n", s, l,
+                 (t3 - t0) * 1e3, (t1 - t0) * 1e3, (t2 - t1) * 1e3, (t3 - t2) * 1e3);
     if (s >= c.warmup) {
       t_step.push_back(t3 - t0), t_fwd.push_back(t1 - t0), t_bwd.push_back(t2 - t1), t_opt.push_back(t3 - t2);
     }
@@ -278,7 +284,8 @@ int main(int argc, char** argv) {
   const double cpu_util = (cpu_time_s() - cpu0) / (now_s() - wall0);
   const double med = median(t_step);
   const std::string result = fmt::format(
-      "RESULT gpt impl=kiln preset={} attn={} device={} threads={} T={} d={} heads={} layers={} batch={} dropout={:.2f} "
+      "RESULT gpt impl=kiln preset={} attn={} device={} threads={} T={} d={} heads={} layers={} batch={} "
+      "dropout={:.2f} "
       "params={} steps={} median_step_ms={:.2f} min_step_ms={:.2f} fwd_ms={:.2f} bwd_ms={:.2f} opt_ms={:.2f} "
       "tokens_per_s={:.0f} loss_first={:.4f} loss_last={:.4f} peak_rss_mib={:.1f} cpu_util={:.2f}\n",
       c.preset, c.attn, dev.str(), c.threads, c.T, c.d, c.heads, c.layers, c.batch, c.dropout, model->num_parameters(),

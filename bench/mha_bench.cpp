@@ -29,9 +29,9 @@ namespace F = kiln::nn::functional;
 
 namespace {
 
+using kiln::bench::cpu_time_s;
 using kiln::bench::now_s;
 using kiln::bench::peak_rss_mib;
-using kiln::bench::cpu_time_s;
 using kiln::bench::time_reps;
 
 struct Extras {
@@ -84,13 +84,15 @@ int run_row(std::int64_t B, std::int64_t T, std::int64_t E, std::int64_t H, bool
   if (x.window >= 0) {
     double n = 0;
     for (std::int64_t t = 0; t < T; ++t)
-      n += static_cast<double>(std::min(T - 1, t + (causal ? 0 : x.window)) - std::max<std::int64_t>(0, t - x.window) + 1);
+      n += static_cast<double>(std::min(T - 1, t + (causal ? 0 : x.window)) - std::max<std::int64_t>(0, t - x.window) +
+                               1);
     pairs = static_cast<double>(B * H) * n;
   }
   const double fwd_flop = 4.0 * pairs * static_cast<double>(D);
   const double flop = mode == "fwd" ? fwd_flop : 3.5 * fwd_flop;
   fmt::print(
-      "RESULT mha impl=kiln_sdpa scope=core B={} T={} E={} H={} causal={} window={} alibi={} sinks={} mode={} threads={} "
+      "RESULT mha impl=kiln_sdpa scope=core B={} T={} E={} H={} causal={} window={} alibi={} sinks={} mode={} "
+      "threads={} "
       "reps={} median_ms={:.3f} min_ms={:.3f} core_gflops={:.1f} setup_rss_mib={:.1f} peak_rss_mib={:.1f} "
       "cpu_util={:.2f}\n",
       B, T, E, H, causal ? 1 : 0, x.window, x.alibi ? 1 : 0, x.sinks ? 1 : 0, mode, threads, t.size(), med * 1e3,

@@ -28,9 +28,9 @@ using namespace kiln;
 
 namespace {
 
+using kiln::bench::cpu_time_s;
 using kiln::bench::now_s;
 using kiln::bench::peak_rss_mib;
-using kiln::bench::cpu_time_s;
 using kiln::bench::time_reps;
 
 int run_row(std::int64_t B, std::int64_t T, std::int64_t E, std::int64_t H, bool causal, const std::string& mode,
@@ -71,8 +71,8 @@ int run_row(std::int64_t B, std::int64_t T, std::int64_t E, std::int64_t H, bool
   fmt::print(
       "RESULT mha impl=kiln B={} T={} E={} H={} causal={} mode={} threads={} reps={} median_ms={:.3f} min_ms={:.3f} "
       "max_ms={:.3f} nominal_gflops={:.1f} setup_rss_mib={:.1f} peak_rss_mib={:.1f} cpu_util={:.2f}\n",
-      B, T, E, H, causal ? 1 : 0, mode, threads, t.size(), med * 1e3, s.front() * 1e3, s.back() * 1e3,
-      flop / med / 1e9, setup_rss, peak_rss_mib(), util);
+      B, T, E, H, causal ? 1 : 0, mode, threads, t.size(), med * 1e3, s.front() * 1e3, s.back() * 1e3, flop / med / 1e9,
+      setup_rss, peak_rss_mib(), util);
   return 0;
 }
 

@@ -21,11 +21,11 @@ class Allocator {
 };
 
 struct AllocatorStats {
-  std::size_t in_use_bytes = 0;   // handed to live tensors (rounded sizes)
-  std::size_t cached_bytes = 0;   // freed blocks kept for reuse
+  std::size_t in_use_bytes = 0;  // handed to live tensors (rounded sizes)
+  std::size_t cached_bytes = 0;  // freed blocks kept for reuse
   std::size_t peak_in_use_bytes = 0;
-  std::uint64_t os_allocs = 0;    // blocks obtained from the OS so far
-  std::uint64_t cache_hits = 0;   // allocations served from the cache
+  std::uint64_t os_allocs = 0;   // blocks obtained from the OS so far
+  std::uint64_t cache_hits = 0;  // allocations served from the cache
 };
 
 /// The bookkeeping a caching allocator needs, whatever memory it hands out: sizes rounded

@@ -14,8 +14,26 @@
 namespace kiln {
 
 enum class UnaryOp : std::uint8_t {
-  Neg, Exp, Log, Sqrt, Rsqrt, Abs, Sign, Tanh, Sigmoid, Relu, GeluErf, GeluTanh, Silu, Hardswish, Erf,
-  Reciprocal, Square, Sin, Cos, LogicalNot,
+  Neg,
+  Exp,
+  Log,
+  Sqrt,
+  Rsqrt,
+  Abs,
+  Sign,
+  Tanh,
+  Sigmoid,
+  Relu,
+  GeluErf,
+  GeluTanh,
+  Silu,
+  Hardswish,
+  Erf,
+  Reciprocal,
+  Square,
+  Sin,
+  Cos,
+  LogicalNot,
   PowScalar,  // x ** a
   Clamp,      // clamp(x, a, b); NaN bound = no bound
   Step,       // 1 where x > a else 0 (relu' and similar)

@@ -2,8 +2,8 @@
 /// Element types. `promote_types` gives NumPy-style promotion within kiln's
 /// lattice bool < int64 < float32 < float64.
 ///   kiln::promote_types(kiln::kInt64, kiln::kFloat32) == kiln::kFloat32
-#include <cstdint>
 #include <cstddef>
+#include <cstdint>
 #include <string_view>
 
 namespace kiln {
@@ -45,11 +45,24 @@ constexpr DType promote_types(DType a, DType b) {
 }
 
 /// C++ type -> DType.
-template <typename T> struct dtype_of;
-template <> struct dtype_of<bool> { static constexpr DType value = DType::Bool; };
-template <> struct dtype_of<std::int64_t> { static constexpr DType value = DType::Int64; };
-template <> struct dtype_of<float> { static constexpr DType value = DType::Float32; };
-template <> struct dtype_of<double> { static constexpr DType value = DType::Float64; };
+template <typename T>
+struct dtype_of;
+template <>
+struct dtype_of<bool> {
+  static constexpr DType value = DType::Bool;
+};
+template <>
+struct dtype_of<std::int64_t> {
+  static constexpr DType value = DType::Int64;
+};
+template <>
+struct dtype_of<float> {
+  static constexpr DType value = DType::Float32;
+};
+template <>
+struct dtype_of<double> {
+  static constexpr DType value = DType::Float64;
+};
 
 /// Calls f(T{}) with the C++ type of `d`.
 template <typename F>

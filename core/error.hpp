@@ -21,7 +21,7 @@ class Error : public std::runtime_error {
 
 /// KILN_CHECK(cond, "op", "fmt {}", args...) — throws kiln::Error when cond is false.
 /// Needs <fmt/format.h>; used in .cpp files only.
-#define KILN_CHECK(cond, op, ...)                              \
-  do {                                                         \
+#define KILN_CHECK(cond, op, ...)                                   \
+  do {                                                              \
     if (!(cond)) ::kiln::throw_error(op, fmt::format(__VA_ARGS__)); \
   } while (0)

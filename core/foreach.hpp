@@ -64,10 +64,13 @@ void foreach_cpu(const Rule& rule, const std::array<Tensor, N>& t) {
     const Rule* rule;
     std::array<T*, N> p;
   } job{&rule, foreach_pointers<T>(t)};
-  parallel_chunks(t[0].numel(), kParallelGrain, [](std::int64_t b, std::int64_t e, const void* ctx) {
-    const Job& j = *static_cast<const Job*>(ctx);
-    std::apply([&](auto*... p) { detail::foreach_chunk(*j.rule, b, e, p...); }, j.p);
-  }, &job);
+  parallel_chunks(
+      t[0].numel(), kParallelGrain,
+      [](std::int64_t b, std::int64_t e, const void* ctx) {
+        const Job& j = *static_cast<const Job*>(ctx);
+        std::apply([&](auto*... p) { detail::foreach_chunk(*j.rule, b, e, p...); }, j.p);
+      },
+      &job);
 }
 
 }  // namespace kiln

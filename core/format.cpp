@@ -2,9 +2,9 @@
 
 #include <algorithm>
 #include <cmath>
+#include <functional>
 #include <string>
 #include <vector>
-#include <functional>
 
 namespace kiln {
 namespace {
@@ -84,7 +84,10 @@ std::string Tensor::str() const {
   std::vector<std::int64_t> flat;
   std::vector<std::int64_t> sizes = shape();
   std::function<void(std::size_t, std::int64_t)> collect = [&](std::size_t d, std::int64_t base) {
-    if (d == sizes.size()) { flat.push_back(base); return; }
+    if (d == sizes.size()) {
+      flat.push_back(base);
+      return;
+    }
     for (auto i : p.shown(sizes[d]))
       if (i >= 0) collect(d + 1, base + i * p.strides[d]);
   };

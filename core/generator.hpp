@@ -18,7 +18,11 @@ class Generator {
  public:
   explicit Generator(std::uint64_t seed = 0x5eed) : seed_(seed) {}
   Generator(const Generator& o) : seed_(o.seed_), offset_(o.offset_) {}
-  Generator& operator=(const Generator& o) { seed_ = o.seed_; offset_ = o.offset_; return *this; }
+  Generator& operator=(const Generator& o) {
+    seed_ = o.seed_;
+    offset_ = o.offset_;
+    return *this;
+  }
 
   void manual_seed(std::uint64_t seed);
   std::uint64_t seed() const { return seed_; }
@@ -39,7 +43,8 @@ Generator& default_generator();
 void manual_seed(std::uint64_t seed);
 
 /// Philox4x32-10 block: four 32-bit random words for (key, counter). Both backends draw with it.
-KILN_HD std::array<std::uint32_t, 4> philox4x32(std::uint64_t key, std::uint64_t counter_lo, std::uint64_t counter_hi = 0) {
+KILN_HD std::array<std::uint32_t, 4> philox4x32(std::uint64_t key, std::uint64_t counter_lo,
+                                                std::uint64_t counter_hi = 0) {
   std::uint32_t c0 = static_cast<std::uint32_t>(counter_lo), c1 = static_cast<std::uint32_t>(counter_lo >> 32);
   std::uint32_t c2 = static_cast<std::uint32_t>(counter_hi), c3 = static_cast<std::uint32_t>(counter_hi >> 32);
   std::uint32_t k0 = static_cast<std::uint32_t>(key), k1 = static_cast<std::uint32_t>(key >> 32);

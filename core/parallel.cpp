@@ -1,8 +1,8 @@
 #include "parallel.hpp"
 
-#include <cstdlib>
 #include <fmt/format.h>
 #include <omp.h>
+#include <cstdlib>
 
 #include "cpu/loops.hpp"
 #include "error.hpp"

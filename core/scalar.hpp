@@ -21,9 +21,11 @@ class Scalar {
   bool is_floating() const { return kind_ == DType::Float64; }
   double to_double() const { return d_; }
   std::int64_t to_int() const { return i_; }
-  template <typename T> T to() const {
+  template <typename T>
+  T to() const {
     if constexpr (std::is_same_v<T, bool>) return d_ != 0.0;
-    else if constexpr (std::is_integral_v<T>) return static_cast<T>(kind_ == DType::Float64 ? static_cast<std::int64_t>(d_) : i_);
+    else if constexpr (std::is_integral_v<T>)
+      return static_cast<T>(kind_ == DType::Float64 ? static_cast<std::int64_t>(d_) : i_);
     else return static_cast<T>(d_);
   }
 

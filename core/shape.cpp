@@ -1,16 +1,14 @@
 #include "shape.hpp"
 
-#include <algorithm>
 #include <fmt/format.h>
 #include <fmt/ranges.h>
+#include <algorithm>
 
 #include "error.hpp"
 
 namespace kiln {
 
-void throw_error(const char* op, const std::string& msg) {
-  throw Error(fmt::format("[{}] {}", op, msg));
-}
+void throw_error(const char* op, const std::string& msg) { throw Error(fmt::format("[{}] {}", op, msg)); }
 
 std::int64_t numel_of(const Shape& shape) {
   std::int64_t n = 1;
@@ -35,8 +33,8 @@ std::string shape_str(const Shape& shape) {
 
 std::int64_t normalize_dim(std::int64_t dim, std::int64_t ndim, const char* op) {
   std::int64_t lo = ndim == 0 ? -1 : -ndim, hi = ndim == 0 ? 0 : ndim - 1;
-  KILN_CHECK(dim >= lo && dim <= hi, op, "dim {} out of range for a {}-D tensor (expected {} to {})", dim, ndim,
-             lo, hi);
+  KILN_CHECK(dim >= lo && dim <= hi, op, "dim {} out of range for a {}-D tensor (expected {} to {})", dim, ndim, lo,
+             hi);
   return dim < 0 ? dim + std::max<std::int64_t>(ndim, 1) : dim;
 }
 
@@ -62,8 +60,7 @@ bool broadcastable(const Shape& from, const Shape& to) {
 }
 
 Strides broadcast_strides(const Shape& shape, const Strides& strides, const Shape& target, const char* op) {
-  KILN_CHECK(shape.size() <= target.size(), op, "cannot broadcast shape {} to {}", shape_str(shape),
-             shape_str(target));
+  KILN_CHECK(shape.size() <= target.size(), op, "cannot broadcast shape {} to {}", shape_str(shape), shape_str(target));
   std::size_t off = target.size() - shape.size();
   Strides out(target.size(), 0);
   for (std::size_t i = 0; i < shape.size(); ++i) {

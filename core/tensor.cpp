@@ -1,9 +1,9 @@
 #include "tensor.hpp"
 
+#include <fmt/format.h>
 #include <cmath>
 #include <cstring>
 #include <limits>
-#include <fmt/format.h>
 
 #include "backend.hpp"
 
@@ -87,11 +87,11 @@ TensorImpl& Tensor::impl() const {
 }
 
 Tensor Tensor::empty(const Shape& shape, DType dtype, Device device) {
-  for (auto s : shape)
-    KILN_CHECK(s >= 0, "empty", "negative dimension {} in shape {}", s, shape_str(shape));
+  for (auto s : shape) KILN_CHECK(s >= 0, "empty", "negative dimension {} in shape {}", s, shape_str(shape));
   auto impl = std::make_shared<TensorImpl>();
   Backend& be = backend_for(device, "empty");
-  impl->storage = std::make_shared<Storage>(static_cast<std::size_t>(numel_of(shape)) * itemsize(dtype), be.allocator());
+  impl->storage =
+      std::make_shared<Storage>(static_cast<std::size_t>(numel_of(shape)) * itemsize(dtype), be.allocator());
   impl->shape = shape;
   impl->strides = contiguous_strides(shape);
   impl->dtype = dtype;
@@ -241,8 +241,8 @@ void check_inplace_binary(const Tensor& self, const Tensor& other, const char* n
   KILN_CHECK(other.device() == self.device(), name, "expected both tensors on {}, got {}", self.device().str(),
              other.device().str());
   KILN_CHECK(promote_types(self.dtype(), other.dtype()) == self.dtype(), name,
-             "result type {} cannot be stored in a {} tensor in place", dtype_name(promote_types(self.dtype(), other.dtype())),
-             dtype_name(self.dtype()));
+             "result type {} cannot be stored in a {} tensor in place",
+             dtype_name(promote_types(self.dtype(), other.dtype())), dtype_name(self.dtype()));
   Shape b = broadcast_shapes(self.shape(), other.shape(), name);
   KILN_CHECK(b == self.shape(), name, "cannot broadcast {} into the in-place target of shape {}",
              shape_str(other.shape()), shape_str(self.shape()));
@@ -312,7 +312,9 @@ Tensor full_named(const Shape& shape, const Scalar& value, TensorOptions opts, c
   return t;
 }
 }  // namespace
-Tensor full(const Shape& shape, const Scalar& value, TensorOptions opts) { return full_named(shape, value, opts, "full"); }
+Tensor full(const Shape& shape, const Scalar& value, TensorOptions opts) {
+  return full_named(shape, value, opts, "full");
+}
 Tensor zeros(const Shape& shape, TensorOptions opts) { return full_named(shape, 0, opts, "zeros"); }
 Tensor ones(const Shape& shape, TensorOptions opts) { return full_named(shape, 1, opts, "ones"); }
 Tensor scalar_tensor(const Scalar& v, TensorOptions opts) { return full_named({}, v, opts, "scalar_tensor"); }
@@ -456,8 +458,8 @@ Tensor randint(std::int64_t low, std::int64_t high, const Shape& shape, TensorOp
   KILN_CHECK(low >= -kExact && high <= kExact, "randint", "low ({}) and high ({}) must lie within [-2^53, 2^53]", low,
              high);
   KILN_CHECK(opts.dtype() != kBool, "randint", "dtype bool is not supported");
-  return random_tensor(shape, opts, gen,
-                       {RandomSpec::Int, static_cast<double>(low), static_cast<double>(high)}, "randint");
+  return random_tensor(shape, opts, gen, {RandomSpec::Int, static_cast<double>(low), static_cast<double>(high)},
+                       "randint");
 }
 Tensor rand_like(const Tensor& t, Generator* gen) { return rand(t.shape(), like(t), gen); }
 Tensor randn_like(const Tensor& t, Generator* gen) { return randn(t.shape(), like(t), gen); }

@@ -45,9 +45,9 @@ class TensorOptions {
 struct AutogradMeta {
   bool requires_grad = false;
   bool retains_grad = false;
-  std::shared_ptr<TensorImpl> grad;          // accumulated .grad
-  std::shared_ptr<autograd::Node> grad_fn;   // null for leaves
-  std::uint32_t output_nr = 0;               // which output of grad_fn this is
+  std::shared_ptr<TensorImpl> grad;                // accumulated .grad
+  std::shared_ptr<autograd::Node> grad_fn;         // null for leaves
+  std::uint32_t output_nr = 0;                     // which output of grad_fn this is
   std::weak_ptr<autograd::Node> grad_accumulator;  // leaves: the node that accumulates .grad
 };
 
@@ -90,7 +90,8 @@ class Tensor {
   /// Pointer to element [0, 0, ...] (storage data + offset).
   void* raw_data() const;
   /// Typed pointer; throws if T does not match dtype().
-  template <typename T> T* data_ptr() const;
+  template <typename T>
+  T* data_ptr() const;
   const std::shared_ptr<Storage>& storage() const { return impl().storage; }
   TensorImpl* impl_ptr() const { return impl_.get(); }
   const std::shared_ptr<TensorImpl>& impl_shared() const { return impl_; }
@@ -101,8 +102,10 @@ class Tensor {
 
   // ---- values (copy to the host when needed) ----
   /// The single value of a one-element tensor.
-  template <typename T> T item() const;
-  template <typename T> std::vector<T> to_vector() const;
+  template <typename T>
+  T item() const;
+  template <typename T>
+  std::vector<T> to_vector() const;
 
   // ---- autograd ----
   bool requires_grad() const { return impl().autograd && impl().autograd->requires_grad; }
@@ -194,7 +197,8 @@ Tensor eye(std::int64_t n, std::int64_t m = -1, TensorOptions opts = {});
 Tensor scalar_tensor(const Scalar& v, TensorOptions opts = {});
 /// From host values; shape defaults to (values.size(),).
 template <typename T>
-Tensor tensor(const std::vector<T>& values, const Shape& shape = {}, TensorOptions opts = TensorOptions(dtype_of<T>::value));
+Tensor tensor(const std::vector<T>& values, const Shape& shape = {},
+              TensorOptions opts = TensorOptions(dtype_of<T>::value));
 Tensor tensor(std::initializer_list<double> values, TensorOptions opts = {});
 Tensor tensor(std::initializer_list<float> values, TensorOptions opts = {});
 Tensor tensor(std::initializer_list<std::int64_t> values, TensorOptions opts = TensorOptions(kInt64));

@@ -14,15 +14,15 @@
 // resumed run continues exactly where the first one stopped.
 #include <array>
 #include <cmath>
-#include <numeric>
 #include <map>
+#include <numeric>
 #include <random>
 
+#include <kiln/io/checkpoint.hpp>
+#include <kiln/optim/optim.hpp>
 #include "common/common.hpp"
 #include "common/data.hpp"
 #include "common/plot.hpp"
-#include <kiln/io/checkpoint.hpp>
-#include <kiln/optim/optim.hpp>
 
 using namespace kiln;
 
@@ -68,7 +68,7 @@ double unigram_loss(const std::string& train, const std::string& val, const Voca
 std::pair<Tensor, Tensor> get_batch(const Tensor& data, std::int64_t batch, std::int64_t context, Generator& gen,
                                     Device dev) {
   Tensor start = randint(0, data.size(0) - context, {batch, 1}, kInt64, &gen);
-  Tensor idx = start + arange(0, context + 1, 1, kInt64);            // (batch, context + 1)
+  Tensor idx = start + arange(0, context + 1, 1, kInt64);  // (batch, context + 1)
   Tensor window = index_select(data, 0, idx.flatten()).view({batch, context + 1});
   return {window.slice(1, 0, context).to(dev), window.slice(1, 1, context + 1).to(dev)};
 }
@@ -81,7 +81,8 @@ struct CharGPTImpl : nn::Module {
     tok = register_module("tok", nn::Embedding(vocab, dim));
     pos = register_module("pos", nn::LearnedPositionalEmbedding(context, dim));
     drop = register_module("drop", nn::Dropout(dropout));
-    auto layer = nn::TransformerLayerOptions(dim, heads).dropout(dropout).activation(nn::Activation::GELU).norm_first(true);
+    auto layer =
+        nn::TransformerLayerOptions(dim, heads).dropout(dropout).activation(nn::Activation::GELU).norm_first(true);
     body = register_module("body", nn::TransformerEncoder(nn::TransformerEncoderOptions(layer, layers)));
     head = register_module("head", nn::Linear(dim, vocab));
   }
@@ -122,8 +123,8 @@ std::int64_t sample_token(const std::vector<float>& logits, const SamplingOption
 }
 
 // Autoregressive sampling; the model sees the last `context` characters.
-std::string generate(CharGPT& model, const Vocab& vocab, const std::string& prompt, std::int64_t n, std::int64_t context,
-                     const SamplingOptions& o, std::mt19937_64& rng, Device dev) {
+std::string generate(CharGPT& model, const Vocab& vocab, const std::string& prompt, std::int64_t n,
+                     std::int64_t context, const SamplingOptions& o, std::mt19937_64& rng, Device dev) {
   NoGradGuard no_grad;
   model->eval();
   std::vector<std::int64_t> ids;
@@ -158,21 +159,38 @@ void add_flags(CLI::App& app, Config& c) {
   examples::add_common_flags(app, c.flags);
   app.add_option("--data", c.data_path, "a text file, or a folder of them")->capture_default_str();
   app.add_option("--resume", c.resume, "continue from this checkpoint (written to --out/charlm.ckpt)");
-  app.add_option("--stop-at", c.stop_at, "stop after this step, with a checkpoint, to --resume later (0 = run to --steps)")
+  app.add_option("--stop-at", c.stop_at,
+                 "stop after this step, with a checkpoint, to --resume later (0 = run to --steps)")
       ->check(CLI::NonNegativeNumber);
   app.add_option("--context", c.context, "characters of context")->check(CLI::Range(2, 4096))->capture_default_str();
   app.add_option("--dim", c.dim, "model width")->check(CLI::PositiveNumber)->capture_default_str();
-  app.add_option("--heads", c.heads, "attention heads (must divide --dim)")->check(CLI::PositiveNumber)->capture_default_str();
+  app.add_option("--heads", c.heads, "attention heads (must divide --dim)")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
   app.add_option("--layers", c.layers, "transformer layers")->check(CLI::PositiveNumber)->capture_default_str();
   app.add_option("--dropout", c.dropout, "dropout probability")->check(CLI::Range(0.0, 0.9))->capture_default_str();
-  app.add_option("--warmup", c.warmup, "learning-rate warm-up steps (at most a tenth of --steps)")->check(CLI::NonNegativeNumber)->capture_default_str();
-  app.add_option("--val-fraction", c.val_fraction, "share of the text held out")->check(CLI::Range(0.01, 0.5))->capture_default_str();
-  app.add_option("--temperature", c.sampling.temperature, "sampling temperature (0 = greedy)")->check(CLI::NonNegativeNumber)->capture_default_str();
-  app.add_option("--top-k", c.sampling.top_k, "sample among the k most likely (0 = all)")->check(CLI::NonNegativeNumber)->capture_default_str();
-  app.add_option("--top-p", c.sampling.top_p, "nucleus sampling threshold")->check(CLI::Range(0.0, 1.0))->capture_default_str();
+  app.add_option("--warmup", c.warmup, "learning-rate warm-up steps (at most a tenth of --steps)")
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
+  app.add_option("--val-fraction", c.val_fraction, "share of the text held out")
+      ->check(CLI::Range(0.01, 0.5))
+      ->capture_default_str();
+  app.add_option("--temperature", c.sampling.temperature, "sampling temperature (0 = greedy)")
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
+  app.add_option("--top-k", c.sampling.top_k, "sample among the k most likely (0 = all)")
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
+  app.add_option("--top-p", c.sampling.top_p, "nucleus sampling threshold")
+      ->check(CLI::Range(0.0, 1.0))
+      ->capture_default_str();
   app.add_option("--prompt", c.prompt, "text the samples start from");
-  app.add_option("--sample-chars", c.sample_chars, "characters per sample")->check(CLI::NonNegativeNumber)->capture_default_str();
-  app.add_option("--samples", c.samples, "samples printed at the end")->check(CLI::NonNegativeNumber)->capture_default_str();
+  app.add_option("--sample-chars", c.sample_chars, "characters per sample")
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
+  app.add_option("--samples", c.samples, "samples printed at the end")
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
 }
 
 // The text split into training and validation characters, with its vocabulary and the unigram
@@ -199,8 +217,9 @@ Corpus load_corpus(const Config& c) {
   }
   const auto n_val = std::int64_t(double(text.size()) * c.val_fraction);
   if (n_val <= c.context + 1 || std::int64_t(text.size()) - n_val <= c.context + 1)
-    throw examples::UsageError(fmt::format("{}: {} characters is too little text for --context {} and --val-fraction {}",
-                                           c.data_path, text.size(), c.context, c.val_fraction));
+    throw examples::UsageError(
+        fmt::format("{}: {} characters is too little text for --context {} and --val-fraction {}", c.data_path,
+                    text.size(), c.context, c.val_fraction));
   Corpus corpus{Vocab(text), text.substr(0, text.size() - n_val), text.substr(text.size() - n_val)};
   for (unsigned char ch : c.prompt)
     if (corpus.vocab.chars.find(char(ch)) == std::string::npos)
@@ -223,10 +242,13 @@ struct Trainer {
   Trainer(const Config& c, const Corpus& corpus, Device dev)
       : model(corpus.vocab.size(), c.context, c.dim, c.heads, c.layers, c.dropout),
         opt(on_device(model, dev)->parameters(), optim::AdamWOptions(c.flags.lr).betas({0.9, 0.99}).weight_decay(0.1)),
-        schedule(opt, std::min(c.warmup, c.flags.steps / 10), c.flags.steps, /*start_factor=*/0.0, /*eta_min=*/0.1 * c.flags.lr),
+        schedule(opt, std::min(c.warmup, c.flags.steps / 10), c.flags.steps, /*start_factor=*/0.0,
+                 /*eta_min=*/0.1 * c.flags.lr),
         batch_gen(c.flags.seed + 1),
         // Everything a resumed run needs to continue exactly: the default generator drives dropout.
-        state{.model = model.get(), .optimizer = opt, .scheduler = schedule,
+        state{.model = model.get(),
+              .optimizer = opt,
+              .scheduler = schedule,
               .generators = {{"batches", &batch_gen}, {"default", &default_generator()}}} {}
   CharGPT model;
   optim::AdamW opt;
@@ -240,7 +262,8 @@ std::int64_t resume_training(Trainer& tr, const Config& c, const Corpus& corpus)
   if (c.resume.empty()) return 1;
   auto info = io::read_checkpoint_info(c.resume);
   if (info.metadata["vocab"] != corpus.vocab.hex())
-    throw examples::UsageError(fmt::format("--resume {}: the checkpoint was trained on other text (its characters differ)", c.resume));
+    throw examples::UsageError(
+        fmt::format("--resume {}: the checkpoint was trained on other text (its characters differ)", c.resume));
   if (info.metadata["model"] != c.shape())
     throw examples::UsageError(fmt::format("--resume {}: the checkpoint's model has {}; this run asks for {}", c.resume,
                                            info.metadata["model"], c.shape()));
@@ -251,7 +274,8 @@ std::int64_t resume_training(Trainer& tr, const Config& c, const Corpus& corpus)
   if (!same_plan) restore.scheduler = nullptr;
   const std::int64_t first_step = io::load_checkpoint(c.resume, restore).step + 1;
   for (std::int64_t s = 1; !same_plan && s < first_step; ++s) tr.schedule.step();
-  fmt::print("resumed from {} at step {}{}\n", c.resume, first_step - 1, same_plan ? "" : " (schedule re-planned for --steps)");
+  fmt::print("resumed from {} at step {}{}\n", c.resume, first_step - 1,
+             same_plan ? "" : " (schedule re-planned for --steps)");
   return first_step;
 }
 
@@ -277,7 +301,7 @@ void write_loss_chart(const examples::Flags& flags, const examples::CsvLog& log,
   examples::LineChart chart;
   chart.add(log.column(0), log.column(1), {31, 119, 180});  // blue: training loss
   chart.add(log.column(0), log.column(2), {255, 127, 14});  // orange: validation loss
-  chart.hline(baseline, {150, 150, 150});      // grey dashes: unigram baseline
+  chart.hline(baseline, {150, 150, 150});                   // grey dashes: unigram baseline
   chart.write_png(examples::out_path(flags, "charlm_loss.png"));
   fmt::print("wrote {}, {} (blue: training loss, orange: validation, grey: unigram baseline) and {}\n",
              examples::out_path(flags, "charlm_log.csv"), examples::out_path(flags, "charlm_loss.png"), ckpt);
@@ -290,7 +314,7 @@ double train(Trainer& tr, const Config& c, const Corpus& corpus, std::int64_t fi
   const examples::Flags& flags = c.flags;
   const std::string ckpt = examples::out_path(flags, "charlm.ckpt");
   examples::CsvLog log(examples::out_path(flags, "charlm_log.csv"), {"step", "train_loss", "val_loss", "lr"},
-                      /*resume_before=*/double(first_step));
+                       /*resume_before=*/double(first_step));
   examples::Progress progress(flags.steps, 0, first_step - 1);
   const std::int64_t eval_every = examples::eval_interval(flags);
   double loss_sum = 0, val_loss = 0;  // training loss summed since the last evaluation
@@ -310,11 +334,15 @@ double train(Trainer& tr, const Config& c, const Corpus& corpus, std::int64_t fi
       const double train_loss = loss_sum / loss_count;
       loss_sum = 0, loss_count = 0;
       val_loss = validate(tr.model, corpus, c, dev);
-      progress.note(fmt::format("step {:5d}  train loss {:.3f}  val loss {:.3f}  (unigram {:.3f})  lr {:.2e}  ({:.0f} s)", step,
-                                train_loss, val_loss, corpus.baseline, tr.schedule.get_last_lr()[0], wall.seconds()));
+      progress.note(
+          fmt::format("step {:5d}  train loss {:.3f}  val loss {:.3f}  (unigram {:.3f})  lr {:.2e}  ({:.0f} s)", step,
+                      train_loss, val_loss, corpus.baseline, tr.schedule.get_last_lr()[0], wall.seconds()));
       log.row({double(step), train_loss, val_loss, tr.schedule.get_last_lr()[0]});
       if (!ckpt.empty())
-        io::save_checkpoint(ckpt, tr.state, step, {{"vocab", corpus.vocab.hex()}, {"model", c.shape()}, {"steps", std::to_string(flags.steps)}});
+        io::save_checkpoint(ckpt, tr.state, step,
+                            {{"vocab", corpus.vocab.hex()},
+                             {"model", c.shape()},
+                             {"steps", std::to_string(flags.steps)}});
     }
   }
   progress.finish();
@@ -329,7 +357,8 @@ int main(int argc, char** argv) {
   Config c;
   add_flags(app, c);
   return examples::run(app, argc, argv, [&] {
-    if (c.dim % c.heads != 0) throw examples::UsageError(fmt::format("--heads {} must divide --dim {}", c.heads, c.dim));
+    if (c.dim % c.heads != 0)
+      throw examples::UsageError(fmt::format("--heads {} must divide --dim {}", c.heads, c.dim));
     Device dev = examples::setup(c.flags);
     examples::Timer wall;
     const Corpus corpus = load_corpus(c);

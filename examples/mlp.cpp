@@ -38,9 +38,12 @@ int main(int argc, char** argv) {
 
   // Parameters: (in, out) weights with 1/sqrt(fan_in) scaling, zero biases.
   auto param = [&](Shape s, double scale) { return (randn(s, kFloat32, &gen) * scale).requires_grad_(); };
-  std::vector<Tensor> params = {param({2, hidden}, 1 / std::sqrt(2.0)), zeros({hidden}).requires_grad_(),
-                                param({hidden, hidden}, 1 / std::sqrt(double(hidden))), zeros({hidden}).requires_grad_(),
-                                param({hidden, 3}, 1 / std::sqrt(double(hidden))), zeros({3}).requires_grad_()};
+  std::vector<Tensor> params = {param({2, hidden}, 1 / std::sqrt(2.0)),
+                                zeros({hidden}).requires_grad_(),
+                                param({hidden, hidden}, 1 / std::sqrt(double(hidden))),
+                                zeros({hidden}).requires_grad_(),
+                                param({hidden, 3}, 1 / std::sqrt(double(hidden))),
+                                zeros({3}).requires_grad_()};
   auto model = [&](const Tensor& x) {
     Tensor h = relu(matmul(x, params[0]) + params[1]);
     h = relu(matmul(h, params[2]) + params[3]);

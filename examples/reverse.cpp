@@ -11,16 +11,16 @@
 // Reversal is all about positions: output slot i must copy input slot L-1-i, which one
 // attention head can learn once the positional embeddings line up. The last line printed is
 // `exact-match accuracy: <x>` over held-out sequences.
+#include <kiln/optim/optim.hpp>
 #include "common/common.hpp"
 #include "common/plot.hpp"
-#include <kiln/optim/optim.hpp>
 
 using namespace kiln;
 
 namespace {
 
-constexpr std::int64_t kDigits = 10;   // tokens 0..9 are digits
-constexpr std::int64_t kSep = 10;      // token 10 separates question and answer
+constexpr std::int64_t kDigits = 10;  // tokens 0..9 are digits
+constexpr std::int64_t kSep = 10;     // token 10 separates question and answer
 constexpr std::int64_t kVocab = 11;
 constexpr std::int64_t kIgnore = -100;  // targets the loss skips (cross_entropy's ignore_index)
 
@@ -34,7 +34,7 @@ struct Batch {
 // the model sees it shifted by one, so position t is trained to predict token t + 1.
 Batch make_batch(std::int64_t n, std::int64_t length, Generator& gen) {
   Tensor digits = randint(0, kDigits, {n, length}, kInt64, &gen);
-  Tensor backwards = arange(length - 1, -1, -1, kInt64);      // L-1, ..., 1, 0
+  Tensor backwards = arange(length - 1, -1, -1, kInt64);  // L-1, ..., 1, 0
   Tensor reversed = index_select(digits, 1, backwards);
   Tensor sep = full({n, 1}, kSep, kInt64);
   Tensor input = cat({digits, sep, reversed.slice(1, 0, length - 1)}, 1);
@@ -48,8 +48,11 @@ struct ReverserImpl : nn::Module {
   ReverserImpl(std::int64_t max_len, std::int64_t dim, std::int64_t heads, std::int64_t layers) {
     tok = register_module("tok", nn::Embedding(kVocab, dim));
     pos = register_module("pos", nn::LearnedPositionalEmbedding(max_len, dim));
-    auto layer = nn::TransformerLayerOptions(dim, heads).dim_feedforward(4 * dim).dropout(0.0)
-                     .activation(nn::Activation::GELU).norm_first(true);
+    auto layer = nn::TransformerLayerOptions(dim, heads)
+                     .dim_feedforward(4 * dim)
+                     .dropout(0.0)
+                     .activation(nn::Activation::GELU)
+                     .norm_first(true);
     body = register_module("body", nn::TransformerEncoder(nn::TransformerEncoderOptions(layer, layers)));
     head = register_module("head", nn::Linear(dim, kVocab));
   }
@@ -73,10 +76,10 @@ Tensor generate(Reverser& model, const Tensor& digits, Device dev) {
   const std::int64_t n = digits.size(0), length = digits.size(1);
   Tensor seq = cat({digits, full({n, 1}, kSep, TensorOptions(kInt64).device(dev))}, 1);
   for (std::int64_t i = 0; i < length; ++i) {
-    Tensor logits = model(seq).select(1, -1);           // (n, vocab) at the last position
+    Tensor logits = model(seq).select(1, -1);  // (n, vocab) at the last position
     seq = cat({seq, argmax(logits, -1).unsqueeze(1)}, 1);
   }
-  return seq.slice(1, length + 1, 2 * length + 1);      // (n, L): the generated answer
+  return seq.slice(1, length + 1, 2 * length + 1);  // (n, L): the generated answer
 }
 
 struct Eval {
@@ -95,7 +98,8 @@ Eval evaluate(Reverser& model, const Batch& test, Device dev) {
     Tensor input = test.input.narrow(0, i, m), target = test.target.narrow(0, i, m);
     Tensor logits = model(input);
     loss_sum += cross_entropy(logits.flatten(0, 1), target.flatten(),
-                              CrossEntropyOptions().ignore_index(kIgnore).reduction(Reduction::Sum)).item<double>();
+                              CrossEntropyOptions().ignore_index(kIgnore).reduction(Reduction::Sum))
+                    .item<double>();
     Tensor right = eq(generate(model, input.slice(1, 0, length), dev), test.answer.narrow(0, i, m));  // (m, L)
     right_tokens += sum(right).item<double>();
     right_rows += sum(all(right, {1})).item<double>();
@@ -113,10 +117,14 @@ int main(int argc, char** argv) {
   examples::add_common_flags(app, flags);
   app.add_option("--length", length, "digits per sequence")->check(CLI::Range(1, 256))->capture_default_str();
   app.add_option("--dim", dim, "model width")->check(CLI::PositiveNumber)->capture_default_str();
-  app.add_option("--heads", heads, "attention heads (must divide --dim)")->check(CLI::PositiveNumber)->capture_default_str();
+  app.add_option("--heads", heads, "attention heads (must divide --dim)")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
   app.add_option("--layers", layers, "transformer layers")->check(CLI::PositiveNumber)->capture_default_str();
   app.add_option("--test-size", test_size, "held-out sequences")->check(CLI::PositiveNumber)->capture_default_str();
-  app.add_option("--warmup", warmup, "learning-rate warm-up steps (at most a tenth of --steps)")->check(CLI::NonNegativeNumber)->capture_default_str();
+  app.add_option("--warmup", warmup, "learning-rate warm-up steps (at most a tenth of --steps)")
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
 
   return examples::run(app, argc, argv, [&] {
     if (dim % heads != 0) throw examples::UsageError(fmt::format("--heads {} must divide --dim {}", heads, dim));
@@ -133,11 +141,13 @@ int main(int argc, char** argv) {
     model->to(dev);
     // AdamW with a linear warm-up, then a cosine decay to 10% of the peak rate.
     optim::AdamW opt(model->parameters(), optim::AdamWOptions(flags.lr).betas({0.9, 0.98}).weight_decay(0.01));
-    optim::WarmupCosineLR schedule(opt, std::min(warmup, flags.steps / 10), flags.steps, /*start_factor=*/0.0, /*eta_min=*/0.1 * flags.lr);
+    optim::WarmupCosineLR schedule(opt, std::min(warmup, flags.steps / 10), flags.steps, /*start_factor=*/0.0,
+                                   /*eta_min=*/0.1 * flags.lr);
     fmt::print("reverse: {} digits, {} layers, dim {}, {} heads, {} parameters, batch {}, {} steps on {}\n", length,
                layers, dim, heads, examples::count_str(model->num_parameters()), flags.batch, flags.steps, dev.str());
 
-    examples::CsvLog log(examples::out_path(flags, "reverse_log.csv"), {"step", "train_loss", "test_loss", "test_exact"});
+    examples::CsvLog log(examples::out_path(flags, "reverse_log.csv"),
+                         {"step", "train_loss", "test_loss", "test_exact"});
     examples::Progress progress(flags.steps);
     const std::int64_t eval_every = examples::eval_interval(flags);
     double loss_sum = 0;  // training loss summed since the last evaluation
@@ -146,7 +156,8 @@ int main(int argc, char** argv) {
     for (std::int64_t step = 1; step <= flags.steps; ++step) {
       Batch b = make_batch(flags.batch, length, train_gen);
       Tensor logits = model(b.input.to(dev));
-      Tensor loss = cross_entropy(logits.flatten(0, 1), b.target.to(dev).flatten(), CrossEntropyOptions().ignore_index(kIgnore));
+      Tensor loss =
+          cross_entropy(logits.flatten(0, 1), b.target.to(dev).flatten(), CrossEntropyOptions().ignore_index(kIgnore));
       opt.zero_grad();
       loss.backward();
       opt.step();
@@ -158,8 +169,9 @@ int main(int argc, char** argv) {
         const double train_loss = loss_sum / loss_count;
         loss_sum = 0, loss_count = 0;
         last = evaluate(model, test, dev);
-        progress.note(fmt::format("step {:5d}  train loss {:.4f}  test loss {:.4f}  token acc {:.4f}  exact {:.4f}  ({:.1f} s)",
-                                  step, train_loss, last.loss, last.token_acc, last.exact, wall.seconds()));
+        progress.note(
+            fmt::format("step {:5d}  train loss {:.4f}  test loss {:.4f}  token acc {:.4f}  exact {:.4f}  ({:.1f} s)",
+                        step, train_loss, last.loss, last.token_acc, last.exact, wall.seconds()));
         log.row({double(step), train_loss, last.loss, last.exact});
       }
     }

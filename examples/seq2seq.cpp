@@ -17,19 +17,21 @@
 #include <random>
 #include <set>
 
+#include <kiln/optim/optim.hpp>
 #include "common/common.hpp"
 #include "common/plot.hpp"
-#include <kiln/optim/optim.hpp>
 
 using namespace kiln;
 
 namespace {
 
 // ---- the task ----
-const std::vector<std::string> kWords = {
-    "<pad>", "zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten",
-    "eleven", "twelve", "thirteen", "fourteen", "fifteen", "sixteen", "seventeen", "eighteen", "nineteen",
-    "twenty", "thirty", "forty", "fifty", "sixty", "seventy", "eighty", "ninety", "hundred", "thousand"};
+const std::vector<std::string> kWords = {"<pad>",     "zero",     "one",      "two",      "three",   "four",
+                                         "five",      "six",      "seven",    "eight",    "nine",    "ten",
+                                         "eleven",    "twelve",   "thirteen", "fourteen", "fifteen", "sixteen",
+                                         "seventeen", "eighteen", "nineteen", "twenty",   "thirty",  "forty",
+                                         "fifty",     "sixty",    "seventy",  "eighty",   "ninety",  "hundred",
+                                         "thousand"};
 constexpr std::int64_t kSrcPad = 0;
 constexpr std::int64_t kBos = 10, kEos = 11, kTgtVocab = 12;  // target tokens: digits 0..9, BOS, EOS
 constexpr std::int64_t kIgnore = -100;
@@ -142,8 +144,8 @@ struct TranslatorImpl : nn::Module {
   }
   // tgt (B, T) tokens at positions offset.. -> logits (B, T, vocab). With caches, only the new
   // tokens are passed and each layer appends to its cache.
-  Tensor decode(const Tensor& tgt, const Tensor& memory, const Tensor& src_len, std::vector<nn::KVCache>* caches = nullptr,
-                std::int64_t offset = 0) {
+  Tensor decode(const Tensor& tgt, const Tensor& memory, const Tensor& src_len,
+                std::vector<nn::KVCache>* caches = nullptr, std::int64_t offset = 0) {
     Tensor h = tgt_pos(tgt_emb(tgt), offset);
     for (std::size_t i = 0; i < decoder->size(); ++i)
       h = decoder->at<DecoderLayerImpl>(i).forward(h, memory, src_len, caches ? &(*caches)[i] : nullptr);
@@ -198,11 +200,17 @@ int main(int argc, char** argv) {
   bool no_cache = false;
   examples::add_common_flags(app, flags);
   app.add_option("--dim", dim, "model width")->check(CLI::PositiveNumber)->capture_default_str();
-  app.add_option("--heads", heads, "attention heads (must divide --dim)")->check(CLI::PositiveNumber)->capture_default_str();
-  app.add_option("--layers", layers, "encoder layers = decoder layers")->check(CLI::PositiveNumber)->capture_default_str();
+  app.add_option("--heads", heads, "attention heads (must divide --dim)")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  app.add_option("--layers", layers, "encoder layers = decoder layers")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
   app.add_option("--test-size", test_size, "held-out numbers")->check(CLI::Range(1, 100000))->capture_default_str();
   app.add_flag("--no-kv-cache", no_cache, "decode by recomputing the whole prefix (same results, slower)");
-  app.add_option("--warmup", warmup, "learning-rate warm-up steps (at most a tenth of --steps)")->check(CLI::NonNegativeNumber)->capture_default_str();
+  app.add_option("--warmup", warmup, "learning-rate warm-up steps (at most a tenth of --steps)")
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
 
   return examples::run(app, argc, argv, [&] {
     if (dim % heads != 0) throw examples::UsageError(fmt::format("--heads {} must divide --dim {}", heads, dim));
@@ -226,9 +234,10 @@ int main(int argc, char** argv) {
     Translator model(dim, heads, layers);
     model->to(dev);
     optim::AdamW opt(model->parameters(), optim::AdamWOptions(flags.lr).betas({0.9, 0.98}).weight_decay(0.01));
-    optim::WarmupCosineLR schedule(opt, std::min(warmup, flags.steps / 10), flags.steps, /*start_factor=*/0.0, /*eta_min=*/0.1 * flags.lr);
-    fmt::print("seq2seq: {} + {} layers, dim {}, {} heads, {} parameters, batch {}, {} steps on {}\n", layers, layers, dim,
-               heads, examples::count_str(model->num_parameters()), flags.batch, flags.steps, dev.str());
+    optim::WarmupCosineLR schedule(opt, std::min(warmup, flags.steps / 10), flags.steps, /*start_factor=*/0.0,
+                                   /*eta_min=*/0.1 * flags.lr);
+    fmt::print("seq2seq: {} + {} layers, dim {}, {} heads, {} parameters, batch {}, {} steps on {}\n", layers, layers,
+               dim, heads, examples::count_str(model->num_parameters()), flags.batch, flags.steps, dev.str());
     fmt::print("  e.g. \"{}\" -> {}\n", words_of(spell(test_numbers[0])), test_numbers[0]);
 
     examples::CsvLog log(examples::out_path(flags, "seq2seq_log.csv"), {"step", "train_loss", "test_exact"});
@@ -240,7 +249,8 @@ int main(int argc, char** argv) {
       Batch b = train_batch();
       Tensor memory = model->encode(b.src, b.src_len);
       Tensor logits = model->decode(b.tgt_in, memory, b.src_len);  // teacher forcing
-      Tensor loss = cross_entropy(logits.flatten(0, 1), b.tgt_out.flatten(), CrossEntropyOptions().ignore_index(kIgnore));
+      Tensor loss =
+          cross_entropy(logits.flatten(0, 1), b.tgt_out.flatten(), CrossEntropyOptions().ignore_index(kIgnore));
       opt.zero_grad();
       loss.backward();
       optim::clip_grad_norm_(model->parameters(), 1.0);
@@ -253,8 +263,8 @@ int main(int argc, char** argv) {
         const double train_loss = loss_sum / loss_count;
         loss_sum = 0, loss_count = 0;
         double exact = exact_match(model, test, !no_cache);
-        progress.note(fmt::format("step {:5d}  train loss {:.4f}  held-out exact match {:.4f}  ({:.1f} s)", step, train_loss,
-                                  exact, wall.seconds()));
+        progress.note(fmt::format("step {:5d}  train loss {:.4f}  held-out exact match {:.4f}  ({:.1f} s)", step,
+                                  train_loss, exact, wall.seconds()));
         log.row({double(step), train_loss, exact});
       }
     }

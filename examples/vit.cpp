@@ -15,10 +15,10 @@
 #include <numeric>
 #include <random>
 
+#include <kiln/optim/optim.hpp>
 #include "common/common.hpp"
 #include "common/data.hpp"
 #include "common/plot.hpp"
-#include <kiln/optim/optim.hpp>
 
 using namespace kiln;
 
@@ -37,13 +37,16 @@ struct Split {
 Split load_split(const std::string& dir, const std::string& prefix) {
   auto find = [&](const std::string& name) {
     for (const std::string& candidate : {name + ".gz", name})
-      if (std::filesystem::exists(std::filesystem::path(dir) / candidate)) return (std::filesystem::path(dir) / candidate).string();
-    throw examples::UsageError(fmt::format("{}: no {}[.gz] (is the dataset-fashion-mnist package installed?)", dir, name));
+      if (std::filesystem::exists(std::filesystem::path(dir) / candidate))
+        return (std::filesystem::path(dir) / candidate).string();
+    throw examples::UsageError(
+        fmt::format("{}: no {}[.gz] (is the dataset-fashion-mnist package installed?)", dir, name));
   };
   examples::Idx images = examples::read_idx(find(prefix + "-images-idx3-ubyte"));
   examples::Idx labels = examples::read_idx(find(prefix + "-labels-idx1-ubyte"));
   if (images.shape.size() != 3 || images.shape[1] != 28 || images.shape[2] != 28)
-    throw examples::UsageError(fmt::format("{} images: expected shape (N, 28, 28), got rank {}", prefix, images.shape.size()));
+    throw examples::UsageError(
+        fmt::format("{} images: expected shape (N, 28, 28), got rank {}", prefix, images.shape.size()));
   if (labels.shape.size() != 1 || labels.shape[0] != images.shape[0])
     throw examples::UsageError(fmt::format("{}: {} images but {} labels", prefix, images.shape[0], labels.shape[0]));
   for (auto l : labels.data)
@@ -59,7 +62,8 @@ struct ViTImpl : nn::Module {
     embed = register_module("embed", nn::Linear(patch * patch, dim));
     cls = register_parameter("cls", zeros({1, 1, dim}));
     pos = register_module("pos", nn::LearnedPositionalEmbedding(grid * grid + 1, dim));
-    auto layer = nn::TransformerLayerOptions(dim, heads).dropout(dropout).activation(nn::Activation::GELU).norm_first(true);
+    auto layer =
+        nn::TransformerLayerOptions(dim, heads).dropout(dropout).activation(nn::Activation::GELU).norm_first(true);
     body = register_module("body", nn::TransformerEncoder(nn::TransformerEncoderOptions(layer, layers)));
     head = register_module("head", nn::Linear(dim, 10));
   }
@@ -108,12 +112,18 @@ int main(int argc, char** argv) {
   double dropout = 0.0;
   examples::add_common_flags(app, flags);
   app.add_option("--data", data_dir, "folder with the four Fashion-MNIST IDX files")->capture_default_str();
-  app.add_option("--patch", patch, "patch size (must divide 28)")->check(CLI::IsMember({1, 2, 4, 7, 14, 28}))->capture_default_str();
+  app.add_option("--patch", patch, "patch size (must divide 28)")
+      ->check(CLI::IsMember({1, 2, 4, 7, 14, 28}))
+      ->capture_default_str();
   app.add_option("--dim", dim, "model width")->check(CLI::PositiveNumber)->capture_default_str();
-  app.add_option("--heads", heads, "attention heads (must divide --dim)")->check(CLI::PositiveNumber)->capture_default_str();
+  app.add_option("--heads", heads, "attention heads (must divide --dim)")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
   app.add_option("--layers", layers, "transformer layers")->check(CLI::PositiveNumber)->capture_default_str();
   app.add_option("--dropout", dropout, "dropout probability")->check(CLI::Range(0.0, 0.9))->capture_default_str();
-  app.add_option("--warmup", warmup, "learning-rate warm-up steps (at most a tenth of --steps)")->check(CLI::NonNegativeNumber)->capture_default_str();
+  app.add_option("--warmup", warmup, "learning-rate warm-up steps (at most a tenth of --steps)")
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
 
   return examples::run(app, argc, argv, [&] {
     if (dim % heads != 0) throw examples::UsageError(fmt::format("--heads {} must divide --dim {}", heads, dim));
@@ -130,10 +140,12 @@ int main(int argc, char** argv) {
     ViT model(patch, dim, heads, layers, dropout);
     model->to(dev);
     optim::AdamW opt(model->parameters(), optim::AdamWOptions(flags.lr).weight_decay(0.05));
-    optim::WarmupCosineLR schedule(opt, std::min(warmup, flags.steps / 10), flags.steps, /*start_factor=*/0.0, /*eta_min=*/0.0);
-    fmt::print("model: {}x{} patches, {} layers, dim {}, {} heads, {} parameters; batch {}, {} steps (~{:.1f} epochs) on {}\n",
-               patch, patch, layers, dim, heads, examples::count_str(model->num_parameters()), flags.batch, flags.steps,
-               double(flags.steps * flags.batch) / double(n_train), dev.str());
+    optim::WarmupCosineLR schedule(opt, std::min(warmup, flags.steps / 10), flags.steps, /*start_factor=*/0.0,
+                                   /*eta_min=*/0.0);
+    fmt::print(
+        "model: {}x{} patches, {} layers, dim {}, {} heads, {} parameters; batch {}, {} steps (~{:.1f} epochs) on {}\n",
+        patch, patch, layers, dim, heads, examples::count_str(model->num_parameters()), flags.batch, flags.steps,
+        double(flags.steps * flags.batch) / double(n_train), dev.str());
 
     // Each epoch visits the training images in a fresh random order.
     std::mt19937_64 shuffle_rng(flags.seed + 1);
@@ -142,7 +154,8 @@ int main(int argc, char** argv) {
     std::int64_t cursor = n_train;
     auto next_batch = [&] {
       if (cursor + flags.batch > n_train) std::shuffle(order.begin(), order.end(), shuffle_rng), cursor = 0;
-      Tensor idx = tensor(std::vector<std::int64_t>(order.begin() + cursor, order.begin() + cursor + flags.batch), {flags.batch});
+      Tensor idx = tensor(std::vector<std::int64_t>(order.begin() + cursor, order.begin() + cursor + flags.batch),
+                          {flags.batch});
       cursor += flags.batch;
       return std::pair{index_select(train.images, 0, idx).to(dev), index_select(train.labels, 0, idx).to(dev)};
     };

@@ -41,14 +41,14 @@ namespace kiln::io {
 class ModuleRef {
  public:
   ModuleRef() = default;
-  ModuleRef(std::nullptr_t) {}                    // NOLINT: implicit
-  ModuleRef(nn::Module* module) : module_(module) {}  // NOLINT: implicit
+  ModuleRef(std::nullptr_t) {}                         // NOLINT: implicit
+  ModuleRef(nn::Module* module) : module_(module) {}   // NOLINT: implicit
   ModuleRef(nn::Module& module) : module_(&module) {}  // NOLINT: implicit
   template <std::derived_from<nn::Module> M>
   ModuleRef(const std::shared_ptr<M>& module) : module_(module.get()) {}  // NOLINT: implicit
   template <typename H>
-    requires nn::is_module_holder_v<H>
-  ModuleRef(const H& holder) : module_(holder.is_empty() ? nullptr : holder.ptr().get()) {}  // NOLINT: implicit
+  requires nn::is_module_holder_v<H> ModuleRef(const H& holder)
+      : module_(holder.is_empty() ? nullptr : holder.ptr().get()) {}  // NOLINT: implicit
 
   explicit operator bool() const { return module_ != nullptr; }
   nn::Module* get() const { return module_; }
@@ -62,11 +62,11 @@ class StatefulRef;
 
 /// Anything with `StateDict state_dict() const` and `void load_state_dict(const StateDict&)`.
 template <typename T>
-concept HasStateDict = !std::is_same_v<std::remove_cv_t<T>, StatefulRef> &&
-                       requires(T& t, const T& ct, const StateDict& sd) {
-                         { ct.state_dict() } -> std::same_as<StateDict>;
-                         t.load_state_dict(sd);
-                       };
+concept HasStateDict =
+    !std::is_same_v<std::remove_cv_t<T>, StatefulRef> && requires(T & t, const T& ct, const StateDict& sd) {
+  { ct.state_dict() } -> std::same_as<StateDict>;
+  t.load_state_dict(sd);
+};
 
 /// A non-owning handle to an object with a state dict: an Optimizer, an LRScheduler, a
 /// ReduceLROnPlateau, or a class of your own. Empty when default-constructed or made from null.

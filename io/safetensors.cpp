@@ -107,7 +107,8 @@ class FileSource final : public detail::ByteSource {
       if (r < 0) throw_error("load_safetensors", fmt::format("{}: read failed: {}", path_, errno_str(errno)));
       if (r == 0)
         throw_error("load_safetensors", fmt::format("{}: the file ended at byte {} while reading (was it truncated "
-                                                    "during the load?)", path_, offset));
+                                                    "during the load?)",
+                                                    path_, offset));
       out += r;
       offset += static_cast<std::uint64_t>(r);
       n -= static_cast<std::size_t>(r);
@@ -167,7 +168,8 @@ void save_safetensors(const std::string& path, const NamedTensors& tensors,
   Prepared p = prepare(tensors, metadata);
   namespace fs = std::filesystem;
   fs::path target(path);
-  if (target.filename().empty()) throw_error("save_safetensors", fmt::format("'{}' names a directory, not a file", path));
+  if (target.filename().empty())
+    throw_error("save_safetensors", fmt::format("'{}' names a directory, not a file", path));
   fs::path dir = target.parent_path().empty() ? fs::path(".") : target.parent_path();
 
   // The temporary file sits next to the target so rename() replaces it atomically (same file system).
@@ -232,8 +234,8 @@ namespace kiln::nn {
 
 using io::load_safetensors;
 using io::NamedTensors;
-using io::save_safetensors;
 using io::SafetensorsFile;
+using io::save_safetensors;
 
 void save(const Module& module, const std::string& path, const std::map<std::string, std::string>& metadata) {
   NamedTensors named;

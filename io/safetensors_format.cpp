@@ -137,8 +137,14 @@ class HeaderParser {
         }
         ws();
         char c = peek();
-        if (c == ',') { ++p_; continue; }
-        if (c == '}') { ++p_; break; }
+        if (c == ',') {
+          ++p_;
+          continue;
+        }
+        if (c == '}') {
+          ++p_;
+          break;
+        }
         error(fmt::format("expected ',' or '}}' after the entry for {}, found {}", shown(key), describe()));
       }
     }
@@ -231,9 +237,7 @@ class HeaderParser {
             append_utf8(out, cp);
             break;
           }
-          default:
-            --p_;
-            error(fmt::format("invalid escape '\\' followed by {}", describe()));
+          default: --p_; error(fmt::format("invalid escape '\\' followed by {}", describe()));
         }
         continue;
       }
@@ -273,13 +277,18 @@ class HeaderParser {
       return v;
     }
     for (;;) {
-      if (v.size() == max_len)
-        error(fmt::format("tensor {}: {} has more than {} entries", shown(name), what, max_len));
+      if (v.size() == max_len) error(fmt::format("tensor {}: {} has more than {} entries", shown(name), what, max_len));
       v.push_back(uint(what));
       ws();
       char c = peek();
-      if (c == ',') { ++p_; continue; }
-      if (c == ']') { ++p_; return v; }
+      if (c == ',') {
+        ++p_;
+        continue;
+      }
+      if (c == ']') {
+        ++p_;
+        return v;
+      }
       error(fmt::format("expected ',' or ']' in {}, found {}", what, describe()));
     }
   }
@@ -300,12 +309,17 @@ class HeaderParser {
       if (peek() != '"')
         error(fmt::format("__metadata__ value for {} must be a string, found {}", shown(key), describe()));
       std::string value = string("a __metadata__ value");
-      if (!out.emplace(std::move(key), std::move(value)).second)
-        error_at(key_pos, "duplicate __metadata__ key");
+      if (!out.emplace(std::move(key), std::move(value)).second) error_at(key_pos, "duplicate __metadata__ key");
       ws();
       char c = peek();
-      if (c == ',') { ++p_; continue; }
-      if (c == '}') { ++p_; return; }
+      if (c == ',') {
+        ++p_;
+        continue;
+      }
+      if (c == '}') {
+        ++p_;
+        return;
+      }
       error(fmt::format("expected ',' or '}}' in __metadata__, found {}", describe()));
     }
   }
@@ -314,7 +328,8 @@ class HeaderParser {
     TensorEntry e;
     e.name = name;
     ws();
-    if (peek() != '{') error(fmt::format("the entry for tensor {} must be an object, found {}", shown(name), describe()));
+    if (peek() != '{')
+      error(fmt::format("the entry for tensor {} must be an object, found {}", shown(name), describe()));
     ++p_;
     bool have_dtype = false, have_shape = false, have_offsets = false;
     ws();
@@ -347,16 +362,16 @@ class HeaderParser {
           auto dims = uint_array("the shape", kSafetensorsMaxDims, name);
           for (auto d : dims)
             if (d > static_cast<std::uint64_t>(std::numeric_limits<std::int64_t>::max()))
-              error_at(pos, fmt::format("tensor {} has dimension {} in its shape, larger than 2^63 - 1",
-                                        shown(name), d));
+              error_at(pos,
+                       fmt::format("tensor {} has dimension {} in its shape, larger than 2^63 - 1", shown(name), d));
           e.shape.assign(dims.begin(), dims.end());
         } else if (key == "data_offsets") {
           dup(have_offsets);
           std::size_t pos = p_;
           auto off = uint_array("data_offsets", 3, name);
           if (off.size() != 2)
-            error_at(pos, fmt::format("tensor {}: data_offsets must be [begin, end], found {} numbers",
-                                      shown(name), off.size()));
+            error_at(pos, fmt::format("tensor {}: data_offsets must be [begin, end], found {} numbers", shown(name),
+                                      off.size()));
           e.begin = off[0];
           e.end = off[1];
         } else {
@@ -365,8 +380,14 @@ class HeaderParser {
         }
         ws();
         char c = peek();
-        if (c == ',') { ++p_; continue; }
-        if (c == '}') { ++p_; break; }
+        if (c == ',') {
+          ++p_;
+          continue;
+        }
+        if (c == '}') {
+          ++p_;
+          break;
+        }
         error(fmt::format("expected ',' or '}}' in the entry for tensor {}, found {}", shown(name), describe()));
       }
     }
@@ -407,12 +428,24 @@ void convert(const TensorEntry& e, const unsigned char* src, std::size_t n, unsi
     case StDType::BOOL:
       for (std::size_t i = 0; i < n; ++i) dst[i] = src[i] != 0;
       break;
-    case StDType::U8: for (std::size_t i = 0; i < n; ++i) put(std::int64_t{src[i]}, i); break;
-    case StDType::I8: for (std::size_t i = 0; i < n; ++i) put(std::int64_t{static_cast<std::int8_t>(src[i])}, i); break;
-    case StDType::U16: for (std::size_t i = 0; i < n; ++i) put(std::int64_t{load_le<std::uint16_t>(src + 2 * i)}, i); break;
-    case StDType::I16: for (std::size_t i = 0; i < n; ++i) put(std::int64_t{load_le<std::int16_t>(src + 2 * i)}, i); break;
-    case StDType::U32: for (std::size_t i = 0; i < n; ++i) put(std::int64_t{load_le<std::uint32_t>(src + 4 * i)}, i); break;
-    case StDType::I32: for (std::size_t i = 0; i < n; ++i) put(std::int64_t{load_le<std::int32_t>(src + 4 * i)}, i); break;
+    case StDType::U8:
+      for (std::size_t i = 0; i < n; ++i) put(std::int64_t{src[i]}, i);
+      break;
+    case StDType::I8:
+      for (std::size_t i = 0; i < n; ++i) put(std::int64_t{static_cast<std::int8_t>(src[i])}, i);
+      break;
+    case StDType::U16:
+      for (std::size_t i = 0; i < n; ++i) put(std::int64_t{load_le<std::uint16_t>(src + 2 * i)}, i);
+      break;
+    case StDType::I16:
+      for (std::size_t i = 0; i < n; ++i) put(std::int64_t{load_le<std::int16_t>(src + 2 * i)}, i);
+      break;
+    case StDType::U32:
+      for (std::size_t i = 0; i < n; ++i) put(std::int64_t{load_le<std::uint32_t>(src + 4 * i)}, i);
+      break;
+    case StDType::I32:
+      for (std::size_t i = 0; i < n; ++i) put(std::int64_t{load_le<std::int32_t>(src + 4 * i)}, i);
+      break;
     case StDType::U64:
       for (std::size_t i = 0; i < n; ++i) {
         auto v = load_le<std::uint64_t>(src + 8 * i);
@@ -422,12 +455,23 @@ void convert(const TensorEntry& e, const unsigned char* src, std::size_t n, unsi
         put(static_cast<std::int64_t>(v), i);
       }
       break;
-    case StDType::I64: for (std::size_t i = 0; i < n; ++i) put(load_le<std::int64_t>(src + 8 * i), i); break;
-    case StDType::F16: for (std::size_t i = 0; i < n; ++i) put(half_to_float(load_le<std::uint16_t>(src + 2 * i)), i); break;
-    case StDType::BF16: for (std::size_t i = 0; i < n; ++i) put(bf16_to_float(load_le<std::uint16_t>(src + 2 * i)), i); break;
-    case StDType::F32: for (std::size_t i = 0; i < n; ++i) put(load_le<float>(src + 4 * i), i); break;
-    case StDType::F64: for (std::size_t i = 0; i < n; ++i) put(load_le<double>(src + 8 * i), i); break;
-    default: fail(where, fmt::format("tensor {}: dtype {} cannot be loaded", shown(e.name), st_dtype_info(e.dtype).name));
+    case StDType::I64:
+      for (std::size_t i = 0; i < n; ++i) put(load_le<std::int64_t>(src + 8 * i), i);
+      break;
+    case StDType::F16:
+      for (std::size_t i = 0; i < n; ++i) put(half_to_float(load_le<std::uint16_t>(src + 2 * i)), i);
+      break;
+    case StDType::BF16:
+      for (std::size_t i = 0; i < n; ++i) put(bf16_to_float(load_le<std::uint16_t>(src + 2 * i)), i);
+      break;
+    case StDType::F32:
+      for (std::size_t i = 0; i < n; ++i) put(load_le<float>(src + 4 * i), i);
+      break;
+    case StDType::F64:
+      for (std::size_t i = 0; i < n; ++i) put(load_le<double>(src + 8 * i), i);
+      break;
+    default:
+      fail(where, fmt::format("tensor {}: dtype {} cannot be loaded", shown(e.name), st_dtype_info(e.dtype).name));
   }
 }
 
@@ -451,7 +495,8 @@ void json_string(std::string& out, std::string_view s, const char* what) {
 
 void MemorySource::read(std::uint64_t offset, void* dst, std::size_t n) {
   if (offset > size_ || n > size_ - offset)
-    throw Error(fmt::format("[load_safetensors] read of {} bytes at {} is outside the {}-byte buffer", n, offset, size_));
+    throw Error(
+        fmt::format("[load_safetensors] read of {} bytes at {} is outside the {}-byte buffer", n, offset, size_));
   if (n) std::memcpy(dst, data_ + offset, n);
 }
 
@@ -513,8 +558,8 @@ SafetensorsHeader read_header(ByteSource& src, std::string_view where) {
   if (n > kSafetensorsMaxHeader)
     fail(where, fmt::format("header length {} exceeds the limit of {} bytes", n, kSafetensorsMaxHeader));
   if (n > size - 8)
-    fail(where, fmt::format("header length {} runs past the end of the file ({} bytes follow the length)", n,
-                            size - 8));
+    fail(where,
+         fmt::format("header length {} runs past the end of the file ({} bytes follow the length)", n, size - 8));
   std::string text(static_cast<std::size_t>(n), '\0');
   src.read(8, text.data(), text.size());
 
@@ -526,7 +571,8 @@ SafetensorsHeader read_header(ByteSource& src, std::string_view where) {
   for (const auto& e : h.tensors) {
     const auto& info = st_dtype_info(e.dtype);
     if (e.begin > e.end)
-      fail(where, fmt::format("tensor {} has data_offsets [{}, {}]: begin is after end", shown(e.name), e.begin, e.end));
+      fail(where,
+           fmt::format("tensor {} has data_offsets [{}, {}]: begin is after end", shown(e.name), e.begin, e.end));
     if (e.end > h.data_size)
       fail(where, fmt::format("tensor {} has data_offsets [{}, {}], past the end of the {}-byte data buffer",
                               shown(e.name), e.begin, e.end, h.data_size));
@@ -538,8 +584,8 @@ SafetensorsHeader read_header(ByteSource& src, std::string_view where) {
     for (auto d : e.shape) {
       zero = zero || d == 0;
       if (__builtin_mul_overflow(span, std::max<std::int64_t>(d, 1), &span))
-        fail(where, fmt::format("tensor {} has shape {}, whose size overflows 64 bits", shown(e.name),
-                                dims_str(e.shape)));
+        fail(where,
+             fmt::format("tensor {} has shape {}, whose size overflows 64 bits", shown(e.name), dims_str(e.shape)));
     }
     if (!zero && __builtin_mul_overflow(static_cast<std::uint64_t>(span), info.itemsize, &bytes))
       fail(where, fmt::format("tensor {} ({}, shape {}) has a byte size that overflows 64 bits", shown(e.name),

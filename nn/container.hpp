@@ -121,9 +121,11 @@ class SequentialImpl : public IndexedModules {
  private:
   template <typename T>
   void append(std::string name, std::shared_ptr<T> m) {
-    static_assert(requires(T& t, const Tensor& x) {
-      { t.forward(x) } -> std::convertible_to<Tensor>;
-    }, "Sequential holds modules whose forward takes one Tensor and returns a Tensor");
+    static_assert(
+        requires(T & t, const Tensor& x) {
+          { t.forward(x) } -> std::convertible_to<Tensor>;
+        },
+        "Sequential holds modules whose forward takes one Tensor and returns a Tensor");
     forwards_.push_back([raw = m.get()](const Tensor& x) -> Tensor { return raw->forward(x); });
     add(std::move(name), std::move(m));
   }

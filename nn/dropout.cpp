@@ -3,8 +3,7 @@
 namespace kiln::nn {
 
 DropoutImpl::DropoutImpl(const DropoutOptions& options_) : Module("Dropout"), options(options_) {
-  KILN_CHECK(options.p() >= 0.0 && options.p() <= 1.0, "Dropout", "probability must be in [0, 1], got {}",
-             options.p());
+  KILN_CHECK(options.p() >= 0.0 && options.p() <= 1.0, "Dropout", "probability must be in [0, 1], got {}", options.p());
 }
 
 std::string DropoutImpl::extra_repr() const { return fmt::format("p={}", options.p()); }

@@ -2,8 +2,9 @@
 /// nn::FeedForward — the transformer MLP: fc1 -> activation -> dropout -> fc2, or with `gated`
 /// the GLU form act(gate(x)) * fc1(x) -> dropout -> fc2 (SwiGLU with SiLU, GEGLU with GELU).
 ///   nn::FeedForward ff(nn::FeedForwardOptions(512).hidden_dim(2048).activation(nn::Activation::GELU).dropout(0.1));
-///   nn::FeedForward swiglu(nn::FeedForwardOptions(512, 1376).activation(nn::Activation::SiLU).gated(true).bias(false));
-///   Tensor y = ff(x);   // x (..., dim) -> (..., out_dim)
+///   nn::FeedForward swiglu(nn::FeedForwardOptions(512,
+///   1376).activation(nn::Activation::SiLU).gated(true).bias(false)); Tensor y = ff(x);   // x (..., dim) -> (...,
+///   out_dim)
 #include <cstdint>
 
 #include "dropout.hpp"

@@ -44,7 +44,8 @@ Tensor rms_norm(const Tensor& x, const Shape& normalized_shape, const Tensor& we
   KILN_CHECK(x.is_floating_point(), "rms_norm", "expected a floating point input, got {}", dtype_name(x.dtype()));
   const auto k = static_cast<std::int64_t>(normalized_shape.size());
   bool fits = k >= 1 && k <= x.dim();
-  for (std::int64_t i = 0; fits && i < k; ++i) fits = x.size(x.dim() - k + i) == normalized_shape[static_cast<std::size_t>(i)];
+  for (std::int64_t i = 0; fits && i < k; ++i)
+    fits = x.size(x.dim() - k + i) == normalized_shape[static_cast<std::size_t>(i)];
   KILN_CHECK(fits, "rms_norm", "input shape {} does not end with normalized_shape {}", shape_str(x.shape()),
              shape_str(normalized_shape));
   if (weight.defined())
@@ -72,7 +73,8 @@ Tensor activation(const Tensor& x, Activation a) {
   return x;
 }
 
-Tensor sinusoidal_positions(std::int64_t length, std::int64_t dim, std::int64_t offset, double base, TensorOptions opts) {
+Tensor sinusoidal_positions(std::int64_t length, std::int64_t dim, std::int64_t offset, double base,
+                            TensorOptions opts) {
   KILN_CHECK(length >= 0 && dim > 0 && offset >= 0, "sinusoidal_positions",
              "need length >= 0, dim > 0 and offset >= 0, got length={} dim={} offset={}", length, dim, offset);
   KILN_CHECK(base > 0, "sinusoidal_positions", "base must be positive, got {}", base);

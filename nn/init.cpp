@@ -36,10 +36,10 @@ void write_host(Tensor& t, const std::vector<double>& v) {
 // Standard normal quantile: Acklam's rational approximation (rel. error 1.2e-9) refined with
 // one Halley step against erfc, good to about double precision over (0, 1).
 double normal_ppf(double p) {
-  static constexpr double a[] = {-3.969683028665376e+01, 2.209460984245205e+02, -2.759285104469687e+02,
+  static constexpr double a[] = {-3.969683028665376e+01, 2.209460984245205e+02,  -2.759285104469687e+02,
                                  1.383577518672690e+02,  -3.066479806614716e+01, 2.506628277459239e+00};
   static constexpr double b[] = {-5.447609879822406e+01, 1.615858368580409e+02, -1.556989798598866e+02,
-                                 6.680131188771972e+01,  -1.328068155288572e+01};
+                                 6.680131188771972e+01, -1.328068155288572e+01};
   static constexpr double c[] = {-7.784894002430293e-03, -3.223964580411365e-01, -2.400758277161838e+00,
                                  -2.549732539343734e+00, 4.374664141464968e+00,  2.938163982698783e+00};
   static constexpr double d[] = {7.784695709041462e-03, 3.224671290700398e-01, 2.445134137142996e+00,
@@ -92,7 +92,7 @@ std::pair<std::int64_t, std::int64_t> calculate_fan_in_and_fan_out(const Tensor&
 }
 
 double calculate_gain(const std::string& nl, std::optional<double> param) {
-  static const char* linear_fns[] = {"linear",          "identity",        "conv1d",         "conv2d", "conv3d",
+  static const char* linear_fns[] = {"linear",           "identity",         "conv1d",           "conv2d", "conv3d",
                                      "conv_transpose1d", "conv_transpose2d", "conv_transpose3d", "sigmoid"};
   for (const char* f : linear_fns)
     if (nl == f) return 1.0;
@@ -196,8 +196,7 @@ Tensor xavier_normal_(Tensor t, double gain, Generator* gen) {
   return normal_(t, 0.0, gain * std::sqrt(2.0 / static_cast<double>(fan_in + fan_out)), gen);
 }
 
-Tensor kaiming_uniform_(Tensor t, double a, const std::string& mode, const std::string& nonlinearity,
-                        Generator* gen) {
+Tensor kaiming_uniform_(Tensor t, double a, const std::string& mode, const std::string& nonlinearity, Generator* gen) {
   check_tensor(t, "kaiming_uniform_");
   check_mode(mode, "kaiming_uniform_", false);
   double gain = calculate_gain(nonlinearity, a);
@@ -207,8 +206,7 @@ Tensor kaiming_uniform_(Tensor t, double a, const std::string& mode, const std::
   return uniform_(t, -bound, bound, gen);
 }
 
-Tensor kaiming_normal_(Tensor t, double a, const std::string& mode, const std::string& nonlinearity,
-                       Generator* gen) {
+Tensor kaiming_normal_(Tensor t, double a, const std::string& mode, const std::string& nonlinearity, Generator* gen) {
   check_tensor(t, "kaiming_normal_");
   check_mode(mode, "kaiming_normal_", false);
   double gain = calculate_gain(nonlinearity, a);
@@ -217,7 +215,9 @@ Tensor kaiming_normal_(Tensor t, double a, const std::string& mode, const std::s
   return normal_(t, 0.0, gain / std::sqrt(fan), gen);
 }
 
-Tensor lecun_uniform_(Tensor t, Generator* gen) { return variance_scaling_(std::move(t), 1.0, "fan_in", "uniform", gen); }
+Tensor lecun_uniform_(Tensor t, Generator* gen) {
+  return variance_scaling_(std::move(t), 1.0, "fan_in", "uniform", gen);
+}
 
 Tensor lecun_normal_(Tensor t, Generator* gen) {
   return variance_scaling_(std::move(t), 1.0, "fan_in", "truncated_normal", gen);

@@ -31,8 +31,7 @@ KVCache::KVCache(Shape batch, std::int64_t num_kv_heads, std::int64_t max_length
   KILN_CHECK(num_kv_heads > 0 && max_length > 0 && head_dim > 0 && v_head_dim > 0, kOp,
              "num_kv_heads, max_length, head_dim and v_head_dim must be > 0, got {}, {}, {} and {}", num_kv_heads,
              max_length, head_dim, v_head_dim);
-  for (std::int64_t b : batch_)
-    KILN_CHECK(b >= 0, kOp, "batch dims must be >= 0, got {}", shape_str(batch_));
+  for (std::int64_t b : batch_) KILN_CHECK(b >= 0, kOp, "batch dims must be >= 0, got {}", shape_str(batch_));
   KILN_CHECK(is_floating(opts.dtype()), kOp, "the cache must be floating point, got {}", dtype_name(opts.dtype()));
   k_ = zeros(with_tail(batch_, {heads_, max_length_, dk_}), opts);
   v_ = zeros(with_tail(batch_, {heads_, max_length_, dv_}), opts);
@@ -49,7 +48,8 @@ Tensor KVCache::values() const {
 }
 
 void KVCache::check_append(std::int64_t L) const {
-  KILN_CHECK(defined(), kOp, "the cache is empty (default-constructed); make one with MultiHeadAttention::make_kv_cache");
+  KILN_CHECK(defined(), kOp,
+             "the cache is empty (default-constructed); make one with MultiHeadAttention::make_kv_cache");
   KILN_CHECK(length_ + L <= max_length_, kOp,
              "cache overflow: appending {} positions to the {} stored would need length {}, but max_length is {}", L,
              length_, length_ + L, max_length_);

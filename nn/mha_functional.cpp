@@ -57,8 +57,9 @@ Tensor multi_head_attention(const Tensor& x, double scale, std::int64_t num_head
     no_heads.erase(no_heads.end() - 3);
     KILN_CHECK(mask.dtype() == kBool || mask.is_floating_point(), kOp,
                "mask must be bool (true = may attend) or floating point (added), got {}", dtype_name(mask.dtype()));
-    KILN_CHECK(broadcastable(mask.shape(), no_heads), kOp, "mask of shape {} cannot be broadcast to (batch..., T, S) = {}",
-               shape_str(mask.shape()), shape_str(no_heads));
+    KILN_CHECK(broadcastable(mask.shape(), no_heads), kOp,
+               "mask of shape {} cannot be broadcast to (batch..., T, S) = {}", shape_str(mask.shape()),
+               shape_str(no_heads));
     so.attn_mask(mask.dim() >= 2 ? unsqueeze(mask, -3) : mask);
   }
   Tensor o = kiln::scaled_dot_product_attention(qh, kh, vh, so).output;  // (batch..., H, T, Dv)

@@ -131,8 +131,8 @@ void Module::add_child(std::string name, std::shared_ptr<Module> module) {
   check_new_name(name, "register_module", kModule);
   KILN_CHECK(module != nullptr, "register_module", "submodule '{}' of {} is null (an empty holder?)", name,
              this->name());
-  KILN_CHECK(module.get() != this, "register_module", "{} cannot register itself as its submodule '{}'",
-             this->name(), name);
+  KILN_CHECK(module.get() != this, "register_module", "{} cannot register itself as its submodule '{}'", this->name(),
+             name);
   children_.insert(std::move(name), std::move(module));
 }
 
@@ -300,7 +300,8 @@ LoadStateDictResult Module::load_state_dict(const StateDict& dict, bool strict) 
   for (const auto& [k, t] : dict)
     if (!own.contains(k)) r.unexpected_keys.push_back(k);
   for (const auto& [k, v] : dict.scalars) r.unexpected_keys.push_back(k);
-  if (strict && !r.missing_keys.empty()) problems.insert(problems.begin(), "missing keys: " + join_quoted(r.missing_keys));
+  if (strict && !r.missing_keys.empty())
+    problems.insert(problems.begin(), "missing keys: " + join_quoted(r.missing_keys));
   if (strict && !r.unexpected_keys.empty())
     problems.insert(problems.begin() + (strict && !r.missing_keys.empty() ? 1 : 0),
                     "unexpected keys: " + join_quoted(r.unexpected_keys));

@@ -32,10 +32,9 @@
 #include "../autograd/grad_mode.hpp"
 #include "../autograd/ops.hpp"
 #include "../core/arg.hpp"
-#include "../core/tensor.hpp"
 #include "../core/state_dict.hpp"
+#include "../core/tensor.hpp"
 #include "ordered_dict.hpp"
-
 
 namespace kiln::nn {
 
@@ -262,11 +261,11 @@ std::ostream& operator<<(std::ostream& os, const ModuleHolder<Impl>& h) {
 }  // namespace kiln::nn
 
 /// Declares `Name` as the holder of `NameImpl` (like TORCH_MODULE).
-#define KILN_MODULE(Name)                                        \
-  class Name : public ::kiln::nn::ModuleHolder<Name##Impl> {     \
-   public:                                                       \
-    using ::kiln::nn::ModuleHolder<Name##Impl>::ModuleHolder;    \
-    using Impl = Name##Impl;                                     \
+#define KILN_MODULE(Name)                                     \
+  class Name : public ::kiln::nn::ModuleHolder<Name##Impl> {  \
+   public:                                                    \
+    using ::kiln::nn::ModuleHolder<Name##Impl>::ModuleHolder; \
+    using Impl = Name##Impl;                                  \
   }
 
 /// `fmt::format("{}", module)` for modules and holders: the tree of Module::str().
@@ -278,8 +277,7 @@ struct fmt::formatter<T, char, std::enable_if_t<std::is_base_of_v<kiln::nn::Modu
   }
 };
 template <typename T>
-struct fmt::formatter<T, char, std::enable_if_t<kiln::nn::is_module_holder_v<T>>>
-    : fmt::formatter<std::string_view> {
+struct fmt::formatter<T, char, std::enable_if_t<kiln::nn::is_module_holder_v<T>>> : fmt::formatter<std::string_view> {
   auto format(const T& m, fmt::format_context& ctx) const {
     return fmt::formatter<std::string_view>::format(m->str(), ctx);
   }

@@ -85,8 +85,8 @@ MultiHeadAttentionImpl::MultiHeadAttentionImpl(const MultiHeadAttentionOptions& 
              "num_heads={} must be a positive multiple of num_kv_heads={}", o.num_heads(), num_kv_heads());
   KILN_CHECK(o.head_dim().has_value() || o.embed_dim() % o.num_heads() == 0, kOp,
              "embed_dim={} is not divisible by num_heads={}; set head_dim explicitly", o.embed_dim(), o.num_heads());
-  KILN_CHECK(head_dim() > 0 && v_head_dim() > 0, kOp, "head_dim and v_head_dim must be > 0, got {} and {}",
-             head_dim(), v_head_dim());
+  KILN_CHECK(head_dim() > 0 && v_head_dim() > 0, kOp, "head_dim and v_head_dim must be > 0, got {} and {}", head_dim(),
+             v_head_dim());
   KILN_CHECK(kdim() > 0 && vdim() > 0 && out_dim() > 0, kOp, "kdim, vdim and out_dim must be > 0, got {}, {} and {}",
              kdim(), vdim(), out_dim());
   KILN_CHECK(o.dropout() >= 0.0 && o.dropout() <= 1.0, kOp, "dropout must be in [0, 1], got {}", o.dropout());
@@ -103,7 +103,8 @@ MultiHeadAttentionImpl::MultiHeadAttentionImpl(const MultiHeadAttentionOptions& 
                head_dim());
   KILN_CHECK(!((o.add_bias_kv() || o.add_zero_attn()) &&
                (o.window_left() >= 0 || o.window_right() >= 0 || o.alibi() || o.alibi_slopes().defined())),
-             kOp, "add_bias_kv / add_zero_attn cannot be combined with window or ALiBi (the extra keys have no position)");
+             kOp,
+             "add_bias_kv / add_zero_attn cannot be combined with window or ALiBi (the extra keys have no position)");
   if (const Tensor& sl = o.alibi_slopes(); sl.defined())
     KILN_CHECK(sl.is_floating_point() && sl.shape() == Shape{o.num_heads()}, kOp,
                "alibi_slopes must be floating point of shape (num_heads,) = ({},), got {} of shape {}", o.num_heads(),
@@ -152,8 +153,7 @@ void MultiHeadAttentionImpl::reset() {
   alibi_slopes = Tensor();
   if (o.alibi_slopes().defined())
     alibi_slopes = register_buffer("alibi_slopes", o.alibi_slopes().detach().clone(), /*persistent=*/false);
-  else if (o.alibi())
-    alibi_slopes = register_buffer("alibi_slopes", kiln::alibi_slopes(H), /*persistent=*/false);
+  else if (o.alibi()) alibi_slopes = register_buffer("alibi_slopes", kiln::alibi_slopes(H), /*persistent=*/false);
   sinks = Tensor();
   if (o.attention_sinks()) {
     sinks = register_parameter("sinks", empty({H}));
@@ -198,7 +198,8 @@ std::string MultiHeadAttentionImpl::extra_repr() const {
   if (o.add_bias_kv()) s += ", add_bias_kv=true";
   if (o.add_zero_attn()) s += ", add_zero_attn=true";
   if (o.reslink()) s += ", reslink=true";
-  if (o.window_left() >= 0 || o.window_right() >= 0) s += fmt::format(", window=({}, {})", o.window_left(), o.window_right());
+  if (o.window_left() >= 0 || o.window_right() >= 0)
+    s += fmt::format(", window=({}, {})", o.window_left(), o.window_right());
   if (alibi_slopes.defined()) s += ", alibi=true";
   if (sinks.defined()) s += ", attention_sinks=true";
   return s;
@@ -211,9 +212,7 @@ Tensor MultiHeadAttentionImpl::forward(const Tensor& q, const Tensor& kv, const 
 Tensor MultiHeadAttentionImpl::forward(const Tensor& q, const Tensor& k, const Tensor& v, const MhaForward& f) {
   return run(q, k, v, f).output;
 }
-MhaResult MultiHeadAttentionImpl::forward_with_weights(const Tensor& x, const MhaForward& f) {
-  return run(x, x, x, f);
-}
+MhaResult MultiHeadAttentionImpl::forward_with_weights(const Tensor& x, const MhaForward& f) { return run(x, x, x, f); }
 MhaResult MultiHeadAttentionImpl::forward_with_weights(const Tensor& q, const Tensor& kv, const MhaForward& f) {
   KILN_CHECK(kdim() == vdim(), kOp,
              "one key/value input needs kdim == vdim, got kdim={} and vdim={}; pass k and v separately", kdim(),
@@ -299,10 +298,10 @@ struct MultiHeadAttentionImpl::Call {
   Shape batch;
   std::int64_t T = 0, S_new = 0, past = 0, S = 0;
   Device dev;
-  Tensor mask;         // keep (bool) or additive mask for the core, broadcastable to (batch..., H, T, S)
-  Tensor live;         // bool, broadcastable to (batch..., S): keys some query may attend to
+  Tensor mask;  // keep (bool) or additive mask for the core, broadcastable to (batch..., H, T, S)
+  Tensor live;  // bool, broadcastable to (batch..., S): keys some query may attend to
   bool causal = false;
-  Tensor qh, kh, vh;   // (batch..., H, T, Dk), (batch..., Hkv, S, Dk), (batch..., Hkv, S, Dv)
+  Tensor qh, kh, vh;  // (batch..., H, T, Dk), (batch..., Hkv, S, Dk), (batch..., Hkv, S, Dv)
 };
 
 MhaResult MultiHeadAttentionImpl::attend(const Tensor& q, const Tensor& k, const Tensor& v, const MhaForward& f) {
@@ -329,8 +328,8 @@ Shape MultiHeadAttentionImpl::check_inputs(const Tensor& q, const Tensor& k, con
              "key must be (batch..., S, kdim={}) with the query's {} dims, got shape {} (query {})", kdim(), q.dim(),
              shape_str(k.shape()), shape_str(q.shape()));
   KILN_CHECK(v.dim() == q.dim() && v.size(-1) == vdim(), kOp,
-             "value must be (batch..., S, vdim={}) with the query's {} dims, got shape {} (query {})", vdim(),
-             q.dim(), shape_str(v.shape()), shape_str(q.shape()));
+             "value must be (batch..., S, vdim={}) with the query's {} dims, got shape {} (query {})", vdim(), q.dim(),
+             shape_str(v.shape()), shape_str(q.shape()));
   Shape batch(q.shape().begin(), q.shape().end() - 2);
   KILN_CHECK(Shape(k.shape().begin(), k.shape().end() - 2) == batch &&
                  Shape(v.shape().begin(), v.shape().end() - 2) == batch,
@@ -354,8 +353,8 @@ void MultiHeadAttentionImpl::open_cache(Call& c) const {
                "batch {} with {}, {}, {}",
                shape_str(cache->batch_shape()), cache->num_kv_heads(), cache->head_dim(), cache->v_head_dim(),
                shape_str(c.batch), Hkv, Dk, Dv);
-    KILN_CHECK(cache->dtype() == c.q.dtype(), kOp, "the KV cache is {} but the query is {}",
-               dtype_name(cache->dtype()), dtype_name(c.q.dtype()));
+    KILN_CHECK(cache->dtype() == c.q.dtype(), kOp, "the KV cache is {} but the query is {}", dtype_name(cache->dtype()),
+               dtype_name(c.q.dtype()));
     cache->check_append(c.S_new);
     c.past = cache->length();
   }
@@ -551,8 +550,8 @@ Tensor MultiHeadAttentionImpl::broadcast_dropout_attention(const Tensor& P, cons
   const std::int64_t H = num_heads(), Hkv = num_kv_heads(), G = H / Hkv;
   const std::int64_t T = P.size(-2), S = P.size(-1), Dv = v.size(-1);
   const DType dt = P.dtype();
-  Tensor keep = dropout(ones({T, S}, TensorOptions(dt).device(P.device())), options.dropout(), true,
-                        options.generator());
+  Tensor keep =
+      dropout(ones({T, S}, TensorOptions(dt).device(P.device())), options.dropout(), true, options.generator());
   Shape grouped(P.shape().begin(), P.shape().end() - 3);  // batch
   Shape out = grouped;
   grouped.insert(grouped.end(), {Hkv, G * T, S});
@@ -562,11 +561,11 @@ Tensor MultiHeadAttentionImpl::broadcast_dropout_attention(const Tensor& P, cons
   Tensor o = reshape(matmul(reshape(mul(P, keep), grouped), vz), out);
   // A non-finite value that a row attends to makes that row NaN (as the core does), without
   // letting NaN * 0 leak into the other rows.
-  Tensor vbad = kiln::to(any(logical_not(isfinite(v)), {-1}, true), dt);                 // (..., Hkv, S, 1)
-  Tensor att = kiln::to(reshape(P, grouped) > Scalar(0.0), dt);                        // (..., Hkv, G*T, S)
+  Tensor vbad = kiln::to(any(logical_not(isfinite(v)), {-1}, true), dt);  // (..., Hkv, S, 1)
+  Tensor att = kiln::to(reshape(P, grouped) > Scalar(0.0), dt);           // (..., Hkv, G*T, S)
   Shape rows = out;
   rows.back() = 1;
-  Tensor bad = reshape(matmul(att, vbad) > Scalar(0.0), rows);                 // (..., H, T, 1)
+  Tensor bad = reshape(matmul(att, vbad) > Scalar(0.0), rows);  // (..., H, T, 1)
   return where(bad, Scalar(std::numeric_limits<double>::quiet_NaN()), o);
 }
 

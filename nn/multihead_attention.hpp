@@ -73,8 +73,8 @@ using MhaPositionFn = std::function<Tensor(const Tensor& x, const Tensor& positi
 using MhaToQFn = std::function<Tensor(const Tensor& query, Linear& q_proj)>;
 /// Replaces `{k_proj(key), v_proj(value)}`; returns (batch..., S, Hkv * head_dim) and
 /// (batch..., S, Hkv * v_head_dim).
-using MhaToKVFn = std::function<std::pair<Tensor, Tensor>(const Tensor& key, const Tensor& value, Linear& k_proj,
-                                                          Linear& v_proj)>;
+using MhaToKVFn =
+    std::function<std::pair<Tensor, Tensor>(const Tensor& key, const Tensor& value, Linear& k_proj, Linear& v_proj)>;
 /// Replaces `out_proj(heads)`: (batch..., T, H * v_head_dim) -> (batch..., T, out_dim).
 using MhaToOutFn = std::function<Tensor(const Tensor& heads, Linear& out_proj)>;
 /// Replaces the attention core (Flax's attention_fn): gets q (batch..., H, T, Dk), k and v

@@ -18,14 +18,16 @@ RotaryEmbeddingImpl::RotaryEmbeddingImpl(const RotaryEmbeddingOptions& o) : Modu
 }
 
 std::string RotaryEmbeddingImpl::extra_repr() const {
-  return fmt::format("dim={}, base={}{}", options.dim(), options.base(), options.interleaved() ? ", interleaved=true" : "");
+  return fmt::format("dim={}, base={}{}", options.dim(), options.base(),
+                     options.interleaved() ? ", interleaved=true" : "");
 }
 
 std::pair<Tensor, Tensor> RotaryEmbeddingImpl::cos_sin(const Tensor& positions, DType dtype) const {
   const std::int64_t half = options.dim() / 2;
   std::vector<double> inv(static_cast<std::size_t>(half));
   for (std::int64_t i = 0; i < half; ++i)
-    inv[static_cast<std::size_t>(i)] = std::pow(options.base(), -2.0 * static_cast<double>(i) / static_cast<double>(options.dim()));
+    inv[static_cast<std::size_t>(i)] =
+        std::pow(options.base(), -2.0 * static_cast<double>(i) / static_cast<double>(options.dim()));
   Tensor invf = tensor(inv, {half}, TensorOptions(kFloat64).device(positions.device()));
   // float64 angles: p * theta in float32 loses ~1e-4 radians already at p ~ 1000
   Tensor ang = unsqueeze(kiln::to(positions.detach(), kFloat64), -1) * invf;

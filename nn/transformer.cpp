@@ -166,13 +166,9 @@ TransformerEncoderImpl::TransformerEncoderImpl(const TransformerEncoderOptions& 
   reset();
 }
 
-void TransformerEncoderImpl::reset() {
-  build_stack(*this, options, layers, layer_list, norm);
-}
+void TransformerEncoderImpl::reset() { build_stack(*this, options, layers, layer_list, norm); }
 
-std::string TransformerEncoderImpl::extra_repr() const {
-  return stack_repr(options, norm);
-}
+std::string TransformerEncoderImpl::extra_repr() const { return stack_repr(options, norm); }
 
 Tensor TransformerEncoderImpl::forward(const Tensor& src, const EncoderForward& f) {
   Tensor x = src;
@@ -187,13 +183,9 @@ TransformerDecoderImpl::TransformerDecoderImpl(const TransformerDecoderOptions& 
   reset();
 }
 
-void TransformerDecoderImpl::reset() {
-  build_stack(*this, options, layers, layer_list, norm);
-}
+void TransformerDecoderImpl::reset() { build_stack(*this, options, layers, layer_list, norm); }
 
-std::string TransformerDecoderImpl::extra_repr() const {
-  return stack_repr(options, norm);
-}
+std::string TransformerDecoderImpl::extra_repr() const { return stack_repr(options, norm); }
 
 Tensor TransformerDecoderImpl::forward(const Tensor& tgt, const Tensor& memory, const DecoderForward& f) {
   Tensor x = tgt;

@@ -28,8 +28,16 @@ void AdamT<Decoupled>::update_param(const AdamOptionsT<Decoupled>& o, const Tens
   ++st.step;
   const auto [beta1, beta2] = o.betas();
   const double step = static_cast<double>(st.step);
-  const AdamStep s{o.lr(), beta1, beta2, o.eps(), o.weight_decay(), 1 - std::pow(beta1, step), 1 - std::pow(beta2, step),
-                   o.amsgrad(), o.maximize(), Decoupled};
+  const AdamStep s{o.lr(),
+                   beta1,
+                   beta2,
+                   o.eps(),
+                   o.weight_decay(),
+                   1 - std::pow(beta1, step),
+                   1 - std::pow(beta2, step),
+                   o.amsgrad(),
+                   o.maximize(),
+                   Decoupled};
   this->run_update(kernels, s, {param, grad, st.buffers[0], st.buffers[1], o.amsgrad() ? st.buffers[2] : Tensor()});
 }
 

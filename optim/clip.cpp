@@ -47,7 +47,9 @@ double clip_grad_norm_(const std::vector<Tensor>& params, double max_norm, doubl
   norms.reserve(grads.size());
   for (const Tensor& g : grads) norms.push_back(grad_norm(g, norm_type, dev));
   Tensor all = stack(norms);
-  Tensor total_t = std::isinf(norm_type) ? amax(all) : norm_type == 1 ? sum(all) : pow(sum(pow(all, norm_type)), 1.0 / norm_type);
+  Tensor total_t = std::isinf(norm_type) ? amax(all)
+                   : norm_type == 1      ? sum(all)
+                                         : pow(sum(pow(all, norm_type)), 1.0 / norm_type);
   const double total = total_t.item<double>();  // the one host sync
   if (error_if_nonfinite && !std::isfinite(total))
     throw_error(op, fmt::format("the total norm of order {} of the gradients is {}, so they cannot be clipped; pass "

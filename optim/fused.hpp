@@ -43,7 +43,9 @@ void cpu_update(const S& s, const UpdateTensors& t) {
   switch (t[0].dtype()) {
     case kFloat32: s.template with_rule<float>([&](const auto& rule) { foreach_cpu<float>(rule, t); }); break;
     case kFloat64: s.template with_rule<double>([&](const auto& rule) { foreach_cpu<double>(rule, t); }); break;
-    default: throw_error("optim_update", "parameters must be float32 or float64, got " + std::string(dtype_name(t[0].dtype())));
+    default:
+      throw_error("optim_update",
+                  "parameters must be float32 or float64, got " + std::string(dtype_name(t[0].dtype())));
   }
 }
 

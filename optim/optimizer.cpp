@@ -16,7 +16,8 @@ ParamGroup::ParamGroup(std::vector<Tensor> params, const OptimizerOptions& optio
     : params_(std::move(params)), options_(options.clone()) {}
 ParamGroup::ParamGroup(std::vector<Tensor> params, std::unique_ptr<OptimizerOptions> options)
     : params_(std::move(params)), options_(std::move(options)) {}
-ParamGroup::ParamGroup(const ParamGroup& o) : params_(o.params_), options_(o.options_ ? o.options_->clone() : nullptr) {}
+ParamGroup::ParamGroup(const ParamGroup& o)
+    : params_(o.params_), options_(o.options_ ? o.options_->clone() : nullptr) {}
 ParamGroup& ParamGroup::operator=(const ParamGroup& o) {
   if (this != &o) {
     params_ = o.params_;
@@ -27,7 +28,8 @@ ParamGroup& ParamGroup::operator=(const ParamGroup& o) {
 ParamGroup::~ParamGroup() = default;
 
 OptimizerOptions& ParamGroup::options() {
-  if (!options_) throw_error("ParamGroup", "this group has no options (it gets the defaults when added to an optimizer)");
+  if (!options_)
+    throw_error("ParamGroup", "this group has no options (it gets the defaults when added to an optimizer)");
   return *options_;
 }
 const OptimizerOptions& ParamGroup::options() const { return const_cast<ParamGroup*>(this)->options(); }
@@ -51,18 +53,22 @@ void Optimizer::check_params(const std::vector<Tensor>& params, std::size_t gi) 
   // Where each parameter already sits, to report both places of a duplicate.
   std::unordered_map<const TensorImpl*, std::pair<std::size_t, std::size_t>> seen;
   for (std::size_t g = 0; g < groups_.size(); ++g)
-    for (std::size_t i = 0; i < groups_[g].params().size(); ++i) seen.emplace(groups_[g].params()[i].impl_ptr(), std::pair{g, i});
+    for (std::size_t i = 0; i < groups_[g].params().size(); ++i)
+      seen.emplace(groups_[g].params()[i].impl_ptr(), std::pair{g, i});
   for (std::size_t i = 0; i < params.size(); ++i) {
     const Tensor& p = params[i];
     KILN_CHECK(p.defined(), name_, "parameter {} of group {} is an undefined tensor", i, gi);
-    KILN_CHECK(p.is_floating_point(), name_, "parameter {} of group {} has dtype {}; only float32/float64 tensors can be optimized",
-               i, gi, dtype_name(p.dtype()));
+    KILN_CHECK(p.is_floating_point(), name_,
+               "parameter {} of group {} has dtype {}; only float32/float64 tensors can be optimized", i, gi,
+               dtype_name(p.dtype()));
     KILN_CHECK(p.is_leaf(), name_,
-               "parameter {} of group {} (shape {}) is not a leaf tensor: it was computed by an op; optimize the leaf it came from",
+               "parameter {} of group {} (shape {}) is not a leaf tensor: it was computed by an op; optimize the leaf "
+               "it came from",
                i, gi, shape_str(p.shape()));
     auto [it, fresh] = seen.emplace(p.impl_ptr(), std::pair{gi, i});
-    KILN_CHECK(fresh, name_, "parameter {} of group {} (shape {}) appears more than once: it is also parameter {} of group {}", i,
-               gi, shape_str(p.shape()), it->second.second, it->second.first);
+    KILN_CHECK(fresh, name_,
+               "parameter {} of group {} (shape {}) appears more than once: it is also parameter {} of group {}", i, gi,
+               shape_str(p.shape()), it->second.second, it->second.first);
   }
 }
 
@@ -73,7 +79,6 @@ void Optimizer::check_params(const std::vector<Tensor>& params, std::size_t gi) 
 void OptionCheck::operator()(bool ok, const char* what, double value, const char* requirement) const {
   if (!ok) throw_error(optimizer_, fmt::format("invalid {}: {} ({})", what, value, requirement));
 }
-
 
 void Optimizer::add_param_group(ParamGroup group) {
   check_params(group.params(), groups_.size());
@@ -158,7 +163,9 @@ void Optimizer::finish_update(Tensor param, const Tensor& updated) {
 
 namespace {
 
-std::string key(const char* kind, std::size_t i, const std::string& field) { return fmt::format("{}.{}.{}", kind, i, field); }
+std::string key(const char* kind, std::size_t i, const std::string& field) {
+  return fmt::format("{}.{}.{}", kind, i, field);
+}
 
 }  // namespace
 
@@ -224,8 +231,8 @@ void Optimizer::load_state_dict(const StateDict& sd) {
           used.insert(tk);
           const Tensor& t = *found;
           KILN_CHECK(t.defined() && t.is_floating_point(), name_, "load_state_dict: '{}' is not a float tensor", tk);
-          KILN_CHECK(t.shape() == p.shape(), name_, "load_state_dict: '{}' has shape {} but parameter {} has shape {}", tk,
-                     shape_str(t.shape()), index, shape_str(p.shape()));
+          KILN_CHECK(t.shape() == p.shape(), name_, "load_state_dict: '{}' has shape {} but parameter {} has shape {}",
+                     tk, shape_str(t.shape()), index, shape_str(p.shape()));
           st.buffers[k] = state_buffer(p);
           st.buffers[k].copy_(t);
         }
@@ -235,10 +242,12 @@ void Optimizer::load_state_dict(const StateDict& sd) {
     }
   }
   for (const auto& [k, v] : sd.scalars)
-    KILN_CHECK(used.count(k), name_, "load_state_dict: unexpected scalar '{}' (this optimizer has {} groups and {} parameters)", k,
+    KILN_CHECK(used.count(k), name_,
+               "load_state_dict: unexpected scalar '{}' (this optimizer has {} groups and {} parameters)", k,
                groups_.size(), index);
   for (const auto& [k, v] : sd)
-    KILN_CHECK(used.count(k), name_, "load_state_dict: unexpected tensor '{}' (this optimizer has {} groups and {} parameters)", k,
+    KILN_CHECK(used.count(k), name_,
+               "load_state_dict: unexpected tensor '{}' (this optimizer has {} groups and {} parameters)", k,
                groups_.size(), index);
   for (std::size_t gi = 0; gi < groups_.size(); ++gi) groups_[gi].set_options(std::move(opts[gi]));
   state_ = std::move(state);

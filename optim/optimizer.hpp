@@ -10,7 +10,8 @@
 ///     opt.step();                           // under NoGradGuard; one fused pass per parameter
 ///   }
 ///   // per-group options: no weight decay on biases
-///   optim::AdamW opt2({optim::ParamGroup(weights), optim::ParamGroup(biases, optim::AdamWOptions(1e-3).weight_decay(0))},
+///   optim::AdamW opt2({optim::ParamGroup(weights), optim::ParamGroup(biases,
+///   optim::AdamWOptions(1e-3).weight_decay(0))},
 ///                     optim::AdamWOptions(1e-3));
 ///   auto sd = opt.state_dict();             // exact: options, per-parameter buffers, step counters
 ///
@@ -224,7 +225,9 @@ class OptimizerBase : public Optimizer {
   }
 
  protected:
-  void validate(const OptimizerOptions& o) const override { Derived::check(options_cast<Options>(o), OptionCheck(name())); }
+  void validate(const OptimizerOptions& o) const override {
+    Derived::check(options_cast<Options>(o), OptionCheck(name()));
+  }
   std::vector<std::string> buffer_names() const override { return Derived::buffers(); }
   void update(const OptimizerOptions& o, const Tensor& param, const Tensor& grad, ParamState& st) override {
     static_cast<Derived*>(this)->update_param(static_cast<const Options&>(o), param, grad, st);

@@ -23,7 +23,8 @@ void RMSprop::update_param(const RMSpropOptions& o, const Tensor& param, const T
   ++st.step;
   const RMSpropStep step{o.lr(), o.alpha(), o.eps(), o.weight_decay(), o.momentum(), o.centered(), o.maximize()};
   run_update(kernels, step,
-             {param, grad, st.buffers[0], o.momentum() > 0 ? st.buffers[1] : Tensor(), o.centered() ? st.buffers[2] : Tensor()});
+             {param, grad, st.buffers[0], o.momentum() > 0 ? st.buffers[1] : Tensor(),
+              o.centered() ? st.buffers[2] : Tensor()});
 }
 
 }  // namespace kiln::optim

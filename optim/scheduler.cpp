@@ -83,7 +83,10 @@ void LRScheduler::load_state_dict(const StateDict& sd) {
   for (const auto& [k, v] : sd) check(false, fmt::format("load_state_dict: unexpected tensor '{}'", k));
   // Hyper-parameters are checked on a copy of the values first, so a bad dict changes nothing.
   std::vector<std::pair<std::string, double>> values;
-  fields([&](const char* n, double& v) { values.emplace_back(n, get(n)); (void)v; });
+  fields([&](const char* n, double& v) {
+    values.emplace_back(n, get(n));
+    (void)v;
+  });
   for (const auto& [k, v] : sd.scalars)
     check(used.count(k) != 0, fmt::format("load_state_dict: unexpected scalar '{}'", k));
   std::vector<std::pair<std::string, double>> saved;
@@ -136,7 +139,8 @@ void MultiStepLR::validate() const {
   check(gamma_ >= 0 && std::isfinite(gamma_), fmt::format("gamma must be finite and >= 0, got {}", gamma_));
 }
 void MultiStepLR::fields(const OptionFieldFn& f) {
-  for (std::size_t i = 0; i < milestones_.size(); ++i) int_field(f, fmt::format("milestone.{}", i).c_str(), milestones_[i]);
+  for (std::size_t i = 0; i < milestones_.size(); ++i)
+    int_field(f, fmt::format("milestone.{}", i).c_str(), milestones_[i]);
   f("gamma", gamma_);
 }
 std::vector<double> MultiStepLR::lr_at(std::int64_t epoch) const {
@@ -188,12 +192,15 @@ std::vector<double> CosineAnnealingLR::lr_at(std::int64_t epoch) const {
 
 LinearWarmup::LinearWarmup(Optimizer& opt, std::int64_t warmup_steps, double start_factor,
                            std::unique_ptr<LRScheduler> after)
-    : LRScheduler("LinearWarmup", opt), warmup_steps_(warmup_steps), start_factor_(start_factor), after_(std::move(after)) {
+    : LRScheduler("LinearWarmup", opt),
+      warmup_steps_(warmup_steps),
+      start_factor_(start_factor),
+      after_(std::move(after)) {
   if (after_) {
     check(&after_->optimizer() == &opt, "the scheduler to run after warm-up drives a different optimizer");
     check(after_->base_lrs().size() == base_lrs_.size(),
-          fmt::format("the scheduler to run after warm-up has {} param groups, the optimizer {}", after_->base_lrs().size(),
-                      base_lrs_.size()));
+          fmt::format("the scheduler to run after warm-up has {} param groups, the optimizer {}",
+                      after_->base_lrs().size(), base_lrs_.size()));
   }
   initial_step();
 }
@@ -210,7 +217,8 @@ std::vector<double> LinearWarmup::lr_at(std::int64_t epoch) const {
     if (after_) return after_->lr_at(epoch - warmup_steps_);
     return base_lrs_;
   }
-  const double k = start_factor_ + (1 - start_factor_) * static_cast<double>(epoch) / static_cast<double>(warmup_steps_);
+  const double k =
+      start_factor_ + (1 - start_factor_) * static_cast<double>(epoch) / static_cast<double>(warmup_steps_);
   std::vector<double> out;
   for (double b : base_lrs_) out.push_back(b * k);
   return out;
@@ -234,7 +242,8 @@ void LinearWarmup::load_state_dict(const StateDict& sd) {
   check(after_ || (inner.scalars.empty() && inner.empty()),
         "load_state_dict: the state has a schedule after warm-up but this LinearWarmup has none");
   if (after_) {
-    check(!inner.scalars.empty(), "load_state_dict: this LinearWarmup has a schedule after warm-up but the state has none");
+    check(!inner.scalars.empty(),
+          "load_state_dict: this LinearWarmup has a schedule after warm-up but the state has none");
     // The inner load is checked first; a failure in the outer one after it is still
     // reported, with the inner schedule restored to what it was.
     StateDict before = after_->state_dict();
@@ -253,8 +262,9 @@ void LinearWarmup::load_state_dict(const StateDict& sd) {
 namespace {
 std::int64_t cosine_span(std::int64_t warmup_steps, std::int64_t total_steps) {
   if (total_steps <= warmup_steps || warmup_steps < 0)
-    throw_error("WarmupCosineLR", fmt::format("total_steps ({}) must exceed warmup_steps ({}) and warmup_steps must be >= 0",
-                                              total_steps, warmup_steps));
+    throw_error("WarmupCosineLR",
+                fmt::format("total_steps ({}) must exceed warmup_steps ({}) and warmup_steps must be >= 0", total_steps,
+                            warmup_steps));
   return total_steps - warmup_steps;
 }
 }  // namespace
@@ -268,8 +278,8 @@ WarmupCosineLR::WarmupCosineLR(Optimizer& opt, std::int64_t warmup_steps, std::i
 
 OneCycleLR::OneCycleLR(Optimizer& opt, double max_lr, std::int64_t total_steps, double pct_start, AnnealStrategy anneal,
                        double div_factor, double final_div_factor, bool three_phase)
-    : OneCycleLR(opt, std::vector<double>(opt.param_groups().size(), max_lr), total_steps, pct_start, anneal, div_factor,
-                 final_div_factor, three_phase) {}
+    : OneCycleLR(opt, std::vector<double>(opt.param_groups().size(), max_lr), total_steps, pct_start, anneal,
+                 div_factor, final_div_factor, three_phase) {}
 
 OneCycleLR::OneCycleLR(Optimizer& opt, std::vector<double> max_lrs, std::int64_t total_steps, double pct_start,
                        AnnealStrategy anneal, double div_factor, double final_div_factor, bool three_phase)
@@ -291,7 +301,8 @@ OneCycleLR::OneCycleLR(Optimizer& opt, std::vector<double> max_lrs, std::int64_t
 void OneCycleLR::validate() const {
   check(total_steps_ >= 1, fmt::format("total_steps must be >= 1, got {}", total_steps_));
   check(pct_start_ >= 0 && pct_start_ <= 1, fmt::format("pct_start must be in [0, 1], got {}", pct_start_));
-  check(div_factor_ > 0 && std::isfinite(div_factor_), fmt::format("div_factor must be finite and > 0, got {}", div_factor_));
+  check(div_factor_ > 0 && std::isfinite(div_factor_),
+        fmt::format("div_factor must be finite and > 0, got {}", div_factor_));
   check(final_div_factor_ > 0 && std::isfinite(final_div_factor_),
         fmt::format("final_div_factor must be finite and > 0, got {}", final_div_factor_));
   for (double m : max_lrs_) check(m >= 0 && std::isfinite(m), fmt::format("max_lr must be finite and >= 0, got {}", m));
@@ -319,7 +330,9 @@ std::vector<double> OneCycleLR::lr_at(std::int64_t epoch) const {
   for (double max_lr : max_lrs_) {
     const double initial = max_lr / div_factor_, min_lr = initial / final_div_factor_;
     // (end step, start lr, end lr) of each phase, as PyTorch lays them out.
-    struct Phase { double end, from, to; };
+    struct Phase {
+      double end, from, to;
+    };
     Phase phases[3];
     int n = 0;
     phases[n++] = {pct_start_ * t - 1, initial, max_lr};

@@ -11,8 +11,8 @@
 namespace kiln::optim {
 
 ReduceLROnPlateau::ReduceLROnPlateau(Optimizer& opt, PlateauMode mode, double factor, std::int64_t patience,
-                                     double threshold, ThresholdMode threshold_mode, std::int64_t cooldown, double min_lr,
-                                     double eps)
+                                     double threshold, ThresholdMode threshold_mode, std::int64_t cooldown,
+                                     double min_lr, double eps)
     : ReduceLROnPlateau(opt, mode, factor, patience, threshold, threshold_mode, cooldown,
                         std::vector<double>(opt.param_groups().size(), min_lr), eps) {}
 
@@ -42,7 +42,8 @@ void ReduceLROnPlateau::validate() const {
   };
   check(factor_ >= 0 && factor_ < 1, fmt::format("factor must be in [0, 1), got {}", factor_));
   check(patience_ >= 0, fmt::format("patience must be >= 0, got {}", patience_));
-  check(threshold_ >= 0 && std::isfinite(threshold_), fmt::format("threshold must be finite and >= 0, got {}", threshold_));
+  check(threshold_ >= 0 && std::isfinite(threshold_),
+        fmt::format("threshold must be finite and >= 0, got {}", threshold_));
   check(cooldown_ >= 0, fmt::format("cooldown must be >= 0, got {}", cooldown_));
   check(eps_ >= 0, fmt::format("eps must be >= 0, got {}", eps_));
   for (double m : min_lrs_) check(m >= 0 && std::isfinite(m), fmt::format("min_lr must be finite and >= 0, got {}", m));
@@ -56,8 +57,9 @@ bool ReduceLROnPlateau::is_better(double a) const {
 void ReduceLROnPlateau::step(double metric) {
   const std::size_t groups = opt_.param_groups().size();
   if (groups != min_lrs_.size())
-    throw_error("ReduceLROnPlateau", fmt::format("the optimizer has {} param groups but this scheduler was built for {}",
-                                                 groups, min_lrs_.size()));
+    throw_error("ReduceLROnPlateau",
+                fmt::format("the optimizer has {} param groups but this scheduler was built for {}", groups,
+                            min_lrs_.size()));
   ++last_epoch_;
   if (is_better(metric)) {
     best_ = metric;

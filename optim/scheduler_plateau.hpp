@@ -18,12 +18,14 @@ enum class ThresholdMode { Rel, Abs };
 
 class ReduceLROnPlateau {
  public:
-  ReduceLROnPlateau(Optimizer& opt, PlateauMode mode = PlateauMode::Min, double factor = 0.1, std::int64_t patience = 10,
-                    double threshold = 1e-4, ThresholdMode threshold_mode = ThresholdMode::Rel, std::int64_t cooldown = 0,
-                    double min_lr = 0.0, double eps = 1e-8);
+  ReduceLROnPlateau(Optimizer& opt, PlateauMode mode = PlateauMode::Min, double factor = 0.1,
+                    std::int64_t patience = 10, double threshold = 1e-4,
+                    ThresholdMode threshold_mode = ThresholdMode::Rel, std::int64_t cooldown = 0, double min_lr = 0.0,
+                    double eps = 1e-8);
   /// One min_lr per param group.
   ReduceLROnPlateau(Optimizer& opt, PlateauMode mode, double factor, std::int64_t patience, double threshold,
-                    ThresholdMode threshold_mode, std::int64_t cooldown, std::vector<double> min_lrs, double eps = 1e-8);
+                    ThresholdMode threshold_mode, std::int64_t cooldown, std::vector<double> min_lrs,
+                    double eps = 1e-8);
 
   /// Records one epoch's metric and reduces the rates if it is time.
   void step(double metric);

@@ -44,9 +44,11 @@ struct SGDStep {
   bool first_step;  // the momentum buffer starts at the (decayed) gradient, as in torch
   template <typename T, typename Run>
   void with_rule(Run&& run) const {
-    with_flags([&]<bool NEG, bool WD, bool MOM, bool FIRST, bool NESTEROV>() {
-      run(SGDRule<T, NEG, WD, MOM, FIRST, NESTEROV>{T(lr), T(weight_decay), T(momentum), T(1 - dampening)});
-    }, maximize, weight_decay != 0, momentum != 0, first_step, nesterov);
+    with_flags(
+        [&]<bool NEG, bool WD, bool MOM, bool FIRST, bool NESTEROV>() {
+          run(SGDRule<T, NEG, WD, MOM, FIRST, NESTEROV>{T(lr), T(weight_decay), T(momentum), T(1 - dampening)});
+        },
+        maximize, weight_decay != 0, momentum != 0, first_step, nesterov);
   }
 };
 
@@ -81,11 +83,13 @@ struct AdamStep {
   bool decoupled;  // AdamW: p *= 1 - lr * wd before the Adam update
   template <typename T, typename Run>
   void with_rule(Run&& run) const {
-    with_flags([&]<bool NEG, bool WD, bool DECOUPLED, bool AMSGRAD>() {
-      run(AdamRule<T, NEG, WD, DECOUPLED, AMSGRAD>{T(weight_decay), T(beta1), T(1 - beta1), T(beta2), T(1 - beta2), T(eps),
-                                                   T(lr / bias_correction1), T(std::sqrt(bias_correction2)),
-                                                   T(1 - lr * weight_decay)});
-    }, maximize, weight_decay != 0 && !decoupled, decoupled, amsgrad);
+    with_flags(
+        [&]<bool NEG, bool WD, bool DECOUPLED, bool AMSGRAD>() {
+          run(AdamRule<T, NEG, WD, DECOUPLED, AMSGRAD>{T(weight_decay), T(beta1), T(1 - beta1), T(beta2), T(1 - beta2),
+                                                       T(eps), T(lr / bias_correction1), T(std::sqrt(bias_correction2)),
+                                                       T(1 - lr * weight_decay)});
+        },
+        maximize, weight_decay != 0 && !decoupled, decoupled, amsgrad);
   }
 };
 
@@ -121,9 +125,12 @@ struct RMSpropStep {
   bool centered, maximize;
   template <typename T, typename Run>
   void with_rule(Run&& run) const {
-    with_flags([&]<bool NEG, bool WD, bool MOM, bool CENTERED>() {
-      run(RMSpropRule<T, NEG, WD, MOM, CENTERED>{T(lr), T(weight_decay), T(alpha), T(1 - alpha), T(eps), T(momentum)});
-    }, maximize, weight_decay != 0, momentum > 0, centered);
+    with_flags(
+        [&]<bool NEG, bool WD, bool MOM, bool CENTERED>() {
+          run(RMSpropRule<T, NEG, WD, MOM, CENTERED>{T(lr), T(weight_decay), T(alpha), T(1 - alpha), T(eps),
+                                                     T(momentum)});
+        },
+        maximize, weight_decay != 0, momentum > 0, centered);
   }
 };
 
@@ -145,8 +152,11 @@ struct AdagradStep {
   bool maximize;
   template <typename T, typename Run>
   void with_rule(Run&& run) const {
-    with_flags([&]<bool NEG, bool WD>() { run(AdagradRule<T, NEG, WD>{T(clr), T(weight_decay), T(eps)}); }, maximize,
-               weight_decay != 0);
+    with_flags(
+        [&]<bool NEG, bool WD>() {
+          run(AdagradRule<T, NEG, WD>{T(clr), T(weight_decay), T(eps)});
+        },
+        maximize, weight_decay != 0);
   }
 };
 
@@ -168,9 +178,11 @@ struct LionStep {
   bool maximize;
   template <typename T, typename Run>
   void with_rule(Run&& run) const {
-    with_flags([&]<bool NEG>() {
-      run(LionRule<T, NEG>{T(lr), T(beta1), T(1 - beta1), T(beta2), T(1 - beta2), T(1 - lr * weight_decay)});
-    }, maximize);
+    with_flags(
+        [&]<bool NEG>() {
+          run(LionRule<T, NEG>{T(lr), T(beta1), T(1 - beta1), T(beta2), T(1 - beta2), T(1 - lr * weight_decay)});
+        },
+        maximize);
   }
 };
 

@@ -15,10 +15,10 @@
 // tile holds NaN/Inf take an exact path that skips masked pairs instead of multiplying by 0.
 #include <omp.h>
 
+#include <fmt/format.h>
 #include <algorithm>
 #include <cmath>
 #include <cstring>
-#include <fmt/format.h>
 #include <limits>
 #include <memory>
 #include <vector>
@@ -168,8 +168,8 @@ struct BackwardScratch {
   static std::size_t bytes(const Geo<F>& g) {
     constexpr std::int64_t Bq = Geo<F>::kBq, Bk = Geo<F>::kBk;
     const std::int64_t GT = g.G * g.T;
-    return Scratch::size_of({GT * g.Dkp, GT * g.Dvp, GT * g.Dkp, GT, GT, g.Dk * Bk, Bk * g.Dkp, g.Dv * Bk,
-                             Bk * g.Dkp, Bk * g.Dvp, Bq * Bk, Bq * Bk, Bq * Bk, Bq * Bk, Bq * Bk},
+    return Scratch::size_of({GT * g.Dkp, GT * g.Dvp, GT * g.Dkp, GT, GT, g.Dk * Bk, Bk * g.Dkp, g.Dv * Bk, Bk * g.Dkp,
+                             Bk * g.Dvp, Bq * Bk, Bq * Bk, Bq * Bk, Bq * Bk, Bq * Bk},
                             sizeof(F)) +
            2 * static_cast<std::size_t>(g.G * g.nqb) + 128;
   }
@@ -242,8 +242,8 @@ void load_query_group(const BackwardCall<F>& bc, std::int64_t n, std::int64_t hk
 // Packs key block [j0, j0 + kcols) of kv head (n, hkv) (K^T, K, V^T) and zeroes its dK / dV
 // tiles; returns whether K is all finite.
 template <typename F>
-bool load_key_block(const BackwardCall<F>& bc, std::int64_t n, std::int64_t hkv, std::int64_t j0,
-                    std::int64_t kcols, std::int64_t kcp, BackwardScratch<F>& s) {
+bool load_key_block(const BackwardCall<F>& bc, std::int64_t n, std::int64_t hkv, std::int64_t j0, std::int64_t kcols,
+                    std::int64_t kcp, BackwardScratch<F>& s) {
   const Geo<F>& g = bc.g;
   constexpr std::int64_t Bk = Geo<F>::kBk;
   const St4 &kst = bc.in.kst, &vst = bc.in.vst;
@@ -263,8 +263,8 @@ bool load_key_block(const BackwardCall<F>& bc, std::int64_t n, std::int64_t hkv,
 template <typename F>
 __attribute__((always_inline)) inline void ds_row(const BackwardCall<F>& bc, const BackwardScratch<F>& s,
                                                   std::int64_t n, std::int64_t h, std::int64_t gi, std::int64_t t,
-                                                  std::int64_t r, std::int64_t j0, std::int64_t cols,
-                                                  std::int64_t cp, bool whole, F slope, std::int64_t c) {
+                                                  std::int64_t r, std::int64_t j0, std::int64_t cols, std::int64_t cp,
+                                                  bool whole, F slope, std::int64_t c) {
   const Geo<F>& g = bc.g;
   const Dropout& drop = bc.in.drop;
   constexpr std::int64_t Bk = Geo<F>::kBk;
@@ -326,7 +326,7 @@ void backward_tile(const BackwardCall<F>& bc, const BackwardScratch<F>& s, std::
   const std::int64_t cols = std::min(kcols, g.hi(t0 + rows - 1) - j0);
   const std::int64_t cp = std::min(kcp, round_up_w<F>(cols));
   const F slope = bc.in.alibi(n, h, F(0)) * bc.in.l2e;
-  const F* qrows = s.qs + (gi * g.T + t0) * g.Dkp;   // (rows, Dkp)
+  const F* qrows = s.qs + (gi * g.T + t0) * g.Dkp;    // (rows, Dkp)
   const F* dorows = s.dob + (gi * g.T + t0) * g.Dvp;  // (rows, Dvp)
   gemm<F, false>(rows, cp, g.Dk, qrows, g.Dkp, 1, s.kt, Bk, s.sb, Bk);
   gemm<F, false>(rows, cp, g.Dv, dorows, g.Dvp, 1, s.vt, Bk, s.db, Bk);
@@ -335,8 +335,7 @@ void backward_tile(const BackwardCall<F>& bc, const BackwardScratch<F>& s, std::
   const F* pdrop = bc.in.drop.on ? s.pd : s.pb;
   gemm_acc<F, true>(s.dofin[gi * g.nqb + qb], cols, g.Dvp, rows, pdrop, Bk, dorows, g.Dvp, s.dv, g.Dvp, s.sb, Bk);
   gemm_acc<F, true>(s.qfin[gi * g.nqb + qb], cols, g.Dkp, rows, s.db, Bk, qrows, g.Dkp, s.dk, g.Dkp, s.sb, Bk);
-  gemm_acc<F, false>(kfin, rows, g.Dkp, cols, s.db, Bk, s.kp, g.Dkp, s.dq + (gi * g.T + t0) * g.Dkp, g.Dkp, s.sb,
-                     Bk);
+  gemm_acc<F, false>(kfin, rows, g.Dkp, cols, s.db, Bk, s.kp, g.Dkp, s.dq + (gi * g.T + t0) * g.Dkp, g.Dkp, s.sb, Bk);
 }
 
 // dK = scale * dS^T q = ln 2 * dS^T qs, and dV, of key block [j0, j0 + kcols).
@@ -356,8 +355,8 @@ void store_key_grads(const BackwardCall<F>& bc, const BackwardScratch<F>& s, std
 
 // The task's dQ (times scale) into gq, or into its chunk's part.
 template <typename F>
-void store_query_grads(const BackwardCall<F>& bc, const BackwardScratch<F>& s, const AttentionArgs& a,
-                       std::int64_t n, std::int64_t hkv, std::int64_t c) {
+void store_query_grads(const BackwardCall<F>& bc, const BackwardScratch<F>& s, const AttentionArgs& a, std::int64_t n,
+                       std::int64_t hkv, std::int64_t c) {
   const Geo<F>& g = bc.g;
   const St4& gqst = bc.gqst;
   const F sc_q = static_cast<F>(a.scale);
@@ -409,10 +408,28 @@ void backward_impl(const AttentionArgs& a, const Tensor& out, const Tensor& lse_
   constexpr std::int64_t Bk = Geo<F>::kBk;
   const std::int64_t NH = g.N * g.H, NK = g.N * g.Hkv;
   const AttnInputs<F> in(a, g.S);
-  BackwardCall<F> bc{g, in, out.data_ptr<F>(), gout.data_ptr<F>(), lse_t.data_ptr<F>(), data_or_null<F>(weights),
-                     data_or_null<F>(gweights), gr.gq.data_ptr<F>(), gr.gk.data_ptr<F>(), gr.gv.data_ptr<F>(),
-                     data_or_null<F>(gr.gmask), data_or_null<F>(gr.gsinks), data_or_null<F>(gr.galibi), st4(out),
-                     st4(gout), st4(gr.gq), st4(gr.gk), st4(gr.gv), NH, 1, nullptr, nullptr};
+  BackwardCall<F> bc{g,
+                     in,
+                     out.data_ptr<F>(),
+                     gout.data_ptr<F>(),
+                     lse_t.data_ptr<F>(),
+                     data_or_null<F>(weights),
+                     data_or_null<F>(gweights),
+                     gr.gq.data_ptr<F>(),
+                     gr.gk.data_ptr<F>(),
+                     gr.gv.data_ptr<F>(),
+                     data_or_null<F>(gr.gmask),
+                     data_or_null<F>(gr.gsinks),
+                     data_or_null<F>(gr.galibi),
+                     st4(out),
+                     st4(gout),
+                     st4(gr.gq),
+                     st4(gr.gk),
+                     st4(gr.gv),
+                     NH,
+                     1,
+                     nullptr,
+                     nullptr};
   if (bc.gsink) std::fill(bc.gsink, bc.gsink + NH, F(0));
   if (bc.galibi) std::fill(bc.galibi, bc.galibi + NH, F(0));
   if (NH * g.T == 0 || g.S == 0) {  // nothing attended: every gradient is 0

@@ -108,8 +108,8 @@ struct DecodeCall {
     const std::int64_t NK = g.N * g.Hkv, nt = omp_in_parallel() ? 1 : get_num_threads();
     chunks = 1;
     if (NK < nt && nblk > 1)
-      chunks = std::clamp<std::int64_t>(std::min((nt + NK - 1) / NK, work / kDecodeGrain), 1,
-                                        std::min(nblk, kMaxChunks));
+      chunks =
+          std::clamp<std::int64_t>(std::min((nt + NK - 1) / NK, work / kDecodeGrain), 1, std::min(nblk, kMaxChunks));
     if (const std::int64_t forced = decode_split.load(); forced > 0 && nblk > 0)
       chunks = std::min({forced, nblk, kMaxChunks});
     pstride = round_up_w<F>(R * (2 + g.Dvp));
@@ -133,14 +133,14 @@ struct DecodeScratch {
   F *qs, *qt, *st;  // (R, Dkp) q in log2 units; with gemm scores: (Dk, Rp) q^T and (Bk, Rp) K q^T
   F *sb, *pb;       // (R, Bk) scores, probabilities
   F *tmp, *alpha;   // (R, Dvp) the tile's P V, (R) accumulator factors
-  F *mult;          // (Bk) dropout multipliers
+  F* mult;          // (Bk) dropout multipliers
   F *kpk, *vpk;     // (Bk, Dkp), (Bk, Dvp) packed K / V tile unless read in place
   static std::size_t bytes(const DecodeCall<F>& dc) {
     constexpr std::int64_t Bk = Geo<F>::kBk;
     const Geo<F>& g = dc.g;
     const std::int64_t R = dc.R, Rp = dc.Rp;
-    return Scratch::size_of({R * g.Dkp, dc.use_dot ? 0 : g.Dk * Rp, dc.use_dot ? 0 : Bk * Rp, R * Bk, R * Bk,
-                             R * g.Dvp, R, Bk, dc.k_direct ? 0 : Bk * g.Dkp, dc.v_direct ? 0 : Bk * g.Dvp},
+    return Scratch::size_of({R * g.Dkp, dc.use_dot ? 0 : g.Dk * Rp, dc.use_dot ? 0 : Bk * Rp, R * Bk, R * Bk, R * g.Dvp,
+                             R, Bk, dc.k_direct ? 0 : Bk * g.Dkp, dc.v_direct ? 0 : Bk * g.Dvp},
                             sizeof(F));
   }
   DecodeScratch(const DecodeCall<F>& dc, Scratch& sc) {
@@ -180,8 +180,8 @@ void decode_load_queries(const DecodeCall<F>& dc, std::int64_t n, std::int64_t h
 // Scores sb (R, Bk) of every row against keys [j0, j0 + cols), then each row through the mask
 // and the online softmax (alpha: the factor its accumulator is scaled by).
 template <typename F>
-void decode_scores(const DecodeCall<F>& dc, std::int64_t n, std::int64_t hkv, std::int64_t j0, std::int64_t cols,
-                   F* m, F* l, DecodeScratch<F>& s) {
+void decode_scores(const DecodeCall<F>& dc, std::int64_t n, std::int64_t hkv, std::int64_t j0, std::int64_t cols, F* m,
+                   F* l, DecodeScratch<F>& s) {
   constexpr std::int64_t Bk = Geo<F>::kBk;
   const Geo<F>& g = dc.g;
   const AttnInputs<F>& in = dc.in;
@@ -231,8 +231,7 @@ void decode_accumulate(const DecodeCall<F>& dc, std::int64_t n, std::int64_t hkv
   }
   if (dc.use_dot)
     for (std::int64_t r = 0; r < R; ++r) pv_row(cols, s.pb + r * Bk, vb, ldv, g.Dvp, s.tmp + r * g.Dvp);
-  else
-    gemm<F, false>(R, g.Dvp, cols, s.pb, Bk, 1, vb, ldv, s.tmp, g.Dvp);
+  else gemm<F, false>(R, g.Dvp, cols, s.pb, Bk, 1, vb, ldv, s.tmp, g.Dvp);
   if (!all_finite(s.tmp, R * g.Dvp)) {
     std::fill(s.tmp, s.tmp + R * g.Dvp, F(0));
     gemm_skip<F>(false, R, g.Dvp, cols, s.pb, Bk, vb, ldv, s.tmp, g.Dvp, nullptr, s.sb, Bk);

@@ -132,10 +132,12 @@ inline Vec<double> exp2v(Vec<double> t) {
   V tm = t + magic;
   V f = t - (tm - magic);
   // Taylor series of 2^f = e^(f ln 2) to degree 13: relative error < 1e-16 on [-0.5, 0.5].
-  static constexpr double c[] = {1.3691488853904124e-12, 2.5678435993488196e-11, 4.44553827187081e-10,
-                                 7.054911620801121e-09,  1.0178086009239696e-07, 1.3215486790144305e-06,
-                                 1.5252733804059838e-05, 0.00015403530393381606, 0.0013333558146428441,
-                                 0.009618129107628477,   0.055504108664821576,   0.2402265069591007,
+  static constexpr double c[] = {1.3691488853904124e-12, 2.5678435993488196e-11,
+                                 4.44553827187081e-10,   7.054911620801121e-09,
+                                 1.0178086009239696e-07, 1.3215486790144305e-06,
+                                 1.5252733804059838e-05, 0.00015403530393381606,
+                                 0.0013333558146428441,  0.009618129107628477,
+                                 0.055504108664821576,   0.2402265069591007,
                                  0.6931471805599453,     1.0};
   V p = vsplat(c[0]);
   for (int i = 1; i < 14; ++i) p = p * f + c[i];
@@ -207,8 +209,8 @@ inline void philox64(std::uint64_t key, std::uint64_t ctr, std::uint32_t* out) {
 struct Dropout {
   bool on = false;
   std::uint64_t seed = 0, offset = 0, per_row = 0;  // Philox counters per (n, h, t) row
-  std::uint32_t thresh = 0;                          // keep when the word is below it
-  double inv = 0;                                    // 1 / keep_prob (0 when nothing is kept)
+  std::uint32_t thresh = 0;                         // keep when the word is below it
+  double inv = 0;                                   // 1 / keep_prob (0 when nothing is kept)
 };
 
 inline Dropout make_dropout(const AttentionArgs& a, std::int64_t S) {
@@ -241,8 +243,8 @@ void dropout_mult(const Dropout& d, std::int64_t row, std::int64_t j0, std::int6
 // (so A may be read transposed) and B rows of NC vectors. Acc: C is loaded first (times alpha[i]
 // when alpha is given); else it is overwritten.
 template <typename F, int R, int NC, bool Acc>
-inline void microkernel(std::int64_t K, const F* A, std::int64_t ars, std::int64_t aks, const F* B,
-                        std::int64_t ldb, F* C, std::int64_t ldc, const F* alpha) {
+inline void microkernel(std::int64_t K, const F* A, std::int64_t ars, std::int64_t aks, const F* B, std::int64_t ldb,
+                        F* C, std::int64_t ldc, const F* alpha) {
   using V = Vec<F>;
   constexpr std::int64_t W = kW<F>;
   V acc[R][NC];
@@ -282,8 +284,8 @@ void gemm_cols(std::int64_t M, std::int64_t K, const F* A, std::int64_t ars, std
 
 // C (M, N) (=|+=) A (M, K) B (K, N); N a multiple of the vector width; B and C rows contiguous.
 template <typename F, bool Acc>
-void gemm(std::int64_t M, std::int64_t N, std::int64_t K, const F* A, std::int64_t ars, std::int64_t aks,
-          const F* B, std::int64_t ldb, F* C, std::int64_t ldc, const F* alpha = nullptr) {
+void gemm(std::int64_t M, std::int64_t N, std::int64_t K, const F* A, std::int64_t ars, std::int64_t aks, const F* B,
+          std::int64_t ldb, F* C, std::int64_t ldc, const F* alpha = nullptr) {
   constexpr std::int64_t W = kW<F>;
   for (std::int64_t c = 0; c < N;) {
     const std::int64_t left = (N - c) / W;
@@ -304,9 +306,8 @@ void gemm(std::int64_t M, std::int64_t N, std::int64_t K, const F* A, std::int64
 // with score S[r * lds + j] == -inf are skipped. trans = false: C rows are queries and k runs
 // over keys; trans = true: C rows are keys and k runs over queries.
 template <typename F>
-void gemm_skip(bool trans, std::int64_t M, std::int64_t N, std::int64_t K, const F* A, std::int64_t lda,
-               const F* B, std::int64_t ldb, F* C, std::int64_t ldc, const F* alpha, const F* Sc,
-               std::int64_t lds) {
+void gemm_skip(bool trans, std::int64_t M, std::int64_t N, std::int64_t K, const F* A, std::int64_t lda, const F* B,
+               std::int64_t ldb, F* C, std::int64_t ldc, const F* alpha, const F* Sc, std::int64_t lds) {
   for (std::int64_t i = 0; i < M; ++i) {
     F* c = C + i * ldc;
     if (alpha)
@@ -409,9 +410,10 @@ F exp_row(const F* s, F m, F* p, std::int64_t cp, const F* mult) {
 // sum l are updated; returns the factor the row's accumulator must be scaled by. whole: no key
 // of the tile is masked (only the padding). w: the row's weights (raw logits stored for later).
 template <typename F>
-__attribute__((always_inline)) inline F online_row(F* s, F* p, F& m, F& l, std::int64_t j0, std::int64_t cols, std::int64_t cp, bool whole,
-             std::int64_t first, std::int64_t valid, const RowMask<F>& rm, F* w, const Dropout& drop,
-             std::int64_t drow, F* mult) {
+__attribute__((always_inline)) inline F online_row(F* s, F* p, F& m, F& l, std::int64_t j0, std::int64_t cols,
+                                                   std::int64_t cp, bool whole, std::int64_t first, std::int64_t valid,
+                                                   const RowMask<F>& rm, F* w, const Dropout& drop, std::int64_t drow,
+                                                   F* mult) {
   if (whole) std::fill(s + cols, s + cp, kNegInf<F>);
   else mask_row(s, j0, first, valid, cp, rm);
   if (w) std::copy(s, s + cols, w + j0);
@@ -473,7 +475,7 @@ constexpr std::int64_t round_up_w(std::int64_t x) {
 
 template <typename F>
 struct Geo {
-  static constexpr std::int64_t kBq = 32;                                   // queries per block
+  static constexpr std::int64_t kBq = 32;  // queries per block
   static constexpr std::int64_t kBk = 64;  // keys per block (a multiple of 64: dropout bits come in 64s)
   std::int64_t N, H, Hkv, G, T, S, Dk, Dv, Dkp, Dvp, Sp, nqb, nkb;
   bool causal;
@@ -650,9 +652,18 @@ struct AttnInputs {
   Dropout drop;
   F qscale, l2e;
   AttnInputs(const AttentionArgs& a, std::int64_t S)
-      : q(a.q.data_ptr<F>()), k(a.k.data_ptr<F>()), v(a.v.data_ptr<F>()), qst(st4(a.q)), kst(st4(a.k)),
-        vst(st4(a.v)), mask(a.mask), alibi(a.alibi), sinks(a.sinks), drop(make_dropout(a, S)),
-        qscale(static_cast<F>(a.scale * kLog2e)), l2e(static_cast<F>(kLog2e)) {}
+      : q(a.q.data_ptr<F>()),
+        k(a.k.data_ptr<F>()),
+        v(a.v.data_ptr<F>()),
+        qst(st4(a.q)),
+        kst(st4(a.k)),
+        vst(st4(a.v)),
+        mask(a.mask),
+        alibi(a.alibi),
+        sinks(a.sinks),
+        drop(make_dropout(a, S)),
+        qscale(static_cast<F>(a.scale * kLog2e)),
+        l2e(static_cast<F>(kLog2e)) {}
 };
 
 // ---------------------------------------------------------------- decode (attention_decode.cpp)
@@ -661,9 +672,9 @@ constexpr std::int64_t kDecodeRows = 16;
 template <typename F>
 void decode_forward(const Geo<F>& g, const AttnInputs<F>& in, const Tensor& out, const Tensor& lse_t,
                     const Tensor& weights);
-extern template void decode_forward<float>(const Geo<float>&, const AttnInputs<float>&, const Tensor&,
-                                           const Tensor&, const Tensor&);
-extern template void decode_forward<double>(const Geo<double>&, const AttnInputs<double>&, const Tensor&,
-                                            const Tensor&, const Tensor&);
+extern template void decode_forward<float>(const Geo<float>&, const AttnInputs<float>&, const Tensor&, const Tensor&,
+                                           const Tensor&);
+extern template void decode_forward<double>(const Geo<double>&, const AttnInputs<double>&, const Tensor&, const Tensor&,
+                                            const Tensor&);
 
 }  // namespace kiln::cpu::attention_kernels

@@ -3,9 +3,9 @@
 // Eigen's GEMM is the fallback and handles int64.
 #include <dlfcn.h>
 
+#include <fmt/format.h>
 #include <Eigen/Core>
 #include <cstdlib>
-#include <fmt/format.h>
 #include <mutex>
 #include <string>
 
@@ -50,8 +50,8 @@ Blas load_blas() {
   if (!core.empty()) setenv("OPENBLAS_CORETYPE", core.c_str(), 1);
   void* h = nullptr;
   // The OpenMP build shares kiln's thread pool; the pthread build would add a second one.
-  for (const char* name : {"/usr/lib/x86_64-linux-gnu/openblas-openmp/libopenblas.so.0", "libopenblasp.so.0",
-                           "libopenblas.so.0"}) {
+  for (const char* name :
+       {"/usr/lib/x86_64-linux-gnu/openblas-openmp/libopenblas.so.0", "libopenblasp.so.0", "libopenblas.so.0"}) {
     h = dlopen(name, RTLD_NOW | RTLD_LOCAL);
     if (h) break;
   }
@@ -149,14 +149,14 @@ void CpuBackend::matmul(const Tensor& a, const Tensor& c, const Tensor& out) {
         T* ob = o + b * M * N;
         if constexpr (std::is_same_v<T, float>) {
           if (blas().sgemm) {
-            blas().sgemm(RowMajor, ma.trans ? Trans : NoTrans, mc.trans ? Trans : NoTrans, int(M), int(N), int(K),
-                         1.0f, ab, int(ma.ld), cb, int(mc.ld), 0.0f, ob, int(N));
+            blas().sgemm(RowMajor, ma.trans ? Trans : NoTrans, mc.trans ? Trans : NoTrans, int(M), int(N), int(K), 1.0f,
+                         ab, int(ma.ld), cb, int(mc.ld), 0.0f, ob, int(N));
             return;
           }
         } else if constexpr (std::is_same_v<T, double>) {
           if (blas().dgemm) {
-            blas().dgemm(RowMajor, ma.trans ? Trans : NoTrans, mc.trans ? Trans : NoTrans, int(M), int(N), int(K),
-                         1.0, ab, int(ma.ld), cb, int(mc.ld), 0.0, ob, int(N));
+            blas().dgemm(RowMajor, ma.trans ? Trans : NoTrans, mc.trans ? Trans : NoTrans, int(M), int(N), int(K), 1.0,
+                         ab, int(ma.ld), cb, int(mc.ld), 0.0, ob, int(N));
             return;
           }
         }

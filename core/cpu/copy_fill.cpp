@@ -1,6 +1,6 @@
 // copy (with dtype conversion), host transfers and fill.
-#include <cstring>
 #include <fmt/format.h>
+#include <cstring>
 
 #include "cpu_backend.hpp"
 #include "loops.hpp"
@@ -22,8 +22,7 @@ inline D convert(S v) {
 
 void CpuBackend::copy(const Tensor& dst, const Tensor& src) {
   if (dst.dtype() == src.dtype() && dst.is_contiguous() && src.is_contiguous()) {
-    if (dst.raw_data() != src.raw_data() && dst.nbytes())
-      std::memcpy(dst.raw_data(), src.raw_data(), dst.nbytes());
+    if (dst.raw_data() != src.raw_data() && dst.nbytes()) std::memcpy(dst.raw_data(), src.raw_data(), dst.nbytes());
     return;
   }
   visit_dtype(dst.dtype(), [&](auto d) {

@@ -1,10 +1,10 @@
 // Elementwise kernels: unary (Eigen-vectorized on contiguous float runs), binary, compare,
 // where. The scalar math is core/math/elementwise.hpp's, shared with the CUDA kernels.
+#include <fmt/format.h>
 #include <Eigen/Core>
-#include <unsupported/Eigen/SpecialFunctions>
 #include <cmath>
 #include <limits>
-#include <fmt/format.h>
+#include <unsupported/Eigen/SpecialFunctions>
 
 #include "../math/elementwise.hpp"
 #include "cpu_backend.hpp"
@@ -35,7 +35,8 @@ bool eigen_unary(UnaryOp op, T* o, const T* i, std::int64_t n) {
       }
       case UnaryOp::Log:
         y = x.log();
-        fix_edges(o, i, n, [](T v) { return v < L::min(); }, [](T v) { return std::log(v); });
+        fix_edges(
+            o, i, n, [](T v) { return v < L::min(); }, [](T v) { return std::log(v); });
         return true;
       // Sqrt is left to std::sqrt: Eigen's fast-math packet sqrt (rsqrt + Newton) is not correctly
       // rounded (1 ulp off for ~40% of inputs) and gives NaN for inf.
@@ -56,8 +57,8 @@ bool eigen_unary(UnaryOp op, T* o, const T* i, std::int64_t n) {
 }
 
 template <typename T, typename F>
-inline void binary_run(T* o, const T* x, const T* y, std::int64_t n, std::int64_t so, std::int64_t sx,
-                       std::int64_t sy, F f) {
+inline void binary_run(T* o, const T* x, const T* y, std::int64_t n, std::int64_t so, std::int64_t sx, std::int64_t sy,
+                       F f) {
   if (so == 1 && sx == 1 && sy == 1) {
     for (std::int64_t k = 0; k < n; ++k) o[k] = f(x[k], y[k]);
   } else if (so == 1 && sx == 1 && sy == 0) {
@@ -113,17 +114,20 @@ void CpuBackend::unary(UnaryOp op, const Tensor& x, const Tensor& out, double a,
   visit_dtype(out.dtype(), [&](auto z) {
     using T = decltype(z);
     const math::Unary f{op, a, b};
-    strided_loop<2>(out.shape(), make_operands<2>({&out, &x}), [op, f](auto p, std::int64_t n, auto st) {
-      T* o = reinterpret_cast<T*>(p[0]);
-      const T* i = reinterpret_cast<const T*>(p[1]);
-      std::int64_t so = st[0] / std::int64_t(sizeof(T)), si = st[1] / std::int64_t(sizeof(T));
-      if (so == 1 && si == 1) {
-        if (eigen_unary<T>(op, o, i, n)) return;
-        for (std::int64_t k = 0; k < n; ++k) o[k] = f(i[k]);
-      } else {
-        for (std::int64_t k = 0; k < n; ++k) o[k * so] = f(i[k * si]);
-      }
-    }, 8192);
+    strided_loop<2>(
+        out.shape(), make_operands<2>({&out, &x}),
+        [op, f](auto p, std::int64_t n, auto st) {
+          T* o = reinterpret_cast<T*>(p[0]);
+          const T* i = reinterpret_cast<const T*>(p[1]);
+          std::int64_t so = st[0] / std::int64_t(sizeof(T)), si = st[1] / std::int64_t(sizeof(T));
+          if (so == 1 && si == 1) {
+            if (eigen_unary<T>(op, o, i, n)) return;
+            for (std::int64_t k = 0; k < n; ++k) o[k] = f(i[k]);
+          } else {
+            for (std::int64_t k = 0; k < n; ++k) o[k * so] = f(i[k * si]);
+          }
+        },
+        8192);
   });
 }
 

@@ -1,8 +1,8 @@
 // Row kernels: softmax / log-softmax (forward and backward) and layer norm.
 // Every tensor here is contiguous; rows are the last dim.
+#include <fmt/format.h>
 #include <Eigen/Core>
 #include <cmath>
-#include <fmt/format.h>
 #include <vector>
 
 #include "cpu_backend.hpp"
@@ -53,7 +53,8 @@ void CpuBackend::softmax(const Tensor& x, const Tensor& out, bool log) {
     yr = xr - m;
     if (log) {
       // exp goes through a scratch row so the shifted logits stay exact in yr.
-      thread_local std::vector<T, Eigen::aligned_allocator<T>> scratch;  // 64-B aligned: same reduction order in every process
+      thread_local std::vector<T, Eigen::aligned_allocator<T>>
+          scratch;  // 64-B aligned: same reduction order in every process
       scratch.resize(static_cast<std::size_t>(N));
       exp_run(scratch.data(), yr.data(), N);
       T s = ConstRow<T>(scratch.data(), N).sum();

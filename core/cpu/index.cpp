@@ -1,7 +1,7 @@
 // index_select / index_add (rows of a dim) and gather / scatter_add (elementwise).
 // Indices arrive range-checked and int64.
-#include <cstring>
 #include <fmt/format.h>
+#include <cstring>
 
 #include "cpu_backend.hpp"
 #include "loops.hpp"

@@ -1,6 +1,6 @@
 // Reductions over any set of dims, and arg max/min along one dim.
-#include <cmath>
 #include <fmt/format.h>
+#include <cmath>
 #include <limits>
 
 #include "../math/reduce.hpp"
@@ -59,8 +59,7 @@ void reduce_impl(const Tensor& x, const std::vector<std::int64_t>& dims, const T
     else return v;
   };
   if (R == 0) {
-    for (std::int64_t m = 0; m < M; ++m)
-      o[m] = mean ? T(std::numeric_limits<double>::quiet_NaN()) : Op::init();
+    for (std::int64_t m = 0; m < M; ++m) o[m] = mean ? T(std::numeric_limits<double>::quiet_NaN()) : Op::init();
     return;
   }
   const bool red_run = rs.size() <= 1;  // reduced elements form one strided run
@@ -155,7 +154,11 @@ void CpuBackend::arg_reduce(ReduceOp op, const Tensor& x, std::int64_t dim, cons
                          bool nan_best = false;
                          if constexpr (std::is_floating_point_v<T>) {
                            nan_best = std::isnan(best);
-                           if (!nan_best && std::isnan(v)) { best = v; bi = r; continue; }
+                           if (!nan_best && std::isnan(v)) {
+                             best = v;
+                             bi = r;
+                             continue;
+                           }
                          }
                          if (!nan_best && (is_max ? v > best : v < best)) {
                            best = v;

@@ -38,7 +38,8 @@ void exp_run(T* o, const T* i, std::int64_t n) {
     return;
   }
   Eigen::Map<A>(o, n) = Eigen::Map<const A>(i, n).exp();
-  fix_edges(o, i, n, [lo, hi](T v) { return (v < lo) | (v > hi); }, [](T v) { return std::exp(v); });
+  fix_edges(
+      o, i, n, [lo, hi](T v) { return (v < lo) | (v > hi); }, [](T v) { return std::exp(v); });
 }
 
 }  // namespace kiln::cpu

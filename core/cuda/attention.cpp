@@ -82,8 +82,8 @@ void CudaBackend::attention_backward(const AttentionArgs& a, const Tensor& out, 
   launch_attention_backward(g, view4(a.q), view4(a.k), view4(a.v), view4(out), lse.raw_data(), view4(gout),
                             weights.defined() ? weights.raw_data() : nullptr,
                             gweights.defined() ? gweights.raw_data() : nullptr, view4(grads.gq), view4(grads.gk),
-                            view4(grads.gv), grads.gmask.defined() ? grads.gmask.raw_data() : nullptr,
-                            delta.raw_data(), dq.raw_data(), dt, ctx_.stream);
+                            view4(grads.gv), grads.gmask.defined() ? grads.gmask.raw_data() : nullptr, delta.raw_data(),
+                            dq.raw_data(), dt, ctx_.stream);
   check_launch("scaled_dot_product_attention_backward");
 }
 

@@ -121,8 +121,8 @@ __device__ __forceinline__ F masked_logit(const AttnGeom& g, F x, std::int64_t n
 
 // The 4 dropout words of counter `lane16` of the 64-key group holding key j0, row `row`.
 __device__ __forceinline__ Words4 dropout_words(const AttnGeom& g, std::int64_t row, std::int64_t j0, int lane16) {
-  const std::uint64_t ctr = g.offset + static_cast<std::uint64_t>(row) * g.per_row +
-                            static_cast<std::uint64_t>(j0 / 64 * 16 + lane16);
+  const std::uint64_t ctr =
+      g.offset + static_cast<std::uint64_t>(row) * g.per_row + static_cast<std::uint64_t>(j0 / 64 * 16 + lane16);
   return philox(g.seed, ctr);
 }
 
@@ -178,8 +178,8 @@ __device__ __forceinline__ void accumulate_rows(F* acc, int D, const F* A, int a
 
 // grid: N*H*nqb blocks (query blocks of a head from the last, the most keys under causal, down).
 template <typename F>
-__global__ void __launch_bounds__(kAttnThreads) attn_fwd_kernel(AttnGeom g, Attn4 q, Attn4 k, Attn4 v, Attn4 o,
-                                                                 F* lse, F* w) {
+__global__ void __launch_bounds__(kAttnThreads)
+    attn_fwd_kernel(AttnGeom g, Attn4 q, Attn4 k, Attn4 v, Attn4 o, F* lse, F* w) {
   constexpr int Bq = kFwdBq, Bk = kFwdBk;
   const int tid = threadIdx.x, rg = tid >> 4, cl = tid & 15, r0 = rg * 4;
   const std::int64_t nqb = (g.T + Bq - 1) / Bq;
@@ -308,9 +308,9 @@ __device__ __forceinline__ void atomic_add_f(F* p, F v) {
 
 // grid: N*Hkv*nkb blocks.
 template <typename F>
-__global__ void __launch_bounds__(kAttnThreads) attn_bwd_kernel(AttnGeom g, Attn4 q, Attn4 k, Attn4 v, Attn4 gout,
-                                                                 const F* lse, const F* delta, const F* gw, Attn4 gk,
-                                                                 Attn4 gv, F* gmask, F* dq_acc) {
+__global__ void __launch_bounds__(kAttnThreads)
+    attn_bwd_kernel(AttnGeom g, Attn4 q, Attn4 k, Attn4 v, Attn4 gout, const F* lse, const F* delta, const F* gw,
+                    Attn4 gk, Attn4 gv, F* gmask, F* dq_acc) {
   constexpr int Bq = kBwdBq, Bk = kBwdBk;
   const int tid = threadIdx.x, rg = tid >> 4, cl = tid & 15, r0 = rg * 4;
   const std::int64_t nkb = (g.S + Bk - 1) / Bk;
@@ -413,7 +413,8 @@ __global__ void __launch_bounds__(kAttnThreads) attn_bwd_kernel(AttnGeom g, Attn
   for (int i = 0; i < 4; ++i) {
     const std::int64_t j = j0 + r0 + i;
     if (j >= g.S) continue;
-    for (int col = cl; col < Dk; col += 16) gkp[j * gk.s[2] + col * gk.s[3]] = dk[(r0 + i) * Dk + col] * static_cast<F>(kLn2);
+    for (int col = cl; col < Dk; col += 16)
+      gkp[j * gk.s[2] + col * gk.s[3]] = dk[(r0 + i) * Dk + col] * static_cast<F>(kLn2);
     for (int col = cl; col < Dv; col += 16) gvp[j * gv.s[2] + col * gv.s[3]] = dv[(r0 + i) * Dv + col];
   }
 }
@@ -476,7 +477,8 @@ std::size_t attention_forward_smem(const AttnGeom& g, DType dt) {
 
 std::size_t attention_backward_smem(const AttnGeom& g, DType dt) {
   const std::int64_t ldk = odd_ld(g.Dk), ldv = odd_ld(g.Dv);
-  const std::int64_t n = kBwdBk * (ldk + ldv) + kBwdBq * (ldk + ldv) + 2 * kBwdBq * (kBwdBk + 1) + kBwdBk * (g.Dk + g.Dv);
+  const std::int64_t n =
+      kBwdBk * (ldk + ldv) + kBwdBq * (ldk + ldv) + 2 * kBwdBq * (kBwdBk + 1) + kBwdBk * (g.Dk + g.Dv);
   return static_cast<std::size_t>(n) * itemsize(dt);
 }
 
@@ -507,15 +509,18 @@ void launch_attention_backward(const AttnGeom& g, const Attn4& q, const Attn4& k
       if (nv) zero4_kernel<F><<<grid_for(nv), kThreads, 0, s>>>(gv, g.N, g.Hkv, g.S, g.Dv);
       return;
     }
-    attn_bwd_delta_kernel<F><<<static_cast<unsigned>((rows + 7) / 8), 256, 0, s>>>(
-        g, out, gout, static_cast<const F*>(weights), static_cast<const F*>(gweights), static_cast<F*>(delta));
+    attn_bwd_delta_kernel<F>
+        <<<static_cast<unsigned>((rows + 7) / 8), 256, 0, s>>>(g, out, gout, static_cast<const F*>(weights),
+                                                               static_cast<const F*>(gweights), static_cast<F*>(delta));
     cudaMemsetAsync(dq_acc, 0, static_cast<std::size_t>(rows * g.Dk) * sizeof(F), s);
     const std::int64_t blocks = g.N * g.Hkv * ((g.S + kBwdBk - 1) / kBwdBk);
     const std::size_t smem = attention_backward_smem(g, dt);
     allow_smem(attn_bwd_kernel<F>, smem);
-    attn_bwd_kernel<F><<<static_cast<unsigned>(blocks), kAttnThreads, smem, s>>>(
-        g, q, k, v, gout, static_cast<const F*>(lse), static_cast<const F*>(delta), static_cast<const F*>(gweights), gk,
-        gv, static_cast<F*>(gmask), static_cast<F*>(dq_acc));
+    attn_bwd_kernel<F>
+        <<<static_cast<unsigned>(blocks), kAttnThreads, smem, s>>>(g, q, k, v, gout, static_cast<const F*>(lse),
+                                                                   static_cast<const F*>(delta),
+                                                                   static_cast<const F*>(gweights), gk, gv,
+                                                                   static_cast<F*>(gmask), static_cast<F*>(dq_acc));
     attn_bwd_dq_kernel<F><<<grid_for(rows * g.Dk), kThreads, 0, s>>>(g, static_cast<const F*>(dq_acc), gq);
   });
 }

@@ -12,7 +12,8 @@ namespace kiln::cuda {
 namespace {
 
 void check_blas(cublasStatus_t s, const char* what) {
-  if (s != CUBLAS_STATUS_SUCCESS) throw_error("matmul", fmt::format("cuBLAS {} failed: {}", what, cublasGetStatusString(s)));
+  if (s != CUBLAS_STATUS_SUCCESS)
+    throw_error("matmul", fmt::format("cuBLAS {} failed: {}", what, cublasGetStatusString(s)));
 }
 
 cublasHandle_t handle_for(DeviceContext& ctx) {
@@ -74,8 +75,8 @@ void CudaBackend::matmul(const Tensor& a_in, const Tensor& c_in, const Tensor& o
   if (out.dtype() == kInt64) {
     const std::int64_t sa[3] = {a_in.stride(0), a_in.stride(1), a_in.stride(2)};
     const std::int64_t sc[3] = {c_in.stride(0), c_in.stride(1), c_in.stride(2)};
-    launch_matmul_int64(a_in.data_ptr<std::int64_t>(), c_in.data_ptr<std::int64_t>(), out.data_ptr<std::int64_t>(), B, M,
-                        N, K, sa, sc, ctx_.stream);
+    launch_matmul_int64(a_in.data_ptr<std::int64_t>(), c_in.data_ptr<std::int64_t>(), out.data_ptr<std::int64_t>(), B,
+                        M, N, K, sa, sc, ctx_.stream);
     check_launch("matmul");
     return;
   }

@@ -24,8 +24,7 @@ class CudaBackend final : public Backend {
   void where(const Tensor& cond, const Tensor& x, const Tensor& y, const Tensor& out) override;
   // reduce.cu
   void reduce(ReduceOp op, const Tensor& x, const std::vector<std::int64_t>& dims, const Tensor& out) override;
-  void arg_reduce(ReduceOp op, const Tensor& x, std::int64_t dim, const Tensor& values,
-                  const Tensor& indices) override;
+  void arg_reduce(ReduceOp op, const Tensor& x, std::int64_t dim, const Tensor& values, const Tensor& indices) override;
   void softmax(const Tensor& x, const Tensor& out, bool log) override;
   void softmax_backward(const Tensor& y, const Tensor& gy, const Tensor& gx, bool log) override;
   void layer_norm(const Tensor& x, const Tensor& weight, const Tensor& bias, double eps, const Tensor& out,

@@ -55,7 +55,8 @@ __device__ __forceinline__ void iter_offsets(const Iter<N>& it, I i, I (&off)[N]
 template <int N, typename I, typename F>
 __device__ __forceinline__ void iter_loop(const Iter<N>& it, F& f) {
   const I n = static_cast<I>(it.numel);
-  for (I i = static_cast<I>(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += static_cast<I>(gridDim.x) * blockDim.x) {
+  for (I i = static_cast<I>(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
+       i += static_cast<I>(gridDim.x) * blockDim.x) {
     I off[N];
     if (it.contiguous) {
 #pragma unroll

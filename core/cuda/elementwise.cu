@@ -20,7 +20,7 @@ template <typename D, typename I>
 __global__ void copy_kernel(Iter<2> it, DType src) {
   D* o = static_cast<D*>(it.data[0]);
   const void* x = it.data[1];
-  auto f = [&](const I (&off)[2]) {
+  auto f = [&](const I(&off)[2]) {
     D v;
     switch (src) {
       case DType::Bool: v = convert<D>(static_cast<const bool*>(x)[off[1]]); break;
@@ -36,7 +36,7 @@ __global__ void copy_kernel(Iter<2> it, DType src) {
 template <typename T, typename I>
 __global__ void fill_kernel(Iter<1> it, T v) {
   T* o = static_cast<T*>(it.data[0]);
-  auto f = [&](const I (&off)[1]) { o[off[0]] = v; };
+  auto f = [&](const I(&off)[1]) { o[off[0]] = v; };
   iter_loop<1, I>(it, f);
 }
 
@@ -48,7 +48,7 @@ __global__ void map_kernel(Iter<N> it, Op op) {
   O* o = static_cast<O*>(it.data[0]);
   const T* x = static_cast<const T*>(it.data[1]);
   const T* y = static_cast<const T*>(it.data[N - 1]);
-  auto f = [&](const I (&off)[N]) {
+  auto f = [&](const I(&off)[N]) {
     if constexpr (N == 2) o[off[0]] = static_cast<O>(op(static_cast<C>(x[off[1]])));
     else o[off[0]] = static_cast<O>(op(static_cast<C>(x[off[1]]), static_cast<C>(y[off[N - 1]])));
   };
@@ -61,7 +61,7 @@ __global__ void where_kernel(Iter<4> it) {
   const bool* c = static_cast<const bool*>(it.data[1]);
   const T* x = static_cast<const T*>(it.data[2]);
   const T* y = static_cast<const T*>(it.data[3]);
-  auto f = [&](const I (&off)[4]) { o[off[0]] = c[off[1]] ? x[off[2]] : y[off[3]]; };
+  auto f = [&](const I(&off)[4]) { o[off[0]] = c[off[1]] ? x[off[2]] : y[off[3]]; };
   iter_loop<4, I>(it, f);
 }
 

@@ -43,10 +43,13 @@ void foreach_cuda(const Rule& rule, const std::array<Tensor, N>& t, const char* 
   if (job.n == 0) return;
   const std::array<T*, N> p = foreach_pointers<T>(t);
   for (std::size_t k = 0; k < N; ++k) job.p.p[k] = p[k];
-  launch_on(t[0].device().index, op, [](cudaStream_t s, const void* ctx) {
-    const Job& j = *static_cast<const Job*>(ctx);
-    foreach_kernel<<<grid_for(j.n), kThreads, 0, s>>>(*j.rule, j.p, j.n, std::make_index_sequence<N>{});
-  }, &job);
+  launch_on(
+      t[0].device().index, op,
+      [](cudaStream_t s, const void* ctx) {
+        const Job& j = *static_cast<const Job*>(ctx);
+        foreach_kernel<<<grid_for(j.n), kThreads, 0, s>>>(*j.rule, j.p, j.n, std::make_index_sequence<N>{});
+      },
+      &job);
 }
 
 }  // namespace kiln::cuda

@@ -75,7 +75,7 @@ __global__ void gather_kernel(Iter<3> it, std::int64_t xs) {
   T* o = static_cast<T*>(it.data[0]);
   const std::int64_t* idx = static_cast<const std::int64_t*>(it.data[1]);
   const T* x = static_cast<const T*>(it.data[2]);
-  auto f = [&](const std::int64_t (&off)[3]) { o[off[0]] = x[off[2] + idx[off[1]] * xs]; };
+  auto f = [&](const std::int64_t(&off)[3]) { o[off[0]] = x[off[2] + idx[off[1]] * xs]; };
   iter_loop<3, std::int64_t>(it, f);
 }
 
@@ -84,7 +84,7 @@ __global__ void scatter_add_kernel(Iter<3> it, std::int64_t os) {
   T* o = static_cast<T*>(it.data[0]);
   const std::int64_t* idx = static_cast<const std::int64_t*>(it.data[1]);
   const T* src = static_cast<const T*>(it.data[2]);
-  auto f = [&](const std::int64_t (&off)[3]) { atomic_accumulate(o + off[0] + idx[off[1]] * os, src[off[2]]); };
+  auto f = [&](const std::int64_t(&off)[3]) { atomic_accumulate(o + off[0] + idx[off[1]] * os, src[off[2]]); };
   iter_loop<3, std::int64_t>(it, f);
 }
 

@@ -49,7 +49,8 @@ std::int64_t reduce_partials(const ReduceGeom& g) {
 template <typename T>
 __device__ __forceinline__ T shfl_xor(T v, int o) {
   if constexpr (std::is_same_v<T, bool>) return __shfl_xor_sync(0xffffffffu, static_cast<int>(v), o) != 0;
-  else if constexpr (std::is_same_v<T, std::int64_t>) return static_cast<T>(__shfl_xor_sync(0xffffffffu, static_cast<long long>(v), o));
+  else if constexpr (std::is_same_v<T, std::int64_t>)
+    return static_cast<T>(__shfl_xor_sync(0xffffffffu, static_cast<long long>(v), o));
   else return __shfl_xor_sync(0xffffffffu, v, o);
 }
 
@@ -103,7 +104,8 @@ __global__ void reduce_rows_kernel(ReduceGeom g, const T* x, T* out, T* partial,
       const std::int64_t st = g.rstride[0];
       for (std::int64_t r = r0 + lane; r < r1; r += G) acc = Op::apply(acc, base[r * st]);
     } else {
-      for (std::int64_t r = r0 + lane; r < r1; r += G) acc = Op::apply(acc, base[offset_of(r, g.nr, g.rsize, g.rstride)]);
+      for (std::int64_t r = r0 + lane; r < r1; r += G)
+        acc = Op::apply(acc, base[offset_of(r, g.nr, g.rsize, g.rstride)]);
     }
   }
   acc = group_reduce(acc, G, smem, [](T a, T b) { return Op::apply(a, b); });
@@ -157,8 +159,9 @@ void reduce_typed(const ReduceGeom& g, const T* x, T* out, T* scratch, double me
   if (P > 1) {
     // Few long outputs: one block per (output, chunk), then a pass over the partials.
     const std::int64_t chunk = (g.R + P - 1) / P;
-    reduce_rows_kernel<T, Op><<<dim3(static_cast<unsigned>(g.M), static_cast<unsigned>(P)), kThreads, 0, s>>>(
-        g, x, out, scratch, kThreads, chunk, mean_div);
+    reduce_rows_kernel<T, Op>
+        <<<dim3(static_cast<unsigned>(g.M), static_cast<unsigned>(P)), kThreads, 0, s>>>(g, x, out, scratch, kThreads,
+                                                                                         chunk, mean_div);
     ReduceGeom g2;
     g2.nk = 1;
     g2.M = g.M;
@@ -169,7 +172,8 @@ void reduce_typed(const ReduceGeom& g, const T* x, T* out, T* scratch, double me
     g2.rsize[0] = P;
     g2.rstride[0] = 1;
     const std::int64_t bx = (g.M + kThreads / 32 - 1) / (kThreads / 32);
-    reduce_rows_kernel<T, Op><<<static_cast<unsigned>(bx), kThreads, 0, s>>>(g2, scratch, out, nullptr, 32, P, mean_div);
+    reduce_rows_kernel<T, Op>
+        <<<static_cast<unsigned>(bx), kThreads, 0, s>>>(g2, scratch, out, nullptr, 32, P, mean_div);
     return;
   }
   // Rows mode: a warp per output for short rows, the whole block for long ones.
@@ -367,8 +371,8 @@ void CudaBackend::arg_reduce(ReduceOp op, const Tensor& x, std::int64_t dim, con
   dispatch(x.dtype(), [&](auto z) {
     using T = decltype(z);
     const unsigned blocks = static_cast<unsigned>((g.M + kThreads / 32 - 1) / (kThreads / 32));
-    arg_reduce_kernel<T><<<blocks, kThreads, 0, ctx_.stream>>>(g, ptr<T>(x), ptr<T>(values),
-                                                               ptr<std::int64_t>(indices), op == ReduceOp::Max);
+    arg_reduce_kernel<T><<<blocks, kThreads, 0, ctx_.stream>>>(g, ptr<T>(x), ptr<T>(values), ptr<std::int64_t>(indices),
+                                                               op == ReduceOp::Max);
   });
   check_launch("arg_reduce");
 }
@@ -398,8 +402,8 @@ void CudaBackend::softmax_backward(const Tensor& y, const Tensor& gy, const Tens
   row_launch(rows, n, G, blocks);
   dispatch_float(y.dtype(), [&](auto z) {
     using T = decltype(z);
-    softmax_backward_kernel<T><<<blocks, kThreads, 0, ctx_.stream>>>(ptr<T>(y), ptr<T>(gy), ptr<T>(gx), rows, n,
-                                                                     log, G);
+    softmax_backward_kernel<T>
+        <<<blocks, kThreads, 0, ctx_.stream>>>(ptr<T>(y), ptr<T>(gy), ptr<T>(gx), rows, n, log, G);
   });
   check_launch("softmax_backward");
 }

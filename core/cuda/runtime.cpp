@@ -44,9 +44,10 @@ const Discovery& discovery() {
       cudaGetLastError();  // not sticky, but keep later checks clean
       int rt = 0;
       cudaRuntimeGetVersion(&rt);
-      r.reason = fmt::format("no usable CUDA driver: none is installed, or it is older than CUDA runtime {}.{} "
-                             "(cudaGetDeviceCount: {})",
-                             rt / 1000, rt % 1000 / 10, cudaGetErrorString(e));
+      r.reason = fmt::format(
+          "no usable CUDA driver: none is installed, or it is older than CUDA runtime {}.{} "
+          "(cudaGetDeviceCount: {})",
+          rt / 1000, rt % 1000 / 10, cudaGetErrorString(e));
     } else if (e != cudaSuccess) {
       cudaGetLastError();
       r.reason = fmt::format("no CUDA GPU is visible (cudaGetDeviceCount: {})", cudaGetErrorString(e));

@@ -87,7 +87,7 @@ struct DeviceContext {
   int sm_count = 0;
   std::string name;
   CudaBackend* backend = nullptr;  // owned, never destroyed
-  void* cublas = nullptr;  // cublasHandle_t, created by blas.cpp on first use
+  void* cublas = nullptr;          // cublasHandle_t, created by blas.cpp on first use
   void* cublas_workspace = nullptr;
   explicit DeviceContext(int i) : index(i), allocator(i) {}
 };

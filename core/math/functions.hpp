@@ -14,12 +14,12 @@ namespace kiln::math {
 
 // One float and one double overload per function: ::f##f / ::f on the device, std::f on the host.
 #if defined(__CUDA_ARCH__)
-#define KILN_MATH_UNARY(name, dev)                                \
-  KILN_HD float name(float x) { return ::dev##f(x); }             \
+#define KILN_MATH_UNARY(name, dev)                    \
+  KILN_HD float name(float x) { return ::dev##f(x); } \
   KILN_HD double name(double x) { return ::dev(x); }
 #else
-#define KILN_MATH_UNARY(name, dev)                                \
-  KILN_HD float name(float x) { return std::name(x); }            \
+#define KILN_MATH_UNARY(name, dev)                     \
+  KILN_HD float name(float x) { return std::name(x); } \
   KILN_HD double name(double x) { return std::name(x); }
 #endif
 KILN_MATH_UNARY(exp, exp)

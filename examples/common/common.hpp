@@ -10,9 +10,9 @@
 ///     examples::Progress bar(flags.steps);
 ///     for (...) bar.step(step, fmt::format("loss {:.3f}", l));
 ///   });
-#include <CLI/CLI.hpp>
 #include <fmt/format.h>
 #include <unistd.h>
+#include <CLI/CLI.hpp>
 
 #include <algorithm>
 #include <chrono>
@@ -35,7 +35,7 @@ struct Flags {
   double lr = 1e-3;
   std::uint64_t seed = 0;
   int threads = 2;
-  std::string out;  // folder for logs, plots and checkpoints ("" = write nothing)
+  std::string out;              // folder for logs, plots and checkpoints ("" = write nothing)
   std::int64_t eval_every = 0;  // 0 = about ten evaluations per run
 };
 
@@ -121,7 +121,8 @@ class Timer {
 
 inline std::string format_duration(double s) {
   const auto t = static_cast<long>(s + 0.5);
-  return t >= 3600 ? fmt::format("{}:{:02}:{:02}", t / 3600, t / 60 % 60, t % 60) : fmt::format("{}:{:02}", t / 60, t % 60);
+  return t >= 3600 ? fmt::format("{}:{:02}:{:02}", t / 3600, t / 60 % 60, t % 60)
+                   : fmt::format("{}:{:02}", t / 60, t % 60);
 }
 
 /// Training progress. On a terminal: one bar redrawn in place. Otherwise (a log file, CI): a
@@ -131,7 +132,9 @@ class Progress {
  public:
   /// `first`: the step a resumed run starts after (for the time estimate).
   explicit Progress(std::int64_t total, std::int64_t every = 0, std::int64_t first = 0)
-      : total_(total), every_(every > 0 ? every : std::max<std::int64_t>(1, total / 20)), first_(first),
+      : total_(total),
+        every_(every > 0 ? every : std::max<std::int64_t>(1, total / 20)),
+        first_(first),
         tty_(isatty(fileno(stdout)) != 0) {}
 
   void step(std::int64_t step, const std::string& metrics) {
@@ -175,7 +178,9 @@ class Progress {
 
 /// Number of parameters, for the banner line.
 inline std::string count_str(std::int64_t n) {
-  return n >= 1000000 ? fmt::format("{:.2f}M", n / 1e6) : n >= 1000 ? fmt::format("{:.1f}k", n / 1e3) : fmt::format("{}", n);
+  return n >= 1000000 ? fmt::format("{:.2f}M", n / 1e6)
+         : n >= 1000  ? fmt::format("{:.1f}k", n / 1e3)
+                      : fmt::format("{}", n);
 }
 
 }  // namespace examples

@@ -83,7 +83,8 @@ inline Idx read_idx(const std::string& path) {
   if (bytes.size() < 4 || bytes[0] != 0 || bytes[1] != 0)
     throw UsageError(fmt::format("{}: not an IDX file (bad magic number)", path));
   if (std::uint8_t(bytes[2]) != 0x08)
-    throw UsageError(fmt::format("{}: IDX element type 0x{:02x}, expected unsigned bytes (0x08)", path, std::uint8_t(bytes[2])));
+    throw UsageError(
+        fmt::format("{}: IDX element type 0x{:02x}, expected unsigned bytes (0x08)", path, std::uint8_t(bytes[2])));
   const int rank = std::uint8_t(bytes[3]);
   if (rank < 1 || bytes.size() < 4 + 4 * std::size_t(rank))
     throw UsageError(fmt::format("{}: truncated IDX header (rank {}, {} bytes)", path, rank, bytes.size()));
@@ -95,7 +96,8 @@ inline Idx read_idx(const std::string& path) {
   }
   const std::size_t header = 4 + 4 * std::size_t(rank);
   if (bytes.size() != header + count)
-    throw UsageError(fmt::format("{}: IDX header promises {} values, the file has {}", path, count, bytes.size() - header));
+    throw UsageError(
+        fmt::format("{}: IDX header promises {} values, the file has {}", path, count, bytes.size() - header));
   idx.data.assign(bytes.begin() + std::ptrdiff_t(header), bytes.end());
   return idx;
 }

@@ -17,8 +17,8 @@
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
-#include <sstream>
 #include <limits>
+#include <sstream>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -104,15 +104,16 @@ class Image {
     // Each glyph: 5 rows of 3 bits (MSB = left column).
     static const std::string chars = "0123456789.-e";
     static const std::uint8_t glyph[][5] = {{7, 5, 5, 5, 7}, {2, 6, 2, 2, 7}, {7, 1, 7, 4, 7}, {7, 1, 7, 1, 7},
-                                           {5, 5, 7, 1, 1}, {7, 4, 7, 1, 7}, {7, 4, 7, 5, 7}, {7, 1, 1, 1, 1},
-                                           {7, 5, 7, 5, 7}, {7, 5, 7, 1, 7}, {0, 0, 0, 0, 2}, {0, 0, 7, 0, 0},
-                                           {0, 7, 5, 6, 7}};
+                                            {5, 5, 7, 1, 1}, {7, 4, 7, 1, 7}, {7, 4, 7, 5, 7}, {7, 1, 1, 1, 1},
+                                            {7, 5, 7, 5, 7}, {7, 5, 7, 1, 7}, {0, 0, 0, 0, 2}, {0, 0, 7, 0, 0},
+                                            {0, 7, 5, 6, 7}};
     for (char ch : s) {
       auto k = chars.find(ch);
       if (k != std::string::npos)
         for (int r = 0; r < 5; ++r)
           for (int col = 0; col < 3; ++col)
-            if (glyph[k][r] >> (2 - col) & 1) rect(x + col * scale, y + r * scale, x + col * scale + scale - 1, y + r * scale + scale - 1, c);
+            if (glyph[k][r] >> (2 - col) & 1)
+              rect(x + col * scale, y + r * scale, x + col * scale + scale - 1, y + r * scale + scale - 1, c);
       x += 4 * scale;
     }
   }
@@ -127,7 +128,8 @@ class Image {
     }
     uLongf zlen = compressBound(raw.size());
     std::vector<std::uint8_t> z(zlen);
-    if (compress2(z.data(), &zlen, raw.data(), raw.size(), 9) != Z_OK) throw std::runtime_error("PNG: zlib compress failed");
+    if (compress2(z.data(), &zlen, raw.data(), raw.size(), 9) != Z_OK)
+      throw std::runtime_error("PNG: zlib compress failed");
     z.resize(zlen);
 
     std::ofstream f(path, std::ios::binary);
@@ -164,7 +166,9 @@ class Image {
 class LineChart {
  public:
   LineChart(int width = 640, int height = 400) : w_(width), h_(height) {}
-  void add(std::vector<double> x, std::vector<double> y, Rgb color) { series_.push_back({std::move(x), std::move(y), color}); }
+  void add(std::vector<double> x, std::vector<double> y, Rgb color) {
+    series_.push_back({std::move(x), std::move(y), color});
+  }
   /// A horizontal reference line (e.g. a baseline loss), dashed.
   void hline(double y, Rgb color) { hlines_.push_back({y, color}); }
 
@@ -199,7 +203,8 @@ class LineChart {
     for (auto& [y, c] : hlines_)
       for (int x = left; x < right; x += 12) img.line(x, py(y), std::min(x + 6, right), py(y), c, 2);
     for (auto& s : series_)
-      for (std::size_t i = 1; i < s.x.size(); ++i) img.line(px(s.x[i - 1]), py(s.y[i - 1]), px(s.x[i]), py(s.y[i]), s.color, 2);
+      for (std::size_t i = 1; i < s.x.size(); ++i)
+        img.line(px(s.x[i - 1]), py(s.y[i - 1]), px(s.x[i]), py(s.y[i]), s.color, 2);
     img.write_png(path);
   }
 

@@ -79,7 +79,9 @@ inline Vec map(const Vec& v, const std::function<double(double)>& f) {
 }
 
 /// Values rounded through float32 (what a float32 tensor holds).
-inline Vec as_f32(const Vec& v) { return map(v, [](double x) { return double(static_cast<float>(x)); }); }
+inline Vec as_f32(const Vec& v) {
+  return map(v, [](double x) { return double(static_cast<float>(x)); });
+}
 
 /// NumPy broadcast of two shapes (test-side reimplementation).
 inline Shape bshape(const Shape& a, const Shape& b) {

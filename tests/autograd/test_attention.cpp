@@ -23,8 +23,8 @@ const char* mode_name(MaskMode m) {
 }
 
 // Options with a mask of `mode` for logits of shape batch + (H, T, S).
-SdpaOptions options_for(MaskMode mode, const Shape& batch, std::int64_t H, std::int64_t T, std::int64_t S,
-                        DType dt, std::uint64_t seed) {
+SdpaOptions options_for(MaskMode mode, const Shape& batch, std::int64_t H, std::int64_t T, std::int64_t S, DType dt,
+                        std::uint64_t seed) {
   SdpaOptions o;
   Shape full = batch;
   full.insert(full.end(), {H, T, S});
@@ -140,8 +140,8 @@ TEST_CASE("sdpa: matches host loops (masks, causal bottom-right, GQA)") {
 }
 
 TEST_CASE("sdpa: fused matches reference on a table of shapes and masks") {
-  const std::vector<std::pair<std::int64_t, std::int64_t>> ts = {{1, 1},  {1, 7},  {7, 1},   {7, 7},  {7, 64},
-                                                                  {64, 7}, {64, 64}, {1, 130}, {130, 64}, {130, 130}};
+  const std::vector<std::pair<std::int64_t, std::int64_t>> ts = {{1, 1},  {1, 7},   {7, 1},   {7, 7},    {7, 64},
+                                                                 {64, 7}, {64, 64}, {1, 130}, {130, 64}, {130, 130}};
   const std::vector<std::pair<std::int64_t, std::int64_t>> heads = {{4, 4}, {4, 2}, {4, 1}};
   const std::vector<Shape> batches = {{2}, {}, {2, 3}};
   const MaskMode modes[] = {MaskMode::None,   MaskMode::Bool,       MaskMode::Float,      MaskMode::KeyPadding,

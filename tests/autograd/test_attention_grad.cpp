@@ -13,11 +13,10 @@ Tensor leaf(const Shape& s, std::uint64_t seed) { return kt::leaf(s, seed); }
 // The options of mask mode `mode` for (B, H, T, S) logits, T = 3, S = 5.
 SdpaOptions grad_options(int mode) {
   SdpaOptions o;
-  if (mode == 1) o.attn_mask(tensor({true, false, true, true, false, true, true, true, false, true, false, false,
-                                     true, true, true})
-                                 .reshape({3, 5}));
-  if (mode == 2) o.attn_mask(sel(tensor({true, true, false, true, true}), 0.0, -kInf) +
-                             rnd({2, 1, 3, 5}, 4));
+  if (mode == 1)
+    o.attn_mask(tensor({true, false, true, true, false, true, true, true, false, true, false, false, true, true, true})
+                    .reshape({3, 5}));
+  if (mode == 2) o.attn_mask(sel(tensor({true, true, false, true, true}), 0.0, -kInf) + rnd({2, 1, 3, 5}, 4));
   if (mode == 3) o.is_causal(true);
   if (mode == 4) o.is_causal(true).attn_mask(tensor({false, true, true, true, true}));
   return o;
@@ -88,7 +87,7 @@ TEST_CASE("sdpa: fused gradients match the reference's") {
     std::int64_t H, Hkv, T, S, D;
     int mode;
   };
-  const Case cases[] = {{{2}, 4, 4, 7, 130, 8, 0},  {{2}, 4, 2, 64, 64, 8, 3},    {{}, 4, 1, 130, 70, 16, 4},
+  const Case cases[] = {{{2}, 4, 4, 7, 130, 8, 0},    {{2}, 4, 2, 64, 64, 8, 3},  {{}, 4, 1, 130, 70, 16, 4},
                         {{2, 2}, 2, 1, 33, 65, 8, 1}, {{1}, 4, 2, 1, 130, 64, 2}, {{2}, 2, 2, 130, 130, 8, 3}};
   for (DType dt : {kFloat64, kFloat32})
     for (const Case& c : cases) {

@@ -105,8 +105,10 @@ TEST_CASE("decode attention: a long cache split over chunks matches host loops")
     std::int64_t wl;
     bool alibi, sinks;
   };
-  const Case cases[] = {{1, 1000, 4, 1, true, -1, false, false}, {1, 1000, 4, 2, true, 300, true, true},
-                        {2, 777, 2, 1, true, 500, false, true},   {3, 640, 6, 3, false, -1, true, false},
+  const Case cases[] = {{1, 1000, 4, 1, true, -1, false, false},
+                        {1, 1000, 4, 2, true, 300, true, true},
+                        {2, 777, 2, 1, true, 500, false, true},
+                        {3, 640, 6, 3, false, -1, true, false},
                         {1, 129, 8, 8, true, -1, true, true}};
   const std::int64_t B = 2, D = 5;
   SplitEverything split;
@@ -223,7 +225,8 @@ TEST_CASE("decode attention: strided caches and head dims off the vector width")
         Tensor k = kbuf.narrow(2, 0, S), v = vbuf.transpose(2, 3).narrow(2, 0, S);
         Tensor q = rnd({B, T, H, Dk}, 1, dt).transpose(1, 2);
         REQUIRE(!v.is_contiguous());
-        SdpaOptions o = SdpaOptions().is_causal(true).window_left(250).window_right(0).sinks(rnd({H}, 4, dt)).need_weights(true);
+        SdpaOptions o =
+            SdpaOptions().is_causal(true).window_left(250).window_right(0).sinks(rnd({H}, 4, dt)).need_weights(true);
         auto a = F::scaled_dot_product_attention(q, k, v, o);
         auto b = F::scaled_dot_product_attention_reference(q, k.contiguous(), v.contiguous(), o);
         const double tol = dt == kFloat32 ? 1e-5 : 1e-10;

@@ -196,7 +196,10 @@ TEST_CASE("gradients keep each input's dtype and shape (float32 with float64)") 
       {"pow", [](const Tensor& a, const Tensor& b) { return pow(a, b); }},
       {"maximum", [](const Tensor& a, const Tensor& b) { return maximum(a, b); }},
       {"minimum", [](const Tensor& a, const Tensor& b) { return minimum(a, b); }},
-      {"where", [](const Tensor& a, const Tensor& b) { return where(tensor({true, false, true}), a, b); }},
+      {"where",
+       [](const Tensor& a, const Tensor& b) {
+         return where(tensor({true, false, true}), a, b);
+       }},
   };
   Vec av = {1.5, 0.5, 2.0, 0.75, 1.25, 3.0}, bv = {0.6, 1.1, 1.9};
   for (auto& [name, op] : ops) {

@@ -84,10 +84,12 @@ TEST_CASE("where: gradcheck on broadcast / non-contiguous / scalar-form / 0-D an
               {ew::leaf_of(ew::randvals({4, 1}, 211), {4, 1}), ew::leaf_of(ew::randvals({3}, 212), {3})});
   Tensor c2 = mask_of({2, 3});
   kt::grad_ok([&](const std::vector<Tensor>& in) { return where(c2, in[0], in[1]); },
-              {ew::leaf_of(ew::randvals({2, 3}, 213), {2, 3}, true), ew::leaf_of(ew::randvals({2, 3}, 214), {2, 3}, true)});
+              {ew::leaf_of(ew::randvals({2, 3}, 213), {2, 3}, true),
+               ew::leaf_of(ew::randvals({2, 3}, 214), {2, 3}, true)});
   kt::grad_ok([&](const std::vector<Tensor>& in) { return where(c2, in[0], 0.25); },
               {ew::leaf_of(ew::randvals({2, 3}, 215), {2, 3}, true)});
-  kt::grad_ok([&](const std::vector<Tensor>& in) { return where(c2, -2, in[0]); }, {ew::leaf_of(ew::randvals({3}, 216), {3})});
+  kt::grad_ok([&](const std::vector<Tensor>& in) { return where(c2, -2, in[0]); },
+              {ew::leaf_of(ew::randvals({3}, 216), {3})});
   kt::grad_ok([&](const std::vector<Tensor>& in) { return where(c2, in[0], in[1]); },
               {ew::leaf_of({0.5}, {}), ew::leaf_of({-1.5}, {})});
   Tensor c0 = tensor({true}).reshape({});
@@ -148,9 +150,13 @@ TEST_CASE("masked_fill: values / broadcast mask / -inf fill / dtype kept and gra
   Tensor x = ew::leaf_of(xv, {2, 3});
   sum(masked_fill(x, m, 5.0)).backward();
   ew::expect_values(x.grad(), {0, 1, 0, 0, 1, 0});
-  kt::grad_ok([&](const std::vector<Tensor>& in) { return masked_fill(in[0], m, -3.0); }, {ew::leaf_of(xv, {2, 3}, true)});
-  kt::grad_ok([&](const std::vector<Tensor>& in) { return masked_fill(in[0], mask_of({2, 3}), 0.0); },
-              {ew::leaf_of(xv, {3, 2}).t()});
+  kt::grad_ok([&](const std::vector<Tensor>& in) { return masked_fill(in[0], m, -3.0); },
+              {ew::leaf_of(xv, {2, 3}, true)});
+  kt::grad_ok(
+      [&](const std::vector<Tensor>& in) {
+        return masked_fill(in[0], mask_of({2, 3}), 0.0);
+      },
+      {ew::leaf_of(xv, {3, 2}).t()});
   kt::grad_ok([&](const std::vector<Tensor>& in) { return masked_fill(in[0], tensor({false}).reshape({}), 1.0); },
               {ew::leaf_of({0.5}, {})});
   Tensor e = ew::leaf_of({}, {0, 3});
@@ -291,8 +297,8 @@ TEST_CASE("isnan and isfinite") {
 TEST_CASE("allclose and equal") {
   Tensor a = ew::make({1.0, 2.0, 1000.0}, {3});
   CHECK(allclose(a, a));
-  CHECK(allclose(a, ew::make({1.0, 2.0, 1000.005}, {3})));          // within rtol 1e-5 * 1000
-  CHECK_FALSE(allclose(a, ew::make({1.0, 2.0, 1000.02}, {3})));     // beyond it
+  CHECK(allclose(a, ew::make({1.0, 2.0, 1000.005}, {3})));       // within rtol 1e-5 * 1000
+  CHECK_FALSE(allclose(a, ew::make({1.0, 2.0, 1000.02}, {3})));  // beyond it
   CHECK(allclose(a, ew::make({1.0, 2.0, 1000.02}, {3}), 1e-4));
   CHECK_FALSE(allclose(ew::make({0.0}, {1}), ew::make({1e-7}, {1})));
   CHECK(allclose(ew::make({0.0}, {1}), ew::make({1e-7}, {1}), 1e-5, 1e-6));

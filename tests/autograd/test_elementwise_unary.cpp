@@ -27,14 +27,19 @@ TEST_CASE("unary ops: analytic gradients at chosen points") {
                     ew::map(xv, [](double x) { return sigmoid_ref(x) * (1 - sigmoid_ref(x)); }), 1e-12, 1e-10);
   ew::expect_values(grad_at([](const Tensor& x) { return erf(x); }),
                     ew::map(xv, [](double x) { return 2 / std::sqrt(kPi) * std::exp(-x * x); }), 1e-12, 1e-10);
-  ew::expect_values(grad_at([](const Tensor& x) { return silu(x); }), ew::map(xv, [](double x) {
-                      double s = sigmoid_ref(x);
-                      return s * (1 + x * (1 - s));
-                    }),
+  ew::expect_values(grad_at([](const Tensor& x) { return silu(x); }),
+                    ew::map(xv,
+                            [](double x) {
+                              double s = sigmoid_ref(x);
+                              return s * (1 + x * (1 - s));
+                            }),
                     1e-12, 1e-10);
-  ew::expect_values(grad_at([](const Tensor& x) { return gelu(x); }), ew::map(xv, [](double x) {
-                      return 0.5 * (1 + std::erf(x / std::sqrt(2.0))) + x * std::exp(-x * x / 2) / std::sqrt(2 * kPi);
-                    }),
+  ew::expect_values(grad_at([](const Tensor& x) { return gelu(x); }),
+                    ew::map(xv,
+                            [](double x) {
+                              return 0.5 * (1 + std::erf(x / std::sqrt(2.0))) +
+                                     x * std::exp(-x * x / 2) / std::sqrt(2 * kPi);
+                            }),
                     1e-12, 1e-10);
   ew::expect_values(grad_at([](const Tensor& x) { return abs(x); }), {-1, -1, 1, 1});
   ew::expect_values(grad_at([](const Tensor& x) { return relu(x); }), {0, 0, 1, 1});
@@ -73,7 +78,9 @@ TEST_CASE("unary ops: special values (scalar and vectorized paths)") {
       {"log", [](const Tensor& t) { return log(t); }, {0.0, -1.0, ew::kInf, 1.0}, {-ew::kInf, ew::kNaN, ew::kInf, 0}},
       {"sqrt", [](const Tensor& t) { return sqrt(t); }, {0.0, -1.0, ew::kInf, 4.0}, {0, ew::kNaN, ew::kInf, 2}},
       {"rsqrt", [](const Tensor& t) { return rsqrt(t); }, {0.0, ew::kInf, 0.25, ew::kNaN}, {ew::kInf, 0, 2, ew::kNaN}},
-      {"reciprocal", [](const Tensor& t) { return reciprocal(t); }, {0.0, ew::kInf, -4.0, ew::kNaN},
+      {"reciprocal",
+       [](const Tensor& t) { return reciprocal(t); },
+       {0.0, ew::kInf, -4.0, ew::kNaN},
        {ew::kInf, 0, -0.25, ew::kNaN}},
       {"tanh", [](const Tensor& t) { return tanh(t); }, x, {0, 1, -1, ew::kNaN}},
       {"sigmoid", [](const Tensor& t) { return sigmoid(t); }, {0.0, 1000.0, -1000.0, ew::kNaN}, {0.5, 1, 0, ew::kNaN}},
@@ -83,7 +90,9 @@ TEST_CASE("unary ops: special values (scalar and vectorized paths)") {
       {"sign", [](const Tensor& t) { return sign(t); }, x, {0, 1, -1, ew::kNaN}},
       {"erf", [](const Tensor& t) { return erf(t); }, x, {0, 1, -1, ew::kNaN}},
       {"gelu", [](const Tensor& t) { return gelu(t); }, {0.0, 100.0, -100.0, ew::kNaN}, {0, 100, 0, ew::kNaN}},
-      {"gelu_tanh", [](const Tensor& t) { return gelu(t, "tanh"); }, {0.0, 100.0, -100.0, ew::kNaN},
+      {"gelu_tanh",
+       [](const Tensor& t) { return gelu(t, "tanh"); },
+       {0.0, 100.0, -100.0, ew::kNaN},
        {0, 100, 0, ew::kNaN}},
       {"clamp", [](const Tensor& t) { return clamp(t, -1.0, 1.0); }, x, {0, 1, -1, ew::kNaN}},
       {"square", [](const Tensor& t) { return square(t); }, x, {0, ew::kInf, ew::kInf, ew::kNaN}},
@@ -105,7 +114,8 @@ TEST_CASE("unary ops: exact zeros / infinities and subnormals on the vectorized 
       double first = 0;
       for (double v : t.to_vector<double>())
         if (!(v == want) && bad++ == 0) first = v;
-      INFO(std::string(what) << ": " << bad << " of " << t.numel() << " wrong, e.g. " << first << " (want " << want << ")");
+      INFO(std::string(what) << ": " << bad << " of " << t.numel() << " wrong, e.g. " << first << " (want " << want
+                             << ")");
       CHECK(bad == 0);
     };
 #define exact(expr, want) exact_impl(#expr, expr, want)
@@ -256,17 +266,21 @@ TEST_CASE("unary ops: second derivatives through create_graph") {
     sum(g[0]).backward();
     return x.grad();
   };
-  ew::expect_values(second([](const Tensor& x) { return tanh(x); }), ew::map(xv, [](double x) {
-                      double t = std::tanh(x);
-                      return -2 * t * (1 - t * t);
-                    }),
+  ew::expect_values(second([](const Tensor& x) { return tanh(x); }),
+                    ew::map(xv,
+                            [](double x) {
+                              double t = std::tanh(x);
+                              return -2 * t * (1 - t * t);
+                            }),
                     1e-12, 1e-10);
   ew::expect_values(second([](const Tensor& x) { return exp(x); }), ew::map(xv, [](double x) { return std::exp(x); }),
                     1e-12, 1e-10);
-  ew::expect_values(second([](const Tensor& x) { return sigmoid(x); }), ew::map(xv, [](double x) {
-                      double s = sigmoid_ref(x);
-                      return s * (1 - s) * (1 - 2 * s);
-                    }),
+  ew::expect_values(second([](const Tensor& x) { return sigmoid(x); }),
+                    ew::map(xv,
+                            [](double x) {
+                              double s = sigmoid_ref(x);
+                              return s * (1 - s) * (1 - 2 * s);
+                            }),
                     1e-12, 1e-10);
 }
 

@@ -112,8 +112,9 @@ TEST_CASE("backward on a scalar and with an explicit gradient") {
   kt::expect_values(w.grad(), {2});
 
   Tensor v = leaf64({1, 2, 3});
-  CHECK_KILN_ERROR((v * 2.0).backward(),
-                   "[backward] grad can be implicitly created only for one-element tensors; this tensor has shape (3,)");
+  CHECK_KILN_ERROR(
+      (v * 2.0).backward(),
+      "[backward] grad can be implicitly created only for one-element tensors; this tensor has shape (3,)");
   CHECK_KILN_ERROR((v * 2.0).backward(f64({1, 2})), "[backward] grad shape (2,) does not match tensor shape (3,)");
   CHECK_KILN_ERROR(f64({1, 2}).sum().backward(), "does not require grad");
 }
@@ -212,9 +213,7 @@ TEST_CASE("NoGradGuard and GradModeGuard") {
       GradModeGuard on(true);
       CHECK((x * 2.0).requires_grad());
     }
-    {
-      NoGradGuard nested;
-    }
+    { NoGradGuard nested; }
     CHECK_FALSE(autograd::grad_enabled());
     CHECK_KILN_ERROR(y.sum().backward(), "does not require grad");
   }
@@ -264,7 +263,8 @@ TEST_CASE("retain_grad on a non-leaf") {
   CHECK_FALSE(k.grad().defined());  // not retained
   kt::expect_values(x.grad(), {3 * 8, 3 * 14});
   x.retain_grad();  // leaves: a no-op
-  CHECK_KILN_ERROR(f64({1}).retain_grad(), "[retain_grad] cannot retain the grad of a tensor that does not require grad");
+  CHECK_KILN_ERROR(f64({1}).retain_grad(),
+                   "[retain_grad] cannot retain the grad of a tensor that does not require grad");
   // Retained grads accumulate too.
   Tensor x2 = leaf64({1});
   Tensor h2 = x2 * 2.0;
@@ -276,14 +276,16 @@ TEST_CASE("retain_grad on a non-leaf") {
 }
 
 TEST_CASE("requires_grad_ rules") {
-  CHECK_KILN_ERROR(arange(3).requires_grad_(), "[requires_grad_] only floating point tensors can require gradients, got int64");
+  CHECK_KILN_ERROR(arange(3).requires_grad_(),
+                   "[requires_grad_] only floating point tensors can require gradients, got int64");
   CHECK_KILN_ERROR(tensor({true}).requires_grad_(), "got bool");
   Tensor i = arange(3);
   i.requires_grad_(false);  // always allowed
   CHECK_FALSE(i.requires_grad());
   Tensor x = leaf64({1});
   Tensor y = x * 2.0;
-  CHECK_KILN_ERROR(y.requires_grad_(false), "[requires_grad_] can only change requires_grad of leaf tensors (this one was produced by 'mul')");
+  CHECK_KILN_ERROR(y.requires_grad_(false),
+                   "[requires_grad_] can only change requires_grad of leaf tensors (this one was produced by 'mul')");
   Tensor f = zeros({2}, TensorOptions(kFloat64).requires_grad(true));
   CHECK(f.requires_grad());
   CHECK(f.is_leaf());
@@ -449,7 +451,8 @@ TEST_CASE("custom Function: bad gradients and non-differentiable outputs") {
   CHECK_KILN_ERROR(BadShape::apply(x).sum().backward(),
                    "[bad_shape] backward returned a gradient of shape () for input 0 of shape (3,)");
   Tensor x2 = leaf64({1, 2, 3});
-  CHECK_KILN_ERROR(BadCount::apply(x2).sum().backward(), "[bad_count] backward returned 2 gradients but forward took 1");
+  CHECK_KILN_ERROR(BadCount::apply(x2).sum().backward(),
+                   "[bad_count] backward returned 2 gradients but forward took 1");
 
   Tensor v = leaf64({1, 5, 2});
   auto outs = MaxWithIndex::apply(v);
@@ -511,7 +514,8 @@ TEST_CASE("autograd::grad and higher derivatives") {
   CHECK_KILN_ERROR(autograd::grad({(a * 2.0).sum()}, {a, u}, {}, false, false, /*allow_unused=*/false),
                    "[grad] input 1 is not reachable");
   CHECK_KILN_ERROR(autograd::grad({(a * 2.0).sum()}, {f64({1})}), "[grad] input 0 does not require grad");
-  CHECK_KILN_ERROR(autograd::grad({a * 2.0}, {a}), "[grad] grad_outputs can be implicitly created only for one-element outputs");
+  CHECK_KILN_ERROR(autograd::grad({a * 2.0}, {a}),
+                   "[grad] grad_outputs can be implicitly created only for one-element outputs");
   // A leaf that is its own output: the gradient is the seed.
   Tensor self = leaf64({1, 2});
   kt::expect_values(autograd::grad({self}, {self}, {f64({5, 7})})[0], {5, 7});
@@ -556,10 +560,12 @@ TEST_CASE("shared inputs and diamonds sum their gradients") {
   kt::expect_values(x5.grad(), {0, 2, 0, 2});
   // A gradcheck over a diamond
   auto l = kt::leaf({3});
-  kt::grad_ok([](const std::vector<Tensor>& in) {
-    Tensor t = in[0] * in[0];
-    return t.exp() * t + softmax(t, 0);
-  }, {l});
+  kt::grad_ok(
+      [](const std::vector<Tensor>& in) {
+        Tensor t = in[0] * in[0];
+        return t.exp() * t + softmax(t, 0);
+      },
+      {l});
 }
 
 TEST_CASE("gradcheck itself: catches a wrong gradient / validates its inputs") {
@@ -571,12 +577,15 @@ TEST_CASE("gradcheck itself: catches a wrong gradient / validates its inputs") {
   CHECK_KILN_ERROR(autograd::gradcheck(wrong, {x}), "[gradcheck] Jacobian mismatch for input 0 (shape (3,))");
   auto ident = [](const std::vector<Tensor>& in) { return in[0] * 1.0; };
   CHECK(autograd::gradcheck(ident, {x}));
-  CHECK_KILN_ERROR(autograd::gradcheck(ident, {tensor({1.f}).requires_grad_()}), "[gradcheck] input 0 is float32; gradcheck needs float64 inputs");
+  CHECK_KILN_ERROR(autograd::gradcheck(ident, {tensor({1.f}).requires_grad_()}),
+                   "[gradcheck] input 0 is float32; gradcheck needs float64 inputs");
   CHECK_KILN_ERROR(autograd::gradcheck(ident, {f64({1})}), "[gradcheck] no input requires grad");
   // Grad mode inside fn is the caller's: fn may take gradients itself (double backward).
-  CHECK(autograd::gradcheck([](const std::vector<Tensor>& in) {
-    return autograd::grad({(in[0] * in[0] * in[0]).sum()}, {in[0]}, {}, false, true)[0];
-  }, {x}));
+  CHECK(autograd::gradcheck(
+      [](const std::vector<Tensor>& in) {
+        return autograd::grad({(in[0] * in[0] * in[0]).sum()}, {in[0]}, {}, false, true)[0];
+      },
+      {x}));
 }
 
 TEST_CASE("create_graph backward stores a grad that later accumulation can add into") {

@@ -34,12 +34,16 @@ TEST_CASE("index_select errors") {
   CHECK_KILN_ERROR(index_select(x, 0, tensor({true})), "[index_select] index must be an int64 tensor, got bool");
   CHECK_KILN_ERROR(index_select(x, 0, idx({0, 3})), "[index_select] index 3 is out of range for dim 0 of size 3");
   CHECK_KILN_ERROR(index_select(x, 1, idx({-1})), "[index_select] index -1 is out of range for dim 1 of size 4");
-  CHECK_KILN_ERROR(index_select(x, 0, idx({0, 1}, {1, 2})), "[index_select] index must be 0-D or 1-D, got shape (1, 2)");
+  CHECK_KILN_ERROR(index_select(x, 0, idx({0, 1}, {1, 2})),
+                   "[index_select] index must be 0-D or 1-D, got shape (1, 2)");
   CHECK_KILN_ERROR(index_select(x, 2, idx({0})), "[index_select] dim 2 out of range");
   // A 0-D input has one position: the index must name it exactly once.
-  CHECK_KILN_ERROR(index_select(scalar_tensor(1.0), 0, idx({})), "[index_select] index for a 0-D input must hold exactly one value, got 0");
-  CHECK_KILN_ERROR(index_select(scalar_tensor(1.0), 0, idx({0, 0})), "[index_select] index for a 0-D input must hold exactly one value, got 2");
-  CHECK_KILN_ERROR(index_select(scalar_tensor(1.0), 0, idx({1})), "[index_select] index 1 is out of range for dim 0 of size 1");
+  CHECK_KILN_ERROR(index_select(scalar_tensor(1.0), 0, idx({})),
+                   "[index_select] index for a 0-D input must hold exactly one value, got 0");
+  CHECK_KILN_ERROR(index_select(scalar_tensor(1.0), 0, idx({0, 0})),
+                   "[index_select] index for a 0-D input must hold exactly one value, got 2");
+  CHECK_KILN_ERROR(index_select(scalar_tensor(1.0), 0, idx({1})),
+                   "[index_select] index 1 is out of range for dim 0 of size 1");
 }
 
 TEST_CASE("index_select gradients (duplicates accumulate)") {
@@ -71,8 +75,10 @@ TEST_CASE("index_add values / gradients / errors") {
                    "[index_add] source shape (3, 2) must be (2, 2) (input shape (3, 2) with dim 0 = index length 2)");
   CHECK_KILN_ERROR(index_add(x, 0, idx({0, 1, 3}), src), "[index_add] index 3 is out of range for dim 0 of size 3");
   CHECK_KILN_ERROR(index_add(x, 0, idx({0, -2, 1}), src), "[index_add] index -2 is out of range for dim 0 of size 3");
-  CHECK_KILN_ERROR(index_add(x, 0, tensor({0.0, 1.0, 2.0}), src), "[index_add] index must be an int64 tensor, got float32");
-  CHECK_KILN_ERROR(index_add(scalar_tensor(1.0), 0, idx({0}), scalar_tensor(1.0)), "[index_add] input must have at least one dim");
+  CHECK_KILN_ERROR(index_add(x, 0, tensor({0.0, 1.0, 2.0}), src),
+                   "[index_add] index must be an int64 tensor, got float32");
+  CHECK_KILN_ERROR(index_add(scalar_tensor(1.0), 0, idx({0}), scalar_tensor(1.0)),
+                   "[index_add] input must have at least one dim");
 
   auto a = kt::leaf({4, 3}, 1), b = kt::leaf({4, 2}, 2);
   kt::grad_ok([](const std::vector<Tensor>& in) { return index_add(in[0], 1, idx({2, 2}), in[1]); }, {a, b});
@@ -130,7 +136,8 @@ TEST_CASE("gather errors") {
   Tensor x = iota64({3, 3});
   CHECK_KILN_ERROR(gather(x, 1, idx({0, 7}, {1, 2})), "[gather] index 7 is out of range for dim 1 of size 3");
   CHECK_KILN_ERROR(gather(x, 1, idx({-1, 0}, {1, 2})), "[gather] index -1 is out of range for dim 1 of size 3");
-  CHECK_KILN_ERROR(gather(x, 1, tensor({0.f, 1.f}).reshape({1, 2})), "[gather] index must be an int64 tensor, got float32");
+  CHECK_KILN_ERROR(gather(x, 1, tensor({0.f, 1.f}).reshape({1, 2})),
+                   "[gather] index must be an int64 tensor, got float32");
   CHECK_KILN_ERROR(gather(x, 1, idx({0, 1})), "[gather] index has 1 dims but input has 2 (shapes (2,) and (3, 3))");
   CHECK_KILN_ERROR(gather(x, 1, idx({0, 0, 0, 0}, {4, 1})),
                    "[gather] index shape (4, 1) is larger than input shape (3, 3) at dim 0");
@@ -139,13 +146,22 @@ TEST_CASE("gather errors") {
 
 TEST_CASE("gather gradients (duplicate indices accumulate)") {
   auto x = kt::leaf({3, 4});
-  kt::grad_ok([](const std::vector<Tensor>& in) { return gather(in[0], 1, idx({0, 0, 3, 1, 1, 1, 2, 3, 2}, {3, 3})); },
-              {x});
-  kt::grad_ok([](const std::vector<Tensor>& in) { return gather(in[0], 0, idx({2, 2, 2, 2, 0, 1, 0, 1}, {2, 4})); },
-              {x});
+  kt::grad_ok(
+      [](const std::vector<Tensor>& in) {
+        return gather(in[0], 1, idx({0, 0, 3, 1, 1, 1, 2, 3, 2}, {3, 3}));
+      },
+      {x});
+  kt::grad_ok(
+      [](const std::vector<Tensor>& in) {
+        return gather(in[0], 0, idx({2, 2, 2, 2, 0, 1, 0, 1}, {2, 4}));
+      },
+      {x});
   auto nc = kt::noncontig_leaf({4, 3});
-  kt::grad_ok([](const std::vector<Tensor>& in) { return gather(in[0].t(), 1, idx({3, 0, 1, 2, 2, 2}, {3, 2})); },
-              {nc});
+  kt::grad_ok(
+      [](const std::vector<Tensor>& in) {
+        return gather(in[0].t(), 1, idx({3, 0, 1, 2, 2, 2}, {3, 2}));
+      },
+      {nc});
   auto e = kt::leaf({2, 0});
   kt::grad_ok([](const std::vector<Tensor>& in) { return gather(in[0], 0, idx({}, {0, 0})); }, {e});
   kt::grad_ok([](const std::vector<Tensor>& in) { return gather(in[0], 1, idx({}, {2, 0})); }, {x});
@@ -167,12 +183,14 @@ TEST_CASE("scatter_add values / gradients / errors") {
   // Many duplicates into one slot.
   Tensor many = scatter_add(zeros({1}, kFloat64), 0, zeros({1000}, kInt64), ones({1000}, kFloat64));
   kt::expect_values(many, {1000});
-  CHECK_KILN_ERROR(scatter_add(x, 1, idx({0, 1}, {1, 2}), src), "[scatter_add] source shape (2, 3) must equal index shape (1, 2)");
+  CHECK_KILN_ERROR(scatter_add(x, 1, idx({0, 1}, {1, 2}), src),
+                   "[scatter_add] source shape (2, 3) must equal index shape (1, 2)");
   CHECK_KILN_ERROR(scatter_add(x, 1, idx({0, 4}, {1, 2}), ones({1, 2}, kFloat64)),
                    "[scatter_add] index 4 is out of range for dim 1 of size 4");
   CHECK_KILN_ERROR(scatter_add(x, 1, idx({-3, 0}, {1, 2}), ones({1, 2}, kFloat64)),
                    "[scatter_add] index -3 is out of range for dim 1 of size 4");
-  CHECK_KILN_ERROR(scatter_add(x, 1, idx({0, 1}), ones({2}, kFloat64)), "[scatter_add] index has 1 dims but input has 2");
+  CHECK_KILN_ERROR(scatter_add(x, 1, idx({0, 1}), ones({2}, kFloat64)),
+                   "[scatter_add] index has 1 dims but input has 2");
   CHECK_KILN_ERROR(scatter_add(x, 0, idx({0, 0, 0, 0, 0}, {1, 5}), ones({1, 5}, kFloat64)),
                    "[scatter_add] index shape (1, 5) is larger than input shape (2, 4) at dim 1");
   CHECK_KILN_ERROR(scatter_add(x, 0, tensor({true, false}).reshape({1, 2}), ones({1, 2}, kFloat64)),
@@ -183,14 +201,23 @@ TEST_CASE("scatter_add values / gradients / errors") {
 
 TEST_CASE("scatter_add gradients") {
   auto x = kt::leaf({3, 4}, 1), s = kt::leaf({3, 2}, 2);
-  kt::grad_ok([](const std::vector<Tensor>& in) { return scatter_add(in[0], 1, idx({0, 0, 3, 1, 2, 2}, {3, 2}), in[1]); },
-              {x, s});
+  kt::grad_ok(
+      [](const std::vector<Tensor>& in) {
+        return scatter_add(in[0], 1, idx({0, 0, 3, 1, 2, 2}, {3, 2}), in[1]);
+      },
+      {x, s});
   auto snc = kt::noncontig_leaf({2, 4}, 3);
-  kt::grad_ok([](const std::vector<Tensor>& in) { return scatter_add(in[0], 0, idx({2, 2, 2, 2, 0, 1, 0, 1}, {2, 4}), in[1]); },
-              {x, snc});
+  kt::grad_ok(
+      [](const std::vector<Tensor>& in) {
+        return scatter_add(in[0], 0, idx({2, 2, 2, 2, 0, 1, 0, 1}, {2, 4}), in[1]);
+      },
+      {x, snc});
   auto xnc = kt::noncontig_leaf({4, 3}, 4);
-  kt::grad_ok([](const std::vector<Tensor>& in) { return scatter_add(in[0].t(), 1, idx({3, 3, 0, 1, 2, 2}, {3, 2}), in[1]); },
-              {xnc, s});
+  kt::grad_ok(
+      [](const std::vector<Tensor>& in) {
+        return scatter_add(in[0].t(), 1, idx({3, 3, 0, 1, 2, 2}, {3, 2}), in[1]);
+      },
+      {xnc, s});
   auto e = kt::leaf({3, 0}, 5);
   kt::grad_ok([](const std::vector<Tensor>& in) { return scatter_add(in[0], 1, idx({}, {3, 0}), in[1]); }, {x, e});
   auto a0 = kt::leaf({}, 6), b0 = kt::leaf({}, 7);
@@ -214,7 +241,8 @@ TEST_CASE("embedding: any index shape") {
   CHECK_KILN_ERROR(embedding(idx({5}), w), "[embedding] index 5 is out of range for dim 0 of size 5");
   CHECK_KILN_ERROR(embedding(idx({-1}), w), "[embedding] index -1 is out of range for dim 0 of size 5");
   CHECK_KILN_ERROR(embedding(tensor({1.f}), w), "[embedding] index must be an int64 tensor, got float32");
-  CHECK_KILN_ERROR(embedding(idx({1}), iota64({5})), "[embedding] weight must be 2-D (num_embeddings, dim), got shape (5,)");
+  CHECK_KILN_ERROR(embedding(idx({1}), iota64({5})),
+                   "[embedding] weight must be 2-D (num_embeddings, dim), got shape (5,)");
 
   auto lw = kt::leaf({5, 3});
   kt::grad_ok([](const std::vector<Tensor>& in) { return embedding(idx({4, 0, 4, 4}, {2, 2}), in[0]); }, {lw});

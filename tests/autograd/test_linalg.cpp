@@ -35,7 +35,8 @@ Vec ref_matmul(const Vec& a, const Shape& as, const Vec& b, const Shape& bs, Sha
       for (std::int64_t n = 0; n < N; ++n) {
         double acc = 0;
         for (std::int64_t k = 0; k < K; ++k)
-          acc += a[static_cast<std::size_t>(oa * M * K + m * K + k)] * b[static_cast<std::size_t>(ob * K * N + k * N + n)];
+          acc +=
+              a[static_cast<std::size_t>(oa * M * K + m * K + k)] * b[static_cast<std::size_t>(ob * K * N + k * N + n)];
         out[static_cast<std::size_t>(t * M * N + m * N + n)] = acc;
       }
   }
@@ -61,7 +62,8 @@ void check_matmul(const Tensor& a, const Tensor& b, double atol = 1e-9, double r
     double err = std::abs(got[i] - expect[i]) - rtol * std::abs(expect[i]);
     if (err > worst) worst = err, at = i;
   }
-  INFO("worst element " << at << ": got " << (got.empty() ? 0 : got[at]) << " expected " << (expect.empty() ? 0 : expect[at]));
+  INFO("worst element " << at << ": got " << (got.empty() ? 0 : got[at]) << " expected "
+                        << (expect.empty() ? 0 : expect[at]));
   CHECK(worst <= atol);
 }
 
@@ -103,7 +105,7 @@ TEST_CASE("matmul: batched 3-D and 4-D with batch broadcasting") {
   check_matmul(rnd({2, 1, 3, 4}, 3), rnd({5, 4, 6}, 4));  // -> (2, 5, 3, 6)
   kt::expect_shape(matmul(rnd({2, 1, 3, 4}, 3), rnd({5, 4, 6}, 4)), {2, 5, 3, 6});
   check_matmul(rnd({1, 3, 4}, 5), rnd({3, 2, 4, 2}, 6));
-  check_matmul(rnd({3, 2, 4}, 7), rnd({4, 2}, 8));   // (B, T, C) @ (C, N)
+  check_matmul(rnd({3, 2, 4}, 7), rnd({4, 2}, 8));  // (B, T, C) @ (C, N)
   check_matmul(rnd({2, 3, 2, 4}, 9), rnd({4, 5}, 10));
   check_matmul(rnd({3, 4}, 11), rnd({2, 4, 3}, 12));  // 2-D @ 3-D broadcasts the left operand
   CHECK_KILN_ERROR(matmul(rnd({2, 3, 4}, 1), rnd({3, 4, 5}, 2)), "[matmul]");
@@ -112,16 +114,16 @@ TEST_CASE("matmul: batched 3-D and 4-D with batch broadcasting") {
 
 TEST_CASE("matmul: transposed / permuted / sliced and expanded operands") {
   Tensor a = rnd({5, 4}, 1), b = rnd({6, 5}, 2);
-  check_matmul(a.t(), b.t());                                   // both transposed
-  check_matmul(b, a);                                            // plain
+  check_matmul(a.t(), b.t());                                      // both transposed
+  check_matmul(b, a);                                              // plain
   check_matmul(rnd({4, 8}, 3).slice(1, 0, 8, 2), rnd({4, 3}, 4));  // column stride 2
   check_matmul(rnd({9, 4}, 5).slice(0, 1, 9, 2), rnd({4, 3}, 6));  // row stride 2 -> (4, 4) @ (4, 3)
-  Tensor p = rnd({3, 4, 2}, 7).permute({2, 0, 1});               // (2, 3, 4), batch stride 1
+  Tensor p = rnd({3, 4, 2}, 7).permute({2, 0, 1});                 // (2, 3, 4), batch stride 1
   check_matmul(p, rnd({2, 4, 5}, 8));
   check_matmul(rnd({4, 2, 3}, 9).transpose(0, 1), rnd({2, 3, 2}, 10));  // non-collapsible batch
   check_matmul(rnd({3, 4}, 11).expand({2, 3, 4}), rnd({2, 4, 2}, 12));
   check_matmul(rnd({2, 1, 4}, 13).expand({2, 3, 4}), rnd({4, 2}, 14));  // stride-0 rows, fold path
-  check_matmul(rnd({3, 1}, 15), rnd({1, 3}, 16));                   // outer product
+  check_matmul(rnd({3, 1}, 15), rnd({1, 3}, 16));                       // outer product
   check_matmul(rnd({1, 5}, 17), rnd({5, 1}, 18));
   check_matmul(rnd({2, 3, 5}, 19, kFloat32).select(2, 1).unsqueeze(-1), rnd({1, 2}, 20, kFloat32), 1e-5, 1e-5);
   check_matmul(rnd({4, 6}, 21, kFloat32).t().slice(0, 1, 6, 2), rnd({4, 3}, 22, kFloat32).t().t(), 1e-5, 1e-5);
@@ -191,14 +193,18 @@ TEST_CASE("matmul: float32 300x200 @ 200x100 against a float64 loop") {
 }
 
 TEST_CASE("matmul errors") {
-  CHECK_KILN_ERROR(matmul(ones({2, 3}), ones({4, 5})), "[matmul] shapes (2, 3) and (4, 5) cannot be multiplied: 3 != 4");
+  CHECK_KILN_ERROR(matmul(ones({2, 3}), ones({4, 5})),
+                   "[matmul] shapes (2, 3) and (4, 5) cannot be multiplied: 3 != 4");
   CHECK_KILN_ERROR(matmul(ones({3}), ones({4})), "[matmul] shapes (3,) and (4,) cannot be multiplied: 3 != 4");
   CHECK_KILN_ERROR(matmul(ones({2, 3}), ones({2})), "[matmul] shapes (2, 3) and (2,) cannot be multiplied: 3 != 2");
-  CHECK_KILN_ERROR(matmul(ones({4}), ones({2, 3, 5})), "[matmul] shapes (4,) and (2, 3, 5) cannot be multiplied: 4 != 3");
+  CHECK_KILN_ERROR(matmul(ones({4}), ones({2, 3, 5})),
+                   "[matmul] shapes (4,) and (2, 3, 5) cannot be multiplied: 4 != 3");
   CHECK_KILN_ERROR(matmul(ones({2, 2, 3}), ones({3, 3, 1})), "[matmul] shapes (2, 2, 3) and (3, 3, 1)");
-  CHECK_KILN_ERROR(matmul(ones({2, 2}, kBool), ones({2, 2})), "[matmul] bool tensors are not supported (got bool and float32)");
+  CHECK_KILN_ERROR(matmul(ones({2, 2}, kBool), ones({2, 2})),
+                   "[matmul] bool tensors are not supported (got bool and float32)");
   CHECK_KILN_ERROR(matmul(ones({2}), ones({2}, kBool)), "[matmul] bool tensors are not supported");
-  CHECK_KILN_ERROR(matmul(scalar_tensor(2.0), ones({3})), "[matmul] both arguments must be at least 1-D, got shapes () and (3,)");
+  CHECK_KILN_ERROR(matmul(scalar_tensor(2.0), ones({3})),
+                   "[matmul] both arguments must be at least 1-D, got shapes () and (3,)");
   CHECK_KILN_ERROR(matmul(ones({3, 3}), scalar_tensor(2.0)), "[matmul] both arguments must be at least 1-D");
   CHECK_KILN_ERROR(matmul(Tensor(), ones({3})), "[matmul] input tensor is undefined");
 }
@@ -213,10 +219,10 @@ TEST_CASE("matmul gradcheck: every rank combination") {
   kt::grad_ok(mm, {m23, m34});  // 2-D . 2-D
   auto b1 = kt::leaf({2, 2, 3}, 5), b2 = kt::leaf({2, 3, 2}, 6);
   kt::grad_ok(mm, {b1, b2});
-  kt::grad_ok(mm, {b1, v3});    // 3-D . 1-D
+  kt::grad_ok(mm, {b1, v3});                // 3-D . 1-D
   kt::grad_ok(mm, {kt::leaf({2}, 7), b1});  // 1-D . 3-D
   auto btc = kt::leaf({2, 3, 3}, 8), cn = kt::leaf({3, 2}, 9);
-  kt::grad_ok(mm, {btc, cn});   // (B, T, C) @ (C, N)
+  kt::grad_ok(mm, {btc, cn});                       // (B, T, C) @ (C, N)
   kt::grad_ok(mm, {m23, kt::leaf({2, 3, 2}, 10)});  // 2-D left operand broadcast over the batch
 }
 
@@ -228,12 +234,18 @@ TEST_CASE("matmul gradcheck: batch broadcasting / non-contiguous / 0-D-like") {
   kt::grad_ok(mm, {c, d});
   auto nc1 = kt::noncontig_leaf({3, 2}, 5), nc2 = kt::noncontig_leaf({2, 3, 4}, 6);
   kt::grad_ok([](const std::vector<Tensor>& in) { return matmul(in[0].t(), in[1]); }, {nc1, nc1});
-  kt::grad_ok([](const std::vector<Tensor>& in) { return matmul(in[0].permute({1, 0, 2}), in[1].t()); },
-              {nc2, kt::leaf({5, 4}, 7)});
+  kt::grad_ok(
+      [](const std::vector<Tensor>& in) {
+        return matmul(in[0].permute({1, 0, 2}), in[1].t());
+      },
+      {nc2, kt::leaf({5, 4}, 7)});
   kt::grad_ok([](const std::vector<Tensor>& in) { return matmul(in[0].slice(1, 0, 4, 2), in[1].slice(0, 1, 3)); },
               {kt::leaf({3, 4}, 8), kt::leaf({3, 3}, 9)});
-  kt::grad_ok([](const std::vector<Tensor>& in) { return matmul(in[0].expand({2, 2, 3}), in[1]); },
-              {kt::leaf({2, 3}, 10), kt::leaf({2, 3, 2}, 11)});
+  kt::grad_ok(
+      [](const std::vector<Tensor>& in) {
+        return matmul(in[0].expand({2, 2, 3}), in[1]);
+      },
+      {kt::leaf({2, 3}, 10), kt::leaf({2, 3, 2}, 11)});
   // Scalar results of 1-D . 1-D feed further math.
   kt::grad_ok([](const std::vector<Tensor>& in) { return matmul(in[0], in[1]) * in[0]; },
               {kt::leaf({3}, 12), kt::leaf({3}, 13)});
@@ -277,7 +289,8 @@ TEST_CASE("linear with and without bias") {
   CHECK_KILN_ERROR(linear(x, w, tensor(Vec{1, 2}, {1, 2})), "[linear] bias must have shape (2,), got (1, 2)");
   CHECK_KILN_ERROR(linear(ones({2, 4}, kFloat64), w),
                    "[linear] input shape (2, 4) does not match weight shape (2, 3): last dim 4 != in_features 3");
-  CHECK_KILN_ERROR(linear(x, tensor(Vec{1, 2, 3})), "[linear] weight must be 2-D (out_features, in_features), got shape (3,)");
+  CHECK_KILN_ERROR(linear(x, tensor(Vec{1, 2, 3})),
+                   "[linear] weight must be 2-D (out_features, in_features), got shape (3,)");
   CHECK_KILN_ERROR(linear(scalar_tensor(1.0), w), "[linear] input shape () does not match weight shape (2, 3)");
 
   auto lx = kt::leaf({2, 4, 3}, 1), lw = kt::leaf({2, 3}, 2), lb = kt::leaf({2}, 3);
@@ -285,10 +298,8 @@ TEST_CASE("linear with and without bias") {
   kt::grad_ok([](const std::vector<Tensor>& in) { return linear(in[0], in[1]); }, {lx, lw});
   auto nx = kt::noncontig_leaf({3, 3}, 4), nw = kt::noncontig_leaf({3, 2}, 5);
   kt::grad_ok([](const std::vector<Tensor>& in) { return linear(in[0], in[1].t(), in[2]); }, {nx, nw, lb});
-  kt::grad_ok([](const std::vector<Tensor>& in) { return linear(in[0], in[1], in[2]); },
-              {kt::leaf({3}, 6), lw, lb});
-  kt::grad_ok([](const std::vector<Tensor>& in) { return linear(in[0], in[1], in[2]); },
-              {kt::leaf({0, 3}, 7), lw, lb});
+  kt::grad_ok([](const std::vector<Tensor>& in) { return linear(in[0], in[1], in[2]); }, {kt::leaf({3}, 6), lw, lb});
+  kt::grad_ok([](const std::vector<Tensor>& in) { return linear(in[0], in[1], in[2]); }, {kt::leaf({0, 3}, 7), lw, lb});
   // Bias gradient sums over every leading dim.
   linear(lx, lw, lb).sum().backward();
   kt::expect_values(lb.grad(), {8, 8});

@@ -125,7 +125,8 @@ TEST_CASE("softmax with -inf entries and large logits") {
     Vec ref = host_softmax({0, 1, 2, -2000}, {1, 4}, 1, false);
     Vec lref = host_softmax({0, 1, 2, -2000}, {1, 4}, 1, true);
     kt::expect_values(softmax(big, 1), ref, 1e-6);
-    kt::expect_values(log_softmax(big, 1).slice(1, 0, 3), {lref[0], lref[1], lref[2]}, 1e-6);  // float32 ulp at 1000 is 6e-5
+    kt::expect_values(log_softmax(big, 1).slice(1, 0, 3), {lref[0], lref[1], lref[2]},
+                      1e-6);  // float32 ulp at 1000 is 6e-5
     CHECK(std::isfinite(log_softmax(big, 1).to_vector<double>()[3]));
     Tensor bl = big.clone().requires_grad_();
     log_softmax(bl, 1).select(1, 2).sum().backward();
@@ -152,8 +153,7 @@ TEST_CASE("softmax / log_softmax gradcheck") {
     INFO("log " << lg);
     auto f = [lg](const Tensor& x, std::int64_t d) { return lg ? log_softmax(x, d) : softmax(x, d); };
     auto x = kt::leaf({2, 3, 4});
-    for (std::int64_t d : {0, 1, 2, -1})
-      kt::grad_ok([&](const std::vector<Tensor>& in) { return f(in[0], d); }, {x});
+    for (std::int64_t d : {0, 1, 2, -1}) kt::grad_ok([&](const std::vector<Tensor>& in) { return f(in[0], d); }, {x});
     auto nc = kt::noncontig_leaf({3, 4});
     kt::grad_ok([&](const std::vector<Tensor>& in) { return f(in[0], 1); }, {nc});
     kt::grad_ok([&](const std::vector<Tensor>& in) { return f(in[0].t(), 1); }, {nc});
@@ -169,7 +169,11 @@ TEST_CASE("softmax / log_softmax gradcheck") {
   // -inf entries: softmax is smooth in the finite entries.
   Tensor m = tensor(Vec{0.3, -kInf, 1.2, -0.5, -kInf, 0.7}, {2, 3}).requires_grad_();
   kt::grad_ok([](const std::vector<Tensor>& in) { return softmax(in[0], 1); }, {m});
-  kt::grad_ok([](const std::vector<Tensor>& in) { return index_select(log_softmax(in[0], 1), 1, tensor({0, 2})); }, {m});
+  kt::grad_ok(
+      [](const std::vector<Tensor>& in) {
+        return index_select(log_softmax(in[0], 1), 1, tensor({0, 2}));
+      },
+      {m});
 }
 
 TEST_CASE("softmax / log_softmax double backward") {
@@ -188,10 +192,12 @@ TEST_CASE("softmax / log_softmax double backward") {
     auto nc = kt::noncontig_leaf({2, 3, 2});
     kt::grad_ok(g(1), {nc});
     // A linear function of the output too (second derivative comes from softmax alone).
-    kt::grad_ok([lg](const std::vector<Tensor>& in) {
-      Tensor y = lg ? log_softmax(in[0], -1) : softmax(in[0], -1);
-      return autograd::grad({(y * weights_like(y, 5)).sum()}, {in[0]}, {}, false, true)[0];
-    }, {x});
+    kt::grad_ok(
+        [lg](const std::vector<Tensor>& in) {
+          Tensor y = lg ? log_softmax(in[0], -1) : softmax(in[0], -1);
+          return autograd::grad({(y * weights_like(y, 5)).sum()}, {in[0]}, {}, false, true)[0];
+        },
+        {x});
   }
 }
 
@@ -228,15 +234,20 @@ TEST_CASE("layer_norm values against a host reference") {
 TEST_CASE("layer_norm errors") {
   Tensor x = zeros({2, 3, 4});
   CHECK_KILN_ERROR(layer_norm(x, {3}), "[layer_norm] input shape (2, 3, 4) does not end with normalized_shape (3,)");
-  CHECK_KILN_ERROR(layer_norm(x, {4, 4}), "[layer_norm] input shape (2, 3, 4) does not end with normalized_shape (4, 4)");
+  CHECK_KILN_ERROR(layer_norm(x, {4, 4}),
+                   "[layer_norm] input shape (2, 3, 4) does not end with normalized_shape (4, 4)");
   CHECK_KILN_ERROR(layer_norm(x, {}), "[layer_norm] normalized_shape () does not fit input shape (2, 3, 4)");
-  CHECK_KILN_ERROR(layer_norm(x, {1, 2, 3, 4}), "[layer_norm] normalized_shape (1, 2, 3, 4) does not fit input shape (2, 3, 4)");
+  CHECK_KILN_ERROR(layer_norm(x, {1, 2, 3, 4}),
+                   "[layer_norm] normalized_shape (1, 2, 3, 4) does not fit input shape (2, 3, 4)");
   CHECK_KILN_ERROR(layer_norm(x, {4}, ones({3})), "[layer_norm] weight shape (3,) must equal normalized_shape (4,)");
-  CHECK_KILN_ERROR(layer_norm(x, {4}, ones({4}), ones({1, 4})), "[layer_norm] bias shape (1, 4) must equal normalized_shape (4,)");
-  CHECK_KILN_ERROR(layer_norm(x, {3, 4}, ones({4})), "[layer_norm] weight shape (4,) must equal normalized_shape (3, 4)");
+  CHECK_KILN_ERROR(layer_norm(x, {4}, ones({4}), ones({1, 4})),
+                   "[layer_norm] bias shape (1, 4) must equal normalized_shape (4,)");
+  CHECK_KILN_ERROR(layer_norm(x, {3, 4}, ones({4})),
+                   "[layer_norm] weight shape (4,) must equal normalized_shape (3, 4)");
   CHECK_KILN_ERROR(layer_norm(arange(4), {4}), "[layer_norm] expected a floating point tensor, got int64");
   CHECK_KILN_ERROR(layer_norm(x, {4}, Tensor(), Tensor(), -1.0), "[layer_norm] eps must be >= 0, got -1");
-  CHECK_KILN_ERROR(layer_norm(scalar_tensor(1.0), {1}), "[layer_norm] normalized_shape (1,) does not fit input shape ()");
+  CHECK_KILN_ERROR(layer_norm(scalar_tensor(1.0), {1}),
+                   "[layer_norm] normalized_shape (1,) does not fit input shape ()");
 }
 
 TEST_CASE("layer_norm gradcheck") {
@@ -305,10 +316,12 @@ TEST_CASE("layer_norm double backward") {
   auto x2 = kt::noncontig_leaf({2, 2, 2}, 4), w2 = kt::leaf({2, 2}, 5), b2 = kt::leaf({2, 2}, 6);
   kt::grad_ok(gfn({2, 2}), {x2, w2, b2});
   // Without affine parameters, linear loss: the Hessian comes from the normalization alone.
-  kt::grad_ok([](const std::vector<Tensor>& in) {
-    Tensor y = layer_norm(in[0], {3});
-    return autograd::grad({(y * weights_like(y, 7)).sum()}, {in[0]}, {}, false, true)[0];
-  }, {x});
+  kt::grad_ok(
+      [](const std::vector<Tensor>& in) {
+        Tensor y = layer_norm(in[0], {3});
+        return autograd::grad({(y * weights_like(y, 7)).sum()}, {in[0]}, {}, false, true)[0];
+      },
+      {x});
 }
 
 // ---------- dropout ----------
@@ -384,7 +397,8 @@ TEST_CASE("dropout gradient is mask / (1 - p)") {
   Tensor y = dropout(x, p, true, &g);
   Tensor w = rnd({50, 40}, 8);
   (y * w).sum().backward();
-  auto yv = y.to_vector<double>(), xv = x.to_vector<double>(), gv = x.grad().to_vector<double>(), wv = w.to_vector<double>();
+  auto yv = y.to_vector<double>(), xv = x.to_vector<double>(), gv = x.grad().to_vector<double>(),
+       wv = w.to_vector<double>();
   int zeros_seen = 0;
   for (std::size_t i = 0; i < yv.size(); ++i) {
     double mask = yv[i] == 0 ? 0.0 : 1.0 / (1 - p);
@@ -395,15 +409,19 @@ TEST_CASE("dropout gradient is mask / (1 - p)") {
   CHECK(zeros_seen > 0);
   // Non-contiguous input, fixed generator inside fn: gradcheck sees one mask.
   auto nc = kt::noncontig_leaf({4, 5});
-  kt::grad_ok([](const std::vector<Tensor>& in) {
-    Generator gg(3);
-    return dropout(in[0].t(), 0.5, true, &gg);
-  }, {nc});
+  kt::grad_ok(
+      [](const std::vector<Tensor>& in) {
+        Generator gg(3);
+        return dropout(in[0].t(), 0.5, true, &gg);
+      },
+      {nc});
   auto s = kt::leaf({});
-  kt::grad_ok([](const std::vector<Tensor>& in) {
-    Generator gg(4);
-    return dropout(in[0], 0.2, true, &gg);
-  }, {s});
+  kt::grad_ok(
+      [](const std::vector<Tensor>& in) {
+        Generator gg(4);
+        return dropout(in[0], 0.2, true, &gg);
+      },
+      {s});
   auto e = kt::leaf({0, 2});
   kt::grad_ok([](const std::vector<Tensor>& in) { return dropout(in[0], 0.5); }, {e});
   auto l = kt::leaf({3, 3});

@@ -118,7 +118,8 @@ TEST_CASE("cross_entropy with 1-D logits and a 0-D target") {
     kt::expect_shape(l, {});
     kt::expect_values(l, {ref.sum}, 1e-12);
   }
-  CHECK_KILN_ERROR(cross_entropy(L, targets({1}, {1})), "[cross_entropy] target shape (1,) does not match logits shape (3,)");
+  CHECK_KILN_ERROR(cross_entropy(L, targets({1}, {1})),
+                   "[cross_entropy] target shape (1,) does not match logits shape (3,)");
 }
 
 TEST_CASE("cross_entropy ignore_index") {
@@ -163,8 +164,8 @@ TEST_CASE("cross_entropy label_smoothing") {
     INFO("label_smoothing " << ls);
     HostCE ref = host_ce(L.to_vector<double>(), {4, 5}, t, -100, ls);
     kt::expect_values(cross_entropy(L, targets(t, {4}), opts().label_smoothing(ls)), {ref.mean()}, 1e-12);
-    kt::expect_values(cross_entropy(L, targets(t, {4}), opts().label_smoothing(ls).reduction(Reduction::None)),
-                      ref.per, 1e-12);
+    kt::expect_values(cross_entropy(L, targets(t, {4}), opts().label_smoothing(ls).reduction(Reduction::None)), ref.per,
+                      1e-12);
   }
   // Uniform logits: every term is log C.
   kt::expect_values(cross_entropy(zeros({2, 4}, kFloat64), targets({0, 3}, {2}), opts().label_smoothing(0.2)),
@@ -195,8 +196,10 @@ TEST_CASE("cross_entropy errors") {
   CHECK_KILN_ERROR(cross_entropy(L, targets({-1, 0}, {2})), "[cross_entropy] target -1 is out of range for 3 classes");
   CHECK_KILN_ERROR(cross_entropy(L, targets({3, 2}, {2}), opts().ignore_index(2)),
                    "[cross_entropy] target 3 is out of range for 3 classes (ignore_index is 2)");
-  CHECK_KILN_ERROR(cross_entropy(L, tensor({0.f, 1.f})), "[cross_entropy] target must hold int64 class indices, got float32");
-  CHECK_KILN_ERROR(cross_entropy(L, tensor({true, false})), "[cross_entropy] target must hold int64 class indices, got bool");
+  CHECK_KILN_ERROR(cross_entropy(L, tensor({0.f, 1.f})),
+                   "[cross_entropy] target must hold int64 class indices, got float32");
+  CHECK_KILN_ERROR(cross_entropy(L, tensor({true, false})),
+                   "[cross_entropy] target must hold int64 class indices, got bool");
   CHECK_KILN_ERROR(cross_entropy(L, targets({0, 1, 2}, {3})),
                    "[cross_entropy] target shape (3,) does not match logits shape (2, 3): expected (2,)");
   CHECK_KILN_ERROR(cross_entropy(L, targets({0, 1}, {2, 1})), "[cross_entropy] target shape (2, 1) does not match");
@@ -204,7 +207,8 @@ TEST_CASE("cross_entropy errors") {
                    "[cross_entropy] target shape (2,) does not match logits shape (2, 3, 4): expected (2, 4)");
   CHECK_KILN_ERROR(cross_entropy(arange(6).reshape({2, 3}), targets({0, 1}, {2})),
                    "[cross_entropy] expected a floating point tensor, got int64");
-  CHECK_KILN_ERROR(cross_entropy(scalar_tensor(1.0), scalar_tensor(0, kInt64)), "[cross_entropy] logits must be at least 1-D");
+  CHECK_KILN_ERROR(cross_entropy(scalar_tensor(1.0), scalar_tensor(0, kInt64)),
+                   "[cross_entropy] logits must be at least 1-D");
   CHECK_KILN_ERROR(cross_entropy(L, targets({0, 1}, {2}), opts().label_smoothing(1.5)),
                    "[cross_entropy] label_smoothing must be in [0, 1], got 1.5");
   CHECK_KILN_ERROR(cross_entropy(L, Tensor()), "[cross_entropy] target tensor is undefined");
@@ -215,33 +219,46 @@ TEST_CASE("cross_entropy gradcheck") {
   Tensor T = targets({0, 4, 2, 2}, {4});
   for (Reduction r : {Reduction::Mean, Reduction::Sum, Reduction::None}) {
     kt::grad_ok([&](const std::vector<Tensor>& in) { return cross_entropy(in[0], T, opts().reduction(r)); }, {L});
-    kt::grad_ok([&](const std::vector<Tensor>& in) {
-      return cross_entropy(in[0], targets({1, -100, 3, 0}, {4}), opts().reduction(r).label_smoothing(0.2));
-    }, {L});
+    kt::grad_ok(
+        [&](const std::vector<Tensor>& in) {
+          return cross_entropy(in[0], targets({1, -100, 3, 0}, {4}), opts().reduction(r).label_smoothing(0.2));
+        },
+        {L});
   }
   auto L3 = kt::leaf({2, 3, 4}, 2);
-  kt::grad_ok([](const std::vector<Tensor>& in) {
-    return cross_entropy(in[0], targets({0, 1, 2, 1, 2, 2, 7, 0}, {2, 4}), opts().ignore_index(7));
-  }, {L3});
+  kt::grad_ok(
+      [](const std::vector<Tensor>& in) {
+        return cross_entropy(in[0], targets({0, 1, 2, 1, 2, 2, 7, 0}, {2, 4}), opts().ignore_index(7));
+      },
+      {L3});
   auto L4 = kt::leaf({2, 3, 2, 2}, 3);
-  kt::grad_ok([](const std::vector<Tensor>& in) {
-    return cross_entropy(in[0], targets({0, 1, 2, 2, 1, 0, 1, 1}, {2, 2, 2}), opts().reduction(Reduction::None));
-  }, {L4});
+  kt::grad_ok(
+      [](const std::vector<Tensor>& in) {
+        return cross_entropy(in[0], targets({0, 1, 2, 2, 1, 0, 1, 1}, {2, 2, 2}), opts().reduction(Reduction::None));
+      },
+      {L4});
   auto v = kt::leaf({4}, 4);
   kt::grad_ok([](const std::vector<Tensor>& in) { return cross_entropy(in[0], scalar_tensor(2, kInt64)); }, {v});
   auto nc = kt::noncontig_leaf({5, 3}, 5);
   kt::grad_ok([](const std::vector<Tensor>& in) { return cross_entropy(in[0].t(), targets({4, 0, 3}, {3})); }, {nc});
-  kt::grad_ok([](const std::vector<Tensor>& in) {
-    // (1, 3, 5): one example, 3 classes, 5 positions
-    return cross_entropy(in[0].permute({1, 0}).unsqueeze(0), targets({2, 0, 1, 1, 0}, {1, 5}), opts().label_smoothing(0.1));
-  }, {nc});
+  kt::grad_ok(
+      [](const std::vector<Tensor>& in) {
+        // (1, 3, 5): one example, 3 classes, 5 positions
+        return cross_entropy(in[0].permute({1, 0}).unsqueeze(0), targets({2, 0, 1, 1, 0}, {1, 5}),
+                             opts().label_smoothing(0.1));
+      },
+      {nc});
   auto e = kt::leaf({0, 3}, 6);
-  kt::grad_ok([](const std::vector<Tensor>& in) {
-    return cross_entropy(in[0], targets({}, {0}), opts().reduction(Reduction::Sum));
-  }, {e});
-  kt::grad_ok([](const std::vector<Tensor>& in) {
-    return cross_entropy(in[0], targets({}, {0}), opts().reduction(Reduction::None));
-  }, {e});
+  kt::grad_ok(
+      [](const std::vector<Tensor>& in) {
+        return cross_entropy(in[0], targets({}, {0}), opts().reduction(Reduction::Sum));
+      },
+      {e});
+  kt::grad_ok(
+      [](const std::vector<Tensor>& in) {
+        return cross_entropy(in[0], targets({}, {0}), opts().reduction(Reduction::None));
+      },
+      {e});
   kt::expect_shape(cross_entropy(e, targets({}, {0}), opts().reduction(Reduction::None)), {0});
 }
 

@@ -54,7 +54,8 @@ TEST_CASE("amax/amin: large and transposed inputs / dtypes / infinities") {
   Tensor xb = ew::make(vb, sb);
   for (const Dims& dims : std::vector<Dims>{{0}, {1}, {}}) {
     ew::expect_values(amax(xb, dims), ew::host_reduce(vb, sb, dims, ew::r_max), 0, 0);
-    ew::expect_values(amin(xb.t(), dims), ew::host_reduce(xb.t().contiguous().to_vector<double>(), {257, 300}, dims, ew::r_min), 0, 0);
+    ew::expect_values(amin(xb.t(), dims),
+                      ew::host_reduce(xb.t().contiguous().to_vector<double>(), {257, 300}, dims, ew::r_min), 0, 0);
   }
   // dtypes are kept
   Tensor i = tensor({3, -7, 5, 2}).reshape({2, 2});
@@ -229,8 +230,8 @@ TEST_CASE("argmax/argmin without dim / with keepdim / strided / 0-D") {
   CHECK(ints(argmin(x.t())) == std::vector<std::int64_t>{3});
   CHECK(ints(argmax(x.t(), 0)) == std::vector<std::int64_t>{1, 0});
   CHECK(ints(argmin(ew::make(ew::randvals({6, 4}, 421), {6, 4}).slice(0, 1, 6, 2), 0)) ==
-        host_arg(ew::make(ew::randvals({6, 4}, 421), {6, 4}).slice(0, 1, 6, 2).contiguous().to_vector<double>(),
-                 {3, 4}, 0, false));
+        host_arg(ew::make(ew::randvals({6, 4}, 421), {6, 4}).slice(0, 1, 6, 2).contiguous().to_vector<double>(), {3, 4},
+                 0, false));
   // int64 and bool inputs
   CHECK(ints(argmax(tensor({3, 9, 2}))) == std::vector<std::int64_t>{1});
   CHECK(ints(argmin(tensor({3, 9, 2}))) == std::vector<std::int64_t>{2});

@@ -87,8 +87,8 @@ TEST_CASE("sdpa ext: alibi_slopes follows the ALiBi paper") {
 }
 
 TEST_CASE("sdpa ext: fused matches reference on a table of shapes and feature combinations") {
-  const std::vector<std::pair<std::int64_t, std::int64_t>> ts = {{1, 1},    {1, 130},  {7, 7},    {64, 64},  {130, 64},
-                                                                  {64, 200}, {130, 130}, {33, 300}, {200, 33}};
+  const std::vector<std::pair<std::int64_t, std::int64_t>> ts = {{1, 1},    {1, 130},   {7, 7},    {64, 64}, {130, 64},
+                                                                 {64, 200}, {130, 130}, {33, 300}, {200, 33}};
   const std::vector<std::pair<std::int64_t, std::int64_t>> heads = {{4, 4}, {4, 2}};
   const std::vector<Shape> batches = {{2}, {}, {2, 3}};
   int n = 0;
@@ -112,7 +112,8 @@ TEST_CASE("sdpa ext: fused matches reference on a table of shapes and feature co
           Tensor q = rnd(cat_shape(batch, {H, T, D}), 100 + static_cast<std::uint64_t>(n), dt);
           Tensor k = rnd(cat_shape(batch, {Hkv, S, D}), 200 + static_cast<std::uint64_t>(n), dt);
           Tensor v = rnd(cat_shape(batch, {Hkv, S, D}), 300 + static_cast<std::uint64_t>(n), dt);
-          if (n % 4 == 0) q = rnd(cat_shape(batch, {T, H, D}), 100 + static_cast<std::uint64_t>(n), dt).transpose(-3, -2);
+          if (n % 4 == 0)
+            q = rnd(cat_shape(batch, {T, H, D}), 100 + static_cast<std::uint64_t>(n), dt).transpose(-3, -2);
           SdpaOptions o = feat_options(f, batch, H, T, S, dt, static_cast<std::uint64_t>(n));
           Generator g1(5), g2(5);
           auto a = F::scaled_dot_product_attention(q, k, v, SdpaOptions(o).generator(&g1));
@@ -132,8 +133,8 @@ TEST_CASE("sdpa ext: fused and reference match host loops") {
     bool alibi, sinks;
     int mask;  // 0 none, 1 bool, 2 float
   };
-  const Case cases[] = {{5, 9, true, 2, 0, true, true, 1},     {5, 9, false, 1, 3, true, false, 2},
-                        {9, 5, true, -1, -1, false, true, 0},  {40, 150, true, 30, 0, true, true, 2},
+  const Case cases[] = {{5, 9, true, 2, 0, true, true, 1},        {5, 9, false, 1, 3, true, false, 2},
+                        {9, 5, true, -1, -1, false, true, 0},     {40, 150, true, 30, 0, true, true, 2},
                         {40, 150, false, 10, 70, false, true, 1}, {70, 70, false, 0, 0, true, true, 0}};
   const std::int64_t B = 2, H = 4, Hkv = 2, D = 3;
   int n = 0;
@@ -145,7 +146,8 @@ TEST_CASE("sdpa ext: fused and reference match host loops") {
     h.q = q.to_vector<double>();
     h.k = k.to_vector<double>();
     h.v = v.to_vector<double>();
-    SdpaOptions o = SdpaOptions().scale(0.7).is_causal(c.causal).window_left(c.wl).window_right(c.wr).need_weights(true);
+    SdpaOptions o =
+        SdpaOptions().scale(0.7).is_causal(c.causal).window_left(c.wl).window_right(c.wr).need_weights(true);
     Generator g(static_cast<std::uint64_t>(n));
     if (c.alibi) {
       Tensor sl = rand({B, H}, kFloat64, &g);  // per example and head
@@ -184,8 +186,8 @@ TEST_CASE("sdpa ext: a window equals the explicit bool band mask") {
     std::int64_t T, S, l, r;
     bool causal;
   };
-  const Case cases[] = {{7, 7, 2, 0, true},     {130, 130, 20, 0, true}, {130, 130, 16, 16, false},
-                        {10, 300, 64, 3, false}, {300, 40, 5, -1, false}, {64, 200, -1, 0, false},
+  const Case cases[] = {{7, 7, 2, 0, true},      {130, 130, 20, 0, true},    {130, 130, 16, 16, false},
+                        {10, 300, 64, 3, false}, {300, 40, 5, -1, false},    {64, 200, -1, 0, false},
                         {33, 150, 0, 0, false},  {100, 100, 130, 1000, true}};
   for (DType dt : {kFloat64, kFloat32})
     for (const Case& c : cases) {
@@ -306,7 +308,7 @@ TEST_CASE("sdpa ext: rows with no key left output exactly 0 and get 0 gradient, 
         if (how == 0) {
           Tensor km = ones({H, Tq, S}, kBool);
           auto* mp = static_cast<bool*>(km.raw_data());
-          for (std::int64_t j = 0; j < Tq * S; ++j) mp[j] = false;        // head 0
+          for (std::int64_t j = 0; j < Tq * S; ++j) mp[j] = false;            // head 0
           for (std::int64_t j = 0; j < S; ++j) mp[(Tq + 2) * S + j] = false;  // head 1, row 2
           o.attn_mask(km).window_left(20).window_right(3);
           empty_rows = {2};
@@ -400,8 +402,14 @@ TEST_CASE("sdpa ext: NaN/Inf in keys and values outside the window never leaks")
 }
 
 TEST_CASE("sdpa ext: dropout draws are the same with the extensions, fused and reference") {
-  Tensor q = rnd({2, 4, 40, 8}, 1, kFloat32), k = rnd({2, 2, 150, 8}, 2, kFloat32), v = rnd({2, 2, 150, 8}, 3, kFloat32);
-  SdpaOptions o = SdpaOptions().is_causal(true).window_left(50).window_right(0).alibi_slopes(alibi_slopes(4)).sinks(rnd({4}, 4, kFloat32));
+  Tensor q = rnd({2, 4, 40, 8}, 1, kFloat32), k = rnd({2, 2, 150, 8}, 2, kFloat32),
+         v = rnd({2, 2, 150, 8}, 3, kFloat32);
+  SdpaOptions o = SdpaOptions()
+                      .is_causal(true)
+                      .window_left(50)
+                      .window_right(0)
+                      .alibi_slopes(alibi_slopes(4))
+                      .sinks(rnd({4}, 4, kFloat32));
   o.dropout_p(0.4).need_weights(true);
   Generator g1(3), g2(3), g3(3);
   auto a = F::scaled_dot_product_attention(q, k, v, SdpaOptions(o).generator(&g1));
@@ -421,12 +429,14 @@ TEST_CASE("sdpa ext: unbounded and huge windows equal no window") {
       CAPTURE(l);
       CAPTURE(r);
       CAPTURE(ref);
-      auto o = F::scaled_dot_product_attention(q, k, v, SdpaOptions().is_causal(true).window_left(l).window_right(r).use_reference(ref));
+      auto o = F::scaled_dot_product_attention(
+          q, k, v, SdpaOptions().is_causal(true).window_left(l).window_right(r).use_reference(ref));
       CHECK(max_abs_diff(o.output, base) <= 1e-12);
     }
   // The most negative width is unbounded too (no overflow in p - left).
   const std::int64_t small = std::numeric_limits<std::int64_t>::min();
-  auto o = F::scaled_dot_product_attention(q, k, v, SdpaOptions().is_causal(true).window_left(small).window_right(small));
+  auto o =
+      F::scaled_dot_product_attention(q, k, v, SdpaOptions().is_causal(true).window_left(small).window_right(small));
   CHECK(max_abs_diff(o.output, base) <= 1e-12);
 }
 

@@ -23,8 +23,8 @@ TEST_CASE("sdpa ext gradcheck: sliding windows, fused and reference") {
     bool causal;
   };
   // S = 140 spans three key tiles, so the fused kernels skip tiles outside the window.
-  const Case cases[] = {{3, 5, 1, 0, true}, {4, 6, 1, 2, false}, {5, 5, 0, 0, false}, {4, 140, 10, 2, false},
-                        {3, 140, 70, 0, true}, {6, 3, 1, -1, true}};
+  const Case cases[] = {{3, 5, 1, 0, true},     {4, 6, 1, 2, false},   {5, 5, 0, 0, false},
+                        {4, 140, 10, 2, false}, {3, 140, 70, 0, true}, {6, 3, 1, -1, true}};
   for (const Case& c : cases)
     for (auto [H, Hkv] : {std::pair<std::int64_t, std::int64_t>{2, 2}, {2, 1}})
       for (bool ref : {false, true}) {
@@ -63,8 +63,9 @@ TEST_CASE("sdpa ext gradcheck: ALiBi slopes get gradients, shaped (H) and (batch
 
 TEST_CASE("sdpa ext gradcheck: sinks get gradients, with an empty row and the weights output") {
   // Row 1 of the mask is empty: its sink gradient contribution is 0, its output 0.
-  Tensor keep = tensor({true, false, true, true, false, false, false, false, false, false, true, true, true, false, true})
-                    .reshape({3, 5});
+  Tensor keep =
+      tensor({true, false, true, true, false, false, false, false, false, false, true, true, true, false, true})
+          .reshape({3, 5});
   for (bool weights : {false, true})
     for (bool ref : {false, true}) {
       CAPTURE(weights);
@@ -119,7 +120,13 @@ TEST_CASE("sdpa ext gradcheck: everything at once, with dropout and extra batch 
         [&](const std::vector<Tensor>& in) {
           Generator g(11);  // the same keep mask on every evaluation
           SdpaOptions o = SdpaOptions().attn_mask(add(in[3], sel(keep, 0.0, -kInf))).alibi_slopes(in[4]).sinks(in[5]);
-          o.is_causal(true).window_left(50).window_right(0).dropout_p(0.2).generator(&g).need_weights(true).use_reference(ref);
+          o.is_causal(true)
+              .window_left(50)
+              .window_right(0)
+              .dropout_p(0.2)
+              .generator(&g)
+              .need_weights(true)
+              .use_reference(ref);
           auto r = F::scaled_dot_product_attention(in[0], in[1], in[2], o);
           return cat({r.output.flatten(), r.weights.flatten() * 0.7}, 0);
         },
@@ -133,7 +140,9 @@ TEST_CASE("sdpa ext gradcheck: double backward through the create_graph path") {
   Tensor go = rnd({1, 2, 3, 3}, 9), gw = rnd({1, 2, 3, 6}, 10);
   kt::grad_ok(
       [&](const std::vector<Tensor>& in) {
-        SdpaOptions o = SdpaOptions().alibi_slopes(in[3]).sinks(in[4]).attn_mask(in[5]).window_left(2).window_right(1).need_weights(true);
+        SdpaOptions o =
+            SdpaOptions().alibi_slopes(in[3]).sinks(in[4]).attn_mask(in[5]).window_left(2).window_right(1).need_weights(
+                true);
         auto r = F::scaled_dot_product_attention(in[0], in[1], in[2], o);
         auto gs = autograd::grad({r.output, r.weights}, in, {go, gw}, true, true);
         std::vector<Tensor> flat;
@@ -166,15 +175,17 @@ TEST_CASE("sdpa ext: fused gradients match the reference's on larger shapes") {
       CAPTURE(c.S);
       CAPTURE(c.H);
       CAPTURE(c.Hkv);
-      Tensor q0 = rnd(cat_shape(c.batch, {c.H, c.T, c.D}), 1, dt), k0 = rnd(cat_shape(c.batch, {c.Hkv, c.S, c.D}), 2, dt);
-      Tensor v0 = rnd(cat_shape(c.batch, {c.Hkv, c.S, c.D}), 3, dt), go = rnd(cat_shape(c.batch, {c.H, c.T, c.D}), 4, dt);
+      Tensor q0 = rnd(cat_shape(c.batch, {c.H, c.T, c.D}), 1, dt),
+             k0 = rnd(cat_shape(c.batch, {c.Hkv, c.S, c.D}), 2, dt);
+      Tensor v0 = rnd(cat_shape(c.batch, {c.Hkv, c.S, c.D}), 3, dt),
+             go = rnd(cat_shape(c.batch, {c.H, c.T, c.D}), 4, dt);
       Tensor gw = rnd(cat_shape(c.batch, {c.H, c.T, c.S}), 5, dt);
       Tensor sl0 = mul(alibi_slopes(c.H).to(dt), scalar_tensor(0.3, dt)), sk0 = rnd({c.H}, 6, dt, 2.0);
       Tensor b0 = rnd({c.H, 1, c.S}, 7, dt);
       std::vector<Tensor> grads[2];
       for (int ref = 0; ref < 2; ++ref) {
-        std::vector<Tensor> in = {q0.detach().requires_grad_(), k0.detach().requires_grad_(),
-                                  v0.detach().requires_grad_(), sl0.detach().requires_grad_(),
+        std::vector<Tensor> in = {q0.detach().requires_grad_(),  k0.detach().requires_grad_(),
+                                  v0.detach().requires_grad_(),  sl0.detach().requires_grad_(),
                                   sk0.detach().requires_grad_(), b0.detach().requires_grad_()};
         SdpaOptions o = SdpaOptions().is_causal(c.causal).window_left(c.wl).window_right(c.wr).need_weights(c.weights);
         if (c.alibi) o.alibi_slopes(in[3]);

@@ -369,7 +369,8 @@ TEST_CASE("cat: values / dim -1 / promotion") {
 
   CHECK_KILN_ERROR(cat({a, iota64({3, 3})}, 0),
                    "[cat] sizes must match except in dim 0: tensor 1 has shape (3, 3), tensor 0 has shape (2, 2)");
-  CHECK_KILN_ERROR(cat({a, a, iota64({2, 2, 1})}, 1), "[cat] tensor 2 has 3 dims but tensor 0 has 2 (shapes (2, 2, 1) and (2, 2))");
+  CHECK_KILN_ERROR(cat({a, a, iota64({2, 2, 1})}, 1),
+                   "[cat] tensor 2 has 3 dims but tensor 0 has 2 (shapes (2, 2, 1) and (2, 2))");
   CHECK_KILN_ERROR(cat({}, 0), "[cat] expected a non-empty list of tensors");
   CHECK_KILN_ERROR(cat({scalar_tensor(1.0), scalar_tensor(2.0)}), "[cat] zero-dimensional tensor");
   CHECK_KILN_ERROR(cat({a, b}, 2), "[cat] dim 2 out of range");
@@ -442,21 +443,26 @@ TEST_CASE("split by size and by list of sizes") {
   kt::expect_shape(z[0], {0, 2});
   auto neg = split(x, std::vector<std::int64_t>{1, 1}, -1);
   kt::expect_values(neg[0], {0, 2, 4, 6, 8});
-  CHECK_KILN_ERROR(split(x, std::vector<std::int64_t>{1, 2}), "[split] split sizes (1, 2) sum to 3 but dim 0 has size 5");
+  CHECK_KILN_ERROR(split(x, std::vector<std::int64_t>{1, 2}),
+                   "[split] split sizes (1, 2) sum to 3 but dim 0 has size 5");
   CHECK_KILN_ERROR(split(x, std::vector<std::int64_t>{6, -1}), "[split] split sizes must be >= 0");
   CHECK_KILN_ERROR(split(x, 0), "[split] split_size must be positive, got 0");
   CHECK_KILN_ERROR(split(x, 2, 2), "[split] dim 2 out of range");
 
   auto a = kt::leaf({5, 3});
-  kt::grad_ok([](const std::vector<Tensor>& in) {
-    auto ps = split(in[0], 2);
-    return cat({ps[2] * 3.0, ps[0] * ps[1]}, 0);
-  }, {a});
+  kt::grad_ok(
+      [](const std::vector<Tensor>& in) {
+        auto ps = split(in[0], 2);
+        return cat({ps[2] * 3.0, ps[0] * ps[1]}, 0);
+      },
+      {a});
   auto nc = kt::noncontig_leaf({3, 4});
-  kt::grad_ok([](const std::vector<Tensor>& in) {
-    auto ps = split(in[0], std::vector<std::int64_t>{1, 2, 1}, 1);
-    return ps[1] * ps[0] + ps[2];
-  }, {nc});
+  kt::grad_ok(
+      [](const std::vector<Tensor>& in) {
+        auto ps = split(in[0], std::vector<std::int64_t>{1, 2, 1}, 1);
+        return ps[1] * ps[0] + ps[2];
+      },
+      {nc});
   // Unused pieces get zero gradient.
   auto b = kt::leaf({4});
   split(b, std::vector<std::int64_t>{1, 3})[1].sum().backward();
@@ -480,10 +486,12 @@ TEST_CASE("chunk") {
   CHECK_KILN_ERROR(chunk(x, 0), "[chunk] number of chunks must be positive, got 0");
   CHECK_KILN_ERROR(chunk(x, 2, 1), "[chunk] dim 1 out of range");
   auto a = kt::noncontig_leaf({4, 3});
-  kt::grad_ok([](const std::vector<Tensor>& in) {
-    auto cs = chunk(in[0], 2, 0);
-    return cs[0] - cs[1] * cs[1];
-  }, {a});
+  kt::grad_ok(
+      [](const std::vector<Tensor>& in) {
+        auto cs = chunk(in[0], 2, 0);
+        return cs[0] - cs[1] * cs[1];
+      },
+      {a});
 }
 
 TEST_CASE("sum_to_shape undoes broadcasting") {

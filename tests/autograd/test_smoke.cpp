@@ -3,7 +3,8 @@
 using namespace kiln;
 
 TEST_CASE("matmul error names the op and the shapes") {
-  CHECK_KILN_ERROR(matmul(randn({2, 3}), randn({4, 5})), "[matmul] shapes (2, 3) and (4, 5) cannot be multiplied: 3 != 4");
+  CHECK_KILN_ERROR(matmul(randn({2, 3}), randn({4, 5})),
+                   "[matmul] shapes (2, 3) and (4, 5) cannot be multiplied: 3 != 4");
 }
 
 TEST_CASE("softmax then log gradcheck") {

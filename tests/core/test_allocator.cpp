@@ -13,9 +13,9 @@ void step() {
   auto a = zeros({64, 64});
   auto b = ones({1000}, kFloat64);
   auto c = empty({3, 5, 7}, kInt64);
-  auto d = a + 1.0;                 // an op's output
-  auto e = zeros({200000});         // a large block
-  auto f = a.t().contiguous();      // a copy
+  auto d = a + 1.0;             // an op's output
+  auto e = zeros({200000});     // a large block
+  auto f = a.t().contiguous();  // a copy
   auto g = zeros({17}, kBool);
   CHECK(d.numel() + e.numel() + f.numel() + g.numel() + b.numel() + c.numel() > 0);
 }

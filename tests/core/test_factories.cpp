@@ -95,7 +95,8 @@ TEST_CASE("arange: integer forms") {
   CHECK(arange(hi - 2, hi).to_vector<std::int64_t>() == IV{hi - 2, hi - 1});
   CHECK(arange(lo + 2, lo, -1).to_vector<std::int64_t>() == IV{lo + 2, lo + 1});
   // The direction check is exact too (both bounds round to the same double).
-  CHECK_KILN_ERROR(arange(big, big - 1), "[arange] start 9007199254740993 cannot reach end 9007199254740992 with step 1");
+  CHECK_KILN_ERROR(arange(big, big - 1),
+                   "[arange] start 9007199254740993 cannot reach end 9007199254740992 with step 1");
   // Integer arguments with a float dtype.
   auto af = arange(0, 4, 1, kFloat64);
   CHECK(af.dtype() == kFloat64);
@@ -125,7 +126,8 @@ TEST_CASE("arange: floating forms") {
 TEST_CASE("arange: bad steps") {
   CHECK_KILN_ERROR(arange(0, 5, 0), "[arange] step must be finite and nonzero, got 0");
   CHECK_KILN_ERROR(arange(0.0, 1.0, 0.0), "[arange] step must be finite and nonzero, got 0");
-  CHECK_KILN_ERROR(arange(0.0, 1.0, std::numeric_limits<double>::infinity()), "[arange] step must be finite and nonzero, got inf");
+  CHECK_KILN_ERROR(arange(0.0, 1.0, std::numeric_limits<double>::infinity()),
+                   "[arange] step must be finite and nonzero, got inf");
   CHECK_KILN_ERROR(arange(0, 5, -1), "[arange] start 0 cannot reach end 5 with step -1");
   CHECK_KILN_ERROR(arange(5, 0, 2), "[arange] start 5 cannot reach end 0 with step 2");
   CHECK_KILN_ERROR(arange(0.0, std::numeric_limits<double>::infinity()), "[arange] start 0 and end inf must be finite");
@@ -227,8 +229,10 @@ TEST_CASE("tensor(...) from std::vector with a shape") {
   src[0] = 100;
   CHECK(c.to_vector<float>() == std::vector<float>{1, 2});
 
-  CHECK_KILN_ERROR(tensor(std::vector<float>{1, 2, 3, 4, 5, 6}, {4}), "[tensor] 6 values cannot fill shape (4,) (4 elements)");
-  CHECK_KILN_ERROR(tensor(std::vector<double>{1, 2, 3}, {2, 2}), "[tensor] 3 values cannot fill shape (2, 2) (4 elements)");
+  CHECK_KILN_ERROR(tensor(std::vector<float>{1, 2, 3, 4, 5, 6}, {4}),
+                   "[tensor] 6 values cannot fill shape (4,) (4 elements)");
+  CHECK_KILN_ERROR(tensor(std::vector<double>{1, 2, 3}, {2, 2}),
+                   "[tensor] 3 values cannot fill shape (2, 2) (4 elements)");
   CHECK_KILN_ERROR(tensor(std::vector<bool>{true}, {2}), "[tensor] 1 values cannot fill shape (2,) (2 elements)");
 }
 

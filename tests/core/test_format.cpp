@@ -21,7 +21,8 @@ TEST_CASE("format: small int64 matrix prints every value") {
 TEST_CASE("format: 3-D tensors separate blocks by a blank line") {
   auto x = arange(8).reshape({2, 2, 2});
   CHECK(fmt::format("{}", x) ==
-        "tensor([[[0, 1],\n         [2, 3]],\n\n        [[4, 5],\n         [6, 7]]], shape=(2, 2, 2), dtype=int64, device=cpu)");
+        "tensor([[[0, 1],\n         [2, 3]],\n\n        [[4, 5],\n         [6, 7]]], shape=(2, 2, 2), dtype=int64, "
+        "device=cpu)");
 }
 
 TEST_CASE("format: floats and bools and special values") {
@@ -53,8 +54,7 @@ TEST_CASE("format: 0-D and empty and undefined tensors") {
 
 TEST_CASE("format: requires_grad is shown") {
   auto x = ones({2}).requires_grad_();
-  CHECK(fmt::format("{}", x) ==
-        "tensor([1.0000, 1.0000], shape=(2,), dtype=float32, device=cpu, requires_grad=true)");
+  CHECK(fmt::format("{}", x) == "tensor([1.0000, 1.0000], shape=(2,), dtype=float32, device=cpu, requires_grad=true)");
 }
 
 TEST_CASE("format: large tensors are elided with '...'") {

@@ -48,8 +48,8 @@ TEST_CASE("copy_ broadcasts and converts dtype") {
   CHECK(b.to_vector<bool>() == std::vector<bool>{false, true, true});
 
   // From a non-contiguous source into a non-contiguous destination.
-  auto src = arange(6).reshape({2, 3}).t();    // (3, 2)
-  auto dst = zeros({2, 3}, kFloat64).t();      // (3, 2), strides (1, 3)
+  auto src = arange(6).reshape({2, 3}).t();  // (3, 2)
+  auto dst = zeros({2, 3}, kFloat64).t();    // (3, 2), strides (1, 3)
   dst.copy_(src);
   kt::expect_values(dst, {0, 3, 1, 4, 2, 5}, 0, 0);
   kt::expect_values(dst.t(), {0, 1, 2, 3, 4, 5}, 0, 0);
@@ -97,14 +97,17 @@ TEST_CASE("add_ / sub_ / mul_ / div_ values") {
 
 TEST_CASE("in-place ops reject results that do not fit the target") {
   auto i = tensor({1, 2, 3});
-  CHECK_KILN_ERROR(i.add_(tensor({0.5f, 0.5f, 0.5f})), "[add_] result type float32 cannot be stored in a int64 tensor in place");
+  CHECK_KILN_ERROR(i.add_(tensor({0.5f, 0.5f, 0.5f})),
+                   "[add_] result type float32 cannot be stored in a int64 tensor in place");
   CHECK_KILN_ERROR(i.mul_(tensor({2.0f})), "[mul_] result type float32 cannot be stored in a int64 tensor in place");
   // The alpha form must apply the same rule (no silent conversion of `other` first).
-  CHECK_KILN_ERROR(i.add_(tensor({0.5f, 0.5f, 0.5f}), 2), "[add_] result type float32 cannot be stored in a int64 tensor in place");
+  CHECK_KILN_ERROR(i.add_(tensor({0.5f, 0.5f, 0.5f}), 2),
+                   "[add_] result type float32 cannot be stored in a int64 tensor in place");
   // Float scalars cannot be stored in an integer tensor (no silent truncation).
   CHECK_KILN_ERROR(i.mul_(2.5), "[mul_] result type float32 cannot be stored in a int64 tensor in place");
   CHECK_KILN_ERROR(i.add_(0.5), "[add_] result type float32 cannot be stored in a int64 tensor in place");
-  CHECK_KILN_ERROR(i.add_(tensor({1, 1, 1}), 0.5), "[add_] result type float32 cannot be stored in a int64 tensor in place");
+  CHECK_KILN_ERROR(i.add_(tensor({1, 1, 1}), 0.5),
+                   "[add_] result type float32 cannot be stored in a int64 tensor in place");
   // True division of an integer tensor gives floats.
   CHECK_KILN_ERROR(i.div_(2), "[div_] result type float32 cannot be stored in a int64 tensor in place");
   auto b = tensor({true, false});
@@ -120,9 +123,11 @@ TEST_CASE("in-place ops reject results that do not fit the target") {
   b.mul_(false);
   CHECK(b.to_vector<bool>() == std::vector<bool>{false, false});
 
-  CHECK_KILN_ERROR(zeros({3}).add_(zeros({2, 3})), "[add_] cannot broadcast (2, 3) into the in-place target of shape (3,)");
+  CHECK_KILN_ERROR(zeros({3}).add_(zeros({2, 3})),
+                   "[add_] cannot broadcast (2, 3) into the in-place target of shape (3,)");
   CHECK_KILN_ERROR(zeros({3}).mul_(zeros({2})), "[mul_] shapes (3,) and (2,) cannot be broadcast: 3 != 2 at dim 0");
-  CHECK_KILN_ERROR(zeros({3}).add_(zeros({2, 3}), 2), "[add_] cannot broadcast (2, 3) into the in-place target of shape (3,)");
+  CHECK_KILN_ERROR(zeros({3}).add_(zeros({2, 3}), 2),
+                   "[add_] cannot broadcast (2, 3) into the in-place target of shape (3,)");
 }
 
 TEST_CASE("every in-place write bumps the storage version once") {
@@ -221,11 +226,14 @@ TEST_CASE("in-place writes into a broadcast view are rejected") {
   // Several elements of the target share one memory location: the result would depend on loop order.
   auto base = zeros({1});
   auto e = base.expand({3});
-  CHECK_KILN_ERROR(e.add_(ones({3})), "[add_] the in-place target of shape (3,) and strides (0,) has several elements at one memory location");
+  CHECK_KILN_ERROR(
+      e.add_(ones({3})),
+      "[add_] the in-place target of shape (3,) and strides (0,) has several elements at one memory location");
   CHECK_KILN_ERROR(e.mul_(2), "[mul_] the in-place target of shape (3,) and strides (0,)");
   CHECK_KILN_ERROR(e.div_(2), "[div_] the in-place target");
   CHECK_KILN_ERROR(e.copy_(tensor({1.0f, 2.0f, 3.0f})), "[copy_] the in-place target of shape (3,) and strides (0,)");
-  CHECK_KILN_ERROR(zeros({2, 1}).expand({2, 4}).add_(ones({2, 4}), 2), "[add_] the in-place target of shape (2, 4) and strides (1, 0)");
+  CHECK_KILN_ERROR(zeros({2, 1}).expand({2, 4}).add_(ones({2, 4}), 2),
+                   "[add_] the in-place target of shape (2, 4) and strides (1, 0)");
   CHECK(base.item<float>() == 0.0f);
   // fill_ writes one value, so aliasing is harmless.
   e.fill_(5);

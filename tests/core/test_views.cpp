@@ -131,8 +131,9 @@ TEST_CASE("reshape of broadcast (stride-0) views") {
 
 TEST_CASE("view of a non-viewable layout is an error mentioning reshape") {
   auto t = arange(6).reshape({2, 3}).t();
-  CHECK_KILN_ERROR(t.view({6}),
-                   "[view] cannot view a tensor of shape (3, 2) and strides (1, 3) as (6,) without copying; use reshape()");
+  CHECK_KILN_ERROR(
+      t.view({6}),
+      "[view] cannot view a tensor of shape (3, 2) and strides (1, 3) as (6,) without copying; use reshape()");
   auto p = arange(24).view({2, 3, 4}).permute({1, 0, 2});
   CHECK_KILN_ERROR(p.view({3, 8}), "use reshape()");
   auto st = arange(10).slice(0, 0, 10, 2).unsqueeze(0).expand({2, 5});
@@ -185,13 +186,13 @@ TEST_CASE("slice: Python semantics with step and negative bounds") {
   CHECK(a.strides() == Strides{3});
   CHECK(a.offset() == 2);
   CHECK(a.storage() == x.storage());
-  CHECK(ivals(x.slice(0, -3, 10)) == IV{7, 8, 9});         // x[-3:]
-  CHECK(ivals(x.slice(0, 1, -6)) == IV{1, 2, 3});          // x[1:-6]
-  CHECK(ivals(x.slice(0, -4, -1, 2)) == IV{6, 8});         // x[-4:-1:2]
-  CHECK(ivals(x.slice(0, 0, 10, 4)) == IV{0, 4, 8});       // x[::4]
-  CHECK(ivals(x.slice(0, -100, 3)) == IV{0, 1, 2});        // clamped
-  CHECK(ivals(x.slice(0, 8, 100)) == IV{8, 9});            // clamped
-  CHECK(x.slice(0, 6, 3).numel() == 0);                    // empty, not negative
+  CHECK(ivals(x.slice(0, -3, 10)) == IV{7, 8, 9});    // x[-3:]
+  CHECK(ivals(x.slice(0, 1, -6)) == IV{1, 2, 3});     // x[1:-6]
+  CHECK(ivals(x.slice(0, -4, -1, 2)) == IV{6, 8});    // x[-4:-1:2]
+  CHECK(ivals(x.slice(0, 0, 10, 4)) == IV{0, 4, 8});  // x[::4]
+  CHECK(ivals(x.slice(0, -100, 3)) == IV{0, 1, 2});   // clamped
+  CHECK(ivals(x.slice(0, 8, 100)) == IV{8, 9});       // clamped
+  CHECK(x.slice(0, 6, 3).numel() == 0);               // empty, not negative
   CHECK(x.slice(0, 6, 3).shape() == Shape{0});
   CHECK(x.slice(0, 20, 30).numel() == 0);
 
@@ -261,8 +262,10 @@ TEST_CASE("expand / broadcast_to use stride 0") {
   CHECK(s.strides() == Strides{0, 0});
   CHECK(ivals(s) == IV{4, 4, 4, 4});
   CHECK(col.expand({3, 1}).is_same(col));
-  CHECK_KILN_ERROR(tensor({1, 2, 3}).expand({4}), "[expand] cannot expand shape (3,) to (4,): dim 0 has size 3, expected 1 or 4");
-  CHECK_KILN_ERROR(tensor({1, 2, 3}).expand({3, 3}).expand({3}), "[expand] cannot expand shape (3, 3) to fewer dims (3,)");
+  CHECK_KILN_ERROR(tensor({1, 2, 3}).expand({4}),
+                   "[expand] cannot expand shape (3,) to (4,): dim 0 has size 3, expected 1 or 4");
+  CHECK_KILN_ERROR(tensor({1, 2, 3}).expand({3, 3}).expand({3}),
+                   "[expand] cannot expand shape (3, 3) to fewer dims (3,)");
   CHECK_KILN_ERROR(tensor({1, 2}).expand({-1, 2}), "[expand] -1 is not allowed for the new leading dim 0 in (-1, 2)");
 }
 
@@ -347,7 +350,7 @@ TEST_CASE("writes through views are visible in the base") {
   }
   SUBCASE("add_ on a transposed view") {
     auto g = grid().to(kFloat32);
-    auto t = g.t();  // (4, 3)
+    auto t = g.t();                            // (4, 3)
     t.add_(tensor({100.0f, 200.0f, 300.0f}));  // t[i][j] += 100 * (j + 1), i.e. g[j][i] += 100 * (j + 1)
     kt::expect_values(g, {100, 101, 102, 103, 204, 205, 206, 207, 308, 309, 310, 311});
   }

@@ -29,8 +29,8 @@ inline bool cuda_ready() {
   return false;
 }
 
-#define KILN_CUDA_OR_SKIP() \
-  do {                      \
+#define KILN_CUDA_OR_SKIP()        \
+  do {                             \
     if (!kc::cuda_ready()) return; \
   } while (0)
 
@@ -109,8 +109,7 @@ inline std::vector<Layout> layouts() {
                   return w;
                 }});
   // The first dim broadcast from size 1 (stride 0).
-  ls.push_back({"broadcast",
-                [](const Tensor& b, const Shape& s) { return s.empty() ? b : b.expand(s); },
+  ls.push_back({"broadcast", [](const Tensor& b, const Shape& s) { return s.empty() ? b : b.expand(s); },
                 [](const Shape& s) {
                   if (s.empty()) return s;
                   Shape w = s;
@@ -127,7 +126,8 @@ inline Pair make_pair(const Layout& layout, const Shape& shape, kiln::DType dt, 
   const Shape bs = layout.base_shape(shape);
   Tensor base;
   if (dt == kiln::kBool) base = kiln::rand(bs, kiln::kFloat64, &g) < 0.5;
-  else if (dt == kiln::kInt64) base = kiln::randint(static_cast<std::int64_t>(lo), static_cast<std::int64_t>(hi) + 1, bs, kiln::kInt64, &g);
+  else if (dt == kiln::kInt64)
+    base = kiln::randint(static_cast<std::int64_t>(lo), static_cast<std::int64_t>(hi) + 1, bs, kiln::kInt64, &g);
   else base = (kiln::rand(bs, kiln::kFloat64, &g) * (hi - lo) + lo).to(dt);
   Pair p;
   p.cpu = layout.view(base, shape);

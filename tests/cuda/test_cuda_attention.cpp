@@ -81,8 +81,8 @@ Run run_case(const AttnCase& c, DType dt, Device dev) {
   Tensor loss = sum(r.output * w);
   if (c.weights) loss = loss + sum(r.weights * randn(r.weights.shape(), dt, &gw).to(dev));
   loss.backward();
-  return {r.output, r.weights, in.q.grad(), in.k.grad(), in.v.grad(),
-          in.mask.defined() && in.mask.requires_grad() ? in.mask.grad() : Tensor()};
+  return {r.output,    r.weights,   in.q.grad(),
+          in.k.grad(), in.v.grad(), in.mask.defined() && in.mask.requires_grad() ? in.mask.grad() : Tensor()};
 }
 
 }  // namespace
@@ -139,7 +139,8 @@ TEST_CASE("cuda attention: NaN and Inf in masked-out keys and values never leak"
     auto g = run(kGpu), h = run(Device::cpu());
     CHECK(km::all_finite(g[0]));
     CHECK(km::all_finite(g[1]));
-    for (std::size_t i = 0; i < g.size(); ++i) kc::expect_match(g[i], h[i], 1e-4, 1e-5, "poisoned " + std::to_string(i));
+    for (std::size_t i = 0; i < g.size(); ++i)
+      kc::expect_match(g[i], h[i], 1e-4, 1e-5, "poisoned " + std::to_string(i));
   }
 }
 
@@ -171,14 +172,20 @@ TEST_CASE("cuda attention: window / ALiBi / sinks run on the GPU (composite path
       for (Tensor* t : {&in.q, &in.k, &in.v}) t->requires_grad_();
       Generator g(1);
       Tensor sinks = randn({c.H}, dt, &g).to(dev).requires_grad_();
-      SdpaOptions o = SdpaOptions().is_causal(true).window_left(5).window_right(0).alibi_slopes(alibi_slopes(c.H).to(dev, dt)).sinks(sinks);
+      SdpaOptions o = SdpaOptions()
+                          .is_causal(true)
+                          .window_left(5)
+                          .window_right(0)
+                          .alibi_slopes(alibi_slopes(c.H).to(dev, dt))
+                          .sinks(sinks);
       SdpaResult r = scaled_dot_product_attention(in.q, in.k, in.v, o);
       sum(r.output * r.output).backward();
       return std::vector<Tensor>{r.output, in.q.grad(), in.k.grad(), in.v.grad(), sinks.grad()};
     };
     auto a = run(kGpu), b = run(Device::cpu());
     const double tol = dt == kFloat32 ? 1e-4 : 1e-10;
-    for (std::size_t i = 0; i < a.size(); ++i) kc::expect_match(a[i], b[i], tol, tol, "extension result " + std::to_string(i));
+    for (std::size_t i = 0; i < a.size(); ++i)
+      kc::expect_match(a[i], b[i], tol, tol, "extension result " + std::to_string(i));
   }
 }
 

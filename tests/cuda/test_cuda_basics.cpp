@@ -140,12 +140,10 @@ TEST_CASE("cuda: a module moves to the GPU and its step matches the CPU (SGD and
   for (DType dt : {kFloat32, kFloat64}) {
     CAPTURE(dtype_name(dt));
     manual_seed(7);
-    nn::Sequential cpu_net(nn::Linear(6, 16), nn::GELU(), nn::LayerNorm(16),
-                           nn::Linear(16, 3));
+    nn::Sequential cpu_net(nn::Linear(6, 16), nn::GELU(), nn::LayerNorm(16), nn::Linear(16, 3));
     cpu_net->to(dt);
     manual_seed(7);
-    nn::Sequential gpu_net(nn::Linear(6, 16), nn::GELU(), nn::LayerNorm(16),
-                           nn::Linear(16, 3));
+    nn::Sequential gpu_net(nn::Linear(6, 16), nn::GELU(), nn::LayerNorm(16), nn::Linear(16, 3));
     gpu_net->to(kGpu, dt);
     for (const Tensor& p : gpu_net->parameters()) CHECK(p.device() == kGpu);
     optim::AdamW cpu_opt(cpu_net->parameters(), optim::AdamWOptions(1e-2).weight_decay(0.1));

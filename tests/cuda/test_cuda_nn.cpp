@@ -22,24 +22,29 @@ TEST_CASE("cuda nn: softmax and log_softmax values and gradients match the CPU a
         Pair x = kc::make_pair(l, s, dt, 1, -6, 6);
         for (std::int64_t dim = 0; dim < static_cast<std::int64_t>(s.size()); ++dim) {
           CAPTURE(dim);
-          kc::check_op("softmax", [dim](auto& v) { return softmax(v[0], dim); }, {x}, kc::rtol_for(dt), kc::atol_for(dt));
-          kc::check_op("log_softmax", [dim](auto& v) { return log_softmax(v[0], dim); }, {x}, kc::rtol_for(dt),
-                       kc::atol_for(dt));
+          kc::check_op(
+              "softmax", [dim](auto& v) { return softmax(v[0], dim); }, {x}, kc::rtol_for(dt), kc::atol_for(dt));
+          kc::check_op(
+              "log_softmax", [dim](auto& v) { return log_softmax(v[0], dim); }, {x}, kc::rtol_for(dt),
+              kc::atol_for(dt));
           if (x.cpu.numel() == 0) continue;
-          kc::check_grads("softmax", [dim](auto& v) { return softmax(v[0], dim); }, {x}, kc::rtol_for(dt) * 10,
-                          kc::atol_for(dt));
-          kc::check_grads("log_softmax", [dim](auto& v) { return log_softmax(v[0], dim); }, {x},
-                          kc::rtol_for(dt) * 10, kc::atol_for(dt));
+          kc::check_grads(
+              "softmax", [dim](auto& v) { return softmax(v[0], dim); }, {x}, kc::rtol_for(dt) * 10, kc::atol_for(dt));
+          kc::check_grads(
+              "log_softmax", [dim](auto& v) { return log_softmax(v[0], dim); }, {x}, kc::rtol_for(dt) * 10,
+              kc::atol_for(dt));
         }
       }
   // -inf entries (masked logits) and a row that is all -inf.
   for (DType dt : kFloats) {
     const double inf = std::numeric_limits<double>::infinity();
-    Tensor c = tensor({0.5, -inf, 2.0, -inf, -inf, -inf, -inf, -inf, 1.0, 1.0, 1.0, 1.0}, TensorOptions(dt)).reshape({3, 4});
+    Tensor c =
+        tensor({0.5, -inf, 2.0, -inf, -inf, -inf, -inf, -inf, 1.0, 1.0, 1.0, 1.0}, TensorOptions(dt)).reshape({3, 4});
     Pair x{c, c.to(kGpu)};
-    kc::check_op("softmax -inf", [](auto& v) { return softmax(v[0], -1); }, {x}, kc::rtol_for(dt), kc::atol_for(dt));
-    kc::check_op("log_softmax -inf", [](auto& v) { return log_softmax(v[0], -1); }, {x}, kc::rtol_for(dt),
-                 kc::atol_for(dt));
+    kc::check_op(
+        "softmax -inf", [](auto& v) { return softmax(v[0], -1); }, {x}, kc::rtol_for(dt), kc::atol_for(dt));
+    kc::check_op(
+        "log_softmax -inf", [](auto& v) { return log_softmax(v[0], -1); }, {x}, kc::rtol_for(dt), kc::atol_for(dt));
   }
 }
 
@@ -54,13 +59,16 @@ TEST_CASE("cuda nn: layer_norm matches the CPU with and without affine parameter
         Pair x = kc::make_pair(l, s, dt, 1, -3, 5);
         const Shape ns{s.back()};
         Pair w = kc::make_pair(kc::layouts()[0], ns, dt, 2), b = kc::make_pair(kc::layouts()[0], ns, dt, 3);
-        kc::check_op("layer_norm", [ns](auto& v) { return layer_norm(v[0], ns); }, {x}, kc::rtol_for(dt) * 10,
-                     kc::atol_for(dt) * 10);
-        kc::check_grads("layer_norm affine", [ns](auto& v) { return layer_norm(v[0], ns, v[1], v[2], 1e-5); },
-                        {x, w, b}, kc::rtol_for(dt) * 100, kc::atol_for(dt) * 10);
+        kc::check_op(
+            "layer_norm", [ns](auto& v) { return layer_norm(v[0], ns); }, {x}, kc::rtol_for(dt) * 10,
+            kc::atol_for(dt) * 10);
+        kc::check_grads(
+            "layer_norm affine", [ns](auto& v) { return layer_norm(v[0], ns, v[1], v[2], 1e-5); }, {x, w, b},
+            kc::rtol_for(dt) * 100, kc::atol_for(dt) * 10);
         const Shape ns2{s[s.size() - 2], s.back()};
-        kc::check_op("layer_norm 2 dims", [ns2](auto& v) { return layer_norm(v[0], ns2); }, {x},
-                     kc::rtol_for(dt) * 10, kc::atol_for(dt) * 10);
+        kc::check_op(
+            "layer_norm 2 dims", [ns2](auto& v) { return layer_norm(v[0], ns2); }, {x}, kc::rtol_for(dt) * 10,
+            kc::atol_for(dt) * 10);
       }
 }
 
@@ -75,19 +83,23 @@ TEST_CASE("cuda nn: cross_entropy and mse_loss values and gradients match the CP
       for (Reduction r : {Reduction::Mean, Reduction::Sum, Reduction::None}) {
         CAPTURE(ls);
         CrossEntropyOptions o = CrossEntropyOptions().label_smoothing(ls).reduction(r);
-        kc::check_grads("cross_entropy", [o](auto& v) { return cross_entropy(v[0], v[1], o); }, {logits, tgt},
-                        kc::rtol_for(dt) * 10, kc::atol_for(dt));
-        kc::check_op("cross_entropy", [o](auto& v) { return cross_entropy(v[0], v[1], o); }, {logits, tgt},
-                     kc::rtol_for(dt) * 10, kc::atol_for(dt));
+        kc::check_grads(
+            "cross_entropy", [o](auto& v) { return cross_entropy(v[0], v[1], o); }, {logits, tgt},
+            kc::rtol_for(dt) * 10, kc::atol_for(dt));
+        kc::check_op(
+            "cross_entropy", [o](auto& v) { return cross_entropy(v[0], v[1], o); }, {logits, tgt},
+            kc::rtol_for(dt) * 10, kc::atol_for(dt));
       }
     Pair l3 = kc::make_pair(kc::layouts()[0], {2, 5, 3}, dt, 2);
     Generator g(1);
     Tensor t3 = randint(0, 5, {2, 3}, kInt64, &g);
     Pair tgt3{t3, t3.to(kGpu)};
-    kc::check_grads("cross_entropy (N, C, d)", [](auto& v) { return cross_entropy(v[0], v[1]); }, {l3, tgt3},
-                    kc::rtol_for(dt) * 10, kc::atol_for(dt));
+    kc::check_grads(
+        "cross_entropy (N, C, d)", [](auto& v) { return cross_entropy(v[0], v[1]); }, {l3, tgt3}, kc::rtol_for(dt) * 10,
+        kc::atol_for(dt));
     Pair a = kc::make_pair(kc::layouts()[2], {4, 7}, dt, 3), b = kc::make_pair(kc::layouts()[0], {4, 7}, dt, 4);
-    kc::check_grads("mse_loss", [](auto& v) { return mse_loss(v[0], v[1]); }, {a, b}, kc::rtol_for(dt), kc::atol_for(dt));
+    kc::check_grads(
+        "mse_loss", [](auto& v) { return mse_loss(v[0], v[1]); }, {a, b}, kc::rtol_for(dt), kc::atol_for(dt));
     CHECK_KILN_ERROR(cross_entropy(logits.gpu, tensor({0, 5, 1, 1, 1, 1}).to(kGpu)),
                      "[cross_entropy] target 5 is out of range for 5 classes");
   }
@@ -130,14 +142,24 @@ TEST_CASE("cuda nn: every fused optimizer update matches the CPU step by step") 
   using MakeOpt = std::function<std::unique_ptr<optim::Optimizer>(std::vector<Tensor>)>;
   const std::vector<std::pair<const char*, MakeOpt>> opts = {
       {"sgd momentum nesterov wd",
-       [](auto p) { return std::make_unique<optim::SGD>(p, optim::SGDOptions(0.1).momentum(0.9).nesterov(true).weight_decay(1e-2)); }},
+       [](auto p) {
+         return std::make_unique<optim::SGD>(p, optim::SGDOptions(0.1).momentum(0.9).nesterov(true).weight_decay(1e-2));
+       }},
       {"sgd dampening maximize",
-       [](auto p) { return std::make_unique<optim::SGD>(p, optim::SGDOptions(0.1).momentum(0.5).dampening(0.3).maximize(true)); }},
-      {"adam amsgrad wd", [](auto p) { return std::make_unique<optim::Adam>(p, optim::AdamOptions(1e-2).amsgrad(true).weight_decay(0.1)); }},
+       [](auto p) {
+         return std::make_unique<optim::SGD>(p, optim::SGDOptions(0.1).momentum(0.5).dampening(0.3).maximize(true));
+       }},
+      {"adam amsgrad wd",
+       [](auto p) {
+         return std::make_unique<optim::Adam>(p, optim::AdamOptions(1e-2).amsgrad(true).weight_decay(0.1));
+       }},
       {"adamw", [](auto p) { return std::make_unique<optim::AdamW>(p, optim::AdamWOptions(1e-2).weight_decay(0.1)); }},
       {"rmsprop centered momentum",
-       [](auto p) { return std::make_unique<optim::RMSprop>(p, optim::RMSpropOptions(1e-2).momentum(0.5).centered(true)); }},
-      {"adagrad", [](auto p) { return std::make_unique<optim::Adagrad>(p, optim::AdagradOptions(1e-1).lr_decay(1e-2)); }},
+       [](auto p) {
+         return std::make_unique<optim::RMSprop>(p, optim::RMSpropOptions(1e-2).momentum(0.5).centered(true));
+       }},
+      {"adagrad",
+       [](auto p) { return std::make_unique<optim::Adagrad>(p, optim::AdagradOptions(1e-1).lr_decay(1e-2)); }},
       {"lion", [](auto p) { return std::make_unique<optim::Lion>(p, optim::LionOptions(1e-2).weight_decay(0.1)); }},
   };
   for (DType dt : kFloats)

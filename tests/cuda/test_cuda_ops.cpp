@@ -83,9 +83,12 @@ TEST_CASE("cuda ops: unary float ops match the CPU on the layout table") {
 TEST_CASE("cuda ops: unary gradients match the CPU") {
   KILN_CUDA_OR_SKIP();
   const std::vector<std::pair<const char*, Fn>> ops = {
-      {"tanh", [](auto& x) { return tanh(x[0]); }},   {"gelu", [](auto& x) { return gelu(x[0]); }},
-      {"silu", [](auto& x) { return silu(x[0]); }},   {"relu", [](auto& x) { return relu(x[0]); }},
-      {"exp", [](auto& x) { return exp(x[0]); }},     {"sqrt", [](auto& x) { return sqrt(abs(x[0]) + 1.0); }},
+      {"tanh", [](auto& x) { return tanh(x[0]); }},
+      {"gelu", [](auto& x) { return gelu(x[0]); }},
+      {"silu", [](auto& x) { return silu(x[0]); }},
+      {"relu", [](auto& x) { return relu(x[0]); }},
+      {"exp", [](auto& x) { return exp(x[0]); }},
+      {"sqrt", [](auto& x) { return sqrt(abs(x[0]) + 1.0); }},
       {"clamp", [](auto& x) { return clamp(x[0], -0.5, 0.7); }},
   };
   for (DType dt : kFloats)
@@ -101,19 +104,29 @@ TEST_CASE("cuda ops: integer and bool unary ops match the CPU") {
   KILN_CUDA_OR_SKIP();
   for_table({kInt64}, [&](DType dt, const kc::Layout& l, const Shape& s, std::uint64_t seed) {
     Pair x = kc::make_pair(l, s, dt, seed, -5, 5);
-    kc::check_op("neg", [](auto& v) { return neg(v[0]); }, {x}, 0, 0);
-    kc::check_op("abs", [](auto& v) { return abs(v[0]); }, {x}, 0, 0);
-    kc::check_op("sign", [](auto& v) { return sign(v[0]); }, {x}, 0, 0);
-    kc::check_op("square", [](auto& v) { return square(v[0]); }, {x}, 0, 0);
-    kc::check_op("relu", [](auto& v) { return relu(v[0]); }, {x}, 0, 0);
-    kc::check_op("pow3", [](auto& v) { return pow(v[0], 3); }, {x}, 0, 0);
-    kc::check_op("clamp", [](auto& v) { return clamp(v[0], -2.0, 3.0); }, {x}, 0, 0);
-    kc::check_op("logical_not", [](auto& v) { return logical_not(v[0]); }, {x}, 0, 0);
+    kc::check_op(
+        "neg", [](auto& v) { return neg(v[0]); }, {x}, 0, 0);
+    kc::check_op(
+        "abs", [](auto& v) { return abs(v[0]); }, {x}, 0, 0);
+    kc::check_op(
+        "sign", [](auto& v) { return sign(v[0]); }, {x}, 0, 0);
+    kc::check_op(
+        "square", [](auto& v) { return square(v[0]); }, {x}, 0, 0);
+    kc::check_op(
+        "relu", [](auto& v) { return relu(v[0]); }, {x}, 0, 0);
+    kc::check_op(
+        "pow3", [](auto& v) { return pow(v[0], 3); }, {x}, 0, 0);
+    kc::check_op(
+        "clamp", [](auto& v) { return clamp(v[0], -2.0, 3.0); }, {x}, 0, 0);
+    kc::check_op(
+        "logical_not", [](auto& v) { return logical_not(v[0]); }, {x}, 0, 0);
   });
   for_table({kBool}, [&](DType dt, const kc::Layout& l, const Shape& s, std::uint64_t seed) {
     Pair x = kc::make_pair(l, s, dt, seed);
-    kc::check_op("logical_not", [](auto& v) { return logical_not(v[0]); }, {x}, 0, 0);
-    kc::check_op("~", [](auto& v) { return ~v[0]; }, {x}, 0, 0);
+    kc::check_op(
+        "logical_not", [](auto& v) { return logical_not(v[0]); }, {x}, 0, 0);
+    kc::check_op(
+        "~", [](auto& v) { return ~v[0]; }, {x}, 0, 0);
   });
 }
 
@@ -131,23 +144,41 @@ TEST_CASE("cuda ops: binary ops and comparisons and where match the CPU with mix
         Pair y = kc::make_pair(ls[(i + 1) % ls.size()], s, dt, seed++, -3, 3);
         Pair c = kc::make_pair(ls[(i + 2) % ls.size()], s, kBool, seed++);
         const double rt = is_floating(dt) ? kc::rtol_for(dt) : 0, at = is_floating(dt) ? kc::atol_for(dt) : 0;
-        kc::check_op("eq", [](auto& v) { return eq(v[0], v[1]); }, {x, y}, 0, 0);
-        kc::check_op("lt", [](auto& v) { return lt(v[0], v[1]); }, {x, y}, 0, 0);
-        kc::check_op("ge", [](auto& v) { return ge(v[0], v[1]); }, {x, y}, 0, 0);
-        kc::check_op("ne", [](auto& v) { return ne(v[0], v[1]); }, {x, y}, 0, 0);
-        kc::check_op("where", [](auto& v) { return where(v[2], v[0], v[1]); }, {x, y, c}, 0, 0);
-        kc::check_op("logical_and", [](auto& v) { return logical_and(v[0], v[1]); }, {x, y}, 0, 0);
-        kc::check_op("logical_or", [](auto& v) { return logical_or(v[0], v[1]); }, {x, y}, 0, 0);
-        kc::check_op("maximum", [](auto& v) { return maximum(v[0], v[1]); }, {x, y}, 0, 0);
-        kc::check_op("minimum", [](auto& v) { return minimum(v[0], v[1]); }, {x, y}, 0, 0);
+        kc::check_op(
+            "eq", [](auto& v) { return eq(v[0], v[1]); }, {x, y}, 0, 0);
+        kc::check_op(
+            "lt", [](auto& v) { return lt(v[0], v[1]); }, {x, y}, 0, 0);
+        kc::check_op(
+            "ge", [](auto& v) { return ge(v[0], v[1]); }, {x, y}, 0, 0);
+        kc::check_op(
+            "ne", [](auto& v) { return ne(v[0], v[1]); }, {x, y}, 0, 0);
+        kc::check_op(
+            "where", [](auto& v) { return where(v[2], v[0], v[1]); }, {x, y, c}, 0, 0);
+        kc::check_op(
+            "logical_and", [](auto& v) { return logical_and(v[0], v[1]); }, {x, y}, 0, 0);
+        kc::check_op(
+            "logical_or", [](auto& v) { return logical_or(v[0], v[1]); }, {x, y}, 0, 0);
+        kc::check_op(
+            "maximum", [](auto& v) { return maximum(v[0], v[1]); }, {x, y}, 0, 0);
+        kc::check_op(
+            "minimum", [](auto& v) { return minimum(v[0], v[1]); }, {x, y}, 0, 0);
         if (dt == kBool) continue;
-        kc::check_op("add", [](auto& v) { return add(v[0], v[1]); }, {x, y}, rt, at);
-        kc::check_op("sub", [](auto& v) { return sub(v[0], v[1], 2); }, {x, y}, rt, at);
-        kc::check_op("mul", [](auto& v) { return mul(v[0], v[1]); }, {x, y}, rt, at);
-        kc::check_op("div", [](auto& v) { return div(v[0], v[1]); }, {x, y}, rt, at);  // int: x / 0 == 0
-        kc::check_op("masked_fill", [](auto& v) { return masked_fill(v[0], v[2], 7); }, {x, y, c}, 0, 0);
-        if (dt == kInt64) kc::check_op("pow", [](auto& v) { return pow(v[0], abs(v[1])); }, {x, y}, 0, 0);
-        else kc::check_op("pow", [](auto& v) { return pow(abs(v[0]) + 0.5, v[1]); }, {x, y}, rt, at);
+        kc::check_op(
+            "add", [](auto& v) { return add(v[0], v[1]); }, {x, y}, rt, at);
+        kc::check_op(
+            "sub", [](auto& v) { return sub(v[0], v[1], 2); }, {x, y}, rt, at);
+        kc::check_op(
+            "mul", [](auto& v) { return mul(v[0], v[1]); }, {x, y}, rt, at);
+        kc::check_op(
+            "div", [](auto& v) { return div(v[0], v[1]); }, {x, y}, rt, at);  // int: x / 0 == 0
+        kc::check_op(
+            "masked_fill", [](auto& v) { return masked_fill(v[0], v[2], 7); }, {x, y, c}, 0, 0);
+        if (dt == kInt64)
+          kc::check_op(
+              "pow", [](auto& v) { return pow(v[0], abs(v[1])); }, {x, y}, 0, 0);
+        else
+          kc::check_op(
+              "pow", [](auto& v) { return pow(abs(v[0]) + 0.5, v[1]); }, {x, y}, rt, at);
       }
   // NaN propagation of maximum / minimum, comparisons with NaN and infinities.
   for (DType dt : kFloats) {
@@ -155,15 +186,15 @@ TEST_CASE("cuda ops: binary ops and comparisons and where match the CPU with mix
     Pair a = specials(dt);
     Tensor rolled = cat({a.cpu.slice(0, 5, 12), a.cpu.slice(0, 0, 5)});
     Pair b{rolled, rolled.to(kGpu)};
-    for (const auto& [name, fn] : std::vector<std::pair<const char*, Fn>>{
-             {"maximum", [](auto& v) { return maximum(v[0], v[1]); }},
-             {"minimum", [](auto& v) { return minimum(v[0], v[1]); }},
-             {"add", [](auto& v) { return add(v[0], v[1]); }},
-             {"mul", [](auto& v) { return mul(v[0], v[1]); }},
-             {"div", [](auto& v) { return div(v[0], v[1]); }},
-             {"pow", [](auto& v) { return pow(v[0], v[1]); }},
-             {"lt", [](auto& v) { return lt(v[0], v[1]); }},
-             {"eq", [](auto& v) { return eq(v[0], v[1]); }}})
+    for (const auto& [name, fn] :
+         std::vector<std::pair<const char*, Fn>>{{"maximum", [](auto& v) { return maximum(v[0], v[1]); }},
+                                                 {"minimum", [](auto& v) { return minimum(v[0], v[1]); }},
+                                                 {"add", [](auto& v) { return add(v[0], v[1]); }},
+                                                 {"mul", [](auto& v) { return mul(v[0], v[1]); }},
+                                                 {"div", [](auto& v) { return div(v[0], v[1]); }},
+                                                 {"pow", [](auto& v) { return pow(v[0], v[1]); }},
+                                                 {"lt", [](auto& v) { return lt(v[0], v[1]); }},
+                                                 {"eq", [](auto& v) { return eq(v[0], v[1]); }}})
       kc::check_op(name, fn, {a, b}, kc::rtol_for(dt), kc::atol_for(dt));
   }
 }
@@ -175,12 +206,16 @@ TEST_CASE("cuda ops: binary gradients with broadcasting match the CPU") {
     Generator g(3);
     Tensor xc = randn({4, 1, 5}, dt, &g), yc = randn({3, 1}, dt, &g) + 3.0;
     Pair x{xc, xc.to(kGpu)}, y{yc, yc.to(kGpu)};
-    kc::check_grads("add", [](auto& v) { return v[0] + v[1]; }, {x, y}, kc::rtol_for(dt), kc::atol_for(dt));
-    kc::check_grads("mul", [](auto& v) { return v[0] * v[1]; }, {x, y}, kc::rtol_for(dt), kc::atol_for(dt));
-    kc::check_grads("div", [](auto& v) { return v[0] / v[1]; }, {x, y}, kc::rtol_for(dt), kc::atol_for(dt));
-    kc::check_grads("pow", [](auto& v) { return pow(v[1], v[0]); }, {x, y}, kc::rtol_for(dt) * 10, kc::atol_for(dt));
-    kc::check_grads("maximum", [](auto& v) { return maximum(v[0], v[1] - 3.0); }, {x, y}, kc::rtol_for(dt),
-                    kc::atol_for(dt));
+    kc::check_grads(
+        "add", [](auto& v) { return v[0] + v[1]; }, {x, y}, kc::rtol_for(dt), kc::atol_for(dt));
+    kc::check_grads(
+        "mul", [](auto& v) { return v[0] * v[1]; }, {x, y}, kc::rtol_for(dt), kc::atol_for(dt));
+    kc::check_grads(
+        "div", [](auto& v) { return v[0] / v[1]; }, {x, y}, kc::rtol_for(dt), kc::atol_for(dt));
+    kc::check_grads(
+        "pow", [](auto& v) { return pow(v[1], v[0]); }, {x, y}, kc::rtol_for(dt) * 10, kc::atol_for(dt));
+    kc::check_grads(
+        "maximum", [](auto& v) { return maximum(v[0], v[1] - 3.0); }, {x, y}, kc::rtol_for(dt), kc::atol_for(dt));
   }
 }
 
@@ -190,15 +225,19 @@ TEST_CASE("cuda ops: casts between every pair of dtypes match the CPU") {
     Pair x = kc::make_pair(l, s, dt, seed, -3, 3);
     for (DType to_dt : kAll) {
       CAPTURE(dtype_name(to_dt));
-      kc::check_op("to", [to_dt](auto& v) { return v[0].to(to_dt); }, {x}, 0, 0);
+      kc::check_op(
+          "to", [to_dt](auto& v) { return v[0].to(to_dt); }, {x}, 0, 0);
     }
-    kc::check_op("contiguous", [](auto& v) { return v[0].contiguous(); }, {x}, 0, 0);
+    kc::check_op(
+        "contiguous", [](auto& v) { return v[0].contiguous(); }, {x}, 0, 0);
   });
   for (DType dt : kFloats) {  // float -> int truncates toward zero; NaN -> bool is true
     Pair x = kc::make_pair(kc::layouts()[0], {64}, dt, 8, -1e6, 1e6);
-    kc::check_op("to int64", [](auto& v) { return v[0].to(kInt64); }, {x}, 0, 0);
+    kc::check_op(
+        "to int64", [](auto& v) { return v[0].to(kInt64); }, {x}, 0, 0);
     Pair sp = specials(dt);
-    kc::check_op("to bool", [](auto& v) { return v[0].to(kBool); }, {sp}, 0, 0);
+    kc::check_op(
+        "to bool", [](auto& v) { return v[0].to(kBool); }, {sp}, 0, 0);
   }
 }
 
@@ -207,14 +246,31 @@ TEST_CASE("cuda ops: shape ops (cat / stack / chunk / slicing backward) match th
   for (DType dt : kAll) {
     CAPTURE(dtype_name(dt));
     Pair a = kc::make_pair(kc::layouts()[1], {3, 4, 5}, dt, 1), b = kc::make_pair(kc::layouts()[2], {3, 2, 5}, dt, 2);
-    kc::check_op("cat", [](auto& v) { return cat({v[0], v[1]}, 1); }, {a, b}, 0, 0);
-    kc::check_op("stack", [](auto& v) { return stack({v[0], v[0]}, 2); }, {a}, 0, 0);
-    kc::check_op("chunk", [](auto& v) { return chunk(v[0], 2, 2)[1].contiguous(); }, {a}, 0, 0);
+    kc::check_op(
+        "cat",
+        [](auto& v) {
+          return cat({v[0], v[1]}, 1);
+        },
+        {a, b}, 0, 0);
+    kc::check_op(
+        "stack",
+        [](auto& v) {
+          return stack({v[0], v[0]}, 2);
+        },
+        {a}, 0, 0);
+    kc::check_op(
+        "chunk", [](auto& v) { return chunk(v[0], 2, 2)[1].contiguous(); }, {a}, 0, 0);
   }
   for (DType dt : kFloats) {
     Pair a = kc::make_pair(kc::layouts()[0], {6, 7}, dt, 4);
-    kc::check_grads("slice", [](auto& v) { return v[0].slice(1, 1, 7, 3).narrow(0, 2, 3); }, {a}, 0, 0);
-    kc::check_grads("cat", [](auto& v) { return cat({v[0], v[0].t()}, 0); }, {kc::make_pair(kc::layouts()[0], {5, 5}, dt, 4)}, 0, 0);
+    kc::check_grads(
+        "slice", [](auto& v) { return v[0].slice(1, 1, 7, 3).narrow(0, 2, 3); }, {a}, 0, 0);
+    kc::check_grads(
+        "cat",
+        [](auto& v) {
+          return cat({v[0], v[0].t()}, 0);
+        },
+        {kc::make_pair(kc::layouts()[0], {5, 5}, dt, 4)}, 0, 0);
   }
 }
 
@@ -228,29 +284,42 @@ TEST_CASE("cuda ops: reductions over every dim set match the CPU") {
       if (s.size() < d.size()) continue;
       CAPTURE(d.size());
       for (bool keep : {false, true}) {
-        kc::check_op("sum", [&](auto& v) { return sum(v[0], d, keep); }, {x}, rt, at);
+        kc::check_op(
+            "sum", [&](auto& v) { return sum(v[0], d, keep); }, {x}, rt, at);
         if (x.cpu.numel() == 0) continue;
-        if (is_floating(dt)) kc::check_op("mean", [&](auto& v) { return mean(v[0], d, keep); }, {x}, rt, at);
-        kc::check_op("amax", [&](auto& v) { return amax(v[0], d, keep); }, {x}, 0, 0);
-        kc::check_op("amin", [&](auto& v) { return amin(v[0], d, keep); }, {x}, 0, 0);
+        if (is_floating(dt))
+          kc::check_op(
+              "mean", [&](auto& v) { return mean(v[0], d, keep); }, {x}, rt, at);
+        kc::check_op(
+            "amax", [&](auto& v) { return amax(v[0], d, keep); }, {x}, 0, 0);
+        kc::check_op(
+            "amin", [&](auto& v) { return amin(v[0], d, keep); }, {x}, 0, 0);
         if (is_floating(dt)) {
-          kc::check_op("var", [&](auto& v) { return var(v[0], d, 1, keep); }, {x}, rt, at);
-          kc::check_op("logsumexp", [&](auto& v) { return logsumexp(v[0], d, keep); }, {x}, rt, at);
+          kc::check_op(
+              "var", [&](auto& v) { return var(v[0], d, 1, keep); }, {x}, rt, at);
+          kc::check_op(
+              "logsumexp", [&](auto& v) { return logsumexp(v[0], d, keep); }, {x}, rt, at);
         }
       }
     }
     if (x.cpu.numel() > 0 && !s.empty()) {
       for (std::int64_t dim : {std::int64_t{0}, std::int64_t{-1}}) {
-        kc::check_op("max.values", [&](auto& v) { return max(v[0], dim).values; }, {x}, 0, 0);
-        kc::check_op("max.indices", [&](auto& v) { return max(v[0], dim).indices; }, {x}, 0, 0);  // first of ties
-        kc::check_op("argmin", [&](auto& v) { return argmin(v[0], dim); }, {x}, 0, 0);
+        kc::check_op(
+            "max.values", [&](auto& v) { return max(v[0], dim).values; }, {x}, 0, 0);
+        kc::check_op(
+            "max.indices", [&](auto& v) { return max(v[0], dim).indices; }, {x}, 0, 0);  // first of ties
+        kc::check_op(
+            "argmin", [&](auto& v) { return argmin(v[0], dim); }, {x}, 0, 0);
       }
     }
   });
   for_table({kBool}, [&](DType dt, const kc::Layout& l, const Shape& s, std::uint64_t seed) {
     Pair x = kc::make_pair(l, s, dt, seed);
-    kc::check_op("any", [](auto& v) { return any(v[0]); }, {x}, 0, 0);
-    if (!s.empty()) kc::check_op("all(-1)", [](auto& v) { return all(v[0], {-1}); }, {x}, 0, 0);
+    kc::check_op(
+        "any", [](auto& v) { return any(v[0]); }, {x}, 0, 0);
+    if (!s.empty())
+      kc::check_op(
+          "all(-1)", [](auto& v) { return all(v[0], {-1}); }, {x}, 0, 0);
   });
 }
 
@@ -262,25 +331,38 @@ TEST_CASE("cuda ops: long and wide and NaN-holding reductions match the CPU") {
     const double rt = dt == kFloat32 ? 1e-5 : 1e-12;
     auto at = [dt](double n) { return dt == kFloat32 ? 2e-7 * n : 1e-14 * n; };
     Pair rows = kc::make_pair(kc::layouts()[0], {3, 200001}, dt, 1);  // few long rows: split into chunks
-    kc::check_op("sum rows", [](auto& v) { return sum(v[0], {-1}); }, {rows}, rt, at(200001));
-    kc::check_op("amax rows", [](auto& v) { return amax(v[0], {-1}); }, {rows}, 0, 0);
+    kc::check_op(
+        "sum rows", [](auto& v) { return sum(v[0], {-1}); }, {rows}, rt, at(200001));
+    kc::check_op(
+        "amax rows", [](auto& v) { return amax(v[0], {-1}); }, {rows}, 0, 0);
     Pair cols = kc::make_pair(kc::layouts()[0], {4099, 300}, dt, 2);  // column sums: one thread per output
-    kc::check_op("sum cols", [](auto& v) { return sum(v[0], {0}); }, {cols}, rt, at(4099));
-    kc::check_op("mean cols", [](auto& v) { return mean(v[0], {0}); }, {cols}, rt, at(1));
+    kc::check_op(
+        "sum cols", [](auto& v) { return sum(v[0], {0}); }, {cols}, rt, at(4099));
+    kc::check_op(
+        "mean cols", [](auto& v) { return mean(v[0], {0}); }, {cols}, rt, at(1));
     Pair tall = kc::make_pair(kc::layouts()[0], {70001, 2}, dt, 3);  // strided long reduction, split
-    kc::check_op("sum tall", [](auto& v) { return sum(v[0], {0}); }, {tall}, rt, at(70001));
-    kc::check_op("argmax tall", [](auto& v) { return argmax(v[0], 0); }, {tall}, 0, 0);
+    kc::check_op(
+        "sum tall", [](auto& v) { return sum(v[0], {0}); }, {tall}, rt, at(70001));
+    kc::check_op(
+        "argmax tall", [](auto& v) { return argmax(v[0], 0); }, {tall}, 0, 0);
     Pair all_of = kc::make_pair(kc::layouts()[1], {513, 1027}, dt, 4);  // everything, permuted
-    kc::check_op("sum all", [](auto& v) { return sum(v[0]); }, {all_of}, rt, at(513 * 1027));
+    kc::check_op(
+        "sum all", [](auto& v) { return sum(v[0]); }, {all_of}, rt, at(513 * 1027));
     Pair sp = specials(dt);
-    kc::check_op("amax NaN", [](auto& v) { return amax(v[0]); }, {sp}, 0, 0);
-    kc::check_op("argmax NaN", [](auto& v) { return argmax(v[0]); }, {sp}, 0, 0);
-    kc::check_op("argmin NaN", [](auto& v) { return argmin(v[0], 0); }, {sp}, 0, 0);
-    kc::check_op("sum inf", [](auto& v) { return sum(v[0].slice(0, 1, 2)); }, {sp}, 0, 0);
+    kc::check_op(
+        "amax NaN", [](auto& v) { return amax(v[0]); }, {sp}, 0, 0);
+    kc::check_op(
+        "argmax NaN", [](auto& v) { return argmax(v[0]); }, {sp}, 0, 0);
+    kc::check_op(
+        "argmin NaN", [](auto& v) { return argmin(v[0], 0); }, {sp}, 0, 0);
+    kc::check_op(
+        "sum inf", [](auto& v) { return sum(v[0].slice(0, 1, 2)); }, {sp}, 0, 0);
   }
   Pair ints = kc::make_pair(kc::layouts()[0], {5, 100003}, kInt64, 9, -1000, 1000);
-  kc::check_op("int64 sum exact", [](auto& v) { return sum(v[0], {-1}); }, {ints}, 0, 0);
-  kc::check_op("int64 argmax ties", [](auto& v) { return argmax(v[0] / 300, 1); }, {ints}, 0, 0);
+  kc::check_op(
+      "int64 sum exact", [](auto& v) { return sum(v[0], {-1}); }, {ints}, 0, 0);
+  kc::check_op(
+      "int64 argmax ties", [](auto& v) { return argmax(v[0] / 300, 1); }, {ints}, 0, 0);
 }
 
 TEST_CASE("cuda ops: reduction gradients match the CPU") {
@@ -290,11 +372,20 @@ TEST_CASE("cuda ops: reduction gradients match the CPU") {
       CAPTURE(dtype_name(dt));
       CAPTURE(l.name);
       Pair x = kc::make_pair(l, {3, 4, 5}, dt, 6);
-      kc::check_grads("sum", [](auto& v) { return sum(v[0], {1}); }, {x}, kc::rtol_for(dt), kc::atol_for(dt));
-      kc::check_grads("mean", [](auto& v) { return mean(v[0], {0, 2}, true); }, {x}, kc::rtol_for(dt), kc::atol_for(dt));
-      kc::check_grads("amax", [](auto& v) { return amax(v[0], {-1}); }, {x}, kc::rtol_for(dt), kc::atol_for(dt));
-      kc::check_grads("std", [](auto& v) { return kiln::std(v[0], {-1}); }, {x}, kc::rtol_for(dt) * 10, kc::atol_for(dt) * 10);
-      kc::check_grads("logsumexp", [](auto& v) { return logsumexp(v[0], {1}); }, {x}, kc::rtol_for(dt), kc::atol_for(dt));
+      kc::check_grads(
+          "sum", [](auto& v) { return sum(v[0], {1}); }, {x}, kc::rtol_for(dt), kc::atol_for(dt));
+      kc::check_grads(
+          "mean",
+          [](auto& v) {
+            return mean(v[0], {0, 2}, true);
+          },
+          {x}, kc::rtol_for(dt), kc::atol_for(dt));
+      kc::check_grads(
+          "amax", [](auto& v) { return amax(v[0], {-1}); }, {x}, kc::rtol_for(dt), kc::atol_for(dt));
+      kc::check_grads(
+          "std", [](auto& v) { return kiln::std(v[0], {-1}); }, {x}, kc::rtol_for(dt) * 10, kc::atol_for(dt) * 10);
+      kc::check_grads(
+          "logsumexp", [](auto& v) { return logsumexp(v[0], {1}); }, {x}, kc::rtol_for(dt), kc::atol_for(dt));
     }
 }
 
@@ -303,9 +394,9 @@ TEST_CASE("cuda ops: matmul matches the CPU for 1-D / 2-D / batched / broadcast 
   struct Case {
     Shape a, b;
   };
-  const std::vector<Case> cases = {{{7}, {7}},          {{5, 7}, {7}},       {{7}, {7, 3}},          {{33, 65}, {65, 17}},
-                                   {{4, 5, 6}, {6, 7}}, {{2, 1, 3, 4}, {5, 4, 6}}, {{3, 0}, {0, 4}}, {{1, 1}, {1, 1}},
-                                   {{128, 256}, {256, 96}}};
+  const std::vector<Case> cases = {{{7}, {7}},           {{5, 7}, {7}},       {{7}, {7, 3}},
+                                   {{33, 65}, {65, 17}}, {{4, 5, 6}, {6, 7}}, {{2, 1, 3, 4}, {5, 4, 6}},
+                                   {{3, 0}, {0, 4}},     {{1, 1}, {1, 1}},    {{128, 256}, {256, 96}}};
   for (DType dt : {kFloat32, kFloat64, kInt64})
     for (const auto& l : kc::layouts())
       for (const Case& c : cases) {
@@ -315,22 +406,25 @@ TEST_CASE("cuda ops: matmul matches the CPU for 1-D / 2-D / batched / broadcast 
         CAPTURE(shape_str(c.b));
         Pair a = kc::make_pair(l, c.a, dt, 1, -3, 3), b = kc::make_pair(kc::layouts()[0], c.b, dt, 2, -3, 3);
         const double tol = dt == kFloat32 ? 1e-5 : dt == kFloat64 ? 1e-12 : 0;
-        kc::check_op("a @ b", [](auto& v) { return matmul(v[0], v[1]); }, {a, b}, tol, tol * 10);
+        kc::check_op(
+            "a @ b", [](auto& v) { return matmul(v[0], v[1]); }, {a, b}, tol, tol * 10);
         if (c.a.size() >= 2 && c.b.size() >= 2) {  // the second operand transposed / sliced too
           Pair bt{b.cpu.mT().contiguous().mT(), b.gpu.mT().contiguous().mT()};
-          kc::check_op("a @ b (b column-major)", [](auto& v) { return matmul(v[0], v[1]); }, {a, bt}, tol, tol * 10);
+          kc::check_op(
+              "a @ b (b column-major)", [](auto& v) { return matmul(v[0], v[1]); }, {a, bt}, tol, tol * 10);
         }
       }
   for (DType dt : kFloats) {
     Pair a = kc::make_pair(kc::layouts()[2], {3, 9, 10}, dt, 3), b = kc::make_pair(kc::layouts()[1], {10, 4}, dt, 4);
-    kc::check_grads("matmul", [](auto& v) { return matmul(v[0], v[1]); }, {a, b}, kc::rtol_for(dt) * 10,
-                    kc::atol_for(dt) * 10);
+    kc::check_grads(
+        "matmul", [](auto& v) { return matmul(v[0], v[1]); }, {a, b}, kc::rtol_for(dt) * 10, kc::atol_for(dt) * 10);
   }
 }
 
 TEST_CASE("cuda ops: TF32 matmul is opt-in and stays within TF32 precision") {
   KILN_CUDA_OR_SKIP();
-  Pair a = kc::make_pair(kc::layouts()[0], {256, 512}, kFloat32, 1), b = kc::make_pair(kc::layouts()[0], {512, 128}, kFloat32, 2);
+  Pair a = kc::make_pair(kc::layouts()[0], {256, 512}, kFloat32, 1),
+       b = kc::make_pair(kc::layouts()[0], {512, 128}, kFloat32, 2);
   CHECK(!cuda::allow_tf32());
   const Tensor exact = matmul(a.cpu.to(kFloat64), b.cpu.to(kFloat64));
   kc::expect_match(matmul(a.gpu, b.gpu).to(kFloat64), exact, 1e-5, 1e-4, "fp32");
@@ -350,20 +444,28 @@ TEST_CASE("cuda ops: index_select / index_add / gather / scatter_add / embedding
       Tensor ic = tensor({4, 0, 4, 2, 1}, TensorOptions(kInt64));  // duplicates on purpose
       Pair idx{ic, ic.to(kGpu)};
       for (std::int64_t dim : {0, 1, 2})
-        kc::check_op("index_select", [dim](auto& v) { return index_select(v[0], dim, v[1]); }, {x, idx}, 0, 0);
+        kc::check_op(
+            "index_select", [dim](auto& v) { return index_select(v[0], dim, v[1]); }, {x, idx}, 0, 0);
       Pair src = kc::make_pair(l, {6, 5, 7}, dt, 2, -4, 4);
       Pair rows = kc::make_pair(kc::layouts()[0], {5, 5, 7}, dt, 3, -4, 4);
       const double tol = dt == kFloat32 ? 1e-5 : dt == kFloat64 ? 1e-12 : 0;  // atomics add in any order
-      kc::check_op("index_add", [](auto& v) { return index_add(v[0], 0, v[1], v[2]); }, {x, idx, rows}, tol, tol);
+      kc::check_op(
+          "index_add", [](auto& v) { return index_add(v[0], 0, v[1], v[2]); }, {x, idx, rows}, tol, tol);
       Generator g(4);
       Tensor gi = randint(0, 5, {6, 3, 7}, kInt64, &g);
       Pair gidx{gi, gi.to(kGpu)};
       Pair gs = kc::make_pair(kc::layouts()[0], {6, 3, 7}, dt, 5, -4, 4);
-      kc::check_op("gather", [](auto& v) { return gather(v[0], 1, v[1]); }, {x, gidx}, 0, 0);
-      kc::check_op("scatter_add", [](auto& v) { return scatter_add(v[0], 1, v[1], v[2]); }, {x, gidx, gs}, tol, tol);
+      kc::check_op(
+          "gather", [](auto& v) { return gather(v[0], 1, v[1]); }, {x, gidx}, 0, 0);
+      kc::check_op(
+          "scatter_add", [](auto& v) { return scatter_add(v[0], 1, v[1], v[2]); }, {x, gidx, gs}, tol, tol);
       Pair gperm{gi.permute({2, 0, 1}), gi.to(kGpu).permute({2, 0, 1})};  // a non-contiguous index
-      kc::check_op("gather (permuted index)", [](auto& v) { return gather(v[0].permute({2, 0, 1}), 2, v[1]); },
-                   {x, gperm}, 0, 0);
+      kc::check_op(
+          "gather (permuted index)",
+          [](auto& v) {
+            return gather(v[0].permute({2, 0, 1}), 2, v[1]);
+          },
+          {x, gperm}, 0, 0);
     }
   for (DType dt : kFloats) {
     CAPTURE(dtype_name(dt));
@@ -371,16 +473,18 @@ TEST_CASE("cuda ops: index_select / index_add / gather / scatter_add / embedding
     Generator g(2);
     Tensor ids = randint(0, 11, {4, 9}, kInt64, &g);
     Pair id{ids, ids.to(kGpu)};
-    kc::check_op("embedding", [](auto& v) { return embedding(v[1], v[0]); }, {w, id}, 0, 0);
-    kc::check_grads("embedding", [](auto& v) { return embedding(v[1], v[0]); }, {w, id}, kc::rtol_for(dt),
-                    kc::atol_for(dt));
+    kc::check_op(
+        "embedding", [](auto& v) { return embedding(v[1], v[0]); }, {w, id}, 0, 0);
+    kc::check_grads(
+        "embedding", [](auto& v) { return embedding(v[1], v[0]); }, {w, id}, kc::rtol_for(dt), kc::atol_for(dt));
     Pair x = kc::make_pair(kc::layouts()[1], {5, 8}, dt, 3);
     Tensor gi = randint(0, 5, {3, 8}, kInt64, &g);
     Pair gidx{gi, gi.to(kGpu)};
-    kc::check_grads("gather", [](auto& v) { return gather(v[0], 0, v[1]); }, {x, gidx}, kc::rtol_for(dt),
-                    kc::atol_for(dt));
+    kc::check_grads(
+        "gather", [](auto& v) { return gather(v[0], 0, v[1]); }, {x, gidx}, kc::rtol_for(dt), kc::atol_for(dt));
   }
   // Range checks run on the device too.
   Tensor x = zeros({3, 4}, kGpu);
-  CHECK_KILN_ERROR(index_select(x, 0, tensor({0, 3}).to(kGpu)), "[index_select] index 3 is out of range for dim 0 of size 3");
+  CHECK_KILN_ERROR(index_select(x, 0, tensor({0, 3}).to(kGpu)),
+                   "[index_select] index 3 is out of range for dim 0 of size 3");
 }

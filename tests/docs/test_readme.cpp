@@ -52,8 +52,8 @@ TEST_CASE("README: the MultiHeadAttention snippet decodes with a KV cache like t
   Tensor x = randn({B, T, 256});
   std::vector<Tensor> tokens;
   for (std::int64_t t = 0; t < T; ++t) tokens.push_back(x.narrow(1, t, 1));
-  nn::MultiHeadAttention mha(nn::MultiHeadAttentionOptions(256, 8).num_kv_heads(2).dropout(0.1)
-                                 .rotary(nn::RotaryEmbeddingOptions(32)));   // GQA + RoPE
+  nn::MultiHeadAttention mha(nn::MultiHeadAttentionOptions(256, 8).num_kv_heads(2).dropout(0.1).rotary(
+      nn::RotaryEmbeddingOptions(32)));  // GQA + RoPE
   Tensor y = mha(x, nn::MhaForward().is_causal(true));
   CHECK(y.shape() == Shape{B, T, 256});
   mha->eval();

@@ -14,10 +14,10 @@
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
-#include <kiln/kiln.hpp>
 #include <kiln/io/checkpoint.hpp>
-#include <kiln/optim/optim.hpp>
 #include <kiln/io/safetensors.hpp>
+#include <kiln/kiln.hpp>
+#include <kiln/optim/optim.hpp>
 #include <string>
 
 using namespace kiln;
@@ -45,7 +45,9 @@ constexpr std::int64_t kWarmup = 3, kTotal = 20;
 // only matches when the checkpoint restores every part.
 struct Run {
   explicit Run(std::uint64_t seed)
-      : dropout_gen(seed + 1), data_gen(seed + 2), net((manual_seed(seed), &dropout_gen)),
+      : dropout_gen(seed + 1),
+        data_gen(seed + 2),
+        net((manual_seed(seed), &dropout_gen)),
         opt(net->parameters(), optim::AdamWOptions(1e-2).weight_decay(0.1)),
         sched(opt, kWarmup, kTotal, /*start_factor=*/0.1) {}
 
@@ -72,8 +74,9 @@ struct Run {
 };
 
 int usage() {
-  std::fprintf(stderr, "usage: checkpoint_tool train STEPS OUT [SAVE_AT CKPT] | resume CKPT STEPS OUT "
-                       "[--skip-generator dropout] | stall-write PATH MARKER\n");
+  std::fprintf(stderr,
+               "usage: checkpoint_tool train STEPS OUT [SAVE_AT CKPT] | resume CKPT STEPS OUT "
+               "[--skip-generator dropout] | stall-write PATH MARKER\n");
   return 2;
 }
 

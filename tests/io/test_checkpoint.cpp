@@ -96,8 +96,11 @@ const std::vector<double> kTrickyValues = {0.1,
 // Everything for the in-process tests; `seed` changes every initial value.
 struct Trainer {
   explicit Trainer(std::uint64_t seed)
-      : gen(seed), data(seed + 7), net((manual_seed(seed), &gen)),
-        opt(net->parameters(), optim::SGDOptions(0.1).momentum(0.9).nesterov(true)), sched(opt, 2, 0.5),
+      : gen(seed),
+        data(seed + 7),
+        net((manual_seed(seed), &gen)),
+        opt(net->parameters(), optim::SGDOptions(0.1).momentum(0.9).nesterov(true)),
+        sched(opt, 2, 0.5),
         plateau(opt, optim::PlateauMode::Min, 0.5, 1) {
     tricky.values.assign(kTrickyValues.size(), static_cast<double>(seed));
     tricky.table = full({2}, static_cast<double>(seed), kFloat64);
@@ -318,15 +321,16 @@ TEST_CASE("checkpoint: errors name the file and what is missing or wrong and a m
   CHECK_KILN_ERROR(io::load_checkpoint(with_meta({{"kiln.checkpoint", "1"}, {"kiln.step", "x"}}), {}),
                    "'kiln.step' is 'x', not an integer");
   CHECK_KILN_ERROR(io::load_checkpoint(with_meta({{"kiln.checkpoint", "1"}}), {}), "'kiln.step' is missing");
-  CHECK_KILN_ERROR(io::load_checkpoint(with_meta({{"kiln.checkpoint", "1"}, {"kiln.step", "1"},
-                                                     {"kiln.section.extra.t", "1"}, {"extra.t.v0", "1.5x"}}),
-                                          {.extras = {{"t", t}}}),
+  CHECK_KILN_ERROR(io::load_checkpoint(with_meta({{"kiln.checkpoint", "1"},
+                                                  {"kiln.step", "1"},
+                                                  {"kiln.section.extra.t", "1"},
+                                                  {"extra.t.v0", "1.5x"}}),
+                                       {.extras = {{"t", t}}}),
                    "extra.t scalar 'extra.t.v0' is '1.5x', not a number");
-  CHECK_KILN_ERROR(io::load_checkpoint(with_meta({{"kiln.checkpoint", "1"}, {"kiln.step", "1"},
-                                                     {"kiln.generator.g", "12"}}),
-                                          {.generators = {{"g", &g}}}),
+  CHECK_KILN_ERROR(io::load_checkpoint(with_meta(
+                                           {{"kiln.checkpoint", "1"}, {"kiln.step", "1"}, {"kiln.generator.g", "12"}}),
+                                       {.generators = {{"g", &g}}}),
                    "generator 'g' state is '12', expected '<seed> <offset>'");
-  CHECK_KILN_ERROR(io::load_checkpoint(ckt::data_dir() + "bad_trailing_bytes.safetensors", {}),
-                   "[load_safetensors]");
+  CHECK_KILN_ERROR(io::load_checkpoint(ckt::data_dir() + "bad_trailing_bytes.safetensors", {}), "[load_safetensors]");
   fs::remove_all(dir);
 }

@@ -44,7 +44,8 @@ struct SixOptimizers {
       }
   }
   io::TrainingState state() {
-    return {.extras = {{"sgd", sgd}, {"adam", adam}, {"adamw", adamw}, {"rmsprop", rms}, {"adagrad", ada}, {"lion", lion}}};
+    return {
+        .extras = {{"sgd", sgd}, {"adam", adam}, {"adamw", adamw}, {"rmsprop", rms}, {"adagrad", ada}, {"lion", lion}}};
   }
 };
 
@@ -63,7 +64,8 @@ TEST_CASE("optimizer state dicts written before the io/ layer load and match tod
   SixOptimizers today;
   today.train(2);
   SixOptimizers loaded;
-  const auto info = io::load_checkpoint(std::string(KILN_TEST_DATA) + "/optim/state_dicts_v1.safetensors", loaded.state());
+  const auto info =
+      io::load_checkpoint(std::string(KILN_TEST_DATA) + "/optim/state_dicts_v1.safetensors", loaded.state());
   CHECK(info.step == 2);
   for (std::size_t i = 0; i < 6; ++i) {
     const optim::Optimizer& a = *today.all()[i];
@@ -79,7 +81,8 @@ TEST_CASE("optimizer state dicts written before the io/ layer load and match tod
   CHECK(optim::AdamWOptions().weight_decay() == 1e-2);
   CHECK(std::string(optim::AdamWOptions().kind()) == "AdamWOptions");
   CHECK(std::string(optim::AdamOptions().kind()) == "AdamOptions");
-  CHECK_KILN_ERROR(optim::AdamW({SixOptimizers::param(1)}, optim::AdamWOptions(-1)), "[AdamW] invalid learning rate: -1");
+  CHECK_KILN_ERROR(optim::AdamW({SixOptimizers::param(1)}, optim::AdamWOptions(-1)),
+                   "[AdamW] invalid learning rate: -1");
 }
 
 TEST_CASE("TrainingState takes the model as a holder, a pointer, a reference or a shared_ptr") {

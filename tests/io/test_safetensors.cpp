@@ -32,7 +32,7 @@ NamedTensors mixed_tensors() {
   };
 }
 const std::map<std::string, std::string> kMixedMetadata = {{"producer", "kiln"},
-                                                            {"text", "caf\xc3\xa9 \"quoted\" \\ \n tab\t"}};
+                                                           {"text", "caf\xc3\xa9 \"quoted\" \\ \n tab\t"}};
 
 // Linear(3, 4) + LayerNorm(4) with values a Python check can write down.
 nn::Sequential small_module() {
@@ -123,8 +123,8 @@ TEST_CASE("safetensors: kiln-written golden files are stable (tools/safetensors_
 
 TEST_CASE("safetensors: a file written by Python safetensors loads with F16 BF16 and small ints converted") {
   SafetensorsFile f = load_safetensors(ckt::data_dir() + "python_written.safetensors");
-  CHECK(f.metadata == std::map<std::string, std::string>{{"format", "pt"},
-                                                         {"note", "kiln fixture \xe2\x9c\x93 \"quoted\"\n"}});
+  CHECK(f.metadata ==
+        std::map<std::string, std::string>{{"format", "pt"}, {"note", "kiln fixture \xe2\x9c\x93 \"quoted\"\n"}});
   CHECK(f.tensors.size() == 12);
   Tensor f32 = f.at("f32");
   CHECK(f32.dtype() == kFloat32);
@@ -147,9 +147,9 @@ TEST_CASE("safetensors: a file written by Python safetensors loads with F16 BF16
   CHECK(f.at("bf16").to_vector<double>() ==
         std::vector<double>{1.0, -2.5, 3.140625, std::ldexp(1.0, 100), -std::ldexp(1.0, -130), 0.0});
   using V = std::vector<std::int64_t>;
-  CHECK(f.at("i64").to_vector<std::int64_t>() ==
-        V{-(std::int64_t{1} << 62) - 3, -1, 0, (std::int64_t{1} << 62) + 5, std::numeric_limits<std::int64_t>::max(),
-          std::numeric_limits<std::int64_t>::min()});
+  CHECK(f.at("i64").to_vector<std::int64_t>() == V{-(std::int64_t{1} << 62) - 3, -1, 0, (std::int64_t{1} << 62) + 5,
+                                                   std::numeric_limits<std::int64_t>::max(),
+                                                   std::numeric_limits<std::int64_t>::min()});
   CHECK(f.at("i32").dtype() == kInt64);
   CHECK(f.at("i32").to_vector<std::int64_t>() == V{-2147483648LL, 2147483647LL, 7});
   CHECK(f.at("i16").to_vector<std::int64_t>() == V{-32768, 32767, -2});
@@ -174,7 +174,10 @@ TEST_CASE("safetensors: a file written by hand from the spec (U16 U32 U64 and wh
   CHECK(f.at("u64").to_vector<std::int64_t>() == V{0, std::numeric_limits<std::int64_t>::max(), 12345678901234LL});
   kt::expect_shape(f.at("u64"), {3, 1});
   CHECK(f.at("caf\xc3\xa9/\x01 \"q\"").to_vector<float>() == std::vector<float>{1.5f, -2.0f});
-  CHECK(f.metadata == std::map<std::string, std::string>{{"\xc3\xbc" "ber", "\xf0\x9f\x98\x80 emoji"}, {"empty", ""}});
+  CHECK(f.metadata == std::map<std::string, std::string>{{"\xc3\xbc"
+                                                          "ber",
+                                                          "\xf0\x9f\x98\x80 emoji"},
+                                                         {"empty", ""}});
 }
 
 TEST_CASE("safetensors: a PyTorch module's state dict loads into the same kiln module and gives its output") {
@@ -243,8 +246,8 @@ TEST_CASE("safetensors: every truncation and many corruptions of a valid file fa
   // kiln::Error; the sanitizer build turns any out-of-bounds access here into a failure.
   std::size_t header_end = 8 + le64(bytes, 0), loaded = 0, rejected = 0;
   for (std::size_t pos = 0; pos < header_end; ++pos) {
-    for (std::uint8_t v : {std::uint8_t{0}, std::uint8_t{0xff}, std::uint8_t{'"'}, std::uint8_t{'9'},
-                           std::uint8_t{' '}, std::uint8_t{','}, static_cast<std::uint8_t>(bytes[pos] ^ 1)}) {
+    for (std::uint8_t v : {std::uint8_t{0}, std::uint8_t{0xff}, std::uint8_t{'"'}, std::uint8_t{'9'}, std::uint8_t{' '},
+                           std::uint8_t{','}, static_cast<std::uint8_t>(bytes[pos] ^ 1)}) {
       auto copy = bytes;
       copy[pos] = v;
       try {
@@ -281,10 +284,12 @@ TEST_CASE("safetensors: half and bfloat16 decoding is exact for every bit patter
 
 TEST_CASE("safetensors: save rejects duplicate and reserved and non-UTF-8 names and undefined tensors") {
   Tensor t = ones({2});
-  CHECK_KILN_ERROR(save_safetensors_to_buffer({{"a", t}, {"b", t}, {"a", t}}), "[save_safetensors] duplicate tensor name 'a'");
+  CHECK_KILN_ERROR(save_safetensors_to_buffer({{"a", t}, {"b", t}, {"a", t}}),
+                   "[save_safetensors] duplicate tensor name 'a'");
   CHECK_KILN_ERROR(save_safetensors_to_buffer({{"__metadata__", t}}), "'__metadata__' is reserved");
   CHECK_KILN_ERROR(save_safetensors_to_buffer({{"bad\xff", t}}), "tensor name 'bad\\xff' is not valid UTF-8");
-  CHECK_KILN_ERROR(save_safetensors_to_buffer({{"a", t}}, {{"k", "\xc0\xaf"}}), "metadata value '\\xc0\\xaf' is not valid UTF-8");
+  CHECK_KILN_ERROR(save_safetensors_to_buffer({{"a", t}}, {{"k", "\xc0\xaf"}}),
+                   "metadata value '\\xc0\\xaf' is not valid UTF-8");
   CHECK_KILN_ERROR(save_safetensors_to_buffer({{"u", Tensor()}}), "[save_safetensors] tensor 'u' is undefined");
 }
 
@@ -308,7 +313,8 @@ TEST_CASE("safetensors: stale temporary files from a crashed writer change nothi
   auto dir = ckt::temp_dir("st_stale");
   std::string path = (dir / "model.safetensors").string();
   for (int i = 0; i < 32; ++i)  // junk where this process's own temporary names would go, and others'
-    ckt::write_bytes(dir / (".model.safetensors.tmp." + std::to_string(::getpid()) + "." + std::to_string(i)), {1, 2, 3});
+    ckt::write_bytes(dir / (".model.safetensors.tmp." + std::to_string(::getpid()) + "." + std::to_string(i)),
+                     {1, 2, 3});
   ckt::write_bytes(dir / ".model.safetensors.tmp.1.0", {0xde, 0xad});
   save_safetensors(path, {{"w", full({3}, 1.0)}});
   save_safetensors(path, {{"w", full({3}, 2.0)}});

@@ -66,8 +66,8 @@ TEST_CASE("InitFn with a Generator: the same seed gives the same weights, defaul
   auto build = [&](std::uint64_t seed) {
     Generator g(seed);
     std::vector<std::vector<float>> w;
-    nn::Linear lin(nn::LinearOptions(5, 3).generator(&g));                         // default init
-    nn::Linear lin2(nn::LinearOptions(5, 3).weight_init(custom).generator(&g));   // custom init
+    nn::Linear lin(nn::LinearOptions(5, 3).generator(&g));                       // default init
+    nn::Linear lin2(nn::LinearOptions(5, 3).weight_init(custom).generator(&g));  // custom init
     nn::Embedding emb(nn::EmbeddingOptions(6, 3).padding_idx(0).generator(&g));
     nn::LearnedPositionalEmbedding pos(nn::LearnedPositionalEmbeddingOptions(4, 3).generator(&g));
     nn::MultiHeadAttention mha(nn::MultiHeadAttentionOptions(4, 2).out_kernel_init(custom).generator(&g));

@@ -130,8 +130,8 @@ TEST_CASE("truncated_normal_: every value in [a, b], moments of the truncated di
   struct Case {
     double mean, std, a, b;
   };
-  for (Case c : {Case{0, 1, -2, 2}, Case{1, 2, -1, 2}, Case{0, 1, 3, 4}, Case{0, 1, -4.5, -3.5}, Case{0, 0.02, -0.04, 0.04},
-                 Case{5, 1, -1e9, 1e9}}) {
+  for (Case c : {Case{0, 1, -2, 2}, Case{1, 2, -1, 2}, Case{0, 1, 3, 4}, Case{0, 1, -4.5, -3.5},
+                 Case{0, 0.02, -0.04, 0.04}, Case{5, 1, -1e9, 1e9}}) {
     INFO("mean " << c.mean << " std " << c.std << " [" << c.a << ", " << c.b << "]");
     init::truncated_normal_(t, c.mean, c.std, c.a, c.b, &g);
     Moments m = moments(t);
@@ -146,8 +146,10 @@ TEST_CASE("truncated_normal_: every value in [a, b], moments of the truncated di
   CHECK(moments(f).max <= 1.0);
   init::truncated_normal_(f, 0.0, 0.0, -1.0, 1.0, &g);  // std 0: the mean
   CHECK(moments(f).max == 0.0);
-  CHECK_KILN_ERROR(init::truncated_normal_(f, 0.0, 1.0, 1.0, 1.0), "[truncated_normal_] bounds must satisfy a < b, got a=1 b=1");
-  CHECK_KILN_ERROR(init::truncated_normal_(f, 0.0, -1.0), "[truncated_normal_] mean must be finite and std finite and >= 0");
+  CHECK_KILN_ERROR(init::truncated_normal_(f, 0.0, 1.0, 1.0, 1.0),
+                   "[truncated_normal_] bounds must satisfy a < b, got a=1 b=1");
+  CHECK_KILN_ERROR(init::truncated_normal_(f, 0.0, -1.0),
+                   "[truncated_normal_] mean must be finite and std finite and >= 0");
 }
 
 TEST_CASE("xavier / glorot: variance 2 / (fan_in + fan_out) times gain^2") {
@@ -190,8 +192,10 @@ TEST_CASE("kaiming / he: variance gain^2 / fan for each mode and nonlinearity") 
   expect_moments(conv, 0.0, 2.0 / 576.0);
   init::kaiming_uniform_(conv, 0.0, "fan_in", "linear", &g);
   expect_moments(conv, 0.0, 1.0 / 288.0);
-  CHECK_KILN_ERROR(init::kaiming_uniform_(w, 0.0, "fan_avg"), "[kaiming_uniform_] mode must be 'fan_in' or 'fan_out', got 'fan_avg'");
-  CHECK_KILN_ERROR(init::kaiming_normal_(w, 0.0, "in"), "[kaiming_normal_] mode must be 'fan_in' or 'fan_out', got 'in'");
+  CHECK_KILN_ERROR(init::kaiming_uniform_(w, 0.0, "fan_avg"),
+                   "[kaiming_uniform_] mode must be 'fan_in' or 'fan_out', got 'fan_avg'");
+  CHECK_KILN_ERROR(init::kaiming_normal_(w, 0.0, "in"),
+                   "[kaiming_normal_] mode must be 'fan_in' or 'fan_out', got 'in'");
   CHECK_KILN_ERROR(init::kaiming_normal_(w, 0.0, "fan_in", "mish"), "[calculate_gain] unsupported nonlinearity 'mish'");
 }
 
@@ -242,7 +246,8 @@ TEST_CASE("orthogonal_: orthonormal rows or columns, N-D flattened, gain") {
   Tensor big = empty({256, 256}, kFloat64);
   init::orthogonal_(big, 1.0, &g);
   expect_moments(big, 0.0, 1.0 / 256.0, 0.05);
-  CHECK_KILN_ERROR(init::orthogonal_(empty({5})), "[orthogonal_] only tensors with 2 or more dims are supported, got shape (5,)");
+  CHECK_KILN_ERROR(init::orthogonal_(empty({5})),
+                   "[orthogonal_] only tensors with 2 or more dims are supported, got shape (5,)");
 }
 
 TEST_CASE("random initializers: same seed, same values / default generator follows manual_seed") {
@@ -286,7 +291,8 @@ TEST_CASE("initializers: argument errors and empty tensors") {
   CHECK_KILN_ERROR(init::xavier_uniform_(i), "[xavier_uniform_] expected a floating point tensor");
   CHECK_KILN_ERROR(init::orthogonal_(i), "[orthogonal_] expected a floating point tensor");
   CHECK_KILN_ERROR(init::uniform_(empty({2}), 1.0, 0.0), "[uniform_] bounds must be finite with a <= b, got a=1 b=0");
-  CHECK_KILN_ERROR(init::normal_(empty({2}), 0.0, -1.0), "[normal_] mean must be finite and std finite and >= 0, got mean=0 std=-1");
+  CHECK_KILN_ERROR(init::normal_(empty({2}), 0.0, -1.0),
+                   "[normal_] mean must be finite and std finite and >= 0, got mean=0 std=-1");
   CHECK_KILN_ERROR(init::zeros_(Tensor()), "[zeros_] tensor is undefined");
   CHECK_KILN_ERROR(init::eye_(empty({2, 2, 2})), "[eye_] expected a 2-D tensor, got shape (2, 2, 2)");
   // empty tensors are left alone (no fan errors for (0, 5))

@@ -160,7 +160,8 @@ TEST_CASE("Embedding: errors") {
   nn::Embedding emb(5, 2);
   CHECK_KILN_ERROR(emb(tensor({5})), "[embedding]");
   CHECK_KILN_ERROR(emb(tensor({1.0f})), "[embedding]");
-  CHECK_KILN_ERROR(F::embedding(tensor({1}), emb->weight, 9), "[embedding] padding_idx 9 out of range for 5 embeddings");
+  CHECK_KILN_ERROR(F::embedding(tensor({1}), emb->weight, 9),
+                   "[embedding] padding_idx 9 out of range for 5 embeddings");
 }
 
 // ---------- LayerNorm / RMSNorm ----------
@@ -177,8 +178,9 @@ TEST_CASE("LayerNorm: values, parameters, options") {
   kt::expect_values(ln(x), {-1.5 * s, -0.5 * s * 2, 0.5 * s + 1, 1.5 * s}, 1e-5);
   nn::LayerNorm plain(nn::LayerNormOptions({2, 2}).elementwise_affine(false).eps(0.0));
   CHECK(plain->parameters().empty());
-  kt::expect_values(plain(x.reshape({2, 2})), {-1.5 / std::sqrt(1.25), -0.5 / std::sqrt(1.25), 0.5 / std::sqrt(1.25),
-                                               1.5 / std::sqrt(1.25)}, 1e-5);
+  kt::expect_values(plain(x.reshape({2, 2})),
+                    {-1.5 / std::sqrt(1.25), -0.5 / std::sqrt(1.25), 0.5 / std::sqrt(1.25), 1.5 / std::sqrt(1.25)},
+                    1e-5);
   nn::LayerNorm nobias(nn::LayerNormOptions({4}).bias(false));
   CHECK(nobias->named_parameters().keys() == std::vector<std::string>{"weight"});
   CHECK(ln->extra_repr() == "(4,), eps=1e-05, elementwise_affine=true, bias=true");
@@ -201,8 +203,10 @@ TEST_CASE("LayerNorm / RMSNorm: shape errors") {
   nn::RMSNorm rms(4);
   CHECK_KILN_ERROR(rms(zeros({2, 5})), "[rms_norm] input shape (2, 5) does not end with normalized_shape (4,)");
   CHECK_KILN_ERROR(rms(zeros({4}, kInt64)), "[rms_norm] expected a floating point input, got int64");
-  CHECK_KILN_ERROR(F::rms_norm(zeros({2, 4}), {4}, ones({3})), "[rms_norm] weight shape (3,) must equal normalized_shape (4,)");
-  CHECK_KILN_ERROR(nn::RMSNorm(nn::RMSNormOptions({0})), "[RMSNorm] normalized_shape must be non-empty with positive sizes, got (0,)");
+  CHECK_KILN_ERROR(F::rms_norm(zeros({2, 4}), {4}, ones({3})),
+                   "[rms_norm] weight shape (3,) must equal normalized_shape (4,)");
+  CHECK_KILN_ERROR(nn::RMSNorm(nn::RMSNormOptions({0})),
+                   "[RMSNorm] normalized_shape must be non-empty with positive sizes, got (0,)");
 }
 
 TEST_CASE("RMSNorm: x * rsqrt(mean(x^2) + eps) * weight") {
@@ -278,7 +282,8 @@ TEST_CASE("activation modules: values at fixed points") {
     return r;
   };
   kt::expect_values(nn::ReLU()(x), map([](double v) { return v > 0 ? v : 0; }));
-  kt::expect_values(nn::GELU()(x), map([](double v) { return 0.5 * v * (1 + std::erf(v / std::numbers::sqrt2)); }), 1e-9);
+  kt::expect_values(nn::GELU()(x), map([](double v) { return 0.5 * v * (1 + std::erf(v / std::numbers::sqrt2)); }),
+                    1e-9);
   kt::expect_values(nn::GELU(nn::GELUOptions().approximate("tanh"))(x), map([](double v) {
                       return 0.5 * v * (1 + std::tanh(std::sqrt(2 / std::numbers::pi) * (v + 0.044715 * v * v * v)));
                     }),
@@ -296,7 +301,8 @@ TEST_CASE("activation modules: values at fixed points") {
   CHECK(equal(F::activation(x, A::Sigmoid), nn::Sigmoid()(x)));
   CHECK(F::activation(x, A::Identity).is_same(x));
   CHECK(std::string(nn::to_string(A::GELUTanh)) == "gelu_tanh");
-  CHECK_KILN_ERROR(nn::GELU(nn::GELUOptions().approximate("fast")), "[GELU] approximate must be 'none' or 'tanh', got 'fast'");
+  CHECK_KILN_ERROR(nn::GELU(nn::GELUOptions().approximate("fast")),
+                   "[GELU] approximate must be 'none' or 'tanh', got 'fast'");
   CHECK(nn::GELU()->extra_repr().empty());
   CHECK(nn::SiLU()->name() == "SiLU");
   CHECK(nn::Sigmoid()->parameters().empty());
@@ -304,6 +310,7 @@ TEST_CASE("activation modules: values at fixed points") {
 
 TEST_CASE("activation modules: float64 gradcheck") {
   Tensor x = kt::leaf({2, 3}, 12);
-  nn::Sequential acts(nn::GELU(), nn::SiLU(), nn::Tanh(), nn::Sigmoid(), nn::GELU(nn::GELUOptions().approximate("tanh")));
+  nn::Sequential acts(nn::GELU(), nn::SiLU(), nn::Tanh(), nn::Sigmoid(),
+                      nn::GELU(nn::GELUOptions().approximate("tanh")));
   kt::grad_ok([&](const std::vector<Tensor>& in) { return acts(in[0]); }, {x});
 }

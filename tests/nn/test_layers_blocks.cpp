@@ -122,7 +122,8 @@ TEST_CASE("FeedForward: dropout acts in training only / float64 gradcheck plain 
   CHECK_FALSE(allclose(ff(x), ff->fc2(gelu(ff->fc1(x)))));
   for (bool gated : {false, true}) {
     INFO("gated " << gated);
-    nn::FeedForward f(nn::FeedForwardOptions(3, 4).gated(gated).activation(gated ? nn::Activation::GELU : nn::Activation::SiLU));
+    nn::FeedForward f(
+        nn::FeedForwardOptions(3, 4).gated(gated).activation(gated ? nn::Activation::GELU : nn::Activation::SiLU));
     f->to(kFloat64);
     std::vector<Tensor> inputs = {kt::leaf({2, 3}, 31)};
     for (auto& p : f->parameters()) inputs.push_back(p);
@@ -203,8 +204,10 @@ TEST_CASE("positional embeddings: sequences past max_len and wrong shapes are er
                    "is 8");
   CHECK_NOTHROW(learned(zeros({1, 6, 4}), 2));
   CHECK_KILN_ERROR(learned->positions(2, -1), "[LearnedPositionalEmbedding] length and offset must be >= 0");
-  CHECK_KILN_ERROR(sin_pos(zeros({3, 5})), "[SinusoidalPositionalEmbedding] expected input (..., T, 4), got shape (3, 5)");
+  CHECK_KILN_ERROR(sin_pos(zeros({3, 5})),
+                   "[SinusoidalPositionalEmbedding] expected input (..., T, 4), got shape (3, 5)");
   CHECK_KILN_ERROR(learned(zeros({4})), "[LearnedPositionalEmbedding] expected input (..., T, 4), got shape (4,)");
-  CHECK_KILN_ERROR(nn::LearnedPositionalEmbedding(0, 4), "[LearnedPositionalEmbedding] max_len and dim must be positive");
+  CHECK_KILN_ERROR(nn::LearnedPositionalEmbedding(0, 4),
+                   "[LearnedPositionalEmbedding] max_len and dim must be positive");
   CHECK_KILN_ERROR(F::sinusoidal_positions(4, 0), "[sinusoidal_positions] need length >= 0, dim > 0 and offset >= 0");
 }

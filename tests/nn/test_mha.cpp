@@ -30,10 +30,10 @@ TEST_CASE("mha: parameter names, shapes and the options that size them") {
   kt::expect_shape(m->out_proj->bias, {8});
 
   nn::MultiHeadAttention g(O(12, 4).num_kv_heads(2).head_dim(5).v_head_dim(3).kdim(7).vdim(6).out_dim(9));
-  kt::expect_shape(g->q_proj->weight, {20, 12});  // (H * Dk, E)
-  kt::expect_shape(g->k_proj->weight, {10, 7});   // (Hkv * Dk, kdim)
-  kt::expect_shape(g->v_proj->weight, {6, 6});    // (Hkv * Dv, vdim)
-  kt::expect_shape(g->out_proj->weight, {9, 12}); // (out_dim, H * Dv)
+  kt::expect_shape(g->q_proj->weight, {20, 12});   // (H * Dk, E)
+  kt::expect_shape(g->k_proj->weight, {10, 7});    // (Hkv * Dk, kdim)
+  kt::expect_shape(g->v_proj->weight, {6, 6});     // (Hkv * Dv, vdim)
+  kt::expect_shape(g->out_proj->weight, {9, 12});  // (out_dim, H * Dv)
   Tensor y = g(randn({2, 3, 12}), randn({2, 5, 7}), randn({2, 5, 6}));
   kt::expect_shape(y, {2, 3, 9});
 
@@ -89,7 +89,8 @@ TEST_CASE("mha: injected initializers are used, with the module's generator") {
                                .out_kernel_init([](Tensor w, Generator*) { nn::init::constant_(w, 0.25); })
                                .bias_init([](Tensor b, Generator*) { nn::init::constant_(b, -1.0); }));
   CHECK(seen == std::vector<Generator*>{&gen, &gen, &gen});
-  for (const char* n : {"q_proj.weight", "k_proj.weight", "v_proj.weight"}) CHECK(m->state_dict()[n].to_vector<float>() == std::vector<float>(16, 0.5f));
+  for (const char* n : {"q_proj.weight", "k_proj.weight", "v_proj.weight"})
+    CHECK(m->state_dict()[n].to_vector<float>() == std::vector<float>(16, 0.5f));
   CHECK(m->out_proj->weight.to_vector<float>() == std::vector<float>(16, 0.25f));
   CHECK(m->v_proj->bias.to_vector<float>() == std::vector<float>(4, -1.0f));
   CHECK(m->out_proj->bias.to_vector<float>() == std::vector<float>(4, -1.0f));
@@ -111,7 +112,8 @@ TEST_CASE("mha: call forms, extra leading batch dims and unbatched input agree")
   Tensor y = m(x, kv, f);
   kt::expect_shape(y, {2, 3, 4, 6});
   // same as the flattened batch
-  Tensor yf = m(x.reshape({6, 4, 6}), kv.reshape({6, 5, 6}), nn::MhaForward().key_padding(lengths.reshape({6})).is_causal(true));
+  Tensor yf = m(x.reshape({6, 4, 6}), kv.reshape({6, 5, 6}),
+                nn::MhaForward().key_padding(lengths.reshape({6})).is_causal(true));
   CHECK(max_abs_diff(y.reshape({6, 4, 6}), yf) < 1e-14);
   // mha(q, kv) == mha(q, kv, kv); mha(x) == mha(x, x, x)
   CHECK(max_abs_diff(y, m(x, kv, kv, f)) == 0.0);
@@ -176,7 +178,7 @@ TEST_CASE("mha: a fully masked row outputs exactly out_proj.bias and gets exactl
     for (std::int64_t b = 0; b < 2; ++b) {
       CHECK(all_zero(row(q.grad(), b, 0)));
       CHECK_FALSE(all_zero(row(q.grad(), b, 2)));  // (query 1 sees one key: its softmax is constant)
-      CHECK(all_zero(row(k.grad(), b, 2)));  // key 2 is nobody's: causal allows it only to query 2
+      CHECK(all_zero(row(k.grad(), b, 2)));        // key 2 is nobody's: causal allows it only to query 2
     }
   }
   SUBCASE("a float mask of -inf, and no output bias: exactly zero") {
@@ -211,7 +213,8 @@ TEST_CASE("mha: NaN/Inf in padded keys and values never reaches outputs or gradi
         auto kk = k.to_vector<double>();
         for (std::int64_t b = 0; b < 2; ++b)
           for (std::int64_t s = 0; s < 5; ++s) {
-            const bool padded = mode == 0 || mode == 3 ? s >= (b == 0 ? 3 : 2) : !keep.select(0, b).select(0, s).item<bool>();
+            const bool padded =
+                mode == 0 || mode == 3 ? s >= (b == 0 ? 3 : 2) : !keep.select(0, b).select(0, s).item<bool>();
             if (!padded) continue;
             k.select(0, b).select(0, s).fill_(bad[(b + s) % 3]);
             v.select(0, b).select(0, s).fill_(bad[(b + s + 1) % 3]);
@@ -251,11 +254,11 @@ TEST_CASE("mha: dropout is deterministic with a seeded generator and off in eval
   nn::MultiHeadAttention a = build(&g1, 0.3, 0.2), b = build(&g2, 0.3, 0.2), plain = build(nullptr, 0.0, 0.0);
   CHECK(a->is_training());
   Tensor ya = a(x), yb = b(x);
-  CHECK(equal(ya, yb));                // same seed, same masks
-  CHECK_FALSE(equal(ya, a(x)));        // the generator moved on
+  CHECK(equal(ya, yb));          // same seed, same masks
+  CHECK_FALSE(equal(ya, a(x)));  // the generator moved on
   Tensor ref = plain(x);
   CHECK_FALSE(allclose(ya, ref, 1e-5, 1e-6));
-  a->eval();                           // switches both dropouts off
+  a->eval();  // switches both dropouts off
   CHECK(equal(a(x), ref));
   a->train();
   CHECK_FALSE(allclose(a(x), ref, 1e-5, 1e-6));
@@ -281,8 +284,17 @@ TEST_CASE("mha: broadcast_dropout shares one (T, S) mask over batch and heads") 
       CAPTURE(Hkv);
       CAPTURE(bcast);
       Generator gen(7);
-      nn::MultiHeadAttention m(O(8, H).num_kv_heads(Hkv).head_dim(3).v_head_dim(S).kdim(5).vdim(Hkv * S).out_dim(H * S)
-                                   .dropout(0.5).broadcast_dropout(bcast).generator(&gen).bias(false));
+      nn::MultiHeadAttention m(O(8, H)
+                                   .num_kv_heads(Hkv)
+                                   .head_dim(3)
+                                   .v_head_dim(S)
+                                   .kdim(5)
+                                   .vdim(Hkv * S)
+                                   .out_dim(H * S)
+                                   .dropout(0.5)
+                                   .broadcast_dropout(bcast)
+                                   .generator(&gen)
+                                   .bias(false));
       m->to(kFloat64);
       {
         NoGradGuard ng;
@@ -380,21 +392,25 @@ TEST_CASE("mha: scale and qk_norm") {
 
 TEST_CASE("mha: errors name the module and the offending values") {
   CHECK_KILN_ERROR(nn::MultiHeadAttention(O(10, 3)), "embed_dim=10 is not divisible by num_heads=3");
-  CHECK_KILN_ERROR(nn::MultiHeadAttention(O(8, 4).num_kv_heads(3)), "num_heads=4 must be a positive multiple of num_kv_heads=3");
+  CHECK_KILN_ERROR(nn::MultiHeadAttention(O(8, 4).num_kv_heads(3)),
+                   "num_heads=4 must be a positive multiple of num_kv_heads=3");
   CHECK_KILN_ERROR(nn::MultiHeadAttention(O(8, 2).dropout(1.5)), "dropout must be in [0, 1], got 1.5");
   CHECK_NOTHROW(nn::MultiHeadAttention(O(10, 3).head_dim(4)));
   nn::MultiHeadAttention m(O(8, 2).kdim(6));
-  CHECK_KILN_ERROR(m(randn({2, 3, 7})), "[MultiHeadAttention] query must be (batch..., T, embed_dim=8), got shape (2, 3, 7)");
+  CHECK_KILN_ERROR(m(randn({2, 3, 7})),
+                   "[MultiHeadAttention] query must be (batch..., T, embed_dim=8), got shape (2, 3, 7)");
   CHECK_KILN_ERROR(m(randn({2, 3, 8}), randn({2, 4, 6}), randn({2, 4, 6})), "value must be (batch..., S, vdim=8)");
-  CHECK_KILN_ERROR(m(randn({2, 3, 8}), randn({2, 4, 6})), "one key/value input needs kdim == vdim, got kdim=6 and vdim=8");
+  CHECK_KILN_ERROR(m(randn({2, 3, 8}), randn({2, 4, 6})),
+                   "one key/value input needs kdim == vdim, got kdim=6 and vdim=8");
   CHECK_KILN_ERROR(m(randn({2, 3, 8}), randn({3, 4, 6}), randn({3, 4, 8})), "must share the batch dims");
   CHECK_KILN_ERROR(m(randn({2, 3, 8}), randn({2, 4, 6}), randn({2, 5, 8})), "key and value must have the same length");
   nn::MultiHeadAttention s(O(8, 2));
   Tensor x = randn({2, 3, 8});
   CHECK_KILN_ERROR(s(x, nn::MhaForward().key_padding(tensor({3, 3, 3}))),
                    "key_padding lengths must have the batch shape (2,), got shape (3,)");
-  CHECK_KILN_ERROR(s(x, nn::MhaForward().key_padding(ones({2, 4}, kBool))),
-                   "key_padding must be int64 lengths of shape (2,) or a bool keep-mask of shape (2, 3), got bool of shape (2, 4)");
+  CHECK_KILN_ERROR(
+      s(x, nn::MhaForward().key_padding(ones({2, 4}, kBool))),
+      "key_padding must be int64 lengths of shape (2,) or a bool keep-mask of shape (2, 3), got bool of shape (2, 4)");
   CHECK_KILN_ERROR(s(x, nn::MhaForward().attn_mask(ones({3, 4}, kBool))),
                    "attn_mask of shape (3, 4) cannot be broadcast to (batch..., H, T, S) = (2, 2, 3, 3)");
   CHECK_KILN_ERROR(s(x, nn::MhaForward().attn_mask(ones({3, 3}, kInt64))), "attn_mask must be bool");

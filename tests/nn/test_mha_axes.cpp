@@ -40,8 +40,9 @@ TEST_CASE("mha attention_axes: {1, 2} attends over all A1 * A2 positions (self a
   // cross-attention: keys/values with their own attended sizes (5 x 2)
   auto [a, b] = pair_of(O(8, 2).kdim(6).vdim(5).attention_axes({1, 2}));
   Tensor q = rnd({2, 3, 4, 8}, 2), k = rnd({2, 5, 2, 6}, 3), v = rnd({2, 5, 2, 5}, 4);
-  CHECK(max_abs_diff(a(q, k, v), b(q.reshape({2, 12, 8}), k.reshape({2, 10, 6}), v.reshape({2, 10, 5}))
-                                     .reshape({2, 3, 4, 8})) < 1e-14);
+  CHECK(max_abs_diff(a(q, k, v),
+                     b(q.reshape({2, 12, 8}), k.reshape({2, 10, 6}), v.reshape({2, 10, 5})).reshape({2, 3, 4, 8})) <
+        1e-14);
 }
 
 TEST_CASE("mha attention_axes: one inner axis attends per row / three-axis inputs permute as expected") {
@@ -70,12 +71,8 @@ TEST_CASE("mha attention_axes: masks, causal, padding and weights refer to the f
   Tensor x = rnd({2, 2, 3, 8}, 7);
   Tensor keep = rnd({6, 6}, 8) > Scalar(-0.5);
   Tensor bias = rnd({2, 6, 6}, 9);
-  nn::MhaForward f = nn::MhaForward()
-                         .attn_mask(keep)
-                         .key_padding(tensor({6, 4}))
-                         .is_causal(true)
-                         .attn_bias(bias)
-                         .need_weights(true);
+  nn::MhaForward f =
+      nn::MhaForward().attn_mask(keep).key_padding(tensor({6, 4})).is_causal(true).attn_bias(bias).need_weights(true);
   nn::MhaResult ra = a->forward_with_weights(x, f);
   nn::MhaResult rb = b->forward_with_weights(x.reshape({2, 6, 8}), f);
   CHECK(max_abs_diff(ra.output, rb.output.reshape({2, 2, 3, 8})) < 1e-14);
@@ -84,8 +81,7 @@ TEST_CASE("mha attention_axes: masks, causal, padding and weights refer to the f
   // axes {2} with leading dims (B, A1) as batch: key_padding lengths of shape (B, A1)
   auto [c, d] = pair_of(O(8, 2).attention_axes({2}));
   Tensor lengths = tensor({3, 1, 2, 3}).reshape({2, 2});
-  CHECK(max_abs_diff(c(x, nn::MhaForward().key_padding(lengths)), d(x, nn::MhaForward().key_padding(lengths))) <
-        1e-14);
+  CHECK(max_abs_diff(c(x, nn::MhaForward().key_padding(lengths)), d(x, nn::MhaForward().key_padding(lengths))) < 1e-14);
 }
 
 TEST_CASE("mha attention_axes: float64 gradcheck and errors") {
@@ -96,13 +92,15 @@ TEST_CASE("mha attention_axes: float64 gradcheck and errors") {
     for (Tensor p : a->parameters()) in.push_back(p);
     kt::grad_ok([&](const std::vector<Tensor>& v) { return a(v[0], nn::MhaForward().is_causal(true)); }, in);
   }
-  CHECK_KILN_ERROR(nn::MultiHeadAttention(O(8, 2).attention_axes({1, 1})), "attention_axes must not repeat an axis, got 1, 1");
+  CHECK_KILN_ERROR(nn::MultiHeadAttention(O(8, 2).attention_axes({1, 1})),
+                   "attention_axes must not repeat an axis, got 1, 1");
   nn::MultiHeadAttention m(O(8, 2).attention_axes({1, 3}));
   CHECK_KILN_ERROR(m(randn({2, 3, 4, 8})),
                    "[MultiHeadAttention] attention_axes 3 out of range for a query of shape (2, 3, 4, 8): axes must be "
                    "in [-4, 2] (not the feature dim)");
   nn::MultiHeadAttention r(O(8, 2).attention_axes({1, -2}));
-  CHECK_KILN_ERROR(r(randn({2, 3, 8})), "attention_axes (1, -2) name the same dim twice for a query of shape (2, 3, 8)");
+  CHECK_KILN_ERROR(r(randn({2, 3, 8})),
+                   "attention_axes (1, -2) name the same dim twice for a query of shape (2, 3, 8)");
   nn::MultiHeadAttention c(O(8, 2).attention_axes({2}));
   CHECK_KILN_ERROR(c(randn({2, 3, 4, 8}), randn({2, 2, 4, 8})),
                    "with attention_axes (2) the key must share the query's non-attended dims, got shape (2, 2, 4, 8) "

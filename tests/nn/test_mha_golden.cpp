@@ -70,8 +70,8 @@ void run_golden(const std::string& name, Tol t) {
   for (const auto& [n, p] : mha->named_parameters()) check_close(p.grad(), g.at("grad." + n), t.tol, "grad." + n);
 }
 
-const char* const kCases[] = {"self",           "kvdim",          "padding_nobias", "bool_mask", "float_mask",
-                              "causal_self",    "causal_padding", "gqa",            "mqa_causal"};
+const char* const kCases[] = {"self",           "kvdim", "padding_nobias", "bool_mask", "float_mask", "causal_self",
+                              "causal_padding", "gqa",   "mqa_causal"};
 
 }  // namespace
 

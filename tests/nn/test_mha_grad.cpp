@@ -62,17 +62,15 @@ TEST_CASE("mha gradcheck: self-attention, and one key/value input") {
 TEST_CASE("mha gradcheck: grouped-query (2 of 4 kv heads) and multi-query (1) with padding") {
   for (std::int64_t hkv : {2, 1}) {
     CAPTURE(hkv);
-    check_mha(make(O(8, 4).num_kv_heads(hkv)), {2}, 3, 4, Call::QKV,
-              nn::MhaForward().key_padding(tensor({4, 2})));
+    check_mha(make(O(8, 4).num_kv_heads(hkv)), {2}, 3, 4, Call::QKV, nn::MhaForward().key_padding(tensor({4, 2})));
   }
 }
 
 TEST_CASE("mha gradcheck: bias off, and per-projection bias overrides") {
   check_mha(make(O(4, 2).bias(false)), {2}, 3, 3, Call::Self);
   nn::MultiHeadAttention m = make(O(4, 2).bias(false).k_bias(true).out_bias(true));
-  CHECK(m->named_parameters().keys() ==
-        std::vector<std::string>{"q_proj.weight", "k_proj.weight", "k_proj.bias", "v_proj.weight", "out_proj.weight",
-                                 "out_proj.bias"});
+  CHECK(m->named_parameters().keys() == std::vector<std::string>{"q_proj.weight", "k_proj.weight", "k_proj.bias",
+                                                                 "v_proj.weight", "out_proj.weight", "out_proj.bias"});
   check_mha(m, {2}, 3, 4, Call::QKV);
 }
 
@@ -132,7 +130,8 @@ TEST_CASE("mha gradcheck: dropout in training mode with a re-seeded generator (p
   for (bool bcast : {false, true}) {
     CAPTURE(bcast);
     Generator g(5);
-    nn::MultiHeadAttention m = make(O(4, 2).num_kv_heads(1).dropout(0.3).out_dropout(0.2).broadcast_dropout(bcast).generator(&g));
+    nn::MultiHeadAttention m =
+        make(O(4, 2).num_kv_heads(1).dropout(0.3).out_dropout(0.2).broadcast_dropout(bcast).generator(&g));
     m->train();
     std::vector<Tensor> in{kt::leaf({2, 3, 4}, 11), kt::leaf({2, 5, 4}, 12), kt::leaf({2, 5, 4}, 13)};
     for (Tensor p : m->parameters()) in.push_back(p);

@@ -21,8 +21,8 @@ nn::MultiHeadAttention make32(const O& o, std::uint64_t seed = 3) {
 
 // Feeds x (B, T, E) through m in chunks of the given sizes with one cache; returns the outputs
 // concatenated along T.
-Tensor decode(nn::MultiHeadAttention& m, const Tensor& x, const std::vector<std::int64_t>& chunks,
-              nn::KVCache& cache, const nn::MhaForward& base = nn::MhaForward().is_causal(true)) {
+Tensor decode(nn::MultiHeadAttention& m, const Tensor& x, const std::vector<std::int64_t>& chunks, nn::KVCache& cache,
+              const nn::MhaForward& base = nn::MhaForward().is_causal(true)) {
   std::vector<Tensor> ys;
   std::int64_t at = 0;
   for (std::int64_t c : chunks) {
@@ -90,9 +90,7 @@ TEST_CASE("mha kv cache: rotary positions follow the cache / extra bias_kv / zer
     Tensor x = rnd({2, 3, 4, 8}, 14, 1.0, kFloat32);
     // left-padded prompts: position 0 of some sequences is padding, as a (batch..., S) keep-mask
     Tensor keep = tensor({true, false, true, true, false, true}).reshape({2, 3, 1});
-    auto keep_for = [&](std::int64_t S) {
-      return cat({keep, ones({2, 3, S - 1}, kBool)}, -1);
-    };
+    auto keep_for = [&](std::int64_t S) { return cat({keep, ones({2, 3, S - 1}, kBool)}, -1); };
     Tensor full = m(x, nn::MhaForward().is_causal(true).key_padding(keep_for(4)));
     NoGradGuard ng;
     nn::KVCache cache = m->make_kv_cache(Shape{2, 3}, 4);
@@ -152,7 +150,8 @@ TEST_CASE("mha kv cache: reorder for beam search equals decoding the reordered s
   Tensor y = m(x.narrow(1, 3, 2), nn::MhaForward().is_causal(true).cache(&cache));
   Tensor want = m(cat({xr.narrow(1, 0, 3), x.narrow(1, 3, 2)}, 1), nn::MhaForward().is_causal(true)).narrow(1, 3, 2);
   CHECK(max_abs_diff(y, want) < 1e-5);
-  CHECK_KILN_ERROR(cache.reorder(tensor({0, 1})), "[KVCache] reorder indices must be int64 of shape (3,), got int64 of shape (2,)");
+  CHECK_KILN_ERROR(cache.reorder(tensor({0, 1})),
+                   "[KVCache] reorder indices must be int64 of shape (3,), got int64 of shape (2,)");
   CHECK_KILN_ERROR(cache.reorder(tensor({0, 1, 3})), "reorder index 3 out of range [0, 3)");
 }
 
@@ -169,19 +168,20 @@ TEST_CASE("mha kv cache: errors show the lengths, shapes and dtypes") {
                    "[MultiHeadAttention] the KV cache holds batch (2,) with num_kv_heads=1, head_dim=4, v_head_dim=4, "
                    "but this call needs batch (3,) with 1, 4, 4");
   nn::MultiHeadAttention m2(O(8, 2));
-  CHECK_KILN_ERROR(m2(randn({2, 1, 8}), nn::MhaForward().cache(&cache)),
-                   "but this call needs batch (2,) with 2, 4, 4");
+  CHECK_KILN_ERROR(m2(randn({2, 1, 8}), nn::MhaForward().cache(&cache)), "but this call needs batch (2,) with 2, 4, 4");
   m->to(kFloat64);
   CHECK_KILN_ERROR(m(randn({2, 1, 8}, kFloat64), nn::MhaForward().cache(&cache)),
                    "[MultiHeadAttention] the KV cache is float32 but the query is float64");
   nn::KVCache empty;
   CHECK_KILN_ERROR(m(randn({2, 1, 8}, kFloat64), nn::MhaForward().cache(&empty)), "the KV cache is empty");
   // the cache on its own
-  CHECK_KILN_ERROR(cache.append(zeros({2, 1, 1, 3}), zeros({2, 1, 1, 4})),
-                   "[KVCache] keys of shape (2, 1, 1, 3) do not match the cache's (batch..., Hkv, L, head_dim) = (2, 1, L, 4)");
-  CHECK_KILN_ERROR(cache.append(zeros({2, 1, 1, 4}), zeros({2, 1, 2, 4})),
-                   "values of shape (2, 1, 2, 4) do not match the cache's (batch..., Hkv, L, v_head_dim) = (2, 1, L, 4) "
-                   "with the keys' L = 1");
+  CHECK_KILN_ERROR(
+      cache.append(zeros({2, 1, 1, 3}), zeros({2, 1, 1, 4})),
+      "[KVCache] keys of shape (2, 1, 1, 3) do not match the cache's (batch..., Hkv, L, head_dim) = (2, 1, L, 4)");
+  CHECK_KILN_ERROR(
+      cache.append(zeros({2, 1, 1, 4}), zeros({2, 1, 2, 4})),
+      "values of shape (2, 1, 2, 4) do not match the cache's (batch..., Hkv, L, v_head_dim) = (2, 1, L, 4) "
+      "with the keys' L = 1");
   CHECK_KILN_ERROR(cache.append(zeros({2, 1, 1, 4}, kFloat64), zeros({2, 1, 1, 4}, kFloat64)),
                    "keys/values of dtype float64/float64 do not match the cache's float32");
   CHECK_KILN_ERROR(cache.crop(4), "[KVCache] crop length must be in [0, 3] (the stored length), got 4");
@@ -192,7 +192,8 @@ TEST_CASE("mha kv cache: errors show the lengths, shapes and dtypes") {
   CHECK_KILN_ERROR(nn::KVCache(Shape{2}, 1, 4, 4, 4, kInt64), "the cache must be floating point, got int64");
   nn::MultiHeadAttention ax(O(8, 2).attention_axes({1, 2}));
   nn::KVCache c2 = ax->make_kv_cache(2, 4);
-  CHECK_KILN_ERROR(ax(randn({2, 2, 2, 8}), nn::MhaForward().cache(&c2)), "a KV cache cannot be combined with attention_axes");
+  CHECK_KILN_ERROR(ax(randn({2, 2, 2, 8}), nn::MhaForward().cache(&c2)),
+                   "a KV cache cannot be combined with attention_axes");
 }
 
 TEST_CASE("decode attention: MultiHeadAttention decoding with GQA window ALiBi and sinks equals the full forward") {
@@ -203,7 +204,8 @@ TEST_CASE("decode attention: MultiHeadAttention decoding with GQA window ALiBi a
     for (std::int64_t hkv : {4, 2, 1}) {
       CAPTURE(split);
       CAPTURE(hkv);
-      nn::MultiHeadAttention m(O(32, 4).num_kv_heads(hkv).window_left(100).window_right(0).alibi(true).attention_sinks(true));
+      nn::MultiHeadAttention m(
+          O(32, 4).num_kv_heads(hkv).window_left(100).window_right(0).alibi(true).attention_sinks(true));
       km::randomize(*m, 3, 0.3);
       m->eval();
       const std::int64_t T = 200;

@@ -70,8 +70,8 @@ void check_against(nn::MultiHeadAttention m, const Golden& g, DType dt, double t
               "megengine_grad.io_weight_bias");
 }
 
-const char* const kCases[] = {"torch_packed",    "torch_separate",  "torch_nobias",
-                              "torch_bias_kv",   "torch_zero_attn", "torch_bias_kv_zero_attn_causal"};
+const char* const kCases[] = {"torch_packed",  "torch_separate",  "torch_nobias",
+                              "torch_bias_kv", "torch_zero_attn", "torch_bias_kv_zero_attn_causal"};
 
 }  // namespace
 
@@ -131,8 +131,8 @@ TEST_CASE("mha layouts: torch state keys, shapes and order are PyTorch's / round
   // torch's state_dict order (torch 1.13: MultiheadAttention(8, 2, add_bias_kv=True, kdim=6, vdim=5))
   nn::MultiHeadAttention sep(O(8, 2).kdim(6).vdim(5).add_bias_kv(true));
   CHECK(sep->to_torch_state().keys() == std::vector<std::string>{"q_proj_weight", "k_proj_weight", "v_proj_weight",
-                                                                 "in_proj_bias", "bias_k", "bias_v",
-                                                                 "out_proj.weight", "out_proj.bias"});
+                                                                 "in_proj_bias", "bias_k", "bias_v", "out_proj.weight",
+                                                                 "out_proj.bias"});
   nn::MultiHeadAttention packed(O(8, 2).bias(false));
   CHECK(packed->to_torch_state().keys() == std::vector<std::string>{"in_proj_weight", "out_proj.weight"});
   // round trip from kiln's side: random module -> torch state -> fresh module: identical parameters
@@ -159,9 +159,11 @@ TEST_CASE("mha layouts: modules the other layouts cannot express, and malformed 
   CHECK_KILN_ERROR(gqa->to_torch_state(),
                    "[MultiHeadAttention.torch_state] torch.nn.MultiheadAttention has no grouped kv heads, got "
                    "num_kv_heads=2 and num_heads=4");
-  CHECK_KILN_ERROR(gqa->to_megengine_io_weight_bias(), "[MultiHeadAttention.megengine_io_weight_bias] MegEngine's "
-                                                       "packed layout has no grouped kv heads");
-  CHECK_KILN_ERROR(nn::MultiHeadAttention(O(8, 2).out_dim(4))->to_torch_state(), "needs out_dim == embed_dim, got 4 and 8");
+  CHECK_KILN_ERROR(gqa->to_megengine_io_weight_bias(),
+                   "[MultiHeadAttention.megengine_io_weight_bias] MegEngine's "
+                   "packed layout has no grouped kv heads");
+  CHECK_KILN_ERROR(nn::MultiHeadAttention(O(8, 2).out_dim(4))->to_torch_state(),
+                   "needs out_dim == embed_dim, got 4 and 8");
   CHECK_KILN_ERROR(nn::MultiHeadAttention(O(8, 2).head_dim(3))->to_torch_state(),
                    "needs head_dim * num_heads == embed_dim and v_head_dim == head_dim, got head_dim=3");
   CHECK_KILN_ERROR(nn::MultiHeadAttention(O(8, 2).out_bias(false))->to_torch_state(),

@@ -81,13 +81,11 @@ TEST_CASE("mha alibi: the paper's slopes or custom ones equal the bias -m_h |p -
   const std::int64_t H = 4, T = 3, S = 5;
   nn::MultiHeadAttention m = make64(O(8, H).num_kv_heads(2).alibi(true));
   kt::expect_values(m->alibi_slopes, {0.25, 0.0625, 0.015625, 0.00390625}, 0, 0);  // 2^(-8 (i+1) / 4)
-  CHECK_FALSE(m->state_dict().contains("alibi_slopes"));  // fixed, not a checkpoint entry
-  CHECK(m->alibi_slopes.dtype() == kFloat64);             // moved with to()
+  CHECK_FALSE(m->state_dict().contains("alibi_slopes"));                           // fixed, not a checkpoint entry
+  CHECK(m->alibi_slopes.dtype() == kFloat64);                                      // moved with to()
   nn::MultiHeadAttention p = plain_copy(m);
   Tensor q = rnd({2, T, 8}, 5), kv = rnd({2, S, 8}, 6);
-  auto bias_for = [&](const Tensor& slopes) {
-    return -slopes.reshape({H, 1, 1}) * abs(offsets(T, S).to(kFloat64));
-  };
+  auto bias_for = [&](const Tensor& slopes) { return -slopes.reshape({H, 1, 1}) * abs(offsets(T, S).to(kFloat64)); };
   nn::MhaForward f = nn::MhaForward().is_causal(true).key_padding(tensor({5, 4}));
   nn::MhaForward fp = f;
   CHECK(max_abs_diff(m(q, kv, f), p(q, kv, fp.attn_bias(bias_for(m->alibi_slopes)))) < 1e-13);
@@ -100,7 +98,8 @@ TEST_CASE("mha alibi: the paper's slopes or custom ones equal the bias -m_h |p -
   // decoding: ALiBi's positions follow the cache
   Tensor x = rnd({2, 5, 8}, 7);
   CHECK(max_abs_diff(decode(m, x, {2, 1, 1, 1}), m(x, nn::MhaForward().is_causal(true))) < 1e-12);
-  kt::grad_ok([&](const std::vector<Tensor>& v) { return c(v[0], v[1]); }, {kt::leaf({2, T, 8}, 8), kt::leaf({2, S, 8}, 9)});
+  kt::grad_ok([&](const std::vector<Tensor>& v) { return c(v[0], v[1]); },
+              {kt::leaf({2, T, 8}, 8), kt::leaf({2, S, 8}, 9)});
   CHECK_KILN_ERROR(nn::MultiHeadAttention(O(8, H).alibi_slopes(ones({3}))),
                    "alibi_slopes must be floating point of shape (num_heads,) = (4,), got float32 of shape (3,)");
 }
@@ -117,7 +116,8 @@ TEST_CASE("mha attention_sinks: a learned logit per head joins each softmax / gr
   nn::MhaResult r = m->forward_with_weights(q, kv, nn::MhaForward().key_padding(tensor({4, 2})).need_weights(true));
   // by hand: softmax over [logits, sink] without the sink's column
   nn::MhaResult rp = p->forward_with_weights(q, kv, nn::MhaForward().key_padding(tensor({4, 2})).need_weights(true));
-  Tensor qh = m->q_proj(q).reshape({2, T, H, 3}).transpose(1, 2), kh = m->k_proj(kv).reshape({2, S, H, 3}).transpose(1, 2);
+  Tensor qh = m->q_proj(q).reshape({2, T, H, 3}).transpose(1, 2),
+         kh = m->k_proj(kv).reshape({2, S, H, 3}).transpose(1, 2);
   Tensor keep = (arange(0, S, 1, kInt64).unsqueeze(0) < tensor({4, 2}).unsqueeze(1)).reshape({2, 1, 1, S});
   Tensor l = where(keep, matmul(qh, kh.transpose(-1, -2)) / std::sqrt(3.0), Scalar(-kInf));
   Tensor sink = m->sinks.reshape({1, H, 1, 1}).expand({2, H, T, 1});
@@ -137,15 +137,18 @@ TEST_CASE("mha attention_sinks: a learned logit per head joins each softmax / gr
 }
 
 TEST_CASE("mha window + alibi + sinks + rotary + padding combine / extras refuse window/ALiBi") {
-  nn::MultiHeadAttention m = make64(O(8, 2).num_kv_heads(1).window_left(3).window_right(0).alibi(true).attention_sinks(true).rotary(
-      nn::RotaryEmbeddingOptions(4)));
+  nn::MultiHeadAttention m =
+      make64(O(8, 2).num_kv_heads(1).window_left(3).window_right(0).alibi(true).attention_sinks(true).rotary(
+          nn::RotaryEmbeddingOptions(4)));
   Tensor x = rnd({2, 6, 8}, 14);
   CHECK(max_abs_diff(decode(m, x, {3, 1, 2}), m(x, nn::MhaForward().is_causal(true))) < 1e-12);
   std::vector<Tensor> in{kt::leaf({2, 4, 8}, 15)};
   for (Tensor t : m->parameters()) in.push_back(t);
-  kt::grad_ok([&](const std::vector<Tensor>& v) {
-    return m(v[0], nn::MhaForward().is_causal(true).key_padding(tensor({4, 3})));
-  }, in);
+  kt::grad_ok(
+      [&](const std::vector<Tensor>& v) {
+        return m(v[0], nn::MhaForward().is_causal(true).key_padding(tensor({4, 3})));
+      },
+      in);
   CHECK_KILN_ERROR(nn::MultiHeadAttention(O(8, 2).add_bias_kv(true).window_left(2).window_right(0)),
                    "add_bias_kv / add_zero_attn cannot be combined with window or ALiBi");
   CHECK_KILN_ERROR(nn::MultiHeadAttention(O(8, 2).add_zero_attn(true).alibi(true)),

@@ -55,10 +55,12 @@ TEST_CASE("mha add_bias_kv / add_zero_attn: parameters, and the same numbers as 
   CHECK(all_finite(r.output));
   // by hand: projected keys + bias_k + a zero key; masks ANDed over the real keys, extras always kept
   Tensor kh = cat({heads(m->k_proj(kv), Hkv), m->bias_k.reshape({1, Hkv, 1, D}).expand({B, Hkv, 1, D}),
-                   zeros({B, Hkv, 1, D}, kFloat64)}, 2);
+                   zeros({B, Hkv, 1, D}, kFloat64)},
+                  2);
   Tensor vh = cat({heads(m->v_proj(kv), Hkv), m->bias_v.reshape({1, Hkv, 1, D}).expand({B, Hkv, 1, D}),
-                   zeros({B, Hkv, 1, D}, kFloat64)}, 2);
-  Tensor pad = arange(0, S, 1, kInt64).unsqueeze(0) < lengths.unsqueeze(1);  // (B, S)
+                   zeros({B, Hkv, 1, D}, kFloat64)},
+                  2);
+  Tensor pad = arange(0, S, 1, kInt64).unsqueeze(0) < lengths.unsqueeze(1);                        // (B, S)
   Tensor real = logical_and(logical_and(keep, causal_keep(T, S)).unsqueeze(0), pad.unsqueeze(1));  // (B, T, S)
   Tensor mask = cat({real, ones({B, T, 2}, kBool)}, -1).unsqueeze(1);
   auto ref = F::scaled_dot_product_attention_reference(heads(m->q_proj(q), H), kh, vh,
@@ -93,7 +95,8 @@ TEST_CASE("mha attn_bias: additive, broadcast, combined with masks, differentiab
   Tensor bias = rnd({H, T, S}, 8);  // per head, shared by the batch
   Tensor keep = rnd({B, 1, T, S}, 9) > Scalar(-0.3);
   nn::MhaResult r =
-      m->forward_with_weights(q, kv, nn::MhaForward().attn_bias(bias).attn_mask(keep).is_causal(true).need_weights(true));
+      m->forward_with_weights(q, kv,
+                              nn::MhaForward().attn_bias(bias).attn_mask(keep).is_causal(true).need_weights(true));
   Tensor logits = matmul(heads(m->q_proj(q), H), heads(m->k_proj(kv), H).transpose(-1, -2)) / std::sqrt(3.0) + bias;
   Tensor allowed = logical_and(keep, causal_keep(T, S));
   Tensor w = softmax(where(allowed, logits, Scalar(-kInf)), -1);
@@ -112,7 +115,8 @@ TEST_CASE("mha attn_bias: additive, broadcast, combined with masks, differentiab
       {kt::leaf({B, T, 6}, 11), kt::leaf({H, T, S}, 12)});
   kt::grad_ok([&](const std::vector<Tensor>& v) { return m(q, kv, nn::MhaForward().attn_bias(v[0])); },
               {kt::leaf({B, 1, 1, S}, 13)});
-  CHECK_KILN_ERROR(m(q, kv, nn::MhaForward().attn_bias(ones({T, S}, kInt64))), "attn_bias must be floating point, got int64");
+  CHECK_KILN_ERROR(m(q, kv, nn::MhaForward().attn_bias(ones({T, S}, kInt64))),
+                   "attn_bias must be floating point, got int64");
   CHECK_KILN_ERROR(m(q, kv, nn::MhaForward().attn_bias(rnd({3, T, S}, 1))),
                    "attn_bias of shape (3, 3, 4) cannot be broadcast to (batch..., H, T, S) = (2, 2, 3, 4)");
 }
@@ -129,9 +133,8 @@ TEST_CASE("mha reslink: output + query, gradients, and out_dim that cannot match
   CHECK_KILN_ERROR(nn::MultiHeadAttention(O(6, 2).out_dim(4).reslink(true)),
                    "[MultiHeadAttention] reslink adds the query to the output, which needs out_dim == embed_dim, got "
                    "out_dim=4 and embed_dim=6");
-  nn::MultiHeadAttention bad = make64(O(6, 2).reslink(true).to_out_fn([](const Tensor& h, nn::Linear&) {
-    return h.narrow(-1, 0, 4);
-  }));
+  nn::MultiHeadAttention bad =
+      make64(O(6, 2).reslink(true).to_out_fn([](const Tensor& h, nn::Linear&) { return h.narrow(-1, 0, 4); }));
   CHECK_KILN_ERROR(bad(x), "reslink: the output of shape (2, 3, 4) cannot be added to the query of shape (2, 3, 6)");
 }
 
@@ -151,8 +154,9 @@ TEST_CASE("mha hooks: replaceable projections and attention function") {
   h->load_state_dict(m->state_dict());
   Tensor qh = heads(m->q_proj(q) + matmul(matmul(q, a), b), 2), kh = heads(m->k_proj(kv) * 2.0, 1),
          vh = heads(m->v_proj(kv), 1);
-  Tensor want = m->out_proj(merge(F::scaled_dot_product_attention_reference(qh, kh, vh, SdpaOptions().is_causal(true))
-                                      .output)) - 1.0;
+  Tensor want =
+      m->out_proj(merge(F::scaled_dot_product_attention_reference(qh, kh, vh, SdpaOptions().is_causal(true)).output)) -
+      1.0;
   CHECK(max_abs_diff(h(q, kv, nn::MhaForward().is_causal(true)), want) < 1e-13);
   kt::grad_ok([&](const std::vector<Tensor>& v) { return h(v[0], kv); }, {kt::leaf({2, 3, 8}, 20), a});
 
@@ -178,9 +182,12 @@ TEST_CASE("mha hooks: replaceable projections and attention function") {
   CHECK_KILN_ERROR(make64(bq)(q), "to_q_fn must return (batch..., T, num_heads * head_dim) = (2, 3, 8), got (2, 3, 4)");
   O bkv = m->options;
   bkv.to_kv_fn([](const Tensor& k, const Tensor& v, nn::Linear&, nn::Linear&) { return std::pair{k, v}; });
-  CHECK_KILN_ERROR(make64(bkv)(q), "to_kv_fn must return keys (2, 3, 4) and values (2, 3, 4), got (2, 3, 8) and (2, 3, 8)");
+  CHECK_KILN_ERROR(make64(bkv)(q),
+                   "to_kv_fn must return keys (2, 3, 4) and values (2, 3, 4), got (2, 3, 8) and (2, 3, 8)");
   O ba = m->options;
-  ba.attention_fn([](const Tensor& qq, const Tensor&, const Tensor&, const SdpaOptions&) { return SdpaResult{qq, {}}; });
+  ba.attention_fn([](const Tensor& qq, const Tensor&, const Tensor&, const SdpaOptions&) {
+    return SdpaResult{qq, {}};
+  });
   CHECK_KILN_ERROR(make64(ba)(q, nn::MhaForward().need_weights(true)),
                    "the attention function returned no weights although need_weights was set");
 }
@@ -190,7 +197,8 @@ TEST_CASE("functional multi_head_attention: Ivy's defaults (q = x, k and v = hal
   Tensor x = rnd({B, T, 8}, 21), ctx = rnd({B, S, 16}, 22);
   auto ivy_ref = [&](const Tensor& q, const Tensor& k, const Tensor& v, double scale, const Tensor& mask) {
     Tensor l = matmul(heads(q, H), heads(k, H).transpose(-1, -2)) * scale;
-    if (mask.defined()) l = mask.dtype() == kBool ? where(mask.unsqueeze(-3), l, Scalar(-kInf)) : l + mask.unsqueeze(-3);
+    if (mask.defined())
+      l = mask.dtype() == kBool ? where(mask.unsqueeze(-3), l, Scalar(-kInf)) : l + mask.unsqueeze(-3);
     return merge(matmul(softmax(l, -1), heads(v, H)));
   };
   Tensor k = ctx.narrow(-1, 0, 8), v = ctx.narrow(-1, 8, 8);

@@ -19,7 +19,8 @@ std::vector<double> rope_reference(const Tensor& x, const std::vector<double>& p
   for (std::int64_t n = 0; n < N; ++n)
     for (std::int64_t l = 0; l < L; ++l)
       for (std::int64_t i = 0; i < r / 2; ++i) {
-        const double theta = pos[static_cast<std::size_t>(l)] * std::pow(base, -2.0 * static_cast<double>(i) / static_cast<double>(r));
+        const double theta =
+            pos[static_cast<std::size_t>(l)] * std::pow(base, -2.0 * static_cast<double>(i) / static_cast<double>(r));
         const std::int64_t ia = interleaved ? 2 * i : i, ib = interleaved ? 2 * i + 1 : i + r / 2;
         const std::size_t row = static_cast<std::size_t>((n * L + l) * D);
         const double a = v[row + static_cast<std::size_t>(ia)], b = v[row + static_cast<std::size_t>(ib)];
@@ -51,18 +52,16 @@ TEST_CASE("rotary: matches the direct formula (half-split, interleaved, partial 
   CHECK(rope->options.base() == 10000.0);
   CHECK_FALSE(rope->options.interleaved());
   Tensor x32 = x.to(kFloat32);
-  kt::expect_values(rope(x32, 100000), rope_reference(x32.to(kFloat64), {100000, 100001, 100002, 100003, 100004}, 8,
-                                                      10000.0, false),
-                    1e-5, 1e-5);
+  kt::expect_values(rope(x32, 100000),
+                    rope_reference(x32.to(kFloat64), {100000, 100001, 100002, 100003, 100004}, 8, 10000.0, false), 1e-5,
+                    1e-5);
   CHECK(fmt::format("{}", *rope).find("RotaryEmbedding(dim=8, base=10000)") != std::string::npos);
 }
 
 TEST_CASE("rotary: q_m . k_n depends only on m - n / positions per batch element broadcast over heads") {
   nn::RotaryEmbedding rope(nn::RotaryEmbeddingOptions(8));
   Tensor q = rnd({1, 1, 8}, 2), k = rnd({1, 1, 8}, 3);
-  auto dot_at = [&](std::int64_t m, std::int64_t n) {
-    return sum(rope(q, m) * rope(k, n)).item<double>();
-  };
+  auto dot_at = [&](std::int64_t m, std::int64_t n) { return sum(rope(q, m) * rope(k, n)).item<double>(); };
   for (std::int64_t shift : {1, 5, 100}) {
     CHECK(dot_at(3, 1) == doctest::Approx(dot_at(3 + shift, 1 + shift)).epsilon(1e-12));
     CHECK(dot_at(0, 6) == doctest::Approx(dot_at(shift, 6 + shift)).epsilon(1e-12));
@@ -84,13 +83,15 @@ TEST_CASE("rotary: float64 gradcheck (half-split, interleaved, partial) and erro
     kt::grad_ok([&](const std::vector<Tensor>& v) { return rope(v[0], 3); }, {kt::leaf({2, 3, 6}, 5)});
     kt::grad_ok([&](const std::vector<Tensor>& v) { return rope(v[0], 0); }, {kt::noncontig_leaf({2, 3, 4}, 6)});
   }
-  CHECK_KILN_ERROR(nn::RotaryEmbedding(3), "[RotaryEmbedding] dim (the rotated features) must be positive and even, got 3");
+  CHECK_KILN_ERROR(nn::RotaryEmbedding(3),
+                   "[RotaryEmbedding] dim (the rotated features) must be positive and even, got 3");
   CHECK_KILN_ERROR(nn::RotaryEmbedding(nn::RotaryEmbeddingOptions(4).base(-1)), "base must be positive and finite");
   nn::RotaryEmbedding rope(8);
   CHECK_KILN_ERROR(rope(randn({2, 3, 6}), 0), "expected input (..., L, D) with D >= dim=8, got shape (2, 3, 6)");
   CHECK_KILN_ERROR(rope->forward(randn({2, 3, 8}), tensor({0, 1})),
                    "positions of shape (2,) cannot be broadcast to the input's (2, 3)");
-  CHECK_KILN_ERROR(rope->forward(randn({2, 3, 8}), ones({3}, kBool)), "positions must be int64 or floating point, got bool");
+  CHECK_KILN_ERROR(rope->forward(randn({2, 3, 8}), ones({3}, kBool)),
+                   "positions must be int64 or floating point, got bool");
 }
 
 TEST_CASE("mha rotary: equals rotating the projected heads by hand / position_fn gets the positions") {
@@ -142,14 +143,18 @@ TEST_CASE("mha rotary: equals rotating the projected heads by hand / position_fn
   CHECK(seen[3].second == std::vector<std::int64_t>{3, 4});
   // the cache stores the hook's keys
   CHECK(max_abs_diff(cache.keys().narrow(2, 3, 2), h->k_proj(x2).reshape({2, 2, 1, 4}).transpose(1, 2) * 2.0) < 1e-6);
-  CHECK_KILN_ERROR(nn::MultiHeadAttention(O(8, 2).rotary(nn::RotaryEmbeddingOptions(6))), "rotary dim=6 exceeds head_dim=4");
-  CHECK_KILN_ERROR(nn::MultiHeadAttention(O(8, 2).rotary(nn::RotaryEmbeddingOptions(4)).position_fn(
-                       [](const Tensor& t, const Tensor&, bool) { return t; })),
+  CHECK_KILN_ERROR(nn::MultiHeadAttention(O(8, 2).rotary(nn::RotaryEmbeddingOptions(6))),
+                   "rotary dim=6 exceeds head_dim=4");
+  CHECK_KILN_ERROR(nn::MultiHeadAttention(O(8, 2)
+                                              .rotary(nn::RotaryEmbeddingOptions(4))
+                                              .position_fn([](const Tensor& t, const Tensor&, bool) { return t; })),
                    "set either rotary or position_fn, not both");
   nn::MultiHeadAttention plain(O(8, 2));
   CHECK_KILN_ERROR(plain(randn({2, 3, 8}), nn::MhaForward().positions(tensor({0, 1, 2}))),
                    "positions were given but the module has no rotary or position_fn to use them");
-  CHECK_KILN_ERROR(m(x, nn::MhaForward().positions(tensor({0, 1, 2}))), "positions must have shape (5,) or (2, 5), got (3,)");
-  nn::MultiHeadAttention bad(O(8, 2).position_fn([](const Tensor& t, const Tensor&, bool) { return t.narrow(-1, 0, 2); }));
+  CHECK_KILN_ERROR(m(x, nn::MhaForward().positions(tensor({0, 1, 2}))),
+                   "positions must have shape (5,) or (2, 5), got (3,)");
+  nn::MultiHeadAttention bad(
+      O(8, 2).position_fn([](const Tensor& t, const Tensor&, bool) { return t.narrow(-1, 0, 2); }));
   CHECK_KILN_ERROR(bad(randn({2, 3, 8})), "position_fn must keep the shapes of q (2, 2, 3, 4) and k (2, 2, 3, 4)");
 }

@@ -54,14 +54,22 @@ std::vector<std::string> keys_of(const nn::OrderedDict<Tensor>& d) { return d.ke
 
 TEST_CASE("Module: named_parameters gives dotted names in registration order") {
   Net net;
-  std::vector<std::string> expect = {
-      "scale",  // own parameters come before the children's
-      "emb.weight",
-      "blocks.0.attn.q_proj.weight", "blocks.0.attn.q_proj.bias", "blocks.0.attn.k_proj.weight",
-      "blocks.0.ln.weight", "blocks.0.ln.bias",
-      "blocks.1.attn.q_proj.weight", "blocks.1.attn.q_proj.bias", "blocks.1.attn.k_proj.weight",
-      "blocks.1.ln.weight", "blocks.1.ln.bias",
-      "head.0.weight", "head.0.bias", "head.3.weight", "head.3.bias"};
+  std::vector<std::string> expect = {"scale",  // own parameters come before the children's
+                                     "emb.weight",
+                                     "blocks.0.attn.q_proj.weight",
+                                     "blocks.0.attn.q_proj.bias",
+                                     "blocks.0.attn.k_proj.weight",
+                                     "blocks.0.ln.weight",
+                                     "blocks.0.ln.bias",
+                                     "blocks.1.attn.q_proj.weight",
+                                     "blocks.1.attn.q_proj.bias",
+                                     "blocks.1.attn.k_proj.weight",
+                                     "blocks.1.ln.weight",
+                                     "blocks.1.ln.bias",
+                                     "head.0.weight",
+                                     "head.0.bias",
+                                     "head.3.weight",
+                                     "head.3.bias"};
   CHECK(keys_of(net->named_parameters()) == expect);
   CHECK(keys_of(net->named_parameters(/*recurse=*/false)) == std::vector<std::string>{"scale"});
   CHECK(net->parameters().size() == expect.size());
@@ -172,13 +180,16 @@ TEST_CASE("Module: registration errors name the module and the offending name") 
   CHECK_KILN_ERROR(m.register_parameter("buf", zeros({2})), "'buf' is already a buffer of Host");
   CHECK_KILN_ERROR(m.register_parameter("sub", zeros({2})), "'sub' is already a submodule of Host");
   CHECK_KILN_ERROR(m.register_module("w", nn::ReLU()), "[register_module] 'w' is already a parameter");
-  CHECK_KILN_ERROR(m.register_parameter("a.b", zeros({2})), "[register_parameter] parameter name 'a.b' must not contain '.'");
+  CHECK_KILN_ERROR(m.register_parameter("a.b", zeros({2})),
+                   "[register_parameter] parameter name 'a.b' must not contain '.'");
   CHECK_KILN_ERROR(m.register_buffer("", zeros({2})), "[register_buffer] buffer name must not be empty");
   Tensor x = ones({2}).requires_grad_();
-  CHECK_KILN_ERROR(m.register_parameter("y", x * 2.0), "parameter 'y' of Host must be a leaf tensor, but it was produced by 'mul'");
+  CHECK_KILN_ERROR(m.register_parameter("y", x * 2.0),
+                   "parameter 'y' of Host must be a leaf tensor, but it was produced by 'mul'");
   CHECK_KILN_ERROR(m.register_parameter("i", zeros({2}, kInt64)), "parameter 'i' of Host must be floating point");
   CHECK_NOTHROW(m.register_parameter("i", zeros({2}, kInt64), /*requires_grad=*/false));
-  CHECK_KILN_ERROR(m.register_module("empty", nn::Linear(nullptr)), "[register_module] submodule 'empty' of Host is null");
+  CHECK_KILN_ERROR(m.register_module("empty", nn::Linear(nullptr)),
+                   "[register_module] submodule 'empty' of Host is null");
   auto self = std::make_shared<nn::Module>("Self");
   CHECK_KILN_ERROR(self->register_module("me", self), "Self cannot register itself");
   CHECK_KILN_ERROR(m.replace_module("nope", nn::ReLU()), "[replace_module] Host has no submodule 'nope'");
@@ -446,6 +457,7 @@ TEST_CASE("Module: the header's usage example works as written") {
   net->to(kiln::kFloat64);
   auto sd = net->state_dict();
   CHECK(sd.size() == 4);
-  CHECK(fmt::format("{}", net).starts_with("MLP\n  fc1: Linear(in_features=3, out_features=16, bias=true) (64 parameters)"));
+  CHECK(fmt::format("{}", net).starts_with(
+      "MLP\n  fc1: Linear(in_features=3, out_features=16, bias=true) (64 parameters)"));
   CHECK(net(zeros({2, 3}, kFloat64)).shape() == Shape{2, 1});
 }

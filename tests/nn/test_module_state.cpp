@@ -107,9 +107,10 @@ TEST_CASE("load_state_dict: shape mismatches are errors in both modes, and nothi
   CHECK(values_of(m->state_dict()) == before);  // the good entries were not loaded either
   bad.erase("norm.bias");
   bad.insert("norm.weight", zeros({5}));
-  CHECK_KILN_ERROR(m->load_state_dict(bad), "[load_state_dict] missing keys: 'norm.bias'; shape mismatch for "
-                                            "'fc.weight': expected (4, 3), got (3, 4); shape mismatch for "
-                                            "'norm.weight': expected (4,), got (5,)");
+  CHECK_KILN_ERROR(m->load_state_dict(bad),
+                   "[load_state_dict] missing keys: 'norm.bias'; shape mismatch for "
+                   "'fc.weight': expected (4, 3), got (3, 4); shape mismatch for "
+                   "'norm.weight': expected (4,), got (5,)");
   nn::OrderedDict<Tensor> undefined_value;
   for (const auto& [k, t] : sd) undefined_value.insert(k, k == "fc.bias" ? Tensor() : t);
   CHECK_KILN_ERROR(m->load_state_dict(undefined_value), "value for 'fc.bias' is an undefined tensor");

@@ -33,7 +33,8 @@ TEST_CASE("transformer: layer and stack shapes, any leading batch dims") {
   nn::TransformerDecoderLayer dec(L(8, 2).memory_dim(6).num_kv_heads(1));
   kt::expect_shape(dec(randn({2, 4, 8}), randn({2, 7, 6})), {2, 4, 8});
   kt::expect_shape(dec->cross_attn->k_proj->weight, {4, 6});
-  nn::TransformerEncoder stack(nn::TransformerEncoderOptions(L(8, 2).norm(nn::Norm::RMSNorm).gated(true).activation(nn::Activation::SiLU), 3));
+  nn::TransformerEncoder stack(
+      nn::TransformerEncoderOptions(L(8, 2).norm(nn::Norm::RMSNorm).gated(true).activation(nn::Activation::SiLU), 3));
   kt::expect_shape(stack(randn({2, 5, 8}), nn::EncoderForward().key_padding(tensor({5, 2}))), {2, 5, 8});
   nn::TransformerDecoder dstack(nn::TransformerDecoderOptions(L(8, 2), 2));
   kt::expect_shape(dstack(randn({2, 3, 8}), randn({2, 5, 8})), {2, 3, 8});
@@ -42,7 +43,8 @@ TEST_CASE("transformer: layer and stack shapes, any leading batch dims") {
 TEST_CASE("transformer: encoder layer equals the composition of its modules (post- and pre-norm)") {
   for (bool pre : {false, true}) {
     CAPTURE(pre);
-    nn::TransformerEncoderLayer layer = make64(nn::TransformerEncoderLayer(L(8, 2).dim_feedforward(12).norm_first(pre)));
+    nn::TransformerEncoderLayer layer =
+        make64(nn::TransformerEncoderLayer(L(8, 2).dim_feedforward(12).norm_first(pre)));
     layer->eval();
     Tensor x = rnd({2, 5, 8}, 1);
     nn::EncoderForward f = nn::EncoderForward().key_padding(tensor({5, 3})).is_causal(true);
@@ -70,7 +72,8 @@ TEST_CASE("transformer: encoder layer equals the composition of its modules (pos
 TEST_CASE("transformer: decoder layer equals the composition of its modules (post- and pre-norm)") {
   for (bool pre : {false, true}) {
     CAPTURE(pre);
-    nn::TransformerDecoderLayer layer = make64(nn::TransformerDecoderLayer(L(8, 2).dim_feedforward(12).norm_first(pre).memory_dim(5)));
+    nn::TransformerDecoderLayer layer =
+        make64(nn::TransformerDecoderLayer(L(8, 2).dim_feedforward(12).norm_first(pre).memory_dim(5)));
     layer->eval();
     Tensor x = rnd({2, 4, 8}, 1), mem = rnd({2, 6, 5}, 2);
     nn::DecoderForward f = nn::DecoderForward().memory_key_padding(tensor({6, 4}));
@@ -106,7 +109,8 @@ TEST_CASE("transformer: decoder self-attention is causal by default") {
 }
 
 TEST_CASE("transformer: padding passes through the stack / padded keys cannot change valid rows") {
-  nn::TransformerEncoder enc = make64(nn::TransformerEncoder(nn::TransformerEncoderOptions(L(8, 2).dim_feedforward(12), 2)));
+  nn::TransformerEncoder enc =
+      make64(nn::TransformerEncoder(nn::TransformerEncoderOptions(L(8, 2).dim_feedforward(12), 2)));
   enc->eval();
   Tensor x = rnd({2, 5, 8}, 1);
   Tensor x2 = x.clone();
@@ -130,8 +134,9 @@ TEST_CASE("transformer: stack parameter names, independent layers, seeded genera
   auto opts = [](Generator* g) { return nn::TransformerEncoderOptions(L(8, 2).norm_first(true).generator(g), 2); };
   nn::TransformerEncoder a(opts(&g1)), b(opts(&g2));
   auto sd = a->state_dict();
-  for (const char* n : {"layers.0.self_attn.q_proj.weight", "layers.0.self_attn.out_proj.bias", "layers.0.ff.fc1.weight",
-                        "layers.0.ff.fc2.bias", "layers.0.norm1.weight", "layers.1.norm2.bias", "norm.weight", "norm.bias"})
+  for (const char* n :
+       {"layers.0.self_attn.q_proj.weight", "layers.0.self_attn.out_proj.bias", "layers.0.ff.fc1.weight",
+        "layers.0.ff.fc2.bias", "layers.0.norm1.weight", "layers.1.norm2.bias", "norm.weight", "norm.bias"})
     CHECK_MESSAGE(sd.contains(n), n);
   CHECK_FALSE(equal(sd["layers.0.self_attn.q_proj.weight"], sd["layers.1.self_attn.q_proj.weight"]));
   CHECK_FALSE(equal(sd["layers.0.ff.fc1.weight"], sd["layers.1.ff.fc1.weight"]));
@@ -156,16 +161,24 @@ TEST_CASE("transformer: stack parameter names, independent layers, seeded genera
 TEST_CASE("transformer gradcheck: encoder and decoder layers at tiny sizes") {
   for (bool pre : {false, true}) {
     CAPTURE(pre);
-    nn::TransformerEncoderLayer enc =
-        make64(nn::TransformerEncoderLayer(L(4, 2).dim_feedforward(6).norm_first(pre).activation(nn::Activation::GELU)));
+    nn::TransformerEncoderLayer enc = make64(
+        nn::TransformerEncoderLayer(L(4, 2).dim_feedforward(6).norm_first(pre).activation(nn::Activation::GELU)));
     enc->eval();
     std::vector<Tensor> in{kt::leaf({2, 3, 4}, 1)};
     for (Tensor p : enc->parameters()) in.push_back(p);
-    kt::grad_ok([&](const std::vector<Tensor>& x) { return enc(x[0], nn::EncoderForward().key_padding(tensor({3, 2}))); },
-                in);
+    kt::grad_ok(
+        [&](const std::vector<Tensor>& x) {
+          return enc(x[0], nn::EncoderForward().key_padding(tensor({3, 2})));
+        },
+        in);
 
-    nn::TransformerDecoderLayer dec = make64(nn::TransformerDecoderLayer(
-        L(4, 2).dim_feedforward(5).norm_first(pre).norm(pre ? nn::Norm::RMSNorm : nn::Norm::LayerNorm).memory_dim(3).num_kv_heads(1)));
+    nn::TransformerDecoderLayer dec =
+        make64(nn::TransformerDecoderLayer(L(4, 2)
+                                               .dim_feedforward(5)
+                                               .norm_first(pre)
+                                               .norm(pre ? nn::Norm::RMSNorm : nn::Norm::LayerNorm)
+                                               .memory_dim(3)
+                                               .num_kv_heads(1)));
     dec->eval();
     std::vector<Tensor> din{kt::leaf({2, 3, 4}, 2), kt::leaf({2, 4, 3}, 3)};
     for (Tensor p : dec->parameters()) din.push_back(p);
@@ -181,5 +194,6 @@ TEST_CASE("transformer: option errors") {
   CHECK_KILN_ERROR(nn::TransformerEncoderLayer(L(8, 2).norm(nn::Norm::None)),
                    "[TransformerEncoderLayer] norm must be Norm::LayerNorm or Norm::RMSNorm, got Norm::None");
   CHECK_KILN_ERROR(nn::TransformerEncoderLayer(L(8, 3)), "embed_dim=8 is not divisible by num_heads=3");
-  CHECK_KILN_ERROR(nn::TransformerEncoder(nn::TransformerEncoderOptions(L(8, 2), -1)), "num_layers must be >= 0, got -1");
+  CHECK_KILN_ERROR(nn::TransformerEncoder(nn::TransformerEncoderOptions(L(8, 2), -1)),
+                   "num_layers must be >= 0, got -1");
 }

@@ -134,8 +134,8 @@ std::vector<Sample> binary_samples() {
   using L = Layout;
   std::vector<Sample> out;
   // values only: broadcasting, scalars and empty shapes
-  for (auto [a, b] : std::vector<std::pair<Shape, Shape>>{{{2, 3}, {3}}, {{3, 1, 4}, {2, 4}}, {{2, 1}, {1, 3}},
-                                                           {{}, {2, 3}}, {{0, 3}, {1, 3}}, {{4}, {4}}})
+  for (auto [a, b] : std::vector<std::pair<Shape, Shape>>{
+           {{2, 3}, {3}}, {{3, 1, 4}, {2, 4}}, {{2, 1}, {1, 3}}, {{}, {2, 3}}, {{0, 3}, {1, 3}}, {{4}, {4}}})
     out.push_back({{{a}, {b}}, {}, false});
   out.push_back({{{{2, 3}, L::Permuted}, {{2, 3}, L::Sliced}}, {}, false});
   out.push_back({{{{3, 4}, L::Expanded}, {{4}}}, {}, false});
@@ -154,7 +154,8 @@ std::vector<Sample> binary_samples() {
 std::vector<Sample> reduction_samples(bool empty_dims) {
   using L = Layout;
   std::vector<Sample> out;
-  const std::vector<Dims> all_dims = {{}, {0}, {1}, {2}, {-1}, {-3}, {0, 2}, {2, 0}, {-1, 0}, {1, 2}, {0, 1, 2}, {0, -2}};
+  const std::vector<Dims> all_dims = {{},     {0},    {1},     {2},    {-1},      {-3},
+                                      {0, 2}, {2, 0}, {-1, 0}, {1, 2}, {0, 1, 2}, {0, -2}};
   for (L l : {L::Contiguous, L::Permuted})
     for (const Dims& d : all_dims)
       for (bool keep : {false, true}) out.push_back({{{{2, 3, 4}, l}}, {d, keep}, false});

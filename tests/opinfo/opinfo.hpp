@@ -81,7 +81,7 @@ struct OpInfo {
   bool gradgrad = true;  // the backward is itself differentiable (gradgradcheck)
   /// The grad samples gradgradcheck uses (all when unset): where a second derivative is undefined.
   std::function<bool(const Sample&)> gradgrad_on = nullptr;
-  bool cuda = true;      // has a CUDA kernel to compare with the CPU
+  bool cuda = true;  // has a CUDA kernel to compare with the CPU
 };
 
 /// Every entry: unary_ops(), binary_ops(), reduction_ops().

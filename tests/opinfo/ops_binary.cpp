@@ -37,28 +37,44 @@ std::vector<OpInfo> binary_ops() {
   auto times = [](double a, double b) { return a * b; };
   auto over = [](double a, double b) { return a / b; };
   std::vector<OpInfo> v = {
-      entry("add", [](const Tensor& a, const Tensor& b) { return add(a, b); }, plus),
-      entry("add alpha", [](const Tensor& a, const Tensor& b) { return add(a, b, 2.5); },
-            [](double a, double b) { return a + 2.5 * b; }),
-      entry("add operator", [](const Tensor& a, const Tensor& b) { return a + b; }, plus),
-      entry("sub", [](const Tensor& a, const Tensor& b) { return sub(a, b); }, minus),
-      entry("sub alpha", [](const Tensor& a, const Tensor& b) { return sub(a, b, -3); },
-            [](double a, double b) { return a + 3 * b; }),
-      entry("sub operator", [](const Tensor& a, const Tensor& b) { return a - b; }, minus),
-      entry("mul", [](const Tensor& a, const Tensor& b) { return mul(a, b); }, times),
-      entry("mul operator", [](const Tensor& a, const Tensor& b) { return a * b; }, times),
-      entry("div", [](const Tensor& a, const Tensor& b) { return div(a, b); }, over, nullptr, ew::away_from_zero),
-      entry("div operator", [](const Tensor& a, const Tensor& b) { return a / b; }, over, nullptr, ew::away_from_zero),
-      entry("pow", [](const Tensor& a, const Tensor& b) { return pow(a, b); },
-            [](double a, double b) { return std::pow(a, b); }, ew::positive),
-      entry("maximum", [](const Tensor& a, const Tensor& b) { return maximum(a, b); },
-            [](double a, double b) { return std::max(a, b); }),
-      entry("minimum", [](const Tensor& a, const Tensor& b) { return minimum(a, b); },
-            [](double a, double b) { return std::min(a, b); }),
+      entry(
+          "add", [](const Tensor& a, const Tensor& b) { return add(a, b); }, plus),
+      entry(
+          "add alpha", [](const Tensor& a, const Tensor& b) { return add(a, b, 2.5); },
+          [](double a, double b) { return a + 2.5 * b; }),
+      entry(
+          "add operator", [](const Tensor& a, const Tensor& b) { return a + b; }, plus),
+      entry(
+          "sub", [](const Tensor& a, const Tensor& b) { return sub(a, b); }, minus),
+      entry(
+          "sub alpha", [](const Tensor& a, const Tensor& b) { return sub(a, b, -3); },
+          [](double a, double b) { return a + 3 * b; }),
+      entry(
+          "sub operator", [](const Tensor& a, const Tensor& b) { return a - b; }, minus),
+      entry(
+          "mul", [](const Tensor& a, const Tensor& b) { return mul(a, b); }, times),
+      entry(
+          "mul operator", [](const Tensor& a, const Tensor& b) { return a * b; }, times),
+      entry(
+          "div", [](const Tensor& a, const Tensor& b) { return div(a, b); }, over, nullptr, ew::away_from_zero),
+      entry(
+          "div operator", [](const Tensor& a, const Tensor& b) { return a / b; }, over, nullptr, ew::away_from_zero),
+      entry(
+          "pow", [](const Tensor& a, const Tensor& b) { return pow(a, b); },
+          [](double a, double b) { return std::pow(a, b); }, ew::positive),
+      entry(
+          "maximum", [](const Tensor& a, const Tensor& b) { return maximum(a, b); },
+          [](double a, double b) { return std::max(a, b); }),
+      entry(
+          "minimum", [](const Tensor& a, const Tensor& b) { return minimum(a, b); },
+          [](double a, double b) { return std::min(a, b); }),
   };
-  OpInfo w = entry("where", [](const Tensor& a, const Tensor& b) {
-    return where(where_mask(ew::bshape(a.shape(), b.shape()), a.device()), a, b);
-  }, nullptr);
+  OpInfo w = entry(
+      "where",
+      [](const Tensor& a, const Tensor& b) {
+        return where(where_mask(ew::bshape(a.shape(), b.shape()), a.device()), a, b);
+      },
+      nullptr);
   w.ref = [](const std::vector<Tensor>& in, const Kw&) {
     const Shape so = ew::bshape(in[0].shape(), in[1].shape());
     Vec c = where_mask(so, Device::cpu()).to_vector<double>();

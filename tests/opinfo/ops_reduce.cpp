@@ -37,8 +37,9 @@ double sqrt_var(const Vec& b, double correction) { return std::sqrt(ew::r_var(co
 
 // std of one value is 0, where sqrt has no second derivative: gradgradcheck skips 0-D inputs.
 OpInfo std_entry(std::string name, double correction) {
-  OpInfo e = entry(std::move(name), [correction](const Tensor& x, const Dims& d, bool k) { return kiln::std(x, d, correction, k); },
-                   [correction](const Vec& b) { return sqrt_var(b, correction); });
+  OpInfo e = entry(
+      std::move(name), [correction](const Tensor& x, const Dims& d, bool k) { return kiln::std(x, d, correction, k); },
+      [correction](const Vec& b) { return sqrt_var(b, correction); });
   e.gradgrad_on = [](const Sample& s) { return !s.args[0].shape.empty(); };
   return e;
 }
@@ -51,9 +52,12 @@ std::vector<OpInfo> reduction_ops() {
   return {
       // float32 sums of 77100 values: allow ~sqrt(n) ulps of the running magnitude
       entry("sum", [](const Tensor& x, const Dims& d, bool k) { return sum(x, d, k); }, ew::r_sum, true, {2e-3, 1e-5}),
-      entry("mean", [](const Tensor& x, const Dims& d, bool k) { return mean(x, d, k); }, ew::r_mean),
-      entry("var", [](const Tensor& x, const Dims& d, bool k) { return var(x, d, 1, k); }, ew::r_var(1)),
-      entry("var correction 0", [](const Tensor& x, const Dims& d, bool k) { return var(x, d, 0, k); }, ew::r_var(0)),
+      entry(
+          "mean", [](const Tensor& x, const Dims& d, bool k) { return mean(x, d, k); }, ew::r_mean),
+      entry(
+          "var", [](const Tensor& x, const Dims& d, bool k) { return var(x, d, 1, k); }, ew::r_var(1)),
+      entry(
+          "var correction 0", [](const Tensor& x, const Dims& d, bool k) { return var(x, d, 0, k); }, ew::r_var(0)),
       std_entry("std", 1),
       std_entry("std correction 0", 0),
       entry("amax", [](const Tensor& x, const Dims& d, bool k) { return amax(x, d, k); }, ew::r_max, false, {0, 0}),
@@ -66,7 +70,8 @@ std::vector<OpInfo> reduction_ops() {
       only(entry("min dim", [](const Tensor& x, const Dims& d, bool k) { return min(x, d[0], k).values; }, ew::r_min,
                  false, {0, 0}),
            one_dim),
-      entry("logsumexp", [](const Tensor& x, const Dims& d, bool k) { return logsumexp(x, d, k); }, ew::r_logsumexp),
+      entry(
+          "logsumexp", [](const Tensor& x, const Dims& d, bool k) { return logsumexp(x, d, k); }, ew::r_logsumexp),
   };
 }
 

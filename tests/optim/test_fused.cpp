@@ -77,7 +77,8 @@ TEST_CASE("an optimizer defined outside kiln through the fused-update seam steps
   for (DType dt : {kFloat64, kFloat32}) {
     INFO(dtype_name(dt));
     // A non-contiguous parameter takes the detour through a contiguous copy.
-    Tensor w = kiln::tensor(std::vector<double>{1, -2, 3, 0.5, 0, -1}, {3, 2}).to(dt).t().contiguous().t().requires_grad_();
+    Tensor w =
+        kiln::tensor(std::vector<double>{1, -2, 3, 0.5, 0, -1}, {3, 2}).to(dt).t().contiguous().t().requires_grad_();
     REQUIRE_FALSE(w.is_contiguous());
     SignMomentum opt({w}, SignMomentumOptions(0.1).beta(0.5));
     const std::vector<std::vector<double>> grads = {{1, -1, 0.25, 0, -3, 2}, {-3, 0.5, -0.25, 1, 2, -1}};
@@ -95,7 +96,8 @@ TEST_CASE("an optimizer defined outside kiln through the fused-update seam steps
     const StateDict sd = opt.state_dict();
     CHECK(sd.scalars.at("group.0.beta") == 0.5);
     kt::expect_values(sd.at("state.0.buf"), buf, 1e-6, 1e-6);
-    CHECK_KILN_ERROR(SignMomentum({w}, SignMomentumOptions().beta(1)), "[SignMomentum] invalid beta: 1 (must be in [0, 1))");
+    CHECK_KILN_ERROR(SignMomentum({w}, SignMomentumOptions().beta(1)),
+                     "[SignMomentum] invalid beta: 1 (must be in [0, 1))");
   }
 }
 

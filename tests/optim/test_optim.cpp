@@ -16,15 +16,25 @@ struct Maker {
 std::vector<Maker> makers() {
   using namespace kiln::optim;
   return {
-      {"SGD", [](auto p) { return std::make_unique<SGD>(p, SGDOptions(0.05).momentum(0.9).nesterov(true).weight_decay(0.01)); },
+      {"SGD",
+       [](auto p) {
+         return std::make_unique<SGD>(p, SGDOptions(0.05).momentum(0.9).nesterov(true).weight_decay(0.01));
+       },
        [](auto p) { return std::make_unique<SGD>(p, SGDOptions(1.0)); }},
       {"Adam", [](auto p) { return std::make_unique<Adam>(p, AdamOptions(0.05).amsgrad(true).weight_decay(0.01)); },
        [](auto p) { return std::make_unique<Adam>(p, AdamOptions(0.5)); }},
-      {"AdamW", [](auto p) { return std::make_unique<AdamW>(p, AdamWOptions(0.05).betas({0.9, 0.95}).amsgrad(true)); },
+      {"AdamW",
+       [](auto p) {
+         return std::make_unique<AdamW>(p, AdamWOptions(0.05).betas({0.9, 0.95}).amsgrad(true));
+       },
        [](auto p) { return std::make_unique<AdamW>(p, AdamWOptions(0.5)); }},
-      {"RMSprop", [](auto p) { return std::make_unique<RMSprop>(p, RMSpropOptions(0.01).momentum(0.5).centered(true)); },
+      {"RMSprop",
+       [](auto p) { return std::make_unique<RMSprop>(p, RMSpropOptions(0.01).momentum(0.5).centered(true)); },
        [](auto p) { return std::make_unique<RMSprop>(p, RMSpropOptions(0.1)); }},
-      {"Adagrad", [](auto p) { return std::make_unique<Adagrad>(p, AdagradOptions(0.1).lr_decay(0.01).initial_accumulator_value(0.1)); },
+      {"Adagrad",
+       [](auto p) {
+         return std::make_unique<Adagrad>(p, AdagradOptions(0.1).lr_decay(0.01).initial_accumulator_value(0.1));
+       },
        [](auto p) { return std::make_unique<Adagrad>(p, AdagradOptions(1.0)); }},
       {"Lion", [](auto p) { return std::make_unique<Lion>(p, LionOptions(0.01).weight_decay(0.1)); },
        [](auto p) { return std::make_unique<Lion>(p, LionOptions(0.5)); }},
@@ -234,10 +244,12 @@ TEST_CASE("optim load_state_dict checks every entry and leaves the optimizer unt
   CHECK_KILN_ERROR(opt.load_state_dict(bad), "[SGD] load_state_dict: missing scalar 'group.0.momentum'");
   bad = good;
   bad.scalars["group.0.num_params"] = 3;
-  CHECK_KILN_ERROR(opt.load_state_dict(bad), "[SGD] load_state_dict: group 0 has 2 parameters here but 3 in the state dict");
+  CHECK_KILN_ERROR(opt.load_state_dict(bad),
+                   "[SGD] load_state_dict: group 0 has 2 parameters here but 3 in the state dict");
   bad = good;
   bad.insert("state.1.momentum_buffer", kiln::zeros({4}, kiln::kFloat64));
-  CHECK_KILN_ERROR(opt.load_state_dict(bad), "[SGD] load_state_dict: 'state.1.momentum_buffer' has shape (4,) but parameter 1 has shape (5,)");
+  CHECK_KILN_ERROR(opt.load_state_dict(bad),
+                   "[SGD] load_state_dict: 'state.1.momentum_buffer' has shape (4,) but parameter 1 has shape (5,)");
   bad = good;
   bad.insert("state.7.momentum_buffer", kiln::zeros({4}, kiln::kFloat64));
   CHECK_KILN_ERROR(opt.load_state_dict(bad), "[SGD] load_state_dict: unexpected tensor 'state.7.momentum_buffer'");
@@ -270,7 +282,8 @@ TEST_CASE("optim bad options and parameters raise kiln errors naming the optimiz
   Tensor w = kiln::ones({3}).requires_grad_();
   CHECK_KILN_ERROR(SGD({w}, SGDOptions(-0.1)), "[SGD] invalid learning rate: -0.1 (must be >= 0)");
   CHECK_KILN_ERROR(SGD({w}, SGDOptions(0.1).momentum(-1)), "[SGD] invalid momentum: -1");
-  CHECK_KILN_ERROR(SGD({w}, SGDOptions(0.1).nesterov(true)), "[SGD] invalid momentum for nesterov: 0 (Nesterov momentum needs momentum > 0)");
+  CHECK_KILN_ERROR(SGD({w}, SGDOptions(0.1).nesterov(true)),
+                   "[SGD] invalid momentum for nesterov: 0 (Nesterov momentum needs momentum > 0)");
   CHECK_KILN_ERROR(SGD({w}, SGDOptions(0.1).momentum(0.9).dampening(0.1).nesterov(true)),
                    "[SGD] invalid dampening for nesterov: 0.1");
   CHECK_KILN_ERROR(SGD({w}, SGDOptions(0.1).weight_decay(-1e-4)), "[SGD] invalid weight_decay: -0.0001");
@@ -282,20 +295,28 @@ TEST_CASE("optim bad options and parameters raise kiln errors naming the optimiz
   CHECK_KILN_ERROR(RMSprop({w}, RMSpropOptions(0.1).alpha(1.5)), "[RMSprop] invalid alpha: 1.5 (must be in [0, 1])");
   CHECK_KILN_ERROR(RMSprop({w}, RMSpropOptions(0.1).momentum(-0.5)), "[RMSprop] invalid momentum: -0.5");
   CHECK_KILN_ERROR(Adagrad({w}, AdagradOptions(0.1).lr_decay(-1)), "[Adagrad] invalid lr_decay: -1");
-  CHECK_KILN_ERROR(Adagrad({w}, AdagradOptions(0.1).initial_accumulator_value(-1)), "[Adagrad] invalid initial_accumulator_value: -1");
+  CHECK_KILN_ERROR(Adagrad({w}, AdagradOptions(0.1).initial_accumulator_value(-1)),
+                   "[Adagrad] invalid initial_accumulator_value: -1");
   CHECK_KILN_ERROR(Lion({w}, LionOptions(0.1).betas({0.9, 1.5})), "[Lion] invalid beta2: 1.5 (must be in [0, 1])");
 
   CHECK_KILN_ERROR(SGD(std::vector<Tensor>{}, SGDOptions(0.1)), "[SGD] got an empty parameter list");
   CHECK_KILN_ERROR(SGD({w, Tensor()}, SGDOptions(0.1)), "[SGD] parameter 1 of group 0 is an undefined tensor");
-  CHECK_KILN_ERROR(Adam({kiln::ones({2}, kiln::kInt64)}), "[Adam] parameter 0 of group 0 has dtype int64; only float32/float64");
+  CHECK_KILN_ERROR(Adam({kiln::ones({2}, kiln::kInt64)}),
+                   "[Adam] parameter 0 of group 0 has dtype int64; only float32/float64");
   Tensor nonleaf = w * 2.0;
   CHECK_KILN_ERROR(Adam({w, nonleaf}), "[Adam] parameter 1 of group 0 (shape (3,)) is not a leaf tensor");
-  CHECK_KILN_ERROR(Adam({w, w}), "[Adam] parameter 1 of group 0 (shape (3,)) appears more than once: it is also parameter 0 of group 0");
-  CHECK_KILN_ERROR(Adam({ParamGroup({w}), ParamGroup({w})}), "[Adam] parameter 0 of group 1 (shape (3,)) appears more than once: it is also parameter 0 of group 0");
-  CHECK_KILN_ERROR(Adam({ParamGroup({w}, SGDOptions(0.1))}), "[Adam] param group options are SGDOptions, expected AdamOptions");
+  CHECK_KILN_ERROR(
+      Adam({w, w}),
+      "[Adam] parameter 1 of group 0 (shape (3,)) appears more than once: it is also parameter 0 of group 0");
+  CHECK_KILN_ERROR(
+      Adam({ParamGroup({w}), ParamGroup({w})}),
+      "[Adam] parameter 0 of group 1 (shape (3,)) appears more than once: it is also parameter 0 of group 0");
+  CHECK_KILN_ERROR(Adam({ParamGroup({w}, SGDOptions(0.1))}),
+                   "[Adam] param group options are SGDOptions, expected AdamOptions");
   Adam opt({w});
   CHECK_KILN_ERROR(opt.add_param_group(ParamGroup({w})), "appears more than once");
-  CHECK_KILN_ERROR(opt.add_param_group(ParamGroup({kiln::ones({2}).requires_grad_()}, AdamOptions(-1))), "[Adam] invalid learning rate: -1");
+  CHECK_KILN_ERROR(opt.add_param_group(ParamGroup({kiln::ones({2}).requires_grad_()}, AdamOptions(-1))),
+                   "[Adam] invalid learning rate: -1");
   CHECK(opt.param_groups().size() == 1);  // failed adds leave the groups alone
   // Options edited in place are checked when stepping.
   w.set_grad(kiln::ones({3}));
@@ -352,11 +373,17 @@ TEST_CASE("optim every optimizer fits a least-squares problem") {
   using namespace kiln::optim;
   const std::vector<std::pair<std::string, std::function<std::unique_ptr<Optimizer>(Tensor)>>> opts = {
       {"SGD", [](Tensor w) { return std::make_unique<SGD>(std::vector<Tensor>{w}, SGDOptions(0.05).momentum(0.9)); }},
-      {"SGD nesterov", [](Tensor w) { return std::make_unique<SGD>(std::vector<Tensor>{w}, SGDOptions(0.05).momentum(0.9).nesterov(true)); }},
+      {"SGD nesterov",
+       [](Tensor w) {
+         return std::make_unique<SGD>(std::vector<Tensor>{w}, SGDOptions(0.05).momentum(0.9).nesterov(true));
+       }},
       {"Adam", [](Tensor w) { return std::make_unique<Adam>(std::vector<Tensor>{w}, AdamOptions(0.05)); }},
-      {"Adam amsgrad", [](Tensor w) { return std::make_unique<Adam>(std::vector<Tensor>{w}, AdamOptions(0.05).amsgrad(true)); }},
-      {"AdamW", [](Tensor w) { return std::make_unique<AdamW>(std::vector<Tensor>{w}, AdamWOptions(0.05).weight_decay(1e-4)); }},
-      {"RMSprop", [](Tensor w) { return std::make_unique<RMSprop>(std::vector<Tensor>{w}, RMSpropOptions(0.01).centered(true)); }},
+      {"Adam amsgrad",
+       [](Tensor w) { return std::make_unique<Adam>(std::vector<Tensor>{w}, AdamOptions(0.05).amsgrad(true)); }},
+      {"AdamW",
+       [](Tensor w) { return std::make_unique<AdamW>(std::vector<Tensor>{w}, AdamWOptions(0.05).weight_decay(1e-4)); }},
+      {"RMSprop",
+       [](Tensor w) { return std::make_unique<RMSprop>(std::vector<Tensor>{w}, RMSpropOptions(0.01).centered(true)); }},
       {"Adagrad", [](Tensor w) { return std::make_unique<Adagrad>(std::vector<Tensor>{w}, AdagradOptions(0.5)); }},
       {"Lion", [](Tensor w) { return std::make_unique<Lion>(std::vector<Tensor>{w}, LionOptions(0.03)); }},
   };

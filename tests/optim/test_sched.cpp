@@ -39,7 +39,8 @@ void check_schedule(const Golden& g, const std::string& c, optim::LRScheduler& s
 
 std::vector<std::int64_t> milestones(const Golden& g, const std::string& c) {
   std::vector<std::int64_t> m;
-  for (std::int64_t i = 0; i < g.inum(c + ".num_milestones"); ++i) m.push_back(g.inum(fmt::format("{}.milestone.{}", c, i)));
+  for (std::int64_t i = 0; i < g.inum(c + ".num_milestones"); ++i)
+    m.push_back(g.inum(fmt::format("{}.milestone.{}", c, i)));
   std::reverse(m.begin(), m.end());  // the scheduler sorts them
   return m;
 }
@@ -93,7 +94,8 @@ TEST_CASE("sched LinearWarmup composes with cosine and step like PyTorch Sequent
   {
     Fixture f(g);
     optim::LinearWarmup s(f.opt, g.inum("warmup_step.warmup_steps"), g.num("warmup_step.start_factor"),
-                          std::make_unique<optim::StepLR>(f.opt, g.inum("warmup_step.step_size"), g.num("warmup_step.gamma")));
+                          std::make_unique<optim::StepLR>(f.opt, g.inum("warmup_step.step_size"),
+                                                          g.num("warmup_step.gamma")));
     check_schedule(g, "warmup_step", s, f.opt);
   }
   {
@@ -109,7 +111,8 @@ TEST_CASE("sched OneCycleLR cos linear and three-phase match PyTorch") {
     const std::string n = c;
     Fixture f(g);
     optim::OneCycleLR s(f.opt, {g.num(n + ".max_lr.0"), g.num(n + ".max_lr.1")}, g.inum(n + ".total_steps"),
-                        g.num(n + ".pct_start"), g.flag(n + ".anneal_cos") ? optim::AnnealStrategy::Cos : optim::AnnealStrategy::Linear,
+                        g.num(n + ".pct_start"),
+                        g.flag(n + ".anneal_cos") ? optim::AnnealStrategy::Cos : optim::AnnealStrategy::Linear,
                         g.num(n + ".div_factor"), g.num(n + ".final_div_factor"), g.flag(n + ".three_phase"));
     check_schedule(g, n, s, f.opt);
     CHECK_KILN_ERROR(s.step(), "[OneCycleLR] stepped 21 times but total_steps is 20");
@@ -125,7 +128,8 @@ TEST_CASE("sched ReduceLROnPlateau matches PyTorch on metric sequences") {
     optim::ReduceLROnPlateau s(f.opt, g.flag(n + ".mode_max") ? optim::PlateauMode::Max : optim::PlateauMode::Min,
                                g.num(n + ".factor"), g.inum(n + ".patience"), g.num(n + ".threshold"),
                                g.flag(n + ".threshold_abs") ? optim::ThresholdMode::Abs : optim::ThresholdMode::Rel,
-                               g.inum(n + ".cooldown"), std::vector<double>{g.num(n + ".min_lr.0"), g.num(n + ".min_lr.1")});
+                               g.inum(n + ".cooldown"),
+                               std::vector<double>{g.num(n + ".min_lr.0"), g.num(n + ".min_lr.1")});
     std::vector<std::vector<double>> got;
     for (double m : g.at(n + ".metrics").to_vector<double>()) {
       s.step(m);
@@ -144,13 +148,18 @@ TEST_CASE("sched state_dict round trip resumes every schedule exactly") {
   using Make = std::function<std::unique_ptr<optim::LRScheduler>(optim::Optimizer&)>;
   const std::vector<std::pair<std::string, Make>> makers = {
       {"StepLR", [](optim::Optimizer& o) { return std::make_unique<optim::StepLR>(o, 3, 0.5); }},
-      {"MultiStepLR", [](optim::Optimizer& o) { return std::make_unique<optim::MultiStepLR>(o, std::vector<std::int64_t>{2, 5, 9}, 0.3); }},
+      {"MultiStepLR",
+       [](optim::Optimizer& o) {
+         return std::make_unique<optim::MultiStepLR>(o, std::vector<std::int64_t>{2, 5, 9}, 0.3);
+       }},
       {"ExponentialLR", [](optim::Optimizer& o) { return std::make_unique<optim::ExponentialLR>(o, 0.9); }},
       {"CosineAnnealingLR", [](optim::Optimizer& o) { return std::make_unique<optim::CosineAnnealingLR>(o, 7, 1e-3); }},
-      {"LinearWarmup", [](optim::Optimizer& o) {
+      {"LinearWarmup",
+       [](optim::Optimizer& o) {
          return std::make_unique<optim::LinearWarmup>(o, 4, 0.1, std::make_unique<optim::CosineAnnealingLR>(o, 8));
        }},
-      {"WarmupCosineLR", [](optim::Optimizer& o) { return std::make_unique<optim::WarmupCosineLR>(o, 3, 12, 0.0, 1e-4); }},
+      {"WarmupCosineLR",
+       [](optim::Optimizer& o) { return std::make_unique<optim::WarmupCosineLR>(o, 3, 12, 0.0, 1e-4); }},
       {"OneCycleLR", [](optim::Optimizer& o) { return std::make_unique<optim::OneCycleLR>(o, 0.5, 14); }},
   };
   for (const auto& [name, make] : makers) {
@@ -211,17 +220,24 @@ TEST_CASE("sched bad arguments and bad state dicts raise kiln errors") {
   CHECK_KILN_ERROR(optim::MultiStepLR(f.opt, {3, -1}), "[MultiStepLR] milestones must be >= 0, got -1");
   CHECK_KILN_ERROR(optim::ExponentialLR(f.opt, NAN), "[ExponentialLR] gamma must be finite");
   CHECK_KILN_ERROR(optim::CosineAnnealingLR(f.opt, 0), "[CosineAnnealingLR] T_max must be >= 1, got 0");
-  CHECK_KILN_ERROR(optim::CosineAnnealingLR(f.opt, 5, -1.0), "[CosineAnnealingLR] eta_min must be finite and >= 0, got -1");
+  CHECK_KILN_ERROR(optim::CosineAnnealingLR(f.opt, 5, -1.0),
+                   "[CosineAnnealingLR] eta_min must be finite and >= 0, got -1");
   CHECK_KILN_ERROR(optim::LinearWarmup(f.opt, 5, 1.5), "[LinearWarmup] start_factor must be in [0, 1], got 1.5");
   CHECK_KILN_ERROR(optim::LinearWarmup(f.opt, -2), "[LinearWarmup] warmup_steps must be >= 0, got -2");
-  CHECK_KILN_ERROR(optim::WarmupCosineLR(f.opt, 10, 10), "[WarmupCosineLR] total_steps (10) must exceed warmup_steps (10)");
+  CHECK_KILN_ERROR(optim::WarmupCosineLR(f.opt, 10, 10),
+                   "[WarmupCosineLR] total_steps (10) must exceed warmup_steps (10)");
   CHECK_KILN_ERROR(optim::OneCycleLR(f.opt, 0.1, 0), "[OneCycleLR] total_steps must be >= 1, got 0");
   CHECK_KILN_ERROR(optim::OneCycleLR(f.opt, 0.1, 10, 1.5), "[OneCycleLR] pct_start must be in [0, 1], got 1.5");
-  CHECK_KILN_ERROR(optim::OneCycleLR(f.opt, 0.1, 3, 0.3), "[OneCycleLR] pct_start 0.3 with total_steps 3 leaves a phase");
-  CHECK_KILN_ERROR(optim::OneCycleLR(f.opt, std::vector<double>{0.1}, 10), "[OneCycleLR] got 1 max_lr values for 2 param groups");
-  CHECK_KILN_ERROR(optim::OneCycleLR(f.opt, 0.1, 10, 0.3, optim::AnnealStrategy::Cos, 0.0), "[OneCycleLR] div_factor must be finite and > 0, got 0");
-  CHECK_KILN_ERROR(optim::ReduceLROnPlateau(f.opt, optim::PlateauMode::Min, 1.0), "[ReduceLROnPlateau] factor must be in [0, 1), got 1");
-  CHECK_KILN_ERROR(optim::ReduceLROnPlateau(f.opt, optim::PlateauMode::Min, 0.1, -1), "[ReduceLROnPlateau] patience must be >= 0, got -1");
+  CHECK_KILN_ERROR(optim::OneCycleLR(f.opt, 0.1, 3, 0.3),
+                   "[OneCycleLR] pct_start 0.3 with total_steps 3 leaves a phase");
+  CHECK_KILN_ERROR(optim::OneCycleLR(f.opt, std::vector<double>{0.1}, 10),
+                   "[OneCycleLR] got 1 max_lr values for 2 param groups");
+  CHECK_KILN_ERROR(optim::OneCycleLR(f.opt, 0.1, 10, 0.3, optim::AnnealStrategy::Cos, 0.0),
+                   "[OneCycleLR] div_factor must be finite and > 0, got 0");
+  CHECK_KILN_ERROR(optim::ReduceLROnPlateau(f.opt, optim::PlateauMode::Min, 1.0),
+                   "[ReduceLROnPlateau] factor must be in [0, 1), got 1");
+  CHECK_KILN_ERROR(optim::ReduceLROnPlateau(f.opt, optim::PlateauMode::Min, 0.1, -1),
+                   "[ReduceLROnPlateau] patience must be >= 0, got -1");
   CHECK_KILN_ERROR(optim::ReduceLROnPlateau(f.opt, optim::PlateauMode::Min, 0.1, 2, 1e-4, optim::ThresholdMode::Rel, 0,
                                             std::vector<double>{0.0}),
                    "[ReduceLROnPlateau] got 1 min_lr values for 2 param groups");
@@ -261,5 +277,6 @@ TEST_CASE("sched bad arguments and bad state dicts raise kiln errors") {
   auto wsd = w.state_dict();
   CHECK(wsd.scalars.count("after.gamma") == 1);
   optim::LinearWarmup plain(f.opt, 2, 0.5);
-  CHECK_KILN_ERROR(plain.load_state_dict(wsd), "[LinearWarmup] load_state_dict: the state has a schedule after warm-up");
+  CHECK_KILN_ERROR(plain.load_state_dict(wsd),
+                   "[LinearWarmup] load_state_dict: the state has a schedule after warm-up");
 }
