@@ -40,6 +40,7 @@ Tensor index_select(const Tensor& x, std::int64_t dim_in, const Tensor& index) {
   check_index_range(index, xv.size(dim), "index_select", dim);
   Shape shape = xv.shape();
   shape[dim] = index.numel();
+  checked_numel(shape, "index_select");
   Tensor out = Tensor::empty(shape, x.dtype(), x.device());
   backend(x, "index_select").index_select(xv, dim, contiguous_raw(index), out);
   if (x.dim() == 0) out = Tensor::make_view(out, {}, {}, 0);

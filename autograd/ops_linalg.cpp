@@ -46,6 +46,7 @@ Tensor matmul_nd(const Tensor& a, const Tensor& b) {
   sa.insert(sa.end(), {M, K});
   sb.insert(sb.end(), {K, N});
   so.insert(so.end(), {M, N});
+  for (const Shape* s : {&sa, &sb, &so}) checked_numel(*s, "matmul");
   Tensor out = Tensor::empty(so, dt, a.device());
   Tensor a3 = as_3d(expand_raw(cast_raw(a, dt), sa, "matmul"));
   Tensor b3 = as_3d(expand_raw(cast_raw(b, dt), sb, "matmul"));

@@ -18,16 +18,17 @@ Tensor view_raw(const Tensor& x, Shape shape, Strides strides, std::int64_t offs
 // Resolves one -1 in `shape` against numel.
 Shape infer_shape(const Shape& shape, std::int64_t numel, const char* op, const Shape& from) {
   Shape out = shape;
-  std::int64_t known = 1, infer = -1;
+  std::int64_t infer = -1;
   for (std::size_t i = 0; i < shape.size(); ++i) {
     if (shape[i] == -1) {
       KILN_CHECK(infer < 0, op, "only one dimension can be -1, got shape {}", shape_str(shape));
       infer = static_cast<std::int64_t>(i);
+      out[i] = 1;
     } else {
       KILN_CHECK(shape[i] >= 0, op, "invalid dimension {} in shape {}", shape[i], shape_str(shape));
-      known *= shape[i];
     }
   }
+  const std::int64_t known = checked_numel(out, op);
   if (infer >= 0) {
     KILN_CHECK(known != 0 && numel % known == 0, op, "shape {} is invalid for an input of shape {} ({} elements)",
                shape_str(shape), shape_str(from), numel);
@@ -234,6 +235,7 @@ Tensor expand(const Tensor& x, const Shape& shape_in) {
                  shape_str(shape_in), i, x.shape()[i - off], shape[i]);
   }
   if (shape == x.shape()) return x;
+  checked_numel(shape, "expand");
   Tensor y = view_raw(x, shape, broadcast_strides(x.shape(), x.strides(), shape, "expand"), x.offset());
   Shape xs = x.shape();
   record("expand", {x}, {y},
@@ -337,10 +339,12 @@ Tensor cat(const std::vector<Tensor>& xs, std::int64_t dim_in) {
                  "sizes must match except in dim {}: tensor {} has shape {}, tensor 0 has shape {}", dim, i,
                  shape_str(t.shape()), shape_str(first.shape()));
     dt = promote_types(dt, t.dtype());
-    total += t.size(dim);
+    KILN_CHECK(!__builtin_add_overflow(total, t.size(dim), &total), "cat",
+               "the sizes in dim {} overflow a 64-bit integer at tensor {} (shape {})", dim, i, shape_str(t.shape()));
   }
   Shape shape = first.shape();
   shape[dim] = total;
+  checked_numel(shape, "cat");
   Tensor out = Tensor::empty(shape, dt, first.device());
   std::vector<std::int64_t> sizes;
   std::int64_t off = 0;
@@ -377,6 +381,9 @@ Tensor stack(const std::vector<Tensor>& xs, std::int64_t dim) {
                shape_str(xs[0].shape()));
     us.push_back(unsqueeze(xs[i], d));
   }
+  Shape shape = xs[0].shape();
+  shape.insert(shape.begin() + d, static_cast<std::int64_t>(xs.size()));
+  checked_numel(shape, "stack");
   return cat(us, d);
 }
 

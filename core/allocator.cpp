@@ -28,7 +28,7 @@ class CachingCpuAllocator final : public Allocator {
       cpu_empty_cache();
       p = std::aligned_alloc(64, n);
     }
-    KILN_CHECK(p != nullptr, "alloc", "out of memory allocating {} bytes on cpu", nbytes);
+    KILN_CHECK(p != nullptr, "empty", "cannot allocate {} bytes on cpu: out of memory", nbytes);
     std::lock_guard<std::mutex> lock(mu_);
     cache_.note_os_alloc(n);
     return p;

@@ -16,6 +16,26 @@ std::int64_t numel_of(const Shape& shape) {
   return n;
 }
 
+std::int64_t checked_numel(const Shape& shape, const char* op) {
+  std::int64_t n = 1, span = 1;  // span: the product with 0-size dims as 1 (bounds n and every stride)
+  for (auto s : shape) {
+    KILN_CHECK(s >= 0, op, "negative dimension {} in shape {}", s, shape_str(shape));
+    KILN_CHECK(!__builtin_mul_overflow(span, std::max<std::int64_t>(s, 1), &span), op,
+               "shape {} has too many elements (the count overflows a 64-bit integer)", shape_str(shape));
+    n *= s;  // n <= span: cannot overflow
+  }
+  return n;
+}
+
+std::int64_t checked_nbytes(const Shape& shape, std::size_t itemsize, const char* op) {
+  const std::int64_t n = checked_numel(shape, op);
+  std::int64_t bytes = 0;
+  KILN_CHECK(!__builtin_mul_overflow(n, static_cast<std::int64_t>(itemsize), &bytes), op,
+             "shape {} has too many elements: {} elements of {} bytes overflow a 64-bit byte count", shape_str(shape),
+             n, itemsize);
+  return bytes;
+}
+
 Strides contiguous_strides(const Shape& shape) {
   Strides st(shape.size());
   std::int64_t acc = 1;
@@ -48,6 +68,7 @@ Shape broadcast_shapes(const Shape& a, const Shape& b, const char* op) {
                shape_str(a), shape_str(b), da, db, i);
     out[i] = da == 1 ? db : da;
   }
+  checked_numel(out, op);
   return out;
 }
 

@@ -13,6 +13,13 @@ using Strides = std::vector<std::int64_t>;
 
 /// Number of elements (1 for a scalar shape {}).
 std::int64_t numel_of(const Shape& shape);
+/// Number of elements of a shape an op is about to produce: throws "[op] negative dimension .." or
+/// "[op] shape (..) has too many elements .." when a dim is negative or the element count (or a
+/// contiguous stride: the product with 0-size dims counted as 1) overflows int64.
+///   std::int64_t n = checked_numel(out_shape, "matmul");
+std::int64_t checked_numel(const Shape& shape, const char* op);
+/// Bytes of a `shape` tensor with `itemsize`-byte elements, checked as checked_numel and to fit int64.
+std::int64_t checked_nbytes(const Shape& shape, std::size_t itemsize, const char* op);
 /// Row-major strides for `shape`.
 Strides contiguous_strides(const Shape& shape);
 /// "(2, 3)"; "()" for a scalar.

@@ -63,7 +63,7 @@ bool overlaps(const Tensor& dst, const Tensor& src) {
 
 // Checks a factory's shape and device, naming the factory, then allocates.
 Tensor alloc(const Shape& shape, DType dtype, Device device, const char* op) {
-  for (auto s : shape) KILN_CHECK(s >= 0, op, "negative dimension {} in shape {}", s, shape_str(shape));
+  checked_nbytes(shape, itemsize(dtype), op);
   backend_for(device, op);
   return Tensor::empty(shape, dtype, device);
 }
@@ -87,11 +87,10 @@ TensorImpl& Tensor::impl() const {
 }
 
 Tensor Tensor::empty(const Shape& shape, DType dtype, Device device) {
-  for (auto s : shape) KILN_CHECK(s >= 0, "empty", "negative dimension {} in shape {}", s, shape_str(shape));
+  const std::int64_t nbytes = checked_nbytes(shape, itemsize(dtype), "empty");
   auto impl = std::make_shared<TensorImpl>();
   Backend& be = backend_for(device, "empty");
-  impl->storage =
-      std::make_shared<Storage>(static_cast<std::size_t>(numel_of(shape)) * itemsize(dtype), be.allocator());
+  impl->storage = std::make_shared<Storage>(static_cast<std::size_t>(nbytes), be.allocator());
   impl->shape = shape;
   impl->strides = contiguous_strides(shape);
   impl->dtype = dtype;
@@ -109,8 +108,9 @@ Tensor Tensor::make_view(const Tensor& base, Shape shape, Strides strides, std::
 }
 
 Tensor Tensor::from_blob(void* data, const Shape& shape, DType dtype, Device device) {
+  const std::int64_t nbytes = checked_nbytes(shape, itemsize(dtype), "from_blob");
   auto impl = std::make_shared<TensorImpl>();
-  impl->storage = std::make_shared<Storage>(data, static_cast<std::size_t>(numel_of(shape)) * itemsize(dtype), device);
+  impl->storage = std::make_shared<Storage>(data, static_cast<std::size_t>(nbytes), device);
   impl->shape = shape;
   impl->strides = contiguous_strides(shape);
   impl->dtype = dtype;
@@ -380,11 +380,31 @@ Tensor arange(const Scalar& start, const Scalar& end, const Scalar& step) {
   bool fl = start.is_floating() || end.is_floating() || step.is_floating();
   return arange(start, end, step, TensorOptions(fl ? kFloat32 : kInt64));
 }
+namespace {
+// A factory's values computed on the host as T (double or int64) and converted into a fresh
+// tensor. Both buffers come from kiln's allocator, so a count too large for memory is a
+// kiln::Error naming the op, never std::bad_alloc.
+template <typename T, typename F>
+Tensor host_filled(std::int64_t n, const Shape& shape, TensorOptions opts, const char* op, F&& value) {
+  Tensor out = alloc(shape, opts.dtype(), opts.device(), op);
+  const bool direct = out.device().is_cpu() && out.dtype() == dtype_of<T>::value;
+  Tensor h = direct ? out : alloc(shape, dtype_of<T>::value, Device::cpu(), op);
+  T* p = h.data_ptr<T>();
+  for (std::int64_t i = 0; i < n; ++i) p[i] = value(i);
+  if (!direct) {
+    out.copy_(h);  // converts dtype and moves to the device
+    out.storage()->version = 0;
+  }
+  if (opts.requires_grad()) out.requires_grad_(true);
+  return out;
+}
+}  // namespace
+
 Tensor arange(const Scalar& start, const Scalar& end, const Scalar& step, TensorOptions opts) {
   double s = start.to_double(), e = end.to_double(), st = step.to_double();
   KILN_CHECK(st != 0.0 && std::isfinite(st), "arange", "step must be finite and nonzero, got {}", st);
   KILN_CHECK(std::isfinite(s) && std::isfinite(e), "arange", "start {} and end {} must be finite", s, e);
-  std::int64_t n;
+  constexpr auto kMaxCount = static_cast<std::uint64_t>(std::numeric_limits<std::int64_t>::max());
   if (!start.is_floating() && !end.is_floating() && !step.is_floating()) {
     // Exact integer count (doubles lose integers beyond 2^53), in unsigned arithmetic so that
     // no span of two int64 values overflows.
@@ -393,41 +413,45 @@ Tensor arange(const Scalar& start, const Scalar& end, const Scalar& step, Tensor
     const std::uint64_t span = di > 0 ? static_cast<std::uint64_t>(i1) - static_cast<std::uint64_t>(i0)
                                       : static_cast<std::uint64_t>(i0) - static_cast<std::uint64_t>(i1);
     const std::uint64_t mag = di > 0 ? static_cast<std::uint64_t>(di) : 0 - static_cast<std::uint64_t>(di);
-    n = static_cast<std::int64_t>(span / mag + (span % mag != 0));
-  } else {
-    KILN_CHECK((e - s) / st >= 0, "arange", "start {} cannot reach end {} with step {}", s, e, st);
-    n = static_cast<std::int64_t>(std::ceil((e - s) / st));
+    const std::uint64_t count = span / mag + (span % mag != 0);
+    KILN_CHECK(count <= kMaxCount, "arange", "start {}, end {} and step {} give {} elements (more than 2^63 - 1)", i0,
+               i1, di, count);
+    const auto n = static_cast<std::int64_t>(count);
+    // start + i * step lies in [start, end]: exact in wrapping unsigned arithmetic.
+    auto value = [&](std::int64_t i) {
+      return static_cast<std::int64_t>(static_cast<std::uint64_t>(i0) +
+                                       static_cast<std::uint64_t>(i) * static_cast<std::uint64_t>(di));
+    };
+    if (opts.dtype() == kInt64) return host_filled<std::int64_t>(n, {n}, opts, "arange", value);
+    return host_filled<double>(n, {n}, opts, "arange", [&](std::int64_t i) { return static_cast<double>(value(i)); });
   }
-  std::vector<double> v(static_cast<std::size_t>(n));
-  bool ints = !start.is_floating() && !step.is_floating();
-  for (std::int64_t i = 0; i < n; ++i)
-    v[i] = ints ? static_cast<double>(start.to_int() + i * step.to_int()) : s + static_cast<double>(i) * st;
-  if (ints && opts.dtype() == kInt64) {
-    std::vector<std::int64_t> iv(v.size());
-    for (std::int64_t i = 0; i < n; ++i) iv[i] = start.to_int() + i * step.to_int();
-    return from_host(iv.data(), {n}, opts, "arange");
-  }
-  return from_host(v.data(), {n}, opts, "arange");
+  const double count = std::ceil((e - s) / st);
+  KILN_CHECK(count >= 0, "arange", "start {} cannot reach end {} with step {}", s, e, st);
+  KILN_CHECK(count < 9.2e18, "arange", "start {}, end {} and step {} give {} elements (more than 2^63 - 1)", s, e, st,
+             count);
+  const auto n = static_cast<std::int64_t>(count);
+  const bool ints = !start.is_floating() && !step.is_floating();
+  return host_filled<double>(n, {n}, opts, "arange", [&](std::int64_t i) {
+    return ints ? static_cast<double>(start.to_int() + i * step.to_int()) : s + static_cast<double>(i) * st;
+  });
 }
 
 Tensor linspace(double start, double end, std::int64_t steps, TensorOptions opts) {
   KILN_CHECK(steps >= 0, "linspace", "number of steps must be >= 0, got {}", steps);
-  std::vector<double> v(static_cast<std::size_t>(steps));
-  double step = steps > 1 ? (end - start) / static_cast<double>(steps - 1) : 0.0;
+  const double step = steps > 1 ? (end - start) / static_cast<double>(steps - 1) : 0.0;
   // Symmetric evaluation keeps both end points exact.
-  for (std::int64_t i = 0; i < steps; ++i)
-    v[i] = i < steps / 2 ? start + step * static_cast<double>(i) : end - step * static_cast<double>(steps - 1 - i);
-  if (steps == 1) v[0] = start;
-  return from_host(v.data(), {steps}, opts, "linspace");
+  return host_filled<double>(steps, {steps}, opts, "linspace", [&](std::int64_t i) {
+    if (steps == 1) return start;
+    return i < steps / 2 ? start + step * static_cast<double>(i) : end - step * static_cast<double>(steps - 1 - i);
+  });
 }
 
 Tensor eye(std::int64_t n, std::int64_t m, TensorOptions opts) {
   KILN_CHECK(n >= 0, "eye", "n must be >= 0, got {}", n);
   if (m == -1) m = n;  // the default: square
   KILN_CHECK(m >= 0, "eye", "m must be >= 0, got {}", m);
-  std::vector<double> v(static_cast<std::size_t>(n * m), 0.0);
-  for (std::int64_t i = 0; i < std::min(n, m); ++i) v[i * m + i] = 1.0;
-  return from_host(v.data(), {n, m}, opts, "eye");
+  const std::int64_t count = checked_numel({n, m}, "eye");
+  return host_filled<double>(count, {n, m}, opts, "eye", [m](std::int64_t i) { return i / m == i % m ? 1.0 : 0.0; });
 }
 
 // ---- random ----
