@@ -137,6 +137,44 @@ std::vector<Tensor> AccumulateGrad::apply(std::vector<Tensor>&& grad_outputs) {
   return {};
 }
 
+// ---- graph teardown ----
+
+namespace {
+// What a dying node owns that may hold the last reference to other nodes: its edges, its saved
+// tensors (their grad_fn) and its backward's captures. Destroying them can destroy further nodes;
+// while this thread is already tearing a graph down, those nodes park their parts here instead
+// of destroying them one call deeper, so a chain of any length frees at constant stack depth.
+struct NodeParts {
+  std::vector<Edge> edges;
+  std::vector<SavedTensor> saved;
+  FunctionNode::Backward fn;
+};
+thread_local std::vector<NodeParts> t_parked;
+thread_local bool t_tearing_down = false;
+
+void tear_down(NodeParts&& parts) {
+  if (t_tearing_down) {
+    t_parked.push_back(std::move(parts));
+    return;
+  }
+  t_tearing_down = true;
+  { NodeParts first = std::move(parts); }  // destroyed here: nodes it frees park their parts
+  while (!t_parked.empty()) {
+    NodeParts next = std::move(t_parked.back());
+    t_parked.pop_back();
+  }  // `next` is destroyed at the end of each iteration, parking more
+  t_tearing_down = false;
+}
+}  // namespace
+
+Node::~Node() {
+  if (!next_edges.empty() || !saved_.empty()) tear_down({std::move(next_edges), std::move(saved_), nullptr});
+}
+
+FunctionNode::~FunctionNode() {
+  if (fn_) tear_down({{}, {}, std::move(fn_)});
+}
+
 // ---- recording ----
 
 bool any_requires_grad(std::initializer_list<const Tensor*> inputs) {

@@ -48,7 +48,9 @@ struct OutputInfo {
 
 class Node : public std::enable_shared_from_this<Node> {
  public:
-  virtual ~Node() = default;
+  /// Frees the graph behind this node iteratively: a chain of a million nodes is released at
+  /// constant stack depth, not through a million nested destructors (autograd/engine.cpp).
+  virtual ~Node();
   /// The forward op's name, used in error messages ("mul", "softmax", ...).
   virtual const char* name() const = 0;
   /// Gradients for each input edge from gradients of each output (missing ones are zeros).
@@ -81,6 +83,7 @@ class FunctionNode final : public Node {
  public:
   using Backward = std::function<std::vector<Tensor>(FunctionNode& self, std::vector<Tensor>& grads)>;
   FunctionNode(const char* name, Backward fn) : name_(name), fn_(std::move(fn)) {}
+  ~FunctionNode() override;
   const char* name() const override { return name_; }
   std::vector<Tensor> apply(std::vector<Tensor>&& grad_outputs) override;
   void release() override {
