@@ -20,6 +20,7 @@
 #include "core/shape.hpp"
 #include "core/state_dict.hpp"
 #include "core/tensor.hpp"
+#include "distributed/distributed.hpp"
 #include "io/io.hpp"
 #include "nn/nn.hpp"
 #include "optim/optim.hpp"

@@ -1,0 +1,352 @@
+// The MPI half: one communication thread per process owns every MPI call (MPI initialized with
+// MPI_THREAD_SERIALIZED by that thread), so any thread may queue collectives while others
+// compute, and they reach MPI in the order they were queued. Collectives run as blocking MPI
+// calls (Open MPI's tuned algorithms); send/recv are posted non-blocking and progressed between
+// jobs, so a pending recv never blocks the collectives queued behind it.
+#include <fmt/format.h>
+#include <mpi.h>
+
+#include <climits>
+#include <cstdio>
+#include <deque>
+#include <future>
+#include <thread>
+
+#include "../core/error.hpp"
+#include "runtime.hpp"
+
+namespace kiln::distributed::detail {
+namespace {
+
+struct MpiFailure {
+  std::string what;
+};
+
+void check(int rc, const char* call) {
+  if (rc == MPI_SUCCESS) return;
+  char text[MPI_MAX_ERROR_STRING];
+  int len = 0;
+  MPI_Error_string(rc, text, &len);
+  throw MpiFailure{fmt::format("{} failed: {}", call, std::string_view(text, static_cast<std::size_t>(len)))};
+}
+
+MPI_Comm comm_of(const GroupImpl& g) { return *static_cast<MPI_Comm*>(g.comm); }
+void set_comm(GroupImpl& g, MPI_Comm c) { g.comm = new MPI_Comm(c); }  // communicators live as long as MPI
+
+MPI_Datatype mpi_type(DType d) {
+  switch (d) {
+    case DType::Bool: return MPI_UINT8_T;
+    case DType::Int64: return MPI_INT64_T;
+    case DType::Float32: return MPI_FLOAT;
+    case DType::Float64: return MPI_DOUBLE;
+  }
+  return MPI_DATATYPE_NULL;
+}
+
+MPI_Op mpi_op(ReduceOp op, DType d) {
+  // bool is one byte of 0 or 1: OR is max, AND is min.
+  if (d == DType::Bool) return op == ReduceOp::Min ? MPI_MIN : MPI_MAX;
+  switch (op) {
+    case ReduceOp::Sum:
+    case ReduceOp::Avg: return MPI_SUM;
+    case ReduceOp::Max: return MPI_MAX;
+    case ReduceOp::Min: return MPI_MIN;
+  }
+  return MPI_OP_NULL;
+}
+
+void divide(void* p, std::int64_t n, DType d, int by) {
+  visit_dtype(d, [&](auto t) {
+    using T = decltype(t);
+    if constexpr (std::is_floating_point_v<T>) {
+      T* x = static_cast<T*>(p);
+      for (std::int64_t i = 0; i < n; ++i) x[i] /= static_cast<T>(by);
+    }
+  });
+}
+
+class CommThread {
+ public:
+  WorldInfo start() {
+    std::promise<WorldInfo> ready;
+    auto fut = ready.get_future();
+    thread_ = std::thread([this, &ready] { main(ready); });
+    try {
+      return fut.get();
+    } catch (...) {
+      thread_.join();
+      throw;
+    }
+  }
+
+  void submit(Job job) {
+    {
+      std::lock_guard<std::mutex> l(mu_);
+      queue_.push_back(std::move(job));
+    }
+    cv_.notify_one();
+  }
+
+  void stop() {
+    {
+      std::lock_guard<std::mutex> l(mu_);
+      stop_ = true;
+    }
+    cv_.notify_one();
+    if (thread_.joinable()) thread_.join();
+  }
+
+ private:
+  void main(std::promise<WorldInfo>& ready) {
+    WorldInfo w;
+    try {
+      int provided = 0;
+      check(MPI_Init_thread(nullptr, nullptr, MPI_THREAD_SERIALIZED, &provided), "MPI_Init_thread");
+      check(MPI_Comm_set_errhandler(MPI_COMM_WORLD, MPI_ERRORS_RETURN), "MPI_Comm_set_errhandler");
+      check(MPI_Comm_rank(MPI_COMM_WORLD, &w.rank), "MPI_Comm_rank");
+      check(MPI_Comm_size(MPI_COMM_WORLD, &w.size), "MPI_Comm_size");
+      MPI_Comm local;
+      check(MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, w.rank, MPI_INFO_NULL, &local),
+            "MPI_Comm_split_type");
+      check(MPI_Comm_rank(local, &w.local_rank), "MPI_Comm_rank");
+      check(MPI_Comm_size(local, &w.local_size), "MPI_Comm_size");
+      check(MPI_Comm_free(&local), "MPI_Comm_free");
+      w.world = std::make_shared<GroupImpl>();
+      w.world->rank = w.rank;
+      for (int r = 0; r < w.size; ++r) w.world->ranks.push_back(r);
+      set_comm(*w.world, MPI_COMM_WORLD);
+    } catch (const MpiFailure& f) {
+      ready.set_exception(std::make_exception_ptr(Error("[distributed::init] " + f.what)));
+      return;
+    }
+    ready.set_value(w);
+    loop();
+    MPI_Finalize();
+  }
+
+  void loop() {
+    for (;;) {
+      Job job;
+      bool have = false;
+      {
+        std::unique_lock<std::mutex> l(mu_);
+        if (queue_.empty() && reqs_.empty()) cv_.wait(l, [&] { return !queue_.empty() || stop_; });
+        if (!queue_.empty()) {
+          job = std::move(queue_.front());
+          queue_.pop_front();
+          have = true;
+        } else if (stop_ && reqs_.empty()) {
+          return;
+        }
+      }
+      if (have) run(job);
+      if (!reqs_.empty()) {
+        progress();
+        if (!have) std::this_thread::yield();  // polling is what moves Open MPI's messages along
+      }
+    }
+  }
+
+  void run(Job& job) {
+    try {
+      if (job.check && !signatures_agree(job)) return;
+      execute(job);
+    } catch (const MpiFailure& f) {
+      job.work->complete(fmt::format("[{}] {}", job.op, f.what));
+    } catch (const std::exception& e) {
+      job.work->complete(e.what());
+    }
+  }
+
+  bool signatures_agree(Job& job) {
+    const GroupImpl& g = *job.group;
+    std::vector<Signature> all(g.ranks.size());
+    const int n = static_cast<int>(job.sig.size());
+    check(MPI_Allgather(job.sig.data(), n, MPI_INT64_T, all.data(), n, MPI_INT64_T, comm_of(g)), "MPI_Allgather");
+    std::string msg = signature_mismatch(job.op, all);
+    if (msg.empty()) return true;
+    job.work->complete(std::move(msg));
+    return false;
+  }
+
+  void execute(Job& j) {
+    if (j.count == 0 && j.kind != Kind::Barrier && j.kind != Kind::Internal) {
+      j.work->complete();  // empty: the signatures agreed, nothing moves (MPI rejects two null buffers)
+      return;
+    }
+    MPI_Comm c = comm_of(*j.group);
+    const int size = static_cast<int>(j.group->ranks.size());
+    MPI_Datatype type = mpi_type(j.dtype);
+    const std::int64_t step = INT_MAX;  // MPI counts are int: long buffers go in pieces
+    char* out = static_cast<char*>(j.out);
+    switch (j.kind) {
+      case Kind::AllReduce:
+        for (std::int64_t at = 0; at < j.count; at += step) {
+          int n = static_cast<int>(std::min(step, j.count - at));
+          check(MPI_Allreduce(MPI_IN_PLACE, out + at * itemsize(j.dtype), n, type, mpi_op(j.reduce, j.dtype), c),
+                "MPI_Allreduce");
+        }
+        if (j.reduce == ReduceOp::Avg) divide(j.out, j.count, j.dtype, size);
+        break;
+      case Kind::Broadcast:
+        for (std::int64_t at = 0; at < j.count; at += step) {
+          int n = static_cast<int>(std::min(step, j.count - at));
+          check(MPI_Bcast(out + at * itemsize(j.dtype), n, type, j.peer, c), "MPI_Bcast");
+        }
+        break;
+      case Kind::AllGather:
+        check(MPI_Allgather(j.in, static_cast<int>(j.count), type, j.out, static_cast<int>(j.count), type, c),
+              "MPI_Allgather");
+        break;
+      case Kind::ReduceScatter:
+        check(MPI_Reduce_scatter_block(j.in, j.out, static_cast<int>(j.count), type, mpi_op(j.reduce, j.dtype), c),
+              "MPI_Reduce_scatter_block");
+        if (j.reduce == ReduceOp::Avg) divide(j.out, j.count, j.dtype, size);
+        break;
+      case Kind::Barrier: check(MPI_Barrier(c), "MPI_Barrier"); break;
+      case Kind::Send:
+      case Kind::Recv: {
+        MPI_Request req;
+        if (j.kind == Kind::Send)
+          check(MPI_Isend(j.in, static_cast<int>(j.count), type, j.peer, j.tag, c, &req), "MPI_Isend");
+        else check(MPI_Irecv(j.out, static_cast<int>(j.count), type, j.peer, j.tag, c, &req), "MPI_Irecv");
+        reqs_.push_back(req);
+        req_jobs_.push_back(std::move(j));
+        return;  // completes in progress()
+      }
+      default: j.fn(); break;
+    }
+    j.work->complete();
+  }
+
+  // Tests the posted sends and receives; completes those that finished.
+  void progress() {
+    int count = 0;
+    std::vector<int> idx(reqs_.size());
+    std::vector<MPI_Status> st(reqs_.size());
+    int rc = MPI_Testsome(static_cast<int>(reqs_.size()), reqs_.data(), &count, idx.data(), st.data());
+    if (count == MPI_UNDEFINED || count == 0) return;
+    std::vector<bool> gone(reqs_.size(), false);
+    for (int k = 0; k < count; ++k) {
+      Job& j = req_jobs_[static_cast<std::size_t>(idx[k])];
+      gone[static_cast<std::size_t>(idx[k])] = true;
+      int err = rc == MPI_ERR_IN_STATUS ? st[k].MPI_ERROR : rc;
+      int got = 0;
+      if (err == MPI_SUCCESS && j.kind == Kind::Recv) MPI_Get_count(&st[k], mpi_type(j.dtype), &got);
+      if (err == MPI_ERR_TRUNCATE)
+        j.work->complete(fmt::format("[recv] rank {} sent more than the {} {} elements expected", j.peer, j.count,
+                                     dtype_name(j.dtype)));
+      else if (err != MPI_SUCCESS) j.work->complete(fmt::format("[{}] MPI error {} (peer rank {})", j.op, err, j.peer));
+      else if (j.kind == Kind::Recv && got != j.count)
+        j.work->complete(
+            fmt::format("[recv] rank {} sent {} elements, {} {} expected", j.peer, got, j.count, dtype_name(j.dtype)));
+      else j.work->complete();
+    }
+    std::size_t keep = 0;
+    for (std::size_t i = 0; i < reqs_.size(); ++i) {
+      if (gone[i]) continue;
+      reqs_[keep] = reqs_[i];
+      req_jobs_[keep] = std::move(req_jobs_[i]);
+      ++keep;
+    }
+    reqs_.resize(keep);
+    req_jobs_.resize(keep);
+  }
+
+  std::thread thread_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::deque<Job> queue_;
+  bool stop_ = false;
+  std::vector<MPI_Request> reqs_;  // posted sends and receives (communication thread only)
+  std::vector<Job> req_jobs_;
+};
+
+CommThread* g_thread = nullptr;
+
+/// Runs `fn` on the communication thread after checking `sig` across `group`; waits for it.
+void run_internal(const std::shared_ptr<GroupImpl>& group, const char* op, const Signature& sig,
+                  std::function<void()> fn) {
+  Job j;
+  j.kind = Kind::Internal;
+  j.op = op;
+  j.group = group;
+  j.work = std::make_shared<WorkState>(op);
+  j.sig = sig;
+  j.fn = std::move(fn);
+  auto work = j.work;
+  g_thread->submit(std::move(j));
+  Work(work).wait();
+}
+
+}  // namespace
+
+bool mpi_built() { return true; }
+
+WorldInfo mpi_start() {
+  g_thread = new CommThread;  // lives until exit: a static destructor must not join it
+  return g_thread->start();
+}
+
+void mpi_stop() { g_thread->stop(); }
+
+void mpi_abort(int code) {
+  MPI_Abort(MPI_COMM_WORLD, code);
+  std::_Exit(code);
+}
+
+void mpi_submit(Job job) { g_thread->submit(std::move(job)); }
+
+std::shared_ptr<GroupImpl> mpi_new_group(const std::vector<int>& ranks) {
+  Signature sig = make_signature(Kind::NewGroup, nullptr);
+  sig[kSigNumel] = static_cast<std::int64_t>(ranks.size());
+  std::uint64_t h = 1469598103934665603ull;
+  for (std::size_t i = 0; i < ranks.size(); ++i) {
+    if (i < kSigDims) sig[kSigDim0 + i] = ranks[i];
+    h = (h ^ static_cast<std::uint64_t>(ranks[i])) * 1099511628211ull;
+  }
+  sig[kSigDim0 + kSigDims] = static_cast<std::int64_t>(h);
+  auto g = std::make_shared<GroupImpl>();
+  g->ranks = ranks;
+  const WorldInfo& w = world_info("new_group");
+  run_internal(w.world, "new_group", sig, [&] {
+    MPI_Group all, part;
+    MPI_Comm c;
+    check(MPI_Comm_group(MPI_COMM_WORLD, &all), "MPI_Comm_group");
+    check(MPI_Group_incl(all, static_cast<int>(ranks.size()), ranks.data(), &part), "MPI_Group_incl");
+    check(MPI_Comm_create(MPI_COMM_WORLD, part, &c), "MPI_Comm_create");
+    MPI_Group_free(&part);
+    MPI_Group_free(&all);
+    if (c != MPI_COMM_NULL) {
+      check(MPI_Comm_rank(c, &g->rank), "MPI_Comm_rank");
+      set_comm(*g, c);
+    }
+  });
+  return g;
+}
+
+std::shared_ptr<GroupImpl> mpi_split(const std::shared_ptr<GroupImpl>& group, int color, int key) {
+  Signature sig = make_signature(Kind::Split, nullptr);
+  auto g = std::make_shared<GroupImpl>();
+  run_internal(group, "Group::split", sig, [&] {
+    MPI_Comm c;
+    check(MPI_Comm_split(comm_of(*group), color < 0 ? MPI_UNDEFINED : color, key, &c), "MPI_Comm_split");
+    if (c == MPI_COMM_NULL) return;
+    int n = 0;
+    check(MPI_Comm_rank(c, &g->rank), "MPI_Comm_rank");
+    check(MPI_Comm_size(c, &n), "MPI_Comm_size");
+    MPI_Group mine, all;
+    check(MPI_Comm_group(c, &mine), "MPI_Comm_group");
+    check(MPI_Comm_group(MPI_COMM_WORLD, &all), "MPI_Comm_group");
+    std::vector<int> local(static_cast<std::size_t>(n));
+    for (int i = 0; i < n; ++i) local[static_cast<std::size_t>(i)] = i;
+    g->ranks.resize(static_cast<std::size_t>(n));
+    check(MPI_Group_translate_ranks(mine, n, local.data(), all, g->ranks.data()), "MPI_Group_translate_ranks");
+    MPI_Group_free(&mine);
+    MPI_Group_free(&all);
+    set_comm(*g, c);
+  });
+  return g;
+}
+
+}  // namespace kiln::distributed::detail
