@@ -4,6 +4,7 @@
 #include "autograd/function.hpp"
 #include "autograd/grad_mode.hpp"
 #include "autograd/gradcheck.hpp"
+#include "autograd/hooks.hpp"
 #include "autograd/node.hpp"
 #include "autograd/ops.hpp"
 #include "core/allocator.hpp"

@@ -9,6 +9,7 @@
 #include <unordered_map>
 
 #include "grad_mode.hpp"
+#include "internal.hpp"
 #include "node.hpp"
 #include "ops.hpp"
 
@@ -133,7 +134,10 @@ std::vector<Tensor> FunctionNode::apply(std::vector<Tensor>&& grad_outputs) {
 }
 
 std::vector<Tensor> AccumulateGrad::apply(std::vector<Tensor>&& grad_outputs) {
-  if (auto leaf = leaf_.lock()) accumulate_into(leaf, grad_outputs.at(0), grad_enabled(), true);
+  auto leaf = leaf_.lock();
+  if (!leaf || !grad_outputs.at(0).defined()) return {};
+  accumulate_into(leaf, grad_outputs[0], grad_enabled(), true);
+  detail::run_post_accumulate_grad_hooks(leaf);
   return {};
 }
 
@@ -177,6 +181,8 @@ FunctionNode::~FunctionNode() {
 
 // ---- recording ----
 
+std::uint64_t next_sequence_nr() { return g_sequence.fetch_add(1); }
+
 bool any_requires_grad(std::initializer_list<const Tensor*> inputs) {
   if (!grad_enabled()) return false;
   for (auto* t : inputs)
@@ -202,7 +208,7 @@ std::shared_ptr<FunctionNode> record(const char* name, const std::vector<Tensor>
                                      const std::vector<Tensor>& outputs, FunctionNode::Backward fn) {
   if (!any_requires_grad(inputs)) return nullptr;
   auto node = std::make_shared<FunctionNode>(name, std::move(fn));
-  node->sequence_nr = g_sequence.fetch_add(1);
+  node->sequence_nr = next_sequence_nr();
   node->next_edges.reserve(inputs.size());
   for (const auto& in : inputs) node->next_edges.push_back(gradient_edge(in));
   node->outputs.reserve(outputs.size());
@@ -402,10 +408,12 @@ std::vector<Tensor> run_backward(const std::vector<Tensor>& roots, const std::ve
                                  bool retain_graph, bool create_graph, const std::vector<Tensor>& inputs,
                                  bool allow_unused) {
   GradModeGuard mode(create_graph);
+  detail::BackwardCallbacks callbacks;  // autograd::queue_callback during this pass lands here
   GraphTask task(retain_graph, create_graph, inputs);
   task.seed_roots(roots, root_grads);
   task.count_dependencies();
   task.execute();
+  callbacks.run();
   return task.results(allow_unused);
 }
 

@@ -38,6 +38,7 @@ std::vector<Tensor> finish_custom(const std::shared_ptr<CustomNode>& node, const
     for (auto& t : node->ctx.non_diff_) nd = nd || t.is_same(originals[i]);
     if (!nd) diff.push_back(outputs[i]);
   }
+  node->sequence_nr = next_sequence_nr();
   node->next_edges.clear();
   for (const auto& in : inputs) {
     node->next_edges.push_back(gradient_edge(in));

@@ -2,6 +2,9 @@
 // Helpers shared by the op implementations (not installed API).
 #include <fmt/format.h>
 
+#include <functional>
+#include <vector>
+
 #include "../core/backend.hpp"
 #include "grad_mode.hpp"
 #include "node.hpp"
@@ -55,5 +58,26 @@ inline Tensor reduce_grad(const Tensor& g, const Tensor& x) {
 inline void check_floating(const Tensor& t, const char* op) {
   KILN_CHECK(t.is_floating_point(), op, "expected a floating point tensor, got {}", dtype_name(t.dtype()));
 }
+
+/// Runs the post-accumulate-grad hooks of `leaf` (autograd/hooks.hpp); AccumulateGrad calls it
+/// after adding a pass's gradient into leaf.grad.
+void run_post_accumulate_grad_hooks(const std::shared_ptr<TensorImpl>& leaf);
+
+/// One backward pass's queue for autograd::queue_callback on this thread, alive for the pass
+/// (a nested backward, e.g. from a hook, gets its own and restores the outer one).
+class BackwardCallbacks {
+ public:
+  BackwardCallbacks();
+  ~BackwardCallbacks();
+  BackwardCallbacks(const BackwardCallbacks&) = delete;
+  BackwardCallbacks& operator=(const BackwardCallbacks&) = delete;
+  /// Runs the queued callbacks in order, including those they queue.
+  void run();
+  void push(std::function<void()> callback) { queue_.push_back(std::move(callback)); }
+
+ private:
+  std::vector<std::function<void()>> queue_;
+  BackwardCallbacks* outer_;
+};
 
 }  // namespace kiln::detail

@@ -103,6 +103,9 @@ class AccumulateGrad final : public Node {
  public:
   explicit AccumulateGrad(const std::shared_ptr<TensorImpl>& leaf) : leaf_(leaf) {
     outputs.push_back({leaf->shape, leaf->dtype, leaf->storage->device});
+    // Runs as soon as it is ready (the engine runs the highest sequence_nr first), so a leaf's
+    // .grad and its post-accumulate hooks come while the rest of backward still runs.
+    sequence_nr = UINT64_MAX;
   }
   const char* name() const override { return "AccumulateGrad"; }
   bool is_accumulator() const override { return true; }
@@ -118,6 +121,9 @@ bool any_requires_grad(std::initializer_list<const Tensor*> inputs);
 bool any_requires_grad(const std::vector<Tensor>& inputs);
 /// The edge a gradient for `t` flows into (invalid if t does not require grad).
 Edge gradient_edge(const Tensor& t);
+
+/// A fresh creation stamp for a node: the engine runs ready nodes latest-created first.
+std::uint64_t next_sequence_nr();
 
 /// Records `outputs` as produced by an op on `inputs` whose backward is `fn`.
 /// Returns null (and records nothing) when grad mode is off or no input requires grad.

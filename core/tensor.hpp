@@ -24,7 +24,8 @@ namespace kiln {
 
 namespace autograd {
 class Node;
-}
+struct LeafHooks;
+}  // namespace autograd
 
 class Tensor;
 struct TensorImpl;
@@ -49,6 +50,7 @@ struct AutogradMeta {
   std::shared_ptr<autograd::Node> grad_fn;         // null for leaves
   std::uint32_t output_nr = 0;                     // which output of grad_fn this is
   std::weak_ptr<autograd::Node> grad_accumulator;  // leaves: the node that accumulates .grad
+  std::shared_ptr<autograd::LeafHooks> hooks;      // leaves: post-accumulate-grad hooks (autograd/hooks.hpp)
 };
 
 struct TensorImpl {
