@@ -17,8 +17,13 @@
 //   build/bench/gpt                          # small
 //   build/bench/gpt --preset shakespeare
 //   build/bench/gpt --attn mha --dropout 0 --verbose
+//   mpirun -np 2 build/bench/gpt --threads 1        # data-parallel (DDP), as the anchors' gpt_ddp.py
 // Prints `RESULT gpt impl=kiln preset=.. ... median_step_ms=.. tokens_per_s=.. peak_rss_mib=..
-// loss_first=.. loss_last=..` (loss_* are single-step losses of the first and last step).
+// loss_first=.. loss_last=..` (loss_* are single-step losses of the first and last step). Under
+// mpirun (N ranks) every rank draws the same global batch and trains on its contiguous share
+// through distributed::DistributedDataParallel; rank 0 prints `RESULT gpt_ddp ...` with global
+// tokens/s, the all-reduce time per step, the part of it not hidden behind backward, and each
+// bucket's hidden fraction (launch order).
 #include <sys/resource.h>
 
 #include <CLI/CLI.hpp>
@@ -212,6 +217,10 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   app.add_option("--device", c.device, "cpu or cuda")->check(CLI::IsMember({"cpu", "cuda"}))->capture_default_str();
   app.add_flag("--verbose", c.verbose, "per-step times and losses");
+  double bucket_mb = 25, first_bucket_mb = 1;
+  app.add_option("--bucket-mb", bucket_mb, "under mpirun: DDP bucket size (MiB)")->capture_default_str();
+  app.add_option("--first-bucket-mb", first_bucket_mb, "under mpirun: DDP first bucket size (MiB)")
+      ->capture_default_str();
   std::string out;
   app.add_option("--out", out, "also append the RESULT line to this file");
   CLI11_PARSE(app, argc, argv);
@@ -242,25 +251,45 @@ int main(int argc, char** argv) {
     dev = Device::cuda(0);
   }
 
+  namespace dist = kiln::distributed;
+  dist::InitGuard dist_guard;  // under mpirun: one rank of a data-parallel run
+  const int world = dist::world_size(), rank = dist::rank();
+  if (c.batch % world != 0) {
+    fmt::print(stderr, "error: --batch {} must divide by the number of ranks ({})\n", c.batch, world);
+    return 2;
+  }
+  const std::int64_t share = c.batch / world;
+  if (rank != 0) c.verbose = false;
+
   set_num_threads(c.threads);
   manual_seed(c.seed);
   GPT model(c);
   model->to(dev);
   model->train();
+  std::unique_ptr<dist::DistributedDataParallel> ddp;
+  if (world > 1)
+    ddp = std::make_unique<dist::DistributedDataParallel>(
+        *model, dist::DDPOptions().bucket_cap_mb(bucket_mb).first_bucket_cap_mb(first_bucket_mb));
   optim::AdamW opt(model->parameters(), optim::AdamWOptions(c.lr).betas({0.9, 0.999}).eps(1e-8).weight_decay(0.01));
   auto data = make_data(200000, c.vocab, c.seed);
   SplitMix64 batch_rng{c.seed + 1};
-  fmt::print(
-      "# gpt kiln threads={} attn={} device={} vocab={} T={} d={} heads={} layers={} batch={} dropout={:.2f} lr={} "
-      "params={}\n",
-      c.threads, c.attn, dev.str(), c.vocab, c.T, c.d, c.heads, c.layers, c.batch, c.dropout, c.lr,
-      model->num_parameters());
+  if (rank == 0)
+    fmt::print(
+        "# gpt kiln world={} threads={} attn={} device={} vocab={} T={} d={} heads={} layers={} batch={} "
+        "dropout={:.2f} lr={} params={}\n",
+        world, c.threads, c.attn, dev.str(), c.vocab, c.T, c.d, c.heads, c.layers, c.batch, c.dropout, c.lr,
+        model->num_parameters());
 
-  std::vector<double> t_step, t_fwd, t_bwd, t_opt;
+  std::vector<double> t_step, t_fwd, t_bwd, t_opt, t_comm, t_exposed;
+  std::vector<std::vector<double>> bucket_hidden;
   double first_loss = 0, last_loss = 0, cpu0 = 0, wall0 = 0;
   for (int s = 0; s < c.warmup + c.steps; ++s) {
     if (s == c.warmup) cpu0 = cpu_time_s(), wall0 = now_s();
     auto [x, y] = get_batch(data, c, batch_rng);  // untimed
+    if (world > 1) {                              // this rank's contiguous share of the global batch
+      x = x.narrow(0, rank * share, share).contiguous(), y = y.narrow(0, rank * share, share).contiguous();
+      dist::barrier();
+    }
     x = x.to(dev), y = y.to(dev);
     double t0 = now_s();
     opt.zero_grad();  // set_to_none
@@ -270,8 +299,19 @@ int main(int argc, char** argv) {
     loss.backward();
     double t2 = now_s();
     opt.step();
-    const double l = loss.item<double>();  // on a GPU this waits for the step to finish
+    double l = loss.item<double>();  // on a GPU this waits for the step to finish
     double t3 = now_s();
+    if (ddp) {  // the global batch's loss; the communication statistics (untimed)
+      Tensor lt = loss.detach().clone();
+      dist::all_reduce(lt, dist::ReduceOp::Avg);
+      l = lt.item<double>();
+      if (s >= c.warmup) {
+        const dist::DDPStats& st = ddp->last_stats();
+        t_comm.push_back(st.comm_s()), t_exposed.push_back(st.exposed_s());
+        bucket_hidden.resize(st.buckets.size());
+        for (std::size_t b = 0; b < st.buckets.size(); ++b) bucket_hidden[b].push_back(st.hidden_fraction(b));
+      }
+    }
     if (s == 0) first_loss = l;
     last_loss = l;
     if (c.verbose)
@@ -283,15 +323,31 @@ int main(int argc, char** argv) {
   }
   const double cpu_util = (cpu_time_s() - cpu0) / (now_s() - wall0);
   const double med = median(t_step);
-  const std::string result = fmt::format(
-      "RESULT gpt impl=kiln preset={} attn={} device={} threads={} T={} d={} heads={} layers={} batch={} "
-      "dropout={:.2f} "
-      "params={} steps={} median_step_ms={:.2f} min_step_ms={:.2f} fwd_ms={:.2f} bwd_ms={:.2f} opt_ms={:.2f} "
-      "tokens_per_s={:.0f} loss_first={:.4f} loss_last={:.4f} peak_rss_mib={:.1f} cpu_util={:.2f}\n",
-      c.preset, c.attn, dev.str(), c.threads, c.T, c.d, c.heads, c.layers, c.batch, c.dropout, model->num_parameters(),
-      t_step.size(), med * 1e3, *std::min_element(t_step.begin(), t_step.end()) * 1e3, median(t_fwd) * 1e3,
-      median(t_bwd) * 1e3, median(t_opt) * 1e3, double(c.batch * c.T) / med, first_loss, last_loss, peak_rss_mib(),
-      cpu_util);
+  if (rank != 0) return 0;
+  std::string result;
+  if (ddp) {
+    std::string hidden;
+    for (const auto& b : bucket_hidden) hidden += fmt::format("{}{:.2f}", hidden.empty() ? "" : "/", median(b));
+    result = fmt::format(
+        "RESULT gpt_ddp impl=kiln-ddp-mpi world={} threads_per_rank={} preset={} attn={} T={} d={} layers={} "
+        "batch={} dropout={:.2f} params={} steps={} median_step_ms={:.2f} min_step_ms={:.2f} fwd_ms={:.2f} "
+        "bwd_ms={:.2f} opt_ms={:.2f} tokens_per_s={:.0f} allreduce_ms={:.2f} exposed_ms={:.2f} buckets={} "
+        "bucket_hidden={} loss_first={:.4f} loss_last={:.4f} peak_rss_mib_rank0={:.1f}\n",
+        world, c.threads, c.preset, c.attn, c.T, c.d, c.layers, c.batch, c.dropout, model->num_parameters(),
+        t_step.size(), med * 1e3, *std::min_element(t_step.begin(), t_step.end()) * 1e3, median(t_fwd) * 1e3,
+        median(t_bwd) * 1e3, median(t_opt) * 1e3, double(c.batch * c.T) / med, median(t_comm) * 1e3,
+        median(t_exposed) * 1e3, bucket_hidden.size(), hidden, first_loss, last_loss, peak_rss_mib());
+  } else {
+    result = fmt::format(
+        "RESULT gpt impl=kiln preset={} attn={} device={} threads={} T={} d={} heads={} layers={} batch={} "
+        "dropout={:.2f} "
+        "params={} steps={} median_step_ms={:.2f} min_step_ms={:.2f} fwd_ms={:.2f} bwd_ms={:.2f} opt_ms={:.2f} "
+        "tokens_per_s={:.0f} loss_first={:.4f} loss_last={:.4f} peak_rss_mib={:.1f} cpu_util={:.2f}\n",
+        c.preset, c.attn, dev.str(), c.threads, c.T, c.d, c.heads, c.layers, c.batch, c.dropout,
+        model->num_parameters(), t_step.size(), med * 1e3, *std::min_element(t_step.begin(), t_step.end()) * 1e3,
+        median(t_fwd) * 1e3, median(t_bwd) * 1e3, median(t_opt) * 1e3, double(c.batch * c.T) / med, first_loss,
+        last_loss, peak_rss_mib(), cpu_util);
+  }
   fmt::print("{}", result);
   if (!out.empty()) {
     std::FILE* f = std::fopen(out.c_str(), "a");

@@ -22,6 +22,7 @@
 #include <kiln/optim/optim.hpp>
 #include "common/common.hpp"
 #include "common/data.hpp"
+#include "common/data_parallel.hpp"
 #include "common/plot.hpp"
 
 using namespace kiln;
@@ -310,7 +311,7 @@ void write_loss_chart(const examples::Flags& flags, const examples::CsvLog& log,
 // Steps [first_step, last_step] with evaluations, log rows and checkpoints every eval interval;
 // returns the last validation loss (0 when no step ran).
 double train(Trainer& tr, const Config& c, const Corpus& corpus, std::int64_t first_step, std::int64_t last_step,
-             const examples::Timer& wall, Device dev) {
+             const examples::Timer& wall, Device dev, const examples::DataParallel& dp) {
   const examples::Flags& flags = c.flags;
   const std::string ckpt = examples::out_path(flags, "charlm.ckpt");
   examples::CsvLog log(examples::out_path(flags, "charlm_log.csv"), {"step", "train_loss", "val_loss", "lr"},
@@ -320,15 +321,15 @@ double train(Trainer& tr, const Config& c, const Corpus& corpus, std::int64_t fi
   double loss_sum = 0, val_loss = 0;  // training loss summed since the last evaluation
   std::int64_t loss_count = 0;
   for (std::int64_t step = first_step; step <= last_step; ++step) {
-    auto [x, y] = get_batch(corpus.train_data, flags.batch, c.context, tr.batch_gen, dev);
-    Tensor loss = cross_entropy(tr.model(x).flatten(0, 1), y.flatten());
+    auto [x, y, weight] = dp.share(get_batch(corpus.train_data, flags.batch, c.context, tr.batch_gen, dev));
+    Tensor loss = cross_entropy(tr.model(x).flatten(0, 1), y.flatten()) * weight;
     tr.opt.zero_grad();
     loss.backward();
     optim::clip_grad_norm_(tr.model->parameters(), 1.0);
     tr.opt.step();
     tr.schedule.step();
 
-    loss_sum += loss.item<double>(), ++loss_count;
+    loss_sum += dp.global_mean(loss), ++loss_count;
     progress.step(step, fmt::format("loss {:.3f}", loss_sum / loss_count));
     if (step % eval_every == 0 || step == last_step) {
       const double train_loss = loss_sum / loss_count;
@@ -356,7 +357,9 @@ int main(int argc, char** argv) {
   CLI::App app{"A character-level GPT trained on a text corpus"};
   Config c;
   add_flags(app, c);
-  return examples::run(app, argc, argv, [&] {
+  examples::DataParallel dp;  // under mpirun: one rank of a data-parallel run
+  return dp.exit(examples::run(app, argc, argv, [&] {
+    dp.rank0_writes(c.flags);
     if (c.dim % c.heads != 0)
       throw examples::UsageError(fmt::format("--heads {} must divide --dim {}", c.heads, c.dim));
     Device dev = examples::setup(c.flags);
@@ -364,10 +367,11 @@ int main(int argc, char** argv) {
     const Corpus corpus = load_corpus(c);
     Trainer tr(c, corpus, dev);
     const std::int64_t first_step = resume_training(tr, c, corpus);
+    dp.wrap(*tr.model);
     fmt::print("model: {} layers, dim {}, {} heads, context {}, {} parameters; unigram baseline {:.3f} nats/char\n",
                c.layers, c.dim, c.heads, c.context, examples::count_str(tr.model->num_parameters()), corpus.baseline);
     const std::int64_t last_step = c.stop_at > 0 ? std::min(c.stop_at, c.flags.steps) : c.flags.steps;
-    double val_loss = train(tr, c, corpus, first_step, last_step, wall, dev);
+    double val_loss = train(tr, c, corpus, first_step, last_step, wall, dev, dp);
 
     std::mt19937_64 rng(c.flags.seed);
     for (std::int64_t i = 0; i < c.samples; ++i)
@@ -376,5 +380,5 @@ int main(int argc, char** argv) {
     if (first_step > last_step) val_loss = validate(tr.model, corpus, c, dev);
     fmt::print("trained in {:.1f} s\n", wall.seconds());
     fmt::print("validation loss: {:.4f} nats/char (unigram baseline {:.4f})\n", val_loss, corpus.baseline);
-  });
+  }));
 }

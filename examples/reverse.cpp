@@ -13,6 +13,7 @@
 // `exact-match accuracy: <x>` over held-out sequences.
 #include <kiln/optim/optim.hpp>
 #include "common/common.hpp"
+#include "common/data_parallel.hpp"
 #include "common/plot.hpp"
 
 using namespace kiln;
@@ -126,7 +127,9 @@ int main(int argc, char** argv) {
       ->check(CLI::NonNegativeNumber)
       ->capture_default_str();
 
-  return examples::run(app, argc, argv, [&] {
+  examples::DataParallel dp;  // under mpirun: one rank of a data-parallel run
+  return dp.exit(examples::run(app, argc, argv, [&] {
+    dp.rank0_writes(flags);
     if (dim % heads != 0) throw examples::UsageError(fmt::format("--heads {} must divide --dim {}", heads, dim));
     Device dev = examples::setup(flags);
     examples::Timer wall;
@@ -139,6 +142,7 @@ int main(int argc, char** argv) {
 
     Reverser model(2 * length, dim, heads, layers);
     model->to(dev);
+    dp.wrap(*model);
     // AdamW with a linear warm-up, then a cosine decay to 10% of the peak rate.
     optim::AdamW opt(model->parameters(), optim::AdamWOptions(flags.lr).betas({0.9, 0.98}).weight_decay(0.01));
     optim::WarmupCosineLR schedule(opt, std::min(warmup, flags.steps / 10), flags.steps, /*start_factor=*/0.0,
@@ -155,15 +159,16 @@ int main(int argc, char** argv) {
     Eval last{};
     for (std::int64_t step = 1; step <= flags.steps; ++step) {
       Batch b = make_batch(flags.batch, length, train_gen);
-      Tensor logits = model(b.input.to(dev));
+      auto [input, target, weight] = dp.share(b.input.to(dev), b.target.to(dev));
+      Tensor logits = model(input);
       Tensor loss =
-          cross_entropy(logits.flatten(0, 1), b.target.to(dev).flatten(), CrossEntropyOptions().ignore_index(kIgnore));
+          cross_entropy(logits.flatten(0, 1), target.flatten(), CrossEntropyOptions().ignore_index(kIgnore)) * weight;
       opt.zero_grad();
       loss.backward();
       opt.step();
       schedule.step();
 
-      loss_sum += loss.item<double>(), ++loss_count;
+      loss_sum += dp.global_mean(loss), ++loss_count;
       progress.step(step, fmt::format("loss {:.4f}", loss_sum / loss_count));
       if (step % eval_every == 0 || step == flags.steps) {
         const double train_loss = loss_sum / loss_count;
@@ -188,5 +193,5 @@ int main(int argc, char** argv) {
     }
     fmt::print("trained in {:.1f} s\n", wall.seconds());
     fmt::print("exact-match accuracy: {:.4f}\n", last.exact);
-  });
+  }));
 }
