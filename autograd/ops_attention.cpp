@@ -358,7 +358,7 @@ SdpaResult fused(const Plan& p, const Tensor& q, const Tensor& k, const Tensor& 
   // (N, T, H, Dv) in memory, viewed as (N, H, T, Dv): merging heads afterwards is free.
   Tensor ob = Tensor::empty({p.N, p.T, p.H, p.Dv}, dt, dev);
   Tensor o4 = Tensor::make_view(ob, {p.N, p.H, p.T, p.Dv}, {p.T * p.H * p.Dv, p.Dv, p.H * p.Dv, 1}, 0);
-  Tensor lse = Tensor::empty({p.N, p.H, p.T}, dt, dev);
+  Tensor lse = Tensor::empty({p.N, p.H, p.T}, is_reduced_float(dt) ? kFloat32 : dt, dev);  // float32 state
   Tensor w4 = p.need_weights ? Tensor::empty({p.N, p.H, p.T, p.S}, dt, dev) : Tensor();
   backend(q, kOp).attention_forward(a, o4, lse, w4);
 

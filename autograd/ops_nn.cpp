@@ -102,7 +102,9 @@ Tensor layer_norm(const Tensor& x, const Shape& normalized_shape, const Tensor& 
   for (std::int64_t i = 0; i < k; ++i) keep.push_back(1);
   Tensor xc = contiguous_raw(x);
   Tensor y = Tensor::empty(x.shape(), x.dtype(), x.device());
-  Tensor mu = Tensor::empty({R}, x.dtype(), x.device()), rs = Tensor::empty({R}, x.dtype(), x.device());
+  // Statistics of a bfloat16/float16 input stay float32 (the backward then runs in float32).
+  const DType stat_dt = is_reduced_float(x.dtype()) ? kFloat32 : x.dtype();
+  Tensor mu = Tensor::empty({R}, stat_dt, x.device()), rs = Tensor::empty({R}, stat_dt, x.device());
   Tensor w = weight.defined() ? contiguous_raw(cast_raw(weight, x.dtype())) : Tensor();
   Tensor b = bias.defined() ? contiguous_raw(cast_raw(bias, x.dtype())) : Tensor();
   backend(x, "layer_norm").layer_norm(xc, w, b, eps, y, mu, rs);

@@ -129,6 +129,8 @@ Tensor mean(const Tensor& x, const Dims& dims_in, bool keepdim) {
 Tensor var(const Tensor& x, const Dims& dims_in, double correction, bool keepdim) {
   check_defined(x, "var");
   check_floating(x, "var");
+  // bfloat16/float16: the composite below would round every intermediate; it runs in float32.
+  if (is_reduced_float(x.dtype())) return to(var(to(x, kFloat32), dims_in, correction, keepdim), x.dtype());
   Dims dims = normalize_dims(dims_in, x.dim(), "var");
   double n = 1;
   for (auto d : dims) n *= static_cast<double>(x.size(d));
@@ -137,6 +139,9 @@ Tensor var(const Tensor& x, const Dims& dims_in, double correction, bool keepdim
 }
 
 Tensor std(const Tensor& x, const Dims& dims, double correction, bool keepdim) {
+  check_defined(x, "std");
+  check_floating(x, "std");
+  if (is_reduced_float(x.dtype())) return to(std(to(x, kFloat32), dims, correction, keepdim), x.dtype());
   Tensor v = var(x, dims, correction, keepdim);
   Tensor y;
   {
@@ -189,6 +194,7 @@ Tensor argmin(const Tensor& x, std::optional<std::int64_t> dim, bool keepdim) {
 Tensor logsumexp(const Tensor& x, const Dims& dims_in, bool keepdim) {
   check_defined(x, "logsumexp");
   check_floating(x, "logsumexp");
+  if (is_reduced_float(x.dtype())) return to(logsumexp(to(x, kFloat32), dims_in, keepdim), x.dtype());
   Dims dims = normalize_dims(dims_in, x.dim(), "logsumexp");
   for (auto d : dims)
     if (x.size(d) == 0) {

@@ -132,7 +132,7 @@ class Backend {
   /// gx from y = softmax(x) (or log-softmax) and gy, along the last dim; all contiguous.
   virtual void softmax_backward(const Tensor& y, const Tensor& gy, const Tensor& gx, bool log) = 0;
   /// Normalizes rows of length N of contiguous x (R, N); weight/bias (N) may be undefined.
-  /// mean/rstd (R) float32/64 are written for backward.
+  /// mean/rstd (R) are written for backward: x's dtype, float32 for a bfloat16/float16 x.
   virtual void layer_norm(const Tensor& x, const Tensor& weight, const Tensor& bias, double eps, const Tensor& out,
                           const Tensor& mean, const Tensor& rstd) = 0;
 
@@ -140,7 +140,8 @@ class Backend {
   virtual void random(const Tensor& out, const RandomSpec& spec) = 0;
 
   /// Fused attention forward (see AttentionArgs). out (N, H, T, Dv) any strides (no overlap);
-  /// lse (N, H, T) contiguous: per-row logsumexp of the logits, -inf for rows with nothing to
+  /// lse (N, H, T) contiguous, q's dtype (float32 for bfloat16/float16 q): per-row logsumexp of
+  /// the logits, -inf for rows with nothing to
   /// attend to; weights undefined or contiguous (N, H, T, S): pre-dropout probabilities.
   /// Memory beyond the outputs is O((T + S) * D), never O(T * S).
   virtual void attention_forward(const AttentionArgs& a, const Tensor& out, const Tensor& lse,

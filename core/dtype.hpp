@@ -1,19 +1,26 @@
 #pragma once
-/// Element types. `promote_types` gives NumPy-style promotion within kiln's
-/// lattice bool < int64 < float32 < float64.
+/// Element types. `promote_types` gives the result dtype of a binary op on the lattice
+/// bool < int64 < {bfloat16, float16} < float32 < float64, where bfloat16 with float16 gives
+/// float32 (as PyTorch does: neither holds the other's values).
 ///   kiln::promote_types(kiln::kInt64, kiln::kFloat32) == kiln::kFloat32
+///   kiln::promote_types(kiln::kBFloat16, kiln::kFloat16) == kiln::kFloat32
 #include <cstddef>
 #include <cstdint>
 #include <string_view>
 
+#include "half.hpp"
+
 namespace kiln {
 
-enum class DType : std::uint8_t { Bool = 0, Int64 = 1, Float32 = 2, Float64 = 3 };
+// New dtypes are appended: the values are part of kiln's ABI.
+enum class DType : std::uint8_t { Bool = 0, Int64 = 1, Float32 = 2, Float64 = 3, BFloat16 = 4, Float16 = 5 };
 
 inline constexpr DType kBool = DType::Bool;
 inline constexpr DType kInt64 = DType::Int64;
 inline constexpr DType kFloat32 = DType::Float32;
 inline constexpr DType kFloat64 = DType::Float64;
+inline constexpr DType kBFloat16 = DType::BFloat16;
+inline constexpr DType kFloat16 = DType::Float16;
 
 constexpr std::size_t itemsize(DType d) {
   switch (d) {
@@ -21,6 +28,8 @@ constexpr std::size_t itemsize(DType d) {
     case DType::Int64: return 8;
     case DType::Float32: return 4;
     case DType::Float64: return 8;
+    case DType::BFloat16: return 2;
+    case DType::Float16: return 2;
   }
   return 0;
 }
@@ -31,17 +40,37 @@ constexpr std::string_view dtype_name(DType d) {
     case DType::Int64: return "int64";
     case DType::Float32: return "float32";
     case DType::Float64: return "float64";
+    case DType::BFloat16: return "bfloat16";
+    case DType::Float16: return "float16";
   }
   return "?";
 }
 
-constexpr bool is_floating(DType d) { return d == DType::Float32 || d == DType::Float64; }
+/// bfloat16 and float16: stored in 16 bits, computed in float32.
+constexpr bool is_reduced_float(DType d) { return d == DType::BFloat16 || d == DType::Float16; }
+constexpr bool is_floating(DType d) { return d == DType::Float32 || d == DType::Float64 || is_reduced_float(d); }
 constexpr bool is_integral(DType d, bool include_bool = true) {
   return d == DType::Int64 || (include_bool && d == DType::Bool);
 }
 
+namespace dtype_detail {
+constexpr int rank(DType d) {
+  switch (d) {
+    case DType::Bool: return 0;
+    case DType::Int64: return 1;
+    case DType::BFloat16:
+    case DType::Float16: return 2;
+    case DType::Float32: return 3;
+    case DType::Float64: return 4;
+  }
+  return 0;
+}
+}  // namespace dtype_detail
+
 constexpr DType promote_types(DType a, DType b) {
-  return static_cast<std::uint8_t>(a) > static_cast<std::uint8_t>(b) ? a : b;
+  if (a == b) return a;
+  if (is_reduced_float(a) && is_reduced_float(b)) return DType::Float32;
+  return dtype_detail::rank(a) > dtype_detail::rank(b) ? a : b;
 }
 
 /// C++ type -> DType.
@@ -63,6 +92,14 @@ template <>
 struct dtype_of<double> {
   static constexpr DType value = DType::Float64;
 };
+template <>
+struct dtype_of<BFloat16> {
+  static constexpr DType value = DType::BFloat16;
+};
+template <>
+struct dtype_of<Half> {
+  static constexpr DType value = DType::Float16;
+};
 
 /// Calls f(T{}) with the C++ type of `d`.
 template <typename F>
@@ -71,6 +108,20 @@ decltype(auto) visit_dtype(DType d, F&& f) {
     case DType::Bool: return f(bool{});
     case DType::Int64: return f(std::int64_t{});
     case DType::Float32: return f(float{});
+    case DType::BFloat16: return f(BFloat16{});
+    case DType::Float16: return f(Half{});
+    default: return f(double{});
+  }
+}
+
+/// visit_dtype for ops only defined on floating types (4 instantiations instead of 6); the
+/// caller has checked is_floating(d).
+template <typename F>
+decltype(auto) visit_float_dtype(DType d, F&& f) {
+  switch (d) {
+    case DType::Float32: return f(float{});
+    case DType::BFloat16: return f(BFloat16{});
+    case DType::Float16: return f(Half{});
     default: return f(double{});
   }
 }

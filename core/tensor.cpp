@@ -153,6 +153,8 @@ template bool* Tensor::data_ptr<bool>() const;
 template std::int64_t* Tensor::data_ptr<std::int64_t>() const;
 template float* Tensor::data_ptr<float>() const;
 template double* Tensor::data_ptr<double>() const;
+template BFloat16* Tensor::data_ptr<BFloat16>() const;
+template Half* Tensor::data_ptr<Half>() const;
 
 namespace {
 // A contiguous host copy of t converted to dtype (no autograd).
@@ -184,6 +186,8 @@ template bool Tensor::item<bool>() const;
 template std::int64_t Tensor::item<std::int64_t>() const;
 template float Tensor::item<float>() const;
 template double Tensor::item<double>() const;
+template BFloat16 Tensor::item<BFloat16>() const;
+template Half Tensor::item<Half>() const;
 
 template <typename T>
 std::vector<T> Tensor::to_vector() const {
@@ -195,6 +199,8 @@ template std::vector<bool> Tensor::to_vector<bool>() const;
 template std::vector<std::int64_t> Tensor::to_vector<std::int64_t>() const;
 template std::vector<float> Tensor::to_vector<float>() const;
 template std::vector<double> Tensor::to_vector<double>() const;
+template std::vector<BFloat16> Tensor::to_vector<BFloat16>() const;
+template std::vector<Half> Tensor::to_vector<Half>() const;
 
 // ---- in-place ----
 

@@ -18,7 +18,8 @@
 /// unknown fields, bad UTF-8 and non-integer numbers are errors), known dtypes, shapes whose byte
 /// size (overflow-checked) matches the offsets, offsets that tile the data buffer exactly with no
 /// gap, overlap or trailing byte. Anything else throws kiln::Error "[load_safetensors] <path>: ...".
-/// F16 and BF16 load as float32, U8..U64 and I8..I32 as int64; F8 types are refused.
+/// F16 and BF16 load as float16 and bfloat16 (bit for bit), U8..U64 and I8..I32 as int64; F8
+/// types are refused.
 #include <cstdint>
 #include <map>
 #include <string>

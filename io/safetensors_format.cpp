@@ -25,8 +25,8 @@ constexpr std::array<StDTypeInfo, 15> kDTypes = {{
     {StDType::I32, "I32", 4, true, kInt64},
     {StDType::U64, "U64", 8, true, kInt64},
     {StDType::I64, "I64", 8, true, kInt64},
-    {StDType::F16, "F16", 2, true, kFloat32},
-    {StDType::BF16, "BF16", 2, true, kFloat32},
+    {StDType::F16, "F16", 2, true, kFloat16},
+    {StDType::BF16, "BF16", 2, true, kBFloat16},
     {StDType::F32, "F32", 4, true, kFloat32},
     {StDType::F64, "F64", 8, true, kFloat64},
     {StDType::F8_E4M3, "F8_E4M3", 1, false, kFloat32},
@@ -459,10 +459,8 @@ void convert(const TensorEntry& e, const unsigned char* src, std::size_t n, unsi
       for (std::size_t i = 0; i < n; ++i) put(load_le<std::int64_t>(src + 8 * i), i);
       break;
     case StDType::F16:
-      for (std::size_t i = 0; i < n; ++i) put(half_to_float(load_le<std::uint16_t>(src + 2 * i)), i);
-      break;
-    case StDType::BF16:
-      for (std::size_t i = 0; i < n; ++i) put(bf16_to_float(load_le<std::uint16_t>(src + 2 * i)), i);
+    case StDType::BF16:  // kept as they are: the bits of kiln's float16 / bfloat16
+      for (std::size_t i = 0; i < n; ++i) put(load_le<std::uint16_t>(src + 2 * i), i);
       break;
     case StDType::F32:
       for (std::size_t i = 0; i < n; ++i) put(load_le<float>(src + 4 * i), i);
@@ -514,6 +512,8 @@ std::string_view st_dtype_name(DType d) {
     case DType::Int64: return "I64";
     case DType::Float32: return "F32";
     case DType::Float64: return "F64";
+    case DType::BFloat16: return "BF16";
+    case DType::Float16: return "F16";
   }
   return "?";
 }
@@ -527,26 +527,6 @@ bool is_valid_utf8(std::string_view s) {
   }
   return true;
 }
-
-float half_to_float(std::uint16_t h) {
-  std::uint32_t sign = static_cast<std::uint32_t>(h & 0x8000) << 16;
-  std::uint32_t exp = (h >> 10) & 0x1F, man = h & 0x3FF, bits;
-  if (exp == 0x1F) {
-    bits = sign | 0x7F800000u | (man << 13);  // inf / nan (payload kept)
-  } else if (exp != 0) {
-    bits = sign | ((exp + 112) << 23) | (man << 13);
-  } else if (man == 0) {
-    bits = sign;
-  } else {
-    // subnormal half: value = man * 2^-24, normal as a float
-    int shift = std::countl_zero(static_cast<std::uint32_t>(man)) - 21;  // bring the top bit to position 10
-    man = (man << shift) & 0x3FF;
-    bits = sign | (static_cast<std::uint32_t>(113 - shift) << 23) | (man << 13);
-  }
-  return std::bit_cast<float>(bits);
-}
-
-float bf16_to_float(std::uint16_t b) { return std::bit_cast<float>(static_cast<std::uint32_t>(b) << 16); }
 
 SafetensorsHeader read_header(ByteSource& src, std::string_view where) {
   const std::uint64_t size = src.size();
@@ -637,7 +617,8 @@ void read_tensor_data(ByteSource& src, const SafetensorsHeader& header, std::str
     const std::uint64_t nbytes = e.end - e.begin, offset = header.data_start + e.begin;
     if (nbytes == 0) continue;
     bool same_layout = std::endian::native == std::endian::little &&
-                       (e.dtype == StDType::F32 || e.dtype == StDType::F64 || e.dtype == StDType::I64);
+                       (e.dtype == StDType::F32 || e.dtype == StDType::F64 || e.dtype == StDType::I64 ||
+                        e.dtype == StDType::F16 || e.dtype == StDType::BF16);
     if (same_layout) {
       src.read(offset, dst, static_cast<std::size_t>(nbytes));
       continue;

@@ -98,8 +98,4 @@ std::string build_header(const std::vector<TensorEntry>& entries, const std::map
 /// True when `s` is well-formed UTF-8 (no overlong forms, surrogates or code points > U+10FFFF).
 bool is_valid_utf8(std::string_view s);
 
-/// IEEE half / bfloat16 bits -> float (exact).
-float half_to_float(std::uint16_t h);
-float bf16_to_float(std::uint16_t b);
-
 }  // namespace kiln::io::detail

@@ -51,12 +51,18 @@ Tensor rms_norm(const Tensor& x, const Shape& normalized_shape, const Tensor& we
   if (weight.defined())
     KILN_CHECK(weight.shape() == normalized_shape, "rms_norm", "weight shape {} must equal normalized_shape {}",
                shape_str(weight.shape()), shape_str(normalized_shape));
-  double e = eps.value_or(x.dtype() == kFloat64 ? std::numeric_limits<double>::epsilon()
-                                                : std::numeric_limits<float>::epsilon());
+  // The machine epsilon of x's dtype: 2^-52, 2^-23, and 2^-7 / 2^-10 for bfloat16 / float16.
+  const double dtype_eps = x.dtype() == kFloat64    ? std::numeric_limits<double>::epsilon()
+                           : x.dtype() == kBFloat16 ? 0.0078125
+                           : x.dtype() == kFloat16  ? 0.0009765625
+                                                    : std::numeric_limits<float>::epsilon();
+  double e = eps.value_or(dtype_eps);
   KILN_CHECK(e >= 0, "rms_norm", "eps must be >= 0, got {}", e);
   Dims dims;
   for (std::int64_t i = x.dim() - k; i < x.dim(); ++i) dims.push_back(i);
-  Tensor y = x * rsqrt(mean(square(x), dims, /*keepdim=*/true) + e);
+  // bfloat16/float16 inputs are normalized in float32 and rounded once.
+  const Tensor xc = is_reduced_float(x.dtype()) ? kiln::to(x, kFloat32) : x;
+  Tensor y = kiln::to(xc * rsqrt(mean(square(xc), dims, /*keepdim=*/true) + e), x.dtype());
   return weight.defined() ? y * weight : y;
 }
 

@@ -23,6 +23,7 @@
 #include <memory>
 #include <vector>
 
+#include "../reduced_float.hpp"
 #include "attention_kernels.hpp"
 #include "cpu_backend.hpp"
 #include "loops.hpp"
@@ -489,18 +490,35 @@ void dispatch(DType dt, const char* op, Fn&& fn) {
 
 }  // namespace
 
+// bfloat16/float16 attention: the float32 kernels on converted inputs, each output rounded once
+// (correct on every CPU). A native 16-bit kernel replaces these two functions' bodies.
+void reduced_attention_forward(CpuBackend& be, const AttentionArgs& a, const Tensor& out, const Tensor& lse,
+                               const Tensor& weights) {
+  attention_forward_via_float32(be, a, out, lse, weights);
+}
+
+void reduced_attention_backward(CpuBackend& be, const AttentionArgs& a, const Tensor& out, const Tensor& lse,
+                                const Tensor& gout, const Tensor& weights, const Tensor& gweights,
+                                const AttentionGrads& grads) {
+  attention_backward_via_float32(be, a, out, lse, gout, weights, gweights, grads);
+}
+
 void CpuBackend::attention_forward(const AttentionArgs& a, const Tensor& out, const Tensor& lse,
                                    const Tensor& weights) {
+  if (is_reduced_float(a.q.dtype())) return reduced_attention_forward(*this, a, out, lse, weights);
   dispatch(a.q.dtype(), "attention_forward", [&](auto z) { forward_impl<decltype(z)>(a, out, lse, weights); });
 }
 
 void CpuBackend::attention_backward(const AttentionArgs& a, const Tensor& out, const Tensor& lse, const Tensor& gout,
                                     const Tensor& weights, const Tensor& gweights, const AttentionGrads& grads) {
+  if (is_reduced_float(a.q.dtype()))
+    return reduced_attention_backward(*this, a, out, lse, gout, weights, gweights, grads);
   dispatch(a.q.dtype(), "attention_backward",
            [&](auto z) { backward_impl<decltype(z)>(a, out, lse, gout, weights, gweights, grads); });
 }
 
 void CpuBackend::attention_dropout_mask(const AttentionArgs& a, const Tensor& out) {
+  if (is_reduced_float(a.q.dtype())) return attention_dropout_mask_via_float32(*this, a, out);
   dispatch(a.q.dtype(), "attention_dropout_mask", [&](auto z) { dropout_mask_impl<decltype(z)>(a, out); });
 }
 

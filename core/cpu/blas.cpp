@@ -9,6 +9,7 @@
 #include <mutex>
 #include <string>
 
+#include "../reduced_float.hpp"
 #include "cpu_backend.hpp"
 #include "loops.hpp"
 
@@ -115,6 +116,12 @@ void blas_set_num_threads(int n) {
   if (blas().set_threads) blas().set_threads(n);
 }
 
+// bfloat16/float16: the float32 GEMM on converted copies, rounded once (every CPU). A native
+// 16-bit GEMM replaces this body where the CPU has one.
+void reduced_matmul(CpuBackend& be, const Tensor& a, const Tensor& c, const Tensor& out) {
+  matmul_via_float32(be, a, c, out);
+}
+
 void CpuBackend::matmul(const Tensor& a, const Tensor& c, const Tensor& out) {
   const std::int64_t B = out.size(0), M = out.size(1), N = out.size(2), K = a.size(2);
   if (B == 0 || M == 0 || N == 0) return;
@@ -122,6 +129,8 @@ void CpuBackend::matmul(const Tensor& a, const Tensor& c, const Tensor& out) {
     using T = decltype(z);
     if constexpr (std::is_same_v<T, bool>) {
       throw_error("matmul", "bool tensors are not supported");
+    } else if constexpr (is_reduced_float_v<T>) {
+      reduced_matmul(*this, a, c, out);
     } else {
       T* o = out.data_ptr<T>();
       if (K == 0) {

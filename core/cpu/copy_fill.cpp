@@ -2,6 +2,7 @@
 #include <fmt/format.h>
 #include <cstring>
 
+#include "convert.hpp"
 #include "cpu_backend.hpp"
 #include "loops.hpp"
 
@@ -34,7 +35,10 @@ void CpuBackend::copy(const Tensor& dst, const Tensor& src) {
         const S* i = reinterpret_cast<const S*>(p[1]);
         std::int64_t so = st[0] / std::int64_t(sizeof(D)), si = st[1] / std::int64_t(sizeof(S));
         if (so == 1 && si == 1) {
-          for (std::int64_t k = 0; k < n; ++k) o[k] = convert<D>(i[k]);
+          if constexpr (std::is_same_v<D, float> && is_reduced_float_v<S>) load_float(i, o, n);
+          else if constexpr (is_reduced_float_v<D> && std::is_same_v<S, float>) store_float(i, o, n);
+          else
+            for (std::int64_t k = 0; k < n; ++k) o[k] = convert<D>(i[k]);
         } else {
           for (std::int64_t k = 0; k < n; ++k) o[k * so] = convert<D>(i[k * si]);
         }

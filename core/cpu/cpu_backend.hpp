@@ -38,6 +38,19 @@ class CpuBackend final : public Backend {
 
 Backend& cpu_backend();
 
+// The bfloat16/float16 seams (shapes and semantics as the Backend methods they serve). Today they
+// convert to float32, run the float32 kernels and round each output once; native 16-bit kernels
+// replace their bodies.
+/// out = a @ c (Backend::matmul) for bfloat16/float16 a, c, out (blas.cpp).
+void reduced_matmul(CpuBackend& be, const Tensor& a, const Tensor& c, const Tensor& out);
+/// Backend::attention_forward / attention_backward for bfloat16/float16 q, k, v; lse is float32
+/// (attention.cpp).
+void reduced_attention_forward(CpuBackend& be, const AttentionArgs& a, const Tensor& out, const Tensor& lse,
+                               const Tensor& weights);
+void reduced_attention_backward(CpuBackend& be, const AttentionArgs& a, const Tensor& out, const Tensor& lse,
+                                const Tensor& gout, const Tensor& weights, const Tensor& gweights,
+                                const AttentionGrads& grads);
+
 /// Which GEMM kiln uses on the CPU: "openblas (<config>, core <name>)" or "eigen".
 const char* blas_info();
 void blas_set_num_threads(int n);

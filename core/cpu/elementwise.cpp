@@ -1,5 +1,7 @@
 // Elementwise kernels: unary (Eigen-vectorized on contiguous float runs), binary, compare,
 // where. The scalar math is core/math/elementwise.hpp's, shared with the CUDA kernels.
+// bfloat16/float16 runs are converted to float32 in chunks, computed by the float32 code and
+// rounded once on the way out.
 #include <fmt/format.h>
 #include <Eigen/Core>
 #include <cmath>
@@ -7,6 +9,7 @@
 #include <unsupported/Eigen/SpecialFunctions>
 
 #include "../math/elementwise.hpp"
+#include "convert.hpp"
 #include "cpu_backend.hpp"
 #include "loops.hpp"
 #include "vec_math.hpp"
@@ -72,12 +75,57 @@ inline void binary_run(T* o, const T* x, const T* y, std::int64_t n, std::int64_
   }
 }
 
+// Chunk length of the float32 staging buffers of the 16-bit float loops (on the stack).
+constexpr std::int64_t kChunk = 256;
+
+// dst[k] = float(p[k * stride]) for k < n (stride 0 broadcasts).
+template <typename T>
+void gather_float(const T* p, std::int64_t stride, std::int64_t n, float* dst) {
+  if (stride == 1) load_float(p, dst, n);
+  else
+    for (std::int64_t k = 0; k < n; ++k) dst[k] = static_cast<float>(p[k * stride]);
+}
+template <typename T>
+void scatter_float(const float* src, T* p, std::int64_t stride, std::int64_t n) {
+  if (stride == 1) store_float(src, p, n);
+  else
+    for (std::int64_t k = 0; k < n; ++k) p[k * stride] = T(src[k]);
+}
+
+// A bfloat16/float16 unary run through float32 chunks.
+template <typename T>
+void reduced_unary_run(UnaryOp op, const math::Unary& f, T* o, const T* i, std::int64_t n, std::int64_t so,
+                       std::int64_t si) {
+  float in[kChunk], res[kChunk];
+  for (std::int64_t b = 0; b < n; b += kChunk) {
+    const std::int64_t m = std::min(kChunk, n - b);
+    gather_float(i + b * si, si, m, in);
+    if (!eigen_unary<float>(op, res, in, m))
+      for (std::int64_t k = 0; k < m; ++k) res[k] = f(in[k]);
+    scatter_float(res, o + b * so, so, m);
+  }
+}
+
+// f computes in compute_t<T>; 16-bit float runs go through float32 chunks.
 template <typename T, typename F>
 void run_binary(const Tensor& x, const Tensor& y, const Tensor& out, F f) {
   strided_loop<3>(out.shape(), make_operands<3>({&out, &x, &y}), [f](auto p, std::int64_t n, auto st) {
     constexpr std::int64_t s = sizeof(T);
-    binary_run(reinterpret_cast<T*>(p[0]), reinterpret_cast<const T*>(p[1]), reinterpret_cast<const T*>(p[2]), n,
-               st[0] / s, st[1] / s, st[2] / s, f);
+    T* o = reinterpret_cast<T*>(p[0]);
+    const T* a = reinterpret_cast<const T*>(p[1]);
+    const T* b = reinterpret_cast<const T*>(p[2]);
+    if constexpr (is_reduced_float_v<T>) {
+      float fa[kChunk], fb[kChunk], fo[kChunk];
+      for (std::int64_t c = 0; c < n; c += kChunk) {
+        const std::int64_t m = std::min(kChunk, n - c);
+        gather_float(a + c * (st[1] / s), st[1] / s, m, fa);
+        gather_float(b + c * (st[2] / s), st[2] / s, m, fb);
+        binary_run(fo, fa, fb, m, 1, 1, 1, f);
+        scatter_float(fo, o + c * (st[0] / s), st[0] / s, m);
+      }
+    } else {
+      binary_run(o, a, b, n, st[0] / s, st[1] / s, st[2] / s, f);
+    }
   });
 }
 
@@ -106,7 +154,8 @@ void CpuBackend::unary(UnaryOp op, const Tensor& x, const Tensor& out, double a,
       using T = decltype(z);
       strided_loop<2>(out.shape(), make_operands<2>({&out, &x}), [](auto p, std::int64_t n, auto st) {
         for (std::int64_t k = 0; k < n; ++k)
-          *reinterpret_cast<bool*>(p[0] + k * st[0]) = math::IsZero{}(*reinterpret_cast<const T*>(p[1] + k * st[1]));
+          *reinterpret_cast<bool*>(p[0] + k * st[0]) =
+              math::IsZero{}(math::compute_t<T>(*reinterpret_cast<const T*>(p[1] + k * st[1])));
       });
     });
     return;
@@ -120,7 +169,9 @@ void CpuBackend::unary(UnaryOp op, const Tensor& x, const Tensor& out, double a,
           T* o = reinterpret_cast<T*>(p[0]);
           const T* i = reinterpret_cast<const T*>(p[1]);
           std::int64_t so = st[0] / std::int64_t(sizeof(T)), si = st[1] / std::int64_t(sizeof(T));
-          if (so == 1 && si == 1) {
+          if constexpr (is_reduced_float_v<T>) {
+            reduced_unary_run(op, f, o, i, n, so, si);
+          } else if (so == 1 && si == 1) {
             if (eigen_unary<T>(op, o, i, n)) return;
             for (std::int64_t k = 0; k < n; ++k) o[k] = f(i[k]);
           } else {
@@ -136,7 +187,8 @@ void CpuBackend::binary(BinaryOp op, const Tensor& x, const Tensor& y, const Ten
     using T = decltype(z);
     // The op as a compile-time constant: each op gets its own (vectorizable) run loop.
     visit_binary_op(op, [&](auto c) {
-      run_binary<T>(x, y, out, [](T a, T b) -> T { return math::Binary{decltype(c)::value}(a, b); });
+      using C = math::compute_t<T>;
+      run_binary<T>(x, y, out, [](C a, C b) -> C { return math::Binary{decltype(c)::value}(a, b); });
     });
   });
 }
@@ -144,11 +196,12 @@ void CpuBackend::binary(BinaryOp op, const Tensor& x, const Tensor& y, const Ten
 void CpuBackend::compare(CompareOp op, const Tensor& x, const Tensor& y, const Tensor& out) {
   visit_dtype(x.dtype(), [&](auto z) {
     using T = decltype(z);
+    using C = math::compute_t<T>;
     strided_loop<3>(out.shape(), make_operands<3>({&out, &x, &y}), [op](auto p, std::int64_t n, auto st) {
       const math::Compare f{op};
       for (std::int64_t k = 0; k < n; ++k)
         *reinterpret_cast<bool*>(p[0] + k * st[0]) =
-            f(*reinterpret_cast<const T*>(p[1] + k * st[1]), *reinterpret_cast<const T*>(p[2] + k * st[2]));
+            f(C(*reinterpret_cast<const T*>(p[1] + k * st[1])), C(*reinterpret_cast<const T*>(p[2] + k * st[2])));
     });
   });
 }

@@ -1,10 +1,12 @@
 // Row kernels: softmax / log-softmax (forward and backward) and layer norm.
-// Every tensor here is contiguous; rows are the last dim.
+// Every tensor here is contiguous; rows are the last dim. bfloat16/float16 inputs run the
+// float32 kernels on float32 copies (the statistics stay float32) and round the output once.
 #include <fmt/format.h>
 #include <Eigen/Core>
 #include <cmath>
 #include <vector>
 
+#include "../reduced_float.hpp"
 #include "cpu_backend.hpp"
 #include "loops.hpp"
 #include "vec_math.hpp"
@@ -44,6 +46,12 @@ Row<T> out_row_of(const Tensor& t, std::int64_t r, std::int64_t N) {
 }  // namespace
 
 void CpuBackend::softmax(const Tensor& x, const Tensor& out, bool log) {
+  if (is_reduced_float(x.dtype())) {
+    Tensor of = Tensor::empty(out.shape(), kFloat32, out.device());
+    softmax(float32_copy(*this, x), of, log);
+    copy(out, of);
+    return;
+  }
   const std::int64_t N = x.dim() ? x.size(-1) : 1, R = N ? x.numel() / N : 0;
   for_each_float_row(x.dtype(), R, N, [&](auto z, std::int64_t r) {
     using T = decltype(z);
@@ -68,6 +76,12 @@ void CpuBackend::softmax(const Tensor& x, const Tensor& out, bool log) {
 }
 
 void CpuBackend::softmax_backward(const Tensor& y, const Tensor& gy, const Tensor& gx, bool log) {
+  if (is_reduced_float(y.dtype())) {
+    Tensor gf = Tensor::empty(gx.shape(), kFloat32, gx.device());
+    softmax_backward(float32_copy(*this, y), float32_copy(*this, gy), gf, log);
+    copy(gx, gf);
+    return;
+  }
   const std::int64_t N = y.dim() ? y.size(-1) : 1, R = N ? y.numel() / N : 0;
   for_each_float_row(y.dtype(), R, N, [&](auto z, std::int64_t r) {
     using T = decltype(z);
@@ -85,6 +99,12 @@ void CpuBackend::softmax_backward(const Tensor& y, const Tensor& gy, const Tenso
 
 void CpuBackend::layer_norm(const Tensor& x, const Tensor& weight, const Tensor& bias, double eps, const Tensor& out,
                             const Tensor& mean, const Tensor& rstd) {
+  if (is_reduced_float(x.dtype())) {
+    Tensor of = Tensor::empty(out.shape(), kFloat32, out.device());
+    layer_norm(float32_copy(*this, x), float32_copy(*this, weight), float32_copy(*this, bias), eps, of, mean, rstd);
+    copy(out, of);
+    return;
+  }
   const std::int64_t R = mean.numel(), N = R ? x.numel() / R : 0;
   for_each_float_row(x.dtype(), R, N, [&](auto z, std::int64_t r) {
     using T = decltype(z);

@@ -3,6 +3,7 @@
 #include <fmt/format.h>
 #include <cstring>
 
+#include "../math/elementwise.hpp"
 #include "cpu_backend.hpp"
 #include "loops.hpp"
 
@@ -74,7 +75,7 @@ void CpuBackend::index_add(const Tensor& out, std::int64_t dim, const Tensor& in
                          const T* sr = s + (oi * L + l) * inner + c0;
                          for (std::int64_t j = 0; j < len; ++j) {
                            if constexpr (std::is_same_v<T, bool>) dr[j] = dr[j] || sr[j];
-                           else dr[j] += sr[j];
+                           else dr[j] = T(math::compute_t<T>(dr[j]) + math::compute_t<T>(sr[j]));
                          }
                        }
                      }
@@ -110,7 +111,7 @@ void CpuBackend::scatter_add(const Tensor& out, std::int64_t dim, const Tensor& 
             T* d = reinterpret_cast<T*>(p[0] + k * st[0] + i * os);
             T v = *reinterpret_cast<const T*>(p[2] + k * st[2]);
             if constexpr (std::is_same_v<T, bool>) *d = *d || v;
-            else *d += v;
+            else *d = T(math::compute_t<T>(*d) + math::compute_t<T>(v));
           }
         },
         std::numeric_limits<std::int64_t>::max() / 4);

@@ -1,8 +1,10 @@
-// Reductions over any set of dims, and arg max/min along one dim.
+// Reductions over any set of dims, and arg max/min along one dim. bfloat16/float16 values
+// are accumulated in float32 (compute_t) and the result rounded once, as PyTorch does.
 #include <fmt/format.h>
 #include <cmath>
 #include <limits>
 
+#include "../math/elementwise.hpp"
 #include "../math/reduce.hpp"
 #include "cpu_backend.hpp"
 #include "loops.hpp"
@@ -15,19 +17,20 @@ using math::MinOp;
 using math::ProdOp;
 using math::SumOp;
 
-// Sum-like reduce of a strided run with 16 independent lanes (vectorizes, better rounding).
-template <typename T, typename Op>
-T reduce_run(const T* p, std::int64_t n, std::int64_t stride) {
+// Sum-like reduce of a strided run with 16 independent lanes (vectorizes, better rounding);
+// Op combines values of the accumulator type A.
+template <typename T, typename Op, typename A = math::compute_t<T>>
+A reduce_run(const T* p, std::int64_t n, std::int64_t stride) {
   constexpr int L = 16;
-  T acc[L];
+  A acc[L];
   for (int l = 0; l < L; ++l) acc[l] = Op::init();
   std::int64_t k = 0;
   if (stride == 1) {
     for (; k + L <= n; k += L)
-      for (int l = 0; l < L; ++l) acc[l] = Op::apply(acc[l], p[k + l]);
+      for (int l = 0; l < L; ++l) acc[l] = Op::apply(acc[l], A(p[k + l]));
   }
-  T r = Op::init();
-  for (; k < n; ++k) r = Op::apply(r, p[k * stride]);
+  A r = Op::init();
+  for (; k < n; ++k) r = Op::apply(r, A(p[k * stride]));
   for (int w = L / 2; w > 0; w /= 2)
     for (int l = 0; l < w; ++l) acc[l] = Op::apply(acc[l], acc[l + w]);
   return Op::apply(acc[0], r);
@@ -45,6 +48,7 @@ inline std::int64_t offset_of(std::int64_t i, const Shape& shape, const Strides&
 
 template <typename T, typename Op>
 void reduce_impl(const Tensor& x, const std::vector<std::int64_t>& dims, const Tensor& out, bool mean) {
+  using A = math::compute_t<T>;
   const ReduceDims g = split_reduce_dims(x.shape(), x.strides(), dims);
   const std::int64_t M = numel_of(g.kept_shape), R = numel_of(g.red_shape);
   T* o = out.data_ptr<T>();
@@ -54,12 +58,12 @@ void reduce_impl(const Tensor& x, const std::vector<std::int64_t>& dims, const T
   const Shape &ks = kept.shape, &rs = red.shape;
   const Strides &kst = kept.strides[0], &rst = red.strides[0];
   const double scale = mean ? 1.0 / static_cast<double>(R) : 1.0;
-  auto finish = [&](T v) -> T {
-    if constexpr (std::is_floating_point_v<T>) return mean ? T(v * scale) : v;
+  auto finish = [&](A v) -> T {
+    if constexpr (std::is_floating_point_v<A>) return T(mean ? A(v * scale) : v);
     else return v;
   };
   if (R == 0) {
-    for (std::int64_t m = 0; m < M; ++m) o[m] = mean ? T(std::numeric_limits<double>::quiet_NaN()) : Op::init();
+    for (std::int64_t m = 0; m < M; ++m) o[m] = T(mean ? A(std::numeric_limits<double>::quiet_NaN()) : Op::init());
     return;
   }
   const bool red_run = rs.size() <= 1;  // reduced elements form one strided run
@@ -86,7 +90,7 @@ void reduce_impl(const Tensor& x, const std::vector<std::int64_t>& dims, const T
     std::int64_t nchunks = (inner + chunk - 1) / chunk;
     parallel_range(outer * nchunks, std::max<std::int64_t>(1, kParallelGrain / (chunk * R)),
                    [&](std::int64_t b, std::int64_t e) {
-                     T acc[chunk];
+                     A acc[chunk];
                      for (std::int64_t w = b; w < e; ++w) {
                        std::int64_t oi = w / nchunks, c0 = (w % nchunks) * chunk;
                        std::int64_t len = std::min(chunk, inner - c0);
@@ -94,7 +98,7 @@ void reduce_impl(const Tensor& x, const std::vector<std::int64_t>& dims, const T
                        for (std::int64_t j = 0; j < len; ++j) acc[j] = Op::init();
                        for (std::int64_t r = 0; r < R; ++r) {
                          const T* q = src + roff[r];
-                         for (std::int64_t j = 0; j < len; ++j) acc[j] = Op::apply(acc[j], q[j]);
+                         for (std::int64_t j = 0; j < len; ++j) acc[j] = Op::apply(acc[j], A(q[j]));
                        }
                        T* dst = o + oi * inner + c0;
                        for (std::int64_t j = 0; j < len; ++j) dst[j] = finish(acc[j]);
@@ -108,8 +112,8 @@ void reduce_impl(const Tensor& x, const std::vector<std::int64_t>& dims, const T
   parallel_range(M, std::max<std::int64_t>(1, kParallelGrain / R), [&](std::int64_t b, std::int64_t e) {
     for (std::int64_t m = b; m < e; ++m) {
       const T* src = base + offset_of(m, ks, kst);
-      T acc = Op::init();
-      for (std::int64_t r = 0; r < R; ++r) acc = Op::apply(acc, src[roff[r]]);
+      A acc = Op::init();
+      for (std::int64_t r = 0; r < R; ++r) acc = Op::apply(acc, A(src[roff[r]]));
       o[m] = finish(acc);
     }
   });
@@ -120,12 +124,13 @@ void reduce_impl(const Tensor& x, const std::vector<std::int64_t>& dims, const T
 void CpuBackend::reduce(ReduceOp op, const Tensor& x, const std::vector<std::int64_t>& dims, const Tensor& out) {
   visit_dtype(x.dtype(), [&](auto z) {
     using T = decltype(z);
+    using A = math::compute_t<T>;
     switch (op) {
-      case ReduceOp::Sum: reduce_impl<T, SumOp<T>>(x, dims, out, false); break;
-      case ReduceOp::Mean: reduce_impl<T, SumOp<T>>(x, dims, out, true); break;
-      case ReduceOp::Prod: reduce_impl<T, ProdOp<T>>(x, dims, out, false); break;
-      case ReduceOp::Max: reduce_impl<T, MaxOp<T>>(x, dims, out, false); break;
-      case ReduceOp::Min: reduce_impl<T, MinOp<T>>(x, dims, out, false); break;
+      case ReduceOp::Sum: reduce_impl<T, SumOp<A>>(x, dims, out, false); break;
+      case ReduceOp::Mean: reduce_impl<T, SumOp<A>>(x, dims, out, true); break;
+      case ReduceOp::Prod: reduce_impl<T, ProdOp<A>>(x, dims, out, false); break;
+      case ReduceOp::Max: reduce_impl<T, MaxOp<A>>(x, dims, out, false); break;
+      case ReduceOp::Min: reduce_impl<T, MinOp<A>>(x, dims, out, false); break;
     }
   });
 }
@@ -134,6 +139,7 @@ void CpuBackend::arg_reduce(ReduceOp op, const Tensor& x, std::int64_t dim, cons
                             const Tensor& indices) {
   visit_dtype(x.dtype(), [&](auto z) {
     using T = decltype(z);
+    using A = math::compute_t<T>;
     const ReduceDims g = split_reduce_dims(x.shape(), x.strides(), {dim});
     const Shape& ks = g.kept_shape;
     const Strides& kst = g.kept_strides;
@@ -147,12 +153,12 @@ void CpuBackend::arg_reduce(ReduceOp op, const Tensor& x, std::int64_t dim, cons
                    [&](std::int64_t b, std::int64_t e) {
                      for (std::int64_t m = b; m < e; ++m) {
                        const T* p = base + offset_of(m, ks, kst);
-                       T best = p[0];
+                       A best = A(p[0]);
                        std::int64_t bi = 0;
                        for (std::int64_t r = 1; r < R; ++r) {
-                         T v = p[r * rs];
+                         A v = A(p[r * rs]);
                          bool nan_best = false;
-                         if constexpr (std::is_floating_point_v<T>) {
+                         if constexpr (std::is_floating_point_v<A>) {
                            nan_best = std::isnan(best);
                            if (!nan_best && std::isnan(v)) {
                              best = v;
@@ -165,7 +171,7 @@ void CpuBackend::arg_reduce(ReduceOp op, const Tensor& x, std::int64_t dim, cons
                            bi = r;
                          }
                        }
-                       vo[m] = best;
+                       vo[m] = p[bi * rs];
                        io[m] = bi;
                      }
                    });

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 
+#include "../reduced_float.hpp"
 #include "cuda_backend.hpp"
 #include "kernels.hpp"
 
@@ -60,8 +61,11 @@ void check_smem(const DeviceContext& ctx, std::size_t need, const AttnGeom& g, D
 
 }  // namespace
 
+// bfloat16/float16 run the float32 kernels on converted inputs, each output rounded once (the
+// tensor-core kernels replace these three calls).
 void CudaBackend::attention_forward(const AttentionArgs& a, const Tensor& out, const Tensor& lse,
                                     const Tensor& weights) {
+  if (is_reduced_float(a.q.dtype())) return attention_forward_via_float32(*this, a, out, lse, weights);
   const AttnGeom g = geometry(a);
   DeviceGuard dg(ctx_.index);
   check_smem(ctx_, attention_forward_smem(g, a.q.dtype()), g, a.q.dtype(), "forward");
@@ -72,6 +76,8 @@ void CudaBackend::attention_forward(const AttentionArgs& a, const Tensor& out, c
 
 void CudaBackend::attention_backward(const AttentionArgs& a, const Tensor& out, const Tensor& lse, const Tensor& gout,
                                      const Tensor& weights, const Tensor& gweights, const AttentionGrads& grads) {
+  if (is_reduced_float(a.q.dtype()))
+    return attention_backward_via_float32(*this, a, out, lse, gout, weights, gweights, grads);
   const AttnGeom g = geometry(a);
   const DType dt = a.q.dtype();
   DeviceGuard dg(ctx_.index);
@@ -88,6 +94,7 @@ void CudaBackend::attention_backward(const AttentionArgs& a, const Tensor& out, 
 }
 
 void CudaBackend::attention_dropout_mask(const AttentionArgs& a, const Tensor& out) {
+  if (is_reduced_float(a.q.dtype())) return attention_dropout_mask_via_float32(*this, a, out);
   const AttnGeom g = geometry(a);
   DeviceGuard dg(ctx_.index);
   launch_attention_dropout_mask(g, out.raw_data(), a.q.dtype(), ctx_.stream);

@@ -23,7 +23,7 @@ void throw_too_many_dims(const char* op, const Shape& shape, std::size_t ndim) {
 }
 
 void check_float(const Tensor& t, const char* op) {
-  KILN_CHECK(is_floating(t.dtype()), op, "expected float32 or float64 tensors, got {}", dtype_name(t.dtype()));
+  KILN_CHECK(is_floating(t.dtype()), op, "expected floating point tensors, got {}", dtype_name(t.dtype()));
 }
 
 // ---- host <-> device copies ----

@@ -27,12 +27,26 @@ inline void dispatch(DType d, Fn&& f) {
     case DType::Int64: f(std::int64_t{}); break;
     case DType::Float32: f(float{}); break;
     case DType::Float64: f(double{}); break;
+    case DType::BFloat16: f(BFloat16{}); break;
+    case DType::Float16: f(Half{}); break;
   }
 }
+/// float32 and float64 only (kernels without a 16-bit instantiation).
 template <typename Fn>
 inline void dispatch_float(DType d, Fn&& f) {
   if (d == DType::Float32) f(float{});
   else if (d == DType::Float64) f(double{});
+}
+/// Every floating dtype: float32, float64, bfloat16, float16 (which compute in float).
+template <typename Fn>
+inline void dispatch_floating(DType d, Fn&& f) {
+  switch (d) {
+    case DType::Float32: f(float{}); break;
+    case DType::Float64: f(double{}); break;
+    case DType::BFloat16: f(BFloat16{}); break;
+    case DType::Float16: f(Half{}); break;
+    default: break;
+  }
 }
 
 /// Element offsets of flat index i for every operand (index type I: 32 or 64 bits).

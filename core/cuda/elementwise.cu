@@ -26,6 +26,8 @@ __global__ void copy_kernel(Iter<2> it, DType src) {
       case DType::Bool: v = convert<D>(static_cast<const bool*>(x)[off[1]]); break;
       case DType::Int64: v = convert<D>(static_cast<const std::int64_t*>(x)[off[1]]); break;
       case DType::Float32: v = convert<D>(static_cast<const float*>(x)[off[1]]); break;
+      case DType::BFloat16: v = convert<D>(static_cast<const BFloat16*>(x)[off[1]]); break;
+      case DType::Float16: v = convert<D>(static_cast<const Half*>(x)[off[1]]); break;
       default: v = convert<D>(static_cast<const double*>(x)[off[1]]); break;
     }
     o[off[0]] = v;

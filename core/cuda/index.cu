@@ -42,6 +42,20 @@ __device__ __forceinline__ void atomic_accumulate(T* p, T v) {
     atomicOr(word, 1u << (8 * (addr & 3)));
   } else if constexpr (std::is_same_v<T, std::int64_t>) {
     atomicAdd(reinterpret_cast<unsigned long long*>(p), static_cast<unsigned long long>(v));  // two's complement
+  } else if constexpr (is_reduced_float_v<T>) {
+    // A compare-and-swap on the aligned 32-bit word holding the 16 bits; the sum is taken in
+    // float and rounded once per addition (every architecture, unlike the native 16-bit atomics).
+    const auto addr = reinterpret_cast<std::uintptr_t>(p);
+    auto* word = reinterpret_cast<unsigned int*>(addr & ~std::uintptr_t{3});
+    const unsigned shift = (addr & 2) ? 16u : 0u;
+    unsigned int old = *word, assumed;
+    do {
+      assumed = old;
+      const T cur = T::from_bits(static_cast<std::uint16_t>(assumed >> shift));
+      const T sum = T(static_cast<float>(cur) + static_cast<float>(v));
+      const unsigned int next = (assumed & ~(0xffffu << shift)) | (static_cast<unsigned int>(sum.bits()) << shift);
+      old = atomicCAS(word, assumed, next);
+    } while (old != assumed);
   } else {
     atomicAdd(p, v);
   }

@@ -39,7 +39,7 @@ T* ptr(const Tensor& t) {
 
 /// Throws "[op] operands of shape S have n dims that cannot be merged; ..." (out of line: fmt).
 [[noreturn]] void throw_too_many_dims(const char* op, const Shape& shape, std::size_t ndim);
-/// Throws unless t is float32 or float64.
+/// Throws unless t is floating point (float32, float64, bfloat16, float16).
 void check_float(const Tensor& t, const char* op);
 
 /// Iteration over `shape` for N operands (each a view with `shape`'s geometry).

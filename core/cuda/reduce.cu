@@ -6,9 +6,12 @@
 //                 range split over blockDim.y threads.
 //   split mode  : few outputs with many elements: partial results per chunk, then a rows
 //                 pass over the partials.
+// bfloat16/float16 accumulate in float (compute_t: the Op's type) and round the result once;
+// the row kernels compute in float and keep layer norm's statistics in float.
 #include <cmath>
 #include <limits>
 
+#include "../math/elementwise.hpp"
 #include "../math/reduce.hpp"
 #include "cuda_backend.hpp"
 #include "device_util.cuh"
@@ -38,7 +41,7 @@ int pack_dims(const Shape& sizes, const Strides& strides, std::int64_t* out_size
 }
 
 // Chunks each output's elements are split into (1: no split); when > 1, the split pass needs
-// scratch of M * chunks elements of x's dtype.
+// scratch of M * chunks elements of the accumulation dtype.
 std::int64_t reduce_partials(const ReduceGeom& g) {
   if (g.M == 0 || g.M >= 128 || g.R < 65536) return 1;
   const std::int64_t by_size = g.R / 16384, by_outputs = 1024 / g.M;
@@ -80,57 +83,66 @@ __device__ __forceinline__ std::int64_t offset_of(std::int64_t i, int nd, const 
   return off;
 }
 
-template <typename T>
-__device__ __forceinline__ T finish(T v, double mean_div) {
-  if constexpr (std::is_floating_point_v<T>) return mean_div > 0 ? static_cast<T>(v * (1.0 / mean_div)) : v;
+// The value type Op accumulates in.
+template <typename Op>
+using acc_t = decltype(Op::init());
+
+// The accumulated value as the output type O (the mean divided first).
+template <typename O, typename A>
+__device__ __forceinline__ O finish(A v, double mean_div) {
+  if constexpr (std::is_floating_point_v<A>)
+    return static_cast<O>(mean_div > 0 ? static_cast<A>(v * (1.0 / mean_div)) : v);
   else return v;
 }
 
 // Rows mode. grid.x covers outputs (blockDim.x / G per block), grid.y the chunks of R.
 // partial == nullptr: out[m] = finished value; else partial[m * P + p] = raw chunk value.
-template <typename T, typename Op>
-__global__ void reduce_rows_kernel(ReduceGeom g, const T* x, T* out, T* partial, int G, std::int64_t chunk,
+// T: the input's type (x's dtype, or the accumulation type in the pass over partials).
+template <typename T, typename O, typename Op>
+__global__ void reduce_rows_kernel(ReduceGeom g, const T* x, O* out, acc_t<Op>* partial, int G, std::int64_t chunk,
                                    double mean_div) {
-  __shared__ T smem[32];
+  using A = acc_t<Op>;
+  __shared__ A smem[32];
   const std::int64_t m = static_cast<std::int64_t>(blockIdx.x) * (blockDim.x / G) + threadIdx.x / G;
   const int lane = threadIdx.x % G;
   const bool live = m < g.M;
   const std::int64_t r0 = static_cast<std::int64_t>(blockIdx.y) * chunk;
   const std::int64_t r1 = min(g.R, r0 + chunk);
-  T acc = Op::init();
+  A acc = Op::init();
   if (live) {
     const T* base = x + offset_of(m, g.nk, g.ksize, g.kstride);
     if (g.nr == 1) {
       const std::int64_t st = g.rstride[0];
-      for (std::int64_t r = r0 + lane; r < r1; r += G) acc = Op::apply(acc, base[r * st]);
+      for (std::int64_t r = r0 + lane; r < r1; r += G) acc = Op::apply(acc, static_cast<A>(base[r * st]));
     } else {
       for (std::int64_t r = r0 + lane; r < r1; r += G)
-        acc = Op::apply(acc, base[offset_of(r, g.nr, g.rsize, g.rstride)]);
+        acc = Op::apply(acc, static_cast<A>(base[offset_of(r, g.nr, g.rsize, g.rstride)]));
     }
   }
-  acc = group_reduce(acc, G, smem, [](T a, T b) { return Op::apply(a, b); });
+  acc = group_reduce(acc, G, smem, [](A a, A b) { return Op::apply(a, b); });
   if (live && lane == 0) {
     if (partial) partial[m * gridDim.y + blockIdx.y] = acc;
-    else out[m] = finish(acc, mean_div);
+    else out[m] = finish<O>(acc, mean_div);
   }
 }
 
 // Column mode: blockDim (32, Y); thread x owns output m, threads y split R.
 template <typename T, typename Op>
 __global__ void reduce_cols_kernel(ReduceGeom g, const T* x, T* out, double mean_div) {
-  __shared__ T smem[32 * 8];
+  using A = acc_t<Op>;
+  __shared__ A smem[32 * 8];
   const std::int64_t m = static_cast<std::int64_t>(blockIdx.x) * 32 + threadIdx.x;
-  T acc = Op::init();
+  A acc = Op::init();
   if (m < g.M) {
     const T* base = x + offset_of(m, g.nk, g.ksize, g.kstride);
     for (std::int64_t r = threadIdx.y; r < g.R; r += blockDim.y)
-      acc = Op::apply(acc, base[g.nr == 1 ? r * g.rstride[0] : offset_of(r, g.nr, g.rsize, g.rstride)]);
+      acc = Op::apply(acc, static_cast<A>(base[g.nr == 1 ? r * g.rstride[0] : offset_of(r, g.nr, g.rsize, g.rstride)]));
   }
   smem[threadIdx.y * 32 + threadIdx.x] = acc;
   __syncthreads();
   if (threadIdx.y == 0 && m < g.M) {
     for (unsigned y = 1; y < blockDim.y; ++y) acc = Op::apply(acc, smem[y * 32 + threadIdx.x]);
-    out[m] = finish(acc, mean_div);
+    out[m] = finish<T>(acc, mean_div);
   }
 }
 
@@ -142,10 +154,11 @@ __global__ void reduce_empty_kernel(T* out, std::int64_t M, T v) {
 }
 
 template <typename T, typename Op>
-void reduce_typed(const ReduceGeom& g, const T* x, T* out, T* scratch, double mean_div, cudaStream_t s) {
+void reduce_typed(const ReduceGeom& g, const T* x, T* out, acc_t<Op>* scratch, double mean_div, cudaStream_t s) {
+  using A = acc_t<Op>;
   if (g.M == 0) return;
   if (g.R == 0) {
-    reduce_empty_kernel<T><<<grid_for(g.M), kThreads, 0, s>>>(out, g.M, Op::init());
+    reduce_empty_kernel<T><<<grid_for(g.M), kThreads, 0, s>>>(out, g.M, static_cast<T>(Op::init()));
     return;
   }
   const bool inner_contig = g.nr > 0 && g.rstride[0] == 1;
@@ -159,7 +172,7 @@ void reduce_typed(const ReduceGeom& g, const T* x, T* out, T* scratch, double me
   if (P > 1) {
     // Few long outputs: one block per (output, chunk), then a pass over the partials.
     const std::int64_t chunk = (g.R + P - 1) / P;
-    reduce_rows_kernel<T, Op>
+    reduce_rows_kernel<T, T, Op>
         <<<dim3(static_cast<unsigned>(g.M), static_cast<unsigned>(P)), kThreads, 0, s>>>(g, x, out, scratch, kThreads,
                                                                                          chunk, mean_div);
     ReduceGeom g2;
@@ -172,7 +185,7 @@ void reduce_typed(const ReduceGeom& g, const T* x, T* out, T* scratch, double me
     g2.rsize[0] = P;
     g2.rstride[0] = 1;
     const std::int64_t bx = (g.M + kThreads / 32 - 1) / (kThreads / 32);
-    reduce_rows_kernel<T, Op>
+    reduce_rows_kernel<A, T, Op>
         <<<static_cast<unsigned>(bx), kThreads, 0, s>>>(g2, scratch, out, nullptr, 32, P, mean_div);
     return;
   }
@@ -180,7 +193,7 @@ void reduce_typed(const ReduceGeom& g, const T* x, T* out, T* scratch, double me
   const int G = g.R >= 4096 ? kThreads : 32;
   const std::int64_t per_block = kThreads / G;
   const std::int64_t bx = (g.M + per_block - 1) / per_block;
-  reduce_rows_kernel<T, Op><<<static_cast<unsigned>(bx), kThreads, 0, s>>>(g, x, out, nullptr, G, g.R, mean_div);
+  reduce_rows_kernel<T, T, Op><<<static_cast<unsigned>(bx), kThreads, 0, s>>>(g, x, out, nullptr, G, g.R, mean_div);
 }
 
 // ---- arg max / min ----
@@ -197,22 +210,23 @@ __device__ __forceinline__ bool arg_better(bool is_max, T v, std::int64_t i, T b
 // One warp per output.
 template <typename T>
 __global__ void arg_reduce_kernel(ReduceGeom g, const T* x, T* values, std::int64_t* indices, bool is_max) {
+  using A = math::compute_t<T>;  // exact for every value of T
   const std::int64_t m = static_cast<std::int64_t>(blockIdx.x) * (blockDim.x / 32) + threadIdx.x / 32;
   const int lane = threadIdx.x & 31;
   if (m >= g.M) return;
   const T* base = x + offset_of(m, g.nk, g.ksize, g.kstride);
   const std::int64_t st = g.rstride[0];
-  T best = base[0];
+  A best = static_cast<A>(base[0]);
   std::int64_t bi = g.R;  // "none yet" sorts after every real index
   for (std::int64_t r = lane; r < g.R; r += 32) {
-    const T v = base[r * st];
+    const A v = static_cast<A>(base[r * st]);
     if (bi == g.R || arg_better(is_max, v, r, best, bi)) {
       best = v;
       bi = r;
     }
   }
   for (int o = 16; o > 0; o >>= 1) {
-    const T ov = shfl_xor(best, o);
+    const A ov = shfl_xor(best, o);
     const std::int64_t oi = shfl_xor(bi, o);
     if (oi != g.R && (bi == g.R || arg_better(is_max, ov, oi, best, bi))) {
       best = ov;
@@ -220,7 +234,7 @@ __global__ void arg_reduce_kernel(ReduceGeom g, const T* x, T* values, std::int6
     }
   }
   if (lane == 0) {
-    values[m] = best;
+    values[m] = static_cast<T>(best);
     indices[m] = bi;
   }
 }
@@ -233,80 +247,89 @@ __device__ __forceinline__ T fmax_nan_ignoring(T a, T b) {
 
 template <typename T>
 __global__ void softmax_kernel(const T* x, T* out, std::int64_t rows, std::int64_t n, bool log, int G) {
-  __shared__ T smem[32];
+  using A = math::compute_t<T>;
+  __shared__ A smem[32];
   const std::int64_t r = static_cast<std::int64_t>(blockIdx.x) * (blockDim.x / G) + threadIdx.x / G;
   const int lane = threadIdx.x % G;
   const bool live = r < rows;
   const T* xr = x + (live ? r : 0) * n;
   T* yr = out + (live ? r : 0) * n;
-  T m = -std::numeric_limits<T>::infinity();
+  A m = -std::numeric_limits<A>::infinity();
   if (live)
-    for (std::int64_t j = lane; j < n; j += G) m = fmax_nan_ignoring(m, xr[j]);
-  m = group_reduce(m, G, smem, [](T a, T b) { return fmax_nan_ignoring(a, b); });
-  T sum = 0;
+    for (std::int64_t j = lane; j < n; j += G) m = fmax_nan_ignoring(m, static_cast<A>(xr[j]));
+  m = group_reduce(m, G, smem, [](A a, A b) { return fmax_nan_ignoring(a, b); });
+  A sum = 0;
   if (live)
-    for (std::int64_t j = lane; j < n; j += G) sum += exp(xr[j] - m);
-  sum = group_reduce(sum, G, smem, [](T a, T b) { return a + b; });
+    for (std::int64_t j = lane; j < n; j += G) sum += exp(static_cast<A>(xr[j]) - m);
+  sum = group_reduce(sum, G, smem, [](A a, A b) { return a + b; });
   if (!live) return;
   if (log) {
-    const T ls = ::log(sum);
-    for (std::int64_t j = lane; j < n; j += G) yr[j] = (xr[j] - m) - ls;
+    const A ls = ::log(sum);
+    for (std::int64_t j = lane; j < n; j += G) yr[j] = static_cast<T>((static_cast<A>(xr[j]) - m) - ls);
   } else {
-    const T inv = T(1) / sum;
-    for (std::int64_t j = lane; j < n; j += G) yr[j] = exp(xr[j] - m) * inv;
+    const A inv = A(1) / sum;
+    for (std::int64_t j = lane; j < n; j += G) yr[j] = static_cast<T>(exp(static_cast<A>(xr[j]) - m) * inv);
   }
 }
 
 template <typename T>
 __global__ void softmax_backward_kernel(const T* y, const T* gy, T* gx, std::int64_t rows, std::int64_t n, bool log,
                                         int G) {
-  __shared__ T smem[32];
+  using A = math::compute_t<T>;
+  __shared__ A smem[32];
   const std::int64_t r = static_cast<std::int64_t>(blockIdx.x) * (blockDim.x / G) + threadIdx.x / G;
   const int lane = threadIdx.x % G;
   const bool live = r < rows;
   const std::int64_t o = (live ? r : 0) * n;
-  T dot = 0;
+  A dot = 0;
   if (live)
-    for (std::int64_t j = lane; j < n; j += G) dot += log ? gy[o + j] : gy[o + j] * y[o + j];
-  dot = group_reduce(dot, G, smem, [](T a, T b) { return a + b; });
+    for (std::int64_t j = lane; j < n; j += G) {
+      const A g = static_cast<A>(gy[o + j]);
+      dot += log ? g : g * static_cast<A>(y[o + j]);
+    }
+  dot = group_reduce(dot, G, smem, [](A a, A b) { return a + b; });
   if (!live) return;
-  for (std::int64_t j = lane; j < n; j += G)
-    gx[o + j] = log ? gy[o + j] - exp(y[o + j]) * dot : y[o + j] * (gy[o + j] - dot);
+  for (std::int64_t j = lane; j < n; j += G) {
+    const A yv = static_cast<A>(y[o + j]), g = static_cast<A>(gy[o + j]);
+    gx[o + j] = static_cast<T>(log ? g - exp(yv) * dot : yv * (g - dot));
+  }
 }
 
+// mean and rstd are of the compute type A (float for bfloat16/float16 x).
 template <typename T>
-__global__ void layer_norm_kernel(const T* x, const T* w, const T* b, double eps, T* out, T* mean, T* rstd,
-                                  std::int64_t rows, std::int64_t n, int G) {
-  __shared__ T smem[32];
+__global__ void layer_norm_kernel(const T* x, const T* w, const T* b, double eps, T* out, math::compute_t<T>* mean,
+                                  math::compute_t<T>* rstd, std::int64_t rows, std::int64_t n, int G) {
+  using A = math::compute_t<T>;
+  __shared__ A smem[32];
   const std::int64_t r = static_cast<std::int64_t>(blockIdx.x) * (blockDim.x / G) + threadIdx.x / G;
   const int lane = threadIdx.x % G;
   const bool live = r < rows;
   const T* xr = x + (live ? r : 0) * n;
-  T s = 0;
+  A s = 0;
   if (live)
-    for (std::int64_t j = lane; j < n; j += G) s += xr[j];
-  s = group_reduce(s, G, smem, [](T a, T c) { return a + c; });
-  const T mu = n ? s / T(n) : T(0);
-  T v = 0;
+    for (std::int64_t j = lane; j < n; j += G) s += static_cast<A>(xr[j]);
+  s = group_reduce(s, G, smem, [](A a, A c) { return a + c; });
+  const A mu = n ? s / A(n) : A(0);
+  A v = 0;
   if (live)
     for (std::int64_t j = lane; j < n; j += G) {
-      const T d = xr[j] - mu;
+      const A d = static_cast<A>(xr[j]) - mu;
       v += d * d;
     }
-  v = group_reduce(v, G, smem, [](T a, T c) { return a + c; });
+  v = group_reduce(v, G, smem, [](A a, A c) { return a + c; });
   if (!live) return;
-  const T var = n ? v / T(n) : T(0);
-  const T rs = T(1) / sqrt(var + T(eps));
+  const A var = n ? v / A(n) : A(0);
+  const A rs = A(1) / sqrt(var + A(eps));
   if (lane == 0) {
     mean[r] = mu;
     rstd[r] = rs;
   }
   T* yr = out + r * n;
   for (std::int64_t j = lane; j < n; j += G) {
-    T y = (xr[j] - mu) * rs;
-    if (w) y *= w[j];
-    if (b) y += b[j];
-    yr[j] = y;
+    A y = (static_cast<A>(xr[j]) - mu) * rs;
+    if (w) y *= static_cast<A>(w[j]);
+    if (b) y += static_cast<A>(b[j]);
+    yr[j] = static_cast<T>(y);
   }
 }
 
@@ -329,28 +352,29 @@ void CudaBackend::reduce(ReduceOp op, const Tensor& x, const std::vector<std::in
   g.nr = pack_dims(d.red_shape, d.red_strides, g.rsize, g.rstride, "reduce");
   Tensor scratch;
   const std::int64_t P = reduce_partials(g);
-  if (P > 1) scratch = Tensor::empty({g.M * P}, x.dtype(), x.device());
+  if (P > 1) scratch = Tensor::empty({g.M * P}, is_reduced_float(x.dtype()) ? kFloat32 : x.dtype(), x.device());
   const cudaStream_t s = ctx_.stream;
   dispatch(x.dtype(), [&](auto z) {
     using T = decltype(z);
+    using A = math::compute_t<T>;
     const T* xp = ptr<T>(x);
     T* op_ = ptr<T>(out);
-    T* sc = scratch.defined() ? ptr<T>(scratch) : nullptr;
+    A* sc = scratch.defined() ? ptr<A>(scratch) : nullptr;
     switch (op) {
-      case ReduceOp::Sum: reduce_typed<T, math::SumOp<T>>(g, xp, op_, sc, 0.0, s); break;
+      case ReduceOp::Sum: reduce_typed<T, math::SumOp<A>>(g, xp, op_, sc, 0.0, s); break;
       case ReduceOp::Mean:
         if (g.R == 0 && g.M > 0) {
           T nan_v;
-          if constexpr (std::is_floating_point_v<T>) nan_v = std::numeric_limits<T>::quiet_NaN();
+          if constexpr (is_float_storage_v<T>) nan_v = static_cast<T>(std::numeric_limits<double>::quiet_NaN());
           else nan_v = T(0);
           reduce_empty_kernel<T><<<grid_for(g.M), kThreads, 0, s>>>(op_, g.M, nan_v);
         } else {
-          reduce_typed<T, math::SumOp<T>>(g, xp, op_, sc, static_cast<double>(g.R), s);
+          reduce_typed<T, math::SumOp<A>>(g, xp, op_, sc, static_cast<double>(g.R), s);
         }
         break;
-      case ReduceOp::Prod: reduce_typed<T, math::ProdOp<T>>(g, xp, op_, sc, 0.0, s); break;
-      case ReduceOp::Max: reduce_typed<T, math::MaxOp<T>>(g, xp, op_, sc, 0.0, s); break;
-      case ReduceOp::Min: reduce_typed<T, math::MinOp<T>>(g, xp, op_, sc, 0.0, s); break;
+      case ReduceOp::Prod: reduce_typed<T, math::ProdOp<A>>(g, xp, op_, sc, 0.0, s); break;
+      case ReduceOp::Max: reduce_typed<T, math::MaxOp<A>>(g, xp, op_, sc, 0.0, s); break;
+      case ReduceOp::Min: reduce_typed<T, math::MinOp<A>>(g, xp, op_, sc, 0.0, s); break;
     }
   });
   check_launch("reduce");
@@ -385,7 +409,7 @@ void CudaBackend::softmax(const Tensor& x, const Tensor& out, bool log) {
   int G;
   unsigned blocks;
   row_launch(rows, n, G, blocks);
-  dispatch_float(x.dtype(), [&](auto z) {
+  dispatch_floating(x.dtype(), [&](auto z) {
     using T = decltype(z);
     softmax_kernel<T><<<blocks, kThreads, 0, ctx_.stream>>>(ptr<T>(x), ptr<T>(out), rows, n, log, G);
   });
@@ -400,7 +424,7 @@ void CudaBackend::softmax_backward(const Tensor& y, const Tensor& gy, const Tens
   int G;
   unsigned blocks;
   row_launch(rows, n, G, blocks);
-  dispatch_float(y.dtype(), [&](auto z) {
+  dispatch_floating(y.dtype(), [&](auto z) {
     using T = decltype(z);
     softmax_backward_kernel<T>
         <<<blocks, kThreads, 0, ctx_.stream>>>(ptr<T>(y), ptr<T>(gy), ptr<T>(gx), rows, n, log, G);
@@ -417,12 +441,13 @@ void CudaBackend::layer_norm(const Tensor& x, const Tensor& weight, const Tensor
   int G;
   unsigned blocks;
   row_launch(rows, n, G, blocks);
-  dispatch_float(x.dtype(), [&](auto z) {
+  dispatch_floating(x.dtype(), [&](auto z) {
     using T = decltype(z);
+    using A = math::compute_t<T>;
     const T* w = weight.defined() ? ptr<T>(weight) : nullptr;
     const T* b = bias.defined() ? ptr<T>(bias) : nullptr;
-    layer_norm_kernel<T><<<blocks, kThreads, 0, ctx_.stream>>>(ptr<T>(x), w, b, eps, ptr<T>(out), ptr<T>(mean),
-                                                               ptr<T>(rstd), rows, n, G);
+    layer_norm_kernel<T><<<blocks, kThreads, 0, ctx_.stream>>>(ptr<T>(x), w, b, eps, ptr<T>(out), ptr<A>(mean),
+                                                               ptr<A>(rstd), rows, n, G);
   });
   check_launch("layer_norm");
 }

@@ -22,6 +22,14 @@ template <typename T>
 struct ComputeType {
   using type = T;
 };
+template <>
+struct ComputeType<BFloat16> {
+  using type = float;
+};
+template <>
+struct ComputeType<Half> {
+  using type = float;
+};
 template <typename T>
 using compute_t = typename ComputeType<T>::type;
 

@@ -22,6 +22,14 @@ KILN_HD std::int64_t random_blocks(std::int64_t n) {
   return (n + kRandomPerBlock<T> - 1) / kRandomPerBlock<T>;
 }
 
+/// The largest BFloat16/Half value below a finite x.
+template <typename T>
+KILN_HD T next_below(T x) {
+  const std::uint16_t b = x.bits();
+  if ((b & 0x7fffu) == 0) return T::from_bits(0x8001u);  // +-0: the negative smallest subnormal
+  return T::from_bits(static_cast<std::uint16_t>(b & 0x8000u ? b + 1 : b - 1));
+}
+
 /// Writes the (at most kRandomPerBlock<T>) values of block blk of `spec`'s draw into out[0, n).
 template <typename T>
 KILN_HD void random_block(const RandomSpec& spec, std::int64_t blk, T* out, std::int64_t n) {
@@ -63,6 +71,11 @@ KILN_HD void random_block(const RandomSpec& spec, std::int64_t blk, T* out, std:
       // Rounding must not push a uniform draw onto its open upper bound.
       const float hi = static_cast<float>(spec.b);
       if (spec.kind == RandomSpec::Uniform && f >= hi) f = nextafter(hi, -infinity<float>());
+      out[base + j] = f;
+    } else if constexpr (is_reduced_float_v<T>) {
+      T f = T(v[j]);
+      const T hi = T(spec.b);
+      if (spec.kind == RandomSpec::Uniform && float(f) >= float(hi)) f = next_below(hi);
       out[base + j] = f;
     } else if constexpr (std::is_same_v<T, bool>) {
       out[base + j] = v[j] != 0.0;

@@ -121,7 +121,7 @@ TEST_CASE("safetensors: kiln-written golden files are stable (tools/safetensors_
   CHECK(ckt::read_bytes(d + "kiln_module.safetensors") == module);
 }
 
-TEST_CASE("safetensors: a file written by Python safetensors loads with F16 BF16 and small ints converted") {
+TEST_CASE("safetensors: a file written by Python safetensors loads with F16 BF16 kept and small ints converted") {
   SafetensorsFile f = load_safetensors(ckt::data_dir() + "python_written.safetensors");
   CHECK(f.metadata ==
         std::map<std::string, std::string>{{"format", "pt"}, {"note", "kiln fixture \xe2\x9c\x93 \"quoted\"\n"}});
@@ -140,10 +140,10 @@ TEST_CASE("safetensors: a file written by Python safetensors loads with F16 BF16
   for (int k = -8; k < 8; ++k) f16.push_back(k * 0.375);
   for (double v : {std::ldexp(1.0, -14), std::ldexp(1.0, -24), 65504.0, inf, -0.0, -std::ldexp(1.0, -20)})
     f16.push_back(v);
-  CHECK(f.at("f16").dtype() == kFloat32);
+  CHECK(f.at("f16").dtype() == kFloat16);
   CHECK(f.at("f16").to_vector<double>() == f16);
   CHECK(std::signbit(f.at("f16").to_vector<double>()[20]));  // -0.0 keeps its sign
-  CHECK(f.at("bf16").dtype() == kFloat32);
+  CHECK(f.at("bf16").dtype() == kBFloat16);
   CHECK(f.at("bf16").to_vector<double>() ==
         std::vector<double>{1.0, -2.5, 3.140625, std::ldexp(1.0, 100), -std::ldexp(1.0, -130), 0.0});
   using V = std::vector<std::int64_t>;
@@ -263,23 +263,38 @@ TEST_CASE("safetensors: every truncation and many corruptions of a valid file fa
   CHECK(loaded > 0);  // e.g. a digit of a value inside the metadata
 }
 
-TEST_CASE("safetensors: half and bfloat16 decoding is exact for every bit pattern") {
-  for (std::uint32_t h = 0; h < 65536; ++h) {
-    int sign = (h >> 15) ? -1 : 1, exp = static_cast<int>((h >> 10) & 31), man = static_cast<int>(h & 1023);
-    double expect = exp == 0    ? sign * std::ldexp(man, -24)
-                    : exp == 31 ? (man ? std::numeric_limits<double>::quiet_NaN() : sign * HUGE_VAL)
-                                : sign * std::ldexp(1024 + man, exp - 25);
-    float got = io::detail::half_to_float(static_cast<std::uint16_t>(h));
-    INFO("half bits " << h);
-    if (std::isnan(expect)) CHECK(std::isnan(got));
-    else CHECK((static_cast<double>(got) == expect && std::signbit(got) == (sign < 0)));
+// The data bytes of tensor `name` in a safetensors file: 8-byte length, header, then the buffer.
+std::vector<unsigned char> tensor_bytes(const std::vector<unsigned char>& file, const std::string& name) {
+  std::uint64_t n = 0;
+  for (int i = 0; i < 8; ++i) n |= std::uint64_t{file[i]} << (8 * i);
+  std::string header(file.begin() + 8, file.begin() + 8 + static_cast<std::ptrdiff_t>(n));
+  auto at = header.find("\"" + name + "\"");
+  REQUIRE(at != std::string::npos);
+  at = header.find("\"data_offsets\"", at);
+  auto open = header.find('[', at), comma = header.find(',', open), close = header.find(']', comma);
+  std::uint64_t b = std::stoull(header.substr(open + 1, comma - open - 1));
+  std::uint64_t e = std::stoull(header.substr(comma + 1, close - comma - 1));
+  auto base = file.begin() + 8 + static_cast<std::ptrdiff_t>(n);
+  return {base + static_cast<std::ptrdiff_t>(b), base + static_cast<std::ptrdiff_t>(e)};
+}
+
+TEST_CASE("safetensors: BF16 and F16 written by PyTorch load as bfloat16/float16 and save back byte-identical") {
+  const std::string path = ckt::data_dir() + "python_written.safetensors";
+  const auto original = ckt::read_bytes(path);
+  SafetensorsFile f = load_safetensors(path);
+  auto saved = save_safetensors_to_buffer({{"bf16", f.at("bf16")}, {"f16", f.at("f16")}});
+  std::vector<unsigned char> bytes(saved.begin(), saved.end());
+  for (const char* name : {"bf16", "f16"}) {
+    INFO(name);
+    CHECK(tensor_bytes(bytes, name) == tensor_bytes(original, name));
   }
-  for (std::uint32_t b = 0; b < 65536; b += 7) {
-    float got = io::detail::bf16_to_float(static_cast<std::uint16_t>(b));
-    std::uint32_t bits;
-    std::memcpy(&bits, &got, 4);
-    CHECK(bits == b << 16);
-  }
+  // The header names the dtypes as Python's safetensors does.
+  std::string text(bytes.begin(), bytes.end());
+  CHECK(text.find("\"dtype\":\"BF16\"") != std::string::npos);
+  CHECK(text.find("\"dtype\":\"F16\"") != std::string::npos);
+  SafetensorsFile back = load_safetensors_from_buffer(bytes.data(), bytes.size());
+  CHECK(back.at("bf16").dtype() == kBFloat16);
+  CHECK(back.at("f16").dtype() == kFloat16);
 }
 
 TEST_CASE("safetensors: save rejects duplicate and reserved and non-UTF-8 names and undefined tensors") {

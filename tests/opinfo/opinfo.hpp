@@ -31,10 +31,27 @@ struct DTypeTol {
   Tol grads;
 };
 
-/// The dtypes every entry runs in unless it lists its own. Lower precisions (bfloat16, float16)
-/// are one more row here; an entry that needs looser bounds overrides `dtypes`.
+/// Unit roundoff (half an ulp of 1) of bfloat16 and float16.
+inline constexpr double kBFloat16Unit = 0x1p-8, kFloat16Unit = 0x1p-11;
+
+/// The bfloat16 and float16 rows. Their inputs are rounded to the dtype and the float64 reference
+/// runs on those same values; the op computes in float32 and rounds its result once, so values
+/// are within `k` unit roundoffs u, relative (plus `k_abs` u absolute, for results that cancel);
+/// gradients pass through a chain of rounded ops: `kg` u relative and absolute.
+inline std::vector<DTypeTol> reduced_dtypes(double k = 1.05, double k_abs = 0.01, double kg = 6) {
+  std::vector<DTypeTol> out;
+  for (auto [dt, u] : {std::pair{kiln::kBFloat16, kBFloat16Unit}, std::pair{kiln::kFloat16, kFloat16Unit}})
+    out.push_back({dt, {k_abs * u, k * u}, {kg * u, kg * u}});
+  return out;
+}
+
+/// The dtypes every entry runs in unless it lists its own: float64, float32, bfloat16, float16
+/// (in this order: entries adjust rows 0 and 1); an entry that needs other bounds overrides
+/// `dtypes`.
 inline std::vector<DTypeTol> default_dtypes() {
-  return {{kiln::kFloat64, {1e-12, 1e-12}, {0, 0}}, {kiln::kFloat32, {2e-6, 2e-5}, {1e-5, 1e-4}}};
+  std::vector<DTypeTol> d = {{kiln::kFloat64, {1e-12, 1e-12}, {0, 0}}, {kiln::kFloat32, {2e-6, 2e-5}, {1e-5, 1e-4}}};
+  for (const DTypeTol& r : reduced_dtypes()) d.push_back(r);
+  return d;
 }
 
 /// How a sample input is laid out in memory. Every layout but Contiguous is a view of a larger

@@ -48,6 +48,7 @@ OpInfo entry(std::string name, std::function<Tensor(const Tensor&)> f, std::func
   e.domains = {std::move(dom)};
   // within a few ulps of std:: math, on the vectorized path and the scalar one alike
   e.dtypes = {{kFloat64, {1e-300, 2e-15}, {0, 0}}, {kFloat32, {1e-7, 5e-7}, {1e-5, 1e-4}}};
+  for (const DTypeTol& r : reduced_dtypes()) e.dtypes.push_back(r);
   return e;
 }
 
