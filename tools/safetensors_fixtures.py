@@ -9,6 +9,9 @@ Needs PyTorch (Debian python3-torch) and Hugging Face's `safetensors` package
 
 Files written:
   python_written.safetensors   by safetensors.torch.save_file: every dtype torch 1.13 has
+  spec_16bit.safetensors       by hand (struct only): BF16 and F16 bit patterns torch cannot
+                               make directly (NaN payloads, signalling NaNs, subnormals, -0, Inf)
+                               that must load and save back bit for bit
   spec_written.safetensors     by hand from the format description: U16/U32/U64 (torch 1.13 has
                                none), pretty-printed JSON, \\u escapes, header order != data order
   torch_module.safetensors     a torch Sequential(Linear(3, 4), LayerNorm(4)) state dict
@@ -95,6 +98,26 @@ def write_spec_fixture():
     text = b"\n " + text + b"\n  \t"  # JSON whitespace around the object
     with open(os.path.join(OUT, "spec_written.safetensors"), "wb") as f:
         f.write(raw_file(text, data))
+
+
+BF16_BITS = [0x3F80, 0xC020, 0x7F80, 0xFF80, 0x8000, 0x0001, 0x7FC1, 0x7F81]
+F16_BITS = [0x3C00, 0x7BFF, 0x0001, 0x8400, 0x7C00, 0xFC00, 0x7E01, 0x7C01]
+
+
+def write_16bit_fixture():
+    """BF16 (2, 4) and F16 (8,) from raw bits, laid out as Python's safetensors writes files
+    (compact JSON, metadata first, header padded with spaces to 8 bytes)."""
+    bf16 = struct.pack("<8H", *BF16_BITS)
+    f16 = struct.pack("<8H", *F16_BITS)
+    header = {
+        "__metadata__": {"format": "pt"},
+        "bf16": {"dtype": "BF16", "shape": [2, 4], "data_offsets": [0, 16]},
+        "f16": {"dtype": "F16", "shape": [8], "data_offsets": [16, 32]},
+    }
+    text = json.dumps(header, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)
+    with open(os.path.join(OUT, "spec_16bit.safetensors"), "wb") as f:
+        f.write(raw_file(text, bf16 + f16))
 
 
 def write_module_fixture():
@@ -269,6 +292,7 @@ def main():
     if "--check" not in sys.argv:
         write_python_fixture()
         write_spec_fixture()
+        write_16bit_fixture()
         write_module_fixture()
         assert reference_accepts(os.path.join(OUT, "spec_written.safetensors"))
         write_bad_corpus()

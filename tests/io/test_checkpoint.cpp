@@ -334,3 +334,26 @@ TEST_CASE("checkpoint: errors name the file and what is missing or wrong and a m
   CHECK_KILN_ERROR(io::load_checkpoint(ckt::data_dir() + "bad_trailing_bytes.safetensors", {}), "[load_safetensors]");
   fs::remove_all(dir);
 }
+
+TEST_CASE("checkpoint: bfloat16 and float16 models save and load bit for bit, a float32 model widens them exactly") {
+  auto dir = ckt::temp_dir("ck_16bit");
+  for (DType dt : {kBFloat16, kFloat16}) {
+    INFO(dtype_name(dt));
+    const std::string path = (dir / "m.safetensors").string();
+    nn::Linear a(3, 4);
+    a->to(dt);
+    nn::save(*a, path);
+    CHECK(load_safetensors(path).at("weight").dtype() == dt);
+    nn::Linear b(3, 4);
+    b->to(dt);
+    nn::load(*b, path);
+    for (const auto& [k, t] : a->state_dict()) CHECK(ckt::bitwise_equal(b->state_dict()[k], t));
+    nn::Linear c(3, 4);  // float32: load_state_dict converts
+    nn::load(*c, path);
+    for (const auto& [k, t] : a->state_dict()) {
+      CHECK(c->state_dict()[k].dtype() == kFloat32);
+      CHECK(ckt::bitwise_equal(c->state_dict()[k].to(dt), t));
+    }
+  }
+  fs::remove_all(dir);
+}

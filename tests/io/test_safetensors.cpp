@@ -297,6 +297,25 @@ TEST_CASE("safetensors: BF16 and F16 written by PyTorch load as bfloat16/float16
   CHECK(back.at("f16").dtype() == kFloat16);
 }
 
+TEST_CASE(
+    "safetensors: BF16 and F16 bit patterns (NaN payloads, signalling NaN, subnormals) round trip byte-identical") {
+  const std::string path = ckt::data_dir() + "spec_16bit.safetensors";
+  const auto original = ckt::read_bytes(path);
+  SafetensorsFile f = load_safetensors(path);
+  REQUIRE(f.at("bf16").dtype() == kBFloat16);
+  REQUIRE(f.at("f16").dtype() == kFloat16);
+  kt::expect_shape(f.at("bf16"), {2, 4});
+  std::vector<std::uint16_t> bf, hf;
+  for (BFloat16 v : f.at("bf16").to_vector<BFloat16>()) bf.push_back(v.bits());
+  for (Half v : f.at("f16").to_vector<Half>()) hf.push_back(v.bits());
+  // tools/safetensors_fixtures.py BF16_BITS / F16_BITS
+  CHECK(bf == std::vector<std::uint16_t>{0x3F80, 0xC020, 0x7F80, 0xFF80, 0x8000, 0x0001, 0x7FC1, 0x7F81});
+  CHECK(hf == std::vector<std::uint16_t>{0x3C00, 0x7BFF, 0x0001, 0x8400, 0x7C00, 0xFC00, 0x7E01, 0x7C01});
+  CHECK(f.at("f16").to_vector<double>()[2] == std::ldexp(1.0, -24));
+  const auto saved = save_safetensors_to_buffer(f.tensors, f.metadata);
+  CHECK(std::vector<std::uint8_t>(saved.begin(), saved.end()) == original);
+}
+
 TEST_CASE("safetensors: save rejects duplicate and reserved and non-UTF-8 names and undefined tensors") {
   Tensor t = ones({2});
   CHECK_KILN_ERROR(save_safetensors_to_buffer({{"a", t}, {"b", t}, {"a", t}}),
