@@ -11,6 +11,7 @@
 
 #include "../reduced_float.hpp"
 #include "cpu_backend.hpp"
+#include "gemm_lowp.hpp"
 #include "loops.hpp"
 
 namespace kiln::cpu {
@@ -110,6 +111,22 @@ void eigen_gemm(const T* a, std::int64_t ars, std::int64_t acs, const T* c, std:
 }
 
 }  // namespace
+
+void sgemm_rowmajor(bool ta, bool tb, std::int64_t M, std::int64_t N, std::int64_t K, float alpha, const float* a,
+                    std::int64_t lda, const float* b, std::int64_t ldb, float beta, float* c, std::int64_t ldc) {
+  if (blas().sgemm) {
+    blas().sgemm(RowMajor, ta ? Trans : NoTrans, tb ? Trans : NoTrans, int(M), int(N), int(K), alpha, a, int(lda), b,
+                 int(ldb), beta, c, int(ldc));
+    return;
+  }
+  using Mat = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+  using Str = Eigen::Stride<Eigen::Dynamic, Eigen::Dynamic>;
+  Eigen::Map<const Mat, 0, Str> A(a, M, K, ta ? Str(1, lda) : Str(lda, 1));
+  Eigen::Map<const Mat, 0, Str> B(b, K, N, tb ? Str(1, ldb) : Str(ldb, 1));
+  Eigen::Map<Mat, 0, Eigen::OuterStride<>> C(c, M, N, Eigen::OuterStride<>(ldc));
+  if (beta == 0.0f) C.noalias() = alpha * (A * B);  // as BLAS: C's old contents (NaN too) ignored
+  else C = beta * C + alpha * (A * B);
+}
 
 const char* blas_info() { return blas().info.c_str(); }
 void blas_set_num_threads(int n) {

@@ -1,0 +1,42 @@
+#pragma once
+// Batched GEMM on 16-bit float inputs (BFloat16, Half) with float32 accumulation, output in the
+// input type or in float32 (internal to core/cpu). bf16 runs on oneDNN's matmul when kiln is
+// built with it and the CPU has native bf16 dot products (AVX512-BF16 or AMX); otherwise, and
+// for Half (oneDNN 2.6 has no fast fp16 CPU matmul), the inputs are converted to float32 and the
+// float GEMM (OpenBLAS or Eigen) runs. Both paths give float32-accumulated results.
+//   GemmDims d{.batch = 1, .M = m, .N = n, .K = k, .lda = k, .ldb = n, .ldc = n};
+//   gemm_lowp(d, a, b, c);   // c = a @ b
+#include <cstdint>
+
+#include "../half.hpp"
+
+namespace kiln::cpu {
+
+/// C[i] = alpha * op(A[i]) op(B[i]) + beta * C[i] for i < batch; op(A) is (M, K): A[m * lda + k],
+/// or A[k * lda + m] when ta; op(B) is (K, N): B[k * ldb + n], or B[n * ldb + k] when tb; C is
+/// (M, N) with row stride ldc. sa/sb/sc step between batch items (0: the same matrix for all; C
+/// needs sc != 0 when batch > 1). beta == 0 ignores C's old contents (NaN included).
+struct GemmDims {
+  std::int64_t batch = 1, M = 0, N = 0, K = 0;
+  bool ta = false, tb = false;
+  std::int64_t lda = 0, sa = 0, ldb = 0, sb = 0, ldc = 0, sc = 0;
+  float alpha = 1.0f, beta = 0.0f;
+};
+
+/// T is BFloat16 or Half; O is T or float.
+template <typename T, typename O>
+void gemm_lowp(const GemmDims& d, const T* a, const T* b, O* c);
+
+/// The path gemm_lowp takes for bf16 (bf16 = true) or Half inputs on this machine, e.g.
+/// "onednn 2.6.3 (avx512_core_bf16)" or "float32 conversion (no AVX512-BF16)".
+const char* gemm_lowp_path(bool bf16);
+
+/// Tests and comparisons: false sends bf16 to the float32 path even where oneDNN could run it,
+/// true restores the choice made from the CPU's features; returns the previous setting.
+bool gemm_lowp_use_onednn(bool on);
+
+/// Float GEMM of blas.cpp (OpenBLAS or Eigen), row-major, same conventions as GemmDims (one item).
+void sgemm_rowmajor(bool ta, bool tb, std::int64_t M, std::int64_t N, std::int64_t K, float alpha, const float* a,
+                    std::int64_t lda, const float* b, std::int64_t ldb, float beta, float* c, std::int64_t ldc);
+
+}  // namespace kiln::cpu

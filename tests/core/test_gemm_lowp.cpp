@@ -1,0 +1,144 @@
+// The 16-bit GEMM (core/cpu/gemm_lowp.hpp) on both of its paths (oneDNN where this CPU has native
+// bf16, and the float32 conversion) against a float64 product of the same rounded inputs.
+#include <cmath>
+#include <cstring>
+#include <kiln/core/cpu/gemm_lowp.hpp>
+#include <kiln/core/parallel.hpp>
+#include <random>
+#include <vector>
+
+#include "test_util.hpp"
+
+using namespace kiln;
+
+namespace {
+
+struct Case {
+  std::int64_t batch, M, N, K;
+  bool ta, tb;
+  std::int64_t pad;  // extra elements per row (ld > cols)
+  bool bcast_a;      // sa = 0: one A for every batch item
+  float alpha, beta;
+};
+
+template <typename T>
+std::vector<T> random_values(std::size_t n, std::mt19937& rng) {
+  std::normal_distribution<float> dist(0.0f, 1.0f);
+  std::vector<T> v(n);
+  for (auto& x : v) x = T(dist(rng));
+  return v;
+}
+
+// Runs one case with input type T and output O; checks every element against float64.
+template <typename T, typename O>
+void run_case(const Case& c, std::mt19937& rng) {
+  cpu::GemmDims d;
+  d.batch = c.batch, d.M = c.M, d.N = c.N, d.K = c.K, d.ta = c.ta, d.tb = c.tb, d.alpha = c.alpha, d.beta = c.beta;
+  const std::int64_t ar = c.ta ? c.K : c.M, ac = c.ta ? c.M : c.K, br = c.tb ? c.N : c.K, bc = c.tb ? c.K : c.N;
+  d.lda = ac + c.pad;
+  d.ldb = bc + c.pad;
+  d.ldc = c.N + c.pad;
+  d.sa = c.bcast_a ? 0 : ar * d.lda;
+  d.sb = br * d.ldb;
+  d.sc = c.M * d.ldc;
+  const auto a = random_values<T>(static_cast<std::size_t>((c.bcast_a ? 1 : c.batch) * ar * d.lda), rng);
+  const auto b = random_values<T>(static_cast<std::size_t>(c.batch * br * d.ldb), rng);
+  auto out = random_values<O>(static_cast<std::size_t>(c.batch * d.sc), rng);
+  if (c.beta == 0.0f) out[0] = O(NAN);  // beta 0 ignores the old contents, NaN included
+  const auto old = out;
+  cpu::gemm_lowp<T, O>(d, a.data(), b.data(), out.data());
+  // float32 accumulation over K terms of magnitude ~1; a 16-bit output adds its own rounding.
+  const double out_eps = std::is_same_v<O, float> ? 0.0 : (std::is_same_v<O, BFloat16> ? 1.0 / 256 : 1.0 / 2048);
+  double worst = 0;
+  for (std::int64_t i = 0; i < c.batch; ++i)
+    for (std::int64_t m = 0; m < c.M; ++m)
+      for (std::int64_t n = 0; n < c.N; ++n) {
+        double ref = 0, mag = 0;
+        for (std::int64_t k = 0; k < c.K; ++k) {
+          const double x = float(a[(c.bcast_a ? 0 : i * d.sa) + (c.ta ? k * d.lda + m : m * d.lda + k)]);
+          const double y = float(b[i * d.sb + (c.tb ? n * d.ldb + k : k * d.ldb + n)]);
+          ref += x * y;
+          mag += std::abs(x * y);
+        }
+        const std::size_t at = static_cast<std::size_t>(i * d.sc + m * d.ldc + n);
+        const double prev = c.beta == 0.0f ? 0.0 : double(float(old[at]));
+        ref = c.alpha * ref + c.beta * prev;
+        mag = std::abs(c.alpha) * mag + std::abs(c.beta * prev);
+        const double got = float(out[at]);
+        const double tol = 4 * c.K * 6e-8 * mag + out_eps * std::abs(ref) + 1e-30;
+        worst = std::max(worst, std::abs(got - ref) / std::max(mag, 1e-30));
+        if (!(std::abs(got - ref) <= tol)) {
+          FAIL("item " << i << " (" << m << ", " << n << "): got " << got << " want " << ref << " tol " << tol);
+        }
+      }
+  // Padding between rows of C is never written.
+  for (std::int64_t i = 0; i < c.batch; ++i)
+    for (std::int64_t m = 0; m < c.M; ++m)
+      for (std::int64_t n = c.N; n < d.ldc; ++n) {
+        const std::size_t at = static_cast<std::size_t>(i * d.sc + m * d.ldc + n);
+        REQUIRE(std::memcmp(&out[at], &old[at], sizeof(O)) == 0);
+      }
+}
+
+const std::vector<Case> kCases = {
+    {1, 1, 1, 1, false, false, 0, false, 1, 0},      {1, 7, 5, 3, false, false, 0, false, 1, 0},
+    {1, 64, 48, 96, false, false, 0, false, 1, 0},   {1, 33, 65, 17, true, false, 3, false, 1, 0},
+    {1, 33, 65, 17, false, true, 3, false, 1, 0},    {1, 40, 24, 130, true, true, 1, false, 1, 0},
+    {3, 16, 32, 24, false, false, 0, false, 1, 0},   {4, 9, 11, 13, false, true, 2, true, 1, 0},
+    {2, 20, 12, 36, true, false, 0, false, 0.5f, 1}, {2, 20, 12, 36, false, false, 5, false, -1.5f, 0.25f},
+    {1, 130, 260, 300, false, true, 0, false, 1, 1}, {5, 3, 2, 0, false, false, 0, false, 1, 0.5f},
+};
+
+template <typename T>
+void run_all(std::mt19937& rng) {
+  for (const Case& c : kCases) {
+    CAPTURE(c.batch);
+    CAPTURE(c.M);
+    CAPTURE(c.N);
+    CAPTURE(c.K);
+    CAPTURE(c.ta);
+    CAPTURE(c.tb);
+    CAPTURE(c.beta);
+    run_case<T, T>(c, rng);
+    run_case<T, float>(c, rng);
+  }
+}
+
+}  // namespace
+
+TEST_CASE("gemm_lowp: bf16 against float64 on the chosen path and the float32 path") {
+  MESSAGE("bf16 path: " << std::string(cpu::gemm_lowp_path(true)));
+  std::mt19937 rng(7);
+  run_all<BFloat16>(rng);
+  const bool prev = cpu::gemm_lowp_use_onednn(false);
+  run_all<BFloat16>(rng);
+  cpu::gemm_lowp_use_onednn(prev);
+}
+
+TEST_CASE("gemm_lowp: fp16 against float64") {
+  MESSAGE("fp16 path: " << std::string(cpu::gemm_lowp_path(false)));
+  std::mt19937 rng(8);
+  run_all<Half>(rng);
+}
+
+TEST_CASE("gemm_lowp: cached kernels stay right across repeats and thread counts") {
+  std::mt19937 rng(9);
+  const int threads = get_num_threads();
+  const Case c{2, 48, 40, 64, false, true, 0, false, 1, 0};
+  for (int t : {threads, 1, threads}) {
+    set_num_threads(t);
+    run_case<BFloat16, BFloat16>(c, rng);
+    run_case<BFloat16, BFloat16>(c, rng);
+  }
+  set_num_threads(threads);
+}
+
+TEST_CASE("gemm_lowp: bad layouts are errors") {
+  cpu::GemmDims d;
+  d.M = 2, d.N = 3, d.K = 4, d.lda = 4, d.ldb = 3, d.ldc = 2;  // ldc < N
+  std::vector<BFloat16> a(8), b(12), c(6);
+  CHECK_KILN_ERROR(cpu::gemm_lowp(d, a.data(), b.data(), c.data()), "[gemm_lowp] bad output layout");
+  d.ldc = 3;
+  d.M = -1;
+  CHECK_KILN_ERROR(cpu::gemm_lowp(d, a.data(), b.data(), c.data()), "[gemm_lowp] negative size");
+}
