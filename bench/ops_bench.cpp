@@ -1,5 +1,6 @@
-// Foundation benchmarks: matmul GFLOP/s, softmax / layer_norm / add GB/s, and
-// per-op overhead. Prints one `RESULT ...` line per measurement (format in bench/README.md).
+// Foundation benchmarks: the machine's float32 FMA and bf16 dot-product peaks, matmul GFLOP/s in
+// float32 and bf16, softmax / layer_norm / add GB/s, and per-op overhead. Prints one
+// `RESULT ...` line per measurement (format in bench/README.md).
 //   build/bench/ops_bench [--threads 2] [--quick]
 #include <sys/resource.h>
 
@@ -8,11 +9,13 @@
 #include <cstring>
 #include <functional>
 #include <kiln/core/cpu/cpu_backend.hpp>
+#include <kiln/core/cpu/gemm_lowp.hpp>
 #include <kiln/kiln.hpp>
 #include <string>
 #include <vector>
 
 #include "bench_util.hpp"
+#include "peak.hpp"
 
 using namespace kiln;
 using Clock = std::chrono::steady_clock;
@@ -51,11 +54,38 @@ int main(int argc, char** argv) {
   fmt::print("# kiln ops_bench threads={} blas={}\n", threads, cpu::blas_info());
   NoGradGuard ng;
 
+  // Peaks first, on a quiet machine they bound what the GEMMs below can reach.
+  const bench::PeakIsa isa;
+  const long iters = quick ? 5'000'000 : 50'000'000;
+  double fp32_peak = 0, bf16_peak = 0;
+  if (isa.avx512 || isa.avx2) {
+    fp32_peak = isa.avx512 ? bench::peak_gflops(threads, 5, iters, bench::fma512_gflops)
+                           : bench::peak_gflops(threads, 5, iters, bench::fma256_gflops);
+    fmt::print("RESULT peak dtype=float32 isa={} threads={} gflops={:.1f}\n", isa.avx512 ? "avx512" : "avx2", threads,
+               fp32_peak);
+  }
+  if (isa.bf16) {
+    bf16_peak = bench::peak_gflops(threads, 5, iters, bench::dpbf16_gflops);
+    fmt::print("RESULT peak dtype=bf16 isa=avx512_bf16 threads={} gflops={:.1f}\n", threads, bf16_peak);
+  } else {
+    fmt::print("# no AVX512-BF16 on this CPU: bf16 matmul runs on the float32 path\n");
+  }
+  fmt::print("# bf16 gemm: {}\n", cpu::gemm_lowp_path(true));
+
   for (std::int64_t n : {256, 512, 1024, 2048}) {
     Tensor a = randn({n, n}), b = randn({n, n});
     double s = median_seconds([&] { (void)matmul(a, b); }, 5, budget);
     double gf = 2.0 * n * n * n / s / 1e9;
-    fmt::print("RESULT matmul impl=kiln n={} threads={} median_ms={:.3f} gflops={:.1f}\n", n, threads, s * 1e3, gf);
+    fmt::print("RESULT matmul impl=kiln n={} threads={} median_ms={:.3f} gflops={:.1f} pct_of_peak={:.1f}\n", n,
+               threads, s * 1e3, gf, fp32_peak > 0 ? 100 * gf / fp32_peak : 0.0);
+  }
+  for (std::int64_t n : {256, 512, 1024, 2048}) {
+    Tensor a = randn({n, n}).to(kBFloat16), b = randn({n, n}).to(kBFloat16);
+    double s = median_seconds([&] { (void)matmul(a, b); }, 5, budget);
+    double gf = 2.0 * n * n * n / s / 1e9;
+    const double peak = bf16_peak > 0 ? bf16_peak : fp32_peak;
+    fmt::print("RESULT matmul impl=kiln dtype=bf16 n={} threads={} median_ms={:.3f} gflops={:.1f} pct_of_peak={:.1f}\n",
+               n, threads, s * 1e3, gf, peak > 0 ? 100 * gf / peak : 0.0);
   }
 
   {

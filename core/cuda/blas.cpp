@@ -1,5 +1,6 @@
 // Batched matmul through cuBLAS (strided batched GEMM; a batch stride of 0 broadcasts),
-// float32 optionally in TF32, float64 in full precision; int64 has its own kernel.
+// float32 optionally in TF32, bfloat16/float16 on tensor cores with float32 accumulation, float64
+// in full precision; int64 has its own kernel.
 #include <cublas_v2.h>
 #include <fmt/format.h>
 
@@ -101,23 +102,24 @@ void CudaBackend::matmul(const Tensor& a_in, const Tensor& c_in, const Tensor& o
   const cublasOperation_t opc = lc.trans ? CUBLAS_OP_T : CUBLAS_OP_N;
   const cublasOperation_t opa = la.trans ? CUBLAS_OP_T : CUBLAS_OP_N;
   const long long strc = B > 1 ? c.stride(0) : 0, stra = B > 1 ? a.stride(0) : 0, stro = M * N;
-  if (out.dtype() == kFloat32) {
-    const float one = 1.0f, zero = 0.0f;
-    const cublasComputeType_t ct = tf32_enabled() ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F;
-    check_blas(cublasGemmStridedBatchedEx(h, opc, opa, static_cast<int>(N), static_cast<int>(M), static_cast<int>(K),
-                                          &one, c.raw_data(), CUDA_R_32F, static_cast<int>(lc.ld), strc, a.raw_data(),
-                                          CUDA_R_32F, static_cast<int>(la.ld), stra, &zero, out.raw_data(), CUDA_R_32F,
-                                          static_cast<int>(N), stro, static_cast<int>(B), ct, CUBLAS_GEMM_DEFAULT),
-               "sgemm");
-  } else {
+  const int n = static_cast<int>(N), m = static_cast<int>(M), k = static_cast<int>(K), ldc = static_cast<int>(lc.ld),
+            lda = static_cast<int>(la.ld), batch = static_cast<int>(B);
+  if (out.dtype() == kFloat64) {
     const double one = 1.0, zero = 0.0;
-    check_blas(cublasGemmStridedBatchedEx(h, opc, opa, static_cast<int>(N), static_cast<int>(M), static_cast<int>(K),
-                                          &one, c.raw_data(), CUDA_R_64F, static_cast<int>(lc.ld), strc, a.raw_data(),
-                                          CUDA_R_64F, static_cast<int>(la.ld), stra, &zero, out.raw_data(), CUDA_R_64F,
-                                          static_cast<int>(N), stro, static_cast<int>(B), CUBLAS_COMPUTE_64F,
-                                          CUBLAS_GEMM_DEFAULT),
+    check_blas(cublasGemmStridedBatchedEx(h, opc, opa, n, m, k, &one, c.raw_data(), CUDA_R_64F, ldc, strc, a.raw_data(),
+                                          CUDA_R_64F, lda, stra, &zero, out.raw_data(), CUDA_R_64F, n, stro, batch,
+                                          CUBLAS_COMPUTE_64F, CUBLAS_GEMM_DEFAULT),
                "dgemm");
+    return;
   }
+  // float32 (optionally TF32), or bfloat16/float16 storage on the tensor cores with float32
+  // accumulation and scalars (CUBLAS_COMPUTE_32F), rounded once into the 16-bit output.
+  const cudaDataType_t dt = out.dtype() == kBFloat16 ? CUDA_R_16BF : out.dtype() == kFloat16 ? CUDA_R_16F : CUDA_R_32F;
+  const cublasComputeType_t ct = dt == CUDA_R_32F && tf32_enabled() ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F;
+  const float one = 1.0f, zero = 0.0f;
+  check_blas(cublasGemmStridedBatchedEx(h, opc, opa, n, m, k, &one, c.raw_data(), dt, ldc, strc, a.raw_data(), dt, lda,
+                                        stra, &zero, out.raw_data(), dt, n, stro, batch, ct, CUBLAS_GEMM_DEFAULT),
+             dt == CUDA_R_32F ? "sgemm" : "gemm (16-bit)");
 }
 
 }  // namespace kiln::cuda
