@@ -2,21 +2,19 @@
 // creating a matmul primitive costs far more than running a small one.
 #include "gemm_lowp.hpp"
 
-#include <cpuid.h>
 #include <fmt/format.h>
 #include <omp.h>
 
 #include <algorithm>
 #include <array>
-#include <atomic>
 #include <cstdlib>
 #include <cstring>
 #include <map>
 #include <mutex>
 #include <string>
-#include <vector>
 
 #include "../error.hpp"
+#include "bf16_dot.hpp"
 #include "convert.hpp"
 #include "loops.hpp"
 
@@ -27,23 +25,19 @@
 namespace kiln::cpu {
 namespace {
 
-// Native bf16 dot products: AVX512-BF16 (CPUID.(7,1):EAX[5]) or AMX-BF16 (CPUID.(7,0):EDX[22]).
-bool cpu_has_bf16_dot() {
-  unsigned a = 0, b = 0, c = 0, d = 0;
-  if (__get_cpuid_max(0, nullptr) < 7) return false;
-  __cpuid_count(7, 0, a, b, c, d);
-  const bool amx = (d >> 22) & 1u;
-  __cpuid_count(7, 1, a, b, c, d);
-  return ((a >> 5) & 1u) || amx;
-}
-
 #if KILN_WITH_ONEDNN
-// Without native bf16 oneDNN would emulate it (slower than the float32 path): use it only when
-// both the CPU and oneDNN's own ISA detection (which also honours ONEDNN_MAX_CPU_ISA) have it.
-bool onednn_bf16_native() {
-  if (!cpu_has_bf16_dot()) return false;
+// oneDNN's own ISA detection (which also honours ONEDNN_MAX_CPU_ISA) must agree: without native
+// bf16 it would emulate it, slower than the float32 path.
+bool onednn_isa_bf16() {
   const dnnl::cpu_isa isa = dnnl::get_effective_cpu_isa();
   return isa == dnnl::cpu_isa::avx512_core_bf16 || isa == dnnl::cpu_isa::avx512_core_amx;
+}
+
+// AMX tiles are always faster than float32; AVX512-BF16 only where bf16_dot.hpp measured it so.
+bool onednn_bf16_on() {
+  if (!onednn_isa_bf16()) return false;
+  if (dnnl::get_effective_cpu_isa() == dnnl::cpu_isa::avx512_core_amx && cpu_has_amx_bf16()) return true;
+  return use_bf16_dot();
 }
 
 const char* isa_name(dnnl::cpu_isa isa) {
@@ -137,45 +131,19 @@ bool onednn_gemm(const GemmDims& d, const BFloat16* a, const BFloat16* b, O* c) 
 }
 #endif
 
-struct PathState {
-  bool bf16_onednn = false;  // oneDNN usable for bf16 here
-  std::string bf16_name, half_name;
-};
-std::atomic<bool> g_onednn_on{true};
-
-const PathState& path_state() {
-  static const PathState p = [] {
-    PathState s;
-    const char* force = std::getenv("KILN_LOWP_GEMM");  // "float32": always convert (tests, comparisons)
-    const bool forced = force && std::string(force) == "float32";
-#if KILN_WITH_ONEDNN
-    s.bf16_onednn = !forced && onednn_bf16_native();
-    if (s.bf16_onednn) {
-      const dnnl_version_t* v = dnnl_version();
-      s.bf16_name =
-          fmt::format("onednn {}.{}.{} ({})", v->major, v->minor, v->patch, isa_name(dnnl::get_effective_cpu_isa()));
-    } else {
-      s.bf16_name =
-          forced ? "float32 conversion (KILN_LOWP_GEMM=float32)" : "float32 conversion (no native bf16 dot products)";
-    }
-#else
-    s.bf16_name = forced ? "float32 conversion (KILN_LOWP_GEMM=float32)" : "float32 conversion (built without oneDNN)";
-#endif
-    s.half_name = "float32 conversion";
-    return s;
-  }();
-  return p;
-}
+// Float buffers from the caching allocator: a training step reuses them without OS allocations.
+Tensor float_buffer(std::int64_t n) { return Tensor::empty({n}, kFloat32, Device::cpu()); }
 
 // Converts the `items` (rows, cols) matrices at src (row stride ld, item stride s) to dense floats.
 template <typename T>
-std::vector<float> to_float(const T* src, std::int64_t items, std::int64_t rows, std::int64_t cols, std::int64_t ld,
-                            std::int64_t s) {
-  std::vector<float> out(static_cast<std::size_t>(items * rows * cols));
+Tensor to_float(const T* src, std::int64_t items, std::int64_t rows, std::int64_t cols, std::int64_t ld,
+                std::int64_t s) {
+  Tensor out = float_buffer(items * rows * cols);
+  float* o = out.data_ptr<float>();
   parallel_range(items * rows, std::max<std::int64_t>(1, kParallelGrain / std::max<std::int64_t>(cols, 1)),
                  [&](std::int64_t r0, std::int64_t r1) {
                    for (std::int64_t r = r0; r < r1; ++r)
-                     load_float(src + (r / rows) * s + (r % rows) * ld, out.data() + r * cols, cols);
+                     load_float(src + (r / rows) * s + (r % rows) * ld, o + r * cols, cols);
                  });
   return out;
 }
@@ -184,17 +152,17 @@ template <typename T, typename O>
 void float_gemm(const GemmDims& d, const T* a, const T* b, O* c) {
   const std::int64_t na = d.sa == 0 ? 1 : d.batch, nb = d.sb == 0 ? 1 : d.batch;
   const std::int64_t ar = d.ta ? d.K : d.M, ac = d.ta ? d.M : d.K, br = d.tb ? d.N : d.K, bc = d.tb ? d.K : d.N;
-  const std::vector<float> fa = to_float(a, na, ar, ac, d.lda, d.sa);
-  const std::vector<float> fb = to_float(b, nb, br, bc, d.ldb, d.sb);
+  const Tensor fa = to_float(a, na, ar, ac, d.lda, d.sa);
+  const Tensor fb = to_float(b, nb, br, bc, d.ldb, d.sb);
   constexpr bool out_f32 = std::is_same_v<O, float>;
-  std::vector<float> tmp(out_f32 ? 0 : static_cast<std::size_t>(d.batch * d.M * d.N));
+  const Tensor tmp = float_buffer(out_f32 ? 0 : d.batch * d.M * d.N);
   auto one = [&](std::int64_t i) {
-    const float* pa = fa.data() + (na == 1 ? 0 : i) * ar * ac;
-    const float* pb = fb.data() + (nb == 1 ? 0 : i) * br * bc;
+    const float* pa = fa.data_ptr<float>() + (na == 1 ? 0 : i) * ar * ac;
+    const float* pb = fb.data_ptr<float>() + (nb == 1 ? 0 : i) * br * bc;
     if constexpr (out_f32) {
       sgemm_rowmajor(d.ta, d.tb, d.M, d.N, d.K, d.alpha, pa, ac, pb, bc, d.beta, c + i * d.sc, d.ldc);
     } else {
-      float* t = tmp.data() + i * d.M * d.N;
+      float* t = tmp.data_ptr<float>() + i * d.M * d.N;
       sgemm_rowmajor(d.ta, d.tb, d.M, d.N, d.K, d.alpha, pa, ac, pb, bc, 0.0f, t, d.N);
       O* ci = c + i * d.sc;
       for (std::int64_t m = 0; m < d.M; ++m) {
@@ -227,9 +195,19 @@ void check_dims(const GemmDims& d) {
 
 }  // namespace
 
-bool gemm_lowp_use_onednn(bool on) { return g_onednn_on.exchange(on); }
-
-const char* gemm_lowp_path(bool bf16) { return bf16 ? path_state().bf16_name.c_str() : path_state().half_name.c_str(); }
+std::string gemm_lowp_path(bool bf16) {
+  if (!bf16) return "float32 conversion";
+#if KILN_WITH_ONEDNN
+  if (onednn_bf16_on()) {
+    const dnnl_version_t* v = dnnl_version();
+    return fmt::format("onednn {}.{}.{} ({}); bf16 dot products {}", v->major, v->minor, v->patch,
+                       isa_name(dnnl::get_effective_cpu_isa()), bf16_dot_reason());
+  }
+  return fmt::format("float32 conversion; bf16 dot products {}", bf16_dot_reason());
+#else
+  return "float32 conversion (built without oneDNN)";
+#endif
+}
 
 template <typename T, typename O>
 void gemm_lowp(const GemmDims& d, const T* a, const T* b, O* c) {
@@ -246,7 +224,7 @@ void gemm_lowp(const GemmDims& d, const T* a, const T* b, O* c) {
   }
 #if KILN_WITH_ONEDNN
   if constexpr (std::is_same_v<T, BFloat16>) {
-    if (path_state().bf16_onednn && g_onednn_on.load(std::memory_order_relaxed) && onednn_gemm(d, a, b, c)) return;
+    if (onednn_bf16_on() && onednn_gemm(d, a, b, c)) return;
   }
 #endif
   float_gemm(d, a, b, c);

@@ -1,12 +1,14 @@
 #pragma once
 // Batched GEMM on 16-bit float inputs (BFloat16, Half) with float32 accumulation, output in the
 // input type or in float32 (internal to core/cpu). bf16 runs on oneDNN's matmul when kiln is
-// built with it and the CPU has native bf16 dot products (AVX512-BF16 or AMX); otherwise, and
+// built with it and the CPU has fast native bf16 dot products (AMX, or AVX512-BF16 where
+// bf16_dot.hpp measured it faster than float32 FMA); otherwise, and
 // for Half (oneDNN 2.6 has no fast fp16 CPU matmul), the inputs are converted to float32 and the
 // float GEMM (OpenBLAS or Eigen) runs. Both paths give float32-accumulated results.
 //   GemmDims d{.batch = 1, .M = m, .N = n, .K = k, .lda = k, .ldb = n, .ldc = n};
 //   gemm_lowp(d, a, b, c);   // c = a @ b
 #include <cstdint>
+#include <string>
 
 #include "../half.hpp"
 
@@ -27,13 +29,9 @@ struct GemmDims {
 template <typename T, typename O>
 void gemm_lowp(const GemmDims& d, const T* a, const T* b, O* c);
 
-/// The path gemm_lowp takes for bf16 (bf16 = true) or Half inputs on this machine, e.g.
-/// "onednn 2.6.3 (avx512_core_bf16)" or "float32 conversion (no AVX512-BF16)".
-const char* gemm_lowp_path(bool bf16);
-
-/// Tests and comparisons: false sends bf16 to the float32 path even where oneDNN could run it,
-/// true restores the choice made from the CPU's features; returns the previous setting.
-bool gemm_lowp_use_onednn(bool on);
+/// The path gemm_lowp takes for bf16 (bf16 = true) or Half inputs on this machine and why, e.g.
+/// "onednn 2.6.3 (avx512_core_bf16); bf16 dot products on (auto; ...)" or "float32 conversion; ...".
+std::string gemm_lowp_path(bool bf16);
 
 /// Float GEMM of blas.cpp (OpenBLAS or Eigen), row-major, same conventions as GemmDims (one item).
 void sgemm_rowmajor(bool ta, bool tb, std::int64_t M, std::int64_t N, std::int64_t K, float alpha, const float* a,

@@ -2,6 +2,7 @@
 // bf16, and the float32 conversion) against a float64 product of the same rounded inputs.
 #include <cmath>
 #include <cstring>
+#include <kiln/core/cpu/bf16_dot.hpp>
 #include <kiln/core/cpu/gemm_lowp.hpp>
 #include <kiln/core/parallel.hpp>
 #include <random>
@@ -107,16 +108,18 @@ void run_all(std::mt19937& rng) {
 }  // namespace
 
 TEST_CASE("gemm_lowp: bf16 against float64 on the chosen path and the float32 path") {
-  MESSAGE("bf16 path: " << std::string(cpu::gemm_lowp_path(true)));
+  MESSAGE("bf16 path: " << cpu::gemm_lowp_path(true));
   std::mt19937 rng(7);
+  const int prev = cpu::set_bf16_dot(1);  // oneDNN where the CPU has bf16 dot products, fast or not
+  MESSAGE("forced: " << cpu::gemm_lowp_path(true));
   run_all<BFloat16>(rng);
-  const bool prev = cpu::gemm_lowp_use_onednn(false);
+  cpu::set_bf16_dot(0);
   run_all<BFloat16>(rng);
-  cpu::gemm_lowp_use_onednn(prev);
+  cpu::set_bf16_dot(prev);
 }
 
 TEST_CASE("gemm_lowp: fp16 against float64") {
-  MESSAGE("fp16 path: " << std::string(cpu::gemm_lowp_path(false)));
+  MESSAGE("fp16 path: " << cpu::gemm_lowp_path(false));
   std::mt19937 rng(8);
   run_all<Half>(rng);
 }
@@ -125,12 +128,14 @@ TEST_CASE("gemm_lowp: cached kernels stay right across repeats and thread counts
   std::mt19937 rng(9);
   const int threads = get_num_threads();
   const Case c{2, 48, 40, 64, false, true, 0, false, 1, 0};
+  const int prev = cpu::set_bf16_dot(1);
   for (int t : {threads, 1, threads}) {
     set_num_threads(t);
     run_case<BFloat16, BFloat16>(c, rng);
     run_case<BFloat16, BFloat16>(c, rng);
   }
   set_num_threads(threads);
+  cpu::set_bf16_dot(prev);
 }
 
 TEST_CASE("gemm_lowp: bad layouts are errors") {
@@ -141,4 +146,31 @@ TEST_CASE("gemm_lowp: bad layouts are errors") {
   d.ldc = 3;
   d.M = -1;
   CHECK_KILN_ERROR(cpu::gemm_lowp(d, a.data(), b.data(), c.data()), "[gemm_lowp] negative size");
+}
+
+TEST_CASE("matmul bf16/fp16: views (transposed, sliced, broadcast batch) against float32 on the rounded inputs") {
+  for (DType dt : {kBFloat16, kFloat16}) {
+    CAPTURE(dtype_name(dt));
+    Generator g(3);
+    Tensor a = randn({3, 40, 72}, kFloat32, &g).to(dt), b = randn({3, 56, 72}, kFloat32, &g).to(dt);
+    Tensor w = randn({72, 30}, kFloat32, &g).to(dt);
+    const std::vector<std::pair<Tensor, Tensor>> cases = {
+        {a, b.transpose(1, 2)},                                    // B read transposed
+        {a.narrow(2, 8, 50), b.narrow(2, 8, 50).transpose(1, 2)},  // sliced rows (ld > cols)
+        {b.transpose(1, 2).transpose(1, 2), w},                    // one weight for every batch item (broadcast)
+        {a.transpose(1, 2).narrow(1, 0, 30).transpose(1, 2), w.narrow(0, 0, 30)},  // A read transposed
+    };
+    for (const auto& [x, y] : cases) {
+      Tensor got = matmul(x, y);
+      REQUIRE(got.dtype() == dt);
+      Tensor want = matmul(x.to(kFloat32), y.to(kFloat32));
+      const std::int64_t K = x.size(-1);
+      // float32 accumulation, then one rounding to 16 bits; |x y| per term is O(1).
+      const double out_eps = dt == kBFloat16 ? 1.0 / 256 : 1.0 / 2048;
+      auto gv = got.to(kFloat64).to_vector<double>(), wv = want.to(kFloat64).to_vector<double>();
+      REQUIRE(gv.size() == wv.size());
+      for (std::size_t i = 0; i < gv.size(); ++i)
+        REQUIRE(std::abs(gv[i] - wv[i]) <= out_eps * std::abs(wv[i]) + 1e-5 * K);
+    }
+  }
 }
