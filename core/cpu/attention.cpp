@@ -24,6 +24,7 @@
 #include <vector>
 
 #include "../reduced_float.hpp"
+#include "attention_bf16.hpp"
 #include "attention_kernels.hpp"
 #include "cpu_backend.hpp"
 #include "loops.hpp"
@@ -494,6 +495,7 @@ void dispatch(DType dt, const char* op, Fn&& fn) {
 // (correct on every CPU). A native 16-bit kernel replaces these two functions' bodies.
 void reduced_attention_forward(CpuBackend& be, const AttentionArgs& a, const Tensor& out, const Tensor& lse,
                                const Tensor& weights) {
+  if (bf16_attention_forward(a, out, lse, weights)) return;
   attention_forward_via_float32(be, a, out, lse, weights);
 }
 

@@ -9,7 +9,6 @@
 #include <mutex>
 #include <string>
 
-#include "../reduced_float.hpp"
 #include "cpu_backend.hpp"
 #include "gemm_lowp.hpp"
 #include "loops.hpp"
@@ -133,10 +132,27 @@ void blas_set_num_threads(int n) {
   if (blas().set_threads) blas().set_threads(n);
 }
 
-// bfloat16/float16: the float32 GEMM on converted copies, rounded once (every CPU). A native
-// 16-bit GEMM replaces this body where the CPU has one.
+// bfloat16/float16: gemm_lowp (oneDNN bf16 where bf16 dot products pay, see bf16_dot.hpp; else
+// a float32 GEMM on converted operands), float32 accumulation, one rounding into `out`.
 void reduced_matmul(CpuBackend& be, const Tensor& a, const Tensor& c, const Tensor& out) {
-  matmul_via_float32(be, a, c, out);
+  const std::int64_t B = out.size(0), M = out.size(1), N = out.size(2), K = a.size(2);
+  Tensor A = a, C = c;
+  MatArg ma, mc;
+  if (!blas_layout(M, K, A.stride(1), A.stride(2), ma)) {
+    A = Tensor::empty(a.shape(), a.dtype(), a.device());
+    be.copy(A, a);
+    blas_layout(M, K, A.stride(1), A.stride(2), ma);
+  }
+  if (!blas_layout(K, N, C.stride(1), C.stride(2), mc)) {
+    C = Tensor::empty(c.shape(), c.dtype(), c.device());
+    be.copy(C, c);
+    blas_layout(K, N, C.stride(1), C.stride(2), mc);
+  }
+  GemmDims d;
+  d.batch = B, d.M = M, d.N = N, d.K = K, d.ta = ma.trans, d.tb = mc.trans;
+  d.lda = ma.ld, d.sa = B > 1 ? A.stride(0) : 0, d.ldb = mc.ld, d.sb = B > 1 ? C.stride(0) : 0, d.ldc = N, d.sc = M * N;
+  if (out.dtype() == kBFloat16) gemm_lowp(d, A.data_ptr<BFloat16>(), C.data_ptr<BFloat16>(), out.data_ptr<BFloat16>());
+  else gemm_lowp(d, A.data_ptr<Half>(), C.data_ptr<Half>(), out.data_ptr<Half>());
 }
 
 void CpuBackend::matmul(const Tensor& a, const Tensor& c, const Tensor& out) {
