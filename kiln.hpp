@@ -1,6 +1,7 @@
 #pragma once
 /// kiln — a C++20 deep-learning framework. One include for everything:
 ///   #include <kiln/kiln.hpp>
+#include "autograd/autocast.hpp"
 #include "autograd/function.hpp"
 #include "autograd/grad_mode.hpp"
 #include "autograd/gradcheck.hpp"

@@ -8,6 +8,7 @@
 #include <queue>
 #include <unordered_map>
 
+#include "autocast.hpp"
 #include "grad_mode.hpp"
 #include "internal.hpp"
 #include "node.hpp"
@@ -409,6 +410,7 @@ std::vector<Tensor> run_backward(const std::vector<Tensor>& roots, const std::ve
                                  bool allow_unused) {
   GradModeGuard mode(create_graph);
   detail::BackwardCallbacks callbacks;  // autograd::queue_callback during this pass lands here
+  kiln::detail::AutocastSuspend no_autocast;  // each gradient in the dtype its forward input had
   GraphTask task(retain_graph, create_graph, inputs);
   task.seed_roots(roots, root_grads);
   task.count_dependencies();

@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "../core/backend.hpp"
+#include "autocast.hpp"
 #include "grad_mode.hpp"
 #include "node.hpp"
 #include "ops.hpp"
@@ -54,6 +55,16 @@ inline Tensor reduce_grad(const Tensor& g, const Tensor& x) {
   Tensor r = sum_to_shape(g, x.shape());
   return r.dtype() == x.dtype() ? r : to(r, x.dtype());
 }
+
+/// Under autocast, `t` as `policy` wants it; sets `changed` when that is a new tensor (the op then
+/// reruns on the cast inputs, where autocast changes nothing more).
+inline Tensor autocast_arg(const Tensor& t, AutocastPolicy policy, bool& changed) {
+  Tensor c = autocast_input(t, policy);
+  changed = changed || !c.is_same(t);
+  return c;
+}
+constexpr AutocastPolicy kLowPrecision = AutocastPolicy::LowPrecision;
+constexpr AutocastPolicy kFloat32Policy = AutocastPolicy::Float32;
 
 inline void check_floating(const Tensor& t, const char* op) {
   KILN_CHECK(t.is_floating_point(), op, "expected a floating point tensor, got {}", dtype_name(t.dtype()));

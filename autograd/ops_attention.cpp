@@ -439,6 +439,12 @@ SdpaResult fused(const Plan& p, const Tensor& q, const Tensor& k, const Tensor& 
 }  // namespace
 
 SdpaResult scaled_dot_product_attention(const Tensor& q, const Tensor& k, const Tensor& v, const SdpaOptions& opts) {
+  if (autocast_active()) {
+    bool cast = false;
+    Tensor qc = autocast_arg(q, kLowPrecision, cast), kc = autocast_arg(k, kLowPrecision, cast),
+           vc = autocast_arg(v, kLowPrecision, cast);
+    if (cast) return scaled_dot_product_attention(qc, kc, vc, opts);
+  }
   if (opts.use_reference()) return scaled_dot_product_attention_reference(q, k, v, opts);
   Plan p = plan_for(q, k, v, opts);
   auto [seed, offset] = reserve_dropout(p, opts);
@@ -449,6 +455,12 @@ SdpaResult scaled_dot_product_attention(const Tensor& q, const Tensor& k, const 
 
 SdpaResult scaled_dot_product_attention_reference(const Tensor& q, const Tensor& k, const Tensor& v,
                                                   const SdpaOptions& opts) {
+  if (autocast_active()) {
+    bool cast = false;
+    Tensor qc = autocast_arg(q, kLowPrecision, cast), kc = autocast_arg(k, kLowPrecision, cast),
+           vc = autocast_arg(v, kLowPrecision, cast);
+    if (cast) return scaled_dot_product_attention_reference(qc, kc, vc, opts);
+  }
   Plan p = plan_for(q, k, v, opts);
   auto [seed, offset] = reserve_dropout(p, opts);
   return reference(p, q, k, v, seed, offset);

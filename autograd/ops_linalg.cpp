@@ -67,6 +67,11 @@ Tensor matmul_nd(const Tensor& a, const Tensor& b) {
 }  // namespace
 
 Tensor matmul(const Tensor& a, const Tensor& b) {
+  if (autocast_active()) {
+    bool cast = false;
+    Tensor ac = autocast_arg(a, kLowPrecision, cast), bc = autocast_arg(b, kLowPrecision, cast);
+    if (cast) return matmul(ac, bc);
+  }
   check_defined(a, "matmul");
   check_defined(b, "matmul");
   check_same_device("matmul", a, b);
@@ -106,6 +111,12 @@ Tensor matmul(const Tensor& a, const Tensor& b) {
 }
 
 Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias) {
+  if (autocast_active()) {
+    bool cast = false;
+    Tensor xc = autocast_arg(x, kLowPrecision, cast), wc = autocast_arg(weight, kLowPrecision, cast),
+           bc = autocast_arg(bias, kLowPrecision, cast);
+    if (cast) return linear(xc, wc, bc);
+  }
   check_defined(x, "linear");
   check_defined(weight, "linear", "weight");
   KILN_CHECK(weight.dim() == 2, "linear", "weight must be 2-D (out_features, in_features), got shape {}",

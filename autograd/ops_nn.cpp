@@ -47,6 +47,11 @@ Tensor dim_back(const Tensor& t, std::int64_t dim) {
 }
 
 Tensor softmax_impl(const Tensor& x, std::int64_t dim_in, bool log, const char* op) {
+  if (autocast_active()) {
+    bool cast = false;
+    Tensor xc = autocast_arg(x, kFloat32Policy, cast);
+    if (cast) return softmax_impl(xc, dim_in, log, op);
+  }
   check_defined(x, op);
   check_floating(x, op);
   if (x.dim() == 0) {
@@ -80,6 +85,12 @@ Tensor log_softmax(const Tensor& x, std::int64_t dim) { return softmax_impl(x, d
 
 Tensor layer_norm(const Tensor& x, const Shape& normalized_shape, const Tensor& weight, const Tensor& bias,
                   double eps) {
+  if (autocast_active()) {
+    bool cast = false;
+    Tensor xc = autocast_arg(x, kFloat32Policy, cast), wc = autocast_arg(weight, kFloat32Policy, cast),
+           bc = autocast_arg(bias, kFloat32Policy, cast);
+    if (cast) return layer_norm(xc, normalized_shape, wc, bc, eps);
+  }
   check_defined(x, "layer_norm");
   check_floating(x, "layer_norm");
   const std::int64_t k = static_cast<std::int64_t>(normalized_shape.size());
@@ -167,6 +178,11 @@ Tensor dropout(const Tensor& x, double p, bool training, Generator* gen) {
 }
 
 Tensor cross_entropy(const Tensor& logits, const Tensor& target, const CrossEntropyOptions& opts) {
+  if (autocast_active()) {
+    bool cast = false;
+    Tensor lc = autocast_arg(logits, kFloat32Policy, cast);
+    if (cast) return cross_entropy(lc, target, opts);
+  }
   check_defined(logits, "cross_entropy", "logits");
   check_defined(target, "cross_entropy", "target");
   check_floating(logits, "cross_entropy");
@@ -218,6 +234,11 @@ Tensor cross_entropy(const Tensor& logits, const Tensor& target, const CrossEntr
 }
 
 Tensor mse_loss(const Tensor& input, const Tensor& target, Reduction reduction) {
+  if (autocast_active()) {
+    bool cast = false;
+    Tensor ic = autocast_arg(input, kFloat32Policy, cast), tc = autocast_arg(target, kFloat32Policy, cast);
+    if (cast) return mse_loss(ic, tc, reduction);
+  }
   check_defined(input, "mse_loss");
   check_defined(target, "mse_loss", "target");
   KILN_CHECK(input.shape() == target.shape(), "mse_loss",

@@ -101,6 +101,11 @@ ValuesIndices arg_reduce_op(ReduceOp op, const Tensor& x, std::int64_t dim_in, b
 }  // namespace
 
 Tensor sum(const Tensor& x, const Dims& dims_in, bool keepdim) {
+  if (autocast_active()) {
+    bool cast = false;
+    Tensor xc = autocast_arg(x, kFloat32Policy, cast);
+    if (cast) return sum(xc, dims_in, keepdim);
+  }
   check_defined(x, "sum");
   Dims dims = normalize_dims(dims_in, x.dim(), "sum");
   DType dt = x.is_floating_point() ? x.dtype() : kInt64;
@@ -113,6 +118,11 @@ Tensor sum(const Tensor& x, const Dims& dims_in, bool keepdim) {
 }
 
 Tensor mean(const Tensor& x, const Dims& dims_in, bool keepdim) {
+  if (autocast_active()) {
+    bool cast = false;
+    Tensor xc = autocast_arg(x, kFloat32Policy, cast);
+    if (cast) return mean(xc, dims_in, keepdim);
+  }
   check_defined(x, "mean");
   check_floating(x, "mean");
   Dims dims = normalize_dims(dims_in, x.dim(), "mean");
@@ -127,6 +137,11 @@ Tensor mean(const Tensor& x, const Dims& dims_in, bool keepdim) {
 }
 
 Tensor var(const Tensor& x, const Dims& dims_in, double correction, bool keepdim) {
+  if (autocast_active()) {
+    bool cast = false;
+    Tensor xc = autocast_arg(x, kFloat32Policy, cast);
+    if (cast) return var(xc, dims_in, correction, keepdim);
+  }
   check_defined(x, "var");
   check_floating(x, "var");
   // bfloat16/float16: the composite below would round every intermediate; it runs in float32.
@@ -139,6 +154,11 @@ Tensor var(const Tensor& x, const Dims& dims_in, double correction, bool keepdim
 }
 
 Tensor std(const Tensor& x, const Dims& dims, double correction, bool keepdim) {
+  if (autocast_active()) {
+    bool cast = false;
+    Tensor xc = autocast_arg(x, kFloat32Policy, cast);
+    if (cast) return std(xc, dims, correction, keepdim);
+  }
   check_defined(x, "std");
   check_floating(x, "std");
   if (is_reduced_float(x.dtype())) return to(std(to(x, kFloat32), dims, correction, keepdim), x.dtype());
@@ -192,6 +212,11 @@ Tensor argmin(const Tensor& x, std::optional<std::int64_t> dim, bool keepdim) {
 }
 
 Tensor logsumexp(const Tensor& x, const Dims& dims_in, bool keepdim) {
+  if (autocast_active()) {
+    bool cast = false;
+    Tensor xc = autocast_arg(x, kFloat32Policy, cast);
+    if (cast) return logsumexp(xc, dims_in, keepdim);
+  }
   check_defined(x, "logsumexp");
   check_floating(x, "logsumexp");
   if (is_reduced_float(x.dtype())) return to(logsumexp(to(x, kFloat32), dims_in, keepdim), x.dtype());

@@ -6,6 +6,8 @@
 #include <limits>
 #include <vector>
 
+#include "../autograd/autocast.hpp"
+
 namespace kiln::nn {
 
 const char* to_string(Activation a) {
@@ -40,6 +42,10 @@ Tensor embedding(const Tensor& input, const Tensor& weight, std::optional<std::i
 }
 
 Tensor rms_norm(const Tensor& x, const Shape& normalized_shape, const Tensor& weight, std::optional<double> eps) {
+  // Under autocast the statistics and the output are float32 (no-ops otherwise).
+  if (Tensor xc = autocast_input(x, AutocastPolicy::Float32), wc = autocast_input(weight, AutocastPolicy::Float32);
+      !xc.is_same(x) || !wc.is_same(weight))
+    return rms_norm(xc, normalized_shape, wc, eps);
   KILN_CHECK(x.defined(), "rms_norm", "input tensor is undefined");
   KILN_CHECK(x.is_floating_point(), "rms_norm", "expected a floating point input, got {}", dtype_name(x.dtype()));
   const auto k = static_cast<std::int64_t>(normalized_shape.size());

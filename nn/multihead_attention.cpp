@@ -7,6 +7,7 @@
 
 #include <fmt/ranges.h>
 
+#include "../autograd/autocast.hpp"
 #include "../autograd/ops_attention.hpp"
 
 namespace kiln::nn {
@@ -177,8 +178,9 @@ void MultiHeadAttentionImpl::reset_parameters() {
 
 KVCache MultiHeadAttentionImpl::make_kv_cache(const Shape& batch, std::int64_t max_length) const {
   const Tensor& w = k_proj->weight;
+  // The dtype the key projection produces: under autocast, the autocast dtype.
   return KVCache(batch, num_kv_heads(), max_length, head_dim(), v_head_dim(),
-                 TensorOptions(w.dtype()).device(w.device()));
+                 TensorOptions(autocast_input_dtype(w, AutocastPolicy::LowPrecision)).device(w.device()));
 }
 
 std::string MultiHeadAttentionImpl::extra_repr() const {
@@ -353,8 +355,11 @@ void MultiHeadAttentionImpl::open_cache(Call& c) const {
                "batch {} with {}, {}, {}",
                shape_str(cache->batch_shape()), cache->num_kv_heads(), cache->head_dim(), cache->v_head_dim(),
                shape_str(c.batch), Hkv, Dk, Dv);
-    KILN_CHECK(cache->dtype() == c.q.dtype(), kOp, "the KV cache is {} but the query is {}", dtype_name(cache->dtype()),
-               dtype_name(c.q.dtype()));
+    const DType projected = autocast_input_dtype(c.q, AutocastPolicy::LowPrecision);
+    KILN_CHECK(cache->dtype() == projected, kOp, "the KV cache is {} but the projected query is {}{}",
+               dtype_name(cache->dtype()), dtype_name(projected),
+               is_autocast_enabled(c.q.device().type) ? " (under autocast: make the cache inside the autocast region)"
+                                                      : "");
     cache->check_append(c.S_new);
     c.past = cache->length();
   }

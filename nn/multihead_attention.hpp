@@ -253,7 +253,8 @@ class MultiHeadAttentionImpl : public Module {
   std::int64_t vdim() const { return options.vdim().value_or(options.embed_dim()); }
   std::int64_t out_dim() const { return options.out_dim().value_or(options.embed_dim()); }
 
-  /// An empty cache for this module's kv heads, head dims, dtype and device.
+  /// An empty cache for this module's kv heads, head dims, dtype and device (under autocast, the
+  /// autocast dtype, which the projections then produce).
   KVCache make_kv_cache(const Shape& batch, std::int64_t max_length) const;
   KVCache make_kv_cache(std::int64_t batch, std::int64_t max_length) const {
     return make_kv_cache(Shape{batch}, max_length);

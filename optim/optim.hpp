@@ -1,5 +1,6 @@
 #pragma once
-/// Everything in kiln::optim: optimizers, learning-rate schedules, gradient clipping.
+/// Everything in kiln::optim: optimizers, learning-rate schedules, gradient clipping, and
+/// kiln::amp::GradScaler (float16 loss scaling).
 /// (Checkpoints and safetensors files are in io/: <kiln/io/io.hpp>.)
 ///   #include <kiln/optim/optim.hpp>
 ///   kiln::optim::AdamW opt(net->parameters(), kiln::optim::AdamWOptions(3e-4));
@@ -8,6 +9,7 @@
 #include "adam.hpp"
 #include "clip.hpp"
 #include "fused.hpp"
+#include "grad_scaler.hpp"
 #include "lion.hpp"
 #include "optimizer.hpp"
 #include "rmsprop.hpp"

@@ -5,6 +5,7 @@
 #include <cmath>
 #include <set>
 
+#include "../autograd/autocast.hpp"
 #include "../autograd/grad_mode.hpp"
 
 namespace kiln::optim {
@@ -59,7 +60,7 @@ void Optimizer::check_params(const std::vector<Tensor>& params, std::size_t gi) 
     const Tensor& p = params[i];
     KILN_CHECK(p.defined(), name_, "parameter {} of group {} is an undefined tensor", i, gi);
     KILN_CHECK(p.is_floating_point(), name_,
-               "parameter {} of group {} has dtype {}; only float32/float64 tensors can be optimized", i, gi,
+               "parameter {} of group {} has dtype {}; only floating point tensors can be optimized", i, gi,
                dtype_name(p.dtype()));
     KILN_CHECK(p.is_leaf(), name_,
                "parameter {} of group {} (shape {}) is not a leaf tensor: it was computed by an op; optimize the leaf "
@@ -110,7 +111,29 @@ const ParamState* Optimizer::state(const Tensor& p) const {
 }
 
 Tensor Optimizer::state_buffer(const Tensor& p, double value) {
-  return full(p.shape(), value, TensorOptions(p.dtype()).device(p.device()));
+  return full(p.shape(), value, TensorOptions(is_reduced_float(p.dtype()) ? kFloat32 : p.dtype()).device(p.device()));
+}
+
+Optimizer& Optimizer::master_weights(bool on) {
+  master_weights_ = on;
+  if (!on)
+    for (auto& [impl, st] : state_) st.master = Tensor();
+  return *this;
+}
+
+// The update runs on a float32 copy: the master, or the parameter converted when there is no
+// master or something else wrote the parameter since (its version moved).
+void Optimizer::update_low_precision(const OptimizerOptions& o, const Tensor& p, const Tensor& g, ParamState& st) {
+  Tensor master = st.master.defined() && st.master_version == p.version() ? st.master : p.to(kFloat32);
+  update(o, master, g, st);
+  Tensor target = p;
+  target.copy_(master);  // rounds to nearest even
+  if (master_weights_) {
+    st.master = master;
+    st.master_version = p.version();
+  } else {
+    st.master = Tensor();
+  }
 }
 
 void Optimizer::zero_grad(bool set_to_none) {
@@ -138,7 +161,8 @@ void Optimizer::step() {
       KILN_CHECK(g.shape() == p.shape() && g.device() == p.device(), name_,
                  "parameter {} of group {} has shape {} on {} but its gradient has shape {} on {}", i, gi,
                  shape_str(p.shape()), p.device().str(), shape_str(g.shape()), g.device().str());
-      update(o, p, g, state_[p.impl_ptr()]);
+      if (is_reduced_float(p.dtype())) update_low_precision(o, p, g, state_[p.impl_ptr()]);
+      else update(o, p, g, state_[p.impl_ptr()]);
     }
   }
 }
@@ -185,6 +209,8 @@ StateDict Optimizer::state_dict() const {
         for (std::size_t k = 0; k < names.size() && k < 3; ++k)
           if (!names[k].empty() && it->second.buffers[k].defined())
             sd.insert(key("state", index, names[k]), it->second.buffers[k].clone());
+        if (it->second.master.defined() && it->second.master_version == p.version())
+          sd.insert(key("state", index, "master"), it->second.master.clone());
       }
       ++index;
     }
@@ -235,6 +261,19 @@ void Optimizer::load_state_dict(const StateDict& sd) {
                      tk, shape_str(t.shape()), index, shape_str(p.shape()));
           st.buffers[k] = state_buffer(p);
           st.buffers[k].copy_(t);
+        }
+        if (const Tensor* m = sd.find(key("state", index, "master"))) {
+          const std::string mk = key("state", index, "master");
+          used.insert(mk);
+          KILN_CHECK(is_reduced_float(p.dtype()), name_,
+                     "load_state_dict: '{}' is a float32 master copy but parameter {} is {} (masters are kept for "
+                     "bfloat16/float16 parameters only)",
+                     mk, index, dtype_name(p.dtype()));
+          KILN_CHECK(m->defined() && m->is_floating_point() && m->shape() == p.shape(), name_,
+                     "load_state_dict: '{}' must be a float tensor of shape {}", mk, shape_str(p.shape()));
+          st.master = state_buffer(p);
+          st.master.copy_(*m);
+          st.master_version = p.version();
         }
         state.emplace(p.impl_ptr(), std::move(st));
       }

@@ -82,10 +82,14 @@ class ParamGroup {
   std::unique_ptr<OptimizerOptions> options_;
 };
 
-/// Per-parameter state: a step counter and up to three buffers (named by the optimizer).
+/// Per-parameter state: a step counter and up to three buffers (named by the optimizer). For a
+/// bfloat16/float16 parameter the buffers are float32, and `master` is its float32 master copy
+/// (with master weights on), valid while the parameter's version is `master_version`.
 struct ParamState {
   std::int64_t step = 0;
   Tensor buffers[3];
+  Tensor master;
+  std::uint64_t master_version = 0;
 };
 
 class Optimizer {
@@ -95,7 +99,18 @@ class Optimizer {
   Optimizer& operator=(const Optimizer&) = delete;
 
   /// One update of every parameter that has a gradient (others are skipped), under NoGradGuard.
+  /// A bfloat16/float16 parameter is updated in float32 (gradient upcast, float32 state) and
+  /// rounded back to its dtype.
   void step();
+  /// With master weights (the default) a bfloat16/float16 parameter has a float32 master copy
+  /// that the updates accumulate into, so steps smaller than the parameter's rounding step are
+  /// not lost; the parameter holds the master rounded. Off: each step starts from the rounded
+  /// parameter (2 bytes per element less). A parameter written by something else (a model
+  /// load_state_dict) is re-read into the master. state_dict() keeps the masters ("state.<i>.master").
+  ///   model->to(kBFloat16);
+  ///   optim::AdamW opt(model->parameters(), optim::AdamWOptions(3e-4));   // float32 masters
+  Optimizer& master_weights(bool on);
+  bool master_weights() const { return master_weights_; }
   /// Clears gradients: drops them (set_to_none) or zeroes them in place.
   void zero_grad(bool set_to_none = true);
 
@@ -167,7 +182,10 @@ class Optimizer {
   const char* name_;
   std::unique_ptr<OptimizerOptions> defaults_;
   std::vector<ParamGroup> groups_;
+  void update_low_precision(const OptimizerOptions& o, const Tensor& param, const Tensor& grad, ParamState& st);
+
   std::unordered_map<const TensorImpl*, ParamState> state_;
+  bool master_weights_ = true;
 };
 
 using Betas = std::pair<double, double>;

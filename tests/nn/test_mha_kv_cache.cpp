@@ -171,7 +171,7 @@ TEST_CASE("mha kv cache: errors show the lengths, shapes and dtypes") {
   CHECK_KILN_ERROR(m2(randn({2, 1, 8}), nn::MhaForward().cache(&cache)), "but this call needs batch (2,) with 2, 4, 4");
   m->to(kFloat64);
   CHECK_KILN_ERROR(m(randn({2, 1, 8}, kFloat64), nn::MhaForward().cache(&cache)),
-                   "[MultiHeadAttention] the KV cache is float32 but the query is float64");
+                   "[MultiHeadAttention] the KV cache is float32 but the projected query is float64");
   nn::KVCache empty;
   CHECK_KILN_ERROR(m(randn({2, 1, 8}, kFloat64), nn::MhaForward().cache(&empty)), "the KV cache is empty");
   // the cache on its own

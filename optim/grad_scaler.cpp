@@ -1,0 +1,152 @@
+#include "grad_scaler.hpp"
+
+#include <fmt/format.h>
+
+#include <cmath>
+#include <set>
+#include <string>
+
+#include "../autograd/autocast.hpp"
+#include "../autograd/grad_mode.hpp"
+#include "../autograd/ops.hpp"
+
+namespace kiln::amp {
+namespace {
+
+constexpr const char* kName = "GradScaler";
+
+void check_scale(double s, const char* what) {
+  KILN_CHECK(std::isfinite(s) && s > 0, kName, "{} must be positive and finite, got {}", what, s);
+}
+
+void check_options(const GradScalerOptions& o) {
+  check_scale(o.init_scale(), "init_scale");
+  KILN_CHECK(std::isfinite(o.growth_factor()) && o.growth_factor() > 1, kName,
+             "growth_factor must be finite and > 1, got {}", o.growth_factor());
+  KILN_CHECK(o.backoff_factor() > 0 && o.backoff_factor() < 1, kName, "backoff_factor must be in (0, 1), got {}",
+             o.backoff_factor());
+  KILN_CHECK(o.growth_interval() >= 1, kName, "growth_interval must be >= 1, got {}", o.growth_interval());
+}
+
+}  // namespace
+
+GradScaler::GradScaler(DType dtype, const GradScalerOptions& options)
+    : options_(options), scale_(options.init_scale()) {
+  if (!options.enabled()) return;
+  KILN_CHECK(dtype != kBFloat16, kName,
+             "bfloat16 needs no loss scaling: it has float32's 8-bit exponent, so gradients do not underflow; train "
+             "bfloat16 without a GradScaler (it is for float16)");
+  KILN_CHECK(dtype == kFloat16, kName, "loss scaling is for float16 training, got dtype {}", dtype_name(dtype));
+  check_options(options);
+}
+
+Tensor GradScaler::scale(const Tensor& loss) const {
+  KILN_CHECK(loss.defined(), kName, "scale: the loss is undefined");
+  if (!is_enabled()) return loss;
+  KILN_CHECK(loss.is_floating_point(), kName, "scale: the loss must be floating point, got {}",
+             dtype_name(loss.dtype()));
+  Tensor l = is_reduced_float(loss.dtype()) ? to(loss, kFloat32) : loss;
+  return mul(l, full({}, scale_, TensorOptions(l.dtype()).device(l.device())));
+}
+
+void GradScaler::unscale_(optim::Optimizer& opt) {
+  if (!is_enabled()) return;
+  Stage& st = stages_[&opt];
+  KILN_CHECK(!st.stepped, kName, "unscale_() is called after step() on this {} optimizer; call update() first",
+             opt.name());
+  KILN_CHECK(!st.unscaled, kName, "unscale_() has already been called on this {} optimizer since the last update()",
+             opt.name());
+  NoGradGuard no_grad;
+  // One count per gradient, summed on its device, read once: a single wait for the whole set.
+  const double inv = 1.0 / scale_;
+  Tensor nonfinite;
+  for (const Tensor& p : opt.parameters()) {
+    Tensor g = p.grad();
+    if (!g.defined()) continue;
+    g.mul_(inv);
+    Tensor bad = sum(logical_not(isfinite(g)));
+    if (bad.device() != Device::cpu()) bad = bad.to(Device::cpu());
+    nonfinite = nonfinite.defined() ? add(nonfinite, bad) : bad;
+  }
+  st.found_inf = nonfinite.defined() && nonfinite.item<std::int64_t>() > 0;
+  st.unscaled = true;
+}
+
+bool GradScaler::step(optim::Optimizer& opt) {
+  if (!is_enabled()) {
+    opt.step();
+    return true;
+  }
+  if (!stages_[&opt].unscaled) unscale_(opt);
+  Stage& st = stages_[&opt];
+  KILN_CHECK(!st.stepped, kName, "step() has already been called on this {} optimizer since the last update()",
+             opt.name());
+  st.stepped = true;
+  if (st.found_inf) return false;
+  opt.step();
+  return true;
+}
+
+void GradScaler::update() {
+  if (!is_enabled()) return;
+  KILN_CHECK(!stages_.empty(), kName,
+             "update(): no unscale_() or step() since the last update(), so there is no inf/NaN check to act on");
+  bool found_inf = false;
+  for (const auto& [opt, st] : stages_) found_inf = found_inf || st.found_inf;
+  stages_.clear();
+  if (found_inf) {
+    scale_ *= options_.backoff_factor();
+    growth_tracker_ = 0;
+    return;
+  }
+  if (++growth_tracker_ < options_.growth_interval()) return;
+  growth_tracker_ = 0;
+  // At the top of the double range S stays put rather than becoming inf.
+  if (std::isfinite(scale_ * options_.growth_factor())) scale_ *= options_.growth_factor();
+}
+
+void GradScaler::update(double new_scale) {
+  if (!is_enabled()) return;
+  check_scale(new_scale, "update(new_scale)");
+  scale_ = new_scale;
+  stages_.clear();
+}
+
+StateDict GradScaler::state_dict() const {
+  StateDict sd;
+  sd.scalars = {{"scale", scale_},
+                {"growth_tracker", static_cast<double>(growth_tracker_)},
+                {"growth_factor", options_.growth_factor()},
+                {"backoff_factor", options_.backoff_factor()},
+                {"growth_interval", static_cast<double>(options_.growth_interval())}};
+  return sd;
+}
+
+void GradScaler::load_state_dict(const StateDict& sd) {
+  const std::set<std::string> keys{"scale", "growth_tracker", "growth_factor", "backoff_factor", "growth_interval"};
+  KILN_CHECK(sd.empty(), kName, "load_state_dict: expected scalars only, got {} tensors (first '{}')", sd.size(),
+             sd.empty() ? "" : sd.keys().front());
+  for (const auto& [k, v] : sd.scalars) KILN_CHECK(keys.count(k), kName, "load_state_dict: unexpected key '{}'", k);
+  auto get = [&](const char* k) {
+    auto it = sd.scalars.find(k);
+    KILN_CHECK(it != sd.scalars.end(), kName, "load_state_dict: missing key '{}'", k);
+    return it->second;
+  };
+  GradScalerOptions o = options_;
+  o.growth_factor(get("growth_factor")).backoff_factor(get("backoff_factor"));
+  const double interval = get("growth_interval"), tracker = get("growth_tracker"), s = get("scale");
+  KILN_CHECK(interval == std::floor(interval) && interval >= 1 && interval < 9.0e15, kName,
+             "load_state_dict: growth_interval must be an integer >= 1, got {}", interval);
+  o.growth_interval(static_cast<std::int64_t>(interval));
+  o.init_scale(s);
+  check_options(o);  // also checks the scale (as init_scale)
+  KILN_CHECK(tracker == std::floor(tracker) && tracker >= 0 && tracker < interval, kName,
+             "load_state_dict: growth_tracker must be an integer in [0, growth_interval), got {}", tracker);
+  o.init_scale(options_.init_scale());
+  options_ = o;
+  scale_ = s;
+  growth_tracker_ = static_cast<std::int64_t>(tracker);
+  stages_.clear();
+}
+
+}  // namespace kiln::amp

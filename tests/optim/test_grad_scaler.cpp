@@ -1,0 +1,281 @@
+// amp::GradScaler: loss scaling and exact unscaling, skipped steps on inf/NaN with the scale backed
+// off, growth after the interval, the call-order rules, state dicts and checkpoint resume, bad
+// input. Gradients are float32 here (inf/NaN injected); the float16 runs are in test_amp_train.cpp.
+#include <unistd.h>
+#include <cmath>
+#include <filesystem>
+#include <kiln/io/checkpoint.hpp>
+#include <limits>
+
+#include "test_util.hpp"
+
+using namespace kiln;
+using amp::GradScaler;
+using amp::GradScalerOptions;
+
+namespace {
+
+constexpr double kInf = std::numeric_limits<double>::infinity();
+
+// A least-squares problem: w (3) fitted to y = x w*.
+struct Problem {
+  Tensor w = Tensor();
+  Tensor x, y;
+  explicit Problem(std::uint64_t seed = 3) {
+    Generator g(seed);
+    w = randn({3}, kFloat32, &g).requires_grad_();
+    x = randn({8, 3}, kFloat32, &g);
+    y = randn({8}, kFloat32, &g);
+  }
+  Tensor loss() const { return mse_loss(matmul(x, w), y); }
+};
+
+// One scaled step; `poison` (if finite is false) replaces gradient element 1 after backward.
+bool scaled_step(Problem& p, optim::Optimizer& opt, GradScaler& s, double poison = 0) {
+  opt.zero_grad();
+  s.scale(p.loss()).backward();
+  if (poison != 0) {
+    NoGradGuard ng;
+    p.w.grad().narrow(0, 1, 1).fill_(poison);
+  }
+  const bool stepped = s.step(opt);
+  s.update();
+  return stepped;
+}
+
+}  // namespace
+
+TEST_CASE("GradScaler defaults are PyTorch's") {
+  GradScaler s;
+  CHECK(s.get_scale() == 65536.0);
+  CHECK(s.options().growth_factor() == 2.0);
+  CHECK(s.options().backoff_factor() == 0.5);
+  CHECK(s.options().growth_interval() == 2000);
+  CHECK(s.growth_tracker() == 0);
+  CHECK(s.is_enabled());
+}
+
+TEST_CASE("GradScaler scale multiplies the loss and unscale_ restores the gradients exactly") {
+  Problem a, b;
+  optim::SGD opt_a({a.w}, optim::SGDOptions(0.1)), opt_b({b.w}, optim::SGDOptions(0.1));
+  GradScaler s(GradScalerOptions().init_scale(1024));
+  Tensor l = a.loss();
+  CHECK(s.scale(l).item<double>() == l.item<double>() * 1024);
+  s.scale(l).backward();
+  b.loss().backward();
+  kt::expect_values(a.w.grad(), (b.w.grad() * 1024.0).to_vector<double>(), 0, 1e-6);
+  s.unscale_(opt_a);
+  // Dividing by a power of two is exact, so the gradients equal the unscaled run's bit for bit.
+  CHECK(equal(a.w.grad(), b.w.grad()));
+  CHECK(s.step(opt_a));
+  opt_b.step();
+  CHECK(equal(a.w, b.w));
+  s.update();
+  CHECK(s.growth_tracker() == 1);
+  CHECK(s.get_scale() == 1024);
+}
+
+TEST_CASE("GradScaler skips a step with inf or NaN gradients and halves the scale") {
+  for (double poison : {kInf, -kInf, std::nan("")}) {
+    INFO("poison " << poison);
+    Problem p;
+    optim::Adam opt({p.w}, optim::AdamOptions(0.1));
+    GradScaler s(GradScalerOptions().growth_interval(3));
+    CHECK(scaled_step(p, opt, s));  // one clean step: tracker 1, Adam state at step 1
+    CHECK(s.growth_tracker() == 1);
+    Tensor before = p.w.clone();
+    Tensor exp_avg = opt.state(p.w)->buffers[0].clone();
+    CHECK_FALSE(scaled_step(p, opt, s, poison));
+    CHECK(equal(p.w, before));  // parameters and optimizer state untouched
+    CHECK(opt.state(p.w)->step == 1);
+    CHECK(equal(opt.state(p.w)->buffers[0], exp_avg));
+    CHECK(s.get_scale() == 32768.0);
+    CHECK(s.growth_tracker() == 0);
+    CHECK(scaled_step(p, opt, s));  // training resumes at the smaller scale
+    CHECK(opt.state(p.w)->step == 2);
+    CHECK(s.get_scale() == 32768.0);
+  }
+}
+
+TEST_CASE("GradScaler grows the scale after growth_interval clean steps in a row") {
+  Problem p;
+  optim::SGD opt({p.w}, optim::SGDOptions(0.01));
+  GradScaler s(GradScalerOptions().init_scale(8).growth_interval(3).growth_factor(4));
+  CHECK(scaled_step(p, opt, s));
+  CHECK(scaled_step(p, opt, s));
+  CHECK(s.get_scale() == 8);
+  CHECK(s.growth_tracker() == 2);
+  CHECK(scaled_step(p, opt, s));
+  CHECK(s.get_scale() == 32);
+  CHECK(s.growth_tracker() == 0);
+  // An overflow resets the count: two clean steps after it do not grow the scale.
+  CHECK_FALSE(scaled_step(p, opt, s, kInf));
+  CHECK(s.get_scale() == 16);
+  CHECK(scaled_step(p, opt, s));
+  CHECK(scaled_step(p, opt, s));
+  CHECK(s.get_scale() == 16);
+  CHECK(scaled_step(p, opt, s));
+  CHECK(s.get_scale() == 64);
+}
+
+TEST_CASE("GradScaler unscale_ before clipping: the clip sees the true gradient norm") {
+  Problem a, b;
+  optim::SGD opt_a({a.w}, optim::SGDOptions(0.1)), opt_b({b.w}, optim::SGDOptions(0.1));
+  GradScaler s;
+  s.scale(a.loss()).backward();
+  b.loss().backward();
+  s.unscale_(opt_a);
+  const double na = optim::clip_grad_norm_({a.w}, 0.01), nb = optim::clip_grad_norm_({b.w}, 0.01);
+  CHECK(na == nb);
+  CHECK(s.step(opt_a));  // does not unscale a second time
+  opt_b.step();
+  CHECK(equal(a.w, b.w));
+  s.update();
+}
+
+TEST_CASE("GradScaler with two optimizers: an overflow in either skips only that one and backs off once") {
+  Problem a(1), b(2);
+  optim::SGD opt_a({a.w}, optim::SGDOptions(0.1)), opt_b({b.w}, optim::SGDOptions(0.1));
+  GradScaler s;
+  s.scale(add(a.loss(), b.loss())).backward();
+  {
+    NoGradGuard ng;
+    b.w.grad().fill_(std::nan(""));
+  }
+  Tensor wa = a.w.clone(), wb = b.w.clone();
+  CHECK(s.step(opt_a));
+  CHECK_FALSE(s.step(opt_b));
+  CHECK_FALSE(equal(a.w, wa));
+  CHECK(equal(b.w, wb));
+  s.update();
+  CHECK(s.get_scale() == 32768.0);
+}
+
+TEST_CASE("GradScaler call order errors") {
+  Problem p;
+  optim::SGD opt({p.w}, optim::SGDOptions(0.1));
+  GradScaler s;
+  CHECK_KILN_ERROR(s.update(), "no unscale_() or step() since the last update()");
+  s.scale(p.loss()).backward();
+  s.unscale_(opt);
+  CHECK_KILN_ERROR(s.unscale_(opt), "[GradScaler] unscale_() has already been called on this SGD optimizer");
+  s.step(opt);
+  CHECK_KILN_ERROR(s.step(opt), "step() has already been called on this SGD optimizer");
+  s.update();
+  s.step(opt);
+  CHECK_KILN_ERROR(s.unscale_(opt), "unscale_() is called after step()");
+  s.update(4.0);
+  CHECK(s.get_scale() == 4.0);
+  CHECK_KILN_ERROR(s.update(0.0), "update(new_scale) must be positive and finite, got 0");
+  CHECK_KILN_ERROR(s.update(kInf), "update(new_scale) must be positive and finite, got inf");
+  CHECK_KILN_ERROR(s.scale(Tensor()), "[GradScaler] scale: the loss is undefined");
+  CHECK_KILN_ERROR(s.scale(full({}, 1, kInt64)), "scale: the loss must be floating point, got int64");
+}
+
+TEST_CASE("GradScaler rejects bfloat16, non-float16 dtypes and bad options") {
+  CHECK_KILN_ERROR(GradScaler{kBFloat16}, "[GradScaler] bfloat16 needs no loss scaling");
+  CHECK_KILN_ERROR(GradScaler{kFloat32}, "loss scaling is for float16 training, got dtype float32");
+  CHECK_KILN_ERROR(GradScaler{GradScalerOptions().init_scale(0)}, "init_scale must be positive and finite, got 0");
+  CHECK_KILN_ERROR(GradScaler{GradScalerOptions().init_scale(kInf)}, "init_scale must be positive and finite");
+  CHECK_KILN_ERROR(GradScaler{GradScalerOptions().growth_factor(1)}, "growth_factor must be finite and > 1, got 1");
+  CHECK_KILN_ERROR(GradScaler{GradScalerOptions().backoff_factor(1)}, "backoff_factor must be in (0, 1), got 1");
+  CHECK_KILN_ERROR(GradScaler{GradScalerOptions().backoff_factor(0)}, "backoff_factor must be in (0, 1), got 0");
+  CHECK_KILN_ERROR(GradScaler{GradScalerOptions().growth_interval(0)}, "growth_interval must be >= 1, got 0");
+  // Disabled, any dtype is accepted (one training loop serves every precision).
+  CHECK_NOTHROW((GradScaler{kBFloat16, GradScalerOptions().enabled(false)}));
+}
+
+TEST_CASE("GradScaler disabled passes through") {
+  Problem a, b;
+  optim::SGD opt_a({a.w}, optim::SGDOptions(0.1)), opt_b({b.w}, optim::SGDOptions(0.1));
+  GradScaler s(kFloat32, GradScalerOptions().enabled(false));
+  Tensor l = a.loss();
+  CHECK(s.scale(l).is_same(l));
+  l.backward();
+  b.loss().backward();
+  {
+    NoGradGuard ng;
+    a.w.grad().narrow(0, 0, 1).fill_(1.5);
+    b.w.grad().narrow(0, 0, 1).fill_(1.5);
+  }
+  s.unscale_(opt_a);
+  CHECK(s.step(opt_a));
+  s.update();
+  opt_b.step();
+  CHECK(equal(a.w, b.w));
+  CHECK(s.get_scale() == 65536.0);
+}
+
+TEST_CASE("GradScaler state dict round trip and load errors") {
+  Problem p;
+  optim::SGD opt({p.w}, optim::SGDOptions(0.01));
+  GradScaler s(GradScalerOptions().init_scale(256).growth_interval(5).growth_factor(3).backoff_factor(0.25));
+  scaled_step(p, opt, s);
+  scaled_step(p, opt, s, kInf);
+  scaled_step(p, opt, s);
+  scaled_step(p, opt, s);
+  StateDict sd = s.state_dict();
+  CHECK(sd.scalars.at("scale") == 64);
+  CHECK(sd.scalars.at("growth_tracker") == 2);
+  GradScaler r;
+  r.load_state_dict(sd);
+  CHECK(r.get_scale() == 64);
+  CHECK(r.growth_tracker() == 2);
+  CHECK(r.options().growth_interval() == 5);
+  CHECK(r.options().growth_factor() == 3);
+  CHECK(r.options().backoff_factor() == 0.25);
+
+  StateDict bad = sd;
+  bad.scalars.erase("scale");
+  CHECK_KILN_ERROR(r.load_state_dict(bad), "load_state_dict: missing key 'scale'");
+  bad = sd;
+  bad.scalars["scale"] = -1;
+  CHECK_KILN_ERROR(r.load_state_dict(bad), "must be positive and finite, got -1");
+  bad = sd;
+  bad.scalars["growth_tracker"] = 5;
+  CHECK_KILN_ERROR(r.load_state_dict(bad), "growth_tracker must be an integer in [0, growth_interval), got 5");
+  bad = sd;
+  bad.scalars["growth_interval"] = 2.5;
+  CHECK_KILN_ERROR(r.load_state_dict(bad), "growth_interval must be an integer >= 1, got 2.5");
+  bad = sd;
+  bad.scalars["extra"] = 1;
+  CHECK_KILN_ERROR(r.load_state_dict(bad), "load_state_dict: unexpected key 'extra'");
+  bad = sd;
+  bad.insert("scale_tensor", zeros({1}));
+  CHECK_KILN_ERROR(r.load_state_dict(bad), "expected scalars only, got 1 tensors (first 'scale_tensor')");
+  CHECK(r.get_scale() == 64);  // rejected loads change nothing
+}
+
+TEST_CASE("GradScaler in a training checkpoint: a resumed run continues bit for bit") {
+  namespace fs = std::filesystem;
+  const fs::path dir = fs::temp_directory_path() / ("kiln_scaler_" + std::to_string(::getpid()));
+  fs::create_directories(dir);
+  const std::string path = (dir / "ck.safetensors").string();
+  // Ten steps with overflows injected at steps 2 and 6 (the scale moves both ways); the
+  // checkpoint is written after step 4.
+  auto poison = [](std::int64_t step) { return step == 2 || step == 6 ? kInf : 0.0; };
+  auto opts = GradScalerOptions().growth_interval(2);
+  Problem run;
+  nn::Module model;
+  model.register_parameter("w", run.w);
+  optim::Adam opt({run.w}, optim::AdamOptions(0.05));
+  GradScaler s(opts);
+  for (std::int64_t step = 0; step < 10; ++step) {
+    scaled_step(run, opt, s, poison(step));
+    if (step == 4) io::save_checkpoint(path, {.model = model, .optimizer = opt, .extras = {{"scaler", s}}}, step + 1);
+  }
+  Problem resumed(99);  // other initial weights (the checkpoint replaces them); the same data
+  resumed.x = run.x, resumed.y = run.y;
+  nn::Module model2;
+  model2.register_parameter("w", resumed.w);
+  optim::Adam opt2({resumed.w}, optim::AdamOptions(0.05));
+  GradScaler s2;  // default options: the file brings the interval, the scale and the count
+  io::CheckpointInfo info = io::load_checkpoint(path, {.model = model2, .optimizer = opt2, .extras = {{"scaler", s2}}});
+  CHECK(info.step == 5);
+  CHECK(s2.options().growth_interval() == 2);
+  for (std::int64_t step = info.step; step < 10; ++step) scaled_step(resumed, opt2, s2, poison(step));
+  CHECK(equal(resumed.w, run.w));
+  CHECK(s2.get_scale() == s.get_scale());
+  CHECK(s2.growth_tracker() == s.growth_tracker());
+  fs::remove_all(dir);
+}
