@@ -18,6 +18,8 @@
 //   build/bench/gpt --preset shakespeare
 //   build/bench/gpt --attn mha --dropout 0 --verbose
 //   mpirun -np 2 build/bench/gpt --threads 1        # data-parallel (DDP), as the anchors' gpt_ddp.py
+//   build/bench/gpt --precision bf16         # forward + loss under kiln::autocast (PyTorch's autocast rows)
+// --precision fp16 adds an amp::GradScaler (scale, step, update inside the timed step).
 // Prints `RESULT gpt impl=kiln preset=.. ... median_step_ms=.. tokens_per_s=.. peak_rss_mib=..
 // loss_first=.. loss_last=..` (loss_* are single-step losses of the first and last step). Under
 // mpirun (N ranks) every rank draws the same global batch and trains on its contiguous share
@@ -45,7 +47,7 @@ using kiln::bench::now_s;
 using kiln::bench::peak_rss_mib;
 
 struct Config {
-  std::string preset = "small", attn = "manual", device = "cpu";
+  std::string preset = "small", attn = "manual", device = "cpu", precision = "fp32";
   std::int64_t vocab = 65, T = 64, d = 128, heads = 4, layers = 4, batch = 32;
   double dropout = 0.1, lr = 3e-4;
   int steps = 50, warmup = 5, threads = 2;
@@ -216,6 +218,9 @@ int main(int argc, char** argv) {
       ->check(CLI::IsMember({"manual", "mha"}))
       ->capture_default_str();
   app.add_option("--device", c.device, "cpu or cuda")->check(CLI::IsMember({"cpu", "cuda"}))->capture_default_str();
+  app.add_option("--precision", c.precision, "fp32, or mixed precision under kiln::autocast: bf16 or fp16")
+      ->check(CLI::IsMember({"fp32", "bf16", "fp16"}))
+      ->capture_default_str();
   app.add_flag("--verbose", c.verbose, "per-step times and losses");
   double bucket_mb = 25, first_bucket_mb = 1;
   app.add_option("--bucket-mb", bucket_mb, "under mpirun: DDP bucket size (MiB)")->capture_default_str();
@@ -271,14 +276,16 @@ int main(int argc, char** argv) {
     ddp = std::make_unique<dist::DistributedDataParallel>(
         *model, dist::DDPOptions().bucket_cap_mb(bucket_mb).first_bucket_cap_mb(first_bucket_mb));
   optim::AdamW opt(model->parameters(), optim::AdamWOptions(c.lr).betas({0.9, 0.999}).eps(1e-8).weight_decay(0.01));
+  const DType low = c.precision == "fp16" ? kFloat16 : kBFloat16;
+  amp::GradScaler scaler(low, amp::GradScalerOptions().enabled(c.precision == "fp16"));
   auto data = make_data(200000, c.vocab, c.seed);
   SplitMix64 batch_rng{c.seed + 1};
   if (rank == 0)
     fmt::print(
-        "# gpt kiln world={} threads={} attn={} device={} vocab={} T={} d={} heads={} layers={} batch={} "
+        "# gpt kiln world={} threads={} attn={} device={} precision={} vocab={} T={} d={} heads={} layers={} batch={} "
         "dropout={:.2f} lr={} params={}\n",
-        world, c.threads, c.attn, dev.str(), c.vocab, c.T, c.d, c.heads, c.layers, c.batch, c.dropout, c.lr,
-        model->num_parameters());
+        world, c.threads, c.attn, dev.str(), c.precision, c.vocab, c.T, c.d, c.heads, c.layers, c.batch, c.dropout,
+        c.lr, model->num_parameters());
 
   std::vector<double> t_step, t_fwd, t_bwd, t_opt, t_comm, t_exposed;
   std::vector<std::vector<double>> bucket_hidden;
@@ -293,12 +300,17 @@ int main(int argc, char** argv) {
     x = x.to(dev), y = y.to(dev);
     double t0 = now_s();
     opt.zero_grad();  // set_to_none
-    Tensor logits = model(x);
-    Tensor loss = cross_entropy(logits.view({-1, c.vocab}), y.view({-1}));
+    Tensor loss;
+    {
+      auto mixed = autocast(dev, low, c.precision != "fp32");
+      Tensor logits = model(x);
+      loss = cross_entropy(logits.view({-1, c.vocab}), y.view({-1}));
+    }
     double t1 = now_s();
-    loss.backward();
+    scaler.scale(loss).backward();
     double t2 = now_s();
-    opt.step();
+    scaler.step(opt);
+    scaler.update();
     double l = loss.item<double>();  // on a GPU this waits for the step to finish
     double t3 = now_s();
     if (ddp) {  // the global batch's loss; the communication statistics (untimed)
@@ -329,21 +341,24 @@ int main(int argc, char** argv) {
     std::string hidden;
     for (const auto& b : bucket_hidden) hidden += fmt::format("{}{:.2f}", hidden.empty() ? "" : "/", median(b));
     result = fmt::format(
-        "RESULT gpt_ddp impl=kiln-ddp-mpi world={} threads_per_rank={} preset={} attn={} T={} d={} layers={} "
+        "RESULT gpt_ddp impl=kiln-ddp-mpi world={} threads_per_rank={} preset={} attn={} precision={} T={} d={} "
+        "layers={} "
         "batch={} dropout={:.2f} params={} steps={} median_step_ms={:.2f} min_step_ms={:.2f} fwd_ms={:.2f} "
         "bwd_ms={:.2f} opt_ms={:.2f} tokens_per_s={:.0f} allreduce_ms={:.2f} exposed_ms={:.2f} buckets={} "
         "bucket_hidden={} loss_first={:.4f} loss_last={:.4f} peak_rss_mib_rank0={:.1f}\n",
-        world, c.threads, c.preset, c.attn, c.T, c.d, c.layers, c.batch, c.dropout, model->num_parameters(),
-        t_step.size(), med * 1e3, *std::min_element(t_step.begin(), t_step.end()) * 1e3, median(t_fwd) * 1e3,
-        median(t_bwd) * 1e3, median(t_opt) * 1e3, double(c.batch * c.T) / med, median(t_comm) * 1e3,
-        median(t_exposed) * 1e3, bucket_hidden.size(), hidden, first_loss, last_loss, peak_rss_mib());
+        world, c.threads, c.preset, c.attn, c.precision, c.T, c.d, c.layers, c.batch, c.dropout,
+        model->num_parameters(), t_step.size(), med * 1e3, *std::min_element(t_step.begin(), t_step.end()) * 1e3,
+        median(t_fwd) * 1e3, median(t_bwd) * 1e3, median(t_opt) * 1e3, double(c.batch * c.T) / med,
+        median(t_comm) * 1e3, median(t_exposed) * 1e3, bucket_hidden.size(), hidden, first_loss, last_loss,
+        peak_rss_mib());
   } else {
     result = fmt::format(
-        "RESULT gpt impl=kiln preset={} attn={} device={} threads={} T={} d={} heads={} layers={} batch={} "
+        "RESULT gpt impl=kiln preset={} attn={} device={} precision={} threads={} T={} d={} heads={} layers={} "
+        "batch={} "
         "dropout={:.2f} "
         "params={} steps={} median_step_ms={:.2f} min_step_ms={:.2f} fwd_ms={:.2f} bwd_ms={:.2f} opt_ms={:.2f} "
         "tokens_per_s={:.0f} loss_first={:.4f} loss_last={:.4f} peak_rss_mib={:.1f} cpu_util={:.2f}\n",
-        c.preset, c.attn, dev.str(), c.threads, c.T, c.d, c.heads, c.layers, c.batch, c.dropout,
+        c.preset, c.attn, dev.str(), c.precision, c.threads, c.T, c.d, c.heads, c.layers, c.batch, c.dropout,
         model->num_parameters(), t_step.size(), med * 1e3, *std::min_element(t_step.begin(), t_step.end()) * 1e3,
         median(t_fwd) * 1e3, median(t_bwd) * 1e3, median(t_opt) * 1e3, double(c.batch * c.T) / med, first_loss,
         last_loss, peak_rss_mib(), cpu_util);

@@ -246,15 +246,20 @@ struct Trainer {
         schedule(opt, std::min(c.warmup, c.flags.steps / 10), c.flags.steps, /*start_factor=*/0.0,
                  /*eta_min=*/0.1 * c.flags.lr),
         batch_gen(c.flags.seed + 1),
-        // Everything a resumed run needs to continue exactly: the default generator drives dropout.
+        precision(c.flags, dev),
+        // Everything a resumed run needs to continue exactly: the default generator drives dropout;
+        // fp16 adds the loss scaler.
         state{.model = model.get(),
               .optimizer = opt,
               .scheduler = schedule,
-              .generators = {{"batches", &batch_gen}, {"default", &default_generator()}}} {}
+              .generators = {{"batches", &batch_gen}, {"default", &default_generator()}}} {
+    if (precision.uses_scaler()) state.extras["scaler"] = precision.scaler();
+  }
   CharGPT model;
   optim::AdamW opt;
   optim::WarmupCosineLR schedule;
   Generator batch_gen;
+  examples::Precision precision;
   io::TrainingState state;
 };
 
@@ -281,8 +286,10 @@ std::int64_t resume_training(Trainer& tr, const Config& c, const Corpus& corpus)
 }
 
 // Validation loss over fixed windows (the same ones at every evaluation).
-double validate(CharGPT& model, const Corpus& corpus, const Config& c, Device dev) {
+double validate(CharGPT& model, const Corpus& corpus, const Config& c, const examples::Precision& precision,
+                Device dev) {
   NoGradGuard no_grad;
+  auto mixed = precision.autocast();
   model->eval();
   Generator val_gen(12345);
   double total = 0;
@@ -322,11 +329,13 @@ double train(Trainer& tr, const Config& c, const Corpus& corpus, std::int64_t fi
   std::int64_t loss_count = 0;
   for (std::int64_t step = first_step; step <= last_step; ++step) {
     auto [x, y, weight] = dp.share(get_batch(corpus.train_data, flags.batch, c.context, tr.batch_gen, dev));
-    Tensor loss = cross_entropy(tr.model(x).flatten(0, 1), y.flatten()) * weight;
+    Tensor loss;
+    {
+      auto mixed = tr.precision.autocast();
+      loss = cross_entropy(tr.model(x).flatten(0, 1), y.flatten()) * weight;
+    }
     tr.opt.zero_grad();
-    loss.backward();
-    optim::clip_grad_norm_(tr.model->parameters(), 1.0);
-    tr.opt.step();
+    tr.precision.backward_step(loss, tr.opt, /*clip_norm=*/1.0);
     tr.schedule.step();
 
     loss_sum += dp.global_mean(loss), ++loss_count;
@@ -334,7 +343,7 @@ double train(Trainer& tr, const Config& c, const Corpus& corpus, std::int64_t fi
     if (step % eval_every == 0 || step == last_step) {
       const double train_loss = loss_sum / loss_count;
       loss_sum = 0, loss_count = 0;
-      val_loss = validate(tr.model, corpus, c, dev);
+      val_loss = validate(tr.model, corpus, c, tr.precision, dev);
       progress.note(
           fmt::format("step {:5d}  train loss {:.3f}  val loss {:.3f}  (unigram {:.3f})  lr {:.2e}  ({:.0f} s)", step,
                       train_loss, val_loss, corpus.baseline, tr.schedule.get_last_lr()[0], wall.seconds()));
@@ -368,16 +377,18 @@ int main(int argc, char** argv) {
     Trainer tr(c, corpus, dev);
     const std::int64_t first_step = resume_training(tr, c, corpus);
     dp.wrap(*tr.model);
-    fmt::print("model: {} layers, dim {}, {} heads, context {}, {} parameters; unigram baseline {:.3f} nats/char\n",
-               c.layers, c.dim, c.heads, c.context, examples::count_str(tr.model->num_parameters()), corpus.baseline);
+    fmt::print("model: {} layers, dim {}, {} heads, context {}, {} parameters, {}; unigram baseline {:.3f} nats/char\n",
+               c.layers, c.dim, c.heads, c.context, examples::count_str(tr.model->num_parameters()),
+               tr.precision.name(), corpus.baseline);
     const std::int64_t last_step = c.stop_at > 0 ? std::min(c.stop_at, c.flags.steps) : c.flags.steps;
     double val_loss = train(tr, c, corpus, first_step, last_step, wall, dev, dp);
 
     std::mt19937_64 rng(c.flags.seed);
+    auto mixed = tr.precision.autocast();
     for (std::int64_t i = 0; i < c.samples; ++i)
       fmt::print("--- sample {} ---\n{}\n", i + 1,
                  generate(tr.model, corpus.vocab, c.prompt, c.sample_chars, c.context, c.sampling, rng, dev));
-    if (first_step > last_step) val_loss = validate(tr.model, corpus, c, dev);
+    if (first_step > last_step) val_loss = validate(tr.model, corpus, c, tr.precision, dev);
     fmt::print("trained in {:.1f} s\n", wall.seconds());
     fmt::print("validation loss: {:.4f} nats/char (unigram baseline {:.4f})\n", val_loss, corpus.baseline);
   }));

@@ -3,9 +3,13 @@
 // SGD-with-momentum update (the optim/ and nn/ modules build on exactly this).
 //
 //   build/examples/mlp --steps 300 --threads 2
+//   build/examples/mlp --precision bf16      # the matmuls in bfloat16 under kiln::autocast
+// (No fp16 here: float16 needs loss scaling, which kiln::amp::GradScaler does for an optimizer;
+// the other examples take --precision fp16.)
 #include <CLI/CLI.hpp>
 #include <cmath>
 #include <kiln/kiln.hpp>
+#include <string>
 
 using namespace kiln;
 
@@ -23,13 +27,18 @@ int main(int argc, char** argv) {
   int steps = 300, batch = 256, threads = 2, hidden = 64;
   double lr = 0.1;
   std::uint64_t seed = 0;
+  std::string precision = "fp32";
   app.add_option("--steps", steps, "training steps")->check(CLI::PositiveNumber);
   app.add_option("--batch", batch, "batch size")->check(CLI::PositiveNumber);
   app.add_option("--lr", lr, "learning rate")->check(CLI::PositiveNumber);
   app.add_option("--hidden", hidden, "hidden units")->check(CLI::PositiveNumber);
   app.add_option("--seed", seed, "random seed");
   app.add_option("--threads", threads, "CPU threads")->check(CLI::PositiveNumber);
+  app.add_option("--precision", precision, "fp32, or bf16 (matmuls in bfloat16, float32 weights and loss)")
+      ->check(CLI::IsMember({"fp32", "bf16"}))
+      ->capture_default_str();
   CLI11_PARSE(app, argc, argv);
+  const bool bf16 = precision == "bf16";
   set_num_threads(threads);
 
   Generator gen(seed);
@@ -55,7 +64,11 @@ int main(int argc, char** argv) {
   const std::int64_t n_train = x_train.size(0);
   for (int step = 1; step <= steps; ++step) {
     Tensor idx = randint(0, n_train, {batch}, kInt64, &gen);
-    Tensor loss = cross_entropy(model(index_select(x_train, 0, idx)), index_select(y_train, 0, idx));
+    Tensor loss;
+    {
+      auto mixed = autocast(kBFloat16, bf16);  // enabled only for --precision bf16
+      loss = cross_entropy(model(index_select(x_train, 0, idx)), index_select(y_train, 0, idx));
+    }
     for (auto& p : params) p.set_grad(Tensor());
     loss.backward();
     {
@@ -68,6 +81,7 @@ int main(int argc, char** argv) {
     if (step == 1 || step % 50 == 0 || step == steps) fmt::print("step {:4d}  loss {:.4f}\n", step, loss.item<float>());
   }
   NoGradGuard no_grad;
+  auto mixed = autocast(kBFloat16, bf16);
   Tensor pred = argmax(model(x_test), 1);
   double acc = sum(eq(pred, y_test)).item<double>() / static_cast<double>(y_test.numel());
   fmt::print("test accuracy: {:.3f}\n", acc);

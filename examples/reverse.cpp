@@ -132,6 +132,7 @@ int main(int argc, char** argv) {
     dp.rank0_writes(flags);
     if (dim % heads != 0) throw examples::UsageError(fmt::format("--heads {} must divide --dim {}", heads, dim));
     Device dev = examples::setup(flags);
+    examples::Precision precision(flags, dev);
     examples::Timer wall;
 
     // Two independent random streams: training batches, and the held-out test set. With
@@ -147,8 +148,9 @@ int main(int argc, char** argv) {
     optim::AdamW opt(model->parameters(), optim::AdamWOptions(flags.lr).betas({0.9, 0.98}).weight_decay(0.01));
     optim::WarmupCosineLR schedule(opt, std::min(warmup, flags.steps / 10), flags.steps, /*start_factor=*/0.0,
                                    /*eta_min=*/0.1 * flags.lr);
-    fmt::print("reverse: {} digits, {} layers, dim {}, {} heads, {} parameters, batch {}, {} steps on {}\n", length,
-               layers, dim, heads, examples::count_str(model->num_parameters()), flags.batch, flags.steps, dev.str());
+    fmt::print("reverse: {} digits, {} layers, dim {}, {} heads, {} parameters, batch {}, {} steps on {} in {}\n",
+               length, layers, dim, heads, examples::count_str(model->num_parameters()), flags.batch, flags.steps,
+               dev.str(), precision.name());
 
     examples::CsvLog log(examples::out_path(flags, "reverse_log.csv"),
                          {"step", "train_loss", "test_loss", "test_exact"});
@@ -160,12 +162,15 @@ int main(int argc, char** argv) {
     for (std::int64_t step = 1; step <= flags.steps; ++step) {
       Batch b = make_batch(flags.batch, length, train_gen);
       auto [input, target, weight] = dp.share(b.input.to(dev), b.target.to(dev));
-      Tensor logits = model(input);
-      Tensor loss =
-          cross_entropy(logits.flatten(0, 1), target.flatten(), CrossEntropyOptions().ignore_index(kIgnore)) * weight;
+      Tensor loss;
+      {
+        auto mixed = precision.autocast();
+        Tensor logits = model(input);
+        loss =
+            cross_entropy(logits.flatten(0, 1), target.flatten(), CrossEntropyOptions().ignore_index(kIgnore)) * weight;
+      }
       opt.zero_grad();
-      loss.backward();
-      opt.step();
+      precision.backward_step(loss, opt);
       schedule.step();
 
       loss_sum += dp.global_mean(loss), ++loss_count;
@@ -173,7 +178,10 @@ int main(int argc, char** argv) {
       if (step % eval_every == 0 || step == flags.steps) {
         const double train_loss = loss_sum / loss_count;
         loss_sum = 0, loss_count = 0;
-        last = evaluate(model, test, dev);
+        {
+          auto mixed = precision.autocast();
+          last = evaluate(model, test, dev);
+        }
         progress.note(
             fmt::format("step {:5d}  train loss {:.4f}  test loss {:.4f}  token acc {:.4f}  exact {:.4f}  ({:.1f} s)",
                         step, train_loss, last.loss, last.token_acc, last.exact, wall.seconds()));
@@ -184,7 +192,10 @@ int main(int argc, char** argv) {
 
     // A few decoded examples, then the headline number (the evaluation after the last step).
     Tensor shown = test.input.slice(0, 0, 3).slice(1, 0, length);
-    Tensor answers = generate(model, shown, dev).to(Device::cpu());
+    Tensor answers = [&] {
+      auto mixed = precision.autocast();
+      return generate(model, shown, dev).to(Device::cpu());
+    }();
     for (std::int64_t i = 0; i < 3; ++i) {
       std::string q, a;
       for (auto d : shown.to(Device::cpu()).select(0, i).to_vector<std::int64_t>()) q += char('0' + d);

@@ -162,8 +162,10 @@ KILN_MODULE(Translator);
 
 // Greedy decoding: feed BOS, then each predicted digit. With the KV cache each step passes only
 // the newest token; without it (--no-kv-cache) the whole prefix is recomputed every step.
-std::vector<std::string> translate(Translator& model, const Batch& batch, bool use_cache = true) {
+std::vector<std::string> translate(Translator& model, const Batch& batch, const examples::Precision& precision,
+                                   bool use_cache = true) {
   NoGradGuard no_grad;
+  auto mixed = precision.autocast();
   model->eval();
   const std::int64_t B = batch.src.size(0), T = kMaxDigits + 1;
   Tensor memory = model->encode(batch.src, batch.src_len);
@@ -184,8 +186,8 @@ std::vector<std::string> translate(Translator& model, const Batch& batch, bool u
   return result;
 }
 
-double exact_match(Translator& model, const Batch& test, bool use_cache = true) {
-  auto got = translate(model, test, use_cache);
+double exact_match(Translator& model, const Batch& test, const examples::Precision& precision, bool use_cache = true) {
+  auto got = translate(model, test, precision, use_cache);
   std::int64_t right = 0;
   for (std::size_t i = 0; i < got.size(); ++i) right += got[i] == std::to_string(test.numbers[i]);
   return double(right) / double(got.size());
@@ -215,6 +217,7 @@ int main(int argc, char** argv) {
   return examples::run(app, argc, argv, [&] {
     if (dim % heads != 0) throw examples::UsageError(fmt::format("--heads {} must divide --dim {}", heads, dim));
     Device dev = examples::setup(flags);
+    examples::Precision precision(flags, dev);
     examples::Timer wall;
 
     // Held-out numbers first; training draws skip them.
@@ -247,14 +250,15 @@ int main(int argc, char** argv) {
     std::int64_t loss_count = 0;
     for (std::int64_t step = 1; step <= flags.steps; ++step) {
       Batch b = train_batch();
-      Tensor memory = model->encode(b.src, b.src_len);
-      Tensor logits = model->decode(b.tgt_in, memory, b.src_len);  // teacher forcing
-      Tensor loss =
-          cross_entropy(logits.flatten(0, 1), b.tgt_out.flatten(), CrossEntropyOptions().ignore_index(kIgnore));
+      Tensor loss;
+      {
+        auto mixed = precision.autocast();
+        Tensor memory = model->encode(b.src, b.src_len);
+        Tensor logits = model->decode(b.tgt_in, memory, b.src_len);  // teacher forcing
+        loss = cross_entropy(logits.flatten(0, 1), b.tgt_out.flatten(), CrossEntropyOptions().ignore_index(kIgnore));
+      }
       opt.zero_grad();
-      loss.backward();
-      optim::clip_grad_norm_(model->parameters(), 1.0);
-      opt.step();
+      precision.backward_step(loss, opt, /*clip_norm=*/1.0);
       schedule.step();
 
       loss_sum += loss.item<double>(), ++loss_count;
@@ -262,7 +266,7 @@ int main(int argc, char** argv) {
       if (step % eval_every == 0 || step == flags.steps) {
         const double train_loss = loss_sum / loss_count;
         loss_sum = 0, loss_count = 0;
-        double exact = exact_match(model, test, !no_cache);
+        double exact = exact_match(model, test, precision, !no_cache);
         progress.note(fmt::format("step {:5d}  train loss {:.4f}  held-out exact match {:.4f}  ({:.1f} s)", step,
                                   train_loss, exact, wall.seconds()));
         log.row({double(step), train_loss, exact});
@@ -272,11 +276,11 @@ int main(int argc, char** argv) {
 
     // Some translations of numbers never seen in training, and a few special ones.
     Batch show = make_batch({test_numbers[0], test_numbers[1], test_numbers[2], 0, 7, 19, 100, 1000, 999999}, dev);
-    auto got = translate(model, show, !no_cache);
+    auto got = translate(model, show, precision, !no_cache);
     for (std::size_t i = 0; i < got.size(); ++i)
       fmt::print("  {:<64} -> {:>6} {}\n", words_of(spell(show.numbers[i])), got[i],
                  got[i] == std::to_string(show.numbers[i]) ? "" : "(wrong)");
     fmt::print("trained in {:.1f} s\n", wall.seconds());
-    fmt::print("exact-match accuracy: {:.4f}\n", exact_match(model, test, !no_cache));
+    fmt::print("exact-match accuracy: {:.4f}\n", exact_match(model, test, precision, !no_cache));
   });
 }

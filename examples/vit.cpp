@@ -128,6 +128,7 @@ int main(int argc, char** argv) {
   return examples::run(app, argc, argv, [&] {
     if (dim % heads != 0) throw examples::UsageError(fmt::format("--heads {} must divide --dim {}", heads, dim));
     Device dev = examples::setup(flags);
+    examples::Precision precision(flags, dev);
     examples::Timer wall;
 
     Split train = load_split(data_dir, "train"), test = load_split(data_dir, "t10k");
@@ -168,17 +169,21 @@ int main(int argc, char** argv) {
     std::vector<std::int64_t> test_pred;
     for (std::int64_t step = 1; step <= flags.steps; ++step) {
       auto [x, y] = next_batch();
-      Tensor logits = model(x);
-      Tensor loss = cross_entropy(logits, y);
+      Tensor logits, loss;
+      {
+        auto mixed = precision.autocast();
+        logits = model(x);
+        loss = cross_entropy(logits, y);
+      }
       opt.zero_grad();
-      loss.backward();
-      opt.step();
+      precision.backward_step(loss, opt);
       schedule.step();
 
       loss_sum += loss.item<double>(), ++loss_count;
       right += sum(eq(argmax(logits, -1), y)).item<double>(), seen += double(flags.batch);
       progress.step(step, fmt::format("loss {:.3f}  train acc {:.3f}", loss_sum / loss_count, right / seen));
       if (step % eval_every == 0 || step == flags.steps) {
+        auto mixed = precision.autocast();
         test_pred = predict(model, test, dev);
         test_acc = accuracy(test_pred, test);
         progress.note(fmt::format("step {:5d}  train loss {:.3f}  train acc {:.3f}  test acc {:.4f}  ({:.0f} s)", step,

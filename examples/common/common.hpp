@@ -7,8 +7,15 @@
 ///   examples::add_common_flags(app, flags);
 ///   return examples::run(app, argc, argv, [&] {
 ///     Device dev = examples::setup(flags);        // threads, seed, device check
+///     examples::Precision precision(flags, dev);  // --precision fp32 | bf16 | fp16
 ///     examples::Progress bar(flags.steps);
-///     for (...) bar.step(step, fmt::format("loss {:.3f}", l));
+///     for (...) {
+///       Tensor loss;
+///       { auto mixed = precision.autocast(); loss = cross_entropy(model(x), y); }
+///       opt.zero_grad();
+///       precision.backward_step(loss, opt);
+///       bar.step(step, fmt::format("loss {:.3f}", l));
+///     }
 ///   });
 #include <fmt/format.h>
 #include <unistd.h>
@@ -35,8 +42,9 @@ struct Flags {
   double lr = 1e-3;
   std::uint64_t seed = 0;
   int threads = 2;
-  std::string out;              // folder for logs, plots and checkpoints ("" = write nothing)
-  std::int64_t eval_every = 0;  // 0 = about ten evaluations per run
+  std::string out;                 // folder for logs, plots and checkpoints ("" = write nothing)
+  std::int64_t eval_every = 0;     // 0 = about ten evaluations per run
+  std::string precision = "fp32";  // fp32, bf16 or fp16 (mixed precision through kiln::autocast)
 };
 
 inline void add_common_flags(CLI::App& app, Flags& f) {
@@ -49,6 +57,11 @@ inline void add_common_flags(CLI::App& app, Flags& f) {
   app.add_option("--out", f.out, "folder for logs, plots and checkpoints (created if missing)");
   app.add_option("--eval-every", f.eval_every, "steps between evaluations (0 = ten per run)")
       ->check(CLI::NonNegativeNumber);
+  app.add_option("--precision", f.precision,
+                 "fp32, or mixed precision: bf16 / fp16 matmuls and attention (float32 weights, norms and losses; "
+                 "fp16 adds loss scaling)")
+      ->check(CLI::IsMember({"fp32", "bf16", "fp16"}))
+      ->capture_default_str();
 }
 
 /// A bad flag combination or a data problem the user can fix: printed without a stack of context.
@@ -69,6 +82,47 @@ inline Device setup(const Flags& f) {
   return Device::cuda(0);
 #endif
 }
+
+/// --precision for a training loop: the autocast region for forward passes (inactive for fp32) and
+/// the backward + step, which for fp16 goes through a GradScaler (loss scaling; a step whose
+/// gradients overflowed is skipped). bf16 needs no scaling. On the CPU, fp16 runs through float32
+/// conversions: correct, but slower than fp32 (bf16 is the CPU's fast format).
+class Precision {
+ public:
+  Precision(const Flags& f, Device dev)
+      : name_(f.precision),
+        dtype_(f.precision == "fp16" ? kiln::kFloat16 : kiln::kBFloat16),
+        enabled_(f.precision != "fp32"),
+        device_(dev),
+        scaler_(dtype_, kiln::amp::GradScalerOptions().enabled(f.precision == "fp16")) {}
+
+  /// Hold it around forward passes and losses: `{ auto mixed = precision.autocast(); ... }`.
+  kiln::AutocastGuard autocast() const { return kiln::autocast(device_, dtype_, enabled_); }
+  /// Backward of `loss`, optionally clips the global gradient norm to `clip_norm` (> 0; on the
+  /// unscaled gradients), then the optimizer step. Returns false when fp16 skipped the step.
+  bool backward_step(const kiln::Tensor& loss, kiln::optim::Optimizer& opt, double clip_norm = 0) {
+    scaler_.scale(loss).backward();
+    if (clip_norm > 0) {
+      scaler_.unscale_(opt);
+      kiln::optim::clip_grad_norm_(opt.parameters(), clip_norm);
+    }
+    const bool stepped = scaler_.step(opt);
+    scaler_.update();
+    return stepped;
+  }
+  /// The loss scaler (enabled for fp16 only), for checkpoints.
+  kiln::amp::GradScaler& scaler() { return scaler_; }
+  bool uses_scaler() const { return scaler_.is_enabled(); }
+  /// "fp32", "bf16" or "fp16".
+  const std::string& name() const { return name_; }
+
+ private:
+  std::string name_;
+  kiln::DType dtype_;
+  bool enabled_;
+  Device device_;
+  kiln::amp::GradScaler scaler_;
+};
 
 /// How often to evaluate: the flag, or about ten times per run.
 inline std::int64_t eval_interval(const Flags& f) {
