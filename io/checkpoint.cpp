@@ -8,9 +8,11 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <charconv>
 #include <vector>
 
+#include "../autograd/ops.hpp"
 #include "../core/generator.hpp"
 #include "../nn/module.hpp"
 #include "safetensors.hpp"
@@ -75,6 +77,7 @@ class Reader {
     if (st == file_.metadata.end() || !parse_int(st->second, info_.step))
       fail(st == file_.metadata.end() ? std::string("'kiln.step' is missing")
                                       : fmt::format("'kiln.step' is '{}', not an integer", st->second));
+    if (info_.step < 0) fail(fmt::format("'kiln.step' is {}: a step count is never negative", info_.step));
     for (const auto& [k, v] : file_.metadata)
       if (starts_with(k, kUserKey)) info_.metadata.emplace(k.substr(5), v);
   }
@@ -136,6 +139,7 @@ class Reader {
 
 void save_checkpoint(const std::string& path, const TrainingState& state, std::int64_t step,
                      const std::map<std::string, std::string>& metadata) {
+  if (step < 0) throw_error("save_checkpoint", fmt::format("step must be >= 0, got {}", step));
   NamedTensors tensors;
   std::map<std::string, std::string> meta;
   meta[kFormatKey] = kFormatVersion;
@@ -160,7 +164,27 @@ void save_checkpoint(const std::string& path, const TrainingState& state, std::i
   save_safetensors(path, tensors, meta);
 }
 
+namespace {
+// check_finite: the first NaN or Inf among a part's floating tensors, as "[load_checkpoint] ...".
+void check_finite_part(const Reader& r, const std::string& part, const StateDict& sd) {
+  for (const auto& [k, t] : sd) {
+    if (!t.is_floating_point() || all(isfinite(t)).item<bool>()) continue;
+    const std::vector<bool> ok = isfinite(t).to_vector<bool>();
+    const auto at = static_cast<std::size_t>(std::find(ok.begin(), ok.end(), false) - ok.begin());
+    r.fail(fmt::format("tensor '{}.{}' (shape {}) holds {} at flat index {} (check_finite)", part, k,
+                       shape_str(t.shape()), select(reshape(t, {-1}), 0, static_cast<std::int64_t>(at)).item<double>(),
+                       at));
+  }
+}
+}  // namespace
+
 CheckpointInfo load_checkpoint(const std::string& path, const TrainingState& state, bool strict_model) {
+  return load_checkpoint(path, state, LoadCheckpointOptions().strict_model(strict_model));
+}
+
+CheckpointInfo load_checkpoint(const std::string& path, const TrainingState& state,
+                               const LoadCheckpointOptions& options) {
+  const bool strict_model = options.strict_model();
   Reader r(path);
   // Gather and parse everything first: a missing part or a bad entry changes nothing.
   StateDict model;
@@ -179,6 +203,13 @@ CheckpointInfo load_checkpoint(const std::string& path, const TrainingState& sta
     gens.emplace_back(gen, r.generator(name));
   }
 
+  if (options.check_finite()) {
+    check_finite_part(r, "model", model);
+    check_finite_part(r, "optimizer", opt);
+    check_finite_part(r, "scheduler", sched);
+    auto extra = extras.begin();  // built in the order of state.extras
+    for (const auto& [name, ref] : state.extras) check_finite_part(r, "extra." + name, (extra++)->second);
+  }
   auto load_part = [&](const char* what, auto&& fn) {
     try {
       fn();

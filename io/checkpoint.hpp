@@ -26,6 +26,7 @@
 #include <type_traits>
 #include <utility>
 
+#include "../core/arg.hpp"
 #include "../core/state_dict.hpp"
 #include "../nn/module.hpp"
 
@@ -123,9 +124,19 @@ struct CheckpointInfo {
   std::map<std::string, std::string> metadata;
 };
 
-/// Writes `state`, `step` and `metadata` to `path` atomically (see save_safetensors).
+/// Writes `state`, `step` (>= 0) and `metadata` to `path` atomically (see save_safetensors).
 void save_checkpoint(const std::string& path, const TrainingState& state, std::int64_t step,
                      const std::map<std::string, std::string>& metadata = {});
+
+/// Options of load_checkpoint:
+///   io::load_checkpoint(path, state, io::LoadCheckpointOptions().check_finite(true));
+struct LoadCheckpointOptions {
+  /// Check the model's keys strictly (as Module::load_state_dict's `strict`).
+  KILN_ARG(bool, strict_model) = true;
+  /// Refuse a checkpoint whose floating tensors among the parts `state` names hold NaN or Inf
+  /// (a diverged run's weights), naming the first such tensor and element.
+  KILN_ARG(bool, check_finite) = false;
+};
 
 /// Restores every part `state` names from `path` and returns the step and user metadata. Parts
 /// the file has but `state` does not name are ignored (load a model alone from a training
@@ -134,6 +145,11 @@ void save_checkpoint(const std::string& path, const TrainingState& state, std::i
 /// before anything changes; then each part loads all-or-nothing in the order model, optimizer,
 /// scheduler, extras, generators, so a part rejected later (say an optimizer over different
 /// parameters) leaves the parts before it loaded. Errors: "[load_checkpoint] <path>: ...".
+/// The file's checksums are verified (see save_safetensors) and its fields validated: a negative
+/// step, an optimizer state that lacks a buffer its group's other parameters have, and malformed
+/// scalars or generator states are errors.
+CheckpointInfo load_checkpoint(const std::string& path, const TrainingState& state,
+                               const LoadCheckpointOptions& options);
 CheckpointInfo load_checkpoint(const std::string& path, const TrainingState& state, bool strict_model = true);
 
 /// Reads only the step and user metadata.

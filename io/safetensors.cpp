@@ -2,17 +2,23 @@
 
 #include <fcntl.h>
 #include <fmt/format.h>
+#include <signal.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <bit>
 #include <cerrno>
+#include <charconv>
 #include <cstring>
 #include <filesystem>
+#include <numeric>
+#include <unordered_map>
 
 #include "../autograd/grad_mode.hpp"
 #include "../nn/module.hpp"
+#include "checksum.hpp"
 #include "safetensors_format.hpp"
 
 namespace kiln::io {
@@ -34,6 +40,23 @@ struct Prepared {
   std::uint64_t total() const { return 8 + header.size() + data_bytes; }
 };
 
+// The metadata key of the checksums kiln writes: one CRC-32C per tensor, 8 hex digits each,
+// space-separated, in data order. Readers strip it from the metadata they return.
+constexpr const char* kChecksumKey = "kiln.crc32c";
+
+std::map<std::string, std::string> with_checksums(const std::vector<Tensor>& data,
+                                                  const std::map<std::string, std::string>& metadata) {
+  if (metadata.count(kChecksumKey))
+    throw_error("save_safetensors",
+                fmt::format("metadata key '{}' is reserved (kiln stores its checksums there)", kChecksumKey));
+  std::map<std::string, std::string> meta = metadata;
+  std::string sums;
+  for (const Tensor& t : data)
+    sums += fmt::format("{}{:08x}", sums.empty() ? "" : " ", detail::crc32c(t.raw_data(), t.nbytes()));
+  meta[kChecksumKey] = std::move(sums);
+  return meta;
+}
+
 Prepared prepare(const NamedTensors& tensors, const std::map<std::string, std::string>& metadata) {
   Prepared p;
   NoGradGuard ng;
@@ -50,7 +73,7 @@ Prepared prepare(const NamedTensors& tensors, const std::map<std::string, std::s
     p.entries.push_back(std::move(e));
     p.data.push_back(std::move(c));
   }
-  p.header = detail::build_header(p.entries, metadata);
+  p.header = detail::build_header(p.entries, with_checksums(p.data, metadata));
   return p;
 }
 
@@ -121,6 +144,59 @@ class FileSource final : public detail::ByteSource {
   std::uint64_t size_ = 0;
 };
 
+std::uint32_t crc_of_range(detail::ByteSource& src, std::uint64_t offset, std::uint64_t n) {
+  std::vector<unsigned char> buf(static_cast<std::size_t>(std::min<std::uint64_t>(n, 1 << 20)));
+  std::uint32_t c = 0;
+  for (std::uint64_t done = 0; done < n;) {
+    const auto piece = static_cast<std::size_t>(std::min<std::uint64_t>(buf.size(), n - done));
+    src.read(offset + done, buf.data(), piece);
+    c = detail::crc32c(buf.data(), piece, c);
+    done += piece;
+  }
+  return c;
+}
+
+// Checks each tensor against the checksum list kiln wrote, then drops the list from the metadata
+// the caller sees. Files from other writers (Python's safetensors) have none and load unchecked.
+void verify_checksums(detail::ByteSource& src, const detail::SafetensorsHeader& h, SafetensorsFile& f,
+                      std::string_view where) {
+  auto it = f.metadata.find(kChecksumKey);
+  if (it == f.metadata.end()) return;
+  const std::string list = std::move(it->second);
+  f.metadata.erase(it);
+  auto fail = [&](const std::string& msg) { throw_error("load_safetensors", fmt::format("{}: {}", where, msg)); };
+  std::vector<std::uint32_t> sums;
+  for (std::size_t at = 0; at < list.size(); at += 9) {
+    unsigned v = 0;
+    const char* end = list.data() + std::min(at + 8, list.size());
+    auto [p, ec] = std::from_chars(list.data() + at, end, v, 16);
+    if (ec != std::errc() || p != list.data() + at + 8 || (at + 8 < list.size() && list[at + 8] != ' '))
+      fail(fmt::format("its '{}' metadata '{}' is not a list of 8-digit hex checksums", kChecksumKey, list));
+    sums.push_back(v);
+  }
+  if (sums.size() != h.tensors.size())
+    fail(fmt::format("its '{}' metadata lists {} checksums for {} tensors: the file was changed after kiln wrote it",
+                     kChecksumKey, sums.size(), h.tensors.size()));
+  std::vector<std::size_t> order(h.tensors.size());
+  std::iota(order.begin(), order.end(), 0);
+  std::sort(order.begin(), order.end(), [&](auto a, auto b) { return h.tensors[a].begin < h.tensors[b].begin; });
+  std::unordered_map<std::string_view, const Tensor*> loaded;
+  for (const auto& [name, t] : f.tensors) loaded.emplace(name, &t);
+  for (std::size_t k = 0; k < order.size(); ++k) {
+    const detail::TensorEntry& e = h.tensors[order[k]];
+    const Tensor& t = *loaded.at(e.name);
+    // A tensor loaded as stored is checked in memory; a converted one (not kiln-written) from the source.
+    const std::uint32_t c = static_cast<std::uint64_t>(t.nbytes()) == e.end - e.begin
+                                ? detail::crc32c(t.raw_data(), t.nbytes())
+                                : crc_of_range(src, h.data_start + e.begin, e.end - e.begin);
+    if (c != sums[k])
+      fail(
+          fmt::format("tensor '{}' ({}, shape {}) fails its checksum (CRC-32C {:08x}, {:08x} stored): the file is "
+                      "corrupt",
+                      e.name, detail::st_dtype_info(e.dtype).name, shape_str(e.shape), c, sums[k]));
+  }
+}
+
 SafetensorsFile load_from(detail::ByteSource& src, std::string_view where) {
   detail::SafetensorsHeader h = detail::read_header(src, where);
   SafetensorsFile f;
@@ -131,6 +207,7 @@ SafetensorsFile load_from(detail::ByteSource& src, std::string_view where) {
     f.tensors.emplace_back(e.name, t);
     return t.raw_data();
   });
+  verify_checksums(src, h, f, where);
   return f;
 }
 
@@ -163,6 +240,28 @@ std::vector<std::uint8_t> save_safetensors_to_buffer(const NamedTensors& tensors
   return out;
 }
 
+// A writer killed mid-write leaves ".<name>.tmp.<pid>.<n>" behind. Those of this target whose
+// writer process is gone are removed before the next write; a live writer's file (another
+// process saving the same target), this process's own and other targets' are left alone.
+void remove_stale_temps(const std::filesystem::path& dir, const std::string& name) {
+  const std::string prefix = "." + name + ".tmp.";
+  std::error_code ec;
+  for (std::filesystem::directory_iterator it(dir, ec), end; !ec && it != end; it.increment(ec)) {
+    const std::string f = it->path().filename().string();
+    if (f.size() <= prefix.size() || f.compare(0, prefix.size(), prefix) != 0) continue;
+    const char* p = f.data() + prefix.size();
+    const char* e = f.data() + f.size();
+    pid_t pid = 0;
+    unsigned n = 0;
+    auto r1 = std::from_chars(p, e, pid);
+    if (r1.ec != std::errc() || r1.ptr == e || *r1.ptr != '.') continue;
+    auto r2 = std::from_chars(r1.ptr + 1, e, n);
+    if (r2.ec != std::errc() || r2.ptr != e || pid <= 0 || pid == ::getpid()) continue;
+    if (::kill(pid, 0) == 0 || errno != ESRCH) continue;  // alive (EPERM: alive, someone else's)
+    ::unlink(it->path().c_str());
+  }
+}
+
 void save_safetensors(const std::string& path, const NamedTensors& tensors,
                       const std::map<std::string, std::string>& metadata) {
   Prepared p = prepare(tensors, metadata);
@@ -172,6 +271,7 @@ void save_safetensors(const std::string& path, const NamedTensors& tensors,
     throw_error("save_safetensors", fmt::format("'{}' names a directory, not a file", path));
   fs::path dir = target.parent_path().empty() ? fs::path(".") : target.parent_path();
 
+  remove_stale_temps(dir, target.filename().string());
   // The temporary file sits next to the target so rename() replaces it atomically (same file system).
   static std::atomic<unsigned> counter{0};
   std::string tmp;

@@ -12,9 +12,13 @@
 /// Writing: kiln's dtypes become F32, F64, I64, BOOL; tensors are written row-major from the
 /// CPU; the file is replaced atomically (a temporary file in the same directory, fsync, rename,
 /// fsync of the directory), so a crash mid-write leaves the previous file intact. A crashed
-/// writer can leave a `.<name>.tmp.<pid>.<n>` file behind; nothing reads it and it may be deleted.
+/// writer can leave a `.<name>.tmp.<pid>.<n>` file behind; nothing reads it, and the next save of
+/// the same target removes it once process <pid> is gone. kiln adds a CRC-32C of each tensor's
+/// bytes to the metadata (key `kiln.crc32c`, reserved) and verifies it on load ("tensor 'w' ...
+/// fails its checksum"); files without it (Python's) load unchecked, and the key is not part of
+/// the returned metadata.
 ///
-/// Reading treats the file as untrusted: header at most 100 MB, strict JSON (duplicate keys,
+/// Reading treats the file as untrusted: header at most 100 MB beginning with '{', strict JSON (duplicate keys,
 /// unknown fields, bad UTF-8 and non-integer numbers are errors), known dtypes, shapes whose byte
 /// size (overflow-checked) matches the offsets, offsets that tile the data buffer exactly with no
 /// gap, overlap or trailing byte. Anything else throws kiln::Error "[load_safetensors] <path>: ...".

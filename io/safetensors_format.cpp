@@ -542,6 +542,9 @@ SafetensorsHeader read_header(ByteSource& src, std::string_view where) {
          fmt::format("header length {} runs past the end of the file ({} bytes follow the length)", n, size - 8));
   std::string text(static_cast<std::size_t>(n), '\0');
   src.read(8, text.data(), text.size());
+  // The format's header is a JSON object starting at its first byte (trailing spaces pad it).
+  if (!text.empty() && text[0] != '{')
+    fail(where, fmt::format("the header must begin with '{{', got byte 0x{:02x}", static_cast<unsigned char>(text[0])));
 
   SafetensorsHeader h;
   HeaderParser(text, where).parse(h);

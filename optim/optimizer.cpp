@@ -191,6 +191,20 @@ std::string key(const char* kind, std::size_t i, const std::string& field) {
   return fmt::format("{}.{}.{}", kind, i, field);
 }
 
+// Buffers are created per group (its options decide which), so every parameter of a group
+// that has a state has the same buffers: one missing is a damaged state dict, not a fresh start.
+void check_same_buffers(const char* opt, const std::vector<std::pair<std::size_t, unsigned>>& have, std::size_t group,
+                        const std::vector<std::string>& names) {
+  unsigned all = 0;
+  for (const auto& h : have) all |= h.second;
+  for (const auto& [index, mask] : have)
+    for (std::size_t k = 0; k < names.size() && k < 3; ++k)
+      KILN_CHECK(!(all & ~mask & (1u << k)), opt,
+                 "load_state_dict: '{}' is missing (parameter {} has a step, and other parameters of group {} have "
+                 "this buffer)",
+                 key("state", index, names[k]), index, group);
+}
+
 }  // namespace
 
 StateDict Optimizer::state_dict() const {
@@ -241,9 +255,11 @@ void Optimizer::load_state_dict(const StateDict& sd) {
     o->fields([&](const char* f, double& v) { v = scalar(key("group", gi, f)); });
     validate(*o);
     opts.push_back(std::move(o));
+    std::vector<std::pair<std::size_t, unsigned>> have;  // (parameter index, bit k: buffer k present)
     for (const Tensor& p : params) {
       const std::string sk = key("state", index, "step");
       if (sd.scalars.count(sk)) {
+        have.emplace_back(index, 0u);
         const double step = scalar(sk);
         KILN_CHECK(step >= 0 && step == std::floor(step) && step < 9007199254740992.0, name_,
                    "load_state_dict: '{}' is {}, not a step count", sk, step);
@@ -255,6 +271,7 @@ void Optimizer::load_state_dict(const StateDict& sd) {
           const Tensor* found = sd.find(tk);
           if (!found) continue;
           used.insert(tk);
+          have.back().second |= 1u << k;
           const Tensor& t = *found;
           KILN_CHECK(t.defined() && t.is_floating_point(), name_, "load_state_dict: '{}' is not a float tensor", tk);
           KILN_CHECK(t.shape() == p.shape(), name_, "load_state_dict: '{}' has shape {} but parameter {} has shape {}",
@@ -279,6 +296,7 @@ void Optimizer::load_state_dict(const StateDict& sd) {
       }
       ++index;
     }
+    check_same_buffers(name_, have, gi, names);
   }
   for (const auto& [k, v] : sd.scalars)
     KILN_CHECK(used.count(k), name_,

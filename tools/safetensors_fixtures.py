@@ -95,7 +95,7 @@ def write_spec_fixture():
         "u64": {"dtype": "U64", "shape": [3, 1], "data_offsets": list(o["u64"])},
     }
     text = json.dumps(header, indent=2, ensure_ascii=True).encode()  # \u escapes, incl. a surrogate pair
-    text = b"\n " + text + b"\n  \t"  # JSON whitespace around the object
+    text = text + b"\n  \t\n "  # JSON whitespace after the object (the format requires '{' first)
     with open(os.path.join(OUT, "spec_written.safetensors"), "wb") as f:
         f.write(raw_file(text, data))
 
@@ -163,8 +163,9 @@ def bad_cases():
         ("header_len_max_u64", raw_file(b"{}", b"", n=2**64 - 1), "exceeds the limit"),
         ("header_past_eof", raw_file(b"{}", b"", n=1000), "runs past the end of the file"),
         ("header_len_zero", raw_file(b"", b"", n=0), "the header is empty"),
-        ("not_object", raw_file(b"[1,2]"), "must be a JSON object: expected '{', found '['"),
-        ("whitespace_only", raw_file(b"  "), "must be a JSON object: expected '{', found the end of the header"),
+        ("not_object", raw_file(b"[1,2]"), "the header must begin with '{', got byte 0x5b"),
+        ("whitespace_only", raw_file(b"  "), "the header must begin with '{', got byte 0x20"),
+        ("leading_whitespace", raw_file(b" {}"), "the header must begin with '{', got byte 0x20"),
         ("unclosed_object", raw_file(("{" + ok_entry).encode(), four), "expected ',' or '}'"),
         ("trailing_json", raw_file(b"{} x"), "after the header's JSON object"),
         ("nul_padding", raw_file(b"{}\0\0\0\0\0\0"), "byte 0x00"),

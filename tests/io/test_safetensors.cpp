@@ -2,6 +2,7 @@
 // safetensors and PyTorch (tools/safetensors_fixtures.py), the malformed corpus, and nn::save/load.
 #include <cmath>
 #include <cstdlib>
+#include <kiln/io/checksum.hpp>
 #include <kiln/io/safetensors_format.hpp>
 #include <limits>
 #include <set>
@@ -93,7 +94,9 @@ TEST_CASE("safetensors: the bytes kiln writes follow the format") {
   auto bytes = save_safetensors_to_buffer({{"a", a}, {"b", b}}, {{"k", "v"}});
   std::uint64_t n = le64(bytes, 0);
   std::string header(bytes.begin() + 8, bytes.begin() + 8 + static_cast<std::ptrdiff_t>(n));
-  std::string json = R"({"__metadata__":{"k":"v"},"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},)"
+  // kiln adds one CRC-32C per tensor (of the data bytes checked below) to the metadata
+  std::string json = R"({"__metadata__":{"k":"v","kiln.crc32c":"aa36f2c9 576c35e3"},)"
+                     R"("a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},)"
                      R"("b":{"dtype":"I64","shape":[1,1],"data_offsets":[8,16]}})";
   CHECK((8 + n) % 8 == 0);  // the data buffer is 8-byte aligned
   CHECK(header.substr(0, json.size()) == json);
@@ -103,6 +106,8 @@ TEST_CASE("safetensors: the bytes kiln writes follow the format") {
   std::vector<std::uint8_t> expect_a = {0, 0, 0x80, 0x3f, 0, 0, 0, 0xc0};  // 1.0f, -2.0f little-endian
   CHECK(std::vector<std::uint8_t>(data, data + 8) == expect_a);
   CHECK(le64(bytes, 8 + n + 8) == 3);
+  CHECK(io::detail::crc32c(data, 8) == 0xaa36f2c9u);
+  CHECK(io::detail::crc32c(data + 8, 8) == 0x576c35e3u);
 }
 
 TEST_CASE("safetensors: kiln-written golden files are stable (tools/safetensors_fixtures.py loads them in PyTorch)") {
