@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cmath>
+#include <mutex>
 #include <queue>
 #include <unordered_map>
 
@@ -24,7 +25,12 @@ AutogradMeta& meta(const Tensor& t) {
   return *impl->autograd;
 }
 
+// A leaf shared by threads (a module's parameter) gets one accumulator however many threads
+// record ops on it at once.
+std::mutex g_accumulator_mutex;
+
 std::shared_ptr<Node> grad_accumulator(const Tensor& t) {
+  std::lock_guard<std::mutex> lock(g_accumulator_mutex);
   AutogradMeta& m = meta(t);
   if (auto acc = m.grad_accumulator.lock()) return acc;
   auto acc = std::make_shared<AccumulateGrad>(t.impl_shared());
@@ -135,6 +141,8 @@ std::vector<Tensor> FunctionNode::apply(std::vector<Tensor>&& grad_outputs) {
 }
 
 std::vector<Tensor> AccumulateGrad::apply(std::vector<Tensor>&& grad_outputs) {
+  // Threads whose graphs share this leaf add into one .grad (and run its hooks) one at a time.
+  std::lock_guard<std::mutex> lock(mutex_);
   auto leaf = leaf_.lock();
   if (!leaf || !grad_outputs.at(0).defined()) return {};
   accumulate_into(leaf, grad_outputs[0], grad_enabled(), true);
@@ -294,12 +302,17 @@ class GraphTask {
       Node* node = ready.top();
       ready.pop();
       std::vector<Tensor> buf = take_buffer(node);
-      deliver_retained_and_captured(node, buf);
-      if (node->is_accumulator()) {
+      if (node->is_accumulator()) {  // it locks itself while adding into .grad
+        deliver_retained_and_captured(node, buf);
         if (!capture_mode_) node->apply(std::move(buf));
         continue;
       }
-      std::vector<Tensor> grads = call_node(node, std::move(buf));
+      std::vector<Tensor> grads;
+      {
+        std::lock_guard<std::mutex> lock(node->mutex());
+        deliver_retained_and_captured(node, buf);
+        grads = call_node(node, std::move(buf));
+      }
       for (std::size_t k = 0; k < grads.size(); ++k) {
         const Edge& e = node->next_edges[k];
         if (!e.valid()) continue;
@@ -479,6 +492,7 @@ void Tensor::retain_grad() const {
   auto& m = *impl_ptr()->autograd;
   if (m.retains_grad) return;
   m.retains_grad = true;
+  std::lock_guard<std::mutex> lock(m.grad_fn->mutex());
   m.grad_fn->retained.push_back({m.output_nr, impl_shared()});
 }
 

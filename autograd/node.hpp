@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <mutex>
 #include <vector>
 
 #include "../core/tensor.hpp"
@@ -72,10 +73,15 @@ class Node : public std::enable_shared_from_this<Node> {
   /// Saves a tensor for backward; returns its slot.
   std::size_t save(const Tensor& t, bool is_output = false);
   Tensor saved(std::size_t i);
+  /// Held while the engine runs or releases this node and while its retained list changes, so
+  /// backward calls on several threads through shared nodes (a shared module's accumulators, a
+  /// graph two threads run with retain_graph) take turns on each node.
+  std::mutex& mutex() { return mutex_; }
 
  protected:
   std::vector<SavedTensor> saved_;
   bool released_ = false;
+  std::mutex mutex_;
 };
 
 /// A node whose backward is a function (used by every built-in op).

@@ -1,0 +1,76 @@
+// Concurrent backward through shared modules (issue 11, item 3). .ci/run also runs these cases
+// under ThreadSanitizer (a build of just this file: KILN_SANITIZE_THREAD, KILN_TEST_PATTERN).
+// Shapes stay small so the kernels run on the calling thread (no OpenMP team per thread).
+#include <atomic>
+#include <thread>
+
+#include "test_util.hpp"
+
+using namespace kiln;
+
+namespace {
+constexpr int kThreads = 4;
+constexpr int kIters = 25;
+
+template <typename F>
+void run_threads(F&& body) {
+  std::vector<std::thread> ts;
+  for (int t = 0; t < kThreads; ++t) ts.emplace_back([&body, t] { body(t); });
+  for (auto& th : ts) th.join();
+}
+}  // namespace
+
+TEST_CASE("stress threads: concurrent backward through one shared Linear accumulates every gradient") {
+  nn::Linear l(nn::LinearOptions(64, 16));
+  // The gradient-ready hook and the end-of-backward callback fire once per backward per thread;
+  // the hook sees the .grad of its own backward completed (one at a time per leaf).
+  std::atomic<int> hooks{0}, callbacks{0};
+  auto handle = autograd::register_post_accumulate_grad_hook(l->weight, [&](const Tensor& w) {
+    CHECK(w.grad().defined());
+    hooks++;
+    autograd::queue_callback([&] { callbacks++; });
+  });
+  run_threads([&](int) {
+    for (int i = 0; i < kIters; ++i) l(ones({1, 64})).sum().backward();
+  });
+  CHECK(hooks.load() == kThreads * kIters);
+  CHECK(callbacks.load() == kThreads * kIters);
+  // d(sum(x W^T + b))/dW = 1 for every weight when x = 1, once per backward.
+  constexpr double n = kThreads * kIters;
+  CHECK(equal(l->weight.grad(), full({16, 64}, n)));
+  CHECK(equal(l->bias.grad(), full({16}, n)));
+}
+
+TEST_CASE("stress threads: per-thread graphs with retain_grad, autograd::grad and create_graph beside a shared model") {
+  nn::Sequential net(nn::Linear(nn::LinearOptions(8, 8)), nn::Tanh(), nn::Linear(nn::LinearOptions(8, 1)));
+  // One thread's step: torch.autograd.grad style (nothing accumulated) with create_graph, then a
+  // backward through the gradient penalty; returns the sum of the retained .grad of h.
+  auto step = [&](int t) {
+    Tensor x = full({2, 8}, 0.1 * (t + 1)).requires_grad_(true);
+    Tensor h = net->forward(x);
+    h.retain_grad();
+    Tensor loss = square(h).sum();
+    auto gx = autograd::grad({loss}, {x}, {}, /*retain_graph=*/true, /*create_graph=*/true);
+    (loss + square(gx[0]).sum()).backward();
+    return x.grad().defined() ? h.grad().sum().item<double>() : -1.0;
+  };
+  std::vector<double> seen(kThreads);
+  run_threads([&](int t) {
+    for (int i = 0; i < kIters; ++i) seen[t] = step(t);
+  });
+  // Each thread's result matches the same step run alone.
+  for (int t = 0; t < kThreads; ++t) CHECK(seen[t] == step(t));
+  for (const Tensor& p : net->parameters()) CHECK(p.grad().defined());
+}
+
+TEST_CASE("stress threads: threads run backward on one shared graph with retain_graph") {
+  Tensor w = full({4}, 2.0, TensorOptions(kFloat64).requires_grad(true));
+  Tensor shared = square(w) * 3.0;  // one graph, reached from every thread's root
+  run_threads([&](int t) {
+    for (int i = 0; i < kIters; ++i) (shared * static_cast<double>(t + 1)).sum().backward({}, true);
+  });
+  // d/dw sum((t+1) * 3 w^2) = 6 (t+1) w, summed over threads and iterations.
+  double scale = 0;
+  for (int t = 0; t < kThreads; ++t) scale += 6.0 * (t + 1) * kIters;
+  CHECK(equal(w.grad(), full({4}, scale * 2.0, kFloat64)));
+}
