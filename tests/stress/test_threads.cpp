@@ -1,5 +1,5 @@
-// Concurrent backward through shared modules (issue 11, item 3). .ci/run also runs these cases
-// under ThreadSanitizer (a build of just this file: KILN_SANITIZE_THREAD, KILN_TEST_PATTERN).
+// Concurrent backward through shared modules (issue 11, item 3). Also meant for ThreadSanitizer:
+// a build of just this file (-DKILN_SANITIZE_THREAD=ON -DKILN_TEST_PATTERN='stress/test_threads.cpp').
 // Shapes stay small so the kernels run on the calling thread (no OpenMP team per thread).
 #include <atomic>
 #include <thread>
