@@ -15,6 +15,9 @@ class Scalar {
   Scalar(T v) : kind_(DType::Int64), i_(static_cast<std::int64_t>(v)), d_(static_cast<double>(v)) {}
   template <typename T, std::enable_if_t<std::is_floating_point_v<T>, int> = 0>
   Scalar(T v) : kind_(DType::Float64), i_(static_cast<std::int64_t>(v)), d_(static_cast<double>(v)) {}
+  /// bfloat16 / float16 values are floating literals too (without this they would convert to bool).
+  template <typename T, std::enable_if_t<is_reduced_float_v<T>, int> = 0>
+  Scalar(T v) : Scalar(static_cast<double>(static_cast<float>(v))) {}
 
   /// DType::Bool, DType::Int64 or DType::Float64 (the kind of literal).
   DType kind() const { return kind_; }

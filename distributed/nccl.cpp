@@ -23,6 +23,8 @@ ncclDataType_t nccl_type(DType d) {
     case DType::Bool: return ncclUint8;
     case DType::Int64: return ncclInt64;
     case DType::Float32: return ncclFloat32;
+    case DType::BFloat16: return ncclBfloat16;
+    case DType::Float16: return ncclFloat16;
     case DType::Float64: break;
   }
   return ncclFloat64;

@@ -318,3 +318,13 @@ TEST_CASE("bfloat16 and float16: dtypes an op cannot take are errors naming the 
   for (const char* text : {"[add_]", "float32", "float16"})
     CHECK_KILN_ERROR(ones({2}, kFloat16).add_(ones({2}, kBFloat16)), text);
 }
+
+TEST_CASE("half: a bfloat16/float16 value passed as a Scalar stays a floating value") {
+  // Without its own constructor a BFloat16 converted to Scalar(bool): 2.5 became 1.
+  kiln::Scalar s(kiln::BFloat16(2.5f)), h(kiln::Half(-3.0f));
+  CHECK(s.is_floating());
+  CHECK(s.to_double() == 2.5);
+  CHECK(h.to_double() == -3.0);
+  Tensor x = kiln::full({3}, kiln::BFloat16(2.5f));
+  CHECK(x.to_vector<float>() == std::vector<float>{2.5f, 2.5f, 2.5f});
+}

@@ -22,7 +22,7 @@ using kiln::Tensor;
 
 namespace {
 
-const DType kDTypes[] = {kiln::kFloat32, kiln::kFloat64, kiln::kInt64, kiln::kBool};
+const DType kDTypes[] = {kiln::kFloat32, kiln::kFloat64, kiln::kInt64, kiln::kBool, kiln::kBFloat16, kiln::kFloat16};
 
 /// Rank r's element i: small integers (exact in every dtype and every sum), int64 beyond 2^32.
 double value(int r, std::int64_t i, DType d, int salt = 0) {
@@ -60,7 +60,8 @@ double reduce(ReduceOp op, DType d, const std::vector<double>& xs) {
 void expect(const Tensor& t, const std::vector<double>& want, DType d) {
   std::vector<double> got = t.to_vector<double>();
   REQUIRE(got.size() == want.size());
-  double tol = d == kiln::kFloat32 ? 1e-6 : d == kiln::kFloat64 ? 1e-14 : 0;
+  // 16-bit floats: the values and sums are small integers (exact); only avg rounds, to 8 or 11 bits.
+  double tol = d == kiln::kFloat32 ? 1e-6 : d == kiln::kFloat64 ? 1e-14 : d == kiln::kBFloat16 ? 4e-3 : d == kiln::kFloat16 ? 5e-4 : 0;
   std::size_t bad = 0, first = 0;
   for (std::size_t i = got.size(); i-- > 0;)
     if (!(std::abs(got[i] - want[i]) <= tol * std::max(1.0, std::abs(want[i])))) ++bad, first = i;
@@ -120,9 +121,9 @@ TEST_CASE("all_reduce against its definition") {
 TEST_CASE("all_reduce gives every rank the same bits") {
   // Rounding differs with the order of the additions; ranks that got different sums would train
   // diverging replicas. Random float values, then every rank's result compared with rank 0's.
-  for (DType d : {kiln::kFloat32, kiln::kFloat64}) {
+  for (DType d : {kiln::kFloat32, kiln::kFloat64, kiln::kBFloat16, kiln::kFloat16}) {
     kiln::Generator g(1234 + static_cast<std::uint64_t>(dist::rank()));
-    Tensor t = (kiln::randn({100003}, d, &g) * 1000.0).to(d);
+    Tensor t = (kiln::randn({100003}, kiln::kFloat64, &g) * 100.0).to(d);
     dist::all_reduce(t, ReduceOp::Avg);
     Tensor all = dist::all_gather(t);
     for (int r = 1; r < dist::world_size(); ++r) CHECK(kiln::equal(all.select(0, r), all.select(0, 0)));
