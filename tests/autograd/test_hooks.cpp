@@ -47,7 +47,9 @@ TEST_CASE("post_accumulate_grad_hook: registration order, removal, retain_graph 
   Tensor x = leaf64({1.0, -1.0});
   Log log;
   auto a = ag::register_post_accumulate_grad_hook(x, [&](const Tensor& t) {
-    log.push_back("a" + std::to_string(t.grad().to_vector<double>()[0]).substr(0, 3));
+    std::string entry = "a";  // appended, not "a" + ...: GCC 12 warns falsely on operator+ here
+    entry += std::to_string(t.grad().to_vector<double>()[0]).substr(0, 3);
+    log.push_back(entry);
   });
   auto b = ag::register_post_accumulate_grad_hook(x, [&](const Tensor&) { log.push_back("b"); });
   auto c = ag::register_post_accumulate_grad_hook(x, [&](const Tensor&) { log.push_back("c"); });
