@@ -422,7 +422,7 @@ std::vector<Tensor> run_backward(const std::vector<Tensor>& roots, const std::ve
                                  bool retain_graph, bool create_graph, const std::vector<Tensor>& inputs,
                                  bool allow_unused) {
   GradModeGuard mode(create_graph);
-  detail::BackwardCallbacks callbacks;  // autograd::queue_callback during this pass lands here
+  detail::BackwardCallbacks callbacks;        // autograd::queue_callback during this pass lands here
   kiln::detail::AutocastSuspend no_autocast;  // each gradient in the dtype its forward input had
   GraphTask task(retain_graph, create_graph, inputs);
   task.seed_roots(roots, root_grads);

@@ -61,7 +61,11 @@ void expect(const Tensor& t, const std::vector<double>& want, DType d) {
   std::vector<double> got = t.to_vector<double>();
   REQUIRE(got.size() == want.size());
   // 16-bit floats: the values and sums are small integers (exact); only avg rounds, to 8 or 11 bits.
-  double tol = d == kiln::kFloat32 ? 1e-6 : d == kiln::kFloat64 ? 1e-14 : d == kiln::kBFloat16 ? 4e-3 : d == kiln::kFloat16 ? 5e-4 : 0;
+  double tol = d == kiln::kFloat32    ? 1e-6
+               : d == kiln::kFloat64  ? 1e-14
+               : d == kiln::kBFloat16 ? 4e-3
+               : d == kiln::kFloat16  ? 5e-4
+                                      : 0;
   std::size_t bad = 0, first = 0;
   for (std::size_t i = got.size(); i-- > 0;)
     if (!(std::abs(got[i] - want[i]) <= tol * std::max(1.0, std::abs(want[i])))) ++bad, first = i;
