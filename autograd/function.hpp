@@ -13,6 +13,26 @@
 ///     }
 ///   };
 ///   auto y = Cube::apply(x);
+///
+/// Broadcast inputs: when forward broadcasts one input against another (x (B, T, D) * w (D)),
+/// the incoming gradient has the broadcast shape, and backward must reduce it to each input's
+/// own shape with kiln::sum_to_shape (what kiln's own ops do); a gradient of the wrong shape is
+/// an error: "[scale] backward returned a gradient of shape (2, 3, 4) for input 1 of shape (4,)".
+///
+///   struct Scale : kiln::autograd::Function<Scale> {
+///     static const char* name() { return "scale"; }
+///     static kiln::Tensor forward(kiln::autograd::Context& ctx, const kiln::Tensor& x, const kiln::Tensor& w) {
+///       ctx.save_for_backward({x, w});
+///       return x * w;
+///     }
+///     static std::vector<kiln::Tensor> backward(kiln::autograd::Context& ctx, const std::vector<kiln::Tensor>& g) {
+///       auto s = ctx.saved();
+///       return {kiln::sum_to_shape(g[0] * s[1], s[0].shape()), kiln::sum_to_shape(g[0] * s[0], s[1].shape())};
+///     }
+///   };
+///
+/// Check a Function with autograd::gradcheck (float64 inputs); nn/WRITING_LAYERS.md walks through
+/// a complete one inside a module.
 #include <any>
 #include <map>
 #include <string>

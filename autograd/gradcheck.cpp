@@ -30,14 +30,18 @@ std::vector<double> eval(const std::function<Tensor(const std::vector<Tensor>&)>
 
 bool gradcheck(const std::function<Tensor(const std::vector<Tensor>&)>& fn, const std::vector<Tensor>& inputs,
                const GradcheckOptions& opts) {
+  const auto& names = opts.input_names();
+  KILN_CHECK(names.empty() || names.size() == inputs.size(), "gradcheck", "{} input names for {} inputs", names.size(),
+             inputs.size());
+  auto name = [&](std::size_t i) { return names.empty() ? fmt::format("input {}", i) : names[i]; };
   std::vector<Tensor> checked;
   std::vector<std::size_t> which;
   for (std::size_t i = 0; i < inputs.size(); ++i) {
     const Tensor& t = inputs[i];
     if (!t.defined() || !t.requires_grad()) continue;
-    KILN_CHECK(t.dtype() == kFloat64, "gradcheck", "input {} is {}; gradcheck needs float64 inputs", i,
+    KILN_CHECK(t.dtype() == kFloat64, "gradcheck", "{} is {}; gradcheck needs float64 inputs", name(i),
                dtype_name(t.dtype()));
-    KILN_CHECK(t.device().is_cpu(), "gradcheck", "input {} is on {}; gradcheck runs on cpu", i, t.device().str());
+    KILN_CHECK(t.device().is_cpu(), "gradcheck", "{} is on {}; gradcheck runs on cpu", name(i), t.device().str());
     checked.push_back(t);
     which.push_back(i);
   }
@@ -58,7 +62,7 @@ bool gradcheck(const std::function<Tensor(const std::vector<Tensor>&)>& fn, cons
       for (std::size_t k = 0; k < checked.size(); ++k) {
         if (!gs[k].defined()) continue;
         KILN_CHECK(gs[k].shape() == checked[k].shape(), "gradcheck",
-                   "gradient for input {} has shape {} but the input has shape {}", which[k], shape_str(gs[k].shape()),
+                   "gradient for {} has shape {} but the input has shape {}", name(which[k]), shape_str(gs[k].shape()),
                    shape_str(checked[k].shape()));
         auto v = gs[k].to_vector<double>();
         for (std::size_t e = 0; e < v.size(); ++e) ana[k][j * v.size() + e] = v[e];
@@ -85,9 +89,9 @@ bool gradcheck(const std::function<Tensor(const std::vector<Tensor>&)>& fn, cons
             std::abs(an - num) <= opts.atol() + opts.rtol() * std::abs(num) || (std::isnan(an) && std::isnan(num));
         if (!ok) {
           if (!opts.raise_on_failure()) return false;
-          throw_error("gradcheck", fmt::format("Jacobian mismatch for input {} (shape {}) at output element {}, input "
+          throw_error("gradcheck", fmt::format("Jacobian mismatch for {} (shape {}) at output element {}, input "
                                                "element {}: analytical {:.8g} vs numerical {:.8g}",
-                                               which[k], shape_str(x.shape()), j, e, an, num));
+                                               name(which[k]), shape_str(x.shape()), j, e, an, num));
         }
       }
     }

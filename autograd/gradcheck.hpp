@@ -6,6 +6,7 @@
 /// false with raise_on_failure = false). Inputs are CPU float64 tensors; those
 /// with requires_grad are checked. fn must be deterministic.
 #include <functional>
+#include <string>
 #include <vector>
 
 #include "../core/arg.hpp"
@@ -22,6 +23,9 @@ struct GradcheckOptions {
   KILN_ARG(double, rtol) = 1e-3;
   /// Throw on the first mismatch (true) or return false.
   KILN_ARG(bool, raise_on_failure) = true;
+  /// Names for the inputs in error messages ("parameter fc1.weight"), one per input; empty =
+  /// "input <i>". nn::gradcheck (nn/gradcheck.hpp) fills it for a module's parameters.
+  KILN_ARG(std::vector<std::string>, input_names);
 };
 
 bool gradcheck(const std::function<Tensor(const std::vector<Tensor>&)>& fn, const std::vector<Tensor>& inputs,

@@ -5,7 +5,7 @@
 ///   namespace dist = kiln::distributed;
 ///   dist::InitGuard guard;
 ///   GPT model(cfg);
-///   dist::DistributedDataParallel ddp(*model);        // rank 0's weights everywhere, hooks set
+///   dist::DistributedDataParallel ddp(model);         // rank 0's weights everywhere, hooks set
 ///   optim::AdamW opt(model->parameters(), ...);
 ///   for (...) {
 ///     opt.zero_grad();
@@ -36,6 +36,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "../autograd/hooks.hpp"
@@ -87,6 +88,11 @@ class DistributedDataParallel {
   /// Checks the replicas agree, broadcasts rank 0's parameters and buffers, sets up the buckets
   /// and the gradient hooks. Collective over options.group().
   explicit DistributedDataParallel(const nn::Module& module, DDPOptions options = {});
+  /// The same from a module holder: `DistributedDataParallel ddp(model);`.
+  template <typename H>
+  requires nn::is_module_holder_v<H>
+  explicit DistributedDataParallel(const H& module, DDPOptions options = {})
+      : DistributedDataParallel(static_cast<const nn::Module&>(*module), std::move(options)) {}
   ~DistributedDataParallel();
   DistributedDataParallel(const DistributedDataParallel&) = delete;
   DistributedDataParallel& operator=(const DistributedDataParallel&) = delete;

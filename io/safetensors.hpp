@@ -27,6 +27,7 @@
 #include <cstdint>
 #include <map>
 #include <string>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -75,6 +76,17 @@ void save(const Module& module, const std::string& path, const std::map<std::str
 /// Loads a file written by nn::save (or by PyTorch's safetensors for a matching module) into
 /// `module` with Module::load_state_dict: strict by default, errors "[nn::load] <path>: ...".
 LoadStateDictResult load(Module& module, const std::string& path, bool strict = true);
+/// The same for a module holder: `nn::save(model, path)`, `nn::load(model, path)`.
+template <typename H>
+requires std::is_base_of_v<Module, typename H::ContainedType>
+void save(const H& holder, const std::string& path, const std::map<std::string, std::string>& metadata = {}) {
+  save(static_cast<const Module&>(*holder), path, metadata);
+}
+template <typename H>
+requires std::is_base_of_v<Module, typename H::ContainedType>
+auto load(const H& holder, const std::string& path, bool strict = true) {  // LoadStateDictResult
+  return load(static_cast<Module&>(*holder.ptr()), path, strict);
+}
 }  // namespace kiln::nn
 
 namespace kiln::io::detail {

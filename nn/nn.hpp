@@ -10,6 +10,7 @@
 #include "embedding.hpp"
 #include "feedforward.hpp"
 #include "functional.hpp"
+#include "gradcheck.hpp"
 #include "init.hpp"
 #include "kv_cache.hpp"
 #include "linear.hpp"

@@ -42,7 +42,7 @@ struct Flags {
   double lr = 1e-3;
   std::uint64_t seed = 0;
   int threads = 2;
-  std::string out;                 // folder for logs, plots and checkpoints ("" = write nothing)
+  std::string out = {};            // folder for logs, plots and checkpoints ("" = write nothing)
   std::int64_t eval_every = 0;     // 0 = about ten evaluations per run
   std::string precision = "fp32";  // fp32, bf16 or fp16 (mixed precision through kiln::autocast)
 };

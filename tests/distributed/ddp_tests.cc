@@ -223,7 +223,7 @@ TEST_CASE("zero1: state memory is sharded, checkpoints resume on any world size"
   const int world = dist::world_size(), me = dist::rank();
   Net model = make_net(kiln::kFloat64, 7);
   Net ref = make_net(kiln::kFloat64, 7);
-  dist::DistributedDataParallel ddp(*model);
+  dist::DistributedDataParallel ddp(model);  // the holder itself converts
   dist::ZeroRedundancyOptimizer zero(model->parameters(), adamw);
   auto ref_opt = adamw({optim::ParamGroup(ref->parameters())});
   auto train = [&](Net& net, auto& opt, int s, int ranks, int r) {

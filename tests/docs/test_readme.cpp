@@ -39,9 +39,9 @@ TEST_CASE("README: the short example trains a small MLP with AdamW and saves it"
   CHECK(last < 0.05f * first);
   CHECK(last < 0.02f);
   const std::string path = "readme_mlp.safetensors";
-  nn::save(*model, path);
+  nn::save(model, path);
   nn::Sequential again(nn::Linear(1, 32), nn::Tanh(), nn::Linear(32, 32), nn::Tanh(), nn::Linear(32, 1));
-  nn::load(*again, path);
+  nn::load(again, path);
   CHECK(kiln::max(kiln::abs(again(x) - model(x))).item<float>() == 0.0f);
   std::remove(path.c_str());
 }

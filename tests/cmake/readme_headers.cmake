@@ -1,0 +1,25 @@
+# Every public header is listed in its folder's README.md (the docs stay true as headers are
+# added). Run by CTest: cmake -D HEADERS_FILE=<one absolute path a line> -D SOURCE_DIR=<root> -P this.
+# A header in a subfolder without a README of its own (core/cuda/cuda.hpp) is looked up, by its
+# path from there, in the nearest README.md above it.
+file(STRINGS "${HEADERS_FILE}" headers)
+set(missing "")
+foreach(header IN LISTS headers)
+  get_filename_component(dir "${header}" DIRECTORY)
+  while(NOT EXISTS "${dir}/README.md" AND NOT dir STREQUAL SOURCE_DIR)
+    get_filename_component(dir "${dir}" DIRECTORY)
+  endwhile()
+  file(RELATIVE_PATH name "${dir}" "${header}")
+  file(READ "${dir}/README.md" readme)
+  string(FIND "${readme}" "${name}" at)
+  if(at EQUAL -1)
+    file(RELATIVE_PATH readme_path "${SOURCE_DIR}" "${dir}/README.md")
+    list(APPEND missing "${readme_path} does not list ${name}")
+  endif()
+endforeach()
+list(LENGTH headers count)
+if(missing)
+  list(JOIN missing "\n  " text)
+  message(FATAL_ERROR "public headers missing from their README:\n  ${text}")
+endif()
+message(STATUS "all ${count} public headers are listed in their folder's README.md")
