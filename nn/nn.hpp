@@ -4,6 +4,7 @@
 ///   nn::Sequential mlp(nn::Linear(4, 16), nn::GELU(), nn::Linear(16, 2));
 ///   fmt::print("{}\n", mlp);
 #include "activation.hpp"
+#include "any_module.hpp"
 #include "attention.hpp"
 #include "container.hpp"
 #include "dropout.hpp"

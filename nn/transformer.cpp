@@ -12,11 +12,25 @@ void check_layer_options(const TransformerLayerOptions& o, const char* op) {
   KILN_CHECK(o.dim_feedforward() >= 0, op, "dim_feedforward must be >= 0 (0 = 4 * d_model), got {}",
              o.dim_feedforward());
   KILN_CHECK(o.dropout() >= 0.0 && o.dropout() <= 1.0, op, "dropout must be in [0, 1], got {}", o.dropout());
-  KILN_CHECK(o.norm() != Norm::None, op, "norm must be Norm::LayerNorm or Norm::RMSNorm, got Norm::None");
+  if (!o.make_norm())
+    KILN_CHECK(o.norm() != Norm::None, op, "norm must be Norm::LayerNorm or Norm::RMSNorm, got Norm::None");
 }
 
-std::shared_ptr<Module> make_norm(const TransformerLayerOptions& o) {
-  return nn::make_norm(o.norm(), o.d_model(), o.norm_eps(), o.bias());
+// A block from the user's builder (which must not return an empty one) or the built-in default.
+template <typename Block, typename Builder, typename Default>
+Block build(const Builder& builder, const TransformerLayerOptions& o, const char* what, const char* op,
+            Default&& make_default) {
+  if (!builder) return Block(make_default());
+  Block b = builder(o);
+  KILN_CHECK(!b.is_empty(), op, "the {} builder returned an empty module", what);
+  return b;
+}
+
+NormModule make_layer_norm(const TransformerLayerOptions& o, const char* op) {
+  return build<NormModule>(o.make_norm(), o, "make_norm", op, [&]() -> NormModule {
+    if (o.norm() == Norm::RMSNorm) return RMSNorm(RMSNormOptions({o.d_model()}).eps(o.norm_eps()));
+    return LayerNorm(LayerNormOptions({o.d_model()}).eps(o.norm_eps()).bias(o.bias()));
+  });
 }
 
 MultiHeadAttention make_attention(const TransformerLayerOptions& o, std::optional<std::int64_t> kv_dim) {
@@ -58,18 +72,25 @@ std::string layer_repr(const TransformerLayerOptions& o) {
                      o.dropout(), to_string(o.activation()), o.norm_first(), to_string(o.norm()));
 }
 
+// Registers a block under `name` and returns it (the slot keeps the typed call).
+template <typename Block>
+Block add(Module& m, const char* name, Block block) {
+  m.register_module(name, block.ptr());
+  return block;
+}
+
 // One residual sub-block around fn (self-attention, cross-attention or the feed-forward):
 // x + dropout(fn(norm(x))) pre-norm, norm(x + dropout(fn(x))) post-norm.
 template <typename Fn>
-Tensor residual(const Tensor& x, bool norm_first, const std::shared_ptr<Module>& norm, Dropout& drop, Fn&& fn) {
-  if (norm_first) return x + drop(fn(apply_norm(norm, x)));
-  return apply_norm(norm, x + drop(fn(x)));
+Tensor residual(const Tensor& x, bool norm_first, const NormModule& norm, Dropout& drop, Fn&& fn) {
+  if (norm_first) return x + drop(fn(norm(x)));
+  return norm(x + drop(fn(x)));
 }
 
 // A stack's layers (registered under "layers", kept typed in `list`) and its final norm.
 template <typename Layer>
 void build_stack(Module& stack, const TransformerEncoderOptions& o, ModuleList& layers, std::vector<Layer>& list,
-                 std::shared_ptr<Module>& norm) {
+                 NormModule& norm, const char* op) {
   layers = stack.register_module("layers", ModuleList());
   list.clear();
   for (std::int64_t i = 0; i < o.num_layers(); ++i) {
@@ -77,21 +98,14 @@ void build_stack(Module& stack, const TransformerEncoderOptions& o, ModuleList& 
     layers->push_back(list.back());
   }
   norm = nullptr;
-  if (o.final_norm().value_or(o.layer().norm_first())) norm = stack.register_module("norm", make_norm(o.layer()));
+  if (o.final_norm().value_or(o.layer().norm_first())) norm = add(stack, "norm", make_layer_norm(o.layer(), op));
 }
 
-std::string stack_repr(const TransformerEncoderOptions& o, const std::shared_ptr<Module>& norm) {
-  return fmt::format("num_layers={}, final_norm={}", o.num_layers(), norm != nullptr);
+std::string stack_repr(const TransformerEncoderOptions& o, const NormModule& norm) {
+  return fmt::format("num_layers={}, final_norm={}", o.num_layers(), !norm.is_empty());
 }
 
 }  // namespace
-
-Tensor apply_norm(const std::shared_ptr<Module>& norm, const Tensor& x) {
-  if (auto* ln = dynamic_cast<LayerNormImpl*>(norm.get())) return ln->forward(x);
-  if (auto* rms = dynamic_cast<RMSNormImpl*>(norm.get())) return rms->forward(x);
-  KILN_CHECK(false, "apply_norm", "expected a LayerNorm or RMSNorm module, got {}", norm ? norm->name() : "null");
-  return x;
-}
 
 // ---------------------------------------------------------------- encoder layer
 TransformerEncoderLayerImpl::TransformerEncoderLayerImpl(const TransformerLayerOptions& options_)
@@ -101,10 +115,15 @@ TransformerEncoderLayerImpl::TransformerEncoderLayerImpl(const TransformerLayerO
 }
 
 void TransformerEncoderLayerImpl::reset() {
-  self_attn = register_module("self_attn", make_attention(options, std::nullopt));
-  ff = register_module("ff", make_ff(options));
-  norm1 = register_module("norm1", make_norm(options));
-  norm2 = register_module("norm2", make_norm(options));
+  const char* op = "TransformerEncoderLayer";
+  self_attn = add(*this, "self_attn",
+                  build<SelfAttentionModule>(options.make_self_attention(), options, "make_self_attention", op,
+                                             [&] { return make_attention(options, std::nullopt); }));
+  ff = add(*this, "ff", build<FeedForwardModule>(options.make_feedforward(), options, "make_feedforward", op, [&] {
+    return make_ff(options);
+  }));
+  norm1 = add(*this, "norm1", make_layer_norm(options, op));
+  norm2 = add(*this, "norm2", make_layer_norm(options, op));
   dropout1 = register_module("dropout1", make_dropout(options));
   dropout2 = register_module("dropout2", make_dropout(options));
 }
@@ -128,12 +147,19 @@ TransformerDecoderLayerImpl::TransformerDecoderLayerImpl(const TransformerLayerO
 }
 
 void TransformerDecoderLayerImpl::reset() {
-  self_attn = register_module("self_attn", make_attention(options, std::nullopt));
-  cross_attn = register_module("cross_attn", make_attention(options, options.memory_dim()));
-  ff = register_module("ff", make_ff(options));
-  norm1 = register_module("norm1", make_norm(options));
-  norm2 = register_module("norm2", make_norm(options));
-  norm3 = register_module("norm3", make_norm(options));
+  const char* op = "TransformerDecoderLayer";
+  self_attn = add(*this, "self_attn",
+                  build<SelfAttentionModule>(options.make_self_attention(), options, "make_self_attention", op,
+                                             [&] { return make_attention(options, std::nullopt); }));
+  cross_attn = add(*this, "cross_attn",
+                   build<CrossAttentionModule>(options.make_cross_attention(), options, "make_cross_attention", op,
+                                               [&] { return make_attention(options, options.memory_dim()); }));
+  ff = add(*this, "ff", build<FeedForwardModule>(options.make_feedforward(), options, "make_feedforward", op, [&] {
+    return make_ff(options);
+  }));
+  norm1 = add(*this, "norm1", make_layer_norm(options, op));
+  norm2 = add(*this, "norm2", make_layer_norm(options, op));
+  norm3 = add(*this, "norm3", make_layer_norm(options, op));
   dropout1 = register_module("dropout1", make_dropout(options));
   dropout2 = register_module("dropout2", make_dropout(options));
   dropout3 = register_module("dropout3", make_dropout(options));
@@ -166,14 +192,14 @@ TransformerEncoderImpl::TransformerEncoderImpl(const TransformerEncoderOptions& 
   reset();
 }
 
-void TransformerEncoderImpl::reset() { build_stack(*this, options, layers, layer_list, norm); }
+void TransformerEncoderImpl::reset() { build_stack(*this, options, layers, layer_list, norm, "TransformerEncoder"); }
 
 std::string TransformerEncoderImpl::extra_repr() const { return stack_repr(options, norm); }
 
 Tensor TransformerEncoderImpl::forward(const Tensor& src, const EncoderForward& f) {
   Tensor x = src;
   for (auto& l : layer_list) x = l(x, f);
-  return norm ? apply_norm(norm, x) : x;
+  return norm ? norm(x) : x;
 }
 
 TransformerDecoderImpl::TransformerDecoderImpl(const TransformerDecoderOptions& options_)
@@ -183,14 +209,14 @@ TransformerDecoderImpl::TransformerDecoderImpl(const TransformerDecoderOptions& 
   reset();
 }
 
-void TransformerDecoderImpl::reset() { build_stack(*this, options, layers, layer_list, norm); }
+void TransformerDecoderImpl::reset() { build_stack(*this, options, layers, layer_list, norm, "TransformerDecoder"); }
 
 std::string TransformerDecoderImpl::extra_repr() const { return stack_repr(options, norm); }
 
 Tensor TransformerDecoderImpl::forward(const Tensor& tgt, const Tensor& memory, const DecoderForward& f) {
   Tensor x = tgt;
   for (auto& l : layer_list) x = l(x, memory, f);
-  return norm ? apply_norm(norm, x) : x;
+  return norm ? norm(x) : x;
 }
 
 }  // namespace kiln::nn

@@ -14,12 +14,22 @@
 ///
 /// Parameter names: "layers.0.self_attn.q_proj.weight", "layers.0.ff.fc1.weight", "layers.0.norm1.weight",
 /// decoder "layers.0.cross_attn.k_proj.weight", final "norm.weight".
+///
+/// Your own blocks: the feed-forward, the attentions and the norms are built by the options'
+/// `make_*` builders when given (each call makes one fresh block, sized from the layer options),
+/// and registered under the same names ("ff", "self_attn", "norm1", ...):
+///   auto layer = nn::TransformerLayerOptions(512, 8).make_feedforward(
+///       [](const nn::TransformerLayerOptions& o) { return MySwiGLU(o.d_model(), 1376); });
+/// A feed-forward or norm is any module with `Tensor forward(const Tensor&)`; a self-attention
+/// takes `(const Tensor& x, const MhaForward& masks)`, a cross-attention `(x, memory, masks)`.
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
 #include <vector>
 
+#include "any_module.hpp"
 #include "container.hpp"
 #include "dropout.hpp"
 #include "feedforward.hpp"
@@ -28,6 +38,19 @@
 #include "normalization.hpp"
 
 namespace kiln::nn {
+
+struct TransformerLayerOptions;
+
+/// The blocks of a transformer layer, held by the call the layer makes (nn/any_module.hpp).
+using FeedForwardModule = AnyModule<Tensor(const Tensor&)>;  // (batch..., T, d_model) -> same
+using NormModule = AnyModule<Tensor(const Tensor&)>;
+using SelfAttentionModule = AnyModule<Tensor(const Tensor&, const MhaForward&)>;                  // x, masks
+using CrossAttentionModule = AnyModule<Tensor(const Tensor&, const Tensor&, const MhaForward&)>;  // x, memory, masks
+/// Builders of those blocks from a layer's options.
+using FeedForwardBuilder = std::function<FeedForwardModule(const TransformerLayerOptions&)>;
+using NormBuilder = std::function<NormModule(const TransformerLayerOptions&)>;
+using SelfAttentionBuilder = std::function<SelfAttentionModule(const TransformerLayerOptions&)>;
+using CrossAttentionBuilder = std::function<CrossAttentionModule(const TransformerLayerOptions&)>;
 
 /// Options of one encoder or decoder layer.
 struct TransformerLayerOptions {
@@ -60,6 +83,16 @@ struct TransformerLayerOptions {
   /// Random numbers for every initializer and dropout of the layer (null = the default
   /// generator); it must outlive the layer.
   KILN_ARG(Generator*, generator) = nullptr;
+  /// Your own blocks instead of the built-in ones (empty = FeedForward, MultiHeadAttention,
+  /// LayerNorm/RMSNorm from the options above). Each builder is called once per block: a layer
+  /// calls make_norm for each of its norms, a stack for each layer and its final norm. The
+  /// options above that only configure a replaced block (activation, gated, nhead, norm, ...)
+  /// are then the builder's to use or ignore.
+  KILN_ARG(FeedForwardBuilder, make_feedforward);
+  KILN_ARG(SelfAttentionBuilder, make_self_attention);
+  /// Decoder only.
+  KILN_ARG(CrossAttentionBuilder, make_cross_attention);
+  KILN_ARG(NormBuilder, make_norm);
 };
 using TransformerEncoderLayerOptions = TransformerLayerOptions;
 using TransformerDecoderLayerOptions = TransformerLayerOptions;
@@ -95,9 +128,11 @@ class TransformerEncoderLayerImpl : public Module {
   Tensor forward(const Tensor& src, const EncoderForward& f = {});
 
   TransformerLayerOptions options;
-  MultiHeadAttention self_attn{nullptr};
-  FeedForward ff{nullptr};
-  std::shared_ptr<Module> norm1, norm2;  // LayerNormImpl or RMSNormImpl
+  /// The blocks (MultiHeadAttention, FeedForward, LayerNorm/RMSNorm unless the options build
+  /// others): `layer->ff(x)`, `layer->ff->as<nn::FeedForward>()->fc1`.
+  SelfAttentionModule self_attn;
+  FeedForwardModule ff;
+  NormModule norm1, norm2;
   Dropout dropout1{nullptr}, dropout2{nullptr};
 };
 KILN_MODULE(TransformerEncoderLayer);
@@ -114,9 +149,10 @@ class TransformerDecoderLayerImpl : public Module {
   Tensor forward(const Tensor& tgt, const Tensor& memory, const DecoderForward& f = {});
 
   TransformerLayerOptions options;
-  MultiHeadAttention self_attn{nullptr}, cross_attn{nullptr};
-  FeedForward ff{nullptr};
-  std::shared_ptr<Module> norm1, norm2, norm3;
+  SelfAttentionModule self_attn;
+  CrossAttentionModule cross_attn;
+  FeedForwardModule ff;
+  NormModule norm1, norm2, norm3;
   Dropout dropout1{nullptr}, dropout2{nullptr}, dropout3{nullptr};
 };
 KILN_MODULE(TransformerDecoderLayer);
@@ -144,7 +180,7 @@ class TransformerEncoderImpl : public Module {
   TransformerEncoderOptions options;
   ModuleList layers{nullptr};
   std::vector<TransformerEncoderLayer> layer_list;  // the layers, typed
-  std::shared_ptr<Module> norm;                     // final norm or null
+  NormModule norm;                                  // final norm or empty
 };
 KILN_MODULE(TransformerEncoder);
 
@@ -158,11 +194,8 @@ class TransformerDecoderImpl : public Module {
   TransformerDecoderOptions options;
   ModuleList layers{nullptr};
   std::vector<TransformerDecoderLayer> layer_list;
-  std::shared_ptr<Module> norm;
+  NormModule norm;
 };
 KILN_MODULE(TransformerDecoder);
-
-/// Calls a LayerNormImpl or RMSNormImpl (what the transformer layers hold as norms).
-Tensor apply_norm(const std::shared_ptr<Module>& norm, const Tensor& x);
 
 }  // namespace kiln::nn

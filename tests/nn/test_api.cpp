@@ -114,7 +114,7 @@ TEST_CASE("nn::Activation chooses the feed-forward activation") {
   CHECK(allclose(ff(x), ff->fc2(gelu(ff->fc1(x), "tanh"))));
   CHECK(ff->extra_repr().find("activation=gelu_tanh") != std::string::npos);
   nn::TransformerEncoderLayer layer(nn::TransformerLayerOptions(4, 2).activation(nn::Activation::SiLU));
-  CHECK(layer->ff->options.activation() == nn::Activation::SiLU);
+  CHECK(layer->ff->as<nn::FeedForward>()->options.activation() == nn::Activation::SiLU);
   CHECK(layer->extra_repr().find("activation=silu") != std::string::npos);
   CHECK(nn::TransformerLayerOptions(4, 2).activation() == nn::Activation::ReLU);  // PyTorch's default
   CHECK(nn::FeedForwardOptions(4).activation() == nn::Activation::GELU);

@@ -21,8 +21,6 @@ M make64(M m, std::uint64_t seed = 3) {
   return m;
 }
 
-Tensor norm_of(const std::shared_ptr<nn::Module>& n, const Tensor& x) { return nn::apply_norm(n, x); }
-
 }  // namespace
 
 TEST_CASE("transformer: layer and stack shapes, any leading batch dims") {
@@ -32,7 +30,7 @@ TEST_CASE("transformer: layer and stack shapes, any leading batch dims") {
   kt::expect_shape(enc(randn({5, 8})), {5, 8});
   nn::TransformerDecoderLayer dec(L(8, 2).memory_dim(6).num_kv_heads(1));
   kt::expect_shape(dec(randn({2, 4, 8}), randn({2, 7, 6})), {2, 4, 8});
-  kt::expect_shape(dec->cross_attn->k_proj->weight, {4, 6});
+  kt::expect_shape(dec->cross_attn->as<nn::MultiHeadAttention>()->k_proj->weight, {4, 6});
   nn::TransformerEncoder stack(
       nn::TransformerEncoderOptions(L(8, 2).norm(nn::Norm::RMSNorm).gated(true).activation(nn::Activation::SiLU), 3));
   kt::expect_shape(stack(randn({2, 5, 8}), nn::EncoderForward().key_padding(tensor({5, 2}))), {2, 5, 8});
@@ -51,11 +49,11 @@ TEST_CASE("transformer: encoder layer equals the composition of its modules (pos
     nn::MhaForward mf = nn::MhaForward().key_padding(tensor({5, 3})).is_causal(true);
     Tensor want;
     if (pre) {
-      Tensor h = x + layer->self_attn(norm_of(layer->norm1, x), mf);
-      want = h + layer->ff(norm_of(layer->norm2, h));
+      Tensor h = x + layer->self_attn(layer->norm1(x), mf);
+      want = h + layer->ff(layer->norm2(h));
     } else {
-      Tensor h = norm_of(layer->norm1, x + layer->self_attn(x, mf));
-      want = norm_of(layer->norm2, h + layer->ff(h));
+      Tensor h = layer->norm1(x + layer->self_attn(x, mf));
+      want = layer->norm2(h + layer->ff(h));
     }
     CHECK(max_abs_diff(layer(x, f), want) == 0.0);
     // the PyTorch structure: post-norm output rows are normalized
@@ -80,13 +78,13 @@ TEST_CASE("transformer: decoder layer equals the composition of its modules (pos
     nn::MhaForward sf = nn::MhaForward().is_causal(true), cf = nn::MhaForward().key_padding(tensor({6, 4}));
     Tensor want;
     if (pre) {
-      Tensor h = x + layer->self_attn(norm_of(layer->norm1, x), sf);
-      h = h + layer->cross_attn(norm_of(layer->norm2, h), mem, cf);
-      want = h + layer->ff(norm_of(layer->norm3, h));
+      Tensor h = x + layer->self_attn(layer->norm1(x), sf);
+      h = h + layer->cross_attn(layer->norm2(h), mem, cf);
+      want = h + layer->ff(layer->norm3(h));
     } else {
-      Tensor h = norm_of(layer->norm1, x + layer->self_attn(x, sf));
-      h = norm_of(layer->norm2, h + layer->cross_attn(h, mem, cf));
-      want = norm_of(layer->norm3, h + layer->ff(h));
+      Tensor h = layer->norm1(x + layer->self_attn(x, sf));
+      h = layer->norm2(h + layer->cross_attn(h, mem, cf));
+      want = layer->norm3(h + layer->ff(h));
     }
     CHECK(max_abs_diff(layer(x, mem, f), want) == 0.0);
   }
