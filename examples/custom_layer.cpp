@@ -6,7 +6,8 @@
 //   3. gradcheck of both in float64 (the Function alone, then the module's parameters);
 //   4. a short training run that must reach its target: a regressor of products of inputs,
 //      which no linear model can fit (explained variance must pass 0.95 on held-out data);
-//   5. a checkpoint of the trained model written and read back.
+//   5. a checkpoint of the trained model written and read back;
+//   6. the same SwiGLU plugged into nn::TransformerEncoderLayer as its feed-forward, gradchecked.
 //
 //   build/examples/custom_layer                  # under a second
 //   build/examples/custom_layer --steps 600 --out runs/custom
@@ -195,5 +196,18 @@ int main(int argc, char** argv) {
     if (r2_restored != r2) throw examples::UsageError("the restored model does not reproduce the trained one");
     if (!(r2 >= target)) throw examples::UsageError(fmt::format("explained variance {:.3f} < {}", r2, target));
     fmt::print("target reached\n");
+
+    // ---- 6. the same layer as a transformer block's feed-forward --------------------------------
+    // The builder is called once per layer; the block is registered as "ff" like the built-in one.
+    nn::TransformerEncoderLayer encoder(nn::TransformerLayerOptions(8, 2).dropout(0).make_feedforward(
+        [](const nn::TransformerLayerOptions& o) { return SwiGLU(o.d_model(), 2 * o.d_model()); }));
+    encoder->to(kFloat64);
+    Tensor tokens = randn({2, 3, 8}, kFloat64).requires_grad_();
+    nn::gradcheck(encoder, [&](const std::vector<Tensor>& in) { return encoder(in[0]); }, {tokens});
+    if (!encoder->state_dict().contains("ff.w_gate"))
+      throw examples::UsageError("the SwiGLU block is not registered as the layer's \"ff\"");
+    fmt::print(
+        "TransformerEncoderLayer with a SwiGLU feed-forward (ff.w_gate, ff.w_up, ff.w_down, ff.beta): "
+        "gradcheck passed\n");
   });
 }
