@@ -1,9 +1,15 @@
 // Tensor member functions that compute: thin forwards to the ops.
 #include <fmt/format.h>
 
+#include "node.hpp"
 #include "ops.hpp"
 
 namespace kiln {
+
+namespace autograd {
+// For Tensor::str() in core/format.cpp, which cannot see autograd's Node.
+const char* grad_fn_name(const Tensor& t) { return t.grad_fn() ? t.grad_fn()->name() : ""; }
+}  // namespace autograd
 
 Tensor Tensor::view(const Shape& s) const { return kiln::view(*this, s); }
 Tensor Tensor::reshape(const Shape& s) const { return kiln::reshape(*this, s); }

@@ -3,10 +3,16 @@
 #include <algorithm>
 #include <cmath>
 #include <functional>
+#include <ostream>
 #include <string>
 #include <vector>
 
 namespace kiln {
+
+namespace autograd {
+const char* grad_fn_name(const Tensor& t);  // autograd/tensor_methods.cpp: the op that made t
+}
+
 namespace {
 
 constexpr std::int64_t kSummarizeOver = 1000;  // NumPy's threshold
@@ -115,9 +121,12 @@ std::string Tensor::str() const {
   if (numel() == 0) body = "[]";
   else p.rec(body, 0, 0, 7);
   std::string extra;
-  if (requires_grad()) extra = ", requires_grad=true";
+  if (!is_leaf()) extra = fmt::format(", grad_fn=<{}>", autograd::grad_fn_name(*this));
+  else if (requires_grad()) extra = ", requires_grad=true";
   return fmt::format("tensor({}, shape={}, dtype={}, device={}{})", body, shape_str(shape()), dtype_name(dtype()),
                      device().str(), extra);
 }
+
+std::ostream& operator<<(std::ostream& os, const Tensor& t) { return os << t.str(); }
 
 }  // namespace kiln

@@ -371,16 +371,6 @@ template Tensor tensor<std::int64_t>(const std::vector<std::int64_t>&, const Sha
 template Tensor tensor<float>(const std::vector<float>&, const Shape&, TensorOptions);
 template Tensor tensor<double>(const std::vector<double>&, const Shape&, TensorOptions);
 
-Tensor tensor(std::initializer_list<double> v, TensorOptions o) { return tensor(std::vector<double>(v), {}, o); }
-Tensor tensor(std::initializer_list<float> v, TensorOptions o) { return tensor(std::vector<float>(v), {}, o); }
-Tensor tensor(std::initializer_list<std::int64_t> v, TensorOptions o) {
-  return tensor(std::vector<std::int64_t>(v), {}, o);
-}
-Tensor tensor(std::initializer_list<int> v, TensorOptions o) {
-  return tensor(std::vector<std::int64_t>(v.begin(), v.end()), {}, o);
-}
-Tensor tensor(std::initializer_list<bool> v, TensorOptions o) { return tensor(std::vector<bool>(v), {}, o); }
-
 Tensor arange(const Scalar& end) { return arange(0, end, 1); }
 Tensor arange(const Scalar& start, const Scalar& end, const Scalar& step) {
   bool fl = start.is_floating() || end.is_floating() || step.is_floating();

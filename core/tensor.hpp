@@ -6,8 +6,10 @@
 ///   row.fill_(7);                // visible in x
 /// Differentiable ops live in autograd/ops.hpp; the member functions below that
 /// compute something forward to them.
+#include <cstddef>
 #include <cstdint>
 #include <initializer_list>
+#include <iosfwd>
 #include <memory>
 #include <string>
 #include <vector>
@@ -29,6 +31,9 @@ struct LeafHooks;
 
 class Tensor;
 struct TensorImpl;
+class TensorIndex;  // core/indexing.hpp
+template <typename T, std::size_t N>
+class TensorAccessor;  // core/accessor.hpp
 
 /// What a factory builds: `TensorOptions().dtype(kFloat64).requires_grad(true)`.
 /// A DType or a Device converts implicitly: `zeros({2}, kInt64)`.
@@ -164,6 +169,21 @@ class Tensor {
   Tensor abs() const;
   Tensor matmul(const Tensor& other) const;
 
+  // ---- indexing (TensorIndex, Slice, None, Ellipsis: core/indexing.hpp) ----
+  /// Python's x[0:2, 1, None, ...] is `x.index({Slice(0, 2), 1, None, Ellipsis})`. Integers,
+  /// slices, None and Ellipsis give a view; bool and int64 index tensors copy (advanced indexing).
+  Tensor index(std::initializer_list<TensorIndex> indices) const;
+  Tensor index(const std::vector<TensorIndex>& indices) const;
+  /// x[indices] = value (broadcast; `accumulate` adds instead, duplicates included). Recorded
+  /// by autograd (gradient to value and to a non-leaf x); a leaf that requires grad refuses.
+  Tensor& index_put_(std::initializer_list<TensorIndex> indices, const Tensor& value, bool accumulate = false);
+  Tensor& index_put_(const std::vector<TensorIndex>& indices, const Tensor& value, bool accumulate = false);
+  Tensor& index_put_(std::initializer_list<TensorIndex> indices, const Scalar& value, bool accumulate = false);
+  Tensor& index_put_(const std::vector<TensorIndex>& indices, const Scalar& value, bool accumulate = false);
+  /// `a[i][j]` element access to a CPU tensor of dtype T and N dims (core/accessor.hpp).
+  template <typename T, std::size_t N>
+  TensorAccessor<T, N> accessor() const;
+
   // ---- in-place (not tracked by autograd; bump the version counter) ----
   Tensor& fill_(const Scalar& v);
   Tensor& zero_() { return fill_(0); }
@@ -185,6 +205,26 @@ class Tensor {
 
 /// `x + y` etc. are declared in autograd/ops.hpp.
 
+/// Prints t as str() does (values summarised with ... when large, shape, dtype, device,
+/// grad_fn or requires_grad): `std::cout << kiln::arange(3);`.
+std::ostream& operator<<(std::ostream& os, const Tensor& t);
+
+/// A braced list of numbers nested to any depth: what `kiln::tensor({{1, 2}, {3, 4}})` takes.
+class NestedList {
+ public:
+  template <typename T, std::enable_if_t<std::is_arithmetic_v<T> || is_reduced_float_v<T>, int> = 0>
+  NestedList(T v) : value_(v) {}
+  NestedList(std::initializer_list<NestedList> items) : items_(items), is_list_(true) {}
+  bool is_list() const { return is_list_; }
+  const Scalar& value() const { return value_; }
+  const std::vector<NestedList>& items() const { return items_; }
+
+ private:
+  Scalar value_;
+  std::vector<NestedList> items_;
+  bool is_list_ = false;
+};
+
 // ---- factories ----
 Tensor empty(const Shape& shape, TensorOptions opts = {});
 Tensor zeros(const Shape& shape, TensorOptions opts = {});
@@ -201,11 +241,13 @@ Tensor scalar_tensor(const Scalar& v, TensorOptions opts = {});
 template <typename T>
 Tensor tensor(const std::vector<T>& values, const Shape& shape = {},
               TensorOptions opts = TensorOptions(dtype_of<T>::value));
-Tensor tensor(std::initializer_list<double> values, TensorOptions opts = {});
-Tensor tensor(std::initializer_list<float> values, TensorOptions opts = {});
-Tensor tensor(std::initializer_list<std::int64_t> values, TensorOptions opts = TensorOptions(kInt64));
-Tensor tensor(std::initializer_list<int> values, TensorOptions opts = TensorOptions(kInt64));
-Tensor tensor(std::initializer_list<bool> values, TensorOptions opts = TensorOptions(kBool));
+/// From braced lists nested to any depth: `tensor({1.5, 2})` is (2,) float32, `tensor({{1, 2}, {3, 4}})`
+/// (2, 2) int64. The dtype follows PyTorch's torch.tensor: all bool -> bool, integers (and bools)
+/// -> int64, any floating value -> float32 (the default dtype); with options, their dtype (floats
+/// truncate into integers). Ragged lists throw kiln::Error naming the position. One overload takes
+/// every depth, so `tensor({{1}, {2}})` is (2, 1), not a flat list.
+Tensor tensor(std::initializer_list<NestedList> values);
+Tensor tensor(std::initializer_list<NestedList> values, TensorOptions opts);
 Tensor empty_like(const Tensor& t);
 Tensor zeros_like(const Tensor& t);
 Tensor ones_like(const Tensor& t);
