@@ -23,7 +23,6 @@
 #include "common/common.hpp"
 #include "common/data.hpp"
 #include "common/data_parallel.hpp"
-#include "common/plot.hpp"
 
 using namespace kiln;
 
@@ -302,17 +301,14 @@ double validate(CharGPT& model, const Corpus& corpus, const Config& c, const exa
   return total / batches;
 }
 
-// The PNG loss curve next to the CSV log (with --out).
-void write_loss_chart(const examples::Flags& flags, const examples::CsvLog& log, double baseline,
-                      const std::string& ckpt) {
-  if (flags.out.empty() || log.rows().empty()) return;
-  examples::LineChart chart;
-  chart.add(log.column(0), log.column(1), {31, 119, 180});  // blue: training loss
-  chart.add(log.column(0), log.column(2), {255, 127, 14});  // orange: validation loss
-  chart.hline(baseline, {150, 150, 150});                   // grey dashes: unigram baseline
-  chart.write_png(examples::out_path(flags, "charlm_loss.png"));
-  fmt::print("wrote {}, {} (blue: training loss, orange: validation, grey: unigram baseline) and {}\n",
-             examples::out_path(flags, "charlm_log.csv"), examples::out_path(flags, "charlm_loss.png"), ckpt);
+// The loss curves with the unigram baseline, next to the CSV log (with --out).
+void write_loss_chart(const examples::Flags& flags, const examples::RunLog& log, double baseline) {
+  if (log.metrics.rows().empty()) return;
+  io::LineChart chart("charlm: character-level GPT", "step", "cross-entropy (nats/char)");
+  chart.add("training loss", log.metrics.column("step"), log.metrics.column("train_loss"));
+  chart.add("validation loss", log.metrics.column("step"), log.metrics.column("val_loss"));
+  chart.hline("unigram baseline", baseline);
+  examples::write_chart(flags, chart, "charlm_loss.png", "loss chart, PNG");
 }
 
 // Steps [first_step, last_step] with evaluations, log rows and checkpoints every eval interval;
@@ -321,7 +317,7 @@ double train(Trainer& tr, const Config& c, const Corpus& corpus, std::int64_t fi
              const examples::Timer& wall, Device dev, const examples::DataParallel& dp) {
   const examples::Flags& flags = c.flags;
   const std::string ckpt = examples::out_path(flags, "charlm.ckpt");
-  examples::CsvLog log(examples::out_path(flags, "charlm_log.csv"), {"step", "train_loss", "val_loss", "lr"},
+  examples::RunLog log(flags, "charlm", {"step", "train_loss", "val_loss", "unigram", "lr", "seconds"},
                        /*resume_before=*/double(first_step));
   examples::Progress progress(flags.steps, 0, first_step - 1);
   const std::int64_t eval_every = examples::eval_interval(flags);
@@ -345,9 +341,7 @@ double train(Trainer& tr, const Config& c, const Corpus& corpus, std::int64_t fi
       loss_sum = 0, loss_count = 0;
       val_loss = validate(tr.model, corpus, c, tr.precision, dev);
       progress.note(
-          fmt::format("step {:5d}  train loss {:.3f}  val loss {:.3f}  (unigram {:.3f})  lr {:.2e}  ({:.0f} s)", step,
-                      train_loss, val_loss, corpus.baseline, tr.schedule.get_last_lr()[0], wall.seconds()));
-      log.row({double(step), train_loss, val_loss, tr.schedule.get_last_lr()[0]});
+          log.row({double(step), train_loss, val_loss, corpus.baseline, tr.schedule.get_last_lr()[0], wall.seconds()}));
       if (!ckpt.empty())
         io::save_checkpoint(ckpt, tr.state, step,
                             {{"vocab", corpus.vocab.hex()},
@@ -356,7 +350,9 @@ double train(Trainer& tr, const Config& c, const Corpus& corpus, std::int64_t fi
     }
   }
   progress.finish();
-  write_loss_chart(flags, log, corpus.baseline, ckpt);
+  log.close();
+  if (!ckpt.empty() && last_step >= first_step) examples::announce(ckpt, "checkpoint: --resume " + ckpt);
+  write_loss_chart(flags, log, corpus.baseline);
   return val_loss;
 }
 

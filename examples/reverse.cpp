@@ -14,7 +14,6 @@
 #include <kiln/optim/optim.hpp>
 #include "common/common.hpp"
 #include "common/data_parallel.hpp"
-#include "common/plot.hpp"
 
 using namespace kiln;
 
@@ -152,8 +151,7 @@ int main(int argc, char** argv) {
                length, layers, dim, heads, examples::count_str(model->num_parameters()), flags.batch, flags.steps,
                dev.str(), precision.name());
 
-    examples::CsvLog log(examples::out_path(flags, "reverse_log.csv"),
-                         {"step", "train_loss", "test_loss", "test_exact"});
+    examples::RunLog log(flags, "reverse", {"step", "train_loss", "test_loss", "token_acc", "test_exact", "seconds"});
     examples::Progress progress(flags.steps);
     const std::int64_t eval_every = examples::eval_interval(flags);
     double loss_sum = 0;  // training loss summed since the last evaluation
@@ -182,13 +180,17 @@ int main(int argc, char** argv) {
           auto mixed = precision.autocast();
           last = evaluate(model, test, dev);
         }
-        progress.note(
-            fmt::format("step {:5d}  train loss {:.4f}  test loss {:.4f}  token acc {:.4f}  exact {:.4f}  ({:.1f} s)",
-                        step, train_loss, last.loss, last.token_acc, last.exact, wall.seconds()));
-        log.row({double(step), train_loss, last.loss, last.exact});
+        progress.note(log.row({double(step), train_loss, last.loss, last.token_acc, last.exact, wall.seconds()}));
       }
     }
     progress.finish();
+    log.close();
+    if (!log.metrics.rows().empty()) {
+      io::LineChart chart("reverse: digit sequences", "step", "cross-entropy (nats/token)");
+      chart.add("training loss", log.metrics.column("step"), log.metrics.column("train_loss"));
+      chart.add("test loss", log.metrics.column("step"), log.metrics.column("test_loss"));
+      examples::write_chart(flags, chart, "reverse_loss.png", "loss chart, PNG");
+    }
 
     // A few decoded examples, then the headline number (the evaluation after the last step).
     Tensor shown = test.input.slice(0, 0, 3).slice(1, 0, length);

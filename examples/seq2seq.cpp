@@ -19,7 +19,6 @@
 
 #include <kiln/optim/optim.hpp>
 #include "common/common.hpp"
-#include "common/plot.hpp"
 
 using namespace kiln;
 
@@ -243,7 +242,7 @@ int main(int argc, char** argv) {
                dim, heads, examples::count_str(model->num_parameters()), flags.batch, flags.steps, dev.str());
     fmt::print("  e.g. \"{}\" -> {}\n", words_of(spell(test_numbers[0])), test_numbers[0]);
 
-    examples::CsvLog log(examples::out_path(flags, "seq2seq_log.csv"), {"step", "train_loss", "test_exact"});
+    examples::RunLog log(flags, "seq2seq", {"step", "train_loss", "test_exact", "seconds"});
     examples::Progress progress(flags.steps);
     const std::int64_t eval_every = examples::eval_interval(flags);
     double loss_sum = 0;  // training loss summed since the last evaluation
@@ -267,12 +266,20 @@ int main(int argc, char** argv) {
         const double train_loss = loss_sum / loss_count;
         loss_sum = 0, loss_count = 0;
         double exact = exact_match(model, test, precision, !no_cache);
-        progress.note(fmt::format("step {:5d}  train loss {:.4f}  held-out exact match {:.4f}  ({:.1f} s)", step,
-                                  train_loss, exact, wall.seconds()));
-        log.row({double(step), train_loss, exact});
+        progress.note(log.row({double(step), train_loss, exact, wall.seconds()}));
       }
     }
     progress.finish();
+    log.close();
+    if (!log.metrics.rows().empty()) {
+      const auto steps = log.metrics.column("step");
+      io::LineChart loss("seq2seq: number words to digits", "step", "cross-entropy (nats/token)");
+      loss.add("training loss", steps, log.metrics.column("train_loss"));
+      examples::write_chart(flags, loss, "seq2seq_loss.png", "loss chart, PNG");
+      io::LineChart exact("seq2seq: number words to digits", "step", "exact-match accuracy");
+      exact.add("held-out numbers", steps, log.metrics.column("test_exact"));
+      examples::write_chart(flags, exact, "seq2seq_accuracy.png", "accuracy chart, PNG");
+    }
 
     // Some translations of numbers never seen in training, and a few special ones.
     Batch show = make_batch({test_numbers[0], test_numbers[1], test_numbers[2], 0, 7, 19, 100, 1000, 999999}, dev);

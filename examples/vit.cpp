@@ -18,7 +18,6 @@
 #include <kiln/optim/optim.hpp>
 #include "common/common.hpp"
 #include "common/data.hpp"
-#include "common/plot.hpp"
 
 using namespace kiln;
 
@@ -161,7 +160,7 @@ int main(int argc, char** argv) {
       return std::pair{index_select(train.images, 0, idx).to(dev), index_select(train.labels, 0, idx).to(dev)};
     };
 
-    examples::CsvLog log(examples::out_path(flags, "vit_log.csv"), {"step", "train_loss", "train_acc", "test_acc"});
+    examples::RunLog log(flags, "vit", {"step", "train_loss", "train_acc", "test_acc", "seconds"});
     examples::Progress progress(flags.steps);
     const std::int64_t eval_every = examples::eval_interval(flags);
     double loss_sum = 0, right = 0, seen = 0, test_acc = 0;
@@ -186,24 +185,27 @@ int main(int argc, char** argv) {
         auto mixed = precision.autocast();
         test_pred = predict(model, test, dev);
         test_acc = accuracy(test_pred, test);
-        progress.note(fmt::format("step {:5d}  train loss {:.3f}  train acc {:.3f}  test acc {:.4f}  ({:.0f} s)", step,
-                                  loss_sum / loss_count, right / seen, test_acc, wall.seconds()));
-        log.row({double(step), loss_sum / loss_count, right / seen, test_acc});
+        progress.note(log.row({double(step), loss_sum / loss_count, right / seen, test_acc, wall.seconds()}));
         loss_sum = right = seen = 0, loss_count = 0;
       }
     }
     progress.finish();
+    log.close();
 
     // Per-class test accuracy shows which clothes are hard to tell apart.
     auto labels = test.labels.to_vector<std::int64_t>();
     std::array<int, 10> hit{}, count{};
     for (std::size_t i = 0; i < labels.size(); ++i) count[labels[i]]++, hit[labels[i]] += test_pred[i] == labels[i];
     for (int c = 0; c < 10; ++c) fmt::print("  {:<12} {:.3f}\n", kClasses[c], double(hit[c]) / std::max(1, count[c]));
-    if (!flags.out.empty() && !log.rows().empty()) {
-      examples::LineChart chart;
-      chart.add(log.column(0), log.column(2), {31, 119, 180});  // blue: training accuracy
-      chart.add(log.column(0), log.column(3), {255, 127, 14});  // orange: test accuracy
-      chart.write_png(examples::out_path(flags, "vit_accuracy.png"));
+    if (!log.metrics.rows().empty()) {
+      const auto steps = log.metrics.column("step");
+      io::LineChart loss("vit: Fashion-MNIST", "step", "cross-entropy (nats)");
+      loss.add("training loss", steps, log.metrics.column("train_loss"));
+      examples::write_chart(flags, loss, "vit_loss.png", "loss chart, PNG");
+      io::LineChart acc("vit: Fashion-MNIST", "step", "accuracy");
+      acc.add("training accuracy", steps, log.metrics.column("train_acc"));
+      acc.add("test accuracy", steps, log.metrics.column("test_acc"));
+      examples::write_chart(flags, acc, "vit_accuracy.png", "accuracy chart, PNG");
     }
     fmt::print("trained in {:.1f} s\n", wall.seconds());
     fmt::print("test accuracy: {:.4f}\n", test_acc);  // after the last step

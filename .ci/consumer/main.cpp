@@ -6,5 +6,11 @@ int main() {
   auto loss = kiln::matmul(x, w).pow(2).mean();
   loss.backward();
   fmt::print("consumer ok: loss {:.4f}, grad shape {}\n", loss.item<float>(), kiln::shape_str(w.grad().shape()));
+  // The run-log API links from an installed kiln too (Cairo travels in kiln's link interface).
+  kiln::io::MetricsLog log("", {"step", "loss"});
+  fmt::print("{}; charts {}\n", log.row({1, loss.item<double>()}),
+             kiln::io::charts_available() ? "available" : "not built");
+  if (kiln::io::charts_available())
+    kiln::io::LineChart("consumer", "step", "loss").add("loss", {0, 1}, {2, 1}).write_png("consumer_chart.png");
   return w.grad().shape() == kiln::Shape{3, 2} ? 0 : 1;
 }

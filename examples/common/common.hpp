@@ -1,6 +1,7 @@
 #pragma once
 /// Small helpers shared by the example programs, so that each example file is about its model:
-/// the common command-line flags, error reporting, a timer and a progress display.
+/// the common command-line flags, error reporting, a timer, and the run's logs (kiln::io's
+/// Progress, MetricsLog, SummaryWriter and LineChart, written under --out and announced).
 ///
 ///   CLI::App app{"what this program does"};
 ///   examples::Flags flags{.steps = 2000, .batch = 64, .lr = 1e-3};
@@ -8,6 +9,7 @@
 ///   return examples::run(app, argc, argv, [&] {
 ///     Device dev = examples::setup(flags);        // threads, seed, device check
 ///     examples::Precision precision(flags, dev);  // --precision fp32 | bf16 | fp16
+///     examples::RunLog log(flags, "demo", {"step", "train_loss"});
 ///     examples::Progress bar(flags.steps);
 ///     for (...) {
 ///       Tensor loss;
@@ -15,7 +17,10 @@
 ///       opt.zero_grad();
 ///       precision.backward_step(loss, opt);
 ///       bar.step(step, fmt::format("loss {:.3f}", l));
+///       if (step % 100 == 0) bar.note(log.row({double(step), l}));   // printed, CSV, TensorBoard
 ///     }
+///     bar.finish();
+///     log.close();                                  // "wrote runs/demo_log.csv (metrics, CSV)" ...
 ///   });
 #include <fmt/format.h>
 #include <unistd.h>
@@ -28,7 +33,9 @@
 #include <filesystem>
 #include <functional>
 #include <kiln/kiln.hpp>
+#include <memory>
 #include <string>
+#include <vector>
 
 namespace examples {
 
@@ -173,62 +180,56 @@ class Timer {
   std::chrono::steady_clock::time_point t0_;
 };
 
-inline std::string format_duration(double s) {
-  const auto t = static_cast<long>(s + 0.5);
-  return t >= 3600 ? fmt::format("{}:{:02}:{:02}", t / 3600, t / 60 % 60, t % 60)
-                   : fmt::format("{}:{:02}", t / 60, t % 60);
+using kiln::io::Progress;  // the progress bar with an ETA (kiln/io/progress.hpp)
+
+/// Says that a file was written, so every output of a run can be found from its log.
+inline void announce(const std::string& path, const std::string& what) {
+  fmt::print("wrote {} ({})\n", path, what);
+  std::fflush(stdout);
 }
 
-/// Training progress. On a terminal: one bar redrawn in place. Otherwise (a log file, CI): a
-/// plain line every `every` steps, so logs stay readable. note() prints a permanent line
-/// (an evaluation result) without breaking the bar.
-class Progress {
+/// The run's metrics: each row is printed (the returned line), appended to --out/<name>_log.csv and
+/// sent to a TensorBoard event file in --out/tensorboard. Without --out the rows are only kept in
+/// memory (for the final numbers). close() checks that the files were written and announces them.
+class RunLog {
  public:
-  /// `first`: the step a resumed run starts after (for the time estimate).
-  explicit Progress(std::int64_t total, std::int64_t every = 0, std::int64_t first = 0)
-      : total_(total),
-        every_(every > 0 ? every : std::max<std::int64_t>(1, total / 20)),
-        first_(first),
-        tty_(isatty(fileno(stdout)) != 0) {}
-
-  void step(std::int64_t step, const std::string& metrics) {
-    const double s = timer_.seconds();
-    const double eta = step > first_ ? s / double(step - first_) * double(total_ - step) : 0.0;
-    if (tty_) {
-      if (s - last_draw_ < 0.1 && step != total_) return;  // ~10 redraws a second at most
-      last_draw_ = s;
-      const int width = 24, filled = static_cast<int>(width * step / std::max<std::int64_t>(1, total_));
-      line_ = fmt::format("[{}{}] {}/{}  {}  {} left", std::string(filled, '#'), std::string(width - filled, '.'), step,
-                          total_, metrics, format_duration(eta));
-      fmt::print("\r\033[K{}", line_);
-      std::fflush(stdout);
-    } else if (step % every_ == 0 || step == total_) {
-      fmt::print("step {:>{}}/{}  {}  ({} elapsed)\n", step, fmt::formatted_size("{}", total_), total_, metrics,
-                 format_duration(s));
-      std::fflush(stdout);
+  RunLog(const Flags& f, const std::string& name, std::vector<std::string> columns, double resume_before = 0)
+      : metrics(out_path(f, name + "_log.csv"), std::move(columns), resume_before) {
+    if (f.out.empty()) return;
+    tb_dir_ = out_path(f, "tensorboard");
+    tb_ = std::make_unique<kiln::io::SummaryWriter>(tb_dir_);
+    metrics.attach(*tb_);
+  }
+  /// Records one row (the first value is the step) and returns it as the line to print.
+  std::string row(const std::vector<double>& values) { return metrics.row(values); }
+  void close() {
+    metrics.close();
+    if (!metrics.path().empty()) announce(metrics.path(), "metrics, CSV");
+    if (tb_) {
+      tb_->close();
+      announce(tb_->path(), fmt::format("TensorBoard events: tensorboard --logdir {}", tb_dir_));
     }
   }
-  void note(const std::string& text) {
-    if (tty_ && !line_.empty()) fmt::print("\r\033[K");
-    fmt::print("{}\n", text);
-    if (tty_ && !line_.empty()) fmt::print("{}", line_);
-    std::fflush(stdout);
-  }
-  /// Ends the bar's line (call before printing the final results).
-  void finish() {
-    if (tty_ && !line_.empty()) fmt::print("\n");
-    line_.clear();
-    std::fflush(stdout);
-  }
-  double seconds() const { return timer_.seconds(); }
+  kiln::io::MetricsLog metrics;
 
  private:
-  std::int64_t total_, every_, first_;
-  bool tty_;
-  Timer timer_;
-  double last_draw_ = -1.0;
-  std::string line_;
+  std::string tb_dir_;
+  std::unique_ptr<kiln::io::SummaryWriter> tb_;
 };
+
+/// Writes `chart` to --out/<name> and announces it (nothing without --out). A kiln built without
+/// Cairo cannot draw: the run says so and goes on (the CSV holds the same numbers).
+inline void write_chart(const Flags& f, const kiln::io::LineChart& chart, const std::string& name,
+                        const std::string& what) {
+  if (f.out.empty()) return;
+  if (!kiln::io::charts_available()) {
+    fmt::print("no {}: this kiln was built without Cairo (the CSV log has the numbers)\n", name);
+    return;
+  }
+  const std::string path = out_path(f, name);
+  chart.write_png(path);
+  announce(path, what);
+}
 
 /// Number of parameters, for the banner line.
 inline std::string count_str(std::int64_t n) {
