@@ -161,35 +161,37 @@ void add_flags(CLI::App& app, Config& c) {
   app.add_option("--resume", c.resume, "continue from this checkpoint (written to --out/charlm.ckpt)");
   app.add_option("--stop-at", c.stop_at,
                  "stop after this step, with a checkpoint, to --resume later (0 = run to --steps)")
-      ->check(CLI::NonNegativeNumber);
-  app.add_option("--context", c.context, "characters of context")->check(CLI::Range(2, 4096))->capture_default_str();
-  app.add_option("--dim", c.dim, "model width")->check(CLI::PositiveNumber)->capture_default_str();
-  app.add_option("--heads", c.heads, "attention heads (must divide --dim)")
-      ->check(CLI::PositiveNumber)
+      ->check(examples::whole(0));
+  app.add_option("--context", c.context, "characters of context")
+      ->check(examples::whole(2, 4096))
       ->capture_default_str();
-  app.add_option("--layers", c.layers, "transformer layers")->check(CLI::PositiveNumber)->capture_default_str();
-  app.add_option("--dropout", c.dropout, "dropout probability")->check(CLI::Range(0.0, 0.9))->capture_default_str();
+  app.add_option("--dim", c.dim, "model width")->check(examples::whole(1))->capture_default_str();
+  app.add_option("--heads", c.heads, "attention heads (must divide --dim)")
+      ->check(examples::whole(1))
+      ->capture_default_str();
+  app.add_option("--layers", c.layers, "transformer layers")->check(examples::whole(1))->capture_default_str();
+  app.add_option("--dropout", c.dropout, "dropout probability")->check(examples::real(0.0, 0.9))->capture_default_str();
   app.add_option("--warmup", c.warmup, "learning-rate warm-up steps (at most a tenth of --steps)")
-      ->check(CLI::NonNegativeNumber)
+      ->check(examples::whole(0))
       ->capture_default_str();
   app.add_option("--val-fraction", c.val_fraction, "share of the text held out")
-      ->check(CLI::Range(0.01, 0.5))
+      ->check(examples::real(0.01, 0.5))
       ->capture_default_str();
   app.add_option("--temperature", c.sampling.temperature, "sampling temperature (0 = greedy)")
-      ->check(CLI::NonNegativeNumber)
+      ->check(examples::real(0.0, 100.0))
       ->capture_default_str();
   app.add_option("--top-k", c.sampling.top_k, "sample among the k most likely (0 = all)")
-      ->check(CLI::NonNegativeNumber)
+      ->check(examples::whole(0))
       ->capture_default_str();
   app.add_option("--top-p", c.sampling.top_p, "nucleus sampling threshold")
-      ->check(CLI::Range(0.0, 1.0))
+      ->check(examples::real(0.0, 1.0))
       ->capture_default_str();
   app.add_option("--prompt", c.prompt, "text the samples start from");
   app.add_option("--sample-chars", c.sample_chars, "characters per sample")
-      ->check(CLI::NonNegativeNumber)
+      ->check(examples::whole(0))
       ->capture_default_str();
   app.add_option("--samples", c.samples, "samples printed at the end")
-      ->check(CLI::NonNegativeNumber)
+      ->check(examples::whole(0))
       ->capture_default_str();
 }
 
@@ -373,9 +375,9 @@ int main(int argc, char** argv) {
     Trainer tr(c, corpus, dev);
     const std::int64_t first_step = resume_training(tr, c, corpus);
     dp.wrap(*tr.model);
-    fmt::print("model: {} layers, dim {}, {} heads, context {}, {} parameters, {}; unigram baseline {:.3f} nats/char\n",
-               c.layers, c.dim, c.heads, c.context, examples::count_str(tr.model->num_parameters()),
-               tr.precision.name(), corpus.baseline);
+    fmt::print("model: {}, dim {}, {}, context {}, {} parameters, {}; unigram baseline {:.3f} nats/char\n",
+               examples::count_of(c.layers, "layer"), c.dim, examples::count_of(c.heads, "head"), c.context,
+               examples::count_str(tr.model->num_parameters()), tr.precision.name(), corpus.baseline);
     const std::int64_t last_step = c.stop_at > 0 ? std::min(c.stop_at, c.flags.steps) : c.flags.steps;
     double val_loss = train(tr, c, corpus, first_step, last_step, wall, dev, dp);
 

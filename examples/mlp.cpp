@@ -4,12 +4,13 @@
 //
 //   build/examples/mlp --steps 300 --threads 2
 //   build/examples/mlp --precision bf16      # the matmuls in bfloat16 under kiln::autocast
+//   build/examples/mlp --out runs/mlp        # + CSV log, TensorBoard events, PNG loss curve
 // (No fp16 here: float16 needs loss scaling, which kiln::amp::GradScaler does for an optimizer;
 // the other examples take --precision fp16.)
-#include <CLI/CLI.hpp>
 #include <cmath>
-#include <kiln/kiln.hpp>
 #include <string>
+
+#include "common/common.hpp"
 
 using namespace kiln;
 
@@ -24,66 +25,72 @@ std::pair<Tensor, Tensor> make_rings(std::int64_t n, Generator& gen) {
 
 int main(int argc, char** argv) {
   CLI::App app{"kiln demo: an MLP classifies three rings of points"};
-  int steps = 300, batch = 256, threads = 2, hidden = 64;
-  double lr = 0.1;
-  std::uint64_t seed = 0;
-  std::string precision = "fp32";
-  app.add_option("--steps", steps, "training steps")->check(CLI::PositiveNumber);
-  app.add_option("--batch", batch, "batch size")->check(CLI::PositiveNumber);
-  app.add_option("--lr", lr, "learning rate")->check(CLI::PositiveNumber);
-  app.add_option("--hidden", hidden, "hidden units")->check(CLI::PositiveNumber);
-  app.add_option("--seed", seed, "random seed");
-  app.add_option("--threads", threads, "CPU threads")->check(CLI::PositiveNumber);
-  app.add_option("--precision", precision, "fp32, or bf16 (matmuls in bfloat16, float32 weights and loss)")
-      ->check(CLI::IsMember({"fp32", "bf16"}))
-      ->capture_default_str();
-  CLI11_PARSE(app, argc, argv);
-  const bool bf16 = precision == "bf16";
-  set_num_threads(threads);
+  examples::Flags flags{.steps = 300, .batch = 256, .lr = 0.1};
+  std::int64_t hidden = 64;
+  examples::add_common_flags(app, flags);
+  app.add_option("--hidden", hidden, "hidden units")->check(examples::whole(1, 1 << 16))->capture_default_str();
 
-  Generator gen(seed);
-  auto [x_train, y_train] = make_rings(2000, gen);
-  auto [x_test, y_test] = make_rings(500, gen);
+  return examples::run(app, argc, argv, [&] {
+    if (flags.precision == "fp16")
+      throw examples::UsageError(
+          "--precision fp16: mlp's hand-written SGD has no loss scaler; use fp32 or bf16 here (the other examples "
+          "take fp16)");
+    Device dev = examples::setup(flags);
+    const bool bf16 = flags.precision == "bf16";
+    Generator gen(flags.seed);
+    auto [x_train, y_train] = make_rings(2000, gen);
+    auto [x_test, y_test] = make_rings(500, gen);
+    x_train = x_train.to(dev), y_train = y_train.to(dev), x_test = x_test.to(dev), y_test = y_test.to(dev);
 
-  // Parameters: (in, out) weights with 1/sqrt(fan_in) scaling, zero biases.
-  auto param = [&](Shape s, double scale) { return (randn(s, kFloat32, &gen) * scale).requires_grad_(); };
-  std::vector<Tensor> params = {param({2, hidden}, 1 / std::sqrt(2.0)),
-                                zeros({hidden}).requires_grad_(),
-                                param({hidden, hidden}, 1 / std::sqrt(double(hidden))),
-                                zeros({hidden}).requires_grad_(),
-                                param({hidden, 3}, 1 / std::sqrt(double(hidden))),
-                                zeros({3}).requires_grad_()};
-  auto model = [&](const Tensor& x) {
-    Tensor h = relu(matmul(x, params[0]) + params[1]);
-    h = relu(matmul(h, params[2]) + params[3]);
-    return matmul(h, params[4]) + params[5];  // logits (N, 3)
-  };
-  std::vector<Tensor> velocity;
-  for (auto& p : params) velocity.push_back(zeros_like(p));
+    // Parameters: (in, out) weights with 1/sqrt(fan_in) scaling, zero biases.
+    auto param = [&](Shape s, double scale) { return (randn(s, kFloat32, &gen) * scale).to(dev).requires_grad_(); };
+    auto bias = [&](std::int64_t n) { return zeros({n}, TensorOptions(kFloat32).device(dev)).requires_grad_(); };
+    std::vector<Tensor> params = {param({2, hidden}, 1 / std::sqrt(2.0)),
+                                  bias(hidden),
+                                  param({hidden, hidden}, 1 / std::sqrt(double(hidden))),
+                                  bias(hidden),
+                                  param({hidden, 3}, 1 / std::sqrt(double(hidden))),
+                                  bias(3)};
+    auto model = [&](const Tensor& x) {
+      Tensor h = relu(matmul(x, params[0]) + params[1]);
+      h = relu(matmul(h, params[2]) + params[3]);
+      return matmul(h, params[4]) + params[5];  // logits (N, 3)
+    };
+    std::vector<Tensor> velocity;
+    for (auto& p : params) velocity.push_back(zeros_like(p));
+    fmt::print("mlp: {} hidden units, batch {}, {} on {} in {}\n", hidden, flags.batch,
+               examples::count_of(flags.steps, "step"), dev.str(), flags.precision);
 
-  const std::int64_t n_train = x_train.size(0);
-  for (int step = 1; step <= steps; ++step) {
-    Tensor idx = randint(0, n_train, {batch}, kInt64, &gen);
-    Tensor loss;
-    {
-      auto mixed = autocast(kBFloat16, bf16);  // enabled only for --precision bf16
-      loss = cross_entropy(model(index_select(x_train, 0, idx)), index_select(y_train, 0, idx));
-    }
-    for (auto& p : params) p.set_grad(Tensor());
-    loss.backward();
-    {
-      NoGradGuard no_grad;  // the update itself is not part of the graph
-      for (std::size_t i = 0; i < params.size(); ++i) {
-        velocity[i].mul_(0.9).add_(params[i].grad());
-        params[i].sub_(velocity[i] * lr);
+    examples::RunLog log(flags, "mlp", {"step", "loss"});
+    const std::int64_t n_train = x_train.size(0), report_every = examples::eval_interval(flags);
+    for (std::int64_t step = 1; step <= flags.steps; ++step) {
+      Tensor idx = randint(0, n_train, {flags.batch}, kInt64, &gen).to(dev);
+      Tensor loss;
+      {
+        auto mixed = autocast(dev, kBFloat16, bf16);  // enabled only for --precision bf16
+        loss = cross_entropy(model(index_select(x_train, 0, idx)), index_select(y_train, 0, idx));
       }
+      for (auto& p : params) p.set_grad(Tensor());
+      loss.backward();
+      {
+        NoGradGuard no_grad;  // the update itself is not part of the graph
+        for (std::size_t i = 0; i < params.size(); ++i) {
+          velocity[i].mul_(0.9).add_(params[i].grad());
+          params[i].sub_(velocity[i] * flags.lr);
+        }
+      }
+      if (step == 1 || step % report_every == 0 || step == flags.steps)
+        fmt::print("{}\n", log.row({double(step), loss.item<double>()}));
     }
-    if (step == 1 || step % 50 == 0 || step == steps) fmt::print("step {:4d}  loss {:.4f}\n", step, loss.item<float>());
-  }
-  NoGradGuard no_grad;
-  auto mixed = autocast(kBFloat16, bf16);
-  Tensor pred = argmax(model(x_test), 1);
-  double acc = sum(eq(pred, y_test)).item<double>() / static_cast<double>(y_test.numel());
-  fmt::print("test accuracy: {:.3f}\n", acc);
-  return 0;
+    log.close();
+    io::LineChart chart("mlp: three rings", "step", "cross-entropy (nats)");
+    chart.add("training loss (one batch)", log.metrics.column("step"), log.metrics.column("loss"));
+    examples::write_chart(flags, chart, "mlp_loss.png", "loss chart, PNG");
+
+    NoGradGuard no_grad;
+    auto mixed = autocast(dev, kBFloat16, bf16);
+    Tensor pred = argmax(model(x_test), 1);
+    double acc = sum(eq(pred, y_test)).item<double>() / static_cast<double>(y_test.numel());
+    fmt::print("test accuracy: {:.3f}\n", acc);
+  });
 }

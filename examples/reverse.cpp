@@ -115,15 +115,15 @@ int main(int argc, char** argv) {
   examples::Flags flags{.steps = 1000, .batch = 128, .lr = 2e-3};
   std::int64_t length = 12, dim = 64, heads = 4, layers = 2, test_size = 1000, warmup = 100;
   examples::add_common_flags(app, flags);
-  app.add_option("--length", length, "digits per sequence")->check(CLI::Range(1, 256))->capture_default_str();
-  app.add_option("--dim", dim, "model width")->check(CLI::PositiveNumber)->capture_default_str();
+  app.add_option("--length", length, "digits per sequence")->check(examples::whole(1, 256))->capture_default_str();
+  app.add_option("--dim", dim, "model width")->check(examples::whole(1))->capture_default_str();
   app.add_option("--heads", heads, "attention heads (must divide --dim)")
-      ->check(CLI::PositiveNumber)
+      ->check(examples::whole(1))
       ->capture_default_str();
-  app.add_option("--layers", layers, "transformer layers")->check(CLI::PositiveNumber)->capture_default_str();
-  app.add_option("--test-size", test_size, "held-out sequences")->check(CLI::PositiveNumber)->capture_default_str();
+  app.add_option("--layers", layers, "transformer layers")->check(examples::whole(1))->capture_default_str();
+  app.add_option("--test-size", test_size, "held-out sequences")->check(examples::whole(1))->capture_default_str();
   app.add_option("--warmup", warmup, "learning-rate warm-up steps (at most a tenth of --steps)")
-      ->check(CLI::NonNegativeNumber)
+      ->check(examples::whole(0))
       ->capture_default_str();
 
   examples::DataParallel dp;  // under mpirun: one rank of a data-parallel run
@@ -147,9 +147,10 @@ int main(int argc, char** argv) {
     optim::AdamW opt(model->parameters(), optim::AdamWOptions(flags.lr).betas({0.9, 0.98}).weight_decay(0.01));
     optim::WarmupCosineLR schedule(opt, std::min(warmup, flags.steps / 10), flags.steps, /*start_factor=*/0.0,
                                    /*eta_min=*/0.1 * flags.lr);
-    fmt::print("reverse: {} digits, {} layers, dim {}, {} heads, {} parameters, batch {}, {} steps on {} in {}\n",
-               length, layers, dim, heads, examples::count_str(model->num_parameters()), flags.batch, flags.steps,
-               dev.str(), precision.name());
+    fmt::print("reverse: {}, {}, dim {}, {}, {} parameters, batch {}, {} on {} in {}\n",
+               examples::count_of(length, "digit"), examples::count_of(layers, "layer"), dim,
+               examples::count_of(heads, "head"), examples::count_str(model->num_parameters()), flags.batch,
+               examples::count_of(flags.steps, "step"), dev.str(), precision.name());
 
     examples::RunLog log(flags, "reverse", {"step", "train_loss", "test_loss", "token_acc", "test_exact", "seconds"});
     examples::Progress progress(flags.steps);

@@ -200,17 +200,19 @@ int main(int argc, char** argv) {
   std::int64_t dim = 64, heads = 4, layers = 2, test_size = 1000, warmup = 100;
   bool no_cache = false;
   examples::add_common_flags(app, flags);
-  app.add_option("--dim", dim, "model width")->check(CLI::PositiveNumber)->capture_default_str();
+  app.add_option("--dim", dim, "model width")->check(examples::whole(1))->capture_default_str();
   app.add_option("--heads", heads, "attention heads (must divide --dim)")
-      ->check(CLI::PositiveNumber)
+      ->check(examples::whole(1))
       ->capture_default_str();
   app.add_option("--layers", layers, "encoder layers = decoder layers")
-      ->check(CLI::PositiveNumber)
+      ->check(examples::whole(1))
       ->capture_default_str();
-  app.add_option("--test-size", test_size, "held-out numbers")->check(CLI::Range(1, 100000))->capture_default_str();
+  app.add_option("--test-size", test_size, "held-out numbers")
+      ->check(examples::whole(1, 100000))
+      ->capture_default_str();
   app.add_flag("--no-kv-cache", no_cache, "decode by recomputing the whole prefix (same results, slower)");
   app.add_option("--warmup", warmup, "learning-rate warm-up steps (at most a tenth of --steps)")
-      ->check(CLI::NonNegativeNumber)
+      ->check(examples::whole(0))
       ->capture_default_str();
 
   return examples::run(app, argc, argv, [&] {
@@ -238,8 +240,10 @@ int main(int argc, char** argv) {
     optim::AdamW opt(model->parameters(), optim::AdamWOptions(flags.lr).betas({0.9, 0.98}).weight_decay(0.01));
     optim::WarmupCosineLR schedule(opt, std::min(warmup, flags.steps / 10), flags.steps, /*start_factor=*/0.0,
                                    /*eta_min=*/0.1 * flags.lr);
-    fmt::print("seq2seq: {} + {} layers, dim {}, {} heads, {} parameters, batch {}, {} steps on {}\n", layers, layers,
-               dim, heads, examples::count_str(model->num_parameters()), flags.batch, flags.steps, dev.str());
+    fmt::print("seq2seq: {} + {}, dim {}, {}, {} parameters, batch {}, {} on {}\n", layers,
+               examples::count_of(layers, "layer"), dim, examples::count_of(heads, "head"),
+               examples::count_str(model->num_parameters()), flags.batch, examples::count_of(flags.steps, "step"),
+               dev.str());
     fmt::print("  e.g. \"{}\" -> {}\n", words_of(spell(test_numbers[0])), test_numbers[0]);
 
     examples::RunLog log(flags, "seq2seq", {"step", "train_loss", "test_exact", "seconds"});

@@ -114,14 +114,14 @@ int main(int argc, char** argv) {
   app.add_option("--patch", patch, "patch size (must divide 28)")
       ->check(CLI::IsMember({1, 2, 4, 7, 14, 28}))
       ->capture_default_str();
-  app.add_option("--dim", dim, "model width")->check(CLI::PositiveNumber)->capture_default_str();
+  app.add_option("--dim", dim, "model width")->check(examples::whole(1))->capture_default_str();
   app.add_option("--heads", heads, "attention heads (must divide --dim)")
-      ->check(CLI::PositiveNumber)
+      ->check(examples::whole(1))
       ->capture_default_str();
-  app.add_option("--layers", layers, "transformer layers")->check(CLI::PositiveNumber)->capture_default_str();
-  app.add_option("--dropout", dropout, "dropout probability")->check(CLI::Range(0.0, 0.9))->capture_default_str();
+  app.add_option("--layers", layers, "transformer layers")->check(examples::whole(1))->capture_default_str();
+  app.add_option("--dropout", dropout, "dropout probability")->check(examples::real(0.0, 0.9))->capture_default_str();
   app.add_option("--warmup", warmup, "learning-rate warm-up steps (at most a tenth of --steps)")
-      ->check(CLI::NonNegativeNumber)
+      ->check(examples::whole(0))
       ->capture_default_str();
 
   return examples::run(app, argc, argv, [&] {
@@ -142,10 +142,10 @@ int main(int argc, char** argv) {
     optim::AdamW opt(model->parameters(), optim::AdamWOptions(flags.lr).weight_decay(0.05));
     optim::WarmupCosineLR schedule(opt, std::min(warmup, flags.steps / 10), flags.steps, /*start_factor=*/0.0,
                                    /*eta_min=*/0.0);
-    fmt::print(
-        "model: {}x{} patches, {} layers, dim {}, {} heads, {} parameters; batch {}, {} steps (~{:.1f} epochs) on {}\n",
-        patch, patch, layers, dim, heads, examples::count_str(model->num_parameters()), flags.batch, flags.steps,
-        double(flags.steps * flags.batch) / double(n_train), dev.str());
+    fmt::print("model: {}x{} patches, {}, dim {}, {}, {} parameters; batch {}, {} (~{:.1f} epochs) on {}\n", patch,
+               patch, examples::count_of(layers, "layer"), dim, examples::count_of(heads, "head"),
+               examples::count_str(model->num_parameters()), flags.batch, examples::count_of(flags.steps, "step"),
+               double(flags.steps * flags.batch) / double(n_train), dev.str());
 
     // Each epoch visits the training images in a fresh random order.
     std::mt19937_64 shuffle_rng(flags.seed + 1);

@@ -27,12 +27,15 @@
 #include <CLI/CLI.hpp>
 
 #include <algorithm>
+#include <charconv>
 #include <chrono>
 #include <cstdint>
 #include <cstdio>
 #include <filesystem>
 #include <functional>
 #include <kiln/kiln.hpp>
+#include <limits>
+#include <map>
 #include <memory>
 #include <string>
 #include <vector>
@@ -54,16 +57,59 @@ struct Flags {
   std::string precision = "fp32";  // fp32, bf16 or fp16 (mixed precision through kiln::autocast)
 };
 
+/// Checks a flag's text before CLI11 converts it: a whole number in [lo, hi]. One short line for
+/// every failure ("--steps: -3 must be at least 1", "--steps: 99999999999999999999 is too large"),
+/// where CLI11's own checks print a 300-digit bound or let an overflowing value saturate.
+inline CLI::Validator whole(std::int64_t lo, std::int64_t hi = std::numeric_limits<std::int64_t>::max()) {
+  const bool open = hi == std::numeric_limits<std::int64_t>::max();
+  return CLI::Validator(
+      [lo, hi](std::string& s) -> std::string {
+        std::int64_t v = 0;
+        const auto [end, ec] = std::from_chars(s.data(), s.data() + s.size(), v);
+        if (ec == std::errc::result_out_of_range) return s + (s[0] == '-' ? " is too small" : " is too large");
+        if (ec != std::errc() || end != s.data() + s.size()) return s + " is not a whole number";
+        if (v < lo) return fmt::format("{} must be at least {}", s, lo);
+        if (v > hi) return fmt::format("{} must be at most {}", s, hi);
+        return {};
+      },
+      open ? fmt::format("INT >= {}", lo) : fmt::format("INT in {}..{}", lo, hi));
+}
+
+/// The same for a real number: finite, in [lo, hi] (or (lo, hi] with `above_lo`).
+inline CLI::Validator real(double lo, double hi = std::numeric_limits<double>::max(), bool above_lo = false) {
+  const bool open = hi == std::numeric_limits<double>::max();
+  return CLI::Validator(
+      [lo, hi, above_lo](std::string& s) -> std::string {
+        char* end = nullptr;
+        const double v = std::strtod(s.c_str(), &end);
+        if (s.empty() || end != s.c_str() + s.size()) return s + " is not a number";
+        if (!std::isfinite(v)) return s + " is not a finite number";
+        if (above_lo && v <= lo) return fmt::format("{} must be greater than {}", s, lo);
+        if (v < lo) return fmt::format("{} must be at least {}", s, lo);
+        if (v > hi) return fmt::format("{} must be at most {}", s, hi);
+        return {};
+      },
+      open ? fmt::format("NUMBER {} {}", above_lo ? ">" : ">=", lo) : fmt::format("NUMBER in {}..{}", lo, hi));
+}
+
+/// "1 step", "2 steps".
+inline std::string count_of(std::int64_t n, const std::string& noun) {
+  return fmt::format("{} {}{}", n, noun, n == 1 ? "" : "s");
+}
+
 inline void add_common_flags(CLI::App& app, Flags& f) {
   app.add_option("--device", f.device, "cpu or cuda")->check(CLI::IsMember({"cpu", "cuda"}))->capture_default_str();
-  app.add_option("--steps", f.steps, "training steps")->check(CLI::PositiveNumber)->capture_default_str();
-  app.add_option("--batch", f.batch, "examples per step")->check(CLI::PositiveNumber)->capture_default_str();
-  app.add_option("--lr", f.lr, "peak learning rate")->check(CLI::PositiveNumber)->capture_default_str();
-  app.add_option("--seed", f.seed, "random seed: the same seed gives the same numbers")->capture_default_str();
-  app.add_option("--threads", f.threads, "CPU threads")->check(CLI::Range(1, 1024))->capture_default_str();
+  app.add_option("--steps", f.steps, "training steps")->check(whole(1))->capture_default_str();
+  app.add_option("--batch", f.batch, "examples per step")->check(whole(1))->capture_default_str();
+  app.add_option("--lr", f.lr, "peak learning rate")
+      ->check(real(0, std::numeric_limits<double>::max(), true))
+      ->capture_default_str();
+  app.add_option("--seed", f.seed, "random seed: the same seed gives the same numbers")
+      ->check(whole(0))
+      ->capture_default_str();
+  app.add_option("--threads", f.threads, "CPU threads")->check(whole(1, 1024))->capture_default_str();
   app.add_option("--out", f.out, "folder for logs, plots and checkpoints (created if missing)");
-  app.add_option("--eval-every", f.eval_every, "steps between evaluations (0 = ten per run)")
-      ->check(CLI::NonNegativeNumber);
+  app.add_option("--eval-every", f.eval_every, "steps between evaluations (0 = ten per run)")->check(whole(0));
   app.add_option("--precision", f.precision,
                  "fp32, or mixed precision: bf16 / fp16 matmuls and attention (float32 weights, norms and losses; "
                  "fp16 adds loss scaling)")
@@ -145,13 +191,30 @@ inline std::string out_path(const Flags& f, const std::string& name) {
   return (std::filesystem::path(f.out) / name).string();
 }
 
-/// Parses the flags and runs `body`, turning every error into one readable line and exit code 1
-/// (CLI11 prints its own message for a bad flag and returns 105/106/...).
+/// The arguments CLI11 left over, in the order they were given (it reports them backwards).
+inline std::string unknown_arguments(const CLI::App& app, int argc, char** argv) {
+  std::map<std::string, int> left;
+  for (auto& a : app.remaining()) ++left[a];
+  std::string out;
+  for (int i = 1; i < argc; ++i)
+    if (auto it = left.find(argv[i]); it != left.end() && it->second > 0)
+      --it->second, out += (out.empty() ? "" : " ") + it->first;
+  return out;
+}
+
+/// Parses the flags and runs `body`, turning every error into one readable line: exit code 2 for
+/// a bad command line, 1 for an error while running. --help prints the flags and exits with 0.
 inline int run(CLI::App& app, int argc, char** argv, const std::function<void()>& body) {
   try {
     app.parse(argc, argv);
+  } catch (const CLI::ExtrasError&) {
+    fmt::print(stderr, "error: unknown arguments, in the order given: {} (--help lists the flags)\n",
+               unknown_arguments(app, argc, argv));
+    return 2;
   } catch (const CLI::ParseError& e) {
-    return app.exit(e);
+    if (e.get_exit_code() == 0) return app.exit(e);  // --help
+    fmt::print(stderr, "error: {} (--help lists the flags)\n", e.what());
+    return 2;
   }
   try {
     body();
