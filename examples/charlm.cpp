@@ -336,7 +336,9 @@ double train(Trainer& tr, const Config& c, const Corpus& corpus, std::int64_t fi
     tr.precision.backward_step(loss, tr.opt, /*clip_norm=*/1.0);
     tr.schedule.step();
 
-    loss_sum += dp.global_mean(loss), ++loss_count;
+    const double step_loss = dp.global_mean(loss);
+    examples::check_loss(step_loss, step, flags);
+    loss_sum += step_loss, ++loss_count;
     progress.step(step, fmt::format("loss {:.3f}", loss_sum / loss_count));
     if (step % eval_every == 0 || step == last_step) {
       const double train_loss = loss_sum / loss_count;
@@ -367,6 +369,8 @@ int main(int argc, char** argv) {
   examples::DataParallel dp;  // under mpirun: one rank of a data-parallel run
   return dp.exit(examples::run(app, argc, argv, [&] {
     dp.rank0_writes(c.flags);
+    if (c.prompt.empty() && c.samples > 0)
+      throw examples::UsageError("--prompt is empty: a sample needs at least one character to start from");
     if (c.dim % c.heads != 0)
       throw examples::UsageError(fmt::format("--heads {} must divide --dim {}", c.heads, c.dim));
     Device dev = examples::setup(c.flags);

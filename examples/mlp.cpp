@@ -79,8 +79,10 @@ int main(int argc, char** argv) {
           params[i].sub_(velocity[i] * flags.lr);
         }
       }
+      const double step_loss = loss.item<double>();
+      examples::check_loss(step_loss, step, flags);
       if (step == 1 || step % report_every == 0 || step == flags.steps)
-        fmt::print("{}\n", log.row({double(step), loss.item<double>()}));
+        fmt::print("{}\n", log.row({double(step), step_loss}));
     }
     log.close();
     io::LineChart chart("mlp: three rings", "step", "cross-entropy (nats)");

@@ -172,7 +172,9 @@ int main(int argc, char** argv) {
       precision.backward_step(loss, opt);
       schedule.step();
 
-      loss_sum += dp.global_mean(loss), ++loss_count;
+      const double step_loss = dp.global_mean(loss);
+      examples::check_loss(step_loss, step, flags);
+      loss_sum += step_loss, ++loss_count;
       progress.step(step, fmt::format("loss {:.4f}", loss_sum / loss_count));
       if (step % eval_every == 0 || step == flags.steps) {
         const double train_loss = loss_sum / loss_count;
@@ -194,12 +196,13 @@ int main(int argc, char** argv) {
     }
 
     // A few decoded examples, then the headline number (the evaluation after the last step).
-    Tensor shown = test.input.slice(0, 0, 3).slice(1, 0, length);
+    const std::int64_t n_shown = std::min<std::int64_t>(3, test_size);  // --test-size may be 1 or 2
+    Tensor shown = test.input.slice(0, 0, n_shown).slice(1, 0, length);
     Tensor answers = [&] {
       auto mixed = precision.autocast();
       return generate(model, shown, dev).to(Device::cpu());
     }();
-    for (std::int64_t i = 0; i < 3; ++i) {
+    for (std::int64_t i = 0; i < n_shown; ++i) {
       std::string q, a;
       for (auto d : shown.to(Device::cpu()).select(0, i).to_vector<std::int64_t>()) q += char('0' + d);
       for (auto d : answers.select(0, i).to_vector<std::int64_t>()) a += char('0' + d);

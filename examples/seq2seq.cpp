@@ -264,7 +264,9 @@ int main(int argc, char** argv) {
       precision.backward_step(loss, opt, /*clip_norm=*/1.0);
       schedule.step();
 
-      loss_sum += loss.item<double>(), ++loss_count;
+      const double step_loss = loss.item<double>();
+      examples::check_loss(step_loss, step, flags);
+      loss_sum += step_loss, ++loss_count;
       progress.step(step, fmt::format("loss {:.4f}", loss_sum / loss_count));
       if (step % eval_every == 0 || step == flags.steps) {
         const double train_loss = loss_sum / loss_count;
@@ -286,7 +288,10 @@ int main(int argc, char** argv) {
     }
 
     // Some translations of numbers never seen in training, and a few special ones.
-    Batch show = make_batch({test_numbers[0], test_numbers[1], test_numbers[2], 0, 7, 19, 100, 1000, 999999}, dev);
+    std::vector<std::int64_t> shown(test_numbers.begin(),
+                                    test_numbers.begin() + std::min<std::ptrdiff_t>(3, test_size));
+    shown.insert(shown.end(), {0, 7, 19, 100, 1000, 999999});
+    Batch show = make_batch(shown, dev);
     auto got = translate(model, show, precision, !no_cache);
     for (std::size_t i = 0; i < got.size(); ++i)
       fmt::print("  {:<64} -> {:>6} {}\n", words_of(spell(show.numbers[i])), got[i],

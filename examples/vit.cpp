@@ -131,6 +131,15 @@ int main(int argc, char** argv) {
     examples::Timer wall;
 
     Split train = load_split(data_dir, "train"), test = load_split(data_dir, "t10k");
+    // Checked before any work: an empty split or an oversized batch would fail only at the end.
+    if (train.images.size(0) == 0)
+      throw examples::UsageError(fmt::format("{}: the training files hold no images", data_dir));
+    if (test.images.size(0) == 0)
+      throw examples::UsageError(
+          fmt::format("{}: the t10k test files hold no images (nothing to measure accuracy on)", data_dir));
+    if (flags.batch > train.images.size(0))
+      throw examples::UsageError(
+          fmt::format("--batch {} is larger than the {} training images", flags.batch, train.images.size(0)));
     // Normalize with the training set's pixel statistics.
     const float mu = mean(train.images).item<float>(), sigma = kiln::std(train.images).item<float>();
     train.images = (train.images - mu) / sigma, test.images = (test.images - mu) / sigma;
@@ -178,7 +187,9 @@ int main(int argc, char** argv) {
       precision.backward_step(loss, opt);
       schedule.step();
 
-      loss_sum += loss.item<double>(), ++loss_count;
+      const double step_loss = loss.item<double>();
+      examples::check_loss(step_loss, step, flags);
+      loss_sum += step_loss, ++loss_count;
       right += sum(eq(argmax(logits, -1), y)).item<double>(), seen += double(flags.batch);
       progress.step(step, fmt::format("loss {:.3f}  train acc {:.3f}", loss_sum / loss_count, right / seen));
       if (step % eval_every == 0 || step == flags.steps) {

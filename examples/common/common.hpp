@@ -29,6 +29,7 @@
 #include <algorithm>
 #include <charconv>
 #include <chrono>
+#include <cmath>
 #include <cstdint>
 #include <cstdio>
 #include <filesystem>
@@ -176,6 +177,15 @@ class Precision {
   Device device_;
   kiln::amp::GradScaler scaler_;
 };
+
+/// Stops a run whose training loss is no longer finite (it diverged, often from a too-high --lr)
+/// at once, rather than training on NaN and writing NaN logs and checkpoints.
+inline void check_loss(double loss, std::int64_t step, const Flags& f) {
+  if (!std::isfinite(loss))
+    throw std::runtime_error(
+        fmt::format("step {}: the training loss is {}: training diverged (is --lr {} too high?); stopped", step, loss,
+                    f.lr));
+}
 
 /// How often to evaluate: the flag, or about ten times per run.
 inline std::int64_t eval_interval(const Flags& f) {
