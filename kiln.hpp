@@ -24,6 +24,7 @@
 #include "core/shape.hpp"
 #include "core/state_dict.hpp"
 #include "core/tensor.hpp"
+#include "data/data.hpp"
 #include "distributed/distributed.hpp"
 #include "io/io.hpp"
 #include "nn/nn.hpp"

@@ -37,7 +37,22 @@ void set_num_threads(int n) {
   cpu::blas_set_num_threads(n);
 }
 
-int get_num_threads() { return threads(); }
+namespace {
+thread_local bool t_serial = false;  // inside a SingleThreadGuard
+}
+
+int get_num_threads() { return t_serial ? 1 : threads(); }
+
+// omp_set_num_threads sets the calling thread's ICV only, which is what BLAS and oneDNN read.
+SingleThreadGuard::SingleThreadGuard() : prev_omp_(omp_get_max_threads()), prev_serial_(t_serial) {
+  t_serial = true;
+  omp_set_num_threads(1);
+}
+
+SingleThreadGuard::~SingleThreadGuard() {
+  t_serial = prev_serial_;
+  omp_set_num_threads(prev_omp_);
+}
 
 void parallel_chunks(std::int64_t n, std::int64_t grain, void (*body)(std::int64_t, std::int64_t, const void*),
                      const void* ctx) {

@@ -6,7 +6,25 @@
 namespace kiln {
 
 void set_num_threads(int n);
+/// The threads a kernel called on this thread may use: set_num_threads' value, or 1 inside a
+/// SingleThreadGuard.
 int get_num_threads();
+
+/// While alive, kiln's CPU kernels (and OpenMP-threaded libraries: BLAS, oneDNN) called on this
+/// thread run on this thread alone instead of starting an OpenMP team. For helper threads beside
+/// training (kiln::data's loader workers) so they do not compete with the compute pool:
+///   std::thread([] { kiln::SingleThreadGuard serial; /* stack, index_select, ... */ });
+class SingleThreadGuard {
+ public:
+  SingleThreadGuard();
+  ~SingleThreadGuard();
+  SingleThreadGuard(const SingleThreadGuard&) = delete;
+  SingleThreadGuard& operator=(const SingleThreadGuard&) = delete;
+
+ private:
+  int prev_omp_;
+  bool prev_serial_;
+};
 
 /// Minimum elements per thread before a loop is split; below it kernels run serially.
 inline constexpr std::int64_t kParallelGrain = 32768;
