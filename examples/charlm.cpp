@@ -21,10 +21,10 @@
 #include <kiln/io/checkpoint.hpp>
 #include <kiln/optim/optim.hpp>
 #include "common/common.hpp"
-#include "common/data.hpp"
 #include "common/data_parallel.hpp"
 
 using namespace kiln;
+namespace data = kiln::data;
 
 namespace {
 
@@ -61,16 +61,6 @@ double unigram_loss(const std::string& train, const std::string& val, const Voca
   double total = double(train.size()) + double(vocab.size()), nll = 0;
   for (unsigned char c : val) nll -= std::log(count[vocab.id[c]] / total);
   return nll / double(val.size());
-}
-
-// `batch` random windows of context + 1 characters: x = window[:-1], y = window[1:]. The text
-// stays in CPU memory; only the batch goes to the device.
-std::pair<Tensor, Tensor> get_batch(const Tensor& data, std::int64_t batch, std::int64_t context, Generator& gen,
-                                    Device dev) {
-  Tensor start = randint(0, data.size(0) - context, {batch, 1}, kInt64, &gen);
-  Tensor idx = start + arange(0, context + 1, 1, kInt64);  // (batch, context + 1)
-  Tensor window = index_select(data, 0, idx.flatten()).view({batch, context + 1});
-  return {window.slice(1, 0, context).to(dev), window.slice(1, 1, context + 1).to(dev)};
 }
 
 // GPT: token + position embeddings, pre-norm causal transformer layers, a final norm (part of
@@ -205,7 +195,7 @@ struct Corpus {
 };
 
 Corpus load_corpus(const Config& c) {
-  std::string text = examples::read_text(c.data_path);
+  std::string text = data::read_text(c.data_path);
   if (c.data_path == kDefaultCorpus) {  // fortune files separate entries with "%" lines; keep plain ASCII
     std::string clean;
     std::istringstream lines(text);
@@ -239,27 +229,26 @@ CharGPT& on_device(CharGPT& model, Device dev) {
   return model;
 }
 
-// The model with its optimizer, schedule and batch generator: everything a checkpoint holds.
+// The model with its optimizer and schedule: everything a checkpoint holds (the batches of a
+// step follow from the step and --seed).
 struct Trainer {
   Trainer(const Config& c, const Corpus& corpus, Device dev)
       : model(corpus.vocab.size(), c.context, c.dim, c.heads, c.layers, c.dropout),
         opt(on_device(model, dev)->parameters(), optim::AdamWOptions(c.flags.lr).betas({0.9, 0.99}).weight_decay(0.1)),
         schedule(opt, std::min(c.warmup, c.flags.steps / 10), c.flags.steps, /*start_factor=*/0.0,
                  /*eta_min=*/0.1 * c.flags.lr),
-        batch_gen(c.flags.seed + 1),
         precision(c.flags, dev),
         // Everything a resumed run needs to continue exactly: the default generator drives dropout;
         // fp16 adds the loss scaler.
         state{.model = model.get(),
               .optimizer = opt,
               .scheduler = schedule,
-              .generators = {{"batches", &batch_gen}, {"default", &default_generator()}}} {
+              .generators = {{"default", &default_generator()}}} {
     if (precision.uses_scaler()) state.extras["scaler"] = precision.scaler();
   }
   CharGPT model;
   optim::AdamW opt;
   optim::WarmupCosineLR schedule;
-  Generator batch_gen;
   examples::Precision precision;
   io::TrainingState state;
 };
@@ -286,18 +275,23 @@ std::int64_t resume_training(Trainer& tr, const Config& c, const Corpus& corpus)
   return first_step;
 }
 
-// Validation loss over fixed windows (the same ones at every evaluation).
+// Validation loss over fixed windows spread evenly over the validation text (the same ones at
+// every evaluation): at most 16 batches.
 double validate(CharGPT& model, const Corpus& corpus, const Config& c, const examples::Precision& precision,
                 Device dev) {
   NoGradGuard no_grad;
   auto mixed = precision.autocast();
   model->eval();
-  Generator val_gen(12345);
+  const std::int64_t windows = std::max<std::int64_t>(1, corpus.val_data.size(0) - c.context);
+  const std::int64_t stride = std::max<std::int64_t>(1, windows / (16 * c.flags.batch));
+  data::DataLoader val(std::make_shared<data::TextWindows>(corpus.val_data, c.context, stride),
+                       data::DataLoaderOptions().batch_size(c.flags.batch));
   double total = 0;
-  const int batches = 16;
-  for (int i = 0; i < batches; ++i) {
-    auto [x, y] = get_batch(corpus.val_data, c.flags.batch, c.context, val_gen, dev);
-    total += cross_entropy(model(x).flatten(0, 1), y.flatten()).item<double>();
+  std::int64_t batches = 0;
+  for (data::Batch& b : val) {
+    if (batches == 16) break;
+    total += cross_entropy(model(b[0].to(dev)).flatten(0, 1), b[1].to(dev).flatten()).item<double>();
+    ++batches;
   }
   model->train();
   return total / batches;
@@ -325,12 +319,29 @@ double train(Trainer& tr, const Config& c, const Corpus& corpus, std::int64_t fi
   const std::int64_t eval_every = examples::eval_interval(flags);
   double loss_sum = 0, val_loss = 0;  // training loss summed since the last evaluation
   std::int64_t loss_count = 0;
+  // Every training window once per epoch, in a new order each epoch (under mpirun each rank reads
+  // its share of every global batch); step s reads global batch s - 1 of that sequence, so a
+  // resumed run continues with the batches the uninterrupted one would have read.
+  auto windows = std::make_shared<data::TextWindows>(corpus.train_data, c.context);
+  data::DataLoader loader(windows, data::DataLoaderOptions()
+                                       .batch_size(dp.rank_batch(flags.batch))
+                                       .sampler(dp.sampler(windows->size(), flags.seed + 1))
+                                       .drop_last(true)
+                                       .num_workers(1));
+  const std::int64_t per_epoch = loader.size();
+  if (per_epoch == 0)
+    throw examples::UsageError(
+        fmt::format("--batch {}: more than the {} training windows", flags.batch, windows->size()));
+  loader.set_epoch(std::uint64_t(first_step - 1) / std::uint64_t(per_epoch), (first_step - 1) % per_epoch);
+  auto batch = loader.begin();
   for (std::int64_t step = first_step; step <= last_step; ++step) {
-    auto [x, y, weight] = dp.share(get_batch(corpus.train_data, flags.batch, c.context, tr.batch_gen, dev));
+    if (batch == loader.end()) batch = loader.begin();  // the next epoch
+    Tensor x = (*batch)[0].to(dev), y = (*batch)[1].to(dev);
+    ++batch;
     Tensor loss;
     {
       auto mixed = tr.precision.autocast();
-      loss = cross_entropy(tr.model(x).flatten(0, 1), y.flatten()) * weight;
+      loss = cross_entropy(tr.model(x).flatten(0, 1), y.flatten());
     }
     tr.opt.zero_grad();
     tr.precision.backward_step(loss, tr.opt, /*clip_norm=*/1.0);

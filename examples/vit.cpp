@@ -12,14 +12,14 @@
 // --data points at another folder holding the same four files (gzip'd or not).
 #include <algorithm>
 #include <array>
-#include <numeric>
-#include <random>
+#include <filesystem>
 
+#include <kiln/data/data.hpp>
 #include <kiln/optim/optim.hpp>
 #include "common/common.hpp"
-#include "common/data.hpp"
 
 using namespace kiln;
+namespace data = kiln::data;
 
 namespace {
 
@@ -27,32 +27,25 @@ const char* kDefaultData = "/usr/share/datasets/fashion-mnist";
 const std::array<const char*, 10> kClasses = {"T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
                                               "Sandal",      "Shirt",   "Sneaker",  "Bag",   "Ankle boot"};
 
-struct Split {
-  Tensor images;  // (N, 28, 28) float32, normalized
-  Tensor labels;  // (N,) int64
-};
+// Finds "<name>.gz" or "<name>" in `dir`.
+std::string find_file(const std::string& dir, const std::string& name) {
+  for (const std::string& candidate : {name + ".gz", name})
+    if (std::filesystem::exists(std::filesystem::path(dir) / candidate))
+      return (std::filesystem::path(dir) / candidate).string();
+  throw examples::UsageError(
+      fmt::format("{}: no {}[.gz] (is the dataset-fashion-mnist package installed?)", dir, name));
+}
 
-// Loads "<prefix>-images-idx3-ubyte[.gz]" and "<prefix>-labels-idx1-ubyte[.gz]" from `dir`.
-Split load_split(const std::string& dir, const std::string& prefix) {
-  auto find = [&](const std::string& name) {
-    for (const std::string& candidate : {name + ".gz", name})
-      if (std::filesystem::exists(std::filesystem::path(dir) / candidate))
-        return (std::filesystem::path(dir) / candidate).string();
+// "<prefix>-images-idx3-ubyte[.gz]" and "<prefix>-labels-idx1-ubyte[.gz]" from `dir`: images
+// (N, 28, 28) in [0, 1], labels 0..9 (kiln::data checks the files).
+data::IdxDataset load_split(const std::string& dir, const std::string& prefix) {
+  const std::string images = find_file(dir, prefix + "-images-idx3-ubyte");  // reported first when missing
+  const std::string labels = find_file(dir, prefix + "-labels-idx1-ubyte");
+  data::IdxDataset split(images, labels, data::IdxDatasetOptions().num_classes(10));
+  if (split.images().dim() != 3 || split.images().size(1) != 28 || split.images().size(2) != 28)
     throw examples::UsageError(
-        fmt::format("{}: no {}[.gz] (is the dataset-fashion-mnist package installed?)", dir, name));
-  };
-  examples::Idx images = examples::read_idx(find(prefix + "-images-idx3-ubyte"));
-  examples::Idx labels = examples::read_idx(find(prefix + "-labels-idx1-ubyte"));
-  if (images.shape.size() != 3 || images.shape[1] != 28 || images.shape[2] != 28)
-    throw examples::UsageError(
-        fmt::format("{} images: expected shape (N, 28, 28), got rank {}", prefix, images.shape.size()));
-  if (labels.shape.size() != 1 || labels.shape[0] != images.shape[0])
-    throw examples::UsageError(fmt::format("{}: {} images but {} labels", prefix, images.shape[0], labels.shape[0]));
-  for (auto l : labels.data)
-    if (l > 9) throw examples::UsageError(fmt::format("{} labels: class {} is out of range 0..9", prefix, int(l)));
-  std::vector<float> pixels(images.data.begin(), images.data.end());
-  std::vector<std::int64_t> classes(labels.data.begin(), labels.data.end());
-  return {tensor(pixels, {images.shape[0], 28, 28}) / 255.0f, tensor(classes, {labels.shape[0]})};
+        fmt::format("{} images: expected shape (N, 28, 28), got {}", prefix, shape_str(split.images().shape())));
+  return split;
 }
 
 struct ViTImpl : nn::Module {
@@ -84,18 +77,16 @@ struct ViTImpl : nn::Module {
 KILN_MODULE(ViT);
 
 // Predicted classes for a whole split, in chunks (eval mode: no dropout).
-std::vector<std::int64_t> predict(ViT& model, const Split& data, Device dev) {
+std::vector<std::int64_t> predict(ViT& model, data::DataLoader& split, Device dev) {
   NoGradGuard no_grad;
   model->eval();
   std::vector<Tensor> preds;
-  for (std::int64_t i = 0, n = data.images.size(0); i < n; i += 1000)
-    preds.push_back(argmax(model(data.images.narrow(0, i, std::min<std::int64_t>(1000, n - i)).to(dev)), -1));
+  for (data::Batch& b : split) preds.push_back(argmax(model(b[0].to(dev)), -1));
   model->train();
   return cat(preds).to(Device::cpu()).to_vector<std::int64_t>();
 }
 
-double accuracy(const std::vector<std::int64_t>& pred, const Split& data) {
-  auto labels = data.labels.to_vector<std::int64_t>();
+double accuracy(const std::vector<std::int64_t>& pred, const std::vector<std::int64_t>& labels) {
   std::int64_t right = 0;
   for (std::size_t i = 0; i < pred.size(); ++i) right += pred[i] == labels[i];
   return double(right) / double(pred.size());
@@ -130,21 +121,32 @@ int main(int argc, char** argv) {
     examples::Precision precision(flags, dev);
     examples::Timer wall;
 
-    Split train = load_split(data_dir, "train"), test = load_split(data_dir, "t10k");
-    // Checked before any work: an empty split or an oversized batch would fail only at the end.
-    if (train.images.size(0) == 0)
-      throw examples::UsageError(fmt::format("{}: the training files hold no images", data_dir));
-    if (test.images.size(0) == 0)
-      throw examples::UsageError(
-          fmt::format("{}: the t10k test files hold no images (nothing to measure accuracy on)", data_dir));
-    if (flags.batch > train.images.size(0))
-      throw examples::UsageError(
-          fmt::format("--batch {} is larger than the {} training images", flags.batch, train.images.size(0)));
-    // Normalize with the training set's pixel statistics.
-    const float mu = mean(train.images).item<float>(), sigma = kiln::std(train.images).item<float>();
-    train.images = (train.images - mu) / sigma, test.images = (test.images - mu) / sigma;
-    const std::int64_t n_train = train.images.size(0);
-    fmt::print("vit: {} training / {} test images from {}\n", n_train, test.images.size(0), data_dir);
+    std::shared_ptr<data::TensorDataset> train_set, test_set;
+    {
+      data::IdxDataset train = load_split(data_dir, "train"), test = load_split(data_dir, "t10k");
+      // Normalized with the training set's pixel statistics (the raw images are freed here).
+      const float mu = mean(train.images()).item<float>(), sigma = kiln::std(train.images()).item<float>();
+      auto normalized = [&](const data::IdxDataset& split) {
+        return std::make_shared<data::TensorDataset>(
+            std::vector<Tensor>{(split.images() - mu) / sigma, split.labels()});
+      };
+      train_set = normalized(train), test_set = normalized(test);
+    }
+    const std::int64_t n_train = train_set->size();
+    const std::vector<std::int64_t> test_labels = test_set->tensors()[1].to_vector<std::int64_t>();
+    // Each epoch visits the training images in a fresh random order (a batch made ahead on a
+    // worker thread); the test set in order.
+    Generator shuffle_gen(flags.seed + 1);
+    data::DataLoader train_loader(train_set, data::DataLoaderOptions()
+                                                 .batch_size(flags.batch)
+                                                 .shuffle(true)
+                                                 .generator(&shuffle_gen)
+                                                 .drop_last(true)
+                                                 .num_workers(1));
+    data::DataLoader test_loader(test_set, data::DataLoaderOptions().batch_size(1000));
+    if (train_loader.size() == 0)
+      throw examples::UsageError(fmt::format("--batch {} is larger than the {} training images", flags.batch, n_train));
+    fmt::print("vit: {} training / {} test images from {}\n", n_train, test_set->size(), data_dir);
 
     ViT model(patch, dim, heads, layers, dropout);
     model->to(dev);
@@ -156,27 +158,17 @@ int main(int argc, char** argv) {
                examples::count_str(model->num_parameters()), flags.batch, examples::count_of(flags.steps, "step"),
                double(flags.steps * flags.batch) / double(n_train), dev.str());
 
-    // Each epoch visits the training images in a fresh random order.
-    std::mt19937_64 shuffle_rng(flags.seed + 1);
-    std::vector<std::int64_t> order(n_train);
-    std::iota(order.begin(), order.end(), 0);
-    std::int64_t cursor = n_train;
-    auto next_batch = [&] {
-      if (cursor + flags.batch > n_train) std::shuffle(order.begin(), order.end(), shuffle_rng), cursor = 0;
-      Tensor idx = tensor(std::vector<std::int64_t>(order.begin() + cursor, order.begin() + cursor + flags.batch),
-                          {flags.batch});
-      cursor += flags.batch;
-      return std::pair{index_select(train.images, 0, idx).to(dev), index_select(train.labels, 0, idx).to(dev)};
-    };
-
     examples::RunLog log(flags, "vit", {"step", "train_loss", "train_acc", "test_acc", "seconds"});
     examples::Progress progress(flags.steps);
     const std::int64_t eval_every = examples::eval_interval(flags);
     double loss_sum = 0, right = 0, seen = 0, test_acc = 0;
     std::int64_t loss_count = 0;
     std::vector<std::int64_t> test_pred;
+    auto batch = train_loader.begin();
     for (std::int64_t step = 1; step <= flags.steps; ++step) {
-      auto [x, y] = next_batch();
+      if (batch == train_loader.end()) batch = train_loader.begin();  // the next epoch
+      Tensor x = (*batch)[0].to(dev), y = (*batch)[1].to(dev);
+      ++batch;
       Tensor logits, loss;
       {
         auto mixed = precision.autocast();
@@ -194,8 +186,8 @@ int main(int argc, char** argv) {
       progress.step(step, fmt::format("loss {:.3f}  train acc {:.3f}", loss_sum / loss_count, right / seen));
       if (step % eval_every == 0 || step == flags.steps) {
         auto mixed = precision.autocast();
-        test_pred = predict(model, test, dev);
-        test_acc = accuracy(test_pred, test);
+        test_pred = predict(model, test_loader, dev);
+        test_acc = accuracy(test_pred, test_labels);
         progress.note(log.row({double(step), loss_sum / loss_count, right / seen, test_acc, wall.seconds()}));
         loss_sum = right = seen = 0, loss_count = 0;
       }
@@ -204,9 +196,9 @@ int main(int argc, char** argv) {
     log.close();
 
     // Per-class test accuracy shows which clothes are hard to tell apart.
-    auto labels = test.labels.to_vector<std::int64_t>();
     std::array<int, 10> hit{}, count{};
-    for (std::size_t i = 0; i < labels.size(); ++i) count[labels[i]]++, hit[labels[i]] += test_pred[i] == labels[i];
+    for (std::size_t i = 0; i < test_labels.size(); ++i)
+      count[test_labels[i]]++, hit[test_labels[i]] += test_pred[i] == test_labels[i];
     for (int c = 0; c < 10; ++c) fmt::print("  {:<12} {:.3f}\n", kClasses[c], double(hit[c]) / std::max(1, count[c]));
     if (!log.metrics.rows().empty()) {
       const auto steps = log.metrics.column("step");

@@ -2,9 +2,10 @@
 /// Data-parallel runs of the examples. The same program runs as one process or under mpirun:
 ///   mpirun -np 4 build/examples/charlm --threads 1 ...      (add --allow-run-as-root
 ///                                                            --oversubscribe as root/in containers)
-/// Every rank draws the same global batch (the same seeded generator) and trains on its rows
-/// (rank r takes rows r, r + N, ...); DDP averages the gradients, so the N processes train the
-/// one-process model on the same global batches. Only rank 0 prints and writes files.
+/// Every rank reads its share of each global batch (kiln::data::DistributedSampler: rank r takes
+/// positions r, r + N, ... of the epoch's order, or of a global batch that every rank draws alike);
+/// DDP averages the gradients, so the N processes train the one-process model on the same global
+/// batches. Only rank 0 prints and writes files.
 ///
 ///   int main(int argc, char** argv) {
 ///     examples::DataParallel dp;                       // before anything prints
@@ -12,7 +13,9 @@
 ///     return dp.exit(examples::run(app, argc, argv, [&] {
 ///       dp.rank0_writes(flags);                        // the other ranks write no files
 ///       dp.wrap(*model);                               // after the model is built (and resumed)
-///       auto [x, y, weight] = dp.share(x_global, y_global);
+///       data::DataLoader loader(ds, data::DataLoaderOptions().batch_size(dp.rank_batch(flags.batch))
+///                                       .sampler(dp.sampler(ds->size(), flags.seed)));  // a dataset, or
+///       auto [x, y, weight] = dp.share(x_global, y_global);       // rows of a drawn global batch
 ///       Tensor loss = cross_entropy(model(x), y) * weight;
 ///       ... loss.backward(); opt.step(); progress.step(step, fmt::format("{}", dp.global_mean(loss)));
 ///     }));
@@ -52,15 +55,35 @@ class DataParallel {
     if (world_ > 1) ddp_ = std::make_unique<kiln::distributed::DistributedDataParallel>(model);
   }
 
-  /// This rank's rows of a global batch (rows r, r + N, ...), and the factor for its mean loss
-  /// that makes the ranks' average the global batch's mean (rows_here * N / rows).
+  /// This rank's sampler over a dataset of n examples: a new order per epoch (keyed by seed, the
+  /// same on every rank), of which this rank reads a disjoint share of every global batch; the
+  /// last n % N examples of an epoch are left out so that every rank runs the same steps.
+  std::shared_ptr<kiln::data::DistributedSampler> sampler(std::int64_t n, std::uint64_t seed) const {
+    return std::make_shared<kiln::data::DistributedSampler>(
+        n, kiln::data::DistributedSamplerOptions().rank(rank_).world(world_).seed(seed).remainder(
+               kiln::data::Remainder::Drop));
+  }
+
+  /// The batch each rank reads for a global --batch (which the number of processes must divide).
+  std::int64_t rank_batch(std::int64_t global) const {
+    if (global % world_ != 0)
+      throw UsageError(fmt::format("--batch {} must be a multiple of the number of processes ({})", global, world_));
+    return global / world_;
+  }
+
+  /// This rank's rows of a global batch that every rank drew alike (rows r, r + N, ...), and the
+  /// factor for its mean loss that makes the ranks' average the global batch's mean
+  /// (rows_here * N / rows).
   std::tuple<kiln::Tensor, kiln::Tensor, double> share(const kiln::Tensor& x, const kiln::Tensor& y) const {
     if (world_ == 1) return {x, y, 1.0};
     const std::int64_t rows = x.size(0);
     if (rows < world_)
       throw UsageError(fmt::format("--batch {} is smaller than the number of processes ({})", rows, world_));
-    kiln::Tensor idx = kiln::arange(rank_, rows, world_, kiln::TensorOptions(kiln::kInt64).device(x.device()));
-    const double weight = static_cast<double>(idx.numel() * world_) / static_cast<double>(rows);
+    kiln::data::DistributedSampler mine(
+        rows, kiln::data::DistributedSamplerOptions().rank(rank_).world(world_).shuffle(false).remainder(
+                  kiln::data::Remainder::Uneven));
+    kiln::Tensor idx = kiln::tensor(mine.indices(), {mine.size()}).to(x.device());
+    const double weight = static_cast<double>(mine.size() * world_) / static_cast<double>(rows);
     return {kiln::index_select(x, 0, idx), kiln::index_select(y, 0, idx), weight};
   }
 
