@@ -7,6 +7,9 @@
 #include "cpu/loops.hpp"
 #include "error.hpp"
 
+// Defined by core/startup.cpp (the kiln_startup library) when it is linked into the program.
+extern "C" __attribute__((weak)) long kiln_startup_spin_count;
+
 namespace kiln {
 
 namespace cpu {
@@ -52,6 +55,14 @@ SingleThreadGuard::SingleThreadGuard() : prev_omp_(omp_get_max_threads()), prev_
 SingleThreadGuard::~SingleThreadGuard() {
   t_serial = prev_serial_;
   omp_set_num_threads(prev_omp_);
+}
+
+std::string wait_policy() {
+  if (const char* p = std::getenv("OMP_WAIT_POLICY")) return fmt::format("OMP_WAIT_POLICY={}", p);
+  if (const char* s = std::getenv("GOMP_SPINCOUNT")) return fmt::format("GOMP_SPINCOUNT={}", s);
+  if (&kiln_startup_spin_count && kiln_startup_spin_count >= 0)
+    return fmt::format("GOMP_SPINCOUNT={} (kiln's default)", kiln_startup_spin_count);
+  return "libgomp's default";
 }
 
 void parallel_chunks(std::int64_t n, std::int64_t grain, void (*body)(std::int64_t, std::int64_t, const void*),

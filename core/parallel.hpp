@@ -1,7 +1,12 @@
 #pragma once
 /// One thread pool (OpenMP) for every CPU kernel, BLAS included.
 ///   kiln::set_num_threads(2);   // or KILN_NUM_THREADS=2 in the environment
+///   fmt::print("{}\n", kiln::wait_policy());   // "GOMP_SPINCOUNT=3000 (kiln's default)"
+/// Idle pool threads spin briefly, then sleep: kiln's default, set before the OpenMP runtime
+/// starts, so kiln stays fast beside other busy processes; an OMP_WAIT_POLICY or GOMP_SPINCOUNT
+/// in the environment wins (core/README.md, "Threads").
 #include <cstdint>
+#include <string>
 
 namespace kiln {
 
@@ -25,6 +30,11 @@ class SingleThreadGuard {
   int prev_omp_;
   bool prev_serial_;
 };
+
+/// How idle pool threads wait and who chose it: the environment's OMP_WAIT_POLICY /
+/// GOMP_SPINCOUNT, kiln's default, or "libgomp's default" where kiln's start-up entry is not in
+/// the program (kiln inside a shared library, or a program not linked through kiln::kiln).
+std::string wait_policy();
 
 /// Minimum elements per thread before a loop is split; below it kernels run serially.
 inline constexpr std::int64_t kParallelGrain = 32768;
