@@ -7,7 +7,8 @@
 #include "cpu/loops.hpp"
 #include "error.hpp"
 
-// Defined by core/startup.cpp (the kiln_startup library) when it is linked into the program.
+// Defined by core/startup.cpp (the kiln::startup library) when it is linked into the program:
+// the GOMP_SPINCOUNT it gave libgomp, or < 0 when it gave none.
 extern "C" __attribute__((weak)) long kiln_startup_spin_count;
 
 namespace kiln {
@@ -60,9 +61,10 @@ SingleThreadGuard::~SingleThreadGuard() {
 std::string wait_policy() {
   if (const char* p = std::getenv("OMP_WAIT_POLICY")) return fmt::format("OMP_WAIT_POLICY={}", p);
   if (const char* s = std::getenv("GOMP_SPINCOUNT")) return fmt::format("GOMP_SPINCOUNT={}", s);
-  if (&kiln_startup_spin_count && kiln_startup_spin_count >= 0)
-    return fmt::format("GOMP_SPINCOUNT={} (kiln's default)", kiln_startup_spin_count);
-  return "libgomp's default";
+  if (!&kiln_startup_spin_count)
+    return "libgomp's default (kiln::startup is not linked into this program: link it, or set GOMP_SPINCOUNT=3000)";
+  if (kiln_startup_spin_count >= 0) return fmt::format("GOMP_SPINCOUNT={} (kiln's default)", kiln_startup_spin_count);
+  return "libgomp's default (the environment had no variable kiln's start-up could borrow: set GOMP_SPINCOUNT=3000)";
 }
 
 void parallel_chunks(std::int64_t n, std::int64_t grain, void (*body)(std::int64_t, std::int64_t, const void*),

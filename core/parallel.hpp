@@ -32,8 +32,9 @@ class SingleThreadGuard {
 };
 
 /// How idle pool threads wait and who chose it: the environment's OMP_WAIT_POLICY /
-/// GOMP_SPINCOUNT, kiln's default, or "libgomp's default" where kiln's start-up entry is not in
-/// the program (kiln inside a shared library, or a program not linked through kiln::kiln).
+/// GOMP_SPINCOUNT, kiln's default, or "libgomp's default (why)" where kiln's start-up entry is not
+/// in the program (an executable that links kiln only through a shared library: link
+/// kiln::startup into it) or found no environment variable to borrow (an empty environment).
 std::string wait_policy();
 
 /// Minimum elements per thread before a loop is split; below it kernels run serially.

@@ -1,3 +1,4 @@
+#include <cstdlib>
 #include <kiln/kiln.hpp>
 
 int main() {
@@ -12,5 +13,10 @@ int main() {
              kiln::io::charts_available() ? "available" : "not built");
   if (kiln::io::charts_available())
     kiln::io::LineChart("consumer", "step", "loss").add("loss", {0, 1}, {2, 1}).write_png("consumer_chart.png");
-  return w.grad().shape() == kiln::Shape{3, 2} ? 0 : 1;
+  // find_package(kiln) brings kiln's start-up entry into the program (core/README.md, "Threads").
+  const std::string policy = kiln::wait_policy();
+  fmt::print("consumer wait policy: {}\n", policy);
+  const bool user_chose = std::getenv("OMP_WAIT_POLICY") || std::getenv("GOMP_SPINCOUNT");
+  const bool policy_ok = user_chose || policy == "GOMP_SPINCOUNT=3000 (kiln's default)";
+  return w.grad().shape() == kiln::Shape{3, 2} && policy_ok ? 0 : 1;
 }
