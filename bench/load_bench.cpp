@@ -4,8 +4,9 @@
 //   build/bench/load_bench                                          # quiet
 //   taskset -c 1 sh -c 'while :; do :; done' & B=$!; build/bench/load_bench; kill $B   # loaded
 //   GOMP_SPINCOUNT=300000 build/bench/load_bench     # libgomp's own default (kiln before this change)
+//   OMP_WAIT_POLICY=PASSIVE build/bench/load_bench   # sleep at once (the old examples/README advice)
 // Workloads: `mlp` (a 3-layer MLP training step, AdamW), `reverse` (the reverse example's
-// training step: a 2-layer causal transformer, d 64, batch 128, 25 tokens), `region` (one
+// training step: a 2-layer causal transformer, d 64, batch 128, 24 tokens), `region` (one
 // add just big enough to split over the threads: the cost of waking the pool).
 // Prints `RESULT load impl=kiln workload=.. threads=.. median_ms=..` after a `# ... wait: ..` line.
 #include <algorithm>
