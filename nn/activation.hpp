@@ -2,6 +2,8 @@
 /// Activation modules (no parameters), for Sequential and for printing:
 ///   nn::Sequential mlp(nn::Linear(8, 32), nn::GELU(nn::GELUOptions().approximate("tanh")), nn::Linear(32, 8));
 ///   nn::ReLU relu; Tensor y = relu(x);
+/// GELU, SiLU, Tanh and Sigmoid take floating inputs (an integer one is an error, not a silent
+/// promotion); ReLU also takes int64 and keeps it, as PyTorch's.
 #include <string>
 
 #include "module.hpp"
@@ -25,7 +27,7 @@ class GELUImpl : public Module {
  public:
   explicit GELUImpl(const GELUOptions& options = {});
   std::string extra_repr() const override;
-  Tensor forward(const Tensor& x) { return gelu(x, options.approximate()); }
+  Tensor forward(const Tensor& x);
 
   GELUOptions options;
 };
@@ -35,21 +37,21 @@ KILN_MODULE(GELU);
 class SiLUImpl : public Module {
  public:
   SiLUImpl() : Module("SiLU") {}
-  Tensor forward(const Tensor& x) { return silu(x); }
+  Tensor forward(const Tensor& x);
 };
 KILN_MODULE(SiLU);
 
 class TanhImpl : public Module {
  public:
   TanhImpl() : Module("Tanh") {}
-  Tensor forward(const Tensor& x) { return kiln::tanh(x); }
+  Tensor forward(const Tensor& x);
 };
 KILN_MODULE(Tanh);
 
 class SigmoidImpl : public Module {
  public:
   SigmoidImpl() : Module("Sigmoid") {}
-  Tensor forward(const Tensor& x) { return sigmoid(x); }
+  Tensor forward(const Tensor& x);
 };
 KILN_MODULE(Sigmoid);
 

@@ -8,6 +8,10 @@ DropoutImpl::DropoutImpl(const DropoutOptions& options_) : Module("Dropout"), op
 
 std::string DropoutImpl::extra_repr() const { return fmt::format("p={}", options.p()); }
 
-Tensor DropoutImpl::forward(const Tensor& x) { return dropout(x, options.p(), is_training(), options.generator()); }
+// Checked in eval mode too (where dropout returns its input), so a dtype bug shows in either mode.
+Tensor DropoutImpl::forward(const Tensor& x) {
+  check_floating_input("Dropout", x);
+  return dropout(x, options.p(), is_training(), options.generator());
+}
 
 }  // namespace kiln::nn

@@ -32,6 +32,11 @@ std::string EmbeddingImpl::extra_repr() const {
   return s;
 }
 
-Tensor EmbeddingImpl::forward(const Tensor& ids) { return functional::embedding(ids, weight, options.padding_idx()); }
+Tensor EmbeddingImpl::forward(const Tensor& ids) {
+  KILN_CHECK(ids.defined(), "Embedding", "input tensor is undefined");
+  KILN_CHECK(ids.dtype() == kInt64, "Embedding", "input dtype {} is not supported: expected int64 indices",
+             dtype_name(ids.dtype()));
+  return functional::embedding(ids, weight, options.padding_idx());
+}
 
 }  // namespace kiln::nn

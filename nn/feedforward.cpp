@@ -23,6 +23,7 @@ std::string FeedForwardImpl::extra_repr() const {
 }
 
 Tensor FeedForwardImpl::forward(const Tensor& x) {
+  check_floating_input("FeedForward", x);
   KILN_CHECK(x.defined() && x.dim() >= 1 && x.size(-1) == options.dim(), "FeedForward",
              "expected input (..., {}), got shape {}", options.dim(), x.defined() ? shape_str(x.shape()) : "undefined");
   Tensor h = fc1(x);

@@ -36,7 +36,7 @@ std::string LinearImpl::extra_repr() const {
 }
 
 Tensor LinearImpl::forward(const Tensor& x) {
-  KILN_CHECK(x.defined(), "Linear", "input tensor is undefined");
+  check_floating_input("Linear", x);
   KILN_CHECK(x.dim() >= 1 && x.size(-1) == options.in_features(), "Linear",
              "input of shape {} does not match weight of shape {}: expected last dim in_features={}, got {}",
              shape_str(x.shape()), shape_str(weight.shape()), options.in_features(), x.dim() ? x.size(-1) : 0);

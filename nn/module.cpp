@@ -83,6 +83,13 @@ std::string join_quoted(const std::vector<std::string>& keys) {
 
 }  // namespace
 
+void check_floating_input(const char* layer, const Tensor& x, const char* what) {
+  KILN_CHECK(x.defined(), layer, "{} tensor is undefined", what);
+  KILN_CHECK(x.is_floating_point(), layer,
+             "{} dtype {} is not supported: expected a floating dtype (float32, float64, bfloat16, float16)", what,
+             dtype_name(x.dtype()));
+}
+
 Module::Module(std::string name) : name_(std::move(name)) {}
 
 const std::string& Module::name() const {

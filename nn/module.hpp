@@ -187,6 +187,13 @@ class Module : public std::enable_shared_from_this<Module> {
 
 std::ostream& operator<<(std::ostream& os, const Module& m);
 
+/// Checks a layer's input for a floating dtype (float32, float64, bfloat16, float16), as kiln's
+/// layers do (an integer tensor is an error, not a silent promotion, as in PyTorch); for layers
+/// of your own too. `what` names the argument:
+///   nn::check_floating_input("SwiGLU", x);
+///   // [SwiGLU] input dtype int64 is not supported: expected a floating dtype (float32, float64, bfloat16, float16)
+void check_floating_input(const char* layer, const Tensor& x, const char* what = "input");
+
 /// Shared-pointer wrapper around a module implementation (like torch::nn::ModuleHolder):
 /// copies share the module; `holder->member`, `holder(x)` (calls forward), `holder.ptr()`.
 /// An empty holder is made with `nullptr`: `nn::Linear fc{nullptr};`.

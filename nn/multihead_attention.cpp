@@ -235,6 +235,9 @@ MhaResult MultiHeadAttentionImpl::run(const Tensor& q, const Tensor& k, const Te
 MhaResult MultiHeadAttentionImpl::attend_axes(const Tensor& q, const Tensor& k, const Tensor& v, const MhaForward& f) {
   KILN_CHECK(q.defined() && k.defined() && v.defined(), kOp, "inputs must be defined, got q {}, k {}, v {}",
              shape_or_undefined(q), shape_or_undefined(k), shape_or_undefined(v));
+  check_floating_input(kOp, q, "query");
+  check_floating_input(kOp, k, "key");
+  check_floating_input(kOp, v, "value");
   KILN_CHECK(f.cache() == nullptr, kOp, "a KV cache cannot be combined with attention_axes");
   const std::int64_t n = q.dim();
   std::vector<std::int64_t> axes;
@@ -324,6 +327,9 @@ Shape MultiHeadAttentionImpl::check_inputs(const Tensor& q, const Tensor& k, con
   const std::int64_t E = options.embed_dim();
   KILN_CHECK(q.defined() && k.defined() && v.defined(), kOp, "inputs must be defined, got q {}, k {}, v {}",
              shape_or_undefined(q), shape_or_undefined(k), shape_or_undefined(v));
+  check_floating_input(kOp, q, "query");
+  check_floating_input(kOp, k, "key");
+  check_floating_input(kOp, v, "value");
   KILN_CHECK(q.dim() >= 2 && q.size(-1) == E, kOp, "query must be (batch..., T, embed_dim={}), got shape {}", E,
              shape_str(q.shape()));
   KILN_CHECK(k.dim() == q.dim() && k.size(-1) == kdim(), kOp,

@@ -39,6 +39,7 @@ std::string LayerNormImpl::extra_repr() const {
 }
 
 Tensor LayerNormImpl::forward(const Tensor& x) {
+  check_floating_input("LayerNorm", x);
   return layer_norm(x, options.normalized_shape(), weight, bias, options.eps());
 }
 
@@ -65,6 +66,7 @@ std::string RMSNormImpl::extra_repr() const {
 }
 
 Tensor RMSNormImpl::forward(const Tensor& x) {
+  check_floating_input("RMSNorm", x);
   return functional::rms_norm(x, options.normalized_shape(), weight, options.eps());
 }
 

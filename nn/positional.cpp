@@ -22,7 +22,7 @@ Tensor PositionalEmbeddingBase::positions(std::int64_t length, std::int64_t offs
 
 Tensor PositionalEmbeddingBase::forward(const Tensor& x, std::int64_t offset) {
   const std::int64_t dim = table().size(1);
-  KILN_CHECK(x.defined(), name().c_str(), "input tensor is undefined");
+  check_floating_input(name().c_str(), x);
   KILN_CHECK(x.dim() >= 2 && x.size(-1) == dim, name().c_str(), "expected input (..., T, {}), got shape {}", dim,
              shape_str(x.shape()));
   return x + positions(x.size(-2), offset);

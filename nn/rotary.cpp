@@ -36,8 +36,8 @@ std::pair<Tensor, Tensor> RotaryEmbeddingImpl::cos_sin(const Tensor& positions, 
 
 Tensor RotaryEmbeddingImpl::forward(const Tensor& x, const Tensor& positions) {
   const std::int64_t r = options.dim(), half = r / 2;
-  KILN_CHECK(x.defined() && positions.defined(), kOp, "input and positions must be defined");
-  KILN_CHECK(x.is_floating_point(), kOp, "input must be floating point, got {}", dtype_name(x.dtype()));
+  check_floating_input(kOp, x);
+  KILN_CHECK(positions.defined(), kOp, "positions tensor is undefined");
   KILN_CHECK(x.dim() >= 2 && x.size(-1) >= r, kOp, "expected input (..., L, D) with D >= dim={}, got shape {}", r,
              shape_str(x.shape()));
   KILN_CHECK(positions.dtype() == kInt64 || positions.is_floating_point(), kOp,
@@ -66,6 +66,7 @@ Tensor RotaryEmbeddingImpl::forward(const Tensor& x, const Tensor& positions) {
 }
 
 Tensor RotaryEmbeddingImpl::forward(const Tensor& x, std::int64_t offset) {
+  check_floating_input(kOp, x);
   KILN_CHECK(x.defined() && x.dim() >= 2, kOp, "expected input (..., L, D), got {}",
              x.defined() ? shape_str(x.shape()) : std::string("undefined"));
   const std::int64_t L = x.size(-2);
