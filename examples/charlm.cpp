@@ -263,15 +263,10 @@ std::int64_t resume_training(Trainer& tr, const Config& c, const Corpus& corpus)
   if (info.metadata["model"] != c.shape())
     throw examples::UsageError(fmt::format("--resume {}: the checkpoint's model has {}; this run asks for {}", c.resume,
                                            info.metadata["model"], c.shape()));
-  // The same --steps continues the run exactly; another --steps keeps the model and optimizer
-  // and re-plans the learning-rate schedule for the new length.
-  const bool same_plan = info.metadata["steps"] == std::to_string(c.flags.steps);
-  io::TrainingState restore = tr.state;
-  if (!same_plan) restore.scheduler = nullptr;
-  const std::int64_t first_step = io::load_checkpoint(c.resume, restore).step + 1;
-  for (std::int64_t s = 1; !same_plan && s < first_step; ++s) tr.schedule.step();
-  fmt::print("resumed from {} at step {}{}\n", c.resume, first_step - 1,
-             same_plan ? "" : " (schedule re-planned for --steps)");
+  // The same --steps continues the run exactly; with another --steps the schedule keeps the plan
+  // built for it from the saved step and says so (optim::ResumePlan).
+  const std::int64_t first_step = io::load_checkpoint(c.resume, tr.state).step + 1;
+  fmt::print("resumed from {} at step {}\n", c.resume, first_step - 1);
   return first_step;
 }
 

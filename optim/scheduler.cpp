@@ -1,6 +1,7 @@
 #include "scheduler.hpp"
 
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 
 #include <algorithm>
 #include <cmath>
@@ -63,6 +64,23 @@ StateDict LRScheduler::state_dict() const {
 }
 
 void LRScheduler::load_state_dict(const StateDict& sd) {
+  std::vector<std::string> changes;
+  load_state(sd, resume_plan_, changes);
+  if (changes.empty()) return;
+  std::string line = fmt::format("[{}] resuming with another schedule ({}): ", name_, fmt::join(changes, ", "));
+  if (resume_plan_ == ResumePlan::Current) {
+    const double old_lr = last_lrs_.empty() ? 0.0 : last_lrs_[0];
+    apply(lr_at(last_epoch_));
+    line += fmt::format("following this one from epoch {} (lr {} -> {})", last_epoch_, old_lr,
+                        last_lrs_.empty() ? 0.0 : last_lrs_[0]);
+  } else {
+    line += fmt::format("continuing the state's (ResumePlan::Saved) from epoch {}", last_epoch_);
+  }
+  if (plan_warning_) plan_warning_(line);
+  else fmt::print(stderr, "{}\n", line);
+}
+
+void LRScheduler::load_state(const StateDict& sd, ResumePlan keep, std::vector<std::string>& changes) {
   std::set<std::string> used;
   auto get = [&](const std::string& k) {
     auto it = sd.scalars.find(k);
@@ -81,7 +99,8 @@ void LRScheduler::load_state_dict(const StateDict& sd) {
     last[g] = get(fmt::format("last_lr.{}", g));
   }
   for (const auto& [k, v] : sd) check(false, fmt::format("load_state_dict: unexpected tensor '{}'", k));
-  // Hyper-parameters are checked on a copy of the values first, so a bad dict changes nothing.
+  // The state's hyper-parameters are validated in place, then this scheduler's come back unless
+  // the state's plan is kept; a bad dict changes nothing.
   std::vector<std::pair<std::string, double>> values;
   fields([&](const char* n, double& v) {
     values.emplace_back(n, get(n));
@@ -89,18 +108,27 @@ void LRScheduler::load_state_dict(const StateDict& sd) {
   });
   for (const auto& [k, v] : sd.scalars)
     check(used.count(k) != 0, fmt::format("load_state_dict: unexpected scalar '{}'", k));
-  std::vector<std::pair<std::string, double>> saved;
-  fields([&](const char* n, double& v) { saved.emplace_back(n, v); });
-  std::size_t i = 0;
-  fields([&](const char*, double& v) { v = values[i++].second; });
+  std::vector<std::pair<std::string, double>> own;
+  fields([&](const char* n, double& v) { own.emplace_back(n, v); });
+  auto set_fields = [&](const std::vector<std::pair<std::string, double>>& from) {
+    std::size_t i = 0;
+    fields([&](const char*, double& v) { v = from[i++].second; });
+  };
+  set_fields(values);
   try {
     validate();
   } catch (...) {
-    i = 0;
-    fields([&](const char*, double& v) { v = saved[i++].second; });
+    set_fields(own);
     throw;
   }
-  base_lrs_ = std::move(base);
+  for (std::size_t i = 0; i < values.size(); ++i)
+    if (values[i].second != own[i].second)
+      changes.push_back(fmt::format("{} {} in the state, {} here", values[i].first, values[i].second, own[i].second));
+  for (std::size_t g = 0; g < num_groups(); ++g)
+    if (base[g] != base_lrs_[g])
+      changes.push_back(fmt::format("base_lr.{} {} in the state, {} here", g, base[g], base_lrs_[g]));
+  if (keep == ResumePlan::Current) set_fields(own);
+  else base_lrs_ = std::move(base);
   last_lrs_ = std::move(last);
   last_epoch_ = static_cast<std::int64_t>(epoch);
 }
@@ -232,7 +260,7 @@ StateDict LinearWarmup::state_dict() const {
   }
   return sd;
 }
-void LinearWarmup::load_state_dict(const StateDict& sd) {
+void LinearWarmup::load_state(const StateDict& sd, ResumePlan keep, std::vector<std::string>& changes) {
   StateDict own, inner;
   for (const auto& [k, v] : sd.scalars) (k.rfind("after.", 0) == 0 ? inner.scalars[k.substr(6)] : own.scalars[k]) = v;
   for (const auto& [k, v] : sd) {
@@ -247,15 +275,17 @@ void LinearWarmup::load_state_dict(const StateDict& sd) {
     // The inner load is checked first; a failure in the outer one after it is still
     // reported, with the inner schedule restored to what it was.
     StateDict before = after_->state_dict();
-    after_->load_state_dict(inner);
+    std::vector<std::string> inner_changes, none;
+    after_->load_state(inner, keep, inner_changes);
     try {
-      LRScheduler::load_state_dict(own);
+      LRScheduler::load_state(own, keep, changes);
     } catch (...) {
-      after_->load_state_dict(before);
+      after_->load_state(before, ResumePlan::Saved, none);
       throw;
     }
+    for (const auto& c : inner_changes) changes.push_back("after." + c);
   } else {
-    LRScheduler::load_state_dict(own);
+    LRScheduler::load_state(own, keep, changes);
   }
 }
 

@@ -10,9 +10,13 @@
 ///   optim::LinearWarmup sched(opt, /*warmup_steps=*/100, /*start_factor=*/0.01,
 ///                             std::make_unique<optim::CosineAnnealingLR>(opt, /*T_max=*/900, /*eta_min=*/1e-5));
 /// Rates are computed in closed form from the base rates and the epoch, per param group, so a
-/// schedule never drifts and resumes exactly from its state_dict(). ReduceLROnPlateau
-/// (scheduler_plateau.hpp) reacts to a metric instead.
+/// schedule never drifts and resumes exactly from its state_dict(). A run resumed with another
+/// length keeps the plan it was built with (ResumePlan below) and says so on stderr:
+///   optim::WarmupCosineLR sched(opt, 200, /*total_steps=*/10000);   // the checkpoint had 5000
+///   io::load_checkpoint(path, state);   // epoch from the checkpoint, decay over 10000 steps
+/// ReduceLROnPlateau (scheduler_plateau.hpp) reacts to a metric instead.
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -20,6 +24,18 @@
 #include "optimizer.hpp"
 
 namespace kiln::optim {
+
+/// Which plan LRScheduler::load_state_dict keeps when the state's differs from the scheduler's.
+/// A plan is the schedule's hyper-parameters (T_max, warmup_steps, total_steps, milestones,
+/// gamma, ...) and base rates; the epoch always comes from the state.
+enum class ResumePlan {
+  /// The scheduler's own (the default): the rates follow it from the saved epoch and are set on
+  /// the optimizer at once, so a run resumed with more steps decays over its new length instead
+  /// of restarting a cosine that the old T_max has run out of.
+  Current,
+  /// The state's (PyTorch's load_state_dict): the checkpoint's schedule continues as planned.
+  Saved,
+};
 
 class LRScheduler {
  public:
@@ -42,13 +58,26 @@ class LRScheduler {
   /// "last_epoch", "base_lr.<g>", "last_lr.<g>" and the schedule's own hyper-parameters.
   virtual StateDict state_dict() const;
   /// Restores a state_dict() of the same kind of schedule over as many param groups; every
-  /// entry is checked. Does not touch the optimizer (its state_dict carries the current rates).
-  virtual void load_state_dict(const StateDict& sd);
+  /// entry is checked, the state's plan too. Where the state's plan differs from this one,
+  /// resume_plan() decides which is kept and the plan warning gets one line saying what differs;
+  /// with this one kept, the optimizer's rates are set from it (load the optimizer first, as
+  /// io::load_checkpoint does). Otherwise the optimizer is not touched (its state_dict carries
+  /// the current rates).
+  void load_state_dict(const StateDict& sd);
+  void set_resume_plan(ResumePlan keep) { resume_plan_ = keep; }
+  ResumePlan resume_plan() const { return resume_plan_; }
+  /// Receives load_state_dict's line about a changed plan, e.g. "[CosineAnnealingLR] resuming with
+  /// another schedule (T_max 1000 in the state, 2000 here): following this one from epoch 900
+  /// (lr 1e-05 -> 0.000505)". Unset (the default), the line goes to stderr.
+  void set_plan_warning(std::function<void(const std::string&)> fn) { plan_warning_ = std::move(fn); }
 
  protected:
   LRScheduler(const char* name, Optimizer& opt);
   /// Derived constructors call this after checking their arguments: sets epoch 0's rates.
   void initial_step();
+  /// load_state_dict's work: checks and restores `sd`, keeping the plan `keep` says, and appends
+  /// "<name> <state's value> in the state, <this one's> here" for each plan entry that differs.
+  virtual void load_state(const StateDict& sd, ResumePlan keep, std::vector<std::string>& changes);
   /// Visits the schedule's hyper-parameters (for state dicts); integers travel as doubles.
   virtual void fields(const OptionFieldFn& f) { (void)f; }
   /// Re-checks hyper-parameters after a load (throws "[<name>] ...").
@@ -63,6 +92,11 @@ class LRScheduler {
   std::vector<double> base_lrs_;
   std::vector<double> last_lrs_;
   std::int64_t last_epoch_ = -1;
+
+ private:
+  friend class LinearWarmup;  // loads its inner schedule's state
+  ResumePlan resume_plan_ = ResumePlan::Current;
+  std::function<void(const std::string&)> plan_warning_;
 };
 
 /// Passes an integer hyper-parameter through an OptionFieldFn.
@@ -139,10 +173,10 @@ class LinearWarmup : public LRScheduler {
   std::vector<double> lr_at(std::int64_t epoch) const override;
   /// Adds the inner schedule's entries under "after.".
   StateDict state_dict() const override;
-  void load_state_dict(const StateDict& sd) override;
   LRScheduler* after() const { return after_.get(); }
 
  protected:
+  void load_state(const StateDict& sd, ResumePlan keep, std::vector<std::string>& changes) override;
   void fields(const OptionFieldFn& f) override;
   void validate() const override;
 

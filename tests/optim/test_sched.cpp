@@ -180,11 +180,14 @@ TEST_CASE("sched state_dict round trip resumes every schedule exactly") {
       CHECK(sb->get_last_lr() == sa->get_last_lr());  // bitwise
     }
   }
-  // Hyper-parameters travel too: a StepLR built with other arguments follows the saved one.
+  // With ResumePlan::Saved the hyper-parameters travel too: a StepLR built with other arguments
+  // follows the saved one (the default keeps its own: tests/optim/test_sched_resume.cpp).
   Fixture a(g), b(g);
   optim::StepLR sa(a.opt, 3, 0.5);
   optim::StepLR sb(b.opt, 10, 0.9);
   sa.step();
+  sb.set_resume_plan(optim::ResumePlan::Saved);
+  sb.set_plan_warning([](const std::string&) {});
   sb.load_state_dict(sa.state_dict());
   for (int i = 0; i < 6; ++i) {
     sa.step();
