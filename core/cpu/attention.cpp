@@ -25,6 +25,7 @@
 
 #include "../reduced_float.hpp"
 #include "attention_bf16.hpp"
+#include "attention_grad_row.hpp"
 #include "attention_kernels.hpp"
 #include "cpu_backend.hpp"
 #include "loops.hpp"
@@ -259,57 +260,31 @@ bool load_key_block(const BackwardCall<F>& bc, std::int64_t n, std::int64_t hkv,
   return all_finite(s.kp, kcols * g.Dkp);
 }
 
-// Row r of a (query block, key block) tile: P = 2^(s - lse) (times the dropout multipliers into
-// pd), then dS = P * (dP - delta) in place of dP, exactly 0 where masked (dP may be NaN there);
-// copies dS to the mask gradient and adds its ALiBi slope gradient.
+// Row r of a (query block, key block) tile (grad_row: P, dS in place of dP, the slope gradient);
+// copies dS to the mask gradient.
 template <typename F>
 __attribute__((always_inline)) inline void ds_row(const BackwardCall<F>& bc, const BackwardScratch<F>& s,
                                                   std::int64_t n, std::int64_t h, std::int64_t gi, std::int64_t t,
                                                   std::int64_t r, std::int64_t j0, std::int64_t cols, std::int64_t cp,
                                                   bool whole, F slope, std::int64_t c) {
   const Geo<F>& g = bc.g;
-  const Dropout& drop = bc.in.drop;
   constexpr std::int64_t Bk = Geo<F>::kBk;
   const std::int64_t nh = n * g.H + h;
-  F* sr = s.sb + r * Bk;
-  F* p = s.pb + r * Bk;
+  const MaskView& mask = bc.in.mask;
+  const char* mrow = mask.row(n, h, t);
+  const GradRow<F> gr{j0,
+                      cols,
+                      cp,
+                      whole,
+                      g.lo(t) - j0,
+                      std::min(cols, g.hi(t) - j0),
+                      {mrow ? mrow + j0 * mask.ss * mask.isz : nullptr, mask.is_bool, mask.ss, slope, g.S - g.T + t},
+                      s.lse2[gi * g.T + t],
+                      s.dl[gi * g.T + t]};
   F* dp = s.db + r * Bk;
-  F* mu = s.mult + r * Bk;
-  if (whole) {
-    std::fill(sr + cols, sr + cp, kNegInf<F>);
-  } else {
-    const MaskView& mask = bc.in.mask;
-    const char* mrow = mask.row(n, h, t);
-    const RowMask<F> rm{mrow ? mrow + j0 * mask.ss * mask.isz : nullptr, mask.is_bool, mask.ss, slope, g.S - g.T + t};
-    mask_row(sr, j0, g.lo(t) - j0, std::min(cols, g.hi(t) - j0), cp, rm);
-  }
-  const Vec<F> l2 = vsplat(s.lse2[gi * g.T + t]), dlt = vsplat(s.dl[gi * g.T + t]);
-  if (drop.on) dropout_mult(drop, nh * g.T + t, j0, cp, mu);
-  for (std::int64_t j = 0; j < cp; j += kW<F>) {
-    Vec<F> pv = exp2v(vload(sr + j) - l2);
-    vstore(p + j, pv);
-    if (drop.on) {
-      Vec<F> m = vload(mu + j);
-      vstore(s.pd + r * Bk + j, pv * m);
-      vstore(dp + j, vload(dp + j) * m);
-    }
-  }
-  if (bc.gw) {
-    const F* gwr = bc.gw + (nh * g.T + t) * g.S + j0;
-    for (std::int64_t j = 0; j < cols; ++j) dp[j] += gwr[j];
-  }
-  for (std::int64_t j = 0; j < cp; j += kW<F>) {
-    Vec<F> sv = vload(sr + j);
-    Vec<F> ds = vload(p + j) * (vload(dp + j) - dlt);
-    vstore(dp + j, sv == kNegInf<F> ? Vec<F>{} : ds);
-  }
+  grad_row(gr, s.sb + r * Bk, s.pb + r * Bk, s.pd + r * Bk, dp, s.mult + r * Bk, bc.in.drop, nh * g.T + t,
+           bc.gw ? bc.gw + (nh * g.T + t) * g.S + j0 : nullptr, bc.apart ? bc.apart + c * bc.NH + nh : nullptr);
   if (bc.gm) std::copy(dp, dp + cols, bc.gm + (nh * g.T + t) * g.S + j0);
-  if (bc.apart) {  // d slope = -sum dS * |pos - key|
-    const std::int64_t d0 = g.S - g.T + t - j0;
-    F acc = 0;
-    for (std::int64_t j = 0; j < cols; ++j) acc += dp[j] * static_cast<F>(std::abs(d0 - j));
-    bc.apart[c * bc.NH + nh] -= acc;
-  }
 }
 
 // Query block qb of head hkv * G + gi against key block [j0, j0 + kcols): scores and dP, dS per
@@ -491,8 +466,8 @@ void dispatch(DType dt, const char* op, Fn&& fn) {
 
 }  // namespace
 
-// bfloat16/float16 attention: the float32 kernels on converted inputs, each output rounded once
-// (correct on every CPU). A native 16-bit kernel replaces these two functions' bodies.
+// bfloat16/float16 attention: the AVX512-BF16 kernels where they apply and pay, else the float32
+// kernels on converted inputs, each output rounded once (correct on every CPU).
 void reduced_attention_forward(CpuBackend& be, const AttentionArgs& a, const Tensor& out, const Tensor& lse,
                                const Tensor& weights) {
   if (bf16_attention_forward(a, out, lse, weights)) return;
@@ -502,6 +477,7 @@ void reduced_attention_forward(CpuBackend& be, const AttentionArgs& a, const Ten
 void reduced_attention_backward(CpuBackend& be, const AttentionArgs& a, const Tensor& out, const Tensor& lse,
                                 const Tensor& gout, const Tensor& weights, const Tensor& gweights,
                                 const AttentionGrads& grads) {
+  if (bf16_attention_backward(a, out, lse, gout, weights, gweights, grads)) return;
   attention_backward_via_float32(be, a, out, lse, gout, weights, gweights, grads);
 }
 

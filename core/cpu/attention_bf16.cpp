@@ -6,13 +6,12 @@
 //   P v:   the float32 probabilities are rounded to bf16 pairs (j, j + 1) of keys, V rows are
 //          interleaved the same way, so one vdpbf16ps adds two keys' contributions.
 // Memory stays O((T + S) D): K and V packed once per kv head (bf16), tiles per thread.
-// Only this file's tile kernels use AVX512-BF16 (compiled for it by target attribute, called only
-// when bf16_dot.hpp says the CPU has it and it pays), so kiln built for any x86-64 stays correct
-// on every CPU.
+// The tile products (attention_bf16_tiles.hpp) are the only code using AVX512-BF16.
 #include <algorithm>
 #include <cstdint>
 
 #include "attention_bf16.hpp"
+#include "attention_bf16_tiles.hpp"
 #include "attention_kernels.hpp"
 #include "bf16_dot.hpp"
 #include "cpu_backend.hpp"
@@ -20,76 +19,9 @@
 namespace kiln::cpu {
 namespace {
 using namespace attention_kernels;
-using u16 = std::uint16_t;
-using u32 = std::uint32_t;
+using namespace bf16_tiles;
 
-constexpr std::int64_t kL = 16;  // float lanes of one AVX-512 vector (and bf16 pairs)
 constexpr std::int64_t kBq = 32, kBk = 64;
-
-#define KILN_BF16_TARGET __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16")))
-
-// C[r, 0 : NC * 16] = scale * sum_p A(r, p) . B[p, :]   (Acc: C = alpha[r] * C + sum, scale unused)
-// where A(r, p) = A[r * lda + p] and each B row holds NC vectors of 16 bf16 pairs.
-template <int R, int NC, bool Acc>
-KILN_BF16_TARGET void dp_tile(std::int64_t P, const u32* A, std::int64_t lda, const u32* B, std::int64_t ldb, float* C,
-                              std::int64_t ldc, const float* alpha, float scale) {
-  __m512 acc[R][NC];
-  for (int r = 0; r < R; ++r)
-    for (int c = 0; c < NC; ++c)
-      acc[r][c] =
-          Acc ? _mm512_mul_ps(_mm512_loadu_ps(C + r * ldc + c * kL), _mm512_set1_ps(alpha[r])) : _mm512_setzero_ps();
-  for (std::int64_t p = 0; p < P; ++p) {
-    __m512bh b[NC];
-    for (int c = 0; c < NC; ++c) b[c] = (__m512bh)_mm512_loadu_si512(B + p * ldb + c * kL);
-    for (int r = 0; r < R; ++r) {
-      const __m512bh a = (__m512bh)_mm512_set1_epi32(static_cast<int>(A[r * lda + p]));
-      for (int c = 0; c < NC; ++c) acc[r][c] = _mm512_dpbf16_ps(acc[r][c], a, b[c]);
-    }
-  }
-  for (int r = 0; r < R; ++r)
-    for (int c = 0; c < NC; ++c)
-      _mm512_storeu_ps(C + r * ldc + c * kL, Acc ? acc[r][c] : _mm512_mul_ps(acc[r][c], _mm512_set1_ps(scale)));
-}
-
-template <int Rmax, int NC, bool Acc>
-void dp_rows(std::int64_t M, std::int64_t P, const u32* A, std::int64_t lda, const u32* B, std::int64_t ldb, float* C,
-             std::int64_t ldc, const float* alpha, float scale) {
-  std::int64_t i = 0;
-  auto al = [&](std::int64_t i) { return Acc ? alpha + i : nullptr; };
-  for (; i + Rmax <= M; i += Rmax) dp_tile<Rmax, NC, Acc>(P, A + i * lda, lda, B, ldb, C + i * ldc, ldc, al(i), scale);
-  for (; i + 4 <= M; i += 4) dp_tile<4, NC, Acc>(P, A + i * lda, lda, B, ldb, C + i * ldc, ldc, al(i), scale);
-  for (; i + 2 <= M; i += 2) dp_tile<2, NC, Acc>(P, A + i * lda, lda, B, ldb, C + i * ldc, ldc, al(i), scale);
-  for (; i < M; ++i) dp_tile<1, NC, Acc>(P, A + i * lda, lda, B, ldb, C + i * ldc, ldc, al(i), scale);
-}
-
-// C (M, N) (=|+=) A (M, P pairs) B (P pairs, N); N a multiple of 16.
-template <bool Acc>
-void dp_gemm(std::int64_t M, std::int64_t N, std::int64_t P, const u32* A, std::int64_t lda, const u32* B,
-             std::int64_t ldb, float* C, std::int64_t ldc, const float* alpha, float scale) {
-  for (std::int64_t c = 0; c < N;) {
-    const std::int64_t left = (N - c) / kL;
-    if (left >= 4) {
-      dp_rows<6, 4, Acc>(M, P, A, lda, B + c, ldb, C + c, ldc, alpha, scale);
-      c += 4 * kL;
-    } else if (left >= 2) {
-      dp_rows<12, 2, Acc>(M, P, A, lda, B + c, ldb, C + c, ldc, alpha, scale);
-      c += 2 * kL;
-    } else {
-      dp_rows<12, 1, Acc>(M, P, A, lda, B + c, ldb, C + c, ldc, alpha, scale);
-      c += kL;
-    }
-  }
-}
-
-// out[i] = bf16(p[i]) (round to nearest even), n a multiple of 16.
-KILN_BF16_TARGET void round_bf16(const float* p, u16* out, std::int64_t n) {
-  for (std::int64_t i = 0; i < n; i += kL)
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + i), (__m256i)_mm512_cvtneps_pbh(_mm512_loadu_ps(p + i)));
-}
-
-inline u16 bits(const BFloat16& x) { return x.bits(); }
-inline u32 pair(u16 lo, u16 hi) { return static_cast<u32>(lo) | (static_cast<u32>(hi) << 16); }
-inline bool finite_bits(u16 b) { return (b & 0x7f80u) != 0x7f80u; }
 
 // The bf16 inputs of one call: q, k, v (bf16) and the float32 mask / ALiBi / sinks.
 struct Bf16Inputs {
@@ -97,13 +29,6 @@ struct Bf16Inputs {
   St4 qst, kst, vst;
   Tensor mask32, alibi32, sinks32;  // float32 versions (or the originals when already float32/bool)
 };
-
-Tensor as_float32(const Tensor& t) {
-  if (!t.defined() || t.dtype() == kFloat32 || t.dtype() == kBool) return t;
-  Tensor f = Tensor::empty(t.shape(), kFloat32, t.device());
-  cpu_backend().copy(f, t);
-  return f;
-}
 
 // Per kv head x: K as (nkb, Dk2, Bk) pair tiles, V as (Sp / 2, Dvp) pair rows, and which V blocks
 // hold only finite values (others take the exact path that skips masked keys).
@@ -232,7 +157,7 @@ bool bf16_attention_forward(const AttentionArgs& a, const Tensor& out, const Ten
     const u32* vp = pk.vp + kvx * pk.vsz;
     for (std::int64_t j0 = kbeg; j0 < kend; j0 += kBk) {
       const std::int64_t cols = std::min(kBk, kend - j0), cp = std::min(kBk, (cols + kL - 1) / kL * kL);
-      dp_gemm<false>(rows, cp, Dk2, qp, Dk2, kt + (j0 / kBk) * Dk2 * kBk, kBk, sb, kBk, nullptr, qscale);
+      dp_gemm<false>(rows, cp, Dk2, qp, Dk2, 1, kt + (j0 / kBk) * Dk2 * kBk, kBk, sb, kBk, nullptr, qscale);
       const bool whole = !mask.p && slope == 0.0f && g.lo(t0 + rows - 1) <= j0 && g.hi(t0) >= j0 + cols;
       for (std::int64_t r = 0; r < rows; ++r) {
         const std::int64_t t = t0 + r;
@@ -246,7 +171,7 @@ bool bf16_attention_forward(const AttentionArgs& a, const Tensor& out, const Ten
       if (pk.vfin[kvx * g.nkb + j0 / kBk]) {
         // Probabilities past `cols` are exactly 0 (masked padding), so cp keys can be summed.
         for (std::int64_t r = 0; r < rows; ++r) round_bf16(pb + r * kBk, reinterpret_cast<u16*>(pp + r * kBk / 2), cp);
-        dp_gemm<true>(rows, Dvp, cp / 2, pp, kBk / 2, vblk, Dvp, acc, Dvp, alpha, 1.0f);
+        dp_gemm<true>(rows, Dvp, cp / 2, pp, kBk / 2, 1, vblk, Dvp, acc, Dvp, alpha, 1.0f);
       } else {
         pv_skip(rows, cols, g.Dv, pb, sb, vblk, Dvp, acc, Dvp, alpha);
       }

@@ -1,5 +1,6 @@
 #pragma once
-// The bfloat16 attention forward on AVX512-BF16 dot products (attention_bf16.cpp; internal).
+// The bfloat16 attention forward and backward on AVX512-BF16 dot products (attention_bf16.cpp,
+// attention_bf16_backward.cpp; internal).
 #include "../backend.hpp"
 
 namespace kiln::cpu {
@@ -9,5 +10,11 @@ namespace kiln::cpu {
 /// bf16_dot.hpp; another dtype; returned weights; few-query calls): the caller then runs the
 /// float32 kernels.
 bool bf16_attention_forward(const AttentionArgs& a, const Tensor& out, const Tensor& lse, const Tensor& weights);
+
+/// The backward of Backend::attention_backward for bfloat16 q, k, v, out, gout and gradients (lse
+/// float32). Returns false, having done nothing, where it does not apply (bf16 dot products off;
+/// another dtype; returned weights): the caller then runs the float32 kernels.
+bool bf16_attention_backward(const AttentionArgs& a, const Tensor& out, const Tensor& lse, const Tensor& gout,
+                             const Tensor& weights, const Tensor& gweights, const AttentionGrads& grads);
 
 }  // namespace kiln::cpu

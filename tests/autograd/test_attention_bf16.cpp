@@ -39,6 +39,14 @@ const Opt kOpts[] = {
     {"all + dropout", true, 33, 0, true, true, 2, 0.25},
 };
 
+// T * G > 16 everywhere: the few-query (decode) calls keep the float32 path in the forward.
+const std::array<std::int64_t, 5> kShapes[] = {  // T, S, H, Hkv, D
+    {64, 64, 2, 2, 64},
+    {130, 70, 4, 2, 32},
+    {33, 300, 2, 1, 8},
+    {200, 33, 2, 2, 17},
+    {17, 129, 4, 4, 80}};
+
 // The options for bf16 inputs and for their float32 twin (float tensors in the matching dtype).
 std::pair<SdpaOptions, SdpaOptions> make_options(const Opt& f, std::int64_t H, std::int64_t T, std::int64_t S,
                                                  std::uint64_t seed) {
@@ -84,17 +92,10 @@ void each_path(Body&& body) {
 TEST_CASE("attention bf16: matches float32 on the same rounded inputs (shapes x semantics)") {
   MESSAGE("bf16 dot products: " << std::string(cpu::bf16_dot_reason()));
   each_path([] {
-    // T * G > 16 everywhere: the few-query (decode) calls keep the float32 path.
-    const std::vector<std::array<std::int64_t, 5>> shapes = {// T, S, H, Hkv, D
-                                                             {64, 64, 2, 2, 64},
-                                                             {130, 70, 4, 2, 32},
-                                                             {33, 300, 2, 1, 8},
-                                                             {200, 33, 2, 2, 17},
-                                                             {17, 129, 4, 4, 80}};
     int n = 0;
     double worst = 0;  // largest err / tol seen, reported
     for (const Opt& f : kOpts)
-      for (const auto& [T, S, H, Hkv, D] : shapes) {
+      for (const auto& [T, S, H, Hkv, D] : kShapes) {
         ++n;
         CAPTURE(f.name);
         CAPTURE(T);
@@ -130,10 +131,19 @@ TEST_CASE("attention bf16: rows with no key left are exactly 0") {
     auto* mp = static_cast<bool*>(keep.raw_data());
     for (std::int64_t j = 0; j < T * S; ++j) mp[j] = false;            // head 0: every row
     for (std::int64_t j = 0; j < S; ++j) mp[(T + 5) * S + j] = false;  // head 1, row 5
+    for (Tensor* t : {&q, &k, &v}) t->requires_grad_();
     auto r = F::scaled_dot_product_attention(q, k, v, SdpaOptions().attn_mask(keep).sinks(bf16(rnd({H}, 4, kFloat32))));
     CHECK(max_abs_diff(r.output.select(1, 0), zeros({1, T, D}, kBFloat16)) == 0.0);
     CHECK(max_abs_diff(r.output.select(1, 1).select(1, 5), zeros({1, D}, kBFloat16)) == 0.0);
     CHECK(all_finite(r.output));
+    // ... and get exactly 0 gradients: head 0 (no key seen: dK, dV 0 too), row 5 of head 1.
+    auto gr = autograd::grad({r.output}, {q, k, v}, {bf16(rnd({1, H, T, D}, 6, kFloat32))});
+    for (const Tensor& gx : gr) {
+      CHECK(gx.dtype() == kBFloat16);
+      CHECK(all_finite(gx));
+      CHECK(max_abs_diff(gx.select(1, 0), zeros_like(gx.select(1, 0))) == 0.0);
+    }
+    CHECK(max_abs_diff(gr[0].select(1, 1).select(1, 5), zeros({1, D}, kBFloat16)) == 0.0);
     // Causal with T > S: the first T - S queries see nothing.
     Tensor q2 = bf16(rnd({1, H, S + 20, D}, 5, kFloat32));
     auto c = F::scaled_dot_product_attention(q2, k, v, SdpaOptions().is_causal(true));
@@ -159,12 +169,38 @@ TEST_CASE("attention bf16: NaN/Inf in masked-out keys and values never leaks") {
       vd.narrow(2, 200, 1).fill_(std::nan(""));  // inside the tile the window reaches
     }
     SdpaOptions o = SdpaOptions().is_causal(true).window_left(20).window_right(0).alibi_slopes(bf16(alibi_slopes(2)));
+    for (Tensor* t : {&q, &k, &v, &kd, &vd}) t->requires_grad_();
     auto clean = F::scaled_dot_product_attention(q, k, v, o).output;
     auto dirty = F::scaled_dot_product_attention(q, kd, vd, o).output;
     // A tile holding NaN/Inf takes the exact path that skips masked keys (float32 probabilities,
     // not bf16-rounded ones): equal within the bf16 tolerance, and finite.
     CHECK(all_finite(dirty));
     CHECK(max_abs_diff(clean, dirty) <= out_tol(v));
+    // Gradients likewise (the backward's exact path for a K tile with NaN/Inf).
+    const Tensor go = bf16(rnd({2, 2, T, D}, 9, kFloat32));
+    auto gc = autograd::grad({clean}, {q, k, v}, {go}), gd = autograd::grad({dirty}, {q, kd, vd}, {go});
+    for (std::size_t i = 0; i < 3; ++i) {
+      CAPTURE(i);
+      CHECK(all_finite(gd[i]));
+      CHECK(max_abs_diff(gc[i], gd[i]) <= 4.0 * out_tol(gc[i]));
+    }
+    // NaN in query row 0 and in its output gradient (the q / dO tiles' exact paths): only the
+    // keys row 0 sees (216 .. 236) get NaN gradients, other rows' dQ none.
+    Tensor qn = q.detach().clone(), gon = go.clone();
+    {
+      NoGradGuard ng;
+      qn.narrow(2, 0, 1).fill_(std::nan(""));
+      gon.narrow(2, 0, 1).fill_(std::nan(""));
+    }
+    qn.requires_grad_();
+    auto gn = autograd::grad({F::scaled_dot_product_attention(qn, k, v, o).output}, {qn, k, v}, {gon});
+    CHECK(all_finite(gn[0].narrow(2, 1, T - 1)));
+    for (std::size_t i = 1; i < 3; ++i) {
+      CAPTURE(i);
+      CHECK(all_finite(gn[i].narrow(2, 0, 216)));
+      CHECK(all_finite(gn[i].narrow(2, 237, S - 237)));
+      CHECK_FALSE(all_finite(gn[i].narrow(2, 216, 21)));
+    }
     Tensor pad = ones({2, 1, 1, S}, kBool);
     {
       NoGradGuard ng;
@@ -209,4 +245,130 @@ TEST_CASE("attention bf16: gradients match float32 on the same rounded inputs") 
       CHECK(err <= scale * 4.0 / 256.0 * std::max(m, 1.0));
     }
   });
+}
+
+namespace {
+constexpr double kU = 1.0 / 256;  // bf16 unit roundoff (8 significand bits)
+
+// |x1 - x0| <= tol elementwise (float64); returns the largest |x1 - x0| / tol.
+double check_within(const char* what, const Tensor& x1, const Tensor& x0, const Tensor& tol) {
+  CAPTURE(what);
+  REQUIRE(x1.defined());
+  REQUIRE(x0.defined());
+  CHECK(x1.dtype() == kBFloat16);
+  const Tensor d = abs(sub(x1.to(kFloat64), x0.to(kFloat64)));
+  const Tensor t = tol.expand(d.shape());
+  const bool ok = all(le(d, t)).item<bool>();
+  const double ratio = amax(div(d, add(t, full({}, 1e-300, kFloat64)))).item<double>();
+  CAPTURE(ratio);
+  CHECK(ok);
+  return ratio;
+}
+}  // namespace
+
+// The bf16 backward kernel (vdpbf16ps) against the float32 backward (bf16 dot products off: the
+// float32 kernels on the same bf16 values) of one and the same forward, so both read the same
+// out and lse. Each gradient sums products one of whose factors (P or dS) the bf16 kernel rounds
+// to bf16 (relative error <= u = 2^-8) and both round the result once, so per element
+// |err| <= 2u |ref| + u sum_k |a_k| |b_k|; the sums are bounded from the float32 weights P:
+// dV by P^T |dO| / keep, dK and dQ through |dS| <= P (|dO| |V|^T / keep + |dO| . |O|).
+TEST_CASE("attention bf16: backward on bf16 dot products matches the float32 backward (shapes x semantics)") {
+  if (!cpu::cpu_has_avx512_bf16()) {
+    MESSAGE("no AVX512-BF16 here: the float32 backward is the only bf16 path");
+    return;
+  }
+  const int prev = cpu::set_bf16_dot(1);
+  int n = 0;
+  double worst = 0;
+  for (const Opt& f : kOpts)
+    for (const auto& [T, S, H, Hkv, D] : kShapes) {
+      ++n;
+      CAPTURE(f.name);
+      CAPTURE(T);
+      CAPTURE(S);
+      CAPTURE(H);
+      CAPTURE(Hkv);
+      CAPTURE(D);
+      const std::int64_t G = H / Hkv;
+      const auto sd = static_cast<std::uint64_t>(n);
+      Tensor q = bf16(rnd({2, H, T, D}, 100 + sd, kFloat32));
+      if (n % 3 == 0) q = bf16(rnd({2, T, H, D}, 100 + sd, kFloat32)).transpose(1, 2);
+      q.requires_grad_();
+      Tensor k = bf16(rnd({2, Hkv, S, D}, 200 + sd, kFloat32)).requires_grad_();
+      Tensor v = bf16(rnd({2, Hkv, S, D}, 300 + sd, kFloat32)).requires_grad_();
+      auto [lo, fo] = make_options(f, H, T, S, sd);
+      std::vector<Tensor> in{q, k, v};
+      Tensor m, slopes, sinks;
+      if (lo.attn_mask().defined() && lo.attn_mask().dtype() == kBFloat16) {
+        m = lo.attn_mask().detach().requires_grad_();
+        lo.attn_mask(m);
+        in.push_back(m);
+      }
+      if (f.alibi) {
+        slopes = lo.alibi_slopes().detach().requires_grad_();
+        lo.alibi_slopes(slopes);
+        in.push_back(slopes);
+      }
+      if (f.sinks) {
+        sinks = lo.sinks().detach().requires_grad_();
+        lo.sinks(sinks);
+        in.push_back(sinks);
+      }
+      Generator g1(5), g2(5);
+      auto r = F::scaled_dot_product_attention(q, k, v, SdpaOptions(lo).generator(&g1));
+      const Tensor go = bf16(rnd({2, H, T, D}, 400 + sd, kFloat32));
+      cpu::set_bf16_dot(1);
+      auto g_new = autograd::grad({r.output}, in, {go}, true);
+      cpu::set_bf16_dot(0);
+      auto g_ref = autograd::grad({r.output}, in, {go}, true);
+      cpu::set_bf16_dot(1);
+
+      NoGradGuard ng;
+      const double keep = 1.0 - f.dropout, scale = 1.0 / std::sqrt(static_cast<double>(D));
+      const Tensor P = F::scaled_dot_product_attention(f32(q.detach()), f32(k.detach()), f32(v.detach()),
+                                                       SdpaOptions(fo).need_weights(true).generator(&g2))
+                           .weights.to(kFloat64);
+      auto A = [](const Tensor& t) { return abs(t.detach().to(kFloat64)); };
+      auto heads = [&](const Tensor& x) {  // (2, Hkv, S, D) -> (2, H, S, D)
+        return x.unsqueeze(2).expand({2, Hkv, G, S, D}).reshape({2, H, S, D});
+      };
+      auto fold = [&](const Tensor& x) { return sum(x.reshape({2, Hkv, G, S, D}), {2}); };
+      const Tensor ado = A(go), ak = heads(A(k)), av = heads(A(v));
+      const Tensor dS = mul(P, add(div(matmul(ado, transpose(av, -1, -2)), full({}, keep, kFloat64)),
+                                   sum(mul(ado, A(r.output)), {-1}, true)));
+      auto tol = [&](const Tensor& ref, const Tensor& bound) {
+        return add(mul(A(ref), full({}, 2 * kU, kFloat64)), mul(bound, full({}, 1.05 * kU + 1e-5, kFloat64)));
+      };
+      const Tensor sc = full({}, scale, kFloat64);
+      worst = std::max(worst, check_within("dq", g_new[0], g_ref[0], tol(g_ref[0], mul(matmul(dS, ak), sc))));
+      worst = std::max(worst, check_within("dk", g_new[1], g_ref[1],
+                                           tol(g_ref[1], mul(fold(matmul(transpose(dS, -1, -2), A(q))), sc))));
+      worst =
+          std::max(worst,
+                   check_within("dv", g_new[2], g_ref[2],
+                                tol(g_ref[2], div(fold(matmul(transpose(P, -1, -2), ado)), full({}, keep, kFloat64)))));
+      std::size_t i = 3;
+      // The mask, slope and sink gradients are float32 sums of dS in both kernels, rounded per
+      // batch element and summed over the batch (2u each, on bounds of the summed magnitudes).
+      if (m.defined()) {
+        const Tensor b = mul(sum(dS, {0}), full({}, 2.0, kFloat64));
+        worst = std::max(worst, check_within("dmask", g_new[i], g_ref[i], tol(g_ref[i], b)));
+        ++i;
+      }
+      if (slopes.defined()) {
+        Tensor dist = zeros({T, S}, kFloat64);
+        auto* dp = static_cast<double*>(dist.raw_data());
+        for (std::int64_t t = 0; t < T; ++t)
+          for (std::int64_t j = 0; j < S; ++j) dp[t * S + j] = std::abs(static_cast<double>(S - T + t - j));
+        const Tensor b = mul(sum(mul(dS, dist), {0, 2, 3}), full({}, 2.0, kFloat64));
+        worst = std::max(worst, check_within("dslopes", g_new[i], g_ref[i], tol(g_ref[i], b)));
+        ++i;
+      }
+      if (sinks.defined()) {
+        const Tensor b = mul(sum(mul(ado, A(r.output)), {0, 2, 3}), full({}, 2.0, kFloat64));
+        worst = std::max(worst, check_within("dsinks", g_new[i], g_ref[i], tol(g_ref[i], b)));
+      }
+    }
+  cpu::set_bf16_dot(prev);
+  MESSAGE("worst error / tolerance: " << worst);
 }
