@@ -316,9 +316,18 @@ Tensor gelu(const Tensor& x, const std::string& approximate) {
   if (approximate == "none")
     return float_unary(UnaryOp::GeluErf, x, "gelu", false, [](const Tensor& g, const Tensor& x, const Tensor&) {
       // Phi(x) + x * phi(x)
-      Tensor cdf = mul(cscalar(0.5, x), add(cscalar(1, x), erf(mul(x, cscalar(M_SQRT1_2, x)))));
-      Tensor pdf = mul(cscalar(1.0 / std::sqrt(2 * kPi), x), exp(mul(mul(x, x), cscalar(-0.5, x))));
-      return mul(g, add(cdf, mul(x, pdf)));
+      if (autograd::grad_enabled()) {  // create_graph: differentiable ops
+        Tensor cdf = mul(cscalar(0.5, x), add(cscalar(1, x), erf(mul(x, cscalar(M_SQRT1_2, x)))));
+        Tensor pdf = mul(cscalar(1.0 / std::sqrt(2 * kPi), x), exp(mul(mul(x, x), cscalar(-0.5, x))));
+        return mul(g, add(cdf, mul(x, pdf)));
+      }
+      // The same ops, in place on two buffers: fewer activation-sized temporaries live at once
+      // (this is the peak of a transformer's backward, where every activation is still held).
+      Tensor cdf = erf(mul(x, cscalar(M_SQRT1_2, x)));
+      cdf.add_(cscalar(1, x)).mul_(cscalar(0.5, x));
+      Tensor pdf = exp(mul(mul(x, x), cscalar(-0.5, x)));
+      pdf.mul_(cscalar(1.0 / std::sqrt(2 * kPi), x)).mul_(x);
+      return cdf.add_(pdf).mul_(g);
     });
   return float_unary(UnaryOp::GeluTanh, x, "gelu", false, [](const Tensor& g, const Tensor& x, const Tensor&) {
     const double k = std::sqrt(2.0 / kPi), c = 0.044715;

@@ -174,7 +174,18 @@ Tensor dropout(const Tensor& x, double p, bool training, Generator* gen) {
   spec.seed = g.seed();
   spec.offset = g.reserve(static_cast<std::uint64_t>(x.numel()));
   backend(x, "dropout").random(mask, spec);
-  return mul(x, mask);
+  // Backward needs only the mask: recorded as mul, x would be kept too (for the mask's gradient),
+  // an activation per dropout held until backward for nothing.
+  Tensor y;
+  {
+    NoGradGuard ng;
+    y = mul(x, mask);
+  }
+  if (auto node = record("dropout", {x}, {y}, [](FunctionNode& n, std::vector<Tensor>& g) {
+        return std::vector<Tensor>{mul(g[0], n.saved(0))};
+      }))
+    node->save(mask);
+  return y;
 }
 
 Tensor cross_entropy(const Tensor& logits, const Tensor& target, const CrossEntropyOptions& opts) {

@@ -428,6 +428,20 @@ TEST_CASE("dropout gradient is mask / (1 - p)") {
   kt::grad_ok([](const std::vector<Tensor>& in) { return dropout(in[0], 0.5, false); }, {l});
 }
 
+TEST_CASE("dropout keeps only its mask for backward, not its input") {
+  Generator g(12);
+  Tensor leaf = rnd({64, 32}, 9).requires_grad_();
+  Tensor x = leaf * 2.0;  // an activation no other node saves
+  std::weak_ptr<Storage> xs = x.storage();
+  Tensor y = dropout(x, 0.3, true, &g);
+  x = Tensor();
+  CHECK(xs.expired());
+  y.sum().backward();
+  Generator g2(12);
+  Tensor mask = dropout(ones({64, 32}, kFloat64), 0.3, true, &g2);
+  CHECK(leaf.grad().to_vector<double>() == (mask * 2.0).to_vector<double>());
+}
+
 TEST_CASE("dropout errors") {
   Tensor x = ones({3});
   CHECK_KILN_ERROR(dropout(x, -0.1), "[dropout] probability must be in [0, 1], got -0.1");
