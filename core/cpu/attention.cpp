@@ -470,7 +470,7 @@ void dispatch(DType dt, const char* op, Fn&& fn) {
 // kernels on converted inputs, each output rounded once (correct on every CPU).
 void reduced_attention_forward(CpuBackend& be, const AttentionArgs& a, const Tensor& out, const Tensor& lse,
                                const Tensor& weights) {
-  if (bf16_attention_forward(a, out, lse, weights)) return;
+  if (bf16_attention_forward(a, out, lse, weights) || bf16_attention_decode(a, out, lse, weights)) return;
   attention_forward_via_float32(be, a, out, lse, weights);
 }
 

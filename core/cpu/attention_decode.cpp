@@ -2,7 +2,8 @@
 // kDecodeRows: KV-cache decoding, GQA groups): the rows of one kv head's G query heads are done
 // together, reading K and V in place. Packing the whole cache as the tiled path does would cost
 // more than attending with one query. Long key ranges split into chunks over the threads; their
-// (max, sum, accumulator) states merge at the end.
+// (max, sum, accumulator) states merge at the end. bfloat16 K/V (a KV cache in bf16) are read in
+// place too, converted tile by tile (bf16_attention_decode), never copied whole to float32.
 #include <omp.h>
 
 #include <algorithm>
@@ -11,6 +12,8 @@
 #include <cmath>
 #include <limits>
 
+#include "../reduced_float.hpp"
+#include "attention_bf16.hpp"
 #include "attention_kernels.hpp"
 #include "cpu_backend.hpp"
 #include "loops.hpp"
@@ -98,8 +101,8 @@ struct DecodeCall {
     constexpr std::int64_t Bk = Geo<F>::kBk;
     R = g.G * g.T;
     Rp = round_up_w<F>(R);
-    k_direct = in.kst[3] == 1 && g.Dk == g.Dkp;
-    v_direct = in.vst[3] == 1 && g.Dv == g.Dvp;
+    k_direct = !in.k16 && in.kst[3] == 1 && g.Dk == g.Dkp;
+    v_direct = !in.v16 && in.vst[3] == 1 && g.Dv == g.Dvp;
     use_dot = R <= kDotRows;
     kbeg = g.lo(0) / Bk * Bk;
     kend = std::max(g.hi(g.T - 1), kbeg);
@@ -186,10 +189,12 @@ void decode_scores(const DecodeCall<F>& dc, std::int64_t n, std::int64_t hkv, st
   const Geo<F>& g = dc.g;
   const AttnInputs<F>& in = dc.in;
   const std::int64_t R = dc.R, Rp = dc.Rp, cp = std::min(Bk, round_up_w<F>(cols));
-  const F* kb = in.k + n * in.kst[0] + hkv * in.kst[1] + j0 * in.kst[2];
+  const std::int64_t koff = n * in.kst[0] + hkv * in.kst[1] + j0 * in.kst[2];
+  const F* kb = in.k ? in.k + koff : nullptr;
   std::int64_t ldk = in.kst[2];
   if (!dc.k_direct) {
-    pack_rows(s.kpk, g.Dkp, kb, in.kst[2], in.kst[3], cols, g.Dk);
+    if (in.k16) pack_rows(s.kpk, g.Dkp, in.k16 + koff, in.kst[2], in.kst[3], cols, g.Dk);
+    else pack_rows(s.kpk, g.Dkp, kb, in.kst[2], in.kst[3], cols, g.Dk);
     kb = s.kpk;
     ldk = g.Dkp;
   }
@@ -222,10 +227,12 @@ void decode_accumulate(const DecodeCall<F>& dc, std::int64_t n, std::int64_t hkv
   const Geo<F>& g = dc.g;
   const St4& vst = dc.in.vst;
   const std::int64_t R = dc.R;
-  const F* vb = dc.in.v + n * vst[0] + hkv * vst[1] + j0 * vst[2];
+  const std::int64_t voff = n * vst[0] + hkv * vst[1] + j0 * vst[2];
+  const F* vb = dc.in.v ? dc.in.v + voff : nullptr;
   std::int64_t ldv = vst[2];
   if (!dc.v_direct) {
-    pack_rows(s.vpk, g.Dvp, vb, vst[2], vst[3], cols, g.Dv);
+    if (dc.in.v16) pack_rows(s.vpk, g.Dvp, dc.in.v16 + voff, vst[2], vst[3], cols, g.Dv);
+    else pack_rows(s.vpk, g.Dvp, vb, vst[2], vst[3], cols, g.Dv);
     vb = s.vpk;
     ldv = g.Dvp;
   }
@@ -330,6 +337,24 @@ template void decode_forward<double>(const Geo<double>&, const AttnInputs<double
                                      const Tensor&);
 
 }  // namespace attention_kernels
+
+bool bf16_attention_decode(const AttentionArgs& a, const Tensor& out, const Tensor& lse, const Tensor& weights) {
+  using namespace attention_kernels;
+  if (a.q.dtype() != kBFloat16 || weights.defined()) return false;
+  const Geo<float> g(a);
+  if (g.T * g.G > kDecodeRows) return false;
+  if (g.N * g.H * g.T == 0) return true;
+  // q (at most kDecodeRows rows per kv head), mask, slopes and sinks in float32; K and V stay
+  // bfloat16, converted one tile at a time into the kernel's float32 scratch.
+  Backend& be = cpu_backend();
+  AttentionArgs f = a;
+  for (Tensor* t : {&f.q, &f.mask, &f.alibi, &f.sinks}) *t = float32_copy(be, *t);
+  const AttnInputs<float> in(f, g.S);
+  const Tensor of = Tensor::empty(out.shape(), kFloat32, out.device());
+  decode_forward<float>(g, in, of, lse, Tensor());
+  be.copy(out, of);
+  return true;
+}
 
 // Declared by the decode tests only: chunks > 0 forces the key-range split, 0 restores the
 // automatic choice; returns the previous setting.

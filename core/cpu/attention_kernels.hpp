@@ -27,6 +27,7 @@
 #include "../allocator.hpp"
 #include "../backend.hpp"
 #include "../generator.hpp"
+#include "../half.hpp"
 #include "loops.hpp"
 
 namespace kiln::cpu::attention_kernels {
@@ -615,17 +616,18 @@ void pack_transposed(F* dst, std::int64_t ld, const F* src, std::int64_t sj, std
   for (std::int64_t d = 0; d < D; ++d) std::fill(dst + d * ld + rows, dst + d * ld + cp, F(0));
 }
 
-// dst[j * ld + d] = src[j * sj + d * sd] * scale for j < rows, d < D; columns [D, ld) zeroed.
-template <typename F>
-void pack_rows(F* dst, std::int64_t ld, const F* src, std::int64_t sj, std::int64_t sd, std::int64_t rows,
+// dst[j * ld + d] = src[j * sj + d * sd] * scale for j < rows, d < D; columns [D, ld) zeroed. The
+// source may be a narrower type (bfloat16 K/V read by the decode path), converted exactly.
+template <typename F, typename S>
+void pack_rows(F* dst, std::int64_t ld, const S* src, std::int64_t sj, std::int64_t sd, std::int64_t rows,
                std::int64_t D, F scale = F(1)) {
   for (std::int64_t j = 0; j < rows; ++j) {
     F* o = dst + j * ld;
-    const F* s = src + j * sj;
+    const S* s = src + j * sj;
     if (sd == 1)
-      for (std::int64_t d = 0; d < D; ++d) o[d] = s[d] * scale;
+      for (std::int64_t d = 0; d < D; ++d) o[d] = static_cast<F>(s[d]) * scale;
     else
-      for (std::int64_t d = 0; d < D; ++d) o[d] = s[d * sd] * scale;
+      for (std::int64_t d = 0; d < D; ++d) o[d] = static_cast<F>(s[d * sd]) * scale;
     for (std::int64_t d = D; d < ld; ++d) o[d] = 0;
   }
 }
@@ -643,9 +645,12 @@ F* data_or_null(const Tensor& t) {
 // What every kernel of one attention call reads: q (N, H, T, Dk), k (N, Hkv, S, Dk) and
 // v (N, Hkv, S, Dv) with their strides, the mask, ALiBi slopes, sinks, dropout, and q's scale
 // in log2 units (logits are kept in log2 units, so each probability is one exp2).
+// bfloat16 k and v (read only by the decode path, which converts them tile by tile) leave k / v
+// null and set k16 / v16 instead.
 template <typename F>
 struct AttnInputs {
   const F *q, *k, *v;
+  const BFloat16 *k16, *v16;
   St4 qst, kst, vst;
   MaskView mask;
   HeadValues<F> alibi, sinks;
@@ -653,8 +658,10 @@ struct AttnInputs {
   F qscale, l2e;
   AttnInputs(const AttentionArgs& a, std::int64_t S)
       : q(a.q.data_ptr<F>()),
-        k(a.k.data_ptr<F>()),
-        v(a.v.data_ptr<F>()),
+        k(a.k.dtype() == kBFloat16 ? nullptr : a.k.data_ptr<F>()),
+        v(a.v.dtype() == kBFloat16 ? nullptr : a.v.data_ptr<F>()),
+        k16(a.k.dtype() == kBFloat16 ? a.k.data_ptr<BFloat16>() : nullptr),
+        v16(a.v.dtype() == kBFloat16 ? a.v.data_ptr<BFloat16>() : nullptr),
         qst(st4(a.q)),
         kst(st4(a.k)),
         vst(st4(a.v)),

@@ -3,6 +3,7 @@
 // same rounded inputs, over the documented semantics: masks, causal with T != S, GQA, windows,
 // ALiBi, sinks, dropout, empty rows (exactly 0) and NaN/Inf in masked-out keys and values.
 #include <kiln/core/cpu/bf16_dot.hpp>
+#include <optional>
 
 #include "autograd/test_sdpa_ext_util.hpp"
 
@@ -371,4 +372,41 @@ TEST_CASE("attention bf16: backward on bf16 dot products matches the float32 bac
     }
   cpu::set_bf16_dot(prev);
   MESSAGE("worst error / tolerance: " << worst);
+}
+
+// Few-query calls (KV-cache decoding: T * G <= 16) read bf16 K and V in place, tile by tile, in
+// the float32 decode kernel: the same float32 arithmetic as that kernel on the float32 values of
+// the same inputs, so the outputs are equal after the one rounding to bf16, on every CPU. The
+// cache is a prefix of a longer buffer (strided, as a KV cache is), split over chunks or not.
+TEST_CASE("attention bf16: decode calls read the bf16 cache in place and equal the float32 kernel") {
+  const std::array<std::int64_t, 5> shapes[] = {// T, S, H, Hkv, D
+                                                {1, 300, 4, 2, 32},
+                                                {3, 129, 8, 2, 17},
+                                                {1, 70, 2, 1, 64},
+                                                {4, 200, 4, 4, 80},
+                                                {16, 90, 2, 2, 16}};
+  int n = 0;
+  for (bool split : {false, true})
+    for (const Opt& f : kOpts)
+      for (const auto& [T, S, H, Hkv, D] : shapes) {
+        ++n;
+        CAPTURE(split);
+        CAPTURE(f.name);
+        CAPTURE(T);
+        CAPTURE(S);
+        CAPTURE(H);
+        CAPTURE(Hkv);
+        std::optional<SplitEverything> se;
+        if (split) se.emplace();
+        const auto sd = static_cast<std::uint64_t>(n);
+        Tensor q = bf16(rnd({2, H, T, D}, 100 + sd, kFloat32));
+        Tensor k = bf16(rnd({2, Hkv, S + 40, D}, 200 + sd, kFloat32)).narrow(2, 0, S);
+        Tensor v = bf16(rnd({2, Hkv, S + 40, D}, 300 + sd, kFloat32)).narrow(2, 0, S);
+        auto [lo, fo] = make_options(f, H, T, S, sd);
+        Generator g1(5), g2(5);
+        auto a = F::scaled_dot_product_attention(q, k, v, SdpaOptions(lo).generator(&g1));
+        auto b = F::scaled_dot_product_attention(f32(q), f32(k), f32(v), SdpaOptions(fo).generator(&g2));
+        REQUIRE(a.output.dtype() == kBFloat16);
+        CHECK(max_abs_diff(a.output, b.output.to(kBFloat16)) == 0.0);
+      }
 }
