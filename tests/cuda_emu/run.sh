@@ -25,29 +25,41 @@ if [ ! -f "$BASE/libkiln.a" ]; then
     -DKILN_BUILD_EXAMPLES=OFF -DKILN_BUILD_BENCH=OFF >/dev/null
   cmake --build "$BASE" -j2 --target kiln
 fi
+[ -f "$BASE/libkiln_startup.a" ] || cmake --build "$BASE" -j2 --target kiln_startup
 mkdir -p "$OUT/src" "$OUT/obj" "$OUT/lib"
 rm -f "$OUT"/obj/*.o
 LAUNCHER=$(command -v ccache || true)
 CXX=(${LAUNCHER} g++ -std=c++20 -O1 -g -fopenmp -w -I"$EMU/include" -I"$BASE/include" -I"$ROOT/tests"
      "-DKILN_TEST_DATA=\"$ROOT/tests/data\"")
 
-# The rest of kiln, without the "built without CUDA" entry points.
-(cd "$OUT/lib" && rm -f ./*.o && ar x "$ROOT/$BASE/libkiln.a" && rm -f stub.cpp.o)
+# The rest of kiln, without the "built without CUDA" entry points (an archive copy: member
+# names repeat across folders, so extracting them would lose some), and the libraries kiln
+# links, read from the test binary's link line CMake generated for the base build.
+rm -f "$OUT"/lib/*
+cp "$BASE/libkiln.a" "$OUT/lib/libkiln_emu.a" && ar d "$OUT/lib/libkiln_emu.a" stub.cpp.o
+mapfile -t LIBS < <(tr ' ' '\n' < "$BASE/tests/CMakeFiles/kiln_tests.dir/link.txt" |
+  sed -n '/libkiln\.a$/,$p' | grep -v 'libkiln\.a$' | grep -v '\.o$' | sed "s|^\.\./|$BASE/|" | grep .)
 
 # Two compiles at a time (the machine may be shared).
 compile() {
   while [ "$(jobs -rp | wc -l)" -ge 2 ]; do wait -n; done
   "${CXX[@]}" "$@" &
 }
-for f in core/cuda/*.cu; do
-  b=$(basename "$f" .cu)
-  python3 - "$f" "$OUT/src/$b.cpp" <<'PY'
+# Kernel sources and device headers, rewritten: launches become emu::launch, dynamic shared
+# memory a static array. The rewritten headers sit beside the rewritten sources, so a quoted
+# #include finds them first.
+for f in core/cuda/*.cu core/cuda/*.cuh; do
+  python3 - "$f" "$OUT/src/$(basename "$f" .cu)" <<'PY'
 import re, sys
 s = open(sys.argv[1]).read()
-s = s.replace("extern __shared__ __align__(16) unsigned char attn_smem[];", "alignas(16) unsigned char attn_smem[1 << 20];")
-s = re.sub(r'(\b[\w:]+(?:<[^<>;()]*(?:<[^<>;()]*>[^<>;()]*)*>)?)<<<(.*?)>>>\(', r'emu::launch(\1, \2)(', s, flags=re.S)
-open(sys.argv[2], "w").write("#include <cuda_runtime.h>\n" + s)
+s = re.sub(r'extern __shared__ __align__\((\d+)\) unsigned char (\w+)\[\];', r'alignas(\1) unsigned char \2[1 << 20];', s)
+s = re.sub(r'(\b[\w:]+(?:<[^<>;()]*(?:<[^<>;()]*>[^<>;()]*)*>)?)\s*<<<(.*?)>>>\(', r'emu::launch(\1, \2)(', s, flags=re.S)
+out = sys.argv[2] if sys.argv[1].endswith(".cuh") else sys.argv[2] + ".cpp"
+open(out, "w").write(("#include <cuda_runtime.h>\n" if out.endswith(".cpp") else "") + s)
 PY
+done
+for f in core/cuda/*.cu; do
+  b=$(basename "$f" .cu)
   compile -I"$ROOT/core/cuda" -c "$OUT/src/$b.cpp" -o "$OUT/obj/cu_$b.o"
 done
 for f in core/cuda/*.cpp; do
@@ -59,6 +71,7 @@ for f in tests/cuda/*.cpp tests/opinfo/*.cpp tests/main.cpp; do
   compile -c "$f" -o "$OUT/obj/t_$(basename "$f" .cpp).o"
 done
 wait
-g++ -fopenmp -o "$OUT/emu_tests" "$OUT"/obj/*.o "$OUT"/lib/*.o -lfmt -ldl -lpthread
+g++ -fopenmp -o "$OUT/emu_tests" "$OUT"/obj/*.o -Wl,--whole-archive "$OUT/lib/libkiln_emu.a" -Wl,--no-whole-archive \
+  "${LIBS[@]}" -lfmt -ldl -lpthread
 if [ $# -eq 0 ]; then set -- -tc='cuda*,opinfo*: cuda parity'; fi
 "$OUT/emu_tests" "$@"

@@ -2,9 +2,12 @@
 // Fake cuBLAS: column-major strided batched GEMM with cuBLAS's argument checks.
 #include "cuda_runtime_api.h"
 #include <cmath>
+#include "cuda_bf16.h"
+#include "cuda_fp16.h"
 enum cublasStatus_t { CUBLAS_STATUS_SUCCESS = 0, CUBLAS_STATUS_INVALID_VALUE = 7 };
 enum cublasOperation_t { CUBLAS_OP_N = 0, CUBLAS_OP_T = 1 };
-enum cudaDataType { CUDA_R_32F = 0, CUDA_R_64F = 1 };
+enum cudaDataType { CUDA_R_32F = 0, CUDA_R_64F = 1, CUDA_R_16F = 2, CUDA_R_16BF = 14 };
+typedef cudaDataType cudaDataType_t;
 enum cublasComputeType_t { CUBLAS_COMPUTE_32F = 68, CUBLAS_COMPUTE_32F_FAST_TF32 = 77, CUBLAS_COMPUTE_64F = 70 };
 enum cublasGemmAlgo_t { CUBLAS_GEMM_DEFAULT = -1 };
 typedef struct cublasContext* cublasHandle_t;
@@ -46,7 +49,25 @@ inline cublasStatus_t cublasGemmStridedBatchedEx(cublasHandle_t, cublasOperation
                  ldb, ldc, ta, tb);
     return CUBLAS_STATUS_INVALID_VALUE;
   }
-  if (at == CUDA_R_32F)
+  if (at == CUDA_R_16F || at == CUDA_R_16BF) {  // 16-bit storage, float32 compute and scalars
+    const bool bf = at == CUDA_R_16BF;
+    auto get = [bf](const void* p, long long i) {
+      const auto* u = static_cast<const std::uint16_t*>(p) + i;
+      return bf ? __bfloat162float(__nv_bfloat16{*u}) : __half2float(__half{*u});
+    };
+    for (int b = 0; b < batch; ++b)
+      for (int j = 0; j < n; ++j)
+        for (int i = 0; i < m; ++i) {
+          float acc = 0;
+          for (int p = 0; p < k; ++p)
+            acc += get(A, b * sa + (ta ? p + static_cast<long long>(i) * lda : i + static_cast<long long>(p) * lda)) *
+                   get(B, b * sb + (tb ? j + static_cast<long long>(p) * ldb : p + static_cast<long long>(j) * ldb));
+          const long long o = b * sc + i + static_cast<long long>(j) * ldc;
+          const float beta_v = *static_cast<const float*>(beta);
+          const float r = *static_cast<const float*>(alpha) * acc + (beta_v == 0 ? 0.0f : beta_v * get(C, o));
+          static_cast<std::uint16_t*>(C)[o] = bf ? __float2bfloat16(r).x : __float2half(r).x;
+        }
+  } else if (at == CUDA_R_32F)
     emu_gemm<float>(ta, tb, m, n, k, *static_cast<const float*>(alpha), static_cast<const float*>(A), lda, sa,
                     static_cast<const float*>(B), ldb, sb, *static_cast<const float*>(beta), static_cast<float*>(C), ldc,
                     sc, batch, ct == CUBLAS_COMPUTE_32F_FAST_TF32);

@@ -72,5 +72,17 @@ inline cudaError_t cudaMemcpyAsync(void* d, const void* s, std::size_t n, cudaMe
 inline cudaError_t cudaMemsetAsync(void* d, int v, std::size_t n, cudaStream_t = nullptr) { std::memset(d, v, n); return cudaSuccess; }
 template <class K>
 inline cudaError_t cudaFuncSetAttribute(K, cudaFuncAttribute, int) { return cudaSuccess; }
+struct cudaFuncAttributes {
+  std::size_t sharedSizeBytes, constSizeBytes, localSizeBytes;
+  int maxThreadsPerBlock, numRegs, ptxVersion, binaryVersion;
+};
+// The emulated kernels count as sm_90 code; EMU_SM=75 (say) pretends an older build.
+template <class K>
+inline cudaError_t cudaFuncGetAttributes(cudaFuncAttributes* a, K) {
+  *a = {};
+  a->maxThreadsPerBlock = 1024;
+  a->ptxVersion = a->binaryVersion = std::getenv("EMU_SM") ? std::atoi(std::getenv("EMU_SM")) : 90;
+  return cudaSuccess;
+}
 inline cudaError_t cudaRuntimeGetVersion(int* v) { *v = 13000; return cudaSuccess; }
 inline cudaError_t cudaDeviceSynchronize() { return cudaSuccess; }
