@@ -1,5 +1,6 @@
 // CUDA backend benchmark: GEMM TFLOP/s (cuBLAS, float32 with and without TF32, float64),
-// fused attention forward and forward+backward, and the bandwidth of a few memory-bound ops.
+// fused attention forward and forward+backward (float32, float64, bfloat16, float16 on tensor
+// cores), and the bandwidth of a few memory-bound ops.
 // tools/gpu_check.sh runs it beside PyTorch on the same GPU.
 //   build/bench/cuda_bench                 every group
 //   build/bench/cuda_bench matmul|mha|ops  one group
@@ -94,7 +95,8 @@ void bench_mha() {
   };
   const std::vector<Row> rows = {
       {32, 64, 128, 4}, {8, 256, 256, 8}, {8, 1024, 768, 12}, {4, 2048, 1024, 16}, {1, 4096, 256, 8}};
-  for (DType dt : {kFloat32, kFloat64})
+  // bfloat16/float16: the tensor-core kernels of core/cuda/attention_tc.cu (float32 accumulation).
+  for (DType dt : {kFloat32, kFloat64, kBFloat16, kFloat16})
     for (const Row& r : rows)
       for (bool causal : {false, true})
         for (const char* mode : {"fwd", "fwdbwd"}) {

@@ -2,7 +2,8 @@
 # Everything in kiln that needs a GPU, in one script: build with the CUDA backend, run the
 # whole test suite (the tests/cuda suites compare every op and the fused attention with the
 # CPU backend), then the benchmarks beside PyTorch on the same GPU in the same run:
-# GEMM TFLOP/s, attention forward / forward+backward (PyTorch's scaled_dot_product_attention),
+# GEMM TFLOP/s, attention forward / forward+backward in float32/float64/bfloat16/float16 (PyTorch's
+# scaled_dot_product_attention; kiln's 16-bit rows run the tensor-core kernels of attention_tc.cu),
 # memory-bound ops, and the GPT training step of bench/gpt.cpp.
 #
 #   tools/gpu_check.sh              # build test bench (the stages in order)
@@ -125,7 +126,7 @@ torch.backends.cuda.matmul.allow_tf32 = False
 
 # Attention core: (B, T, E) buffers viewed (B, H, T, D), as in bench/cuda_bench.cpp
 mha_rows = [(32, 64, 128, 4), (8, 256, 256, 8), (8, 1024, 768, 12), (4, 2048, 1024, 16), (1, 4096, 256, 8)]
-for dt in (torch.float32, torch.float64, torch.bfloat16):
+for dt in (torch.float32, torch.float64, torch.bfloat16, torch.float16):
     for B, T, E, H in mha_rows:
         if dt == torch.float64 and T > 1024:
             continue

@@ -22,7 +22,7 @@ Attn4 view4(const Tensor& t) {
 }
 
 AttnGeom geometry(const AttentionArgs& a) {
-  KILN_CHECK(is_floating(a.q.dtype()), kOp, "expected float32 or float64 tensors, got {}", dtype_name(a.q.dtype()));
+  KILN_CHECK(is_floating(a.q.dtype()), kOp, "expected floating-point tensors, got {}", dtype_name(a.q.dtype()));
   AttnGeom g;
   g.N = a.q.size(0);
   g.H = a.q.size(1);
@@ -59,37 +59,58 @@ void check_smem(const DeviceContext& ctx, std::size_t need, const AttnGeom& g, D
              pass, g.Dk, g.Dv, dtype_name(dt), need, ctx.index, ctx.smem_optin);
 }
 
+// bfloat16/float16 run on tensor cores (attention_tc.cu) when this binary has sm_80+ code for the
+// device and the head dims fit its shared memory; otherwise the float32 kernels run on
+// converted inputs, each output rounded once (core/reduced_float.hpp).
+bool on_tensor_cores(const DeviceContext& ctx, const AttnGeom& g, DType dt, bool backward) {
+  if (!is_reduced_float(dt) || !attention_tc_usable(ctx.index)) return false;
+  return (backward ? attention_backward_tc_smem(g) : attention_forward_tc_smem(g)) <= ctx.smem_optin;
+}
+
 }  // namespace
 
-// bfloat16/float16 run the float32 kernels on converted inputs, each output rounded once (the
-// tensor-core kernels replace these three calls).
 void CudaBackend::attention_forward(const AttentionArgs& a, const Tensor& out, const Tensor& lse,
                                     const Tensor& weights) {
-  if (is_reduced_float(a.q.dtype())) return attention_forward_via_float32(*this, a, out, lse, weights);
+  const DType dt = a.q.dtype();
   const AttnGeom g = geometry(a);
   DeviceGuard dg(ctx_.index);
-  check_smem(ctx_, attention_forward_smem(g, a.q.dtype()), g, a.q.dtype(), "forward");
-  launch_attention_forward(g, view4(a.q), view4(a.k), view4(a.v), view4(out), lse.raw_data(),
-                           weights.defined() ? weights.raw_data() : nullptr, a.q.dtype(), ctx_.stream);
+  void* w = weights.defined() ? weights.raw_data() : nullptr;
+  if (on_tensor_cores(ctx_, g, dt, false)) {
+    launch_attention_forward_tc(g, view4(a.q), view4(a.k), view4(a.v), view4(out), static_cast<float*>(lse.raw_data()),
+                                w, dt, ctx_.stream);
+    return check_launch(kOp);
+  }
+  if (is_reduced_float(dt)) return attention_forward_via_float32(*this, a, out, lse, weights);
+  check_smem(ctx_, attention_forward_smem(g, dt), g, dt, "forward");
+  launch_attention_forward(g, view4(a.q), view4(a.k), view4(a.v), view4(out), lse.raw_data(), w, dt, ctx_.stream);
   check_launch(kOp);
 }
 
 void CudaBackend::attention_backward(const AttentionArgs& a, const Tensor& out, const Tensor& lse, const Tensor& gout,
                                      const Tensor& weights, const Tensor& gweights, const AttentionGrads& grads) {
-  if (is_reduced_float(a.q.dtype()))
-    return attention_backward_via_float32(*this, a, out, lse, gout, weights, gweights, grads);
-  const AttnGeom g = geometry(a);
   const DType dt = a.q.dtype();
+  const AttnGeom g = geometry(a);
+  const bool tc = on_tensor_cores(ctx_, g, dt, true);
+  if (!tc && is_reduced_float(dt))
+    return attention_backward_via_float32(*this, a, out, lse, gout, weights, gweights, grads);
   DeviceGuard dg(ctx_.index);
-  check_smem(ctx_, attention_backward_smem(g, dt), g, dt, "backward");
-  // Scratch: per-row delta and the float dQ accumulator the key blocks add into.
-  Tensor delta = Tensor::empty({std::max<std::int64_t>(g.N * g.H * g.T, 1)}, dt, a.q.device());
-  Tensor dq = Tensor::empty({std::max<std::int64_t>(g.N * g.H * g.T * g.Dk, 1)}, dt, a.q.device());
-  launch_attention_backward(g, view4(a.q), view4(a.k), view4(a.v), view4(out), lse.raw_data(), view4(gout),
-                            weights.defined() ? weights.raw_data() : nullptr,
-                            gweights.defined() ? gweights.raw_data() : nullptr, view4(grads.gq), view4(grads.gk),
-                            view4(grads.gv), grads.gmask.defined() ? grads.gmask.raw_data() : nullptr, delta.raw_data(),
-                            dq.raw_data(), dt, ctx_.stream);
+  if (!tc) check_smem(ctx_, attention_backward_smem(g, dt), g, dt, "backward");
+  // Scratch: per-row delta and the dQ accumulator the key blocks add into (float32 for 16-bit).
+  const DType acc = tc ? kFloat32 : dt;
+  Tensor delta = Tensor::empty({std::max<std::int64_t>(g.N * g.H * g.T, 1)}, acc, a.q.device());
+  Tensor dq = Tensor::empty({std::max<std::int64_t>(g.N * g.H * g.T * g.Dk, 1)}, acc, a.q.device());
+  const void* w = weights.defined() ? weights.raw_data() : nullptr;
+  const void* gw = gweights.defined() ? gweights.raw_data() : nullptr;
+  void* gm = grads.gmask.defined() ? grads.gmask.raw_data() : nullptr;
+  if (tc)
+    launch_attention_backward_tc(g, view4(a.q), view4(a.k), view4(a.v), view4(out),
+                                 static_cast<const float*>(lse.raw_data()), view4(gout), w, gw, view4(grads.gq),
+                                 view4(grads.gk), view4(grads.gv), gm, static_cast<float*>(delta.raw_data()),
+                                 static_cast<float*>(dq.raw_data()), dt, ctx_.stream);
+  else
+    launch_attention_backward(g, view4(a.q), view4(a.k), view4(a.v), view4(out), lse.raw_data(), view4(gout), w, gw,
+                              view4(grads.gq), view4(grads.gk), view4(grads.gv), gm, delta.raw_data(), dq.raw_data(),
+                              dt, ctx_.stream);
   check_launch("scaled_dot_product_attention_backward");
 }
 

@@ -6,41 +6,21 @@
 //   backward: a block per (batch*kv head, 32 keys); loops over the query heads of the group
 //             and their 32-query tiles, recomputing P from the logsumexp; dK and dV
 //             accumulate in shared memory, dQ in a global buffer through atomics.
-// 128 threads; thread t owns rows 4*(t/16) .. +3 of a tile and columns t%16 + 16*c, which is
-// also how the dropout bits are laid out (16 Philox counters x 4 words per 64 keys).
-// Logits are in log2 units (q pre-scaled by scale * log2(e)), as on the CPU. A masked logit is
-// -inf; its probability is stored as -0.0 so that products with non-finite V / dO / Q / K
-// tiles can skip exactly the masked pairs (never 0 * NaN).
-#include <cmath>
-
-#include "device_util.cuh"
+// 128 threads in the row layout of attention_device.cuh. Logits are in log2 units (q pre-scaled
+// by scale * log2(e)), as on the CPU. A masked logit is -inf; its probability is stored as -0.0
+// so that products with non-finite V / dO / Q / K tiles can skip exactly the masked pairs
+// (never 0 * NaN). bfloat16/float16 run on tensor cores in attention_tc.cu.
+#include "attention_device.cuh"
 
 namespace kiln::cuda {
 namespace {
 
-constexpr int kAttnThreads = 128;
 constexpr int kFwdBq = 32, kFwdBk = 64;
 constexpr int kBwdBq = 32, kBwdBk = 32;
-constexpr double kLog2e = 1.4426950408889634074, kLn2 = 0.69314718055994530942;
 
 extern __shared__ __align__(16) unsigned char attn_smem[];
 
-template <typename F>
-__device__ __forceinline__ F neg_inf() {
-  return -static_cast<F>(INFINITY);
-}
-template <typename F>
-__device__ __forceinline__ bool is_masked_zero(F x) {  // -0.0: a masked pair
-  return x == F(0) && signbit(x);
-}
-
 __host__ __device__ inline int odd_ld(std::int64_t d) { return static_cast<int>(d | 1); }
-
-__device__ __forceinline__ std::int64_t key_limit(const AttnGeom& g, std::int64_t t) {
-  if (!g.causal) return g.S;
-  const std::int64_t l = g.S - g.T + t + 1;
-  return l < 0 ? 0 : (l > g.S ? g.S : l);
-}
 
 // Rows [row0, row0 + nrows) of a (T|S, D) slice into dst (ld), times `scale`; rows at or past
 // `limit` are zero. Returns whether this thread's values were all finite.
@@ -98,54 +78,6 @@ __device__ __forceinline__ void tile_mma(F (&acc)[4][CN], const F* A, int ars, i
       }
     }
   }
-}
-
-// The logit of (t, j) after causal / sequence limits and the user mask (log2 units).
-template <typename F>
-__device__ __forceinline__ F masked_logit(const AttnGeom& g, F x, std::int64_t n, std::int64_t h, std::int64_t t,
-                                          std::int64_t j) {
-  if (j >= key_limit(g, t) || t >= g.T) return neg_inf<F>();
-  if (g.mask_kind != 0) {
-    const std::int64_t off = n * g.mask.s[0] + h * g.mask.s[1] + t * g.mask.s[2] + j * g.mask.s[3];
-    if (g.mask_kind == 1) {
-      if (!static_cast<const bool*>(g.mask.p)[off]) return neg_inf<F>();
-    } else {
-      const F mv = static_cast<const F*>(g.mask.p)[off];
-      // A -inf entry masks even a NaN logit (from NaN in a masked-out key).
-      if (mv == neg_inf<F>()) return neg_inf<F>();
-      x += mv * static_cast<F>(kLog2e);
-    }
-  }
-  return x;
-}
-
-// The 4 dropout words of counter `lane16` of the 64-key group holding key j0, row `row`.
-__device__ __forceinline__ Words4 dropout_words(const AttnGeom& g, std::int64_t row, std::int64_t j0, int lane16) {
-  const std::uint64_t ctr =
-      g.offset + static_cast<std::uint64_t>(row) * g.per_row + static_cast<std::uint64_t>(j0 / 64 * 16 + lane16);
-  return philox(g.seed, ctr);
-}
-
-template <typename F>
-__device__ __forceinline__ F group16_max(F v) {
-#pragma unroll
-  for (int o = 8; o > 0; o >>= 1) {
-    const F w = __shfl_xor_sync(0xffffffffu, v, o);
-    v = w > v ? w : v;  // NaN-ignoring, like the CPU row max
-  }
-  return v;
-}
-template <typename F>
-__device__ __forceinline__ F group16_sum(F v) {
-#pragma unroll
-  for (int o = 8; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-  return v;
-}
-__device__ __forceinline__ bool group16_any(bool v) {
-  int x = v;
-#pragma unroll
-  for (int o = 8; o > 0; o >>= 1) x |= __shfl_xor_sync(0xffffffffu, x, o);
-  return x != 0;
 }
 
 // ---------------------------------------------------------------- forward
@@ -283,24 +215,6 @@ __global__ void __launch_bounds__(kAttnThreads)
 }
 
 // ---------------------------------------------------------------- backward
-// delta[row] = rowsum(dO * O) (+ rowsum(W * dW) with returned weights); a warp per row.
-template <typename F>
-__global__ void attn_bwd_delta_kernel(AttnGeom g, Attn4 o, Attn4 gout, const F* w, const F* gw, F* delta) {
-  const std::int64_t rows = g.N * g.H * g.T;
-  const std::int64_t row = static_cast<std::int64_t>(blockIdx.x) * (blockDim.x / 32) + threadIdx.x / 32;
-  const int lane = threadIdx.x & 31;
-  if (row >= rows) return;
-  const std::int64_t nh = row / g.T, t = row % g.T, n = nh / g.H, h = nh % g.H;
-  const F* orow = static_cast<const F*>(o.p) + n * o.s[0] + h * o.s[1] + t * o.s[2];
-  const F* grow = static_cast<const F*>(gout.p) + n * gout.s[0] + h * gout.s[1] + t * gout.s[2];
-  F d = 0;
-  for (std::int64_t c = lane; c < g.Dv; c += 32) d += orow[c * o.s[3]] * grow[c * gout.s[3]];
-  if (w)
-    for (std::int64_t j = lane; j < g.S; j += 32) d += w[row * g.S + j] * gw[row * g.S + j];
-  for (int off = 16; off > 0; off >>= 1) d += __shfl_xor_sync(0xffffffffu, d, off);
-  if (lane == 0) delta[row] = d;
-}
-
 template <typename F>
 __device__ __forceinline__ void atomic_add_f(F* p, F v) {
   atomicAdd(p, v);
@@ -419,30 +333,6 @@ __global__ void __launch_bounds__(kAttnThreads)
   }
 }
 
-// gq = scale * dq_acc, written through gq's strides.
-template <typename F>
-__global__ void attn_bwd_dq_kernel(AttnGeom g, const F* dq_acc, Attn4 gq) {
-  const std::int64_t total = g.N * g.H * g.T * g.Dk;
-  const F sc = static_cast<F>(g.scale);
-  for (std::int64_t e = blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x; e < total;
-       e += static_cast<std::int64_t>(gridDim.x) * blockDim.x) {
-    const std::int64_t d = e % g.Dk, row = e / g.Dk, t = row % g.T, nh = row / g.T;
-    const std::int64_t n = nh / g.H, h = nh % g.H;
-    static_cast<F*>(gq.p)[n * gq.s[0] + h * gq.s[1] + t * gq.s[2] + d * gq.s[3]] = dq_acc[e] * sc;
-  }
-}
-
-// Zeros an (a, b, c, d) strided operand.
-template <typename F>
-__global__ void zero4_kernel(Attn4 x, std::int64_t A, std::int64_t B, std::int64_t C, std::int64_t D) {
-  const std::int64_t total = A * B * C * D;
-  for (std::int64_t e = blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x; e < total;
-       e += static_cast<std::int64_t>(gridDim.x) * blockDim.x) {
-    const std::int64_t d = e % D, c = (e / D) % C, b = (e / (D * C)) % B, a = e / (D * C * B);
-    static_cast<F*>(x.p)[a * x.s[0] + b * x.s[1] + c * x.s[2] + d * x.s[3]] = F(0);
-  }
-}
-
 // One thread per (row, 64-key group, counter): 4 multipliers.
 template <typename F>
 __global__ void attn_dropout_mask_kernel(AttnGeom g, F* out) {
@@ -459,12 +349,6 @@ __global__ void attn_dropout_mask_kernel(AttnGeom g, F* out) {
       out[row * g.S + j] = !g.dropout ? F(1) : (wd.w[c] < g.thresh ? static_cast<F>(g.inv_keep) : F(0));
     }
   }
-}
-
-template <typename Kernel>
-void allow_smem(Kernel kernel, std::size_t bytes) {
-  if (bytes > 48 * 1024)
-    cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes));
 }
 
 }  // namespace
@@ -502,14 +386,8 @@ void launch_attention_backward(const AttnGeom& g, const Attn4& q, const Attn4& k
   dispatch_float(dt, [&](auto z) {
     using F = decltype(z);
     const std::int64_t rows = g.N * g.H * g.T;
-    if (rows == 0 || g.S == 0) {  // nothing attended: every gradient is 0
-      const std::int64_t nq = rows * g.Dk, nk = g.N * g.Hkv * g.S * g.Dk, nv = g.N * g.Hkv * g.S * g.Dv;
-      if (nq) zero4_kernel<F><<<grid_for(nq), kThreads, 0, s>>>(gq, g.N, g.H, g.T, g.Dk);
-      if (nk) zero4_kernel<F><<<grid_for(nk), kThreads, 0, s>>>(gk, g.N, g.Hkv, g.S, g.Dk);
-      if (nv) zero4_kernel<F><<<grid_for(nv), kThreads, 0, s>>>(gv, g.N, g.Hkv, g.S, g.Dv);
-      return;
-    }
-    attn_bwd_delta_kernel<F>
+    if (rows == 0 || g.S == 0) return zero_attention_grads<F>(g, gq, gk, gv, s);
+    attn_bwd_delta_kernel<F, F>
         <<<static_cast<unsigned>((rows + 7) / 8), 256, 0, s>>>(g, out, gout, static_cast<const F*>(weights),
                                                                static_cast<const F*>(gweights), static_cast<F*>(delta));
     cudaMemsetAsync(dq_acc, 0, static_cast<std::size_t>(rows * g.Dk) * sizeof(F), s);
@@ -521,7 +399,7 @@ void launch_attention_backward(const AttnGeom& g, const Attn4& q, const Attn4& k
                                                                    static_cast<const F*>(delta),
                                                                    static_cast<const F*>(gweights), gk, gv,
                                                                    static_cast<F*>(gmask), static_cast<F*>(dq_acc));
-    attn_bwd_dq_kernel<F><<<grid_for(rows * g.Dk), kThreads, 0, s>>>(g, static_cast<const F*>(dq_acc), gq);
+    attn_bwd_dq_kernel<F, F><<<grid_for(rows * g.Dk), kThreads, 0, s>>>(g, static_cast<const F*>(dq_acc), gq);
   });
 }
 

@@ -107,6 +107,19 @@ void launch_attention_backward(const AttnGeom& g, const Attn4& q, const Attn4& k
                                const void* lse, const Attn4& gout, const void* weights, const void* gweights,
                                const Attn4& gq, const Attn4& gk, const Attn4& gv, void* gmask, void* delta,
                                void* dq_acc, DType dt, cudaStream_t s);
+/// bfloat16/float16 on tensor cores (attention_tc.cu): whether the kernels built into this
+/// binary can run them on `device` (sm_80 or later code), and their shared memory (bytes).
+bool attention_tc_usable(int device);
+std::size_t attention_forward_tc_smem(const AttnGeom& g);
+std::size_t attention_backward_tc_smem(const AttnGeom& g);
+/// As launch_attention_forward / backward for dt bfloat16 or float16; lse, delta and dq_acc
+/// are float32.
+void launch_attention_forward_tc(const AttnGeom& g, const Attn4& q, const Attn4& k, const Attn4& v, const Attn4& out,
+                                 float* lse, void* weights, DType dt, cudaStream_t s);
+void launch_attention_backward_tc(const AttnGeom& g, const Attn4& q, const Attn4& k, const Attn4& v, const Attn4& out,
+                                  const float* lse, const Attn4& gout, const void* weights, const void* gweights,
+                                  const Attn4& gq, const Attn4& gk, const Attn4& gv, void* gmask, float* delta,
+                                  float* dq_acc, DType dt, cudaStream_t s);
 /// Contiguous (N, H, T, S) multipliers: 1/keep where kept, 0 where dropped (1 without dropout).
 void launch_attention_dropout_mask(const AttnGeom& g, void* out, DType dt, cudaStream_t s);
 
