@@ -38,7 +38,7 @@ namespace {
 
 namespace wmma = nvcuda::wmma;
 
-constexpr int kBq = 32, kFwdBk = 64, kBwdBk = 32, kWarps = kAttnThreads / 32;
+constexpr int kBq = 32, kFwdBk = 64, kBwdBk = 32;
 constexpr int kMaxTcDevices = 64;  // devices whose answer attention_tc_usable caches
 
 extern __shared__ __align__(128) unsigned char attn_tc_smem[];
@@ -108,7 +108,7 @@ __device__ void block_product(bool exact, float* c, int ldc, bool accumulate, co
   const W* bw = reinterpret_cast<const W*>(b);
   const int nt = N / 16, tiles = M / 16 * nt;
   // Warp-uniform loop: each warp owns whole 16x16 output tiles.
-  for (int tile = threadIdx.x / 32; tile < tiles; tile += kWarps) {
+  for (int tile = threadIdx.x / 32; tile < tiles; tile += kAttnThreads / 32) {
     const int m0 = tile / nt * 16, n0 = tile % nt * 16;
     wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc;
     if (accumulate) wmma::load_matrix_sync(acc, c + m0 * ldc + n0, ldc, wmma::mem_row_major);
