@@ -1,11 +1,13 @@
 // The MPI half: one communication thread per process owns every MPI call (MPI initialized with
 // MPI_THREAD_SERIALIZED by that thread), so any thread may queue collectives while others
-// compute, and they reach MPI in the order they were queued. Collectives run as blocking MPI
-// calls (Open MPI's tuned algorithms); send/recv are posted non-blocking and progressed between
-// jobs, so a pending recv never blocks the collectives queued behind it.
+// compute, and they reach MPI in the order they were queued. Each collective is posted
+// non-blocking and waited for on the thread without holding a core (wait_for below); send/recv
+// are posted non-blocking and progressed between jobs, so a pending recv never blocks the
+// collectives queued behind it.
 #include <fmt/format.h>
 #include <mpi.h>
 
+#include <chrono>
 #include <climits>
 #include <cstdio>
 #include <deque>
@@ -96,6 +98,36 @@ void divide(void* p, std::int64_t n, DType d, int by) {
       for (std::int64_t i = 0; i < n; ++i) x[i] = T(static_cast<float>(x[i]) / static_cast<float>(by));
     }
   });
+}
+
+// How the communication thread waits for a non-blocking operation. Open MPI moves messages only
+// while someone polls, and its blocking collectives poll in a tight loop: where the ranks' compute
+// threads fill the cores (2 ranks x 1 thread on 2 cores), that loop takes a core from them, from
+// this rank or from the very peer it waits for (measured on bench/gpt: the blocking calls cost a
+// rank ~20 ms of CPU per small-preset step, these waits ~3).
+// - Arrival (the signature exchange: peers may still be computing): poll for kArrivalSpin, then
+//   sleep between polls, the pause doubling up to kMaxPause. A rank that arrives first costs no
+//   CPU; the last arrival is seen at most kMaxPause late.
+// - Transfer (the collective itself, every rank known to be there): poll without pause, but yield
+//   the core between polls so that a runnable compute thread goes first.
+enum class WaitMode { Arrival, Transfer };
+constexpr auto kArrivalSpin = std::chrono::microseconds(50);
+constexpr auto kMaxPause = std::chrono::microseconds(200);
+
+void wait_for(MPI_Request& req, WaitMode mode, const char* call) {
+  const auto t0 = std::chrono::steady_clock::now();
+  auto pause = std::chrono::microseconds(10);
+  for (;;) {
+    int done = 0;
+    check(MPI_Test(&req, &done, MPI_STATUS_IGNORE), call);
+    if (done) return;
+    if (mode == WaitMode::Transfer) {
+      std::this_thread::yield();
+    } else if (std::chrono::steady_clock::now() - t0 >= kArrivalSpin) {
+      std::this_thread::sleep_for(pause);
+      pause = std::min(pause * 2, kMaxPause);
+    }
+  }
 }
 
 class CommThread {
@@ -197,7 +229,10 @@ class CommThread {
     const GroupImpl& g = *job.group;
     std::vector<Signature> all(g.ranks.size());
     const int n = static_cast<int>(job.sig.size());
-    check(MPI_Allgather(job.sig.data(), n, MPI_INT64_T, all.data(), n, MPI_INT64_T, comm_of(g)), "MPI_Allgather");
+    MPI_Request req;
+    check(MPI_Iallgather(job.sig.data(), n, MPI_INT64_T, all.data(), n, MPI_INT64_T, comm_of(g), &req),
+          "MPI_Iallgather");
+    wait_for(req, WaitMode::Arrival, "MPI_Iallgather");
     std::string msg = signature_mismatch(job.op, all);
     if (msg.empty()) return true;
     job.work->complete(std::move(msg));
@@ -214,34 +249,42 @@ class CommThread {
     MPI_Datatype type = mpi_type(j.dtype);
     const std::int64_t step = INT_MAX;  // MPI counts are int: long buffers go in pieces
     char* out = static_cast<char*>(j.out);
+    MPI_Request req;
     switch (j.kind) {
       case Kind::AllReduce:
         for (std::int64_t at = 0; at < j.count; at += step) {
           int n = static_cast<int>(std::min(step, j.count - at));
-          check(MPI_Allreduce(MPI_IN_PLACE, out + at * itemsize(j.dtype), n, type, mpi_op(j.reduce, j.dtype), c),
-                "MPI_Allreduce");
+          void* buf = out + at * itemsize(j.dtype);
+          check(MPI_Iallreduce(MPI_IN_PLACE, buf, n, type, mpi_op(j.reduce, j.dtype), c, &req), "MPI_Iallreduce");
+          wait_for(req, WaitMode::Transfer, "MPI_Iallreduce");
         }
         if (j.reduce == ReduceOp::Avg) divide(j.out, j.count, j.dtype, size);
         break;
       case Kind::Broadcast:
         for (std::int64_t at = 0; at < j.count; at += step) {
           int n = static_cast<int>(std::min(step, j.count - at));
-          check(MPI_Bcast(out + at * itemsize(j.dtype), n, type, j.peer, c), "MPI_Bcast");
+          check(MPI_Ibcast(out + at * itemsize(j.dtype), n, type, j.peer, c, &req), "MPI_Ibcast");
+          wait_for(req, WaitMode::Transfer, "MPI_Ibcast");
         }
         break;
       case Kind::AllGather:
-        check(MPI_Allgather(j.in, static_cast<int>(j.count), type, j.out, static_cast<int>(j.count), type, c),
-              "MPI_Allgather");
+        check(MPI_Iallgather(j.in, static_cast<int>(j.count), type, j.out, static_cast<int>(j.count), type, c, &req),
+              "MPI_Iallgather");
+        wait_for(req, WaitMode::Transfer, "MPI_Iallgather");
         break;
       case Kind::ReduceScatter:
-        check(MPI_Reduce_scatter_block(j.in, j.out, static_cast<int>(j.count), type, mpi_op(j.reduce, j.dtype), c),
-              "MPI_Reduce_scatter_block");
+        check(MPI_Ireduce_scatter_block(j.in, j.out, static_cast<int>(j.count), type, mpi_op(j.reduce, j.dtype), c,
+                                        &req),
+              "MPI_Ireduce_scatter_block");
+        wait_for(req, WaitMode::Transfer, "MPI_Ireduce_scatter_block");
         if (j.reduce == ReduceOp::Avg) divide(j.out, j.count, j.dtype, size);
         break;
-      case Kind::Barrier: check(MPI_Barrier(c), "MPI_Barrier"); break;
+      case Kind::Barrier:
+        check(MPI_Ibarrier(c, &req), "MPI_Ibarrier");
+        wait_for(req, WaitMode::Transfer, "MPI_Ibarrier");
+        break;
       case Kind::Send:
       case Kind::Recv: {
-        MPI_Request req;
         if (j.kind == Kind::Send)
           check(MPI_Isend(j.in, static_cast<int>(j.count), type, j.peer, j.tag, c, &req), "MPI_Isend");
         else check(MPI_Irecv(j.out, static_cast<int>(j.count), type, j.peer, j.tag, c, &req), "MPI_Irecv");

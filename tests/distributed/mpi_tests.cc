@@ -5,6 +5,9 @@
 #define DOCTEST_CONFIG_IMPLEMENT
 #include <doctest/doctest.h>
 
+#include <sys/resource.h>
+
+#include <chrono>
 #include <csignal>
 #include <cstdio>
 #include <cstring>
@@ -232,6 +235,36 @@ TEST_CASE("async collectives overlap with work on another thread") {
     want[i] = reduce(ReduceOp::Max, kiln::kFloat32, xs);
   }
   expect(t, want, kiln::kFloat32);
+}
+
+TEST_CASE("a rank waiting for a late peer does not hold a core") {
+  // Rank 0 joins at once, the others 400 ms later. While rank 0's communication thread waits in
+  // the collective (and its main thread in wait()), the process must stay nearly idle: a thread
+  // polling MPI in a loop would burn the whole wait (CPU time ~ wall time). Under heavy outside
+  // load a spinning thread gets less CPU, so this can only pass wrongly, never fail wrongly.
+  const int n = dist::world_size(), me = dist::rank();
+  if (n < 2) return;
+  auto cpu_s = [] {
+    rusage ru{};
+    getrusage(RUSAGE_SELF, &ru);
+    return double(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) + double(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) * 1e-6;
+  };
+  auto wall_s = [] {
+    return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+  };
+  for (bool large : {false, true}) {  // one signature-sized and one multi-fragment buffer
+    Tensor t = kiln::ones({large ? 1 << 20 : 4});
+    dist::barrier();
+    if (me != 0) std::this_thread::sleep_for(std::chrono::milliseconds(400));
+    const double c0 = cpu_s(), w0 = wall_s();
+    dist::all_reduce(t);
+    const double cpu = cpu_s() - c0, wall = wall_s() - w0;
+    CHECK(t.to_vector<float>()[0] == static_cast<float>(n));
+    if (me == 0) {
+      CHECK(wall > 0.3);
+      CHECK(cpu < 0.1 * wall);
+    }
+  }
 }
 
 TEST_CASE("sub-groups: new_group and split") {
