@@ -18,14 +18,18 @@
 //   build/bench/gpt --preset shakespeare
 //   build/bench/gpt --attn mha --dropout 0 --verbose
 //   mpirun -np 2 build/bench/gpt --threads 1        # data-parallel (DDP), as the anchors' gpt_ddp.py
+//   mpirun -np 3 build/bench/gpt --threads 1 --preset shakespeare   # 6 + 5 + 5 sequences
 //   build/bench/gpt --precision bf16         # forward + loss under kiln::autocast (PyTorch's autocast rows)
 // --precision fp16 adds an amp::GradScaler (scale, step, update inside the timed step).
 // Prints `RESULT gpt impl=kiln preset=.. ... median_step_ms=.. tokens_per_s=.. peak_rss_mib=..
 // loss_first=.. loss_last=..` (loss_* are single-step losses of the first and last step). Under
 // mpirun (N ranks) every rank draws the same global batch and trains on its contiguous share
-// through distributed::DistributedDataParallel; rank 0 prints `RESULT gpt_ddp ...` with global
-// tokens/s, the all-reduce time per step, the part of it not hidden behind backward, and each
-// bucket's hidden fraction (launch order).
+// (any N up to --batch: the first batch % N ranks take one sequence more, and each rank's loss is
+// weighted by its share, so the step equals one process's on the whole batch) through
+// distributed::DistributedDataParallel; rank 0 prints `RESULT gpt_ddp ...` with global tokens/s,
+// cpu_ms (rank 0's process CPU time per step: compute plus the communication thread), the
+// all-reduce time per step, the part of it not hidden behind backward, and each bucket's hidden
+// fraction (launch order). `--no-ddp` runs the same ranks without DDP: the compute floor.
 #include <sys/resource.h>
 
 #include <CLI/CLI.hpp>
@@ -181,6 +185,7 @@ struct GPTImpl : nn::Module {
 KILN_MODULE(GPT);
 
 double median(std::vector<double> v) {
+  if (v.empty()) return 0;
   std::sort(v.begin(), v.end());
   return v.size() % 2 ? v[v.size() / 2] : 0.5 * (v[v.size() / 2 - 1] + v[v.size() / 2]);
 }
@@ -226,6 +231,8 @@ int main(int argc, char** argv) {
   app.add_option("--bucket-mb", bucket_mb, "under mpirun: DDP bucket size (MiB)")->capture_default_str();
   app.add_option("--first-bucket-mb", first_bucket_mb, "under mpirun: DDP first bucket size (MiB)")
       ->capture_default_str();
+  bool no_ddp = false;
+  app.add_flag("--no-ddp", no_ddp, "under mpirun: each rank trains its share alone (the compute floor beside DDP)");
   std::string out;
   app.add_option("--out", out, "also append the RESULT line to this file");
   CLI11_PARSE(app, argc, argv);
@@ -259,11 +266,16 @@ int main(int argc, char** argv) {
   namespace dist = kiln::distributed;
   dist::InitGuard dist_guard;  // under mpirun: one rank of a data-parallel run
   const int world = dist::world_size(), rank = dist::rank();
-  if (c.batch % world != 0) {
-    fmt::print(stderr, "error: --batch {} must divide by the number of ranks ({})\n", c.batch, world);
+  if (c.batch < world) {
+    fmt::print(stderr, "error: --batch {} gives some of the {} ranks no sequence\n", c.batch, world);
     return 2;
   }
-  const std::int64_t share = c.batch / world;
+  // Rank r's contiguous share of the global batch; the first batch % world ranks take one more
+  // sequence. DDP averages the ranks' gradients, so each rank weights its mean loss by
+  // world * rows / batch: the average is then the gradient of the global batch's mean loss.
+  const std::int64_t rows = c.batch / world + (rank < c.batch % world ? 1 : 0);
+  const std::int64_t first_row = rank * (c.batch / world) + std::min<std::int64_t>(rank, c.batch % world);
+  const double loss_weight = static_cast<double>(world * rows) / static_cast<double>(c.batch);
   if (rank != 0) c.verbose = false;
 
   set_num_threads(c.threads);
@@ -272,7 +284,7 @@ int main(int argc, char** argv) {
   model->to(dev);
   model->train();
   std::unique_ptr<dist::DistributedDataParallel> ddp;
-  if (world > 1)
+  if (world > 1 && !no_ddp)
     ddp = std::make_unique<dist::DistributedDataParallel>(
         *model, dist::DDPOptions().bucket_cap_mb(bucket_mb).first_bucket_cap_mb(first_bucket_mb));
   optim::AdamW opt(model->parameters(), optim::AdamWOptions(c.lr).betas({0.9, 0.999}).eps(1e-8).weight_decay(0.01));
@@ -287,24 +299,25 @@ int main(int argc, char** argv) {
         world, c.threads, c.attn, dev.str(), c.precision, c.vocab, c.T, c.d, c.heads, c.layers, c.batch, c.dropout,
         c.lr, model->num_parameters());
 
-  std::vector<double> t_step, t_fwd, t_bwd, t_opt, t_comm, t_exposed;
+  std::vector<double> t_step, t_cpu, t_fwd, t_bwd, t_opt, t_comm, t_exposed;
   std::vector<std::vector<double>> bucket_hidden;
   double first_loss = 0, last_loss = 0, cpu0 = 0, wall0 = 0;
   for (int s = 0; s < c.warmup + c.steps; ++s) {
     if (s == c.warmup) cpu0 = cpu_time_s(), wall0 = now_s();
     auto [x, y] = get_batch(data, c, batch_rng);  // untimed
     if (world > 1) {                              // this rank's contiguous share of the global batch
-      x = x.narrow(0, rank * share, share).contiguous(), y = y.narrow(0, rank * share, share).contiguous();
+      x = x.narrow(0, first_row, rows).contiguous(), y = y.narrow(0, first_row, rows).contiguous();
       dist::barrier();
     }
     x = x.to(dev), y = y.to(dev);
-    double t0 = now_s();
+    const double c0 = cpu_time_s(), t0 = now_s();
     opt.zero_grad();  // set_to_none
     Tensor loss;
     {
       auto mixed = autocast(dev, low, c.precision != "fp32");
       Tensor logits = model(x);
       loss = cross_entropy(logits.view({-1, c.vocab}), y.view({-1}));
+      if (loss_weight != 1.0) loss = loss * loss_weight;
     }
     double t1 = now_s();
     scaler.scale(loss).backward();
@@ -312,12 +325,12 @@ int main(int argc, char** argv) {
     scaler.step(opt);
     scaler.update();
     double l = loss.item<double>();  // on a GPU this waits for the step to finish
-    double t3 = now_s();
-    if (ddp) {  // the global batch's loss; the communication statistics (untimed)
+    const double t3 = now_s(), c3 = cpu_time_s();
+    if (world > 1) {  // the global batch's loss; the communication statistics (untimed)
       Tensor lt = loss.detach().clone();
       dist::all_reduce(lt, dist::ReduceOp::Avg);
       l = lt.item<double>();
-      if (s >= c.warmup) {
+      if (ddp && s >= c.warmup) {
         const dist::DDPStats& st = ddp->last_stats();
         t_comm.push_back(st.comm_s()), t_exposed.push_back(st.exposed_s());
         bucket_hidden.resize(st.buckets.size());
@@ -331,26 +344,28 @@ int main(int argc, char** argv) {
                  (t3 - t0) * 1e3, (t1 - t0) * 1e3, (t2 - t1) * 1e3, (t3 - t2) * 1e3);
     if (s >= c.warmup) {
       t_step.push_back(t3 - t0), t_fwd.push_back(t1 - t0), t_bwd.push_back(t2 - t1), t_opt.push_back(t3 - t2);
+      t_cpu.push_back(c3 - c0);
     }
   }
   const double cpu_util = (cpu_time_s() - cpu0) / (now_s() - wall0);
   const double med = median(t_step);
   if (rank != 0) return 0;
   std::string result;
-  if (ddp) {
+  if (world > 1) {
     std::string hidden;
     for (const auto& b : bucket_hidden) hidden += fmt::format("{}{:.2f}", hidden.empty() ? "" : "/", median(b));
     result = fmt::format(
-        "RESULT gpt_ddp impl=kiln-ddp-mpi world={} threads_per_rank={} preset={} attn={} precision={} T={} d={} "
+        "RESULT gpt_ddp impl={} world={} threads_per_rank={} preset={} attn={} precision={} T={} d={} "
         "layers={} "
         "batch={} dropout={:.2f} params={} steps={} median_step_ms={:.2f} min_step_ms={:.2f} fwd_ms={:.2f} "
-        "bwd_ms={:.2f} opt_ms={:.2f} tokens_per_s={:.0f} allreduce_ms={:.2f} exposed_ms={:.2f} buckets={} "
+        "bwd_ms={:.2f} opt_ms={:.2f} cpu_ms={:.2f} tokens_per_s={:.0f} allreduce_ms={:.2f} exposed_ms={:.2f} "
+        "buckets={} "
         "bucket_hidden={} loss_first={:.4f} loss_last={:.4f} peak_rss_mib_rank0={:.1f}\n",
-        world, c.threads, c.preset, c.attn, c.precision, c.T, c.d, c.layers, c.batch, c.dropout,
-        model->num_parameters(), t_step.size(), med * 1e3, *std::min_element(t_step.begin(), t_step.end()) * 1e3,
-        median(t_fwd) * 1e3, median(t_bwd) * 1e3, median(t_opt) * 1e3, double(c.batch * c.T) / med,
-        median(t_comm) * 1e3, median(t_exposed) * 1e3, bucket_hidden.size(), hidden, first_loss, last_loss,
-        peak_rss_mib());
+        ddp ? "kiln-ddp-mpi" : "kiln-no-ddp", world, c.threads, c.preset, c.attn, c.precision, c.T, c.d, c.layers,
+        c.batch, c.dropout, model->num_parameters(), t_step.size(), med * 1e3,
+        *std::min_element(t_step.begin(), t_step.end()) * 1e3, median(t_fwd) * 1e3, median(t_bwd) * 1e3,
+        median(t_opt) * 1e3, median(t_cpu) * 1e3, double(c.batch * c.T) / med, median(t_comm) * 1e3,
+        median(t_exposed) * 1e3, bucket_hidden.size(), hidden, first_loss, last_loss, peak_rss_mib());
   } else {
     result = fmt::format(
         "RESULT gpt impl=kiln preset={} attn={} device={} precision={} threads={} T={} d={} heads={} layers={} "
