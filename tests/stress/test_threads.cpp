@@ -1,6 +1,7 @@
-// Concurrent backward through shared modules (issue 11, item 3). Also meant for ThreadSanitizer:
-// a build of just this file (-DKILN_SANITIZE_THREAD=ON -DKILN_TEST_PATTERN='stress/test_threads.cpp').
-// Shapes stay small so the kernels run on the calling thread (no OpenMP team per thread).
+// Concurrent backward through shared modules (issue 11, item 3), and helper threads beside the
+// OpenMP pool. Run under ThreadSanitizer by .ci/tsan with the other threading tests.
+// The backward shapes stay small so those kernels run on the calling thread; the pool cases use
+// sizes that do split across it.
 #include <atomic>
 #include <thread>
 
@@ -73,4 +74,50 @@ TEST_CASE("stress threads: threads run backward on one shared graph with retain_
   double scale = 0;
   for (int t = 0; t < kThreads; ++t) scale += 6.0 * (t + 1) * kIters;
   CHECK(equal(w.grad(), full({4}, scale * 2.0, kFloat64)));
+}
+
+namespace {
+// Restores the pool's size when a test ends, however it ends.
+struct PoolSize {
+  int saved = get_num_threads();
+  explicit PoolSize(int n) { set_num_threads(n); }
+  ~PoolSize() { set_num_threads(saved); }
+};
+
+// sum(2 i + 1) over i < n is n^2 (exact in float64 in any order); a product of 96 x 96 ones and
+// halves is 48 everywhere. Big enough that both go to the pool (or BLAS's team) when allowed.
+constexpr std::int64_t kBig = 4 * kParallelGrain;
+bool kernels_right() {
+  Tensor odd = arange(0, kBig, 1, TensorOptions(kFloat64)) * 2.0 + 1.0;
+  const bool sum_ok = odd.sum().item<double>() == double(kBig) * double(kBig);
+  return sum_ok && equal(matmul(ones({96, 96}), full({96, 96}, 0.5)), full({96, 96}, 48.0));
+}
+}  // namespace
+
+TEST_CASE("stress threads: helper threads under SingleThreadGuard run kernels alone beside the pool") {
+  PoolSize pool(2);
+  std::atomic<int> helpers_serial{0}, helpers_right{0};
+  std::vector<std::thread> helpers;
+  for (int t = 0; t < 2; ++t)
+    helpers.emplace_back([&] {
+      SingleThreadGuard serial;
+      helpers_serial += get_num_threads() == 1;
+      for (int i = 0; i < 4; ++i) helpers_right += kernels_right();
+    });
+  int main_right = 0;
+  for (int i = 0; i < 4; ++i) main_right += kernels_right();  // on the pool's 2 threads meanwhile
+  for (auto& h : helpers) h.join();
+  CHECK(helpers_serial.load() == 2);
+  CHECK(helpers_right.load() == 8);
+  CHECK(main_right == 4);
+  CHECK(get_num_threads() == 2);  // the guards were the helpers' own
+}
+
+TEST_CASE("stress threads: user threads each start their own OpenMP team at once") {
+  PoolSize pool(2);
+  std::atomic<int> right{0};
+  run_threads([&](int) {
+    for (int i = 0; i < 4; ++i) right += kernels_right();
+  });
+  CHECK(right.load() == 4 * kThreads);
 }
