@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "bench_util.hpp"
+#include "common/reverser.hpp"  // examples/: the reverse example's model
 
 using namespace kiln;
 
@@ -27,26 +28,6 @@ double median_ms(std::vector<double> t) {
   std::sort(t.begin(), t.end());
   return t[t.size() / 2] * 1e3;
 }
-
-struct ReverserImpl : nn::Module {
-  ReverserImpl(std::int64_t vocab, std::int64_t max_len, std::int64_t dim, std::int64_t heads, std::int64_t layers) {
-    tok = register_module("tok", nn::Embedding(vocab, dim));
-    pos = register_module("pos", nn::LearnedPositionalEmbedding(max_len, dim));
-    auto layer = nn::TransformerLayerOptions(dim, heads)
-                     .dim_feedforward(4 * dim)
-                     .dropout(0.0)
-                     .activation(nn::Activation::GELU)
-                     .norm_first(true);
-    body = register_module("body", nn::TransformerEncoder(nn::TransformerEncoderOptions(layer, layers)));
-    head = register_module("head", nn::Linear(dim, vocab));
-  }
-  Tensor forward(const Tensor& ids) { return head(body(pos(tok(ids)), nn::EncoderForward().is_causal(true))); }
-  nn::Embedding tok{nullptr};
-  nn::LearnedPositionalEmbedding pos{nullptr};
-  nn::TransformerEncoder body{nullptr};
-  nn::Linear head{nullptr};
-};
-KILN_MODULE(Reverser);
 
 // Times `steps` calls of step() after `warmup` untimed ones.
 template <typename F>
@@ -88,7 +69,7 @@ int main(int argc, char** argv) {
   }
   {  // the reverse example's step: digits | reversed digits, 12 digits, batch 128
     const std::int64_t L = 12, vocab = 11;
-    Reverser model(vocab, 2 * L, 64, 4, 2);
+    examples::Reverser model(vocab, 2 * L, 64, 4, 2);
     optim::AdamW opt(model->parameters(), optim::AdamWOptions(2e-3));
     Tensor ids = randint(0, vocab, {128, 2 * L}, kInt64, &gen), target = randint(0, vocab, {128, 2 * L}, kInt64, &gen);
     report("reverse", time_steps(3, steps, [&] {

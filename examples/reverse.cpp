@@ -14,6 +14,7 @@
 #include <kiln/optim/optim.hpp>
 #include "common/common.hpp"
 #include "common/data_parallel.hpp"
+#include "common/reverser.hpp"
 
 using namespace kiln;
 
@@ -42,36 +43,9 @@ Batch make_batch(std::int64_t n, std::int64_t length, Generator& gen) {
   return {input, target, reversed};
 }
 
-// GPT-style decoder: token + learned position embeddings, a stack of pre-norm transformer
-// layers with causal self-attention, a final norm (the stack's) and a linear read-out.
-struct ReverserImpl : nn::Module {
-  ReverserImpl(std::int64_t max_len, std::int64_t dim, std::int64_t heads, std::int64_t layers) {
-    tok = register_module("tok", nn::Embedding(kVocab, dim));
-    pos = register_module("pos", nn::LearnedPositionalEmbedding(max_len, dim));
-    auto layer = nn::TransformerLayerOptions(dim, heads)
-                     .dim_feedforward(4 * dim)
-                     .dropout(0.0)
-                     .activation(nn::Activation::GELU)
-                     .norm_first(true);
-    body = register_module("body", nn::TransformerEncoder(nn::TransformerEncoderOptions(layer, layers)));
-    head = register_module("head", nn::Linear(dim, kVocab));
-  }
-  // ids (B, T) -> logits (B, T, vocab)
-  Tensor forward(const Tensor& ids) {
-    Tensor h = pos(tok(ids));
-    h = body(h, nn::EncoderForward().is_causal(true));
-    return head(h);
-  }
-  nn::Embedding tok{nullptr};
-  nn::LearnedPositionalEmbedding pos{nullptr};
-  nn::TransformerEncoder body{nullptr};
-  nn::Linear head{nullptr};
-};
-KILN_MODULE(Reverser);
-
 // Greedy decoding: start from "digits |" and append the most likely token L times.
 // (Recomputes the whole prefix each time; at these lengths that is cheap.)
-Tensor generate(Reverser& model, const Tensor& digits, Device dev) {
+Tensor generate(examples::Reverser& model, const Tensor& digits, Device dev) {
   NoGradGuard no_grad;
   const std::int64_t n = digits.size(0), length = digits.size(1);
   Tensor seq = cat({digits, full({n, 1}, kSep, TensorOptions(kInt64).device(dev))}, 1);
@@ -88,7 +62,7 @@ struct Eval {
 
 // Teacher-forced loss, plus per-token and exact-match accuracy of free-running generation.
 // Chunks of 200 sequences keep memory small (every prefix length makes tensors of a new size).
-Eval evaluate(Reverser& model, const Batch& test, Device dev) {
+Eval evaluate(examples::Reverser& model, const Batch& test, Device dev) {
   NoGradGuard no_grad;
   model->eval();
   const std::int64_t n = test.input.size(0), length = test.answer.size(1);
@@ -140,7 +114,7 @@ int main(int argc, char** argv) {
     Batch test = make_batch(test_size, length, test_gen);
     test = {test.input.to(dev), test.target.to(dev), test.answer.to(dev)};
 
-    Reverser model(2 * length, dim, heads, layers);
+    examples::Reverser model(kVocab, 2 * length, dim, heads, layers);
     model->to(dev);
     dp.wrap(*model);
     // AdamW with a linear warm-up, then a cosine decay to 10% of the peak rate.

@@ -118,36 +118,22 @@ class HeaderParser {
     if (peek() != '{') error(fmt::format("the header must be a JSON object: expected '{{', found {}", describe()));
     ++p_;
     bool have_metadata = false;
-    ws();
-    if (peek() == '}') {
-      ++p_;
-    } else {
-      for (;;) {
-        ws();
-        std::size_t key_pos = p_;
-        std::string key = string("a tensor name");
-        expect(':');
-        if (key == "__metadata__") {
-          if (have_metadata) error_at(key_pos, "duplicate key '__metadata__'");
-          have_metadata = true;
-          metadata(out.metadata);
-        } else {
-          TensorEntry e = tensor(key);
-          out.tensors.push_back(std::move(e));
-        }
-        ws();
-        char c = peek();
-        if (c == ',') {
-          ++p_;
-          continue;
-        }
-        if (c == '}') {
-          ++p_;
-          break;
-        }
-        error(fmt::format("expected ',' or '}}' after the entry for {}, found {}", shown(key), describe()));
-      }
-    }
+    std::string key;
+    items(
+        '}',
+        [&] {
+          std::size_t key_pos = p_;
+          key = string("a tensor name");
+          expect(':');
+          if (key == "__metadata__") {
+            if (have_metadata) error_at(key_pos, "duplicate key '__metadata__'");
+            have_metadata = true;
+            metadata(out.metadata);
+          } else {
+            out.tensors.push_back(tensor(key));
+          }
+        },
+        [&] { return fmt::format("after the entry for {}", shown(key)); });
     ws();
     if (p_ != s_.size())
       error(fmt::format("unexpected {} after the header's JSON object (only spaces may pad it)", describe()));
@@ -176,6 +162,29 @@ class HeaderParser {
   }
   void ws() {
     while (p_ < s_.size() && (s_[p_] == ' ' || s_[p_] == '\t' || s_[p_] == '\n' || s_[p_] == '\r')) ++p_;
+  }
+  // The items of a JSON array or object whose opening bracket was just read, up to `close`:
+  // item() reads one (an object's key and value), then ',' or `close` must follow, else the
+  // error says where (`where()`: "in the shape", "after the entry for 'x'", ...).
+  template <typename Item, typename Where>
+  void items(char close, Item&& item, Where&& where) {
+    ws();
+    if (peek() == close) {
+      ++p_;
+      return;
+    }
+    for (;;) {
+      ws();
+      item();
+      ws();
+      const char c = peek();
+      if (c == close) {
+        ++p_;
+        return;
+      }
+      if (c != ',') error(fmt::format("expected ',' or '{}' {}, found {}", close, where(), describe()));
+      ++p_;
+    }
   }
   void expect(char c) {
     ws();
@@ -271,57 +280,32 @@ class HeaderParser {
   std::vector<std::uint64_t> uint_array(const char* what, std::size_t max_len, const std::string& name) {
     expect('[');
     std::vector<std::uint64_t> v;
-    ws();
-    if (peek() == ']') {
-      ++p_;
-      return v;
-    }
-    for (;;) {
-      if (v.size() == max_len) error(fmt::format("tensor {}: {} has more than {} entries", shown(name), what, max_len));
-      v.push_back(uint(what));
-      ws();
-      char c = peek();
-      if (c == ',') {
-        ++p_;
-        continue;
-      }
-      if (c == ']') {
-        ++p_;
-        return v;
-      }
-      error(fmt::format("expected ',' or ']' in {}, found {}", what, describe()));
-    }
+    items(
+        ']',
+        [&] {
+          if (v.size() == max_len)
+            error(fmt::format("tensor {}: {} has more than {} entries", shown(name), what, max_len));
+          v.push_back(uint(what));
+        },
+        [&] { return fmt::format("in {}", what); });
+    return v;
   }
 
   void metadata(std::map<std::string, std::string>& out) {
     expect('{');
-    ws();
-    if (peek() == '}') {
-      ++p_;
-      return;
-    }
-    for (;;) {
-      ws();
-      std::size_t key_pos = p_;
-      std::string key = string("a __metadata__ key");
-      expect(':');
-      ws();
-      if (peek() != '"')
-        error(fmt::format("__metadata__ value for {} must be a string, found {}", shown(key), describe()));
-      std::string value = string("a __metadata__ value");
-      if (!out.emplace(std::move(key), std::move(value)).second) error_at(key_pos, "duplicate __metadata__ key");
-      ws();
-      char c = peek();
-      if (c == ',') {
-        ++p_;
-        continue;
-      }
-      if (c == '}') {
-        ++p_;
-        return;
-      }
-      error(fmt::format("expected ',' or '}}' in __metadata__, found {}", describe()));
-    }
+    items(
+        '}',
+        [&] {
+          std::size_t key_pos = p_;
+          std::string key = string("a __metadata__ key");
+          expect(':');
+          ws();
+          if (peek() != '"')
+            error(fmt::format("__metadata__ value for {} must be a string, found {}", shown(key), describe()));
+          std::string value = string("a __metadata__ value");
+          if (!out.emplace(std::move(key), std::move(value)).second) error_at(key_pos, "duplicate __metadata__ key");
+        },
+        [] { return std::string("in __metadata__"); });
   }
 
   TensorEntry tensor(const std::string& name) {
@@ -332,65 +316,51 @@ class HeaderParser {
       error(fmt::format("the entry for tensor {} must be an object, found {}", shown(name), describe()));
     ++p_;
     bool have_dtype = false, have_shape = false, have_offsets = false;
-    ws();
-    if (peek() == '}') {
-      ++p_;
-    } else {
-      for (;;) {
-        ws();
-        std::size_t key_pos = p_;
-        std::string key = string("a field name");
-        expect(':');
-        auto dup = [&](bool& flag) {
-          if (flag) error_at(key_pos, fmt::format("tensor {} has a duplicate field {}", shown(name), shown(key)));
-          flag = true;
-        };
-        if (key == "dtype") {
-          dup(have_dtype);
-          ws();
-          std::size_t pos = p_;
-          std::string d = string("the dtype");
-          const StDTypeInfo* info = find_st_dtype(d);
-          if (!info)
-            error_at(pos, fmt::format("tensor {} has unknown dtype {} (known: BOOL, U8, I8, U16, I16, U32, I32, "
-                                      "U64, I64, F16, BF16, F32, F64, F8_E4M3, F8_E5M2)",
-                                      shown(name), shown(d)));
-          e.dtype = info->dtype;
-        } else if (key == "shape") {
-          dup(have_shape);
-          std::size_t pos = p_;
-          auto dims = uint_array("the shape", kSafetensorsMaxDims, name);
-          for (auto d : dims)
-            if (d > static_cast<std::uint64_t>(std::numeric_limits<std::int64_t>::max()))
-              error_at(pos,
-                       fmt::format("tensor {} has dimension {} in its shape, larger than 2^63 - 1", shown(name), d));
-          e.shape.assign(dims.begin(), dims.end());
-        } else if (key == "data_offsets") {
-          dup(have_offsets);
-          std::size_t pos = p_;
-          auto off = uint_array("data_offsets", 3, name);
-          if (off.size() != 2)
-            error_at(pos, fmt::format("tensor {}: data_offsets must be [begin, end], found {} numbers", shown(name),
-                                      off.size()));
-          e.begin = off[0];
-          e.end = off[1];
-        } else {
-          error_at(key_pos, fmt::format("tensor {} has an unknown field {} (expected dtype, shape, data_offsets)",
-                                        shown(name), shown(key)));
-        }
-        ws();
-        char c = peek();
-        if (c == ',') {
-          ++p_;
-          continue;
-        }
-        if (c == '}') {
-          ++p_;
-          break;
-        }
-        error(fmt::format("expected ',' or '}}' in the entry for tensor {}, found {}", shown(name), describe()));
-      }
-    }
+    items(
+        '}',
+        [&] {
+          std::size_t key_pos = p_;
+          std::string key = string("a field name");
+          expect(':');
+          auto dup = [&](bool& flag) {
+            if (flag) error_at(key_pos, fmt::format("tensor {} has a duplicate field {}", shown(name), shown(key)));
+            flag = true;
+          };
+          if (key == "dtype") {
+            dup(have_dtype);
+            ws();
+            std::size_t pos = p_;
+            std::string d = string("the dtype");
+            const StDTypeInfo* info = find_st_dtype(d);
+            if (!info)
+              error_at(pos, fmt::format("tensor {} has unknown dtype {} (known: BOOL, U8, I8, U16, I16, U32, I32, "
+                                        "U64, I64, F16, BF16, F32, F64, F8_E4M3, F8_E5M2)",
+                                        shown(name), shown(d)));
+            e.dtype = info->dtype;
+          } else if (key == "shape") {
+            dup(have_shape);
+            std::size_t pos = p_;
+            auto dims = uint_array("the shape", kSafetensorsMaxDims, name);
+            for (auto d : dims)
+              if (d > static_cast<std::uint64_t>(std::numeric_limits<std::int64_t>::max()))
+                error_at(pos,
+                         fmt::format("tensor {} has dimension {} in its shape, larger than 2^63 - 1", shown(name), d));
+            e.shape.assign(dims.begin(), dims.end());
+          } else if (key == "data_offsets") {
+            dup(have_offsets);
+            std::size_t pos = p_;
+            auto off = uint_array("data_offsets", 3, name);
+            if (off.size() != 2)
+              error_at(pos, fmt::format("tensor {}: data_offsets must be [begin, end], found {} numbers", shown(name),
+                                        off.size()));
+            e.begin = off[0];
+            e.end = off[1];
+          } else {
+            error_at(key_pos, fmt::format("tensor {} has an unknown field {} (expected dtype, shape, data_offsets)",
+                                          shown(name), shown(key)));
+          }
+        },
+        [&] { return fmt::format("in the entry for tensor {}", shown(name)); });
     const char* missing = !have_dtype ? "dtype" : !have_shape ? "shape" : !have_offsets ? "data_offsets" : nullptr;
     if (missing) error(fmt::format("tensor {} has no '{}' field", shown(name), missing));
     return e;

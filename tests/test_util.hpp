@@ -64,6 +64,45 @@ inline void grad_ok(const std::function<Tensor(const std::vector<Tensor>&)>& fn,
   }
 }
 
+/// The message of the kiln::Error fn() throws, or "(no kiln::Error)" (for checks that compare
+/// the whole message, or its parts, on every rank or case).
+inline std::string error_of(const std::function<void()>& fn) {
+  try {
+    fn();
+  } catch (const kiln::Error& e) {
+    return e.what();
+  }
+  return "(no kiln::Error)";
+}
+
+/// One way to spoil a state dict (`edit`) and the text of the error loading it must give.
+struct BadState {
+  std::function<void(kiln::StateDict&)> edit;
+  std::string error;
+};
+inline std::function<void(kiln::StateDict&)> set_scalar(std::string key, double v) {
+  return [key, v](kiln::StateDict& s) { s.scalars[key] = v; };
+}
+inline std::function<void(kiln::StateDict&)> erase_scalar(std::string key) {
+  return [key](kiln::StateDict& s) { s.scalars.erase(key); };
+}
+inline std::function<void(kiln::StateDict&)> set_tensor(std::string key, Tensor t) {
+  return [key, t](kiln::StateDict& s) { s.insert(key, t); };
+}
+
+/// Each case's edit, applied alone to a copy of `good`, makes load(copy) throw a kiln::Error
+/// whose message contains the case's text:
+///   kt::check_bad_states(sd, [&](const kiln::StateDict& s) { opt.load_state_dict(s); },
+///                        {{kt::erase_scalar("lr"), "missing scalar 'lr'"}});
+template <typename Load>
+void check_bad_states(const kiln::StateDict& good, Load&& load, const std::vector<BadState>& cases) {
+  for (const BadState& c : cases) {
+    kiln::StateDict bad = good;
+    c.edit(bad);
+    CHECK_THROWS_WITH_AS(load(bad), doctest::Contains(c.error.c_str()), kiln::Error);
+  }
+}
+
 }  // namespace kt
 
 /// CHECK that `expr` throws kiln::Error whose message contains `text`.

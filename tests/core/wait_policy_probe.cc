@@ -3,33 +3,20 @@
 // the environment), kiln::wait_policy(), and whether the program sees exactly the environment it
 // was started with. `--expect N`: exit 1 unless libgomp's spin count is N.
 #include <omp.h>
-#include <unistd.h>
 
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
-#include <fstream>
-#include <iterator>
 #include <kiln/core/parallel.hpp>
 #include <string>
+
+#include "process_util.hpp"
 
 namespace {
 
 // libgomp's "GOMP_SPINCOUNT = 'N'" line of omp_display_env, which writes to stderr.
 long libgomp_spin_count() {
-  std::FILE* tmp = std::tmpfile();
-  if (!tmp) return -1;
-  std::fflush(stderr);
-  const int saved = dup(2);
-  dup2(fileno(tmp), 2);
-  omp_display_env(1);
-  std::fflush(stderr);
-  dup2(saved, 2);
-  close(saved);
-  std::rewind(tmp);
-  std::string text;
-  for (int c; (c = std::fgetc(tmp)) != EOF;) text.push_back(static_cast<char>(c));
-  std::fclose(tmp);
+  const std::string text = kt::stderr_of([] { omp_display_env(1); });
   const char* key = "GOMP_SPINCOUNT = '";
   const std::size_t at = text.find(key);
   return at == std::string::npos ? -1 : std::atol(text.c_str() + at + std::strlen(key));
@@ -38,19 +25,11 @@ long libgomp_spin_count() {
 // The first variable of the block the program was started with that getenv does not return as
 // it was, or "" when every one does.
 std::string changed_variable() {
-  std::ifstream f("/proc/self/environ", std::ios::binary);
-  const std::string block((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
   bool had_spincount = false;
-  for (std::size_t at = 0; at < block.size();) {
-    const std::size_t end = block.find('\0', at);
-    const std::string entry = block.substr(at, end - at);
-    at = end + 1;
-    const std::size_t eq = entry.find('=');
-    if (eq == std::string::npos || eq == 0) continue;
-    const std::string name = entry.substr(0, eq);
+  for (const auto& [name, value] : kt::start_environment()) {
     had_spincount |= name == "GOMP_SPINCOUNT";
     const char* now = std::getenv(name.c_str());
-    if (!now || entry.compare(eq + 1, std::string::npos, now) != 0) return entry;
+    if (!now || value != now) return name + "=" + value;
   }
   if (!had_spincount && std::getenv("GOMP_SPINCOUNT")) return "GOMP_SPINCOUNT (added)";
   return "";

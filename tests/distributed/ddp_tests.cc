@@ -15,6 +15,8 @@
 #include <string>
 #include <vector>
 
+#include "../test_util.hpp"
+
 namespace dist = kiln::distributed;
 namespace nn = kiln::nn;
 namespace optim = kiln::optim;
@@ -164,15 +166,6 @@ double train_and_compare(const Run& c) {
 
 double tolerance(DType d) { return d == kiln::kFloat64 ? 1e-12 : 1e-5; }
 
-std::string error_of(const std::function<void()>& fn) {
-  try {
-    fn();
-  } catch (const kiln::Error& e) {
-    return e.what();
-  }
-  return "(no kiln::Error)";
-}
-
 }  // namespace
 
 TEST_CASE("ddp: N ranks match one process on the concatenated global batches") {
@@ -263,7 +256,7 @@ TEST_CASE("zero1: state memory is sharded, checkpoints resume on any world size"
       CHECK(max_rel_diff({*got}, {t}) <= 1e-12);
     }
   } else {
-    CHECK(error_of([&] { (void)zero.state_dict(); }).find("consolidate_state_dict") != std::string::npos);
+    CHECK(kt::error_of([&] { (void)zero.state_dict(); }).find("consolidate_state_dict") != std::string::npos);
   }
   // Rank 0 writes a checkpoint; every rank resumes from it, first on this world size...
   std::int64_t id = me == 0 ? static_cast<std::int64_t>(getpid()) : 0;
@@ -311,24 +304,24 @@ TEST_CASE("ddp: models that differ across ranks give the same error on every ran
   if (world < 2) return;
   // A different shape on the last rank.
   Net a = make_net(kiln::kFloat64, 1, me == world - 1 ? 17 : 16);
-  std::string err = error_of([&] { dist::DistributedDataParallel ddp(*a); });
+  std::string err = kt::error_of([&] { dist::DistributedDataParallel ddp(*a); });
   CHECK(err.find("[DistributedDataParallel] the ranks' models differ at entry 0: rank 0 has parameter 'fc1.weight' "
                  "float64 (16, 4)") != std::string::npos);
   CHECK(err.find(fmt::format("rank {} has parameter 'fc1.weight' float64 (17, 4)", world - 1)) != std::string::npos);
   // A layer only rank 0 has (the counts differ).
   Net b = make_net(kiln::kFloat64, 1, 16, me == 0);
-  err = error_of([&] { dist::DistributedDataParallel ddp(*b); });
+  err = kt::error_of([&] { dist::DistributedDataParallel ddp(*b); });
   CHECK(err.find("differ at entry 10: rank 0 has parameter 'more.weight' float64 (3, 3); rank 1 has buffer 'shift' "
                  "float64") != std::string::npos);
   // Another dtype.
   Net c = make_net(me == 0 ? kiln::kFloat64 : kiln::kFloat32, 1);
-  err = error_of([&] { dist::ZeroRedundancyOptimizer z(c->parameters(), adamw); });
+  err = kt::error_of([&] { dist::ZeroRedundancyOptimizer z(c->parameters(), adamw); });
   CHECK(err.find("[ZeroRedundancyOptimizer] the ranks' models differ at entry 0") != std::string::npos);
   // Fewer parameters on the other ranks.
   Net d = make_net(kiln::kFloat64, 1);
   std::vector<Tensor> ps = d->parameters();
   if (me != 0) ps.pop_back();
-  err = error_of([&] { dist::ZeroRedundancyOptimizer z(ps, adamw); });
+  err = kt::error_of([&] { dist::ZeroRedundancyOptimizer z(ps, adamw); });
   CHECK(err.find("differ at entry 9: rank 0 has parameter '9 of group 0' float64 (2,); rank 1 has no entry (it has 9 "
                  "in all)") != std::string::npos);
   // The ranks are still in step afterwards.
@@ -372,10 +365,10 @@ TEST_CASE("ddp: buckets start in order during backward, timings, buffers, bad op
   CHECK(st.buckets.front().launch_s < st.backward_end_s);  // started while backward still ran
   CHECK(st.comm_s() >= st.exposed_s());
   CHECK(st.finish_s >= st.backward_end_s);
-  CHECK(error_of([&] {
+  CHECK(kt::error_of([&] {
           dist::DistributedDataParallel bad(*model, dist::DDPOptions().bucket_cap_mb(0));
         }).find("bucket sizes must be positive") != std::string::npos);
-  CHECK(error_of([&] {
+  CHECK(kt::error_of([&] {
           dist::DistributedDataParallel bad(*model, dist::DDPOptions().reduce_dtype(kiln::kInt64));
         }).find("reduce_dtype must be a floating dtype, got int64") != std::string::npos);
 }
@@ -388,9 +381,9 @@ TEST_CASE("ddp: a backward pass that fails after the first all-reduce started st
     kiln::throw_error("test", "fails in backward");
   });
   auto [x, y] = global_batch(0, 6, kiln::kFloat64);
-  CHECK(error_of([&] { kiln::mse_loss(model(x), y).backward(); }).find("fails in backward") != std::string::npos);
+  CHECK(kt::error_of([&] { kiln::mse_loss(model(x), y).backward(); }).find("fails in backward") != std::string::npos);
   h.remove();
-  CHECK(error_of([&] { kiln::mse_loss(model(x), y).backward(); }).find("the ranks are out of step") !=
+  CHECK(kt::error_of([&] { kiln::mse_loss(model(x), y).backward(); }).find("the ranks are out of step") !=
         std::string::npos);
   dist::barrier();  // the all-reduces started before the failure completed on every rank
 }

@@ -17,6 +17,8 @@
 #include <thread>
 #include <vector>
 
+#include "../test_util.hpp"
+
 namespace dist = kiln::distributed;
 using dist::ReduceOp;
 using kiln::DType;
@@ -78,15 +80,6 @@ void expect(const Tensor& t, const std::vector<double>& want, DType d) {
 }
 
 const std::vector<Shape> kShapes = {{}, {0}, {1}, {5}, {3, 4}, {2, 0, 3}, {70000}};
-
-std::string what_of(const std::function<void()>& fn) {
-  try {
-    fn();
-  } catch (const kiln::Error& e) {
-    return e.what();
-  }
-  return "(no kiln::Error)";
-}
 
 }  // namespace
 
@@ -286,8 +279,9 @@ TEST_CASE("sub-groups: new_group and split") {
       expect(b, make({3}, kiln::kInt64, n - 1).to_vector<double>(), kiln::kInt64);
     } else {
       CHECK(!ends.is_member());
-      CHECK(what_of([&] { dist::all_reduce(kiln::ones({2}), ReduceOp::Sum, ends); }).find("is not a member of group") !=
-            std::string::npos);
+      CHECK(kt::error_of([&] {
+              dist::all_reduce(kiln::ones({2}), ReduceOp::Sum, ends);
+            }).find("is not a member of group") != std::string::npos);
     }
   }
   // Split by parity, ordered by descending world rank.
@@ -307,7 +301,7 @@ TEST_CASE("sub-groups: new_group and split") {
   CHECK(none.is_member() == (me != 0));
   if (n >= 2) {  // different lists: every rank learns it
     std::vector<int> list = me == 0 ? std::vector<int>{0} : std::vector<int>{0, 1};
-    CHECK(what_of([&] {
+    CHECK(kt::error_of([&] {
             dist::new_group(list);
           }).find("[new_group] the ranks disagree: rank 0: new_group of 1 ranks (0)") != std::string::npos);
   }
@@ -315,28 +309,29 @@ TEST_CASE("sub-groups: new_group and split") {
 
 TEST_CASE("bad input is a kiln::Error naming the op and the values") {
   const int n = dist::world_size(), me = dist::rank();
-  CHECK(what_of([&] { dist::broadcast(kiln::ones({2}), n); }) ==
+  CHECK(kt::error_of([&] { dist::broadcast(kiln::ones({2}), n); }) ==
         "[broadcast] root " + std::to_string(n) + " is out of range for a group of " + std::to_string(n) + " ranks");
-  CHECK(what_of([&] { dist::all_reduce(kiln::ones({2}, kiln::kInt64), ReduceOp::Avg); }) ==
+  CHECK(kt::error_of([&] { dist::all_reduce(kiln::ones({2}, kiln::kInt64), ReduceOp::Avg); }) ==
         "[all_reduce] avg needs a floating dtype, got int64");
-  CHECK(what_of([&] {
+  CHECK(kt::error_of([&] {
           dist::all_gather(kiln::zeros({3}), kiln::ones({2}));
         }).find("[all_gather] output (3,) has 3 elements") == 0);
-  CHECK(what_of([&] { dist::all_gather(kiln::zeros({2 * n}, kiln::kInt64), kiln::ones({2})); }) ==
+  CHECK(kt::error_of([&] { dist::all_gather(kiln::zeros({2 * n}, kiln::kInt64), kiln::ones({2})); }) ==
         "[all_gather] output is int64 but input is float32");
-  CHECK(what_of([&] { dist::all_reduce(kiln::ones({1}).expand({3})); }).find("has stride 0 in dim 0") !=
+  CHECK(kt::error_of([&] { dist::all_reduce(kiln::ones({1}).expand({3})); }).find("has stride 0 in dim 0") !=
         std::string::npos);
-  CHECK(what_of([&] { dist::all_reduce(Tensor()); }) == "[all_reduce] tensor is an undefined tensor");
-  CHECK(what_of([&] { dist::send(kiln::ones({2}), me); }) ==
+  CHECK(kt::error_of([&] { dist::all_reduce(Tensor()); }) == "[all_reduce] tensor is an undefined tensor");
+  CHECK(kt::error_of([&] { dist::send(kiln::ones({2}), me); }) ==
         "[send] dst " + std::to_string(me) + " is this process's own rank");
   if (n < 2) return;
   // Disagreements across ranks: every rank raises the same error, and the group stays usable.
-  std::string shapes = what_of([&] { dist::all_reduce(kiln::ones({me == 1 ? 4 : 3})); });
+  std::string shapes = kt::error_of([&] { dist::all_reduce(kiln::ones({me == 1 ? 4 : 3})); });
   CHECK(shapes.find("[all_reduce] the ranks disagree: rank 0: all_reduce(sum) float32 (3,); rank 1: all_reduce(sum) "
                     "float32 (4,)") == 0);
-  std::string dtypes = what_of([&] { dist::broadcast(kiln::ones({2}, me == 1 ? kiln::kFloat64 : kiln::kFloat32), 0); });
+  std::string dtypes =
+      kt::error_of([&] { dist::broadcast(kiln::ones({2}, me == 1 ? kiln::kFloat64 : kiln::kFloat32), 0); });
   CHECK(dtypes.find("rank 1: broadcast(root 0) float64 (2,)") != std::string::npos);
-  std::string kinds = what_of([&] {
+  std::string kinds = kt::error_of([&] {
     if (me == 1) dist::all_reduce(kiln::ones({2}), ReduceOp::Max);
     else dist::broadcast(kiln::ones({2}), 0);
   });
@@ -350,9 +345,10 @@ TEST_CASE("bad input is a kiln::Error naming the op and the values") {
     dist::send(kiln::ones({5}), 1);
     dist::send(kiln::ones({5}), 1);
   } else if (me == 1) {
-    CHECK(what_of([&] { dist::recv(kiln::zeros({4}), 0); }) ==
+    CHECK(kt::error_of([&] { dist::recv(kiln::zeros({4}), 0); }) ==
           "[recv] rank 0 sent more than the 4 float32 elements expected");
-    CHECK(what_of([&] { dist::recv(kiln::zeros({6}), 0); }) == "[recv] rank 0 sent 5 elements, 6 float32 expected");
+    CHECK(kt::error_of([&] { dist::recv(kiln::zeros({6}), 0); }) ==
+          "[recv] rank 0 sent 5 elements, 6 float32 expected");
   }
   dist::barrier();
 }

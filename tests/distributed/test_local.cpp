@@ -9,22 +9,11 @@ namespace dist = kiln::distributed;
 using dist::ReduceOp;
 using kiln::Tensor;
 
-namespace {
-std::string error_of(const std::function<void()>& fn) {
-  try {
-    fn();
-  } catch (const kiln::Error& e) {
-    return e.what();
-  }
-  return "(no kiln::Error)";
-}
-}  // namespace
-
 TEST_CASE("distributed: calls before init are a kiln::Error") {
   // CTest runs each case in a process of its own, where nothing has called init() yet.
   if (dist::is_initialized()) return;
-  CHECK(error_of([] { dist::rank(); }) == "[distributed::rank] kiln::distributed::init() has not been called");
-  CHECK(error_of([] { dist::all_reduce(kiln::ones({2})); }) ==
+  CHECK(kt::error_of([] { dist::rank(); }) == "[distributed::rank] kiln::distributed::init() has not been called");
+  CHECK(kt::error_of([] { dist::all_reduce(kiln::ones({2})); }) ==
         "[all_reduce] kiln::distributed::init() has not been called");
 }
 
@@ -67,16 +56,17 @@ TEST_CASE("distributed: a world of one process") {
 
 TEST_CASE("distributed: bad input in a world of one") {
   dist::init();
-  CHECK(error_of([] { dist::broadcast(kiln::ones({2}), 1); }) ==
+  CHECK(kt::error_of([] { dist::broadcast(kiln::ones({2}), 1); }) ==
         "[broadcast] root 1 is out of range for a group of 1 ranks");
-  CHECK(error_of([] { dist::send(kiln::ones({2}), 0); }) == "[send] dst 0 is this process's own rank");
-  CHECK(error_of([] { dist::recv(kiln::ones({2}), -1); }) == "[recv] src -1 is out of range for a group of 1 ranks");
-  CHECK(error_of([] { dist::all_reduce(kiln::ones({2}, kiln::kBool), ReduceOp::Avg); }) ==
+  CHECK(kt::error_of([] { dist::send(kiln::ones({2}), 0); }) == "[send] dst 0 is this process's own rank");
+  CHECK(kt::error_of([] { dist::recv(kiln::ones({2}), -1); }) ==
+        "[recv] src -1 is out of range for a group of 1 ranks");
+  CHECK(kt::error_of([] { dist::all_reduce(kiln::ones({2}, kiln::kBool), ReduceOp::Avg); }) ==
         "[all_reduce] avg needs a floating dtype, got bool");
-  CHECK(error_of([] { dist::reduce_scatter(kiln::zeros({2}), kiln::ones({3})); }) ==
+  CHECK(kt::error_of([] { dist::reduce_scatter(kiln::zeros({2}), kiln::ones({3})); }) ==
         "[reduce_scatter] input (3,) has 3 elements, 1 ranks x output (2,) need 2");
-  CHECK(error_of([] { dist::new_group({0, 0}); }) == "[new_group] rank 0 is listed twice");
-  CHECK(error_of([] { dist::new_group({1}); }) == "[new_group] rank 1 is out of range for a world of 1 processes");
+  CHECK(kt::error_of([] { dist::new_group({0, 0}); }) == "[new_group] rank 0 is listed twice");
+  CHECK(kt::error_of([] { dist::new_group({1}); }) == "[new_group] rank 1 is out of range for a world of 1 processes");
 }
 
 TEST_CASE("distributed: the ranks' signatures name what differs") {

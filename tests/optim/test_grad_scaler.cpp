@@ -225,24 +225,14 @@ TEST_CASE("GradScaler state dict round trip and load errors") {
   CHECK(r.options().growth_factor() == 3);
   CHECK(r.options().backoff_factor() == 0.25);
 
-  StateDict bad = sd;
-  bad.scalars.erase("scale");
-  CHECK_KILN_ERROR(r.load_state_dict(bad), "load_state_dict: missing key 'scale'");
-  bad = sd;
-  bad.scalars["scale"] = -1;
-  CHECK_KILN_ERROR(r.load_state_dict(bad), "must be positive and finite, got -1");
-  bad = sd;
-  bad.scalars["growth_tracker"] = 5;
-  CHECK_KILN_ERROR(r.load_state_dict(bad), "growth_tracker must be an integer in [0, growth_interval), got 5");
-  bad = sd;
-  bad.scalars["growth_interval"] = 2.5;
-  CHECK_KILN_ERROR(r.load_state_dict(bad), "growth_interval must be an integer >= 1, got 2.5");
-  bad = sd;
-  bad.scalars["extra"] = 1;
-  CHECK_KILN_ERROR(r.load_state_dict(bad), "load_state_dict: unexpected key 'extra'");
-  bad = sd;
-  bad.insert("scale_tensor", zeros({1}));
-  CHECK_KILN_ERROR(r.load_state_dict(bad), "expected scalars only, got 1 tensors (first 'scale_tensor')");
+  kt::check_bad_states(
+      sd, [&](const StateDict& s) { r.load_state_dict(s); },
+      {{kt::erase_scalar("scale"), "load_state_dict: missing key 'scale'"},
+       {kt::set_scalar("scale", -1), "must be positive and finite, got -1"},
+       {kt::set_scalar("growth_tracker", 5), "growth_tracker must be an integer in [0, growth_interval), got 5"},
+       {kt::set_scalar("growth_interval", 2.5), "growth_interval must be an integer >= 1, got 2.5"},
+       {kt::set_scalar("extra", 1), "load_state_dict: unexpected key 'extra'"},
+       {kt::set_tensor("scale_tensor", zeros({1})), "expected scalars only, got 1 tensors (first 'scale_tensor')"}});
   CHECK(r.get_scale() == 64);  // rejected loads change nothing
 }
 

@@ -239,39 +239,27 @@ TEST_CASE("optim load_state_dict checks every entry and leaves the optimizer unt
   train(opt, p, 2);
   const kiln::StateDict good = opt.state_dict();
   const auto buf = opt.state(p.w)->buffers[0].to_vector<double>();
-  auto bad = good;
-  bad.scalars.erase("group.0.momentum");
-  CHECK_KILN_ERROR(opt.load_state_dict(bad), "[SGD] load_state_dict: missing scalar 'group.0.momentum'");
-  bad = good;
-  bad.scalars["group.0.num_params"] = 3;
-  CHECK_KILN_ERROR(opt.load_state_dict(bad),
-                   "[SGD] load_state_dict: group 0 has 2 parameters here but 3 in the state dict");
-  bad = good;
-  bad.insert("state.1.momentum_buffer", kiln::zeros({4}, kiln::kFloat64));
-  CHECK_KILN_ERROR(opt.load_state_dict(bad),
-                   "[SGD] load_state_dict: 'state.1.momentum_buffer' has shape (4,) but parameter 1 has shape (5,)");
-  bad = good;
-  bad.insert("state.7.momentum_buffer", kiln::zeros({4}, kiln::kFloat64));
-  CHECK_KILN_ERROR(opt.load_state_dict(bad), "[SGD] load_state_dict: unexpected tensor 'state.7.momentum_buffer'");
-  bad = good;
-  bad.scalars["group.1.lr"] = 0.1;
-  CHECK_KILN_ERROR(opt.load_state_dict(bad), "[SGD] load_state_dict: unexpected scalar 'group.1.lr'");
-  bad = good;
-  bad.scalars["group.0.lr"] = -3;
-  CHECK_KILN_ERROR(opt.load_state_dict(bad), "[SGD] invalid learning rate: -3");
-  bad = good;
-  bad.scalars["state.0.step"] = 2.5;
-  CHECK_KILN_ERROR(opt.load_state_dict(bad), "[SGD] load_state_dict: 'state.0.step' is 2.5, not a step count");
-  bad = good;
-  bad.insert("state.0.momentum_buffer", kiln::zeros({3, 4}, kiln::kInt64));
-  CHECK_KILN_ERROR(opt.load_state_dict(bad), "[SGD] load_state_dict: 'state.0.momentum_buffer' is not a float tensor");
+  kt::check_bad_states(
+      good, [&](const kiln::StateDict& s) { opt.load_state_dict(s); },
+      {{kt::erase_scalar("group.0.momentum"), "[SGD] load_state_dict: missing scalar 'group.0.momentum'"},
+       {kt::set_scalar("group.0.num_params", 3),
+        "[SGD] load_state_dict: group 0 has 2 parameters here but 3 in the state dict"},
+       {kt::set_tensor("state.1.momentum_buffer", kiln::zeros({4}, kiln::kFloat64)),
+        "[SGD] load_state_dict: 'state.1.momentum_buffer' has shape (4,) but parameter 1 has shape (5,)"},
+       {kt::set_tensor("state.7.momentum_buffer", kiln::zeros({4}, kiln::kFloat64)),
+        "[SGD] load_state_dict: unexpected tensor 'state.7.momentum_buffer'"},
+       {kt::set_scalar("group.1.lr", 0.1), "[SGD] load_state_dict: unexpected scalar 'group.1.lr'"},
+       {kt::set_scalar("group.0.lr", -3), "[SGD] invalid learning rate: -3"},
+       {kt::set_scalar("state.0.step", 2.5), "[SGD] load_state_dict: 'state.0.step' is 2.5, not a step count"},
+       {kt::set_tensor("state.0.momentum_buffer", kiln::zeros({3, 4}, kiln::kInt64)),
+        "[SGD] load_state_dict: 'state.0.momentum_buffer' is not a float tensor"}});
   CHECK(opt.state(p.w)->buffers[0].to_vector<double>() == buf);
   CHECK(opt.lr() == 0.1);
   // Another optimizer's state does not fit.
   optim::Adam adam({p.w, p.b});
   CHECK_KILN_ERROR(adam.load_state_dict(good), "[Adam] load_state_dict: missing scalar 'group.0.beta1'");
   // float32 state loads into float64 parameters by conversion.
-  bad = good;
+  auto bad = good;
   bad.insert("state.0.momentum_buffer", good.at("state.0.momentum_buffer").to(kiln::kFloat32));
   opt.load_state_dict(bad);
   CHECK(opt.state(p.w)->buffers[0].dtype() == kiln::kFloat64);

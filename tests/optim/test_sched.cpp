@@ -253,22 +253,13 @@ TEST_CASE("sched bad arguments and bad state dicts raise kiln errors") {
 
   optim::StepLR s(f.opt, 3, 0.5);
   s.step();
-  kiln::StateDict good = s.state_dict();
-  auto bad = good;
-  bad.scalars.erase("gamma");
-  CHECK_KILN_ERROR(s.load_state_dict(bad), "[StepLR] load_state_dict: missing scalar 'gamma'");
-  bad = good;
-  bad.scalars["surprise"] = 1;
-  CHECK_KILN_ERROR(s.load_state_dict(bad), "[StepLR] load_state_dict: unexpected scalar 'surprise'");
-  bad = good;
-  bad.scalars["step_size"] = 0;
-  CHECK_KILN_ERROR(s.load_state_dict(bad), "[StepLR] step_size must be >= 1, got 0");
-  bad = good;
-  bad.scalars["num_groups"] = 3;
-  CHECK_KILN_ERROR(s.load_state_dict(bad), "[StepLR] load_state_dict: the state has 3 param groups, this scheduler 2");
-  bad = good;
-  bad.scalars["last_epoch"] = 1.5;
-  CHECK_KILN_ERROR(s.load_state_dict(bad), "[StepLR] load_state_dict: last_epoch 1.5 is not an epoch");
+  kt::check_bad_states(
+      s.state_dict(), [&](const kiln::StateDict& sd) { s.load_state_dict(sd); },
+      {{kt::erase_scalar("gamma"), "[StepLR] load_state_dict: missing scalar 'gamma'"},
+       {kt::set_scalar("surprise", 1), "[StepLR] load_state_dict: unexpected scalar 'surprise'"},
+       {kt::set_scalar("step_size", 0), "[StepLR] step_size must be >= 1, got 0"},
+       {kt::set_scalar("num_groups", 3), "[StepLR] load_state_dict: the state has 3 param groups, this scheduler 2"},
+       {kt::set_scalar("last_epoch", 1.5), "[StepLR] load_state_dict: last_epoch 1.5 is not an epoch"}});
   // A failed load changes nothing.
   s.step();
   CHECK(s.last_epoch() == 2);

@@ -2,15 +2,13 @@
 // scheduler keeps the plan it was built with from the saved epoch, sets the optimizer's rates
 // from it and reports the difference in one line; ResumePlan::Saved continues the state's plan
 // (PyTorch's behaviour). Closed-form references; the checkpoint path through io too.
-#include <unistd.h>
-
 #include <cmath>
-#include <cstdio>
 #include <filesystem>
 #include <kiln/io/checkpoint.hpp>
 #include <kiln/optim/optim.hpp>
 #include <numbers>
 
+#include "process_util.hpp"
 #include "test_util.hpp"
 
 using namespace kiln;
@@ -25,25 +23,6 @@ struct Run {
 
 double cosine(double base, double eta_min, std::int64_t epoch, std::int64_t T_max) {
   return eta_min + (base - eta_min) * (1 + std::cos(std::numbers::pi * double(epoch) / double(T_max))) / 2;
-}
-
-// What load_state_dict writes to stderr (the default plan warning).
-template <typename F>
-std::string stderr_of(F&& f) {
-  std::FILE* tmp = std::tmpfile();
-  REQUIRE(tmp);
-  std::fflush(stderr);
-  const int saved = dup(2);
-  dup2(fileno(tmp), 2);
-  f();
-  std::fflush(stderr);
-  dup2(saved, 2);
-  close(saved);
-  std::rewind(tmp);
-  std::string text;
-  for (int c; (c = std::fgetc(tmp)) != EOF;) text.push_back(static_cast<char>(c));
-  std::fclose(tmp);
-  return text;
 }
 
 }  // namespace
@@ -79,7 +58,7 @@ TEST_CASE("sched resume: ResumePlan::Saved continues the state's plan, as PyTorc
   for (int i = 0; i < 8; ++i) old_plan.step();
   optim::CosineAnnealingLR s(b.opt, 20, 1e-3);
   s.set_resume_plan(optim::ResumePlan::Saved);
-  const std::string err = stderr_of([&] { s.load_state_dict(old_plan.state_dict()); });
+  const std::string err = kt::stderr_of([&] { s.load_state_dict(old_plan.state_dict()); });
   CHECK(err ==
         "[CosineAnnealingLR] resuming with another schedule (T_max 10 in the state, 20 here): continuing the state's "
         "(ResumePlan::Saved) from epoch 8\n");
@@ -96,7 +75,7 @@ TEST_CASE("sched resume: the same plan resumes exactly and says nothing") {
   optim::WarmupCosineLR sa(a.opt, 3, 12, 0.0, 1e-4), sb(b.opt, 3, 12, 0.0, 1e-4);
   for (int i = 0; i < 5; ++i) sa.step();
   const double before = b.opt.lr(0);
-  const std::string err = stderr_of([&] { sb.load_state_dict(sa.state_dict()); });
+  const std::string err = kt::stderr_of([&] { sb.load_state_dict(sa.state_dict()); });
   CHECK(err.empty());
   CHECK(b.opt.lr(0) == before);  // the optimizer's own state carries the rate
   CHECK(sb.get_last_lr() == sa.get_last_lr());
