@@ -291,11 +291,15 @@ Tensor& index_put_impl(Tensor& self, const std::vector<TensorIndex>& indices, co
   }
   value = value.to(self.dtype());
   const bool track = grad_mode && self.is_floating_point() && (self.requires_grad() || value.requires_grad());
-  // The graph sees this tensor change, but kiln does not track views: another tensor sharing the
-  // storage would change unseen by autograd.
+  // The graph sees this tensor change, but kiln does not track views: a view sharing the storage
+  // would change with a history that does not know (silently wrong gradients). A storage shared
+  // only with a copy saved for backward would fail backward's version check anyway, so refusing
+  // every sharer costs nothing that could have worked, and says so now rather than in backward.
   KILN_CHECK(!track || self.storage().use_count() == 1, op,
              "cannot record this in-place write for autograd: the storage is shared with {} other tensor(s) "
-             "(views, or a tensor saved for backward); use kiln::index_put (out of place) or clone() first",
+             "(views, detach()ed aliases, accessors, or a tensor saved for backward), and kiln does not track "
+             "views, so their autograd history would miss the write; use kiln::index_put (out of place) or "
+             "clone() first",
              self.storage().use_count() - 1);
   {
     NoGradGuard no_grad;

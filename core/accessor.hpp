@@ -5,8 +5,10 @@
 ///     for (std::int64_t j = 0; j < a.size(1); ++j) a[i][j] *= 2;
 /// a[i][j] is a pointer computation through x's strides (views work): release builds check no
 /// bounds; builds without NDEBUG throw kiln::Error for an index outside [0, size). Writes are
-/// not seen by autograd and do not bump the version counter (call x.bump_version() if a saved
-/// tensor must notice). The accessor keeps x's storage alive.
+/// not seen by autograd, but making a writable accessor (T not const) bumps x's version counter,
+/// so a tensor saved for backward that is then edited through it fails backward with the usual
+/// "modified by an in-place operation" error (and autocast drops its cached cast); ask for
+/// `const T` to only read. The accessor keeps x's storage alive.
 #include <array>
 #include <cstddef>
 #include <cstdint>
@@ -55,6 +57,7 @@ class TensorAccessor {
  public:
   explicit TensorAccessor(const Tensor& t) {
     detail::check_accessor(t, dtype_of<std::remove_const_t<T>>::value, N);
+    if constexpr (!std::is_const_v<T>) t.bump_version();  // writes may follow: saved copies must notice
     storage_ = t.storage();
     data_ = static_cast<T*>(t.raw_data());
     for (std::size_t d = 0; d < N; ++d) {

@@ -64,10 +64,14 @@ class DataParallel {
                kiln::data::Remainder::Drop));
   }
 
-  /// The batch each rank reads for a global --batch (which the number of processes must divide).
+  /// The batch each rank reads for a global --batch (which the number of processes must divide:
+  /// the loader's batches have one size, so the ranks' shares of a global batch must be equal).
   std::int64_t rank_batch(std::int64_t global) const {
-    if (global % world_ != 0)
-      throw UsageError(fmt::format("--batch {} must be a multiple of the number of processes ({})", global, world_));
+    if (global % world_ != 0) {
+      const std::int64_t below = global / world_ * world_, above = below + world_;
+      throw UsageError(fmt::format("--batch {} must be a multiple of the number of processes ({}): use {}", global,
+                                   world_, below > 0 ? fmt::format("{} or {}", below, above) : std::to_string(above)));
+    }
     return global / world_;
   }
 

@@ -76,6 +76,26 @@ TEST_CASE("accessor: reads and writes through strides with dtype and dims checke
   CHECK_KILN_ERROR((on_gpu.accessor<float, 1>()), "accessor reads host memory, but the tensor is on cuda:0");
 }
 
+TEST_CASE("accessor: a writable one bumps the version, so a tensor saved for backward notices the edit") {
+  Tensor w = kt::leaf({3});
+  Tensor b = kiln::tensor({1.0, 2.0, 3.0}).to(kFloat64);
+  Tensor loss = (w * b).sum();  // saves b for w's gradient
+  const auto v = b.version();
+  {
+    auto r = b.accessor<const double, 1>();  // reading changes nothing
+    CHECK(r[2] == 3.0);
+  }
+  CHECK(b.version() == v);
+  auto a = b.accessor<double, 1>();
+  CHECK(b.version() == v + 1);
+  a[0] = 5.0;
+  CHECK_KILN_ERROR(loss.backward(), "saved for backward was modified by an in-place operation");
+  // A graph made after the edit saves the new values: d/dw sum(w * b) = b.
+  Tensor loss2 = (w * b).sum();
+  loss2.backward();
+  kt::expect_values(w.grad(), {5.0, 2.0, 3.0});
+}
+
 TEST_CASE("operator<<: prints as str(), with grad_fn or requires_grad") {
   std::ostringstream os;
   Tensor x = arange(6).reshape({2, 3});

@@ -114,6 +114,8 @@ TEST_CASE("index_put_: refusals and bad values") {
   Tensor base = zeros({4});
   Tensor view = base.index({Slice(0, 2)});
   CHECK_KILN_ERROR(view.index_put_({0}, w), "the storage is shared with 1 other tensor(s)");
+  Tensor h = exp(kt::leaf({3}));  // exp saves its output for backward: the same storage
+  CHECK_KILN_ERROR(h.index_put_({0}, w), "kiln does not track views, so their autograd history would miss the write");
   Tensor x = zeros({2, 3});
   CHECK_KILN_ERROR(x.index_put_({0}, ones({2})),
                    "[index_put_] a value of shape (2,) cannot be broadcast to the indexed shape (3,)");
