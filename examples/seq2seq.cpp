@@ -5,8 +5,9 @@
 // The encoder reads the words (1 to 9 of them, padded to the longest in the batch; the padding
 // is masked out by passing each sentence's length). The decoder writes digits one at a time,
 // attending causally to what it has written and, through cross-attention, to the encoder's
-// output. At test time it decodes greedily, keeping each layer's past keys and values in an
-// nn::KVCache so every new digit costs one position, not the whole prefix.
+// output. At test time it decodes greedily through an nn::TransformerCache: each decoder layer
+// keeps its past keys and values (and memory's, projected once), so every new digit costs one
+// position, not the whole prefix.
 //
 //   build/examples/seq2seq                      # defaults: >= 98% exact match on held-out numbers
 //   build/examples/seq2seq --steps 4000 --out runs/seq2seq
@@ -101,60 +102,34 @@ Batch make_batch(const std::vector<std::int64_t>& numbers, Device dev) {
 }
 
 // ---- the model ----
-// A pre-norm decoder layer written out, so greedy decoding can pass its KV cache to the
-// self-attention: causal self-attention, cross-attention over the encoder output, feed-forward.
-struct DecoderLayerImpl : nn::Module {
-  DecoderLayerImpl(std::int64_t dim, std::int64_t heads) {
-    self_attn = register_module("self_attn", nn::MultiHeadAttention(dim, heads));
-    cross_attn = register_module("cross_attn", nn::MultiHeadAttention(dim, heads));
-    ff = register_module("ff", nn::FeedForward(nn::FeedForwardOptions(dim).activation(nn::Activation::GELU)));
-    norm1 = register_module("norm1", nn::LayerNorm(dim));
-    norm2 = register_module("norm2", nn::LayerNorm(dim));
-    norm3 = register_module("norm3", nn::LayerNorm(dim));
-  }
-  // x (B, T, dim) new target positions; memory (B, S, dim) with src_len valid positions each.
-  Tensor forward(Tensor x, const Tensor& memory, const Tensor& src_len, nn::KVCache* cache = nullptr) {
-    x = x + self_attn(norm1(x), nn::MhaForward().is_causal(true).cache(cache));
-    x = x + cross_attn(norm2(x), memory, nn::MhaForward().key_padding(src_len));
-    return x + ff(norm3(x));
-  }
-  nn::MultiHeadAttention self_attn{nullptr}, cross_attn{nullptr};
-  nn::FeedForward ff{nullptr};
-  nn::LayerNorm norm1{nullptr}, norm2{nullptr}, norm3{nullptr};
-};
-KILN_MODULE(DecoderLayer);
-
 struct TranslatorImpl : nn::Module {
   TranslatorImpl(std::int64_t dim, std::int64_t heads, std::int64_t layers) {
     src_emb = register_module("src_emb", nn::Embedding(std::int64_t(kWords.size()), dim));
     tgt_emb = register_module("tgt_emb", nn::Embedding(kTgtVocab, dim));
     src_pos = register_module("src_pos", nn::LearnedPositionalEmbedding(kMaxWords, dim));
     tgt_pos = register_module("tgt_pos", nn::LearnedPositionalEmbedding(kMaxDigits + 1, dim));
+    // Pre-norm layers; each stack ends with its own final norm.
     auto layer = nn::TransformerLayerOptions(dim, heads).dropout(0.0).activation(nn::Activation::GELU).norm_first(true);
     encoder = register_module("encoder", nn::TransformerEncoder(nn::TransformerEncoderOptions(layer, layers)));
-    decoder = register_module("decoder", nn::ModuleList());
-    for (std::int64_t i = 0; i < layers; ++i) decoder->push_back(DecoderLayer(dim, heads));
-    norm = register_module("norm", nn::LayerNorm(dim));
+    decoder = register_module("decoder", nn::TransformerDecoder(nn::TransformerDecoderOptions(layer, layers)));
     head = register_module("head", nn::Linear(dim, kTgtVocab));
   }
   // src (B, S) -> memory (B, S, dim); padded positions are never attended to.
   Tensor encode(const Tensor& src, const Tensor& src_len) {
     return encoder(src_pos(src_emb(src)), nn::EncoderForward().key_padding(src_len));
   }
-  // tgt (B, T) tokens at positions offset.. -> logits (B, T, vocab). With caches, only the new
-  // tokens are passed and each layer appends to its cache.
-  Tensor decode(const Tensor& tgt, const Tensor& memory, const Tensor& src_len,
-                std::vector<nn::KVCache>* caches = nullptr, std::int64_t offset = 0) {
+  // tgt (B, T) tokens at positions offset.. -> logits (B, T, vocab), attending causally to the
+  // target and to the unpadded memory. With a cache, only the new tokens are passed: each layer
+  // appends their keys/values to its self-attention cache and reuses memory's keys/values.
+  Tensor decode(const Tensor& tgt, const Tensor& memory, const Tensor& src_len, nn::TransformerCache* cache = nullptr,
+                std::int64_t offset = 0) {
     Tensor h = tgt_pos(tgt_emb(tgt), offset);
-    for (std::size_t i = 0; i < decoder->size(); ++i)
-      h = decoder->at<DecoderLayerImpl>(i).forward(h, memory, src_len, caches ? &(*caches)[i] : nullptr);
-    return head(norm(h));
+    return head(decoder(h, memory, nn::DecoderForward().memory_key_padding(src_len).cache(cache)));
   }
   nn::Embedding src_emb{nullptr}, tgt_emb{nullptr};
   nn::LearnedPositionalEmbedding src_pos{nullptr}, tgt_pos{nullptr};
   nn::TransformerEncoder encoder{nullptr};
-  nn::ModuleList decoder{nullptr};
-  nn::LayerNorm norm{nullptr};
+  nn::TransformerDecoder decoder{nullptr};
   nn::Linear head{nullptr};
 };
 KILN_MODULE(Translator);
@@ -168,12 +143,10 @@ std::vector<std::string> translate(Translator& model, const Batch& batch, const 
   model->eval();
   const std::int64_t B = batch.src.size(0), T = kMaxDigits + 1;
   Tensor memory = model->encode(batch.src, batch.src_len);
-  std::vector<nn::KVCache> caches;
-  for (auto& layer : *model->decoder)
-    caches.push_back(static_cast<DecoderLayerImpl&>(*layer).self_attn->make_kv_cache(B, T));
+  nn::TransformerCache cache = model->decoder->make_cache({B}, T, memory.size(1));
   Tensor seq = full({B, 1}, kBos, TensorOptions(kInt64).device(memory.device()));  // (B, t + 1)
   for (std::int64_t t = 0; t < T; ++t) {
-    Tensor logits = use_cache ? model->decode(seq.slice(1, t, t + 1), memory, batch.src_len, &caches, /*offset=*/t)
+    Tensor logits = use_cache ? model->decode(seq.slice(1, t, t + 1), memory, batch.src_len, &cache, /*offset=*/t)
                               : model->decode(seq, memory, batch.src_len);
     seq = cat({seq, argmax(logits.select(1, -1), -1).unsqueeze(1)}, 1);
   }

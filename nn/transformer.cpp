@@ -105,6 +105,38 @@ std::string stack_repr(const TransformerEncoderOptions& o, const NormModule& nor
   return fmt::format("num_layers={}, final_norm={}", o.num_layers(), !norm.is_empty());
 }
 
+// The attention block a cache is made for (make_cache builds MultiHeadAttention caches only).
+const MultiHeadAttentionImpl& cached_attention(const Module& block, const char* slot, const char* op) {
+  const auto* m = dynamic_cast<const MultiHeadAttentionImpl*>(&block);
+  KILN_CHECK(m, op, "make_cache needs a MultiHeadAttention as {}, got {}; fill the TransformerCache yourself", slot,
+             block.name());
+  return *m;
+}
+
+// A cache for `layers` layers (cross-attention caches only for a decoder), checked before any
+// layer writes to it: a call that would overflow leaves every cache as it was.
+void check_cache(const TransformerCache& c, std::size_t layers, bool decoder, bool causal, const Tensor& x,
+                 const Tensor& memory, const char* op) {
+  KILN_CHECK(c.self_attn.size() == layers && (!decoder || c.cross_attn.size() == layers), op,
+             "the cache holds {} self-attention and {} cross-attention KV caches, but this call needs {} of each{}",
+             c.self_attn.size(), c.cross_attn.size(), layers, decoder ? "" : " (self-attention only)");
+  KILN_CHECK(causal, op,
+             "a cache needs causal self-attention ({}): without it earlier positions would depend on later ones",
+             decoder ? "DecoderForward::tgt_is_causal" : "EncoderForward::is_causal");
+  KILN_CHECK(x.defined() && x.dim() >= 2, op, "the input must be (batch..., T, d_model), got {}",
+             x.defined() ? shape_str(x.shape()) : std::string("undefined"));
+  for (const KVCache& k : c.self_attn) k.check_append(x.size(-2));
+  if (!decoder) return;
+  KILN_CHECK(memory.defined() && memory.dim() >= 2, op, "memory must be (batch..., S, memory_dim), got {}",
+             memory.defined() ? shape_str(memory.shape()) : std::string("undefined"));
+  for (const KVCache& k : c.cross_attn) {
+    if (k.defined() && k.length() == 0) k.check_append(memory.size(-2));
+    KILN_CHECK(k.length() == 0 || k.length() == memory.size(-2), op,
+               "memory has {} positions but the cache holds keys/values of {} (reset() the cache for new memory)",
+               memory.size(-2), k.length());
+  }
+}
+
 }  // namespace
 
 // ---------------------------------------------------------------- encoder layer
@@ -130,8 +162,22 @@ void TransformerEncoderLayerImpl::reset() {
 
 std::string TransformerEncoderLayerImpl::extra_repr() const { return layer_repr(options); }
 
+TransformerCache TransformerEncoderLayerImpl::make_cache(const Shape& batch, std::int64_t max_length) const {
+  TransformerCache c;
+  c.self_attn.push_back(
+      cached_attention(*self_attn, "self_attn", "TransformerEncoderLayer").make_kv_cache(batch, max_length));
+  return c;
+}
+
 Tensor TransformerEncoderLayerImpl::forward(const Tensor& src, const EncoderForward& f) {
-  const MhaForward mf = MhaForward().attn_mask(f.attn_mask()).key_padding(f.key_padding()).is_causal(f.is_causal());
+  TransformerCache* c = f.cache();
+  if (c) check_cache(*c, 1, false, f.is_causal(), src, {}, "TransformerEncoderLayer");
+  return step(src, f, c ? &c->self_attn[0] : nullptr);
+}
+
+Tensor TransformerEncoderLayerImpl::step(const Tensor& src, const EncoderForward& f, KVCache* cache) {
+  const MhaForward mf =
+      MhaForward().attn_mask(f.attn_mask()).key_padding(f.key_padding()).is_causal(f.is_causal()).cache(cache);
   const bool pre = options.norm_first();
   Tensor x = residual(src, pre, norm1, dropout1, [&](const Tensor& h) { return self_attn(h, mf); });
   return residual(x, pre, norm2, dropout2, [&](const Tensor& h) { return ff(h); });
@@ -167,14 +213,44 @@ void TransformerDecoderLayerImpl::reset() {
 
 std::string TransformerDecoderLayerImpl::extra_repr() const { return layer_repr(options); }
 
+TransformerCache TransformerDecoderLayerImpl::make_cache(const Shape& batch, std::int64_t max_length,
+                                                         std::int64_t memory_length) const {
+  const char* op = "TransformerDecoderLayer";
+  TransformerCache c;
+  c.self_attn.push_back(cached_attention(*self_attn, "self_attn", op).make_kv_cache(batch, max_length));
+  c.cross_attn.push_back(cached_attention(*cross_attn, "cross_attn", op).make_kv_cache(batch, memory_length));
+  return c;
+}
+
 Tensor TransformerDecoderLayerImpl::forward(const Tensor& tgt, const Tensor& memory, const DecoderForward& f) {
-  const MhaForward sf =
-      MhaForward().attn_mask(f.tgt_mask()).key_padding(f.tgt_key_padding()).is_causal(f.tgt_is_causal());
-  const MhaForward cf =
-      MhaForward().attn_mask(f.memory_mask()).key_padding(f.memory_key_padding()).is_causal(f.memory_is_causal());
+  TransformerCache* c = f.cache();
+  if (c) check_cache(*c, 1, true, f.tgt_is_causal(), tgt, memory, "TransformerDecoderLayer");
+  return step(tgt, memory, f, c ? &c->self_attn[0] : nullptr, c ? &c->cross_attn[0] : nullptr);
+}
+
+Tensor TransformerDecoderLayerImpl::step(const Tensor& tgt, const Tensor& memory, const DecoderForward& f,
+                                         KVCache* self_cache, KVCache* cross_cache) {
+  const MhaForward sf = MhaForward()
+                            .attn_mask(f.tgt_mask())
+                            .key_padding(f.tgt_key_padding())
+                            .is_causal(f.tgt_is_causal())
+                            .cache(self_cache);
+  const MhaForward cf = MhaForward()
+                            .attn_mask(f.memory_mask())
+                            .key_padding(f.memory_key_padding())
+                            .is_causal(f.memory_is_causal())
+                            .cache(cross_cache);
+  // With a cache, memory's keys/values are projected by the first call only; later calls pass
+  // no new keys and attend over the cached ones.
+  Tensor kv = memory;
+  if (cross_cache) {
+    KILN_CHECK(!f.memory_is_causal(), "TransformerDecoderLayer",
+               "memory_is_causal cannot be combined with a cache (the cached memory keys have no query alignment)");
+    if (cross_cache->length() > 0) kv = memory.narrow(-2, 0, 0);
+  }
   const bool pre = options.norm_first();
   Tensor x = residual(tgt, pre, norm1, dropout1, [&](const Tensor& h) { return self_attn(h, sf); });
-  x = residual(x, pre, norm2, dropout2, [&](const Tensor& h) { return cross_attn(h, memory, cf); });
+  x = residual(x, pre, norm2, dropout2, [&](const Tensor& h) { return cross_attn(h, kv, cf); });
   return residual(x, pre, norm3, dropout3, [&](const Tensor& h) { return ff(h); });
 }
 
@@ -197,9 +273,17 @@ void TransformerEncoderImpl::reset() { build_stack(*this, options, layers, layer
 std::string TransformerEncoderImpl::extra_repr() const { return stack_repr(options, norm); }
 
 Tensor TransformerEncoderImpl::forward(const Tensor& src, const EncoderForward& f) {
+  TransformerCache* c = f.cache();
+  if (c) check_cache(*c, layer_list.size(), false, f.is_causal(), src, {}, "TransformerEncoder");
   Tensor x = src;
-  for (auto& l : layer_list) x = l(x, f);
+  for (std::size_t i = 0; i < layer_list.size(); ++i) x = layer_list[i]->step(x, f, c ? &c->self_attn[i] : nullptr);
   return norm ? norm(x) : x;
+}
+
+TransformerCache TransformerEncoderImpl::make_cache(const Shape& batch, std::int64_t max_length) const {
+  TransformerCache c;
+  for (const auto& l : layer_list) c.self_attn.push_back(std::move(l->make_cache(batch, max_length).self_attn[0]));
+  return c;
 }
 
 TransformerDecoderImpl::TransformerDecoderImpl(const TransformerDecoderOptions& options_)
@@ -214,9 +298,34 @@ void TransformerDecoderImpl::reset() { build_stack(*this, options, layers, layer
 std::string TransformerDecoderImpl::extra_repr() const { return stack_repr(options, norm); }
 
 Tensor TransformerDecoderImpl::forward(const Tensor& tgt, const Tensor& memory, const DecoderForward& f) {
+  TransformerCache* c = f.cache();
+  if (c) check_cache(*c, layer_list.size(), true, f.tgt_is_causal(), tgt, memory, "TransformerDecoder");
   Tensor x = tgt;
-  for (auto& l : layer_list) x = l(x, memory, f);
+  for (std::size_t i = 0; i < layer_list.size(); ++i)
+    x = layer_list[i]->step(x, memory, f, c ? &c->self_attn[i] : nullptr, c ? &c->cross_attn[i] : nullptr);
   return norm ? norm(x) : x;
+}
+
+TransformerCache TransformerDecoderImpl::make_cache(const Shape& batch, std::int64_t max_length,
+                                                    std::int64_t memory_length) const {
+  TransformerCache c;
+  for (const auto& l : layer_list) {
+    TransformerCache one = l->make_cache(batch, max_length, memory_length);
+    c.self_attn.push_back(std::move(one.self_attn[0]));
+    c.cross_attn.push_back(std::move(one.cross_attn[0]));
+  }
+  return c;
+}
+
+// ---------------------------------------------------------------- cache
+void TransformerCache::reset() {
+  for (KVCache& c : self_attn) c.reset();
+  for (KVCache& c : cross_attn) c.reset();
+}
+
+void TransformerCache::reorder(const Tensor& indices) {
+  for (KVCache& c : self_attn) c.reorder(indices);
+  for (KVCache& c : cross_attn) c.reorder(indices);
 }
 
 }  // namespace kiln::nn

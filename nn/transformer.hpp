@@ -15,6 +15,17 @@
 /// Parameter names: "layers.0.self_attn.q_proj.weight", "layers.0.ff.fc1.weight", "layers.0.norm1.weight",
 /// decoder "layers.0.cross_attn.k_proj.weight", final "norm.weight".
 ///
+/// Incremental decoding (greedy, beam or sampled generation) with a TransformerCache: each call
+/// passes only the new target positions; the self-attentions append their keys/values to the
+/// cache and attend over every position stored, the cross-attentions project `memory` once (on
+/// the first call) and reuse those keys/values. Causal outputs equal the full forward's:
+///   NoGradGuard no_grad;
+///   nn::TransformerCache cache = dec->make_cache(/*batch=*/{B}, /*max_length=*/T, /*memory_length=*/S);
+///   auto f = nn::DecoderForward().memory_key_padding(src_lengths).cache(&cache);
+///   Tensor y0 = dec(bos, h, f);    // (B, 1, 512): position 0
+///   Tensor y1 = dec(tok1, h, f);   // position 1, attending to positions 0..1 and all of h
+///   cache.reset();                 // a new sequence (and new memory); the buffers are kept
+///
 /// Your own blocks: the feed-forward, the attentions and the norms are built by the options'
 /// `make_*` builders when given (each call makes one fresh block, sized from the layer options),
 /// and registered under the same names ("ff", "self_attn", "norm1", ...):
@@ -97,12 +108,34 @@ struct TransformerLayerOptions {
 using TransformerEncoderLayerOptions = TransformerLayerOptions;
 using TransformerDecoderLayerOptions = TransformerLayerOptions;
 
+/// The decoding state of a stack (or of one layer): per layer, the self-attention's KV cache
+/// (it grows by the new positions every call) and, for a decoder, the cross-attention's KV cache
+/// (memory's keys/values: filled from `memory` by the first call after make_cache / reset, then
+/// only read; later calls must pass memory of the same length). Stored positions are constants:
+/// gradients reach only the new positions of a call (decoding runs under NoGradGuard anyway).
+/// Layers with your own attention blocks take caches too when those blocks honour
+/// MhaForward::cache; fill the vectors yourself then (make_cache needs MultiHeadAttention).
+struct TransformerCache {
+  std::vector<KVCache> self_attn;   // one per layer
+  std::vector<KVCache> cross_attn;  // decoder: one per layer; encoder: empty
+  /// Target positions stored so far (the first layer's self-attention cache).
+  std::int64_t length() const { return self_attn.empty() ? 0 : self_attn.front().length(); }
+  /// Forget the sequence and the memory (every length 0; the buffers are kept).
+  void reset();
+  /// Beam search: entry i of the first batch dim becomes old entry indices[i] in every cache.
+  void reorder(const Tensor& indices);
+};
+
 /// Masks of an encoder's self-attention (see MhaForward for their forms).
 struct EncoderForward {
   KILN_ARG(Tensor, attn_mask);
   /// int64 valid lengths (batch...) or a bool keep-mask (batch..., S).
   KILN_ARG(Tensor, key_padding);
   KILN_ARG(bool, is_causal) = false;
+  /// Incremental decoding with causal self-attention: append the new positions to this cache
+  /// (from make_cache) and attend over all of them; attn_mask and key_padding then span every
+  /// stored position.
+  KILN_ARG(TransformerCache*, cache) = nullptr;
 };
 
 /// Masks of a decoder: its (by default causal) self-attention over tgt and its
@@ -114,6 +147,9 @@ struct DecoderForward {
   KILN_ARG(Tensor, memory_mask);
   KILN_ARG(Tensor, memory_key_padding);
   KILN_ARG(bool, memory_is_causal) = false;
+  /// Incremental decoding (see TransformerCache): tgt holds only the new positions; tgt_mask and
+  /// tgt_key_padding span every stored position. Not combinable with memory_is_causal.
+  KILN_ARG(TransformerCache*, cache) = nullptr;
 };
 
 class TransformerEncoderLayerImpl : public Module {
@@ -126,6 +162,9 @@ class TransformerEncoderLayerImpl : public Module {
   std::string extra_repr() const override;
   /// src (batch..., S, d_model) -> same shape.
   Tensor forward(const Tensor& src, const EncoderForward& f = {});
+  /// An empty one-layer cache for EncoderForward::cache (self-attention a MultiHeadAttention),
+  /// in the self-attention's dtype (under autocast, the autocast dtype) and device.
+  TransformerCache make_cache(const Shape& batch, std::int64_t max_length) const;
 
   TransformerLayerOptions options;
   /// The blocks (MultiHeadAttention, FeedForward, LayerNorm/RMSNorm unless the options build
@@ -134,6 +173,10 @@ class TransformerEncoderLayerImpl : public Module {
   FeedForwardModule ff;
   NormModule norm1, norm2;
   Dropout dropout1{nullptr}, dropout2{nullptr};
+
+ private:
+  friend class TransformerEncoderImpl;
+  Tensor step(const Tensor& src, const EncoderForward& f, KVCache* cache);
 };
 KILN_MODULE(TransformerEncoderLayer);
 
@@ -147,6 +190,9 @@ class TransformerDecoderLayerImpl : public Module {
   std::string extra_repr() const override;
   /// tgt (batch..., T, d_model), memory (batch..., S, memory_dim) -> (batch..., T, d_model).
   Tensor forward(const Tensor& tgt, const Tensor& memory, const DecoderForward& f = {});
+  /// An empty one-layer cache for DecoderForward::cache: up to max_length target positions and
+  /// memory_length memory positions (both attentions MultiHeadAttentions).
+  TransformerCache make_cache(const Shape& batch, std::int64_t max_length, std::int64_t memory_length) const;
 
   TransformerLayerOptions options;
   SelfAttentionModule self_attn;
@@ -154,6 +200,11 @@ class TransformerDecoderLayerImpl : public Module {
   FeedForwardModule ff;
   NormModule norm1, norm2, norm3;
   Dropout dropout1{nullptr}, dropout2{nullptr}, dropout3{nullptr};
+
+ private:
+  friend class TransformerDecoderImpl;
+  Tensor step(const Tensor& tgt, const Tensor& memory, const DecoderForward& f, KVCache* self_cache,
+              KVCache* cross_cache);
 };
 KILN_MODULE(TransformerDecoderLayer);
 
@@ -176,6 +227,8 @@ class TransformerEncoderImpl : public Module {
   std::string extra_repr() const override;
   /// The same masks for every layer.
   Tensor forward(const Tensor& src, const EncoderForward& f = {});
+  /// An empty cache of every layer (see the layer's make_cache).
+  TransformerCache make_cache(const Shape& batch, std::int64_t max_length) const;
 
   TransformerEncoderOptions options;
   ModuleList layers{nullptr};
@@ -190,6 +243,7 @@ class TransformerDecoderImpl : public Module {
   void reset() override;
   std::string extra_repr() const override;
   Tensor forward(const Tensor& tgt, const Tensor& memory, const DecoderForward& f = {});
+  TransformerCache make_cache(const Shape& batch, std::int64_t max_length, std::int64_t memory_length) const;
 
   TransformerDecoderOptions options;
   ModuleList layers{nullptr};
