@@ -128,7 +128,9 @@ Tensor contiguous(const Tensor& x);
 Tensor clone(const Tensor& x);
 /// dtype conversion (differentiable between float types).
 Tensor to(const Tensor& x, DType dtype);
-Tensor to(const Tensor& x, Device device);
+Tensor to(const Tensor& x, Device device, bool non_blocking = false);
+/// Tensor::pin_memory.
+Tensor pin_memory(const Tensor& x);
 Tensor cat(const std::vector<Tensor>& xs, std::int64_t dim = 0);
 Tensor stack(const std::vector<Tensor>& xs, std::int64_t dim = 0);
 /// Pieces of `split_size` along dim (the last may be smaller).

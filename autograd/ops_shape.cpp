@@ -301,13 +301,15 @@ Tensor to(const Tensor& x, DType dtype) {
   return y;
 }
 
-Tensor to(const Tensor& x, Device device) {
+Tensor to(const Tensor& x, Device device, bool non_blocking) {
   check_defined(x, "to");
   if (x.device() == device) return x;
   backend_for(device, "to");  // an unavailable device is reported as "[to] ..."
   Tensor y = Tensor::empty(x.shape(), x.dtype(), device);
   Tensor c = contiguous_raw(x);
-  if (x.device().is_cpu()) {
+  if (x.device().is_cpu() && non_blocking && c.is_pinned()) {
+    backend_for(device, "to").copy_from_pinned(y, c);  // c is x itself (a copy would be pageable)
+  } else if (x.device().is_cpu()) {
     backend_for(device, "to").copy_from_host(y, c.raw_data());
   } else if (device.is_cpu()) {
     backend(x, "to").copy_to_host(y.raw_data(), c);
@@ -318,6 +320,23 @@ Tensor to(const Tensor& x, Device device) {
   }
   Device from = x.device();
   record("to", {x}, {y}, [from](FunctionNode&, std::vector<Tensor>& g) { return std::vector<Tensor>{to(g[0], from)}; });
+  return y;
+}
+
+Tensor pin_memory(const Tensor& x) {
+  check_defined(x, "pin_memory");
+  KILN_CHECK(x.device().is_cpu(), "pin_memory", "only CPU tensors can be pinned, got a tensor on {}", x.device().str());
+  Allocator& pinned = pinned_allocator("pin_memory");
+  if (x.is_pinned()) return x;
+  auto impl = std::make_shared<TensorImpl>();
+  const std::int64_t nbytes = checked_nbytes(x.shape(), itemsize(x.dtype()), "pin_memory");
+  impl->storage = std::make_shared<Storage>(static_cast<std::size_t>(nbytes), pinned);
+  impl->shape = x.shape();
+  impl->strides = contiguous_strides(x.shape());
+  impl->dtype = x.dtype();
+  Tensor y(std::move(impl));
+  backend(x, "pin_memory").copy(y, x);
+  record("pin_memory", {x}, {y}, [](FunctionNode&, std::vector<Tensor>& g) { return std::vector<Tensor>{g[0]}; });
   return y;
 }
 

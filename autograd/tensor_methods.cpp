@@ -35,6 +35,8 @@ Tensor Tensor::clone() const { return kiln::clone(*this); }
 Tensor Tensor::to(DType d) const { return kiln::to(*this, d); }
 Tensor Tensor::to(Device d) const { return kiln::to(*this, d); }
 Tensor Tensor::to(Device d, DType t) const { return kiln::to(kiln::to(*this, d), t); }
+Tensor Tensor::to(Device d, bool non_blocking) const { return kiln::to(*this, d, non_blocking); }
+Tensor Tensor::pin_memory() const { return kiln::pin_memory(*this); }
 Tensor Tensor::sum(const std::vector<std::int64_t>& d, bool k) const { return kiln::sum(*this, d, k); }
 Tensor Tensor::mean(const std::vector<std::int64_t>& d, bool k) const { return kiln::mean(*this, d, k); }
 Tensor Tensor::pow(const Scalar& e) const { return kiln::pow(*this, e); }

@@ -18,6 +18,8 @@ class Allocator {
   virtual void* allocate(std::size_t nbytes) = 0;
   virtual void deallocate(void* p, std::size_t nbytes) = 0;
   virtual Device device() const = 0;
+  /// Page-locked host memory (Tensor::is_pinned): GPU copies from it need no staging.
+  virtual bool is_pinned() const { return false; }
 };
 
 struct AllocatorStats {

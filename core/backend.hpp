@@ -99,6 +99,10 @@ class Backend {
   /// Copies between this device and the host (contiguous, same dtype and byte count).
   virtual void copy_to_host(void* dst, const Tensor& src) = 0;
   virtual void copy_from_host(const Tensor& dst, const void* src) = 0;
+  /// dst <- src, a contiguous pinned host tensor of the same dtype and shape. The copy may still
+  /// run when the call returns; the backend keeps src's block from being handed out again
+  /// until it has (Tensor::to with non_blocking).
+  virtual void copy_from_pinned(const Tensor& dst, const Tensor& src) { copy_from_host(dst, src.raw_data()); }
   /// Fills a (possibly strided) tensor.
   virtual void fill(const Tensor& dst, const Scalar& v) = 0;
 
@@ -165,5 +169,8 @@ Backend& backend_for(Device device, const char* op = "backend");
 void register_backend(DeviceType type, Backend* backend);
 /// True when a backend for CUDA is compiled in and a GPU is visible.
 bool cuda_is_available();
+/// The page-locked host allocator (Tensor::pin_memory); kiln::Error "[op] ..." saying why when
+/// kiln was built without CUDA or no GPU is usable.
+Allocator& pinned_allocator(const char* op);
 
 }  // namespace kiln

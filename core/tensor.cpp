@@ -175,6 +175,11 @@ Tensor host_contiguous(const Tensor& t, DType dtype) {
 }
 }  // namespace
 
+bool Tensor::is_pinned() const {
+  const Storage& s = *storage();
+  return s.allocator && s.allocator->is_pinned();
+}
+
 template <typename T>
 T Tensor::item() const {
   KILN_CHECK(numel() == 1, "item", "a tensor with {} elements (shape {}) cannot be converted to a scalar", numel(),
@@ -503,7 +508,11 @@ namespace cuda {
 // kiln::Error "[op] device cuda:N is not available: <why>".
 Backend& backend_for_device(int index, const char* op);
 int device_count();
+// The page-locked host allocator, or kiln::Error "[op] ..." (no CUDA, no GPU).
+Allocator& pinned_host_allocator(const char* op);
 }  // namespace cuda
+
+Allocator& pinned_allocator(const char* op) { return cuda::pinned_host_allocator(op); }
 
 void register_backend(DeviceType type, Backend* backend) { slot(type) = backend; }
 

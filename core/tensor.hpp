@@ -158,6 +158,19 @@ class Tensor {
   Tensor to(DType dtype) const;
   Tensor to(Device device) const;
   Tensor to(Device device, DType dtype) const;
+  /// With non_blocking, a copy from pinned memory (is_pinned) to a GPU runs asynchronously on
+  /// the device's stream (as PyTorch's `non_blocking=True`): the call returns at once, later
+  /// work on the device is ordered after the copy, and the pinned block is not handed out again
+  /// before the copy has read it. Writing to the source tensor before the copy is done (e.g.
+  /// before cuda::synchronize or a read of the result) races with it, as in PyTorch. Other
+  /// copies (pageable or strided sources, device to host) are as without the flag.
+  Tensor to(Device device, bool non_blocking) const;
+  /// A contiguous copy in page-locked host memory (itself when already pinned): the source of
+  /// asynchronous host-to-GPU copies. kiln::Error "[pin_memory] ..." without a usable GPU, as
+  /// PyTorch raises; differentiable (identity).
+  Tensor pin_memory() const;
+  /// Whether the storage is page-locked host memory (views of a pinned tensor are pinned too).
+  bool is_pinned() const;
 
   // ---- common math as methods (see autograd/ops.hpp) ----
   Tensor sum(const std::vector<std::int64_t>& dims = {}, bool keepdim = false) const;

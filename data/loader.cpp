@@ -11,6 +11,7 @@
 
 #include "../autograd/grad_mode.hpp"
 #include "../autograd/ops.hpp"
+#include "../core/backend.hpp"
 #include "../core/error.hpp"
 #include "../core/parallel.hpp"
 #include "../core/shape.hpp"
@@ -227,6 +228,20 @@ void check_options(const DataLoaderOptions& o) {
   KILN_CHECK(o.num_workers() >= 0, "DataLoader", "num_workers must be >= 0, got {}", o.num_workers());
   KILN_CHECK(o.prefetch() >= 1, "DataLoader", "prefetch must be >= 1, got {}", o.prefetch());
   KILN_CHECK(static_cast<bool>(o.collate()), "DataLoader", "the collate function is empty");
+  if (o.pin_memory()) pinned_allocator("DataLoader");  // "[DataLoader] page-locked memory needs a CUDA GPU: ..."
+}
+
+// The options' collate, followed with pin_memory when asked (run where collate runs: on the
+// worker threads when there are workers). CPU fields are pinned; fields already on a device
+// (a custom collate may move them) are left as they are.
+Collate batch_maker(const DataLoaderOptions& o) {
+  if (!o.pin_memory()) return o.collate();
+  return [collate = o.collate()](std::vector<Example>&& examples) {
+    Batch b = collate(std::move(examples));
+    for (Tensor& t : b)
+      if (t.defined() && t.device().is_cpu()) t = t.pin_memory();
+    return b;
+  };
 }
 
 }  // namespace
@@ -285,7 +300,7 @@ DataLoader::Iterator DataLoader::begin() {
     stream_->reset(epoch);
     source = std::make_unique<detail::StreamSource>(stream_, options_.batch_size(), options_.drop_last());
   }
-  return Iterator(std::make_shared<detail::Epoch>(std::move(source), options_.collate(), options_.num_workers(),
+  return Iterator(std::make_shared<detail::Epoch>(std::move(source), batch_maker(options_), options_.num_workers(),
                                                   options_.prefetch()));
 }
 

@@ -22,8 +22,9 @@
 /// single-threaded (SingleThreadGuard) so they do not compete with the OpenMP compute pool,
 /// and under NoGradGuard: batches carry no autograd history.
 ///
-/// Pinned (page-locked) host memory for faster CUDA copies is not offered: kiln has no pinned
-/// host allocator yet. Move batches with `.to(device)` in the loop.
+/// With pin_memory, batches come in page-locked host memory (pinned on the worker threads), so
+/// `batch[0].to(Device::cuda(0), /*non_blocking=*/true)` copies asynchronously while the next
+/// step is queued (see Tensor::to).
 #include <cstdint>
 #include <functional>
 #include <memory>
@@ -59,6 +60,11 @@ struct DataLoaderOptions {
   /// Instead of shuffle: any sampler (e.g. a DistributedSampler).
   KILN_ARG(std::shared_ptr<Sampler>, sampler);
   KILN_ARG(Collate, collate) = default_collate;
+  /// Batches in page-locked host memory (Tensor::pin_memory of every CPU field, after collate).
+  /// kiln::Error "[DataLoader] page-locked memory needs a CUDA GPU: ..." at construction when
+  /// kiln was built without CUDA or no GPU is usable (PyTorch warns and ignores it instead;
+  /// kiln refuses an option it cannot honour).
+  KILN_ARG(bool, pin_memory) = false;
 };
 
 namespace detail {

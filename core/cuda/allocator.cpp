@@ -1,4 +1,5 @@
-// The device caching allocator and the pinned host staging pool.
+// The device caching allocator, the pinned host staging pool and the page-locked allocator of
+// pinned tensors.
 #include <fmt/format.h>
 
 #include "runtime.hpp"
@@ -122,6 +123,107 @@ AllocatorStats PinnedPool::stats() {
 PinnedPool& pinned_pool() {
   static auto* p = new PinnedPool();  // leaked: see DeviceContext
   return *p;
+}
+
+// ---- page-locked memory for tensors ----
+
+namespace {
+
+// True when every event has completed (each is destroyed then); false leaves them all.
+bool all_done(std::vector<cudaEvent_t>& events) {
+  for (cudaEvent_t e : events) {
+    if (cudaEventQuery(e) != cudaSuccess) {
+      cudaGetLastError();  // cudaErrorNotReady is an answer, not an error
+      return false;
+    }
+  }
+  for (cudaEvent_t e : events) cudaEventDestroy(e);
+  events.clear();
+  return true;
+}
+
+}  // namespace
+
+void* HostAllocator::allocate(std::size_t nbytes) {
+  const std::size_t n = cache_.round(nbytes);
+  std::lock_guard<std::mutex> lock(mu_);
+  collect_locked();
+  if (void* p = cache_.take(n)) return p;
+  void* p = nullptr;
+  cudaError_t e = cudaHostAlloc(&p, n, cudaHostAllocPortable);  // usable with every device
+  if (e == cudaErrorMemoryAllocation) {
+    cudaGetLastError();
+    cache_.release_all([](void* q) { cudaFreeHost(q); });  // other sizes back to the driver, then retry once
+    e = cudaHostAlloc(&p, n, cudaHostAllocPortable);
+  }
+  if (e != cudaSuccess) {
+    cudaGetLastError();
+    throw_error("pin_memory", fmt::format("cannot allocate {} bytes of page-locked host memory ({}; kiln holds {} "
+                                          "pinned in use, {} cached)",
+                                          nbytes, cudaGetErrorString(e), mib(cache_.stats().in_use_bytes),
+                                          mib(cache_.stats().cached_bytes)));
+  }
+  cache_.note_os_alloc(n);
+  return p;
+}
+
+void HostAllocator::deallocate(void* p, std::size_t nbytes) {
+  if (!p) return;
+  const std::size_t n = cache_.round(nbytes);
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = uses_.find(p);
+  if (it == uses_.end()) {
+    cache_.give(p, n);
+    return;
+  }
+  std::vector<cudaEvent_t> events = std::move(it->second);
+  uses_.erase(it);
+  if (all_done(events)) cache_.give(p, n);
+  else waiting_.push_back({p, n, std::move(events)});  // still counted in use: a copy reads it
+}
+
+void HostAllocator::record_use(void* p, cudaStream_t stream) {
+  cudaEvent_t e = nullptr;
+  cudaError_t err = cudaEventCreateWithFlags(&e, cudaEventDisableTiming);
+  if (err == cudaSuccess) err = cudaEventRecord(e, stream);
+  if (err != cudaSuccess) {
+    // Without an event the block's reuse cannot be ordered after the copy: wait for it now.
+    cudaGetLastError();
+    if (e) cudaEventDestroy(e);
+    check(cudaStreamSynchronize(stream), "to");
+    return;
+  }
+  std::lock_guard<std::mutex> lock(mu_);
+  uses_[p].push_back(e);
+}
+
+void HostAllocator::collect_locked() {
+  for (std::size_t i = 0; i < waiting_.size();) {
+    if (all_done(waiting_[i].events)) {
+      cache_.give(waiting_[i].p, waiting_[i].n);
+      waiting_[i] = std::move(waiting_.back());
+      waiting_.pop_back();
+    } else {
+      ++i;
+    }
+  }
+}
+
+AllocatorStats HostAllocator::stats() {
+  std::lock_guard<std::mutex> lock(mu_);
+  collect_locked();
+  return cache_.stats();
+}
+
+void HostAllocator::empty_cache() {
+  std::lock_guard<std::mutex> lock(mu_);
+  collect_locked();
+  cache_.release_all([](void* p) { cudaFreeHost(p); });
+}
+
+HostAllocator& host_allocator() {
+  static auto* a = new HostAllocator();  // leaked: pinned tensors in static storage may outlive it
+  return *a;
 }
 
 }  // namespace kiln::cuda

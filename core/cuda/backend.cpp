@@ -47,6 +47,16 @@ void CudaBackend::copy_from_host(const Tensor& dst, const void* src) {
   }
 }
 
+void CudaBackend::copy_from_pinned(const Tensor& dst, const Tensor& src) {
+  const std::size_t n = dst.nbytes();
+  if (n == 0) return;
+  DeviceGuard g(ctx_.index);
+  // Straight from the tensor's page-locked block by DMA, in stream order; the block's reuse is
+  // ordered after the copy by an event (HostAllocator::record_use).
+  check(cudaMemcpyAsync(dst.raw_data(), src.raw_data(), n, cudaMemcpyHostToDevice, ctx_.stream), "to");
+  host_allocator().record_use(src.storage()->data, ctx_.stream);
+}
+
 void CudaBackend::copy_to_host(void* dst, const Tensor& src) {
   const std::size_t n = src.nbytes();
   if (n == 0) return;

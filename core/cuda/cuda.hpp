@@ -35,6 +35,12 @@ AllocatorStats allocator_stats(int device = 0);
 void empty_cache(int device = 0);
 /// The pinned host blocks that stage host <-> device copies.
 AllocatorStats pinned_stats();
+/// The page-locked host allocator of Tensor::pin_memory: freed blocks are kept for reuse (once
+/// the asynchronous copies that read them are done), so pinning same-sized batches every step
+/// makes no cudaHostAlloc calls after the first ones (os_allocs stops growing).
+AllocatorStats host_allocator_stats();
+/// Returns every cached page-locked block to the driver (cudaFreeHost).
+void host_empty_cache();
 
 /// TF32 tensor-core math for float32 matmuls (10-bit mantissa products, float32 accumulation):
 /// several times faster on sm_80+ at lower precision. Off by default, as in PyTorch >= 1.12.

@@ -15,6 +15,7 @@ class CudaBackend final : public Backend {
   // backend.cpp: no kernels of its own
   void copy_to_host(void* dst, const Tensor& src) override;
   void copy_from_host(const Tensor& dst, const void* src) override;
+  void copy_from_pinned(const Tensor& dst, const Tensor& src) override;
   // elementwise.cu
   void copy(const Tensor& dst, const Tensor& src) override;
   void fill(const Tensor& dst, const Scalar& v) override;

@@ -93,6 +93,12 @@ DeviceContext& context(int index, const char* op) {
 
 Backend& backend_for_device(int index, const char* op) { return *context(index, op).backend; }
 
+Allocator& pinned_host_allocator(const char* op) {
+  const Discovery& d = discovery();
+  if (d.count == 0) throw_error(op, fmt::format("page-locked memory needs a CUDA GPU: {}", d.reason));
+  return host_allocator();
+}
+
 bool tf32_enabled() { return g_tf32.load(std::memory_order_relaxed); }
 
 // ---- public API ----
@@ -114,6 +120,8 @@ void empty_cache(int device) {
   c.allocator.empty_cache();
 }
 AllocatorStats pinned_stats() { return pinned_pool().stats(); }
+AllocatorStats host_allocator_stats() { return host_allocator().stats(); }
+void host_empty_cache() { host_allocator().empty_cache(); }
 void set_allow_tf32(bool allow) { g_tf32.store(allow, std::memory_order_relaxed); }
 bool allow_tf32() { return tf32_enabled(); }
 

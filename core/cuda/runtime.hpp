@@ -75,6 +75,35 @@ class PinnedPool {
 };
 PinnedPool& pinned_pool();
 
+/// Page-locked host memory that tensors live in (Tensor::pin_memory), cached by rounded size.
+/// Asynchronous copies record an event per block they read (record_use); a freed block whose
+/// events have not all completed waits aside and returns to the cache only once they have, so
+/// a block is never handed out again while a copy may still read it.
+class HostAllocator final : public Allocator {
+ public:
+  void* allocate(std::size_t nbytes) override;
+  void deallocate(void* p, std::size_t nbytes) override;
+  Device device() const override { return Device::cpu(); }
+  bool is_pinned() const override { return true; }
+  /// An asynchronous copy enqueued on `stream` (of the current device) reads block p.
+  void record_use(void* p, cudaStream_t stream);
+  AllocatorStats stats();
+  void empty_cache();
+
+ private:
+  struct Waiting {
+    void* p;
+    std::size_t n;
+    std::vector<cudaEvent_t> events;
+  };
+  void collect_locked();  // waiting blocks whose events have all completed go to the cache
+  std::mutex mu_;
+  BlockCache cache_{512, std::size_t{1} << 20};
+  std::unordered_map<void*, std::vector<cudaEvent_t>> uses_;  // live blocks read by copies
+  std::vector<Waiting> waiting_;
+};
+HostAllocator& host_allocator();
+
 class CudaBackend;
 
 /// What kiln keeps per GPU; created on first use and never destroyed (tensors in static

@@ -16,6 +16,10 @@ Backend& backend_for_device(int index, const char* op) {
   throw_error(op, fmt::format("device cuda:{} is not available: {}", index, kReason));
 }
 
+Allocator& pinned_host_allocator(const char* op) {
+  throw_error(op, fmt::format("page-locked memory needs a CUDA GPU: {}", kReason));
+}
+
 bool is_built() { return false; }
 int device_count() { return 0; }
 bool is_available() { return false; }
@@ -25,6 +29,8 @@ void synchronize(int) { unavailable("cuda.synchronize"); }
 AllocatorStats allocator_stats(int) { unavailable("cuda.allocator_stats"); }
 void empty_cache(int) { unavailable("cuda.empty_cache"); }
 AllocatorStats pinned_stats() { unavailable("cuda.pinned_stats"); }
+AllocatorStats host_allocator_stats() { unavailable("cuda.host_allocator_stats"); }
+void host_empty_cache() { unavailable("cuda.host_empty_cache"); }
 // A setting, not an action: portable programs may set it whether or not a GPU is there.
 namespace {
 bool tf32 = false;

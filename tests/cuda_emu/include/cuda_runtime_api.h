@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <cstdio>
 #include <set>
+#include <vector>
 
 enum cudaError_t { cudaSuccess = 0, cudaErrorInvalidValue = 1, cudaErrorMemoryAllocation = 2, cudaErrorNotReady = 600,
                    cudaErrorInsufficientDriver = 35, cudaErrorNoDevice = 100 };
@@ -26,6 +27,19 @@ namespace emu_rt {
 inline int& last() { static int e = 0; return e; }
 inline long& mallocs() { static long n = 0; return n; }
 inline std::set<void*>& live() { static std::set<void*> s; return s; }
+// A test may hold the stream (hold() = true): then cudaMemcpyAsync calls wait in a queue and
+// events recorded meanwhile report cudaErrorNotReady, until a synchronizing call runs the queue
+// in order (kernels still run at once: hold only around copies). Shows what reads a host buffer
+// after the call that enqueued the copy has returned.
+struct QueuedCopy { void* d; const void* s; std::size_t n; };
+inline bool& hold() { static bool h = false; return h; }
+inline std::vector<QueuedCopy>& queued() { static std::vector<QueuedCopy> q; return q; }
+inline std::set<void*>& pending_events() { static std::set<void*> s; return s; }
+inline void drain() {
+  for (const QueuedCopy& c : queued()) std::memmove(c.d, c.s, c.n);
+  queued().clear();
+  pending_events().clear();
+}
 }
 inline int& emu_launch_error_ref() { static int v = 0; return v; }
 inline cudaError_t cudaGetLastError() {
@@ -51,7 +65,7 @@ inline cudaError_t cudaGetDeviceProperties(cudaDeviceProp* p, int) {
   return cudaSuccess;
 }
 inline cudaError_t cudaStreamCreateWithFlags(cudaStream_t* s, unsigned) { *s = reinterpret_cast<cudaStream_t>(0x1); return cudaSuccess; }
-inline cudaError_t cudaStreamSynchronize(cudaStream_t) { return cudaSuccess; }
+inline cudaError_t cudaStreamSynchronize(cudaStream_t) { emu_rt::drain(); return cudaSuccess; }
 inline cudaError_t cudaMalloc(void** p, std::size_t n) {
   *p = std::aligned_alloc(256, (n + 255) / 256 * 256);
   // Poison fresh device memory so reads of unwritten memory show up as NaN-ish garbage.
@@ -63,12 +77,17 @@ inline cudaError_t cudaMalloc(void** p, std::size_t n) {
 inline cudaError_t cudaFree(void* p) { emu_rt::live().erase(p); std::free(p); return cudaSuccess; }
 inline cudaError_t cudaMemGetInfo(std::size_t* f, std::size_t* t) { *f = 1; *t = 2; return cudaSuccess; }
 inline cudaError_t cudaHostAlloc(void** p, std::size_t n, unsigned) { *p = std::malloc(n); return cudaSuccess; }
+inline cudaError_t cudaFreeHost(void* p) { std::free(p); return cudaSuccess; }
 inline cudaError_t cudaEventCreateWithFlags(cudaEvent_t* e, unsigned) { *e = reinterpret_cast<cudaEvent_t>(new int(0)); return cudaSuccess; }
-inline cudaError_t cudaEventRecord(cudaEvent_t, cudaStream_t) { return cudaSuccess; }
-inline cudaError_t cudaEventQuery(cudaEvent_t) { return cudaSuccess; }
-inline cudaError_t cudaEventSynchronize(cudaEvent_t) { return cudaSuccess; }
-inline cudaError_t cudaEventDestroy(cudaEvent_t e) { delete reinterpret_cast<int*>(e); return cudaSuccess; }
-inline cudaError_t cudaMemcpyAsync(void* d, const void* s, std::size_t n, cudaMemcpyKind, cudaStream_t) { std::memmove(d, s, n); return cudaSuccess; }
+inline cudaError_t cudaEventRecord(cudaEvent_t e, cudaStream_t) { if (emu_rt::hold()) emu_rt::pending_events().insert(e); return cudaSuccess; }
+inline cudaError_t cudaEventQuery(cudaEvent_t e) { return emu_rt::pending_events().count(e) ? cudaErrorNotReady : cudaSuccess; }
+inline cudaError_t cudaEventSynchronize(cudaEvent_t) { emu_rt::drain(); return cudaSuccess; }
+inline cudaError_t cudaEventDestroy(cudaEvent_t e) { emu_rt::pending_events().erase(e); delete reinterpret_cast<int*>(e); return cudaSuccess; }
+inline cudaError_t cudaMemcpyAsync(void* d, const void* s, std::size_t n, cudaMemcpyKind, cudaStream_t) {
+  if (emu_rt::hold()) emu_rt::queued().push_back({d, s, n});
+  else std::memmove(d, s, n);
+  return cudaSuccess;
+}
 inline cudaError_t cudaMemsetAsync(void* d, int v, std::size_t n, cudaStream_t = nullptr) { std::memset(d, v, n); return cudaSuccess; }
 template <class K>
 inline cudaError_t cudaFuncSetAttribute(K, cudaFuncAttribute, int) { return cudaSuccess; }
