@@ -28,12 +28,6 @@ Tensor float32_copy(Backend& be, const Tensor& t, bool convert) {
   return f;
 }
 
-void matmul_via_float32(Backend& be, const Tensor& a, const Tensor& c, const Tensor& out) {
-  const Tensor of = float32_copy(be, out, false);
-  be.matmul(float32_copy(be, a), float32_copy(be, c), of);
-  store(be, {{&out, &of}});
-}
-
 void attention_forward_via_float32(Backend& be, const AttentionArgs& a, const Tensor& out, const Tensor& lse,
                                    const Tensor& weights) {
   const Tensor of = float32_copy(be, out, false), wf = float32_copy(be, weights, false);

@@ -1,8 +1,8 @@
 #pragma once
 // bfloat16/float16 through a backend's float32 kernels (internal to kiln, both backends): the
 // inputs converted to float32, the float32 kernel run, each output rounded once. This is how
-// matmul and attention run in 16-bit floats where no native 16-bit kernel exists, and the
-// reference the native kernels are tested against.
+// attention runs in 16-bit floats where no native 16-bit kernel applies, and the reference the
+// native kernels are tested against.
 #include "backend.hpp"
 
 namespace kiln {
@@ -11,8 +11,6 @@ namespace kiln {
 /// one) as it is. With convert = false the float32 tensor is only allocated.
 Tensor float32_copy(Backend& be, const Tensor& t, bool convert = true);
 
-/// Backend::matmul for bfloat16/float16 a, c and out.
-void matmul_via_float32(Backend& be, const Tensor& a, const Tensor& c, const Tensor& out);
 /// Backend::attention_forward / attention_backward / attention_dropout_mask for bfloat16/float16
 /// q, k, v (lse is float32 already).
 void attention_forward_via_float32(Backend& be, const AttentionArgs& a, const Tensor& out, const Tensor& lse,

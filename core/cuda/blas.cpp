@@ -6,7 +6,6 @@
 
 #include <climits>
 
-#include "../reduced_float.hpp"
 #include "cuda_backend.hpp"
 #include "kernels.hpp"
 
@@ -74,8 +73,6 @@ void CudaBackend::matmul(const Tensor& a_in, const Tensor& c_in, const Tensor& o
     check(cudaMemsetAsync(out.raw_data(), 0, out.nbytes(), ctx_.stream), "matmul");
     return;
   }
-  // bfloat16/float16 through the float32 GEMM, rounded once (a tensor-core GEMM replaces this).
-  if (is_reduced_float(out.dtype())) return matmul_via_float32(*this, a_in, c_in, out);
   if (out.dtype() == kInt64) {
     const std::int64_t sa[3] = {a_in.stride(0), a_in.stride(1), a_in.stride(2)};
     const std::int64_t sc[3] = {c_in.stride(0), c_in.stride(1), c_in.stride(2)};

@@ -421,6 +421,36 @@ TEST_CASE("cuda ops: matmul matches the CPU for 1-D / 2-D / batched / broadcast 
   }
 }
 
+TEST_CASE("cuda ops: bfloat16/float16 matmul (cuBLAS, float32 compute) is the float32 product rounded once") {
+  KILN_CUDA_OR_SKIP();
+  // Both sides start from the same 16-bit values: the reference is the CPU's float64 product of
+  // them, rounded once to the dtype. The GPU accumulates in float32 (order unknown), so it may
+  // round to the neighbouring 16-bit value: 2u |ref| plus float32's error on sum |a| |b|.
+  const std::vector<std::pair<Shape, Shape>> cases = {
+      {{5, 7}, {7}}, {{33, 65}, {65, 17}}, {{4, 5, 6}, {6, 7}}, {{2, 1, 3, 4}, {5, 4, 6}}, {{128, 256}, {256, 96}}};
+  for (DType dt : {kBFloat16, kFloat16}) {
+    const double u = dt == kBFloat16 ? 0x1p-8 : 0x1p-11;
+    for (const auto& l : kc::layouts())
+      for (const auto& [sa, sb] : cases) {
+        CAPTURE(dtype_name(dt));
+        CAPTURE(l.name);
+        CAPTURE(shape_str(sa));
+        Pair a = kc::make_pair(l, sa, dt, 5, -3, 3), b = kc::make_pair(kc::layouts()[0], sb, dt, 6, -3, 3);
+        const Tensor out = matmul(a.gpu, b.gpu);
+        CHECK(out.dtype() == dt);
+        const Tensor a64 = a.cpu.to(kFloat64), b64 = b.cpu.to(kFloat64);
+        const auto ref = matmul(a64, b64).to(dt).to_vector<double>();
+        const auto mag = matmul(a64.abs(), b64.abs()).to_vector<double>();
+        const auto got = out.to(Device::cpu()).to_vector<double>();
+        REQUIRE(got.size() == ref.size());
+        int bad = 0;
+        for (std::size_t i = 0; i < got.size(); ++i)
+          bad += std::abs(got[i] - ref[i]) > 2 * u * std::abs(ref[i]) + 1e-6 * mag[i];
+        CHECK(bad == 0);
+      }
+  }
+}
+
 TEST_CASE("cuda ops: TF32 matmul is opt-in and stays within TF32 precision") {
   KILN_CUDA_OR_SKIP();
   Pair a = kc::make_pair(kc::layouts()[0], {256, 512}, kFloat32, 1),
