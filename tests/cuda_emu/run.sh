@@ -21,12 +21,12 @@ BASE=${KILN_EMU_BASE:-build-emu-base}
 OUT=$BASE/cuda_emu
 EMU=$ROOT/tests/cuda_emu
 
-if [ ! -f "$BASE/libkiln.a" ]; then
+if [ ! -f "$BASE/CMakeCache.txt" ]; then
   cmake -S . -B "$BASE" -DCMAKE_BUILD_TYPE=Release -DKILN_CUDA=OFF -DKILN_TEST_PATTERN='cuda/*.cpp' \
     -DKILN_BUILD_EXAMPLES=OFF -DKILN_BUILD_BENCH=OFF >/dev/null
-  cmake --build "$BASE" -j2 --target kiln
 fi
-[ -f "$BASE/libkiln_startup.a" ] || cmake --build "$BASE" -j2 --target kiln_startup
+# Always brought up to date (a library older than the headers fails to link or, worse, links).
+cmake --build "$BASE" -j2 --target kiln kiln_startup >/dev/null
 mkdir -p "$OUT/src" "$OUT/obj" "$OUT/lib"
 rm -f "$OUT"/obj/*.o
 LAUNCHER=$(command -v ccache || true)
