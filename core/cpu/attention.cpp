@@ -121,9 +121,7 @@ void forward_impl(const AttentionArgs& a, const Tensor& out, const Tensor& lse_t
       const bool whole = !mask.p && slope == F(0) && g.lo(t0 + rows - 1) <= j0 && g.hi(t0) >= j0 + cols;
       for (std::int64_t r = 0; r < rows; ++r) {
         const std::int64_t t = t0 + r;
-        const char* mrow = mask.row(n, h, t);
-        const RowMask<F> rm{mrow ? mrow + j0 * mask.ss * mask.isz : nullptr, mask.is_bool, mask.ss, slope,
-                            g.S - g.T + t};
+        const RowMask<F> rm = mask.row_mask(n, h, t, j0, slope, g.S - g.T + t);
         alpha[r] = online_row(sb + r * Bk, pb + r * Bk, m[r], l[r], j0, cols, cp, whole, g.lo(t) - j0,
                               std::min(cols, g.hi(t) - j0), rm, w ? w + (nh * g.T + t) * g.S : nullptr, drop,
                               nh * g.T + t, mult);
@@ -270,15 +268,13 @@ __attribute__((always_inline)) inline void ds_row(const BackwardCall<F>& bc, con
   const Geo<F>& g = bc.g;
   constexpr std::int64_t Bk = Geo<F>::kBk;
   const std::int64_t nh = n * g.H + h;
-  const MaskView& mask = bc.in.mask;
-  const char* mrow = mask.row(n, h, t);
   const GradRow<F> gr{j0,
                       cols,
                       cp,
                       whole,
                       g.lo(t) - j0,
                       std::min(cols, g.hi(t) - j0),
-                      {mrow ? mrow + j0 * mask.ss * mask.isz : nullptr, mask.is_bool, mask.ss, slope, g.S - g.T + t},
+                      bc.in.mask.row_mask(n, h, t, j0, slope, g.S - g.T + t),
                       s.lse2[gi * g.T + t],
                       s.dl[gi * g.T + t]};
   F* dp = s.db + r * Bk;

@@ -161,9 +161,7 @@ bool bf16_attention_forward(const AttentionArgs& a, const Tensor& out, const Ten
       const bool whole = !mask.p && slope == 0.0f && g.lo(t0 + rows - 1) <= j0 && g.hi(t0) >= j0 + cols;
       for (std::int64_t r = 0; r < rows; ++r) {
         const std::int64_t t = t0 + r;
-        const char* mrow = mask.row(n, h, t);
-        const RowMask<float> rm{mrow ? mrow + j0 * mask.ss * mask.isz : nullptr, mask.is_bool, mask.ss, slope,
-                                g.S - g.T + t};
+        const RowMask<float> rm = mask.row_mask(n, h, t, j0, slope, g.S - g.T + t);
         alpha[r] = online_row(sb + r * kBk, pb + r * kBk, m[r], l[r], j0, cols, cp, whole, g.lo(t) - j0,
                               std::min(cols, g.hi(t) - j0), rm, static_cast<float*>(nullptr), drop, nh * g.T + t, mult);
       }

@@ -280,15 +280,13 @@ void backward_tile(const Call& c, TaskScratch& s, std::int64_t n, std::int64_t h
   const bool whole = !c.mask.p && slope == 0.0f && g.lo(t0 + rows - 1) <= j0 && g.hi(t0) >= j0 + cols;
   for (std::int64_t r = 0; r < rows; ++r) {
     const std::int64_t t = t0 + r;
-    const char* mrow = c.mask.row(n, h, t);
     const GradRow<float> gr{j0,
                             cols,
                             cp,
                             whole,
                             g.lo(t) - j0,
                             std::min(cols, g.hi(t) - j0),
-                            {mrow ? mrow + j0 * c.mask.ss * c.mask.isz : nullptr, c.mask.is_bool, c.mask.ss, slope,
-                             g.S - g.T + t},
+                            c.mask.row_mask(n, h, t, j0, slope, g.S - g.T + t),
                             s.lse2[r0 + r],
                             s.dl[r0 + r]};
     float* dp = s.db + r * kBk;

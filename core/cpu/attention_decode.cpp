@@ -208,9 +208,7 @@ void decode_scores(const DecodeCall<F>& dc, std::int64_t n, std::int64_t hkv, st
   for (std::int64_t r = 0; r < R; ++r) {
     const std::int64_t gi = r / g.T, t = r % g.T, h = hkv * g.G + gi, nh = n * g.H + h;
     const F slope = in.alibi(n, h, F(0)) * in.l2e;
-    const char* mrow = in.mask.row(n, h, t);
-    const RowMask<F> rm{mrow ? mrow + j0 * in.mask.ss * in.mask.isz : nullptr, in.mask.is_bool, in.mask.ss, slope,
-                        g.S - g.T + t};
+    const RowMask<F> rm = in.mask.row_mask(n, h, t, j0, slope, g.S - g.T + t);
     const bool whole = !in.mask.p && slope == F(0) && g.lo(t) <= j0 && g.hi(t) >= j0 + cols;
     s.alpha[r] = online_row(s.sb + r * Bk, s.pb + r * Bk, m[r], l[r], j0, cols, cp, whole, g.lo(t) - j0,
                             std::min(cols, g.hi(t) - j0), rm, dc.w ? dc.w + (nh * g.T + t) * g.S : nullptr, in.drop,

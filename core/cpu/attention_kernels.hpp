@@ -574,6 +574,13 @@ struct MaskView {
   const char* row(std::int64_t n, std::int64_t h, std::int64_t t) const {
     return p ? p + (n * sn + h * sh + t * st) * isz : nullptr;
   }
+  // Query row (n, h, t)'s mask from key j0 on, with its ALiBi slope and position among the keys.
+  template <typename F>
+  RowMask<F> row_mask(std::int64_t n, std::int64_t h, std::int64_t t, std::int64_t j0, F slope,
+                      std::int64_t pos) const {
+    const char* r = row(n, h, t);
+    return {r ? r + j0 * ss * isz : nullptr, is_bool, ss, slope, pos};
+  }
 };
 
 // Runs body(item, scratch) for items [0, n) over the thread pool, pulling items from a shared
