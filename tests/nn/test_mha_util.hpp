@@ -70,6 +70,18 @@ inline void randomize(nn::Module& m, std::uint64_t seed, double scale = 0.3) {
   for (Tensor p : m.parameters()) p.copy_(kiln::randn(p.shape(), p.dtype(), &g) * scale);
 }
 
+/// A module holder moved to float64 with N(0, 0.4^2) parameters (seeded) and its norms' weights
+/// shifted to near 1, so that stacked layers stay well conditioned (transformer tests).
+template <typename M>
+M float64_randomized(M m, std::uint64_t seed = 3) {
+  m->to(kiln::kFloat64);
+  randomize(*m, seed, 0.4);
+  kiln::NoGradGuard ng;
+  for (auto& [n, p] : m->named_parameters())
+    if (n.find("norm") != std::string::npos && n.find("weight") != std::string::npos) p.add_(kiln::ones_like(p));
+  return m;
+}
+
 /// The goldens of tools/mha_goldens.py (tests/data/mha_*.txt), read by tests/golden.hpp.
 using kt::Golden;
 using kt::load_golden;

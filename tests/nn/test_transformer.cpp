@@ -10,17 +10,6 @@ namespace {
 
 using L = nn::TransformerLayerOptions;
 
-template <typename M>
-M make64(M m, std::uint64_t seed = 3) {
-  m->to(kFloat64);
-  randomize(*m, seed, 0.4);
-  // norms near 1 so the layers stay well conditioned
-  NoGradGuard ng;
-  for (auto& [n, p] : m->named_parameters())
-    if (n.find("norm") != std::string::npos && n.find("weight") != std::string::npos) p.add_(ones_like(p));
-  return m;
-}
-
 }  // namespace
 
 TEST_CASE("transformer: layer and stack shapes, any leading batch dims") {
@@ -42,7 +31,7 @@ TEST_CASE("transformer: encoder layer equals the composition of its modules (pos
   for (bool pre : {false, true}) {
     CAPTURE(pre);
     nn::TransformerEncoderLayer layer =
-        make64(nn::TransformerEncoderLayer(L(8, 2).dim_feedforward(12).norm_first(pre)));
+        float64_randomized(nn::TransformerEncoderLayer(L(8, 2).dim_feedforward(12).norm_first(pre)));
     layer->eval();
     Tensor x = rnd({2, 5, 8}, 1);
     nn::EncoderForward f = nn::EncoderForward().key_padding(tensor({5, 3})).is_causal(true);
@@ -71,7 +60,7 @@ TEST_CASE("transformer: decoder layer equals the composition of its modules (pos
   for (bool pre : {false, true}) {
     CAPTURE(pre);
     nn::TransformerDecoderLayer layer =
-        make64(nn::TransformerDecoderLayer(L(8, 2).dim_feedforward(12).norm_first(pre).memory_dim(5)));
+        float64_randomized(nn::TransformerDecoderLayer(L(8, 2).dim_feedforward(12).norm_first(pre).memory_dim(5)));
     layer->eval();
     Tensor x = rnd({2, 4, 8}, 1), mem = rnd({2, 6, 5}, 2);
     nn::DecoderForward f = nn::DecoderForward().memory_key_padding(tensor({6, 4}));
@@ -91,7 +80,7 @@ TEST_CASE("transformer: decoder layer equals the composition of its modules (pos
 }
 
 TEST_CASE("transformer: decoder self-attention is causal by default") {
-  nn::TransformerDecoderLayer layer = make64(nn::TransformerDecoderLayer(L(8, 2).dim_feedforward(12)));
+  nn::TransformerDecoderLayer layer = float64_randomized(nn::TransformerDecoderLayer(L(8, 2).dim_feedforward(12)));
   layer->eval();
   Tensor x = rnd({1, 5, 8}, 1), mem = rnd({1, 3, 8}, 2);
   Tensor x2 = x.clone();
@@ -108,7 +97,7 @@ TEST_CASE("transformer: decoder self-attention is causal by default") {
 
 TEST_CASE("transformer: padding passes through the stack / padded keys cannot change valid rows") {
   nn::TransformerEncoder enc =
-      make64(nn::TransformerEncoder(nn::TransformerEncoderOptions(L(8, 2).dim_feedforward(12), 2)));
+      float64_randomized(nn::TransformerEncoder(nn::TransformerEncoderOptions(L(8, 2).dim_feedforward(12), 2)));
   enc->eval();
   Tensor x = rnd({2, 5, 8}, 1);
   Tensor x2 = x.clone();
@@ -159,7 +148,7 @@ TEST_CASE("transformer: stack parameter names, independent layers, seeded genera
 TEST_CASE("transformer gradcheck: encoder and decoder layers at tiny sizes") {
   for (bool pre : {false, true}) {
     CAPTURE(pre);
-    nn::TransformerEncoderLayer enc = make64(
+    nn::TransformerEncoderLayer enc = float64_randomized(
         nn::TransformerEncoderLayer(L(4, 2).dim_feedforward(6).norm_first(pre).activation(nn::Activation::GELU)));
     enc->eval();
     std::vector<Tensor> in{kt::leaf({2, 3, 4}, 1)};
@@ -171,12 +160,12 @@ TEST_CASE("transformer gradcheck: encoder and decoder layers at tiny sizes") {
         in);
 
     nn::TransformerDecoderLayer dec =
-        make64(nn::TransformerDecoderLayer(L(4, 2)
-                                               .dim_feedforward(5)
-                                               .norm_first(pre)
-                                               .norm(pre ? nn::Norm::RMSNorm : nn::Norm::LayerNorm)
-                                               .memory_dim(3)
-                                               .num_kv_heads(1)));
+        float64_randomized(nn::TransformerDecoderLayer(L(4, 2)
+                                                           .dim_feedforward(5)
+                                                           .norm_first(pre)
+                                                           .norm(pre ? nn::Norm::RMSNorm : nn::Norm::LayerNorm)
+                                                           .memory_dim(3)
+                                                           .num_kv_heads(1)));
     dec->eval();
     std::vector<Tensor> din{kt::leaf({2, 3, 4}, 2), kt::leaf({2, 4, 3}, 3)};
     for (Tensor p : dec->parameters()) din.push_back(p);

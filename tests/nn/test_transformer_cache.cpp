@@ -10,16 +10,6 @@ namespace {
 
 using L = nn::TransformerLayerOptions;
 
-template <typename M>
-M make64(M m, std::uint64_t seed) {
-  m->to(kFloat64);
-  randomize(*m, seed, 0.4);
-  NoGradGuard ng;
-  for (auto& [n, p] : m->named_parameters())
-    if (n.find("norm") != std::string::npos && n.find("weight") != std::string::npos) p.add_(ones_like(p));
-  return m;
-}
-
 // Runs fn(chunk, cache) over tgt's positions in chunks of the given sizes; returns the outputs
 // concatenated along the sequence dim.
 template <typename Fn>
@@ -42,9 +32,9 @@ TEST_CASE("transformer cache: decoder stack step by step equals the full causal 
       CAPTURE(pre);
       CAPTURE(kv_heads);
       nn::TransformerDecoder dec =
-          make64(nn::TransformerDecoder(
-                     nn::TransformerDecoderOptions(L(8, 4).num_kv_heads(kv_heads).norm_first(pre), 2)),
-                 7 + static_cast<std::uint64_t>(kv_heads));
+          float64_randomized(nn::TransformerDecoder(
+                                 nn::TransformerDecoderOptions(L(8, 4).num_kv_heads(kv_heads).norm_first(pre), 2)),
+                             7 + static_cast<std::uint64_t>(kv_heads));
       dec->eval();
       const Tensor tgt = rnd({2, 6, 8}, 1), memory = rnd({2, 5, 8}, 2);
       const Tensor lens = tensor(std::vector<std::int64_t>{5, 3});  // the second memory is padded
@@ -65,7 +55,7 @@ TEST_CASE("transformer cache: decoder stack step by step equals the full causal 
 }
 
 TEST_CASE("transformer cache: one decoder layer, and memory projected once (later memory is not read)") {
-  nn::TransformerDecoderLayer layer = make64(nn::TransformerDecoderLayer(L(8, 2).memory_dim(6)), 21);
+  nn::TransformerDecoderLayer layer = float64_randomized(nn::TransformerDecoderLayer(L(8, 2).memory_dim(6)), 21);
   layer->eval();
   const Tensor tgt = rnd({3, 4, 8}, 3), memory = rnd({3, 7, 6}, 4);
   Tensor full = layer(tgt, memory);
@@ -85,7 +75,7 @@ TEST_CASE("transformer cache: causal encoder stack (decoder-only use) with rotar
                                                               .num_kv_heads(o.num_kv_heads())
                                                               .rotary(nn::RotaryEmbeddingOptions(2))));
   });
-  nn::TransformerEncoder enc = make64(nn::TransformerEncoder(nn::TransformerEncoderOptions(layer, 3)), 31);
+  nn::TransformerEncoder enc = float64_randomized(nn::TransformerEncoder(nn::TransformerEncoderOptions(layer, 3)), 31);
   enc->eval();
   const Tensor x = rnd({2, 5, 8}, 5);
   Tensor full = enc(x, nn::EncoderForward().is_causal(true));
@@ -110,7 +100,8 @@ TEST_CASE("transformer cache: causal encoder stack (decoder-only use) with rotar
 }
 
 TEST_CASE("transformer cache: reset for new memory, reorder for beam search") {
-  nn::TransformerDecoder dec = make64(nn::TransformerDecoder(nn::TransformerDecoderOptions(L(8, 2), 2)), 41);
+  nn::TransformerDecoder dec =
+      float64_randomized(nn::TransformerDecoder(nn::TransformerDecoderOptions(L(8, 2), 2)), 41);
   dec->eval();
   const Tensor tgt = rnd({2, 4, 8}, 6), m1 = rnd({2, 3, 8}, 7), m2 = rnd({2, 3, 8}, 8);
   NoGradGuard ng;
