@@ -8,6 +8,7 @@
 #include <chrono>
 #include <cstring>
 #include <functional>
+#include <kiln/core/cpu/convert.hpp>
 #include <kiln/core/cpu/cpu_backend.hpp>
 #include <kiln/core/cpu/gemm_lowp.hpp>
 #include <kiln/kiln.hpp>
@@ -38,6 +39,51 @@ double median_seconds(const std::function<void()>& fn, int min_reps, double budg
   }
   std::sort(ts.begin(), ts.end());
   return ts[ts.size() / 2];
+}
+
+// 16-bit element paths (casts both ways, strided cast, add, mul, fill) beside float32, with the
+// bulk conversions at the scalar level (conv=scalar: what the compiler makes of half.hpp's
+// formulas) and at the CPU's best (conv=vector), alternated in rounds; medians of the rounds.
+void sixteen_bit_rows(int threads, double budget) {
+  const std::int64_t N = std::int64_t{1} << 22, R = 2048, C = N / R;
+  const int best = cpu::set_convert_level(-1), levels[] = {0, cpu::convert_level()};
+  cpu::set_convert_level(best);
+  for (DType dt : {kBFloat16, kFloat16}) {
+    Tensor f = randn({R, C}), g = randn({R, C});
+    Tensor a = f.to(dt), b = g.to(dt), ft = f.transpose(0, 1);
+    struct Row {
+      const char* op;
+      std::function<void(DType)> run;  // given the element dtype: dt, or float32 for the baseline
+    };
+    const Row rows[] = {
+        {"to_float32", [&](DType d) { (void)(d == kFloat32 ? f.clone() : a.to(kFloat32)); }},
+        {"from_float32", [&](DType d) { (void)(d == kFloat32 ? f.clone() : f.to(d)); }},
+        {"from_float32_transposed", [&](DType d) { (void)(d == kFloat32 ? ft.contiguous() : ft.to(d)); }},
+        {"add", [&](DType d) { (void)(d == kFloat32 ? add(f, g) : add(a, b)); }},
+        {"mul", [&](DType d) { (void)(d == kFloat32 ? mul(f, g) : mul(a, b)); }},
+        {"fill", [&](DType d) { (void)(d == kFloat32 ? f.fill_(0.5) : a.fill_(0.5)); }},
+    };
+    for (const Row& row : rows) {
+      std::vector<double> t[3];  // float32, scalar, vector
+      for (int round = 0; round < 5; ++round) {
+        t[0].push_back(median_seconds([&] { row.run(kFloat32); }, 3, budget / 10));
+        for (int l = 0; l < 2; ++l) {
+          cpu::set_convert_level(levels[l]);
+          t[1 + l].push_back(median_seconds([&] { row.run(dt); }, 3, budget / 10));
+        }
+        cpu::set_convert_level(best);
+      }
+      double m[3];
+      for (int k = 0; k < 3; ++k) {
+        std::sort(t[k].begin(), t[k].end());
+        m[k] = t[k][t[k].size() / 2];
+      }
+      fmt::print(
+          "RESULT elem16 impl=kiln op={} dtype={} numel={} threads={} float32_ms={:.3f} scalar_ms={:.3f} "
+          "vector_ms={:.3f} vector_vs_scalar={:.2f} vector_vs_float32={:.2f}\n",
+          row.op, dtype_name(dt), N, threads, m[0] * 1e3, m[1] * 1e3, m[2] * 1e3, m[2] / m[1], m[2] / m[0]);
+    }
+  }
 }
 
 }  // namespace
@@ -131,6 +177,7 @@ int main(int argc, char** argv) {
     b.set_grad(Tensor());
     fmt::print("RESULT overhead impl=kiln op=mul numel=1 mode=fwdbwd median_us={:.3f}\n", s * 1e6);
   }
+  sixteen_bit_rows(threads, budget);
   fmt::print("# peak_rss_mib={:.1f}\n", peak_rss_mib());
   return 0;
 }

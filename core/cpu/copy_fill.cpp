@@ -34,11 +34,11 @@ void CpuBackend::copy(const Tensor& dst, const Tensor& src) {
         D* o = reinterpret_cast<D*>(p[0]);
         const S* i = reinterpret_cast<const S*>(p[1]);
         std::int64_t so = st[0] / std::int64_t(sizeof(D)), si = st[1] / std::int64_t(sizeof(S));
-        if (so == 1 && si == 1) {
-          if constexpr (std::is_same_v<D, float> && is_reduced_float_v<S>) load_float(i, o, n);
-          else if constexpr (is_reduced_float_v<D> && std::is_same_v<S, float>) store_float(i, o, n);
-          else
-            for (std::int64_t k = 0; k < n; ++k) o[k] = convert<D>(i[k]);
+        if constexpr ((std::is_same_v<D, float> && is_reduced_float_v<S>) ||
+                      (is_reduced_float_v<D> && std::is_same_v<S, float>)) {
+          convert_run(o, so, i, si, n);
+        } else if (so == 1 && si == 1) {
+          for (std::int64_t k = 0; k < n; ++k) o[k] = convert<D>(i[k]);
         } else {
           for (std::int64_t k = 0; k < n; ++k) o[k * so] = convert<D>(i[k * si]);
         }
@@ -54,10 +54,21 @@ void CpuBackend::copy_from_host(const Tensor& dst, const void* src) {
   if (dst.nbytes()) std::memcpy(dst.raw_data(), src, dst.nbytes());
 }
 
+namespace {
+// 16-bit floats fill as their bit pattern: a plain integer store loop, no float conversion.
+template <typename T>
+using FillAs = std::conditional_t<is_reduced_float_v<T>, std::uint16_t, T>;
+template <typename T>
+FillAs<T> fill_value(const Scalar& v) {
+  if constexpr (is_reduced_float_v<T>) return v.to<T>().bits();
+  else return v.to<T>();
+}
+}  // namespace
+
 void CpuBackend::fill(const Tensor& dst, const Scalar& v) {
   visit_dtype(dst.dtype(), [&](auto z) {
-    using T = decltype(z);
-    T val = v.to<T>();
+    using T = FillAs<decltype(z)>;
+    const T val = fill_value<decltype(z)>(v);
     strided_loop<1>(dst.shape(), make_operands<1>({&dst}), [val](auto p, std::int64_t n, auto st) {
       T* o = reinterpret_cast<T*>(p[0]);
       std::int64_t so = st[0] / std::int64_t(sizeof(T));

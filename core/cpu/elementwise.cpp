@@ -81,15 +81,11 @@ constexpr std::int64_t kChunk = 256;
 // dst[k] = float(p[k * stride]) for k < n (stride 0 broadcasts).
 template <typename T>
 void gather_float(const T* p, std::int64_t stride, std::int64_t n, float* dst) {
-  if (stride == 1) load_float(p, dst, n);
-  else
-    for (std::int64_t k = 0; k < n; ++k) dst[k] = static_cast<float>(p[k * stride]);
+  convert_run(dst, 1, p, stride, n);
 }
 template <typename T>
 void scatter_float(const float* src, T* p, std::int64_t stride, std::int64_t n) {
-  if (stride == 1) store_float(src, p, n);
-  else
-    for (std::int64_t k = 0; k < n; ++k) p[k * stride] = T(src[k]);
+  convert_run(p, stride, src, 1, n);
 }
 
 // A bfloat16/float16 unary run through float32 chunks.
