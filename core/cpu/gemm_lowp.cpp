@@ -12,6 +12,7 @@
 #include <map>
 #include <mutex>
 #include <string>
+#include <vector>
 
 #include "../error.hpp"
 #include "bf16_dot.hpp"
@@ -148,24 +149,62 @@ Tensor to_float(const T* src, std::int64_t items, std::int64_t rows, std::int64_
   return out;
 }
 
+// The calling thread's panel buffer, kept for the thread's life: panels come and go with every
+// GEMM, and allocator blocks of their changing sizes would be returned to the OS and faulted in
+// again. Up to kScratchMax floats; a larger panel (K or N in the tens of thousands) takes an
+// allocator block instead, so that no thread keeps a large buffer.
+constexpr std::int64_t kScratchMax = std::int64_t{1} << 20;
+float* panel_scratch(std::int64_t n) {
+  thread_local std::vector<float> buf;
+  if (static_cast<std::int64_t>(buf.size()) < n) buf.resize(static_cast<std::size_t>(n));
+  return buf.data();
+}
+
+// Rows of op(A) per panel: the panel's float32 copy of A and its float32 output rows stay in
+// the L2 cache (about 1 MiB together) between conversion, GEMM and rounding, instead of
+// whole-matrix float32 buffers going through memory. At least 16 rows, and at most M / threads
+// so that every thread gets a panel. Each panel's GEMM packs op(B) again: worth it only where
+// op(B) is small beside op(A) and C (M >= 4 N, e.g. activations times a weight); otherwise one
+// panel, threaded inside the GEMM.
+std::int64_t panel_rows(const GemmDims& d, int threads) {
+  if (d.M < 4 * d.N) return d.M;
+  const std::int64_t fit = (std::int64_t{1} << 18) / std::max<std::int64_t>(d.K + d.N, 1);
+  const std::int64_t share = (d.M + threads - 1) / threads;
+  const std::int64_t rows = std::min(std::max<std::int64_t>(fit, 16), share);
+  return std::max<std::int64_t>((rows + 15) / 16 * 16, 1);
+}
+
+// The float32 path: op(B) is converted whole (every panel uses it); op(A) and C go panel by
+// panel (batch item i, rows [m0, m1)), each panel a float32 GEMM. Threads take whole panels and
+// run a single-threaded GEMM each (OpenBLAS inside a parallel region): the same kernels and
+// summation order per output as one threaded call.
 template <typename T, typename O>
 void float_gemm(const GemmDims& d, const T* a, const T* b, O* c) {
-  const std::int64_t na = d.sa == 0 ? 1 : d.batch, nb = d.sb == 0 ? 1 : d.batch;
-  const std::int64_t ar = d.ta ? d.K : d.M, ac = d.ta ? d.M : d.K, br = d.tb ? d.N : d.K, bc = d.tb ? d.K : d.N;
-  const Tensor fa = to_float(a, na, ar, ac, d.lda, d.sa);
-  const Tensor fb = to_float(b, nb, br, bc, d.ldb, d.sb);
   constexpr bool out_f32 = std::is_same_v<O, float>;
-  const Tensor tmp = float_buffer(out_f32 ? 0 : d.batch * d.M * d.N);
-  auto one = [&](std::int64_t i) {
-    const float* pa = fa.data_ptr<float>() + (na == 1 ? 0 : i) * ar * ac;
+  const std::int64_t nb = d.sb == 0 ? 1 : d.batch;
+  const std::int64_t br = d.tb ? d.N : d.K, bc = d.tb ? d.K : d.N;
+  const Tensor fb = to_float(b, nb, br, bc, d.ldb, d.sb);
+  const std::int64_t mb = panel_rows(d, threads_for(d.M * d.N * d.K, std::int64_t{1} << 18));
+  const std::int64_t panels = (d.M + mb - 1) / mb, items = d.batch * panels;
+  const std::int64_t panel_size = mb * d.K + (out_f32 ? 0 : mb * d.N);
+  auto item = [&](std::int64_t it) {
+    Tensor big = float_buffer(panel_size > kScratchMax ? panel_size : 0);
+    float* fa = panel_size > kScratchMax ? big.data_ptr<float>() : panel_scratch(panel_size);
+    const std::int64_t i = it / panels, m0 = (it % panels) * mb, rows = std::min(mb, d.M - m0);
+    // op(A)'s rows [m0, m1): stored rows when !ta, stored columns (K rows of `rows`) when ta.
+    const T* ai = a + i * d.sa;
+    if (d.ta)
+      for (std::int64_t k = 0; k < d.K; ++k) load_float(ai + k * d.lda + m0, fa + k * rows, rows);
+    else
+      for (std::int64_t m = 0; m < rows; ++m) load_float(ai + (m0 + m) * d.lda, fa + m * d.K, d.K);
     const float* pb = fb.data_ptr<float>() + (nb == 1 ? 0 : i) * br * bc;
+    O* ci = c + i * d.sc + m0 * d.ldc;
     if constexpr (out_f32) {
-      sgemm_rowmajor(d.ta, d.tb, d.M, d.N, d.K, d.alpha, pa, ac, pb, bc, d.beta, c + i * d.sc, d.ldc);
+      sgemm_rowmajor(d.ta, d.tb, rows, d.N, d.K, d.alpha, fa, d.ta ? rows : d.K, pb, bc, d.beta, ci, d.ldc);
     } else {
-      float* t = tmp.data_ptr<float>() + i * d.M * d.N;
-      sgemm_rowmajor(d.ta, d.tb, d.M, d.N, d.K, d.alpha, pa, ac, pb, bc, 0.0f, t, d.N);
-      O* ci = c + i * d.sc;
-      for (std::int64_t m = 0; m < d.M; ++m) {
+      float* t = fa + mb * d.K;
+      sgemm_rowmajor(d.ta, d.tb, rows, d.N, d.K, d.alpha, fa, d.ta ? rows : d.K, pb, bc, 0.0f, t, d.N);
+      for (std::int64_t m = 0; m < rows; ++m) {
         float* tr = t + m * d.N;
         O* cr = ci + m * d.ldc;
         if (d.beta != 0.0f)
@@ -174,16 +213,9 @@ void float_gemm(const GemmDims& d, const T* a, const T* b, O* c) {
       }
     }
   };
-  // As blas.cpp: small products one per thread over the batch, large ones threaded each.
-  const std::int64_t flops = d.M * d.N * d.K;
-  if (d.batch > 1 && flops < (std::int64_t{1} << 21)) {
-    parallel_range(d.batch, std::max<std::int64_t>(1, (std::int64_t{1} << 18) / std::max<std::int64_t>(flops, 1)),
-                   [&](std::int64_t i0, std::int64_t i1) {
-                     for (std::int64_t i = i0; i < i1; ++i) one(i);
-                   });
-  } else {
-    for (std::int64_t i = 0; i < d.batch; ++i) one(i);
-  }
+  parallel_range(items, 1, [&](std::int64_t i0, std::int64_t i1) {
+    for (std::int64_t it = i0; it < i1; ++it) item(it);
+  });
 }
 
 void check_dims(const GemmDims& d) {

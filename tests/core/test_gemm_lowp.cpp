@@ -82,12 +82,21 @@ void run_case(const Case& c, std::mt19937& rng) {
 }
 
 const std::vector<Case> kCases = {
-    {1, 1, 1, 1, false, false, 0, false, 1, 0},      {1, 7, 5, 3, false, false, 0, false, 1, 0},
-    {1, 64, 48, 96, false, false, 0, false, 1, 0},   {1, 33, 65, 17, true, false, 3, false, 1, 0},
-    {1, 33, 65, 17, false, true, 3, false, 1, 0},    {1, 40, 24, 130, true, true, 1, false, 1, 0},
-    {3, 16, 32, 24, false, false, 0, false, 1, 0},   {4, 9, 11, 13, false, true, 2, true, 1, 0},
-    {2, 20, 12, 36, true, false, 0, false, 0.5f, 1}, {2, 20, 12, 36, false, false, 5, false, -1.5f, 0.25f},
-    {1, 130, 260, 300, false, true, 0, false, 1, 1}, {5, 3, 2, 0, false, false, 0, false, 1, 0.5f},
+    {1, 1, 1, 1, false, false, 0, false, 1, 0},
+    {1, 7, 5, 3, false, false, 0, false, 1, 0},
+    {1, 64, 48, 96, false, false, 0, false, 1, 0},
+    {1, 33, 65, 17, true, false, 3, false, 1, 0},
+    {1, 33, 65, 17, false, true, 3, false, 1, 0},
+    {1, 40, 24, 130, true, true, 1, false, 1, 0},
+    {3, 16, 32, 24, false, false, 0, false, 1, 0},
+    {4, 9, 11, 13, false, true, 2, true, 1, 0},
+    {2, 20, 12, 36, true, false, 0, false, 0.5f, 1},
+    {2, 20, 12, 36, false, false, 5, false, -1.5f, 0.25f},
+    {1, 130, 260, 300, false, true, 0, false, 1, 1},
+    {5, 3, 2, 0, false, false, 0, false, 1, 0.5f},
+    // M >= 4 N with op(A) larger than one panel: the float32 path goes panel by panel.
+    {1, 300, 16, 1000, false, false, 3, false, 1, 0},
+    {2, 300, 16, 1000, true, true, 1, true, 0.5f, 0.25f},
 };
 
 template <typename T>
