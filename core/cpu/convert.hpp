@@ -60,7 +60,14 @@ void convert_run(D* o, std::int64_t so, const S* i, std::int64_t si, std::int64_
     else store_float(i, o, n);
     return;
   }
-  if (n < kConvertMinVector || si == 0) {
+  if (si == 0) {  // a broadcast operand: convert once, then a plain (vectorized) fill
+    const D v = static_cast<D>(*i);
+    if (so == 1) std::fill_n(o, n, v);
+    else
+      for (std::int64_t k = 0; k < n; ++k) o[k * so] = v;
+    return;
+  }
+  if (n < kConvertMinVector) {
     for (std::int64_t k = 0; k < n; ++k) o[k * so] = static_cast<D>(i[k * si]);
     return;
   }

@@ -178,6 +178,12 @@ void check_tensor_paths(DType dt) {
   Tensor yt = y.transpose(0, 1).contiguous().transpose(0, 1);  // same values, strided
   CHECK(bits_of<T>(h * yt) == prod);
   CHECK(bits_of<T>(h - y.slice(0, 0, 1)) == bc);
+  const float s = float(T(1.7f));  // one value broadcast over every element (stride 0 throughout)
+  std::vector<std::uint16_t> scaled(R * C);
+  for (std::int64_t k = 0; k < R * C; ++k) scaled[k] = narrow(f(hb[k]) * s);
+  CHECK(bits_of<T>(h * tensor(std::vector<float>{1.7f}, {1}).to(dt)) == scaled);
+  CHECK(bits_of<T>(tensor(std::vector<float>{1.7f}, {1}).to(dt) * h.transpose(0, 1)) ==
+        bits_of<T>(h.transpose(0, 1) * s));
   // Fill writes the value's 16-bit pattern, contiguous and strided.
   for (double v : {0.1, -0.0, 1e30, 70000.0, 1e-6}) {
     Tensor t = zeros({R, C}, TensorOptions().dtype(dt));
