@@ -4,6 +4,7 @@
 // test_convert_vec.cpp checks all 2^16 patterns and the float edge cases).
 #include "convert.hpp"
 
+#include <cpuid.h>
 #include <immintrin.h>
 
 #include <atomic>
@@ -125,10 +126,20 @@ __attribute__((target("avx2,f16c"))) void float_to_half_256(const float* s, U16*
   float_to_half_scalar(s + k, d + k, n - k);
 }
 
+// From cpuid and XCR0 (the OS must save the vector registers): __builtin_cpu_supports cannot
+// name f16c on every compiler kiln builds with.
 int best_level() {
-  static const int best = __builtin_cpu_supports("avx512f")                                  ? 2
-                          : __builtin_cpu_supports("avx2") && __builtin_cpu_supports("f16c") ? 1
-                                                                                             : 0;
+  static const int best = [] {
+    unsigned a = 0, b = 0, c = 0, d = 0;
+    if (!__get_cpuid(1, &a, &b, &c, &d) || !((c >> 27) & 1u)) return 0;  // OSXSAVE
+    const bool f16c = (c >> 29) & 1u;
+    unsigned lo = 0, hi = 0;
+    __asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
+    if (__get_cpuid_max(0, nullptr) < 7) return 0;
+    __cpuid_count(7, 0, a, b, c, d);
+    if ((b >> 16) & 1u && (lo & 0xe6u) == 0xe6u) return 2;          // AVX512F, ZMM state saved
+    return ((b >> 5) & 1u) && f16c && (lo & 0x6u) == 0x6u ? 1 : 0;  // AVX2 + F16C, YMM state saved
+  }();
   return best;
 }
 
