@@ -2,6 +2,7 @@
 
 #include <fmt/format.h>
 #include <omp.h>
+#include <atomic>
 #include <cstdlib>
 
 #include "cpu/loops.hpp"
@@ -28,15 +29,16 @@ int init_threads() {
   omp_set_num_threads(n);
   return n;
 }
-int& threads() {
-  static int n = init_threads();
+// Atomic: set_num_threads may run on one thread while kernels on others read the count.
+std::atomic<int>& threads() {
+  static std::atomic<int> n{init_threads()};
   return n;
 }
 }  // namespace
 
 void set_num_threads(int n) {
   KILN_CHECK(n >= 1, "set_num_threads", "thread count must be >= 1, got {}", n);
-  threads() = n;
+  threads().store(n, std::memory_order_relaxed);
   omp_set_num_threads(n);
   cpu::blas_set_num_threads(n);
 }
@@ -45,7 +47,7 @@ namespace {
 thread_local bool t_serial = false;  // inside a SingleThreadGuard
 }
 
-int get_num_threads() { return t_serial ? 1 : threads(); }
+int get_num_threads() { return t_serial ? 1 : threads().load(std::memory_order_relaxed); }
 
 // omp_set_num_threads sets the calling thread's ICV only, which is what BLAS and oneDNN read.
 SingleThreadGuard::SingleThreadGuard() : prev_omp_(omp_get_max_threads()), prev_serial_(t_serial) {

@@ -121,3 +121,27 @@ TEST_CASE("stress threads: user threads each start their own OpenMP team at once
   });
   CHECK(right.load() == 4 * kThreads);
 }
+
+TEST_CASE("stress threads: set_num_threads on one thread while another runs kernels") {
+  // The count is read by every kernel that splits work: changing it while they run must be
+  // race-free (ThreadSanitizer flags a plain int here). kiln's own kernels only on the worker:
+  // what a BLAS library does when its count changes mid-GEMM is that library's business.
+  PoolSize pool(2);  // restores the count at the end
+  std::atomic<int> right{0}, rounds{0};
+  constexpr int kRounds = 6;
+  std::thread worker([&] {
+    for (int i = 0; i < kRounds; ++i) {
+      Tensor odd = arange(0, kBig, 1, TensorOptions(kFloat64)) * 2.0 + 1.0;
+      right += odd.sum().item<double>() == double(kBig) * double(kBig);
+      rounds++;
+    }
+  });
+  int wrong_reads = 0;
+  for (int i = 0; rounds.load() < kRounds; ++i) {
+    set_num_threads(1 + i % 2);
+    wrong_reads += get_num_threads() != 1 + i % 2;
+  }
+  worker.join();
+  CHECK(wrong_reads == 0);
+  CHECK(right.load() == kRounds);
+}
