@@ -4,7 +4,9 @@
 // built with it and the CPU has fast native bf16 dot products (AMX, or AVX512-BF16 where
 // bf16_dot.hpp measured it faster than float32 FMA); otherwise, and
 // for Half (oneDNN 2.6 has no fast fp16 CPU matmul), the inputs are converted to float32 and the
-// float GEMM (OpenBLAS or Eigen) runs. Both paths give float32-accumulated results.
+// float GEMM (OpenBLAS or Eigen) runs: op(B) whole, op(A) and the rounded output panel by panel
+// in a per-thread scratch where op(B) is small beside them, the panels spread over the threads.
+// Both paths give float32-accumulated results.
 //   GemmDims d{.batch = 1, .M = m, .N = n, .K = k, .lda = k, .ldb = n, .ldc = n};
 //   gemm_lowp(d, a, b, c);   // c = a @ b
 #include <cstdint>
