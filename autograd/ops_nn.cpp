@@ -173,11 +173,15 @@ Tensor dropout(const Tensor& x, double p, bool training, Generator* gen) {
   RandomSpec spec{RandomSpec::Bernoulli, 1.0 - p, 1.0 / (1.0 - p)};
   spec.seed = g.seed();
   spec.offset = g.reserve(static_cast<std::uint64_t>(x.numel()));
-  backend(x, "dropout").random(mask, spec);
+  Backend& be = backend(x, "dropout");
   // Backward needs only the mask: recorded as mul, x would be kept too (for the mask's gradient),
   // an activation per dropout held until backward for nothing.
   Tensor y;
-  {
+  if (x.is_contiguous()) {
+    y = Tensor::empty(x.shape(), x.dtype(), x.device());
+    be.dropout(x, mask, y, spec);  // mask and y in one pass: the values of random + mul
+  } else {
+    be.random(mask, spec);
     NoGradGuard ng;
     y = mul(x, mask);
   }

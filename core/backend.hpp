@@ -142,6 +142,9 @@ class Backend {
 
   /// Fills a contiguous tensor with random values (see RandomSpec).
   virtual void random(const Tensor& out, const RandomSpec& spec) = 0;
+  /// Dropout in one pass: mask = random(mask, spec)'s values (a Bernoulli spec) and out = x * mask
+  /// rounded as binary Mul rounds; x, mask, out contiguous, of one floating dtype and shape.
+  virtual void dropout(const Tensor& x, const Tensor& mask, const Tensor& out, const RandomSpec& spec) = 0;
 
   /// Fused attention forward (see AttentionArgs). out (N, H, T, Dv) any strides (no overlap);
   /// lse (N, H, T) contiguous, q's dtype (float32 for bfloat16/float16 q): per-row logsumexp of

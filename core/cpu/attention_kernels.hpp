@@ -26,9 +26,9 @@
 
 #include "../allocator.hpp"
 #include "../backend.hpp"
-#include "../generator.hpp"
 #include "../half.hpp"
 #include "loops.hpp"
+#include "philox.hpp"
 
 namespace kiln::cpu::attention_kernels {
 
@@ -166,45 +166,9 @@ bool all_finite(const F* p, std::int64_t n) {
 // keys of a group come from 16 counters computed side by side. out[w * 16 + i] = word w of
 // counter ctr + i.
 inline void philox64(std::uint64_t key, std::uint64_t ctr, std::uint32_t* out) {
-#if defined(__AVX512F__)
-  alignas(64) std::uint32_t lo[16], hi[16];
-  for (int i = 0; i < 16; ++i) {
-    std::uint64_t c = ctr + static_cast<std::uint64_t>(i);
-    lo[i] = static_cast<std::uint32_t>(c);
-    hi[i] = static_cast<std::uint32_t>(c >> 32);
-  }
-  __m512i c0 = _mm512_load_si512(lo), c1 = _mm512_load_si512(hi);
-  __m512i c2 = _mm512_setzero_si512(), c3 = _mm512_setzero_si512();
-  const __m512i m0 = _mm512_set1_epi32(static_cast<int>(0xD2511F53u));
-  const __m512i m1 = _mm512_set1_epi32(static_cast<int>(0xCD9E8D57u));
-  std::uint32_t k0 = static_cast<std::uint32_t>(key), k1 = static_cast<std::uint32_t>(key >> 32);
-  for (int r = 0; r < 10; ++r) {
-    // 32 x 32 -> 64-bit products of the even and the odd lanes, then split into hi / lo words.
-    __m512i pe0 = _mm512_mul_epu32(c0, m0), po0 = _mm512_mul_epu32(_mm512_srli_epi64(c0, 32), m0);
-    __m512i pe1 = _mm512_mul_epu32(c2, m1), po1 = _mm512_mul_epu32(_mm512_srli_epi64(c2, 32), m1);
-    __m512i hi0 = _mm512_mask_blend_epi32(0xAAAA, _mm512_srli_epi64(pe0, 32), po0);
-    __m512i lo0 = _mm512_mask_blend_epi32(0xAAAA, pe0, _mm512_slli_epi64(po0, 32));
-    __m512i hi1 = _mm512_mask_blend_epi32(0xAAAA, _mm512_srli_epi64(pe1, 32), po1);
-    __m512i lo1 = _mm512_mask_blend_epi32(0xAAAA, pe1, _mm512_slli_epi64(po1, 32));
-    __m512i n0 = _mm512_xor_si512(_mm512_xor_si512(hi1, c1), _mm512_set1_epi32(static_cast<int>(k0)));
-    __m512i n2 = _mm512_xor_si512(_mm512_xor_si512(hi0, c3), _mm512_set1_epi32(static_cast<int>(k1)));
-    c1 = lo1;
-    c3 = lo0;
-    c0 = n0;
-    c2 = n2;
-    k0 += 0x9E3779B9u;
-    k1 += 0xBB67AE85u;
-  }
-  _mm512_storeu_si512(out, c0);
-  _mm512_storeu_si512(out + 16, c1);
-  _mm512_storeu_si512(out + 32, c2);
-  _mm512_storeu_si512(out + 48, c3);
-#else
-  for (int i = 0; i < 16; ++i) {
-    auto w = philox4x32(key, ctr + static_cast<std::uint64_t>(i));
-    for (int k = 0; k < 4; ++k) out[k * 16 + i] = w[k];
-  }
-#endif
+  U32x16 w[4];
+  philox16(key, ctr, w);
+  std::memcpy(out, w, sizeof w);
 }
 
 struct Dropout {

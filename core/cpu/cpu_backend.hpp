@@ -28,6 +28,7 @@ class CpuBackend final : public Backend {
   void layer_norm(const Tensor& x, const Tensor& weight, const Tensor& bias, double eps, const Tensor& out,
                   const Tensor& mean, const Tensor& rstd) override;
   void random(const Tensor& out, const RandomSpec& spec) override;
+  void dropout(const Tensor& x, const Tensor& mask, const Tensor& out, const RandomSpec& spec) override;
   // attention.cpp
   void attention_forward(const AttentionArgs& a, const Tensor& out, const Tensor& lse, const Tensor& weights) override;
   void attention_backward(const AttentionArgs& a, const Tensor& out, const Tensor& lse, const Tensor& gout,

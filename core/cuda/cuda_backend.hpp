@@ -36,6 +36,7 @@ class CudaBackend final : public Backend {
   void gather(const Tensor& x, std::int64_t dim, const Tensor& index, const Tensor& out) override;
   void scatter_add(const Tensor& out, std::int64_t dim, const Tensor& index, const Tensor& src) override;
   void random(const Tensor& out, const RandomSpec& spec) override;
+  void dropout(const Tensor& x, const Tensor& mask, const Tensor& out, const RandomSpec& spec) override;
   // blas.cpp
   void matmul(const Tensor& a, const Tensor& c, const Tensor& out) override;
   // attention.cpp

@@ -1,8 +1,9 @@
 // Index kernels (index_select / index_add on rows of a dim, gather / scatter_add elementwise),
-// random fills from Philox (the CPU backend's numbers, bit for bit where the math allows) and
+// random fills and dropout from Philox (the CPU backend's numbers, bit for bit where the math allows) and
 // the int64 matmul that cuBLAS does not provide.
 #include <cmath>
 
+#include "../math/elementwise.hpp"
 #include "../math/random.hpp"
 #include "cuda_backend.hpp"
 #include "device_util.cuh"
@@ -111,6 +112,21 @@ __global__ void random_kernel(T* out, std::int64_t n, RandomSpec spec) {
     math::random_block<T>(spec, blk, out, n);
 }
 
+// Dropout in one pass, one Philox block per thread: random_kernel's mask, then out = x * mask
+// rounded as binary Mul rounds (in compute_t).
+template <typename T>
+__global__ void dropout_kernel(const T* x, T* mask, T* out, std::int64_t n, RandomSpec spec) {
+  using C = math::compute_t<T>;
+  constexpr std::int64_t per = math::kRandomPerBlock<T>;
+  const std::int64_t blocks = math::random_blocks<T>(n);
+  for (std::int64_t blk = blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x; blk < blocks;
+       blk += static_cast<std::int64_t>(gridDim.x) * blockDim.x) {
+    math::random_block<T>(spec, blk, mask, n);
+    for (std::int64_t i = blk * per; i < blk * per + per && i < n; ++i)
+      out[i] = static_cast<T>(static_cast<C>(x[i]) * static_cast<C>(mask[i]));
+  }
+}
+
 // (B, M, N) = (B, M, K) @ (B, K, N), one output per thread; strides in elements.
 __global__ void matmul_int64_kernel(const std::int64_t* a, const std::int64_t* c, std::int64_t* out, std::int64_t B,
                                     std::int64_t M, std::int64_t N, std::int64_t K, std::int64_t sa0, std::int64_t sa1,
@@ -192,6 +208,18 @@ void CudaBackend::random(const Tensor& out, const RandomSpec& spec) {
     random_kernel<T><<<grid_for((n + 1) / 2), kThreads, 0, ctx_.stream>>>(ptr<T>(out), n, spec);
   });
   check_launch("random");
+}
+
+void CudaBackend::dropout(const Tensor& x, const Tensor& mask, const Tensor& out, const RandomSpec& spec) {
+  DeviceGuard guard(ctx_.index);
+  const std::int64_t n = out.numel();
+  if (n == 0) return;
+  dispatch_floating(out.dtype(), [&](auto z) {
+    using T = decltype(z);
+    dropout_kernel<T>
+        <<<grid_for((n + 1) / 2), kThreads, 0, ctx_.stream>>>(ptr<T>(x), ptr<T>(mask), ptr<T>(out), n, spec);
+  });
+  check_launch("dropout");
 }
 
 void launch_matmul_int64(const std::int64_t* a, const std::int64_t* c, std::int64_t* out, std::int64_t B,

@@ -38,10 +38,13 @@ KILN_HD float pow(float x, float y) { return ::powf(x, y); }
 KILN_HD double pow(double x, double y) { return ::pow(x, y); }
 /// The next float after x towards y.
 KILN_HD float nextafter(float x, float y) { return ::nextafterf(x, y); }
+/// x * y + z rounded once.
+KILN_HD double fma(double x, double y, double z) { return ::fma(x, y, z); }
 #else
 KILN_HD float pow(float x, float y) { return std::pow(x, y); }
 KILN_HD double pow(double x, double y) { return std::pow(x, y); }
 KILN_HD float nextafter(float x, float y) { return std::nextafter(x, y); }
+KILN_HD double fma(double x, double y, double z) { return std::fma(x, y, z); }
 #endif
 
 /// NaN test for any arithmetic type (false for integers and bool).
