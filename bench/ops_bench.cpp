@@ -1,5 +1,6 @@
 // Foundation benchmarks: the machine's float32 FMA and bf16 dot-product peaks, matmul GFLOP/s in
-// float32 and bf16, softmax / layer_norm / add GB/s, and per-op overhead. Prints one
+// float32 and bf16, softmax / layer_norm / add GB/s, per-op overhead, random fills and dropout
+// (scalar against vector Philox, draw + mul against one pass). Prints one
 // `RESULT ...` line per measurement (format in bench/README.md).
 //   build/bench/ops_bench [--threads 2] [--quick]
 #include <sys/resource.h>
@@ -11,6 +12,7 @@
 #include <kiln/core/cpu/convert.hpp>
 #include <kiln/core/cpu/cpu_backend.hpp>
 #include <kiln/core/cpu/gemm_lowp.hpp>
+#include <kiln/core/cpu/random.hpp>
 #include <kiln/kiln.hpp>
 #include <string>
 #include <vector>
@@ -82,6 +84,46 @@ void sixteen_bit_rows(int threads, double budget) {
           "RESULT elem16 impl=kiln op={} dtype={} numel={} threads={} float32_ms={:.3f} scalar_ms={:.3f} "
           "vector_ms={:.3f} vector_vs_scalar={:.2f} vector_vs_float32={:.2f}\n",
           row.op, dtype_name(dt), N, threads, m[0] * 1e3, m[1] * 1e3, m[2] * 1e3, m[2] / m[1], m[2] / m[0]);
+    }
+  }
+}
+
+// Random fills and dropout: the scalar Philox blocks (cpu::random_scalar, the code before the
+// vector path) against the backend's vector path, and dropout as a draw + mul against the
+// one-pass Backend::dropout; alternated in rounds, medians of the rounds, in ns per element.
+void random_rows(int threads, double budget) {
+  const std::int64_t N = std::int64_t{1} << 22;
+  Backend& be = cpu::cpu_backend();
+  for (DType dt : {kFloat32, kBFloat16}) {
+    Tensor mask = empty({N}, dt), y = empty({N}, dt), x = randn({N}).to(dt);
+    const RandomSpec uniform{RandomSpec::Uniform, 0.0, 1.0, 7, 0}, keep{RandomSpec::Bernoulli, 0.9, 1 / 0.9, 7, 0};
+    struct Row {
+      const char* op;
+      std::function<void()> old_path, new_path;
+    };
+    const Row rows[] = {
+        {"random_uniform", [&] { cpu::random_scalar(y, uniform); }, [&] { be.random(y, uniform); }},
+        {"random_bernoulli", [&] { cpu::random_scalar(y, keep); }, [&] { be.random(y, keep); }},
+        // old: the scalar mask draw, then binary Mul (4 tensor passes); new: one pass (3).
+        {"dropout",
+         [&] {
+           cpu::random_scalar(mask, keep);
+           be.binary(BinaryOp::Mul, x, mask, y);
+         },
+         [&] { be.dropout(x, mask, y, keep); }},
+    };
+    for (const Row& row : rows) {
+      std::vector<double> t[2];
+      for (int round = 0; round < 5; ++round) {
+        t[0].push_back(median_seconds(row.old_path, 3, budget / 10));
+        t[1].push_back(median_seconds(row.new_path, 3, budget / 10));
+      }
+      for (auto& v : t) std::sort(v.begin(), v.end());
+      const double o = t[0][2], n = t[1][2];
+      fmt::print(
+          "RESULT random impl=kiln op={} dtype={} numel={} threads={} old_ns_per_elem={:.3f} new_ns_per_elem={:.3f} "
+          "new_vs_old={:.2f}\n",
+          row.op, dtype_name(dt), N, threads, o * 1e9 / N, n * 1e9 / N, n / o);
     }
   }
 }
@@ -178,6 +220,7 @@ int main(int argc, char** argv) {
     fmt::print("RESULT overhead impl=kiln op=mul numel=1 mode=fwdbwd median_us={:.3f}\n", s * 1e6);
   }
   sixteen_bit_rows(threads, budget);
+  random_rows(threads, budget);
   fmt::print("# peak_rss_mib={:.1f}\n", peak_rss_mib());
   return 0;
 }
