@@ -5,10 +5,12 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <limits>
+#include <type_traits>
 
-#include "../math/elementwise.hpp"
 #include "../math/random.hpp"
+#include "convert.hpp"
 #include "cpu_backend.hpp"
 #include "loops.hpp"
 #include "philox.hpp"
@@ -31,6 +33,26 @@ void for_groups(const RandomSpec& s, std::int64_t b0, std::int64_t b1, std::int6
     f(e, base, static_cast<int>(std::min(std::min(kGroup, b1 - blk) * per, n - base)));
   }
 }
+
+// Bernoulli's keep test u < a on the unit's integer bits: u = k * 2^-Bits exactly (Bits = 24 for
+// 32-bit dtypes, 53 for 64-bit ones), so u < a exactly when k < ceil(a * 2^Bits); the integer
+// compare vectorizes where the float-to-double one does not.
+template <typename T>
+struct KeepTest {
+  static constexpr bool kWide = math::kRandomPerBlock<T> == 2;
+  using U = std::conditional_t<kWide, std::uint64_t, std::uint32_t>;
+  U thresh = 0;
+
+  explicit KeepTest(double a) {
+    const int bits = kWide ? 53 : 24;
+    const double x = std::ldexp(a, bits), top = std::ldexp(1.0, bits);
+    if (x > 0) thresh = static_cast<U>(x >= top ? top : std::ceil(x));  // NaN keeps nothing, like u < NaN
+  }
+  bool operator()(const std::uint32_t* e, int j) const {
+    if constexpr (kWide) return ((static_cast<std::uint64_t>(e[2 * j]) << 32 | e[2 * j + 1]) >> 11) < thresh;
+    else return (e[j] >> 8) < thresh;
+  }
+};
 
 // o[j] = element j of the group whose words are e, j < m (m is even except at a draw's end).
 template <typename T>
@@ -62,8 +84,36 @@ void fill_group(const RandomSpec& s, const std::uint32_t* e, T* o, int m) {
       break;
     case RandomSpec::Bernoulli: {
       const T on = math::random_store<T>(s, s.b), off = math::random_store<T>(s, 0.0);
-      for (int j = 0; j < m; ++j) o[j] = math::random_unit<T>(e, j) < s.a ? on : off;
+      const KeepTest<T> keep(s.a);
+      for (int j = 0; j < m; ++j) o[j] = keep(e, j) ? on : off;
       break;
+    }
+  }
+}
+
+// Dropout of one group: mask[j] = on or off as the keep test says, out[j] = x[j] * mask[j] rounded
+// as binary Mul rounds (16-bit types: in float32 through the bulk conversions, bit-identical to
+// the scalar ones).
+template <typename T>
+void dropout_group(const KeepTest<T>& keep, T on, T off, const std::uint32_t* e, const T* x, T* mask, T* out, int m) {
+  if constexpr (is_reduced_float_v<T>) {
+    alignas(64) float xf[4 * kGroup];
+    alignas(64) std::uint16_t mb[4 * kGroup];
+    const float onf = static_cast<float>(on), offf = static_cast<float>(off);
+    const std::uint16_t onb = on.bits(), offb = off.bits();
+    load_float(x, xf, m);
+    for (int j = 0; j < m; ++j) {
+      const bool k = keep(e, j);
+      mb[j] = k ? onb : offb;
+      xf[j] *= k ? onf : offf;
+    }
+    std::memcpy(static_cast<void*>(mask), mb, sizeof(std::uint16_t) * static_cast<std::size_t>(m));
+    store_float(xf, out, m);
+  } else {
+    for (int j = 0; j < m; ++j) {
+      const T k = keep(e, j) ? on : off;
+      mask[j] = k;
+      out[j] = x[j] * k;
     }
   }
 }
@@ -86,22 +136,15 @@ void CpuBackend::dropout(const Tensor& x, const Tensor& mask, const Tensor& out,
   const std::int64_t n = out.numel();
   visit_float_dtype(out.dtype(), [&](auto z) {
     using T = decltype(z);
-    using C = math::compute_t<T>;
     const T* xp = static_cast<const T*>(x.raw_data());
     T* mp = static_cast<T*>(mask.raw_data());
     T* op = static_cast<T*>(out.raw_data());
-    // The values random() and binary Mul would give: on/off are random_store's Bernoulli values.
+    // The values random() gives: random_store's Bernoulli values.
     const T on = math::random_store<T>(spec, spec.b), off = math::random_store<T>(spec, 0.0);
+    const KeepTest<T> keep(spec.a);
     parallel_range(math::random_blocks<T>(n), kGrain, [&](std::int64_t b0, std::int64_t b1) {
       for_groups<T>(spec, b0, b1, n, [&](const std::uint32_t* e, std::int64_t base, int m) {
-        const T* xi = xp + base;
-        T* mi = mp + base;
-        T* oi = op + base;
-        for (int j = 0; j < m; ++j) {
-          const T k = math::random_unit<T>(e, j) < spec.a ? on : off;
-          mi[j] = k;
-          oi[j] = static_cast<T>(C(xi[j]) * C(k));
-        }
+        dropout_group<T>(keep, on, off, e, xp + base, mp + base, op + base, m);
       });
     });
   });

@@ -39,7 +39,12 @@ std::vector<RandomSpec> specs() {
           {RandomSpec::Bernoulli, 0.3, 1.0 / 0.7},
           {RandomSpec::Bernoulli, 0.0, 2.0},
           {RandomSpec::Bernoulli, 1.0, 1.0},
-          {RandomSpec::Bernoulli, 0.9, 0.0}};
+          {RandomSpec::Bernoulli, 0.9, 0.0},
+          // keep-test edges: a on the 2^-24 grid, just above it, tiny, above 1
+          {RandomSpec::Bernoulli, 0.5, 3.0},
+          {RandomSpec::Bernoulli, 0.5 + 0x1p-30, 1.0},
+          {RandomSpec::Bernoulli, 1e-300, 1.0},
+          {RandomSpec::Bernoulli, 1.5, 1.0}};
 }
 
 }  // namespace
