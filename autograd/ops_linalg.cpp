@@ -110,6 +110,41 @@ Tensor matmul(const Tensor& a, const Tensor& b) {
   return r;
 }
 
+namespace {
+
+// y = x @ weight^T (+ bias) as one node on one 2-D GEMM over the rows of x, the bias folded into
+// it (Backend::matmul_bias). Its backward gives weight's gradient in weight's own layout
+// (g^T @ x) and bias's as a sum over rows.
+Tensor linear_node(const Tensor& x, const Tensor& weight, const Tensor& bias) {
+  const std::int64_t K = weight.size(1), N = weight.size(0);
+  Shape out_shape(x.shape().begin(), x.shape().end() - 1);
+  out_shape.push_back(N);
+  checked_numel(out_shape, "linear");
+  const std::int64_t R = numel_of(Shape(x.shape().begin(), x.shape().end() - 1));
+  Tensor xc = contiguous_raw(x);
+  Tensor out = Tensor::empty(out_shape, x.dtype(), x.device());
+  Tensor a3 = Tensor::make_view(xc, {1, R, K}, {R * K, K, 1}, xc.offset());
+  Tensor w3 = Tensor::make_view(weight, {1, K, N}, {0, weight.stride(1), weight.stride(0)}, weight.offset());
+  Tensor o3 = Tensor::make_view(out, {1, R, N}, {R * N, N, 1}, 0);
+  Backend& be = backend(x, "linear");
+  if (bias.defined()) be.matmul_bias(a3, w3, bias, o3);
+  else be.matmul(a3, w3, o3);
+  if (auto node = record("linear", {x, weight, bias}, {out}, [R, K, N](FunctionNode& n, std::vector<Tensor>& g) {
+        Tensor x = n.saved(0), w = n.saved(1);
+        Tensor g2 = reshape(g[0], {R, N});
+        Tensor gx = n.next_edges[0].valid() ? reshape(matmul(g2, w), x.shape()) : Tensor();
+        Tensor gw = n.next_edges[1].valid() ? matmul(transpose(g2, 0, 1), reshape(x, {R, K})) : Tensor();
+        Tensor gb = n.next_edges.size() > 2 && n.next_edges[2].valid() ? sum(g2, {0}) : Tensor();
+        return std::vector<Tensor>{gx, gw, gb};
+      })) {
+    node->save(x);
+    node->save(weight);
+  }
+  return out;
+}
+
+}  // namespace
+
 Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias) {
   if (autocast_active()) {
     bool cast = false;
@@ -124,13 +159,16 @@ Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias) {
   KILN_CHECK(x.dim() >= 1 && x.size(-1) == weight.size(1), "linear",
              "input shape {} does not match weight shape {}: last dim {} != in_features {}", shape_str(x.shape()),
              shape_str(weight.shape()), x.dim() ? x.size(-1) : 0, weight.size(1));
-  Tensor y = matmul(x, transpose(weight, 0, 1));
-  if (bias.defined()) {
+  if (bias.defined())
     KILN_CHECK(bias.dim() == 1 && bias.size(0) == weight.size(0), "linear", "bias must have shape ({},), got {}",
                weight.size(0), shape_str(bias.shape()));
-    y = add(y, bias);
-  }
-  return y;
+  // One dtype on one device: the fused node. Mixed dtypes or devices take matmul's promotion
+  // and checks, then the broadcast add.
+  const bool same = x.dtype() == weight.dtype() && x.device() == weight.device() &&
+                    (!bias.defined() || (bias.dtype() == x.dtype() && bias.device() == x.device()));
+  if (same && x.is_floating_point()) return linear_node(x, weight, bias);
+  Tensor y = matmul(x, transpose(weight, 0, 1));
+  return bias.defined() ? add(y, bias) : y;
 }
 
 }  // namespace kiln

@@ -200,6 +200,29 @@ int main(int argc, char** argv) {
                3.0 * N * 4 / s / 1e9);
   }
   {
+    // Sum over the leading rows of a contiguous (rows, cols) matrix: a bias gradient.
+    const std::int64_t R = 2048, C = 512;
+    Tensor g = randn({R, C});
+    double s = median_seconds([&] { (void)sum(g, {0}); }, 5, budget);
+    fmt::print("RESULT sum_rows impl=kiln rows={} cols={} threads={} median_ms={:.3f} gbps={:.1f}\n", R, C, threads,
+               s * 1e3, R * C * 4.0 / s / 1e9);
+  }
+  {
+    // linear at GPT small's fc shape: the composite (GEMM, then a broadcast bias add) beside the
+    // fused node (bias folded into the GEMM), forward and forward+backward, in the same run.
+    const std::int64_t R = 2048, K = 128, N = 512;
+    GradModeGuard on(true);
+    Tensor x = randn({R, K}).requires_grad_(), w = randn({N, K}).requires_grad_(), b = randn({N}).requires_grad_();
+    auto composite = [&] { return add(matmul(x, transpose(w, 0, 1)), b); };
+    auto fused = [&] { return linear(x, w, b); };
+    for (auto [name, fn] : {std::pair{"composite", std::function<Tensor()>(composite)}, {"fused", fused}}) {
+      double f = median_seconds([&] { (void)fn(); }, 5, budget);
+      double fb = median_seconds([&] { sum(fn()).backward(); }, 5, budget);
+      fmt::print("RESULT linear impl=kiln path={} rows={} in={} out={} threads={} fwd_ms={:.3f} fwdbwd_ms={:.3f}\n",
+                 name, R, K, N, threads, f * 1e3, fb * 1e3);
+    }
+  }
+  {
     Tensor a = randn({1}), b = randn({1});
     double s = median_seconds([&] { (void)add(a, b); }, 50, budget, 1000);
     fmt::print("RESULT overhead impl=kiln op=add numel=1 mode=fwd median_us={:.3f}\n", s * 1e6);

@@ -122,6 +122,13 @@ class Backend {
 
   /// out[b] = a[b] @ c[b]; a (B, M, K), c (B, K, N), out (B, M, N) contiguous. Batch strides may be 0.
   virtual void matmul(const Tensor& a, const Tensor& c, const Tensor& out) = 0;
+  /// out[b] = a[b] @ c[b] + bias (linear): bias (N,) is added to every row of out. The default
+  /// adds it after matmul; a backend may fold it into the GEMM (CPU float32/float64 start the
+  /// GEMM from the bias rows, so the result may differ from matmul-then-add in the last bit).
+  virtual void matmul_bias(const Tensor& a, const Tensor& c, const Tensor& bias, const Tensor& out) {
+    matmul(a, c, out);
+    binary(BinaryOp::Add, out, Tensor::make_view(bias, out.shape(), {0, 0, bias.stride(0)}, bias.offset()), out);
+  }
 
   /// out = x.index_select(dim, index); index int64 1-D, already range-checked.
   virtual void index_select(const Tensor& x, std::int64_t dim, const Tensor& index, const Tensor& out) = 0;

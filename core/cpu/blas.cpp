@@ -100,13 +100,14 @@ bool blas_layout(std::int64_t rows, std::int64_t cols, std::int64_t rs, std::int
 
 template <typename T>
 void eigen_gemm(const T* a, std::int64_t ars, std::int64_t acs, const T* c, std::int64_t crs, std::int64_t ccs, T* o,
-                std::int64_t M, std::int64_t K, std::int64_t N) {
+                std::int64_t M, std::int64_t K, std::int64_t N, bool accumulate) {
   using Mat = Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
   using Str = Eigen::Stride<Eigen::Dynamic, Eigen::Dynamic>;
   Eigen::Map<const Mat, 0, Str> A(a, M, K, Str(ars, acs));
   Eigen::Map<const Mat, 0, Str> C(c, K, N, Str(crs, ccs));
   Eigen::Map<Mat> O(o, M, N);
-  O.noalias() = A * C;
+  if (accumulate) O.noalias() += A * C;
+  else O.noalias() = A * C;
 }
 
 }  // namespace
@@ -155,65 +156,101 @@ void reduced_matmul(CpuBackend& be, const Tensor& a, const Tensor& c, const Tens
   else gemm_lowp(d, A.data_ptr<Half>(), C.data_ptr<Half>(), out.data_ptr<Half>());
 }
 
-void CpuBackend::matmul(const Tensor& a, const Tensor& c, const Tensor& out) {
+namespace {
+
+// out[b] = a[b] @ c[b] (+ out[b] when `accumulate`: BLAS beta = 1) for float32/float64/int64.
+template <typename T>
+void dense_matmul(CpuBackend& be, const Tensor& a, const Tensor& c, const Tensor& out, bool accumulate) {
   const std::int64_t B = out.size(0), M = out.size(1), N = out.size(2), K = a.size(2);
+  T* o = out.data_ptr<T>();
+  if (K == 0) {
+    if (!accumulate) std::fill(o, o + B * M * N, T(0));
+    return;
+  }
+  Tensor A = a, C = c;
+  MatArg ma, mc;
+  if (!blas_layout(M, K, A.stride(1), A.stride(2), ma)) {
+    A = Tensor::empty(a.shape(), a.dtype(), a.device());
+    be.copy(A, a);
+    blas_layout(M, K, A.stride(1), A.stride(2), ma);
+  }
+  if (!blas_layout(K, N, C.stride(1), C.stride(2), mc)) {
+    C = Tensor::empty(c.shape(), c.dtype(), c.device());
+    be.copy(C, c);
+    blas_layout(K, N, C.stride(1), C.stride(2), mc);
+  }
+  const T* pa = A.data_ptr<T>();
+  const T* pc = C.data_ptr<T>();
+  const std::int64_t sa = A.stride(0), sc = C.stride(0);
+  const T beta = accumulate ? T(1) : T(0);
+  auto one = [&](std::int64_t b) {
+    const T* ab = pa + b * sa;
+    const T* cb = pc + b * sc;
+    T* ob = o + b * M * N;
+    if constexpr (std::is_same_v<T, float>) {
+      if (blas().sgemm) {
+        blas().sgemm(RowMajor, ma.trans ? Trans : NoTrans, mc.trans ? Trans : NoTrans, int(M), int(N), int(K), 1.0f, ab,
+                     int(ma.ld), cb, int(mc.ld), beta, ob, int(N));
+        return;
+      }
+    } else if constexpr (std::is_same_v<T, double>) {
+      if (blas().dgemm) {
+        blas().dgemm(RowMajor, ma.trans ? Trans : NoTrans, mc.trans ? Trans : NoTrans, int(M), int(N), int(K), 1.0, ab,
+                     int(ma.ld), cb, int(mc.ld), beta, ob, int(N));
+        return;
+      }
+    }
+    eigen_gemm<T>(ab, A.stride(1), A.stride(2), cb, C.stride(1), C.stride(2), ob, M, K, N, accumulate);
+  };
+  // Small matrices: one GEMM per thread over the batch; large ones: threaded GEMM each.
+  const std::int64_t flops = M * N * K;
+  if (B > 1 && flops < (std::int64_t{1} << 21)) {
+    parallel_range(B, std::max<std::int64_t>(1, (std::int64_t{1} << 18) / std::max<std::int64_t>(flops, 1)),
+                   [&](std::int64_t b0, std::int64_t b1) {
+                     for (std::int64_t b = b0; b < b1; ++b) one(b);
+                   });
+  } else {
+    for (std::int64_t b = 0; b < B; ++b) one(b);
+  }
+}
+
+}  // namespace
+
+void CpuBackend::matmul(const Tensor& a, const Tensor& c, const Tensor& out) {
+  const std::int64_t B = out.size(0), M = out.size(1), N = out.size(2);
   if (B == 0 || M == 0 || N == 0) return;
   visit_dtype(out.dtype(), [&](auto z) {
     using T = decltype(z);
-    if constexpr (std::is_same_v<T, bool>) {
-      throw_error("matmul", "bool tensors are not supported");
-    } else if constexpr (is_reduced_float_v<T>) {
-      reduced_matmul(*this, a, c, out);
-    } else {
+    if constexpr (std::is_same_v<T, bool>) throw_error("matmul", "bool tensors are not supported");
+    else if constexpr (is_reduced_float_v<T>) reduced_matmul(*this, a, c, out);
+    else dense_matmul<T>(*this, a, c, out, false);
+  });
+}
+
+// float32/float64: out's rows start as the bias and the GEMM adds the product onto them (beta = 1),
+// which spares BLAS's zeroing pass and a separate broadcast add over the output.
+void CpuBackend::matmul_bias(const Tensor& a, const Tensor& c, const Tensor& bias, const Tensor& out) {
+  const std::int64_t rows = out.size(0) * out.size(1), N = out.size(2);
+  if (rows == 0 || N == 0) return;
+  if (out.dtype() != kFloat32 && out.dtype() != kFloat64) {
+    Backend::matmul_bias(a, c, bias, out);
+    return;
+  }
+  visit_dtype(out.dtype(), [&](auto z) {
+    using T = decltype(z);
+    if constexpr (std::is_same_v<T, float> || std::is_same_v<T, double>) {
+      const T* pb = bias.data_ptr<T>();
+      const std::int64_t bs = bias.stride(0);
       T* o = out.data_ptr<T>();
-      if (K == 0) {
-        std::fill(o, o + B * M * N, T(0));
-        return;
-      }
-      Tensor A = a, C = c;
-      MatArg ma, mc;
-      if (!blas_layout(M, K, A.stride(1), A.stride(2), ma)) {
-        A = Tensor::empty(a.shape(), a.dtype(), a.device());
-        copy(A, a);
-        blas_layout(M, K, A.stride(1), A.stride(2), ma);
-      }
-      if (!blas_layout(K, N, C.stride(1), C.stride(2), mc)) {
-        C = Tensor::empty(c.shape(), c.dtype(), c.device());
-        copy(C, c);
-        blas_layout(K, N, C.stride(1), C.stride(2), mc);
-      }
-      const T* pa = A.data_ptr<T>();
-      const T* pc = C.data_ptr<T>();
-      const std::int64_t sa = A.stride(0), sc = C.stride(0);
-      auto one = [&](std::int64_t b) {
-        const T* ab = pa + b * sa;
-        const T* cb = pc + b * sc;
-        T* ob = o + b * M * N;
-        if constexpr (std::is_same_v<T, float>) {
-          if (blas().sgemm) {
-            blas().sgemm(RowMajor, ma.trans ? Trans : NoTrans, mc.trans ? Trans : NoTrans, int(M), int(N), int(K), 1.0f,
-                         ab, int(ma.ld), cb, int(mc.ld), 0.0f, ob, int(N));
-            return;
-          }
-        } else if constexpr (std::is_same_v<T, double>) {
-          if (blas().dgemm) {
-            blas().dgemm(RowMajor, ma.trans ? Trans : NoTrans, mc.trans ? Trans : NoTrans, int(M), int(N), int(K), 1.0,
-                         ab, int(ma.ld), cb, int(mc.ld), 0.0, ob, int(N));
-            return;
-          }
+      parallel_range(rows, std::max<std::int64_t>(1, kParallelGrain / N), [&](std::int64_t r0, std::int64_t r1) {
+        for (std::int64_t r = r0; r < r1; ++r) {
+          T* row = o + r * N;
+          if (bs == 1) std::copy(pb, pb + N, row);
+          else
+            for (std::int64_t j = 0; j < N; ++j) row[j] = pb[j * bs];
         }
-        eigen_gemm<T>(ab, A.stride(1), A.stride(2), cb, C.stride(1), C.stride(2), ob, M, K, N);
-      };
-      // Small matrices: one GEMM per thread over the batch; large ones: threaded GEMM each.
-      const std::int64_t flops = M * N * K;
-      if (B > 1 && flops < (std::int64_t{1} << 21)) {
-        parallel_range(B, std::max<std::int64_t>(1, (std::int64_t{1} << 18) / std::max<std::int64_t>(flops, 1)),
-                       [&](std::int64_t b0, std::int64_t b1) {
-                         for (std::int64_t b = b0; b < b1; ++b) one(b);
-                       });
-      } else {
-        for (std::int64_t b = 0; b < B; ++b) one(b);
-      }
+      });
+      dense_matmul<T>(*this, a, c, out, true);
     }
   });
 }

@@ -304,3 +304,46 @@ TEST_CASE("linear with and without bias") {
   linear(lx, lw, lb).sum().backward();
   kt::expect_values(lb.grad(), {8, 8});
 }
+
+TEST_CASE("linear's fused GEMM: float32, float64 and bfloat16 against a host reference, K = 0, mixed dtypes") {
+  // in = 600 spans more than one BLAS block of the inner dim; rows from three leading dims.
+  Tensor x = rnd({3, 7, 600}, 11), w = rnd({50, 600}, 12), b = rnd({50}, 13);
+  Vec ref = ref_matmul(x.to_vector<double>(), x.shape(), w.t().contiguous().to_vector<double>(), {600, 50});
+  auto bv = b.to_vector<double>();
+  for (std::size_t i = 0; i < ref.size(); ++i) ref[i] += bv[i % 50];
+  auto worst = [&](const Tensor& y) {
+    REQUIRE(y.shape() == Shape{3, 7, 50});
+    auto got = y.to_vector<double>();
+    double m = 0;
+    for (std::size_t i = 0; i < got.size(); ++i) m = std::max(m, std::abs(got[i] - ref[i]));
+    return m;
+  };
+  CHECK(worst(linear(x, w, b)) < 1e-11);
+  CHECK(worst(linear(x.to(kFloat32), w.to(kFloat32), b.to(kFloat32))) < 1e-4);
+  CHECK(worst(linear(x.to(kBFloat16), w.to(kBFloat16), b.to(kBFloat16))) < 0.5);
+  // A non-contiguous input and a strided bias give the same numbers.
+  Tensor xt = x.transpose(0, 1).contiguous().transpose(0, 1);
+  Tensor bs = stack({b, b}, 1).select(1, 0);
+  CHECK(worst(linear(xt, w, bs)) < 1e-11);
+  // Mixed dtypes promote as matmul does.
+  CHECK(worst(linear(x.to(kFloat32), w, b)) < 1e-4);
+  // K = 0: every row is the bias, and its gradient counts the rows.
+  Tensor b0 = tensor(Vec{1, 2, 3}).requires_grad_();
+  Tensor y0 = linear(zeros({4, 0}, kFloat64), zeros({3, 0}, kFloat64), b0);
+  kt::expect_values(y0, {1, 2, 3, 1, 2, 3, 1, 2, 3, 1, 2, 3});
+  y0.sum().backward();
+  kt::expect_values(b0.grad(), {4, 4, 4});
+  // Integer inputs take matmul's int64 GEMM.
+  using I = std::vector<std::int64_t>;
+  Tensor yi = linear(tensor(I{1, 2, 3}, {1, 3}), tensor(I{1, 0, -1, 2, 1, 0}, {2, 3}), tensor(I{10, 20}));
+  CHECK(yi.dtype() == kInt64);
+  kt::expect_values(yi, {8, 24});
+  // Second order through the fused node: the weight gradient of sum((x W^T + b)^2), differentiated.
+  auto lx = kt::leaf({2, 3, 4}, 8), lw = kt::leaf({5, 4}, 9), lb = kt::leaf({5}, 10);
+  kt::grad_ok(
+      [](const std::vector<Tensor>& in) {
+        Tensor y = linear(in[0], in[1], in[2]);
+        return autograd::grad({(y * y).sum()}, {in[0], in[1], in[2]}, {}, true, true)[1];
+      },
+      {lx, lw, lb});
+}
