@@ -357,7 +357,19 @@ class GraphTask {
     const std::size_t size = std::max<std::size_t>(n->outputs.size(), 1);
     if (buf.size() < size) buf.resize(size);
     Tensor& slot = buf[e.input_nr];
-    slot = slot.defined() ? add(slot, g) : g;
+    if (!slot.defined()) {
+      slot = g;
+    } else if (!create_graph_ && sole_owner(slot) && slot.shape() == g.shape() && slot.dtype() == g.dtype()) {
+      NoGradGuard ng;  // a sum nothing else can see: add into it rather than allocate another
+      slot.add_(g);
+    } else {
+      slot = add(slot, g);
+    }
+  }
+
+  // Whether t is a contiguous gradient that no other tensor, view or saved variable holds.
+  static bool sole_owner(const Tensor& t) {
+    return t.is_contiguous() && !t.requires_grad() && t.impl_shared().use_count() == 1 && t.storage().use_count() == 1;
   }
 
   std::vector<Tensor> take_buffer(Node* node) {

@@ -605,3 +605,30 @@ TEST_CASE("backward after the leaf itself was dropped runs and drops its gradien
   y.backward();
   kt::expect_values(w.grad(), {1, 1});
 }
+
+namespace {
+// Returns, as x's gradient, a tensor it also keeps (the engine must not add into it).
+Tensor g_kept;
+struct KeepGrad : autograd::Function<KeepGrad> {
+  static Tensor forward(autograd::Context&, const Tensor& x) { return x * 1.0; }
+  static std::vector<Tensor> backward(autograd::Context&, const std::vector<Tensor>& g) {
+    g_kept = g[0] * 2.0;
+    return {g_kept};
+  }
+};
+}  // namespace
+
+TEST_CASE("engine: gradients reaching one input are summed into a buffer only nothing else holds") {
+  // y feeds three consumers; backward runs the latest-created first, so KeepGrad's gradient
+  // (also held by the Function) reaches y's buffer first and must keep its value, while the
+  // fresh sum that replaces it takes the third one in place.
+  Tensor x = leaf64({1, 2, 3});
+  Tensor y = x * 1.0;
+  Tensor a = (y * 3.0).sum();
+  Tensor b = (y * y).sum();
+  Tensor c = KeepGrad::apply(y).sum();
+  (a + b + c).backward();
+  kt::expect_values(x.grad(), {3 + 2 + 2, 3 + 4 + 2, 3 + 6 + 2});
+  kt::expect_values(g_kept, {2, 2, 2});
+  g_kept = Tensor();
+}
