@@ -96,7 +96,16 @@ void reduce_impl(const Tensor& x, const std::vector<std::int64_t>& dims, const T
                        std::int64_t len = std::min(chunk, inner - c0);
                        const T* src = base + offset_of(oi, ko, kost) + c0;
                        for (std::int64_t j = 0; j < len; ++j) acc[j] = Op::init();
-                       for (std::int64_t r = 0; r < R; ++r) {
+                       std::int64_t r = 0;
+                       // Four rows per pass over acc (added in row order, as one at a time).
+                       for (; r + 4 <= R; r += 4) {
+                         const T *q0 = src + roff[r], *q1 = src + roff[r + 1], *q2 = src + roff[r + 2],
+                                 *q3 = src + roff[r + 3];
+                         for (std::int64_t j = 0; j < len; ++j)
+                           acc[j] = Op::apply(Op::apply(Op::apply(Op::apply(acc[j], A(q0[j])), A(q1[j])), A(q2[j])),
+                                              A(q3[j]));
+                       }
+                       for (; r < R; ++r) {
                          const T* q = src + roff[r];
                          for (std::int64_t j = 0; j < len; ++j) acc[j] = Op::apply(acc[j], A(q[j]));
                        }

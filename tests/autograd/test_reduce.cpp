@@ -73,6 +73,25 @@ TEST_CASE("sum and mean: every kernel path on larger inputs / float64 and float3
   ew::expect_values(mean(ones32), {1.0});
 }
 
+TEST_CASE("sum over leading rows adds each column's values in row order (float32, bit for bit)") {
+  // 1027 rows (four at a time, then three) by 300 columns (256-wide blocks and a tail), as a
+  // bias gradient; amax over the same rows keeps NaN.
+  Shape s = {1027, 300};
+  Vec v = ew::as_f32(ew::randvals(s, 306));
+  Tensor x = ew::make(v, s, kFloat32);
+  auto got = sum(x, {0}).to_vector<float>();
+  for (std::int64_t c = 0; c < 300; ++c) {
+    float acc = 0;
+    for (std::int64_t r = 0; r < 1027; ++r) acc += static_cast<float>(v[static_cast<std::size_t>(r * 300 + c)]);
+    REQUIRE(got[static_cast<std::size_t>(c)] == acc);
+  }
+  Tensor xn = x.clone();
+  xn.select(0, 1025).select(0, 7).fill_(std::nan(""));
+  auto mx = amax(xn, {0}).to_vector<float>();
+  CHECK(std::isnan(mx[7]));
+  CHECK(!std::isnan(mx[8]));
+}
+
 TEST_CASE("sum/mean/amax over shapes with size-1 and size-0 kept dims") {
   Shape s = {2, 1, 3, 1};
   Vec v = ew::randvals(s, 306);
