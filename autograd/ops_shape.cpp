@@ -86,6 +86,22 @@ Tensor embed_slice(const Tensor& g, const Shape& shape, std::int64_t dim, std::i
   return out;
 }
 
+// The pieces of x along dim, as views recorded on one node: its backward concatenates the
+// pieces' gradients (zeros only for a piece that got none) into x's gradient, where a slice per
+// piece would give each a zero-filled gradient of x's shape for the engine to add up.
+std::vector<Tensor> split_views(const Tensor& x, std::int64_t dim, const std::vector<std::int64_t>& sizes) {
+  std::vector<Tensor> out;
+  std::int64_t o = 0;
+  for (auto s : sizes) {
+    Shape shape = x.shape();
+    shape[dim] = s;
+    out.push_back(view_raw(x, shape, x.strides(), x.offset() + o * x.stride(dim)));
+    o += s;
+  }
+  record("split", {x}, out, [dim](FunctionNode&, std::vector<Tensor>& g) { return std::vector<Tensor>{cat(g, dim)}; });
+  return out;
+}
+
 }  // namespace
 
 Tensor view(const Tensor& x, const Shape& shape_in) {
@@ -412,11 +428,11 @@ std::vector<Tensor> split(const Tensor& x, std::int64_t split_size, std::int64_t
   std::int64_t dim = normalize_dim(dim_in, x.dim(), "split");
   KILN_CHECK(split_size > 0 || (split_size == 0 && x.size(dim) == 0), "split", "split_size must be positive, got {}",
              split_size);
-  std::vector<Tensor> out;
   std::int64_t n = x.size(dim);
   if (n == 0) return {x};
-  for (std::int64_t s = 0; s < n; s += split_size) out.push_back(narrow(x, dim, s, std::min(split_size, n - s)));
-  return out;
+  std::vector<std::int64_t> sizes;
+  for (std::int64_t s = 0; s < n; s += split_size) sizes.push_back(std::min(split_size, n - s));
+  return split_views(x, dim, sizes);
 }
 
 std::vector<Tensor> split(const Tensor& x, const std::vector<std::int64_t>& sizes, std::int64_t dim_in) {
@@ -430,13 +446,7 @@ std::vector<Tensor> split(const Tensor& x, const std::vector<std::int64_t>& size
   }
   KILN_CHECK(total == x.size(dim), "split", "split sizes {} sum to {} but dim {} has size {}", shape_str(sizes), total,
              dim, x.size(dim));
-  std::vector<Tensor> out;
-  std::int64_t o = 0;
-  for (auto s : sizes) {
-    out.push_back(narrow(x, dim, o, s));
-    o += s;
-  }
-  return out;
+  return split_views(x, dim, sizes);
 }
 
 std::vector<Tensor> chunk(const Tensor& x, std::int64_t chunks, std::int64_t dim) {

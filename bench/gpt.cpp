@@ -113,10 +113,11 @@ struct CausalSelfAttentionImpl : nn::Module {
     if (kind == "mha") {
       y = mha(x, nn::MhaForward().is_causal(true));
     } else {
-      Tensor qkv = c_attn(x).view({B, T, 3, H, hd});
-      Tensor q = qkv.select(2, 0).transpose(1, 2);  // (B, H, T, hd)
-      Tensor k = qkv.select(2, 1).transpose(1, 2);
-      Tensor v = qkv.select(2, 2).transpose(1, 2);
+      // As the anchors: split (one node, whose backward concatenates the three gradients).
+      std::vector<Tensor> qkv = split(c_attn(x), d, 2);
+      Tensor q = qkv[0].view({B, T, H, hd}).transpose(1, 2);  // (B, H, T, hd)
+      Tensor k = qkv[1].view({B, T, H, hd}).transpose(1, 2);
+      Tensor v = qkv[2].view({B, T, H, hd}).transpose(1, 2);
       auto att = nn::functional::scaled_dot_product_attention(q, k, v,
                                                               SdpaOptions().is_causal(true).dropout_p(p).training(
                                                                   is_training()));

@@ -467,6 +467,17 @@ TEST_CASE("split by size and by list of sizes") {
   auto b = kt::leaf({4});
   split(b, std::vector<std::int64_t>{1, 3})[1].sum().backward();
   kt::expect_values(b.grad(), {0, 1, 1, 1});
+  // The pieces share one node; second order through it, with an empty piece between.
+  auto c = kt::leaf({2, 5}, 4);
+  auto pc = split(c, std::vector<std::int64_t>{2, 0, 3}, 1);
+  CHECK(pc[0].grad_fn() == pc[2].grad_fn());
+  kt::grad_ok(
+      [](const std::vector<Tensor>& in) {
+        auto ps = split(in[0], std::vector<std::int64_t>{2, 0, 3}, 1);
+        Tensor f = (ps[0] * ps[0]).sum() + (ps[2] * ps[2] * ps[2]).sum() + ps[1].sum();
+        return autograd::grad({f}, {in[0]}, {}, true, true)[0];
+      },
+      {c});
 }
 
 TEST_CASE("chunk") {
