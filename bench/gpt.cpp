@@ -195,6 +195,12 @@ double cpu_time_s() {
   getrusage(RUSAGE_SELF, &ru);
   return double(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) + double(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) * 1e-6;
 }
+// Minor page faults so far: memory the process touches for the first time (fresh OS pages).
+long minor_faults() {
+  rusage ru{};
+  getrusage(RUSAGE_SELF, &ru);
+  return ru.ru_minflt;
+}
 
 }  // namespace
 
@@ -303,8 +309,11 @@ int main(int argc, char** argv) {
   std::vector<double> t_step, t_cpu, t_fwd, t_bwd, t_opt, t_comm, t_exposed;
   std::vector<std::vector<double>> bucket_hidden;
   double first_loss = 0, last_loss = 0, cpu0 = 0, wall0 = 0;
+  long faults0 = 0;
+  std::uint64_t os_allocs0 = 0;
   for (int s = 0; s < c.warmup + c.steps; ++s) {
-    if (s == c.warmup) cpu0 = cpu_time_s(), wall0 = now_s();
+    if (s == c.warmup)
+      cpu0 = cpu_time_s(), wall0 = now_s(), faults0 = minor_faults(), os_allocs0 = cpu_allocator_stats().os_allocs;
     auto [x, y] = get_batch(data, c, batch_rng);  // untimed
     if (world > 1) {                              // this rank's contiguous share of the global batch
       x = x.narrow(0, first_row, rows).contiguous(), y = y.narrow(0, first_row, rows).contiguous();
@@ -349,6 +358,10 @@ int main(int argc, char** argv) {
     }
   }
   const double cpu_util = (cpu_time_s() - cpu0) / (now_s() - wall0);
+  // Per timed step: page faults (all threads, the batch sampling included) and OS allocations
+  // by the CPU allocator; both are 0-ish once its cache holds what a step needs.
+  const double faults_per_step = double(minor_faults() - faults0) / double(c.steps);
+  const double os_allocs_per_step = double(cpu_allocator_stats().os_allocs - os_allocs0) / double(c.steps);
   const double med = median(t_step);
   if (rank != 0) return 0;
   std::string result;
@@ -373,11 +386,12 @@ int main(int argc, char** argv) {
         "batch={} "
         "dropout={:.2f} "
         "params={} steps={} median_step_ms={:.2f} min_step_ms={:.2f} fwd_ms={:.2f} bwd_ms={:.2f} opt_ms={:.2f} "
-        "tokens_per_s={:.0f} loss_first={:.4f} loss_last={:.4f} peak_rss_mib={:.1f} cpu_util={:.2f}\n",
+        "tokens_per_s={:.0f} loss_first={:.4f} loss_last={:.4f} peak_rss_mib={:.1f} cpu_util={:.2f} "
+        "minflt_per_step={:.0f} os_allocs_per_step={:.1f}\n",
         c.preset, c.attn, dev.str(), c.precision, c.threads, c.T, c.d, c.heads, c.layers, c.batch, c.dropout,
         model->num_parameters(), t_step.size(), med * 1e3, *std::min_element(t_step.begin(), t_step.end()) * 1e3,
         median(t_fwd) * 1e3, median(t_bwd) * 1e3, median(t_opt) * 1e3, double(c.batch * c.T) / med, first_loss,
-        last_loss, peak_rss_mib(), cpu_util);
+        last_loss, peak_rss_mib(), cpu_util, faults_per_step, os_allocs_per_step);
   }
   fmt::print("{}", result);
   if (!out.empty()) {

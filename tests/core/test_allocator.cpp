@@ -139,3 +139,76 @@ TEST_CASE("set_num_threads / get_num_threads") {
   set_num_threads(saved);
   CHECK(get_num_threads() == saved);
 }
+
+namespace {
+void* fake(std::uintptr_t i) { return reinterpret_cast<void*>(i << 12); }  // never dereferenced
+std::vector<std::size_t> sizes(const std::vector<BlockCache::Block>& bs) {
+  std::vector<std::size_t> out;
+  for (const auto& b : bs) out.push_back(b.n);
+  return out;
+}
+}  // namespace
+
+TEST_CASE("BlockCache hands out the most recently freed block and evicts the least recently freed first") {
+  BlockCache c(64, 4096);
+  const std::size_t k8 = 8192, k12 = 12288, k16 = 16384;
+  CHECK(c.round(8000) == k8);
+  CHECK(c.round(11000) == k12);
+  // Five blocks in use, freed in the order 1..5 (sizes 8, 12, 8, 16, 12 KiB).
+  const std::vector<std::size_t> n = {k8, k12, k8, k16, k12};
+  for (std::size_t i = 0; i < n.size(); ++i) c.note_os_alloc(n[i]);
+  for (std::size_t i = 0; i < n.size(); ++i) c.give(fake(i + 1), n[i]);
+  CHECK(c.stats().cached_bytes == 57344);
+  CHECK(c.stats().in_use_bytes == 0);
+  CHECK(c.stats().os_allocs == 5);
+  // Room under the cap: nothing is evicted.
+  CHECK(c.trim(2048, 60000).empty());
+  // Over the cap: the oldest blocks go until in use + cached + incoming <= 7/8 of the cap
+  // (52500): block 1 alone leaves 49152 + 4096 > 52500, so block 2 goes too.
+  auto ev = c.trim(4096, 60000);
+  REQUIRE(ev.size() == 2);
+  CHECK(ev[0].p == fake(1));
+  CHECK(ev[1].p == fake(2));
+  CHECK(sizes(ev) == std::vector<std::size_t>{k8, k12});
+  CHECK(c.stats().cached_bytes == 36864);
+  CHECK(c.stats().os_frees == 2);
+  // What stays is served: block 3 (the only 8 KiB left), block 5.
+  CHECK(c.take(k8) == fake(3));
+  CHECK(c.take(k8) == nullptr);
+  CHECK(c.take(k12) == fake(5));
+  CHECK(c.stats().cache_hits == 2);
+  CHECK(c.stats().in_use_bytes == k8 + k12);
+  // Within a bucket: the newest is handed out, the oldest evicted.
+  c.give(fake(6), k16);  // bucket 16 KiB: block 4 (older), block 6
+  CHECK(c.take(k16) == fake(6));
+  c.give(fake(6), k16);
+  ev = c.trim(0, 16384);  // in use 20 KiB already passes the cap: everything cached goes, no more
+  CHECK(sizes(ev) == std::vector<std::size_t>{k16, k16});
+  CHECK(ev[0].p == fake(4));
+  CHECK(c.empty());
+  CHECK(c.stats().cached_bytes == 0);
+  CHECK(c.stats().in_use_bytes == k8 + k12);
+}
+
+TEST_CASE("BlockCache take_larger lends the smallest idle block within the limit; take_all empties") {
+  BlockCache c(64, 4096);
+  const std::vector<std::size_t> n = {32768, 16384, 12288, 8192};
+  for (std::size_t i = 0; i < n.size(); ++i) c.note_os_alloc(n[i]);
+  for (std::size_t i = 0; i < n.size(); ++i) c.give(fake(i + 1), n[i]);
+  std::size_t got = 0;
+  CHECK(c.take_larger(8192, 16384, &got) == fake(3));  // 12 KiB: the smallest above 8 KiB
+  CHECK(got == 12288);
+  CHECK(c.take_larger(8192, 16384, &got) == fake(2));
+  CHECK(got == 16384);
+  CHECK(c.take_larger(8192, 16384, &got) == nullptr);  // 32 KiB is over the limit; 8 KiB is not larger
+  CHECK(c.stats().in_use_bytes == 12288 + 16384);
+  CHECK(c.stats().cache_hits == 2);
+  auto all = c.take_all();
+  CHECK(all.size() == 2);
+  CHECK(c.empty());
+  CHECK(c.stats().cached_bytes == 0);
+  CHECK(c.stats().os_frees == 2);
+  CHECK(c.take(8192) == nullptr);
+  c.give(fake(2), 16384);  // the cache works on after being emptied
+  CHECK(c.take(16384) == fake(2));
+}
