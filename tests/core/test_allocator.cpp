@@ -190,7 +190,7 @@ TEST_CASE("BlockCache hands out the most recently freed block and evicts the lea
   CHECK(c.stats().in_use_bytes == k8 + k12);
 }
 
-TEST_CASE("BlockCache take_larger lends the smallest idle block within the limit; take_all empties") {
+TEST_CASE("BlockCache take_larger lends the smallest idle block within the limit, take_all empties") {
   BlockCache c(64, 4096);
   const std::vector<std::size_t> n = {32768, 16384, 12288, 8192};
   for (std::size_t i = 0; i < n.size(); ++i) c.note_os_alloc(n[i]);
