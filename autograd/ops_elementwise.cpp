@@ -78,6 +78,18 @@ Tensor float_unary(UnaryOp uop, const Tensor& x, const char* op, bool save_out, 
   return y;
 }
 
+// gx = g * op'(v) in one backend pass (v: the op's input, or its output for tanh and sigmoid).
+// Undefined when the caller must build the composite instead: under create_graph (the
+// composite is differentiable) or when g does not match v (dtype, shape, device).
+Tensor fused_unary_grad(UnaryOp uop, const Tensor& g, const Tensor& v) {
+  if (autograd::grad_enabled() || !v.is_floating_point() || g.dtype() != v.dtype() || g.shape() != v.shape() ||
+      g.device() != v.device())
+    return Tensor();
+  Tensor gx = Tensor::empty(v.shape(), v.dtype(), v.device());
+  backend(v, "unary_backward").unary_backward(uop, g, v, gx);
+  return gx;
+}
+
 Tensor compare_op(CompareOp cop, const Tensor& a, const Tensor& b, const char* op) {
   Prepared p = prepare_binary(a, b, op, promote_types(a.dtype(), b.dtype()));
   Tensor out = Tensor::empty(p.shape, kBool, a.device());
@@ -294,11 +306,13 @@ Tensor erf(const Tensor& x) {
 }
 Tensor tanh(const Tensor& x) {
   return float_unary(UnaryOp::Tanh, x, "tanh", true, [](const Tensor& g, const Tensor&, const Tensor& y) {
+    if (Tensor gx = fused_unary_grad(UnaryOp::Tanh, g, y); gx.defined()) return gx;
     return mul(g, sub(cscalar(1, y), mul(y, y)));
   });
 }
 Tensor sigmoid(const Tensor& x) {
   return float_unary(UnaryOp::Sigmoid, x, "sigmoid", true, [](const Tensor& g, const Tensor&, const Tensor& y) {
+    if (Tensor gx = fused_unary_grad(UnaryOp::Sigmoid, g, y); gx.defined()) return gx;
     return mul(g, mul(y, sub(cscalar(1, y), y)));
   });
 }
@@ -306,8 +320,10 @@ Tensor relu(const Tensor& x) {
   check_defined(x, "relu");
   KILN_CHECK(x.dtype() != kBool, "relu", "relu of a bool tensor is not supported");
   Tensor y = unary_raw(UnaryOp::Relu, x, x.dtype(), 0, 0, "relu");
-  record_unary("relu", x, y, false,
-               [](const Tensor& g, const Tensor& x, const Tensor&) { return mul(g, step(x, 0.0)); });
+  record_unary("relu", x, y, false, [](const Tensor& g, const Tensor& x, const Tensor&) {
+    if (Tensor gx = fused_unary_grad(UnaryOp::Relu, g, x); gx.defined()) return gx;
+    return mul(g, step(x, 0.0));
+  });
   return y;
 }
 Tensor gelu(const Tensor& x, const std::string& approximate) {
@@ -315,21 +331,16 @@ Tensor gelu(const Tensor& x, const std::string& approximate) {
              "approximate must be \"none\" or \"tanh\", got \"{}\"", approximate);
   if (approximate == "none")
     return float_unary(UnaryOp::GeluErf, x, "gelu", false, [](const Tensor& g, const Tensor& x, const Tensor&) {
+      // One backend pass, one activation-sized output (this is the peak of a transformer's
+      // backward, where every activation is still held); create_graph: differentiable ops.
+      if (Tensor gx = fused_unary_grad(UnaryOp::GeluErf, g, x); gx.defined()) return gx;
       // Phi(x) + x * phi(x)
-      if (autograd::grad_enabled()) {  // create_graph: differentiable ops
-        Tensor cdf = mul(cscalar(0.5, x), add(cscalar(1, x), erf(mul(x, cscalar(M_SQRT1_2, x)))));
-        Tensor pdf = mul(cscalar(1.0 / std::sqrt(2 * kPi), x), exp(mul(mul(x, x), cscalar(-0.5, x))));
-        return mul(g, add(cdf, mul(x, pdf)));
-      }
-      // The same ops, in place on two buffers: fewer activation-sized temporaries live at once
-      // (this is the peak of a transformer's backward, where every activation is still held).
-      Tensor cdf = erf(mul(x, cscalar(M_SQRT1_2, x)));
-      cdf.add_(cscalar(1, x)).mul_(cscalar(0.5, x));
-      Tensor pdf = exp(mul(mul(x, x), cscalar(-0.5, x)));
-      pdf.mul_(cscalar(1.0 / std::sqrt(2 * kPi), x)).mul_(x);
-      return cdf.add_(pdf).mul_(g);
+      Tensor cdf = mul(cscalar(0.5, x), add(cscalar(1, x), erf(mul(x, cscalar(M_SQRT1_2, x)))));
+      Tensor pdf = mul(cscalar(1.0 / std::sqrt(2 * kPi), x), exp(mul(mul(x, x), cscalar(-0.5, x))));
+      return mul(g, add(cdf, mul(x, pdf)));
     });
   return float_unary(UnaryOp::GeluTanh, x, "gelu", false, [](const Tensor& g, const Tensor& x, const Tensor&) {
+    if (Tensor gx = fused_unary_grad(UnaryOp::GeluTanh, g, x); gx.defined()) return gx;
     const double k = std::sqrt(2.0 / kPi), c = 0.044715;
     Tensor x2 = mul(x, x);
     Tensor t = tanh(mul(cscalar(k, x), add(x, mul(cscalar(c, x), mul(x2, x)))));
@@ -340,12 +351,14 @@ Tensor gelu(const Tensor& x, const std::string& approximate) {
 }
 Tensor silu(const Tensor& x) {
   return float_unary(UnaryOp::Silu, x, "silu", false, [](const Tensor& g, const Tensor& x, const Tensor&) {
+    if (Tensor gx = fused_unary_grad(UnaryOp::Silu, g, x); gx.defined()) return gx;
     Tensor s = sigmoid(x);
     return mul(g, mul(s, add(cscalar(1, x), mul(x, sub(cscalar(1, x), s)))));
   });
 }
 Tensor hardswish(const Tensor& x) {
   return float_unary(UnaryOp::Hardswish, x, "hardswish", false, [](const Tensor& g, const Tensor& x, const Tensor&) {
+    if (Tensor gx = fused_unary_grad(UnaryOp::Hardswish, g, x); gx.defined()) return gx;
     // PyTorch's convention at the kinks: both -3 and 3 take the middle piece x / 3 + 1/2.
     Tensor mid = add(mul(x, cscalar(1.0 / 3, x)), cscalar(0.5, x));
     Tensor d = where(lt(x, cscalar(-3, x)), Scalar(0.0), where(le(x, cscalar(3, x)), mid, Scalar(1.0)));

@@ -1,4 +1,5 @@
 // Fused nn ops: softmax / log_softmax, layer_norm, dropout, losses.
+#include <array>
 #include <cmath>
 
 #include "internal.hpp"
@@ -78,6 +79,23 @@ Tensor softmax_impl(const Tensor& x, std::int64_t dim_in, bool log, const char* 
   return y;
 }
 
+// layer_norm's gradients {gx, gweight, gbias} in one backend pass (those `want` asks for); w is the
+// weight in x's dtype or undefined, mu/rs the forward's statistics.
+std::vector<Tensor> layer_norm_backward_fused(const Tensor& x, const Tensor& w, const Tensor& mu, const Tensor& rs,
+                                              const Tensor& gy, const Shape& normalized_shape,
+                                              std::array<bool, 3> want) {
+  const std::int64_t R = mu.numel(), N = numel_of(normalized_shape);
+  Tensor gx = want[0] ? Tensor::empty({R, N}, x.dtype(), x.device()) : Tensor();
+  Tensor gw = want[1] ? Tensor::empty({N}, x.dtype(), x.device()) : Tensor();
+  Tensor gb = want[2] ? Tensor::empty({N}, x.dtype(), x.device()) : Tensor();
+  if (gx.defined() || gw.defined() || gb.defined())
+    backend(x, "layer_norm")
+        .layer_norm_backward(contiguous_raw(x).reshape({R, N}), w.defined() ? contiguous_raw(w).reshape({N}) : Tensor(),
+                             mu, rs, contiguous_raw(cast_raw(gy, x.dtype())).reshape({R, N}), gx, gw, gb);
+  return {gx.defined() ? gx.reshape(x.shape()) : gx, gw.defined() ? gw.reshape(normalized_shape) : gw,
+          gb.defined() ? gb.reshape(normalized_shape) : gb};
+}
+
 }  // namespace
 
 Tensor softmax(const Tensor& x, std::int64_t dim) { return softmax_impl(x, dim, false, "softmax"); }
@@ -109,8 +127,6 @@ Tensor layer_norm(const Tensor& x, const Shape& normalized_shape, const Tensor& 
   KILN_CHECK(eps >= 0, "layer_norm", "eps must be >= 0, got {}", eps);
   Shape stat_shape(x.shape().begin(), x.shape().end() - k);
   std::int64_t R = numel_of(stat_shape);  // one (mean, rstd) per row, even when rows are empty
-  Shape keep = stat_shape;
-  for (std::int64_t i = 0; i < k; ++i) keep.push_back(1);
   Tensor xc = contiguous_raw(x);
   Tensor y = Tensor::empty(x.shape(), x.dtype(), x.device());
   // Statistics of a bfloat16/float16 input stay float32 (the backward then runs in float32).
@@ -122,38 +138,33 @@ Tensor layer_norm(const Tensor& x, const Shape& normalized_shape, const Tensor& 
   Dims norm_dims, batch_dims;
   for (std::int64_t d = 0; d < x.dim(); ++d) (d >= x.dim() - k ? norm_dims : batch_dims).push_back(d);
   bool has_w = weight.defined(), has_b = bias.defined();
-  if (auto node = record("layer_norm", {x, weight, bias}, {y},
-                         [keep, norm_dims, batch_dims, has_w, has_b, eps, normalized_shape](FunctionNode& n,
-                                                                                            std::vector<Tensor>& g) {
-                           Tensor x = n.saved(0), w = n.saved(1), mu = n.saved(2), rs = n.saved(3);
-                           Tensor xhat;
-                           if (autograd::grad_enabled()) {
-                             // Recompute the statistics differentiably so create_graph is exact.
-                             Tensor m = mean(x, norm_dims, true);
-                             Tensor d = sub(x, m);
-                             Tensor r =
-                                 rsqrt(add(mean(mul(d, d), norm_dims, true), scalar_on(eps, x.dtype(), x.device())));
-                             xhat = mul(d, r);
-                             rs = r;
-                           } else {
-                             rs = reshape(rs, keep);
-                             xhat = mul(sub(x, reshape(mu, keep)), rs);
-                           }
-                           Tensor gy = g[0];
-                           Tensor gxhat = has_w ? mul(gy, w) : gy;
-                           Tensor gx;
-                           if (n.next_edges[0].valid()) {
-                             Tensor t = sub(sub(gxhat, mean(gxhat, norm_dims, true)),
-                                            mul(xhat, mean(mul(gxhat, xhat), norm_dims, true)));
-                             gx = mul(rs, t);
-                           }
-                           auto over_batch = [&](const Tensor& t) {
-                             return batch_dims.empty() ? t : reshape(sum(t, batch_dims, false), normalized_shape);
-                           };
-                           Tensor gw = has_w && n.next_edges[1].valid() ? over_batch(mul(gy, xhat)) : Tensor();
-                           Tensor gb = has_b && n.next_edges[2].valid() ? over_batch(gy) : Tensor();
-                           return std::vector<Tensor>{gx, gw, gb};
-                         })) {
+  if (auto node =
+          record("layer_norm", {x, weight, bias}, {y},
+                 [norm_dims, batch_dims, has_w, has_b, eps, normalized_shape](FunctionNode& n, std::vector<Tensor>& g) {
+                   Tensor x = n.saved(0), w = n.saved(1), mu = n.saved(2), rs = n.saved(3);
+                   if (!autograd::grad_enabled())
+                     return layer_norm_backward_fused(x, w, mu, rs, g[0], normalized_shape,
+                                                      {n.next_edges[0].valid(), has_w && n.next_edges[1].valid(),
+                                                       has_b && n.next_edges[2].valid()});
+                   // create_graph: the statistics recomputed differentiably, so second order is exact.
+                   Tensor d = sub(x, mean(x, norm_dims, true));
+                   rs = rsqrt(add(mean(mul(d, d), norm_dims, true), scalar_on(eps, x.dtype(), x.device())));
+                   Tensor xhat = mul(d, rs);
+                   Tensor gy = g[0];
+                   Tensor gxhat = has_w ? mul(gy, w) : gy;
+                   Tensor gx;
+                   if (n.next_edges[0].valid()) {
+                     Tensor t = sub(sub(gxhat, mean(gxhat, norm_dims, true)),
+                                    mul(xhat, mean(mul(gxhat, xhat), norm_dims, true)));
+                     gx = mul(rs, t);
+                   }
+                   auto over_batch = [&](const Tensor& t) {
+                     return batch_dims.empty() ? t : reshape(sum(t, batch_dims, false), normalized_shape);
+                   };
+                   Tensor gw = has_w && n.next_edges[1].valid() ? over_batch(mul(gy, xhat)) : Tensor();
+                   Tensor gb = has_b && n.next_edges[2].valid() ? over_batch(gy) : Tensor();
+                   return std::vector<Tensor>{gx, gw, gb};
+                 })) {
     node->save(x);
     node->save(w.defined() ? to(weight, x.dtype()) : Tensor());
     node->save(mu);

@@ -1,12 +1,14 @@
 // Foundation benchmarks: the machine's float32 FMA and bf16 dot-product peaks, matmul GFLOP/s in
 // float32 and bf16, softmax / layer_norm / add GB/s, per-op overhead, random fills and dropout
-// (scalar against vector Philox, draw + mul against one pass). Prints one
+// (scalar against vector Philox, draw + mul against one pass), gelu / layer_norm backward (composite
+// against fused). Prints one
 // `RESULT ...` line per measurement (format in bench/README.md).
 //   build/bench/ops_bench [--threads 2] [--quick]
 #include <sys/resource.h>
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <cstring>
 #include <functional>
 #include <kiln/core/cpu/convert.hpp>
@@ -191,6 +193,52 @@ int main(int argc, char** argv) {
     s = median_seconds([&] { (void)layer_norm(x, {C}, w, bias); }, 5, budget);
     fmt::print("RESULT layer_norm impl=kiln rows={} cols={} threads={} median_ms={:.3f} gbps={:.1f}\n", R, C, threads,
                s * 1e3, bytes / s / 1e9);
+  }
+  // The fused backward kernels against the composite tensor-op chains they replaced (the same
+  // formulas as before, in the same run), at GPT small's and shakespeare's activation sizes.
+  for (auto [R, C] : {std::pair<std::int64_t, std::int64_t>{2048, 512}, {4096, 1536}}) {
+    Tensor x = randn({R, C}), g = randn({R, C});
+    const double k = 1.0 / std::sqrt(2 * 3.14159265358979323846);
+    double old_s = median_seconds(
+        [&] {
+          Tensor cdf = erf(x * M_SQRT1_2);
+          cdf.add_(scalar_tensor(1.0)).mul_(scalar_tensor(0.5));
+          Tensor pdf = exp(x * x * -0.5);
+          pdf.mul_(scalar_tensor(k)).mul_(x);
+          (void)cdf.add_(pdf).mul_(g);
+        },
+        5, budget);
+    double new_s = median_seconds(
+        [&] {
+          Tensor gx = Tensor::empty(x.shape(), x.dtype(), x.device());
+          cpu::cpu_backend().unary_backward(UnaryOp::GeluErf, g, x, gx);
+        },
+        5, budget);
+    for (auto [path, t] : {std::pair<const char*, double>{"composite", old_s}, {"fused", new_s}})
+      fmt::print("RESULT gelu_backward impl=kiln path={} rows={} cols={} threads={} median_ms={:.3f}\n", path, R, C,
+                 threads, t * 1e3);
+  }
+  for (auto [R, C] : {std::pair<std::int64_t, std::int64_t>{2048, 128}, {4096, 384}}) {
+    Tensor x = randn({R, C}), gy = randn({R, C}), w = randn({C}), b = randn({C});
+    Tensor y = empty({R, C}), mu = empty({R}), rs = empty({R});
+    cpu::cpu_backend().layer_norm(x, w, b, 1e-5, y, mu, rs);
+    Tensor mu_k = mu.reshape({R, 1}), rs_k = rs.reshape({R, 1});
+    double old_s = median_seconds(
+        [&] {
+          Tensor xhat = (x - mu_k) * rs_k, gxhat = gy * w;
+          Tensor gx = rs_k * (gxhat - mean(gxhat, {-1}, true) - xhat * mean(gxhat * xhat, {-1}, true));
+          Tensor gw = sum(gy * xhat, {0}), gb = sum(gy, {0});
+        },
+        5, budget);
+    double new_s = median_seconds(
+        [&] {
+          Tensor gx = empty({R, C}), gw = empty({C}), gb = empty({C});
+          cpu::cpu_backend().layer_norm_backward(x, w, mu, rs, gy, gx, gw, gb);
+        },
+        5, budget);
+    for (auto [path, t] : {std::pair<const char*, double>{"composite", old_s}, {"fused", new_s}})
+      fmt::print("RESULT layer_norm_backward impl=kiln path={} rows={} cols={} threads={} median_ms={:.3f}\n", path, R,
+                 C, threads, t * 1e3);
   }
   {
     const std::int64_t N = std::int64_t{1} << 24;

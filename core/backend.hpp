@@ -113,6 +113,10 @@ class Backend {
   virtual void compare(CompareOp op, const Tensor& x, const Tensor& y, const Tensor& out) = 0;
   /// out = cond ? x : y.
   virtual void where(const Tensor& cond, const Tensor& x, const Tensor& y, const Tensor& out) = 0;
+  /// gx = g * op'(v) (math::UnaryGrad, core/math/unary_grad.hpp) for an op with
+  /// math::has_unary_grad: v is the op's input x, or its output y where
+  /// math::unary_grad_uses_output (Tanh, Sigmoid). g, v, gx: one shape and float dtype, any strides.
+  virtual void unary_backward(UnaryOp op, const Tensor& g, const Tensor& v, const Tensor& gx) = 0;
 
   /// out has x's shape with `dims` (sorted) set to 1 (keepdim layout).
   virtual void reduce(ReduceOp op, const Tensor& x, const std::vector<std::int64_t>& dims, const Tensor& out) = 0;
@@ -146,6 +150,13 @@ class Backend {
   /// mean/rstd (R) are written for backward: x's dtype, float32 for a bfloat16/float16 x.
   virtual void layer_norm(const Tensor& x, const Tensor& weight, const Tensor& bias, double eps, const Tensor& out,
                           const Tensor& mean, const Tensor& rstd) = 0;
+  /// Backward of layer_norm in one pass over the rows: x, gy (R, N) contiguous of x's dtype; mean,
+  /// rstd as layer_norm wrote them; weight (N) or undefined. Writes whichever of gx (R, N), gweight
+  /// and gbias (N) are defined (contiguous, x's dtype): gx = rstd (gxhat - mean(gxhat) - xhat
+  /// mean(gxhat xhat)) with gxhat = gy weight, gweight = sum over rows of gy xhat, gbias = sum of gy.
+  /// Computes in float32 for bfloat16/float16 x; the row sums' order must not depend on threads.
+  virtual void layer_norm_backward(const Tensor& x, const Tensor& weight, const Tensor& mean, const Tensor& rstd,
+                                   const Tensor& gy, const Tensor& gx, const Tensor& gweight, const Tensor& gbias) = 0;
 
   /// Fills a contiguous tensor with random values (see RandomSpec).
   virtual void random(const Tensor& out, const RandomSpec& spec) = 0;

@@ -23,6 +23,7 @@ class CudaBackend final : public Backend {
   void binary(BinaryOp op, const Tensor& x, const Tensor& y, const Tensor& out) override;
   void compare(CompareOp op, const Tensor& x, const Tensor& y, const Tensor& out) override;
   void where(const Tensor& cond, const Tensor& x, const Tensor& y, const Tensor& out) override;
+  void unary_backward(UnaryOp op, const Tensor& g, const Tensor& v, const Tensor& gx) override;
   // reduce.cu
   void reduce(ReduceOp op, const Tensor& x, const std::vector<std::int64_t>& dims, const Tensor& out) override;
   void arg_reduce(ReduceOp op, const Tensor& x, std::int64_t dim, const Tensor& values, const Tensor& indices) override;
@@ -30,6 +31,8 @@ class CudaBackend final : public Backend {
   void softmax_backward(const Tensor& y, const Tensor& gy, const Tensor& gx, bool log) override;
   void layer_norm(const Tensor& x, const Tensor& weight, const Tensor& bias, double eps, const Tensor& out,
                   const Tensor& mean, const Tensor& rstd) override;
+  void layer_norm_backward(const Tensor& x, const Tensor& weight, const Tensor& mean, const Tensor& rstd,
+                           const Tensor& gy, const Tensor& gx, const Tensor& gweight, const Tensor& gbias) override;
   // index.cu
   void index_select(const Tensor& x, std::int64_t dim, const Tensor& index, const Tensor& out) override;
   void index_add(const Tensor& out, std::int64_t dim, const Tensor& index, const Tensor& src) override;

@@ -1,5 +1,5 @@
 // Elementwise kernels and the backend methods that launch them: copy (with dtype conversion),
-// fill, unary, binary, compare, where. The scalar math is core/math/elementwise.hpp's, shared
+// fill, unary, unary_backward, binary, compare, where. The scalar math is core/math/elementwise.hpp's, shared
 // with the CPU backend. One kernel per (dtype, index width); the op is a runtime switch,
 // uniform across a launch, which keeps the number of instantiations (and compile time) small.
 // Every kernel walks an Iter: a contiguous fast path (offset = index) or strided offsets.
@@ -7,6 +7,7 @@
 #include <cstring>
 
 #include "../math/elementwise.hpp"
+#include "../math/unary_grad.hpp"
 #include "cuda_backend.hpp"
 #include "device_util.cuh"
 
@@ -124,6 +125,17 @@ void CudaBackend::unary(UnaryOp op, const Tensor& x, const Tensor& out, double a
     });
   }
   check_launch("unary");
+}
+
+void CudaBackend::unary_backward(UnaryOp op, const Tensor& g, const Tensor& v, const Tensor& gx) {
+  if (gx.numel() == 0) return;
+  DeviceGuard guard(ctx_.index);
+  const Iter<3> it = make_iter<3>(gx.shape(), {&gx, &g, &v}, "unary_backward");
+  dispatch_floating(gx.dtype(), [&](auto z) {
+    using T = decltype(z);
+    launch_map<T, T>(it, ctx_.stream, math::UnaryGrad{op});
+  });
+  check_launch("unary_backward");
 }
 
 void CudaBackend::binary(BinaryOp op, const Tensor& x, const Tensor& y, const Tensor& out) {

@@ -8,6 +8,7 @@
 //                 pass over the partials.
 // bfloat16/float16 accumulate in float (compute_t: the Op's type) and round the result once;
 // the row kernels compute in float and keep layer norm's statistics in float.
+#include <algorithm>
 #include <cmath>
 #include <limits>
 
@@ -333,6 +334,69 @@ __global__ void layer_norm_kernel(const T* x, const T* w, const T* b, double eps
   }
 }
 
+// gx of layer norm, a group of G threads per row (as layer_norm_kernel); xhat is recomputed
+// from the forward's mean and rstd (of the compute type A).
+template <typename T>
+__global__ void layer_norm_backward_kernel(const T* x, const T* w, const math::compute_t<T>* mean,
+                                           const math::compute_t<T>* rstd, const T* gy, T* gx, std::int64_t rows,
+                                           std::int64_t n, int G) {
+  using A = math::compute_t<T>;
+  __shared__ A smem[32];
+  const std::int64_t r = static_cast<std::int64_t>(blockIdx.x) * (blockDim.x / G) + threadIdx.x / G;
+  const int lane = threadIdx.x % G;
+  const bool live = r < rows;
+  const std::int64_t o = (live ? r : 0) * n;
+  const A mu = live ? mean[r] : A(0), rs = live ? rstd[r] : A(0);
+  A s1 = 0, s2 = 0;  // row sums of gxhat and gxhat * xhat
+  if (live)
+    for (std::int64_t j = lane; j < n; j += G) {
+      const A gh = static_cast<A>(gy[o + j]) * (w ? static_cast<A>(w[j]) : A(1));
+      s1 += gh;
+      s2 += gh * (static_cast<A>(x[o + j]) - mu) * rs;
+    }
+  s1 = group_reduce(s1, G, smem, [](A a, A c) { return a + c; });
+  s2 = group_reduce(s2, G, smem, [](A a, A c) { return a + c; });
+  if (!live) return;
+  const A m1 = s1 / A(n), m2 = s2 / A(n);
+  for (std::int64_t j = lane; j < n; j += G) {
+    const A gh = static_cast<A>(gy[o + j]) * (w ? static_cast<A>(w[j]) : A(1));
+    const A xh = (static_cast<A>(x[o + j]) - mu) * rs;
+    gx[o + j] = static_cast<T>(rs * (gh - m1 - xh * m2));
+  }
+}
+
+// Column sums of gy * xhat (pw) and gy (pb) over chunk blockIdx.y of `per` rows, one column per
+// thread (coalesced along the row); pw or pb may be null.
+template <typename T>
+__global__ void layer_norm_param_partials(const T* x, const math::compute_t<T>* mean, const math::compute_t<T>* rstd,
+                                          const T* gy, math::compute_t<T>* pw, math::compute_t<T>* pb,
+                                          std::int64_t rows, std::int64_t n, std::int64_t per) {
+  using A = math::compute_t<T>;
+  const std::int64_t j = static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (j >= n) return;
+  const std::int64_t c = blockIdx.y, r1 = (c + 1) * per < rows ? (c + 1) * per : rows;
+  A sw = 0, sb = 0;
+  for (std::int64_t r = c * per; r < r1; ++r) {
+    const A g = static_cast<A>(gy[r * n + j]);
+    sw += g * (static_cast<A>(x[r * n + j]) - mean[r]) * rstd[r];
+    sb += g;
+  }
+  if (pw) pw[c * n + j] = sw;
+  if (pb) pb[c * n + j] = sb;
+}
+
+// out[j] = sum over chunks c, in order, of p[c * n + j] (0 without chunks).
+template <typename T>
+__global__ void column_sum_kernel(const math::compute_t<T>* p, T* out, std::int64_t chunks, std::int64_t n) {
+  using A = math::compute_t<T>;
+  for (std::int64_t j = static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; j < n;
+       j += static_cast<std::int64_t>(gridDim.x) * blockDim.x) {
+    A s = 0;
+    for (std::int64_t c = 0; c < chunks; ++c) s += p[c * n + j];
+    out[j] = static_cast<T>(s);
+  }
+}
+
 // Threads per row and blocks for `rows` rows of length n.
 void row_launch(std::int64_t rows, std::int64_t n, int& G, unsigned& blocks) {
   G = n >= 2048 ? kThreads : 32;
@@ -450,6 +514,41 @@ void CudaBackend::layer_norm(const Tensor& x, const Tensor& weight, const Tensor
                                                                ptr<A>(rstd), rows, n, G);
   });
   check_launch("layer_norm");
+}
+
+void CudaBackend::layer_norm_backward(const Tensor& x, const Tensor& weight, const Tensor& mean, const Tensor& rstd,
+                                      const Tensor& gy, const Tensor& gx, const Tensor& gweight, const Tensor& gbias) {
+  check_float(x, "layer_norm_backward");
+  DeviceGuard guard(ctx_.index);
+  const std::int64_t rows = x.size(0), n = x.size(1);
+  const cudaStream_t s = ctx_.stream;
+  dispatch_floating(x.dtype(), [&](auto z) {
+    using T = decltype(z);
+    using A = math::compute_t<T>;
+    if (gx.defined() && rows > 0 && n > 0) {
+      int G;
+      unsigned blocks;
+      row_launch(rows, n, G, blocks);
+      layer_norm_backward_kernel<T><<<blocks, kThreads, 0, s>>>(ptr<T>(x), weight.defined() ? ptr<T>(weight) : nullptr,
+                                                                ptr<A>(mean), ptr<A>(rstd), ptr<T>(gy), ptr<T>(gx),
+                                                                rows, n, G);
+    }
+    if ((!gweight.defined() && !gbias.defined()) || n == 0) return;
+    // The chunk count depends on the row count only: the sums' order is fixed for a shape.
+    const std::int64_t per = std::max<std::int64_t>(32, (rows + 255) / 256), chunks = (rows + per - 1) / per;
+    Tensor scratch = Tensor::empty({2 * chunks * n}, is_reduced_float(x.dtype()) ? kFloat32 : x.dtype(), x.device());
+    A* pw = gweight.defined() ? ptr<A>(scratch) : nullptr;
+    A* pb = gbias.defined() ? ptr<A>(scratch) + chunks * n : nullptr;
+    if (chunks > 0) {
+      const dim3 grid(static_cast<unsigned>((n + kThreads - 1) / kThreads), static_cast<unsigned>(chunks));
+      layer_norm_param_partials<T>
+          <<<grid, kThreads, 0, s>>>(ptr<T>(x), ptr<A>(mean), ptr<A>(rstd), ptr<T>(gy), pw, pb, rows, n, per);
+    }
+    // Without rows the scratch is empty (null pointers) and the sums are 0.
+    if (gweight.defined()) column_sum_kernel<T><<<grid_for(n), kThreads, 0, s>>>(pw, ptr<T>(gweight), chunks, n);
+    if (gbias.defined()) column_sum_kernel<T><<<grid_for(n), kThreads, 0, s>>>(pb, ptr<T>(gbias), chunks, n);
+  });
+  check_launch("layer_norm_backward");
 }
 
 }  // namespace kiln::cuda

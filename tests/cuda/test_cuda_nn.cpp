@@ -72,6 +72,48 @@ TEST_CASE("cuda nn: layer_norm matches the CPU with and without affine parameter
       }
 }
 
+TEST_CASE("cuda nn: layer_norm gradients with weight or bias alone, and without rows") {
+  KILN_CUDA_OR_SKIP();
+  for (DType dt : kFloats)
+    for (const Shape& s : std::vector<Shape>{{7, 33}, {0, 33}, {600, 40}}) {
+      CAPTURE(dtype_name(dt));
+      CAPTURE(shape_str(s));
+      Pair x = kc::make_pair(kc::layouts()[0], s, dt, 1, -3, 5);
+      const Shape ns{s.back()};
+      Pair w = kc::make_pair(kc::layouts()[0], ns, dt, 2), b = kc::make_pair(kc::layouts()[0], ns, dt, 3);
+      kc::check_grads(
+          "layer_norm weight", [ns](auto& v) { return layer_norm(v[0], ns, v[1]); }, {x, w}, kc::rtol_for(dt) * 100,
+          kc::atol_for(dt) * 10);
+      kc::check_grads(
+          "layer_norm bias", [ns](auto& v) { return layer_norm(v[0], ns, Tensor(), v[1]); }, {x, b},
+          kc::rtol_for(dt) * 100, kc::atol_for(dt) * 10);
+    }
+}
+
+TEST_CASE("cuda nn: fused backward kernels in bfloat16/float16 match the CPU's") {
+  KILN_CUDA_OR_SKIP();
+  using Fn = std::function<Tensor(const std::vector<Tensor>&)>;
+  const std::vector<std::pair<const char*, Fn>> ops = {
+      {"gelu", [](auto& v) { return gelu(v[0]); }},
+      {"gelu_tanh", [](auto& v) { return gelu(v[0], "tanh"); }},
+      {"silu", [](auto& v) { return silu(v[0]); }},
+      {"sigmoid", [](auto& v) { return sigmoid(v[0]); }},
+      {"tanh", [](auto& v) { return kiln::tanh(v[0]); }},
+      {"relu", [](auto& v) { return relu(v[0]); }},
+      {"layer_norm", [](auto& v) { return layer_norm(v[0], {v[0].size(-1)}, v[1], v[2]); }},
+  };
+  for (DType dt : {kBFloat16, kFloat16})
+    for (const auto& l : kc::layouts()) {
+      CAPTURE(dtype_name(dt));
+      CAPTURE(l.name);
+      // Both compute in float32 and round once: at most an ulp apart (different math libraries).
+      const double eps = dt == kBFloat16 ? 0.0078125 : 0.0009765625;
+      Pair x = kc::make_pair(l, {6, 40}, dt, 4);
+      Pair w = kc::make_pair(kc::layouts()[0], {40}, dt, 5), b = kc::make_pair(kc::layouts()[0], {40}, dt, 6);
+      for (const auto& [name, fn] : ops) kc::check_grads(name, fn, {x, w, b}, eps, eps);
+    }
+}
+
 TEST_CASE("cuda nn: cross_entropy and mse_loss values and gradients match the CPU") {
   KILN_CUDA_OR_SKIP();
   for (DType dt : kFloats) {

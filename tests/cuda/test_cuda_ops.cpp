@@ -85,8 +85,11 @@ TEST_CASE("cuda ops: unary gradients match the CPU") {
   const std::vector<std::pair<const char*, Fn>> ops = {
       {"tanh", [](auto& x) { return tanh(x[0]); }},
       {"gelu", [](auto& x) { return gelu(x[0]); }},
+      {"gelu_tanh", [](auto& x) { return gelu(x[0], "tanh"); }},
       {"silu", [](auto& x) { return silu(x[0]); }},
+      {"sigmoid", [](auto& x) { return sigmoid(x[0]); }},
       {"relu", [](auto& x) { return relu(x[0]); }},
+      {"hardswish", [](auto& x) { return hardswish(x[0] * 3.0); }},
       {"exp", [](auto& x) { return exp(x[0]); }},
       {"sqrt", [](auto& x) { return sqrt(abs(x[0]) + 1.0); }},
       {"clamp", [](auto& x) { return clamp(x[0], -0.5, 0.7); }},
