@@ -21,6 +21,7 @@ struct ThreadsGuard {
 
 bool same_bytes(const Tensor& a, const Tensor& b) {
   if (a.dtype() != b.dtype() || a.shape() != b.shape()) return false;
+  if (a.numel() == 0) return true;  // no storage: memcmp must not see its null pointers
   Tensor ac = a.contiguous(), bc = b.contiguous();
   return std::memcmp(ac.raw_data(), bc.raw_data(), static_cast<std::size_t>(ac.numel()) * itemsize(ac.dtype())) == 0;
 }
