@@ -67,6 +67,9 @@ TEST_CASE("stress allocator: random shapes keep in-use + cached within 1.25 x th
 }
 
 TEST_CASE("stress allocator: cpu_empty_cache returns the memory to the OS") {
+  // Start from an empty cache: blocks cached by earlier tests in this process would be evicted to
+  // make room below, lowering RSS while this test expects it to grow.
+  cpu_empty_cache();
   const std::size_t rss0 = rss_bytes();
   {
     std::vector<Tensor> ts;
