@@ -98,6 +98,16 @@ bool blas_layout(std::int64_t rows, std::int64_t cols, std::int64_t rs, std::int
   return false;
 }
 
+// x (batch, rows, cols) as BLAS takes it: x itself where its strides fit (m says how), else a
+// contiguous copy.
+Tensor blas_operand(CpuBackend& be, const Tensor& x, std::int64_t rows, std::int64_t cols, MatArg& m) {
+  if (blas_layout(rows, cols, x.stride(1), x.stride(2), m)) return x;
+  Tensor copy = Tensor::empty(x.shape(), x.dtype(), x.device());
+  be.copy(copy, x);
+  blas_layout(rows, cols, copy.stride(1), copy.stride(2), m);
+  return copy;
+}
+
 template <typename T>
 void eigen_gemm(const T* a, std::int64_t ars, std::int64_t acs, const T* c, std::int64_t crs, std::int64_t ccs, T* o,
                 std::int64_t M, std::int64_t K, std::int64_t N, bool accumulate) {
@@ -137,18 +147,8 @@ void blas_set_num_threads(int n) {
 // a float32 GEMM on converted operands), float32 accumulation, one rounding into `out`.
 void reduced_matmul(CpuBackend& be, const Tensor& a, const Tensor& c, const Tensor& out) {
   const std::int64_t B = out.size(0), M = out.size(1), N = out.size(2), K = a.size(2);
-  Tensor A = a, C = c;
   MatArg ma, mc;
-  if (!blas_layout(M, K, A.stride(1), A.stride(2), ma)) {
-    A = Tensor::empty(a.shape(), a.dtype(), a.device());
-    be.copy(A, a);
-    blas_layout(M, K, A.stride(1), A.stride(2), ma);
-  }
-  if (!blas_layout(K, N, C.stride(1), C.stride(2), mc)) {
-    C = Tensor::empty(c.shape(), c.dtype(), c.device());
-    be.copy(C, c);
-    blas_layout(K, N, C.stride(1), C.stride(2), mc);
-  }
+  const Tensor A = blas_operand(be, a, M, K, ma), C = blas_operand(be, c, K, N, mc);
   GemmDims d;
   d.batch = B, d.M = M, d.N = N, d.K = K, d.ta = ma.trans, d.tb = mc.trans;
   d.lda = ma.ld, d.sa = B > 1 ? A.stride(0) : 0, d.ldb = mc.ld, d.sb = B > 1 ? C.stride(0) : 0, d.ldc = N, d.sc = M * N;
@@ -167,18 +167,8 @@ void dense_matmul(CpuBackend& be, const Tensor& a, const Tensor& c, const Tensor
     if (!accumulate) std::fill(o, o + B * M * N, T(0));
     return;
   }
-  Tensor A = a, C = c;
   MatArg ma, mc;
-  if (!blas_layout(M, K, A.stride(1), A.stride(2), ma)) {
-    A = Tensor::empty(a.shape(), a.dtype(), a.device());
-    be.copy(A, a);
-    blas_layout(M, K, A.stride(1), A.stride(2), ma);
-  }
-  if (!blas_layout(K, N, C.stride(1), C.stride(2), mc)) {
-    C = Tensor::empty(c.shape(), c.dtype(), c.device());
-    be.copy(C, c);
-    blas_layout(K, N, C.stride(1), C.stride(2), mc);
-  }
+  const Tensor A = blas_operand(be, a, M, K, ma), C = blas_operand(be, c, K, N, mc);
   const T* pa = A.data_ptr<T>();
   const T* pc = C.data_ptr<T>();
   const std::int64_t sa = A.stride(0), sc = C.stride(0);
