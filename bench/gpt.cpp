@@ -387,11 +387,12 @@ int main(int argc, char** argv) {
         "dropout={:.2f} "
         "params={} steps={} median_step_ms={:.2f} min_step_ms={:.2f} fwd_ms={:.2f} bwd_ms={:.2f} opt_ms={:.2f} "
         "tokens_per_s={:.0f} loss_first={:.4f} loss_last={:.4f} peak_rss_mib={:.1f} cpu_util={:.2f} "
-        "minflt_per_step={:.0f} os_allocs_per_step={:.1f}\n",
+        "minflt_per_step={:.0f} os_allocs_per_step={:.1f} peak_in_use_mib={:.1f}\n",
         c.preset, c.attn, dev.str(), c.precision, c.threads, c.T, c.d, c.heads, c.layers, c.batch, c.dropout,
         model->num_parameters(), t_step.size(), med * 1e3, *std::min_element(t_step.begin(), t_step.end()) * 1e3,
         median(t_fwd) * 1e3, median(t_bwd) * 1e3, median(t_opt) * 1e3, double(c.batch * c.T) / med, first_loss,
-        last_loss, peak_rss_mib(), cpu_util, faults_per_step, os_allocs_per_step);
+        last_loss, peak_rss_mib(), cpu_util, faults_per_step, os_allocs_per_step,
+        double(cpu_allocator_stats().peak_in_use_bytes) / (1 << 20));
   }
   fmt::print("{}", result);
   if (!out.empty()) {
