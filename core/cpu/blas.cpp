@@ -144,14 +144,16 @@ void blas_set_num_threads(int n) {
 }
 
 // bfloat16/float16: gemm_lowp (oneDNN bf16 where bf16 dot products pay, see bf16_dot.hpp; else
-// a float32 GEMM on converted operands), float32 accumulation, one rounding into `out`.
-void reduced_matmul(CpuBackend& be, const Tensor& a, const Tensor& c, const Tensor& out) {
+// a float32 GEMM on converted operands), float32 accumulation (bias included), one rounding into
+// `out`.
+void reduced_matmul(CpuBackend& be, const Tensor& a, const Tensor& c, const Tensor& out, const float* bias) {
   const std::int64_t B = out.size(0), M = out.size(1), N = out.size(2), K = a.size(2);
   MatArg ma, mc;
   const Tensor A = blas_operand(be, a, M, K, ma), C = blas_operand(be, c, K, N, mc);
   GemmDims d;
   d.batch = B, d.M = M, d.N = N, d.K = K, d.ta = ma.trans, d.tb = mc.trans;
   d.lda = ma.ld, d.sa = B > 1 ? A.stride(0) : 0, d.ldb = mc.ld, d.sb = B > 1 ? C.stride(0) : 0, d.ldc = N, d.sc = M * N;
+  d.bias = bias;
   if (out.dtype() == kBFloat16) gemm_lowp(d, A.data_ptr<BFloat16>(), C.data_ptr<BFloat16>(), out.data_ptr<BFloat16>());
   else gemm_lowp(d, A.data_ptr<Half>(), C.data_ptr<Half>(), out.data_ptr<Half>());
 }
@@ -218,10 +220,18 @@ void CpuBackend::matmul(const Tensor& a, const Tensor& c, const Tensor& out) {
 }
 
 // float32/float64: out's rows start as the bias and the GEMM adds the product onto them (beta = 1),
-// which spares BLAS's zeroing pass and a separate broadcast add over the output.
+// which spares BLAS's zeroing pass and a separate broadcast add over the output. bfloat16/float16:
+// the bias joins the float32 accumulator before the one rounding (as oneDNN's and cuBLASLt's bias
+// epilogues do), not a rounded product plus a rounded add.
 void CpuBackend::matmul_bias(const Tensor& a, const Tensor& c, const Tensor& bias, const Tensor& out) {
   const std::int64_t rows = out.size(0) * out.size(1), N = out.size(2);
   if (rows == 0 || N == 0) return;
+  if (out.dtype() == kBFloat16 || out.dtype() == kFloat16) {
+    Tensor fb = Tensor::empty({N}, kFloat32, Device::cpu());
+    copy(fb, bias);
+    reduced_matmul(*this, a, c, out, fb.data_ptr<float>());
+    return;
+  }
   if (out.dtype() != kFloat32 && out.dtype() != kFloat64) {
     Backend::matmul_bias(a, c, bias, out);
     return;

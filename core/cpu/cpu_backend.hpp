@@ -47,8 +47,9 @@ Backend& cpu_backend();
 // The bfloat16/float16 seams (shapes and semantics as the Backend methods they serve). Today they
 // convert to float32, run the float32 kernels and round each output once; native 16-bit kernels
 // replace their bodies.
-/// out = a @ c (Backend::matmul) for bfloat16/float16 a, c, out (blas.cpp).
-void reduced_matmul(CpuBackend& be, const Tensor& a, const Tensor& c, const Tensor& out);
+/// out = a @ c (Backend::matmul) for bfloat16/float16 a, c, out (blas.cpp); with `bias` (N floats)
+/// out = a @ c + bias, rounded once.
+void reduced_matmul(CpuBackend& be, const Tensor& a, const Tensor& c, const Tensor& out, const float* bias = nullptr);
 /// Backend::attention_forward / attention_backward for bfloat16/float16 q, k, v; lse is float32
 /// (attention.cpp).
 void reduced_attention_forward(CpuBackend& be, const AttentionArgs& a, const Tensor& out, const Tensor& lse,

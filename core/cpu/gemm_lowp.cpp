@@ -12,6 +12,7 @@
 #include <map>
 #include <mutex>
 #include <string>
+#include <unordered_map>
 #include <vector>
 
 #include "../error.hpp"
@@ -49,7 +50,7 @@ using Key = std::array<std::int64_t, 17>;
 struct Entry {
   bool usable = false;  // false: oneDNN offers only its reference kernel for this case
   dnnl::matmul prim;
-  dnnl::memory::desc src, wei, dst;
+  dnnl::memory::desc src, wei, dst, bias;
 };
 
 struct OneDnn {
@@ -77,6 +78,8 @@ Entry make_entry(const GemmDims& d, bool out_f32) {
   const auto wei = operand_desc(d.batch, d.K, d.N, d.tb, d.ldb, d.sb, dt::bf16);
   const auto dst = dnnl::memory::desc({d.batch, d.M, d.N}, out_f32 ? dt::f32 : dt::bf16,
                                       {d.batch == 1 ? d.M * d.ldc : d.sc, d.ldc, 1});
+  // The bias (one float32 row, broadcast over batch and rows) is added before the rounding.
+  const auto bias = d.bias ? dnnl::memory::desc({1, 1, d.N}, dt::f32, {d.N, d.N, 1}) : dnnl::memory::desc();
   dnnl::primitive_attr attr;
   if (d.alpha != 1.0f) attr.set_output_scales(0, {d.alpha});
   if (d.beta != 0.0f) {
@@ -86,12 +89,15 @@ Entry make_entry(const GemmDims& d, bool out_f32) {
   }
   Entry e;
   try {
-    dnnl::matmul::primitive_desc pd(dnnl::matmul::desc(src, wei, dst), attr, o.eng);
+    dnnl::matmul::primitive_desc pd(d.bias ? dnnl::matmul::desc(src, wei, bias, dst)
+                                           : dnnl::matmul::desc(src, wei, dst),
+                                    attr, o.eng);
     if (std::string(pd.impl_info_str()).rfind("ref", 0) == 0) return e;
     e.prim = dnnl::matmul(pd);
     e.src = src;
     e.wei = wei;
     e.dst = dst;
+    e.bias = bias;
     e.usable = true;
   } catch (const dnnl::error&) {
     // unsupported layout or attribute: the float32 path handles it
@@ -107,9 +113,23 @@ bool onednn_gemm(const GemmDims& d, const BFloat16* a, const BFloat16* b, O* c) 
   std::memcpy(&ab, &d.alpha, 4);
   std::memcpy(&bb, &d.beta, 4);
   // Primitives are tuned to the thread count at creation: it is part of the key.
-  const Key key{d.batch, d.M,  d.N,   d.K,  d.ta, d.tb, d.lda,   d.sa,
-                d.ldb,   d.sb, d.ldc, d.sc, ab,   bb,   out_f32, omp_get_max_threads(),
-                0};
+  const Key key{d.batch,
+                d.M,
+                d.N,
+                d.K,
+                d.ta,
+                d.tb,
+                d.lda,
+                d.sa,
+                d.ldb,
+                d.sb,
+                d.ldc,
+                d.sc,
+                ab,
+                bb,
+                out_f32,
+                omp_get_max_threads(),
+                d.bias != nullptr};
   auto& o = onednn();
   Entry e;
   {
@@ -126,7 +146,9 @@ bool onednn_gemm(const GemmDims& d, const BFloat16* a, const BFloat16* b, O* c) 
   dnnl::memory mb(e.wei, o.eng, const_cast<BFloat16*>(b));
   dnnl::memory mc(e.dst, o.eng, c);
   dnnl::stream s(o.eng);
-  e.prim.execute(s, {{DNNL_ARG_SRC, ma}, {DNNL_ARG_WEIGHTS, mb}, {DNNL_ARG_DST, mc}});
+  std::unordered_map<int, dnnl::memory> args{{DNNL_ARG_SRC, ma}, {DNNL_ARG_WEIGHTS, mb}, {DNNL_ARG_DST, mc}};
+  if (d.bias) args.emplace(DNNL_ARG_BIAS, dnnl::memory(e.bias, o.eng, const_cast<float*>(d.bias)));
+  e.prim.execute(s, args);
   s.wait();
   return true;
 }
@@ -199,11 +221,18 @@ void float_gemm(const GemmDims& d, const T* a, const T* b, O* c) {
       for (std::int64_t m = 0; m < rows; ++m) load_float(ai + (m0 + m) * d.lda, fa + m * d.K, d.K);
     const float* pb = fb.data_ptr<float>() + (nb == 1 ? 0 : i) * br * bc;
     O* ci = c + i * d.sc + m0 * d.ldc;
+    // With a bias the float32 rows start as the bias and the GEMM adds the product (beta = 1).
+    auto bias_rows = [&](float* dst, std::int64_t ld) {
+      for (std::int64_t m = 0; m < rows; ++m) std::copy(d.bias, d.bias + d.N, dst + m * ld);
+    };
     if constexpr (out_f32) {
-      sgemm_rowmajor(d.ta, d.tb, rows, d.N, d.K, d.alpha, fa, d.ta ? rows : d.K, pb, bc, d.beta, ci, d.ldc);
+      if (d.bias) bias_rows(ci, d.ldc);
+      sgemm_rowmajor(d.ta, d.tb, rows, d.N, d.K, d.alpha, fa, d.ta ? rows : d.K, pb, bc, d.bias ? 1.0f : d.beta, ci,
+                     d.ldc);
     } else {
       float* t = fa + mb * d.K;
-      sgemm_rowmajor(d.ta, d.tb, rows, d.N, d.K, d.alpha, fa, d.ta ? rows : d.K, pb, bc, 0.0f, t, d.N);
+      if (d.bias) bias_rows(t, d.N);
+      sgemm_rowmajor(d.ta, d.tb, rows, d.N, d.K, d.alpha, fa, d.ta ? rows : d.K, pb, bc, d.bias ? 1.0f : 0.0f, t, d.N);
       for (std::int64_t m = 0; m < rows; ++m) {
         float* tr = t + m * d.N;
         O* cr = ci + m * d.ldc;
@@ -223,6 +252,8 @@ void check_dims(const GemmDims& d) {
              d.batch, d.M, d.N, d.K);
   KILN_CHECK(d.ldc >= d.N && (d.batch <= 1 || d.sc != 0), "gemm_lowp", "bad output layout: ldc {} N {} sc {}", d.ldc,
              d.N, d.sc);
+  KILN_CHECK(!d.bias || (d.alpha == 1.0f && d.beta == 0.0f), "gemm_lowp",
+             "a bias needs alpha 1 and beta 0, got {} and {}", d.alpha, d.beta);
 }
 
 }  // namespace
@@ -246,11 +277,12 @@ void gemm_lowp(const GemmDims& d, const T* a, const T* b, O* c) {
   static_assert(is_reduced_float_v<T> && (std::is_same_v<O, T> || std::is_same_v<O, float>));
   check_dims(d);
   if (d.batch == 0 || d.M == 0 || d.N == 0) return;
-  if (d.K == 0) {  // an empty sum: C = beta * C
+  if (d.K == 0) {  // an empty sum: C = beta * C (+ bias)
     for (std::int64_t i = 0; i < d.batch; ++i)
       for (std::int64_t m = 0; m < d.M; ++m) {
         O* cr = c + i * d.sc + m * d.ldc;
-        for (std::int64_t n = 0; n < d.N; ++n) cr[n] = d.beta == 0.0f ? O(0.0f) : O(d.beta * static_cast<float>(cr[n]));
+        for (std::int64_t n = 0; n < d.N; ++n)
+          cr[n] = d.bias ? O(d.bias[n]) : (d.beta == 0.0f ? O(0.0f) : O(d.beta * static_cast<float>(cr[n])));
       }
     return;
   }

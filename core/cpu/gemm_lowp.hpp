@@ -20,11 +20,14 @@ namespace kiln::cpu {
 /// or A[k * lda + m] when ta; op(B) is (K, N): B[k * ldb + n], or B[n * ldb + k] when tb; C is
 /// (M, N) with row stride ldc. sa/sb/sc step between batch items (0: the same matrix for all; C
 /// needs sc != 0 when batch > 1). beta == 0 ignores C's old contents (NaN included).
+/// bias (N floats, needs alpha == 1 and beta == 0) is added to every row in float32 before C is rounded: a
+/// linear layer's output rounds once, not once after the product and again after the bias.
 struct GemmDims {
   std::int64_t batch = 1, M = 0, N = 0, K = 0;
   bool ta = false, tb = false;
   std::int64_t lda = 0, sa = 0, ldb = 0, sb = 0, ldc = 0, sc = 0;
   float alpha = 1.0f, beta = 0.0f;
+  const float* bias = nullptr;
 };
 
 /// T is BFloat16 or Half; O is T or float.

@@ -20,6 +20,7 @@ struct Case {
   std::int64_t pad;  // extra elements per row (ld > cols)
   bool bcast_a;      // sa = 0: one A for every batch item
   float alpha, beta;
+  bool bias = false;  // a float32 bias row added before the rounding (alpha 1, beta 0)
 };
 
 template <typename T>
@@ -45,6 +46,8 @@ void run_case(const Case& c, std::mt19937& rng) {
   const auto a = random_values<T>(static_cast<std::size_t>((c.bcast_a ? 1 : c.batch) * ar * d.lda), rng);
   const auto b = random_values<T>(static_cast<std::size_t>(c.batch * br * d.ldb), rng);
   auto out = random_values<O>(static_cast<std::size_t>(c.batch * d.sc), rng);
+  const auto bias = random_values<float>(static_cast<std::size_t>(c.N), rng);
+  if (c.bias) d.bias = bias.data();
   if (c.beta == 0.0f) out[0] = O(NAN);  // beta 0 ignores the old contents, NaN included
   const auto old = out;
   cpu::gemm_lowp<T, O>(d, a.data(), b.data(), out.data());
@@ -63,8 +66,9 @@ void run_case(const Case& c, std::mt19937& rng) {
         }
         const std::size_t at = static_cast<std::size_t>(i * d.sc + m * d.ldc + n);
         const double prev = c.beta == 0.0f ? 0.0 : double(float(old[at]));
-        ref = c.alpha * ref + c.beta * prev;
-        mag = std::abs(c.alpha) * mag + std::abs(c.beta * prev);
+        const double b = c.bias ? double(bias[static_cast<std::size_t>(n)]) : 0.0;
+        ref = c.alpha * ref + c.beta * prev + b;
+        mag = std::abs(c.alpha) * mag + std::abs(c.beta * prev) + std::abs(b);
         const double got = float(out[at]);
         const double tol = 4 * c.K * 6e-8 * mag + out_eps * std::abs(ref) + 1e-30;
         worst = std::max(worst, std::abs(got - ref) / std::max(mag, 1e-30));
@@ -97,6 +101,11 @@ const std::vector<Case> kCases = {
     // M >= 4 N with op(A) larger than one panel: the float32 path goes panel by panel.
     {1, 300, 16, 1000, false, false, 3, false, 1, 0},
     {2, 300, 16, 1000, true, true, 1, true, 0.5f, 0.25f},
+    // With a bias: plain, batched with B transposed, K = 0 (the bias alone), panel by panel.
+    {1, 7, 5, 3, false, false, 0, false, 1, 0, true},
+    {3, 16, 32, 24, false, true, 2, false, 1, 0, true},
+    {5, 3, 2, 0, false, false, 0, false, 1, 0, true},
+    {2, 300, 16, 1000, true, true, 1, true, 1, 0, true},
 };
 
 template <typename T>
@@ -109,6 +118,7 @@ void run_all(std::mt19937& rng) {
     CAPTURE(c.ta);
     CAPTURE(c.tb);
     CAPTURE(c.beta);
+    CAPTURE(c.bias);
     run_case<T, T>(c, rng);
     run_case<T, float>(c, rng);
   }
@@ -155,6 +165,41 @@ TEST_CASE("gemm_lowp: bad layouts are errors") {
   d.ldc = 3;
   d.M = -1;
   CHECK_KILN_ERROR(cpu::gemm_lowp(d, a.data(), b.data(), c.data()), "[gemm_lowp] negative size");
+  d.M = 2;
+  const std::vector<float> bias(3);
+  d.bias = bias.data();
+  d.beta = 1;
+  CHECK_KILN_ERROR(cpu::gemm_lowp(d, a.data(), b.data(), c.data()), "[gemm_lowp] a bias needs alpha 1 and beta 0");
+}
+
+// x @ w^T = 1 + 3u/8 and b = u/2 (u: the spacing of the 16-bit type at 1). Rounded once, the sum
+// 1 + 7u/8 gives 1 + u; rounding the product first gives 1, and then 1 + u/2 ties to even: 1.
+TEST_CASE("linear bf16/fp16: the bias joins the float32 sum before the one rounding") {
+  const int prev = cpu::set_bf16_dot(1);  // bf16 through oneDNN's bias too where the CPU has it
+  for (int pass = 0; pass < 2; ++pass) {
+    cpu::set_bf16_dot(pass == 0 ? 1 : 0);
+    for (DType dt : {kBFloat16, kFloat16}) {
+      CAPTURE(pass);
+      CAPTURE(dtype_name(dt));
+      const double u = dt == kBFloat16 ? std::ldexp(1.0, -7) : std::ldexp(1.0, -10);
+      Tensor x = tensor({1.0, 3 * u / 8}).reshape({1, 2}).to(dt);
+      Tensor w = ones({1, 2}).to(dt), b = tensor({u / 2}).to(dt);
+      Tensor y = linear(x.expand({5, 2}), w, b);
+      REQUIRE(y.dtype() == dt);
+      for (double v : y.to(kFloat64).to_vector<double>()) CHECK(v == 1 + u);
+      // Larger, the fused result equals the float32 computation rounded once.
+      Generator g(4);
+      Tensor xs = randn({70, 33}, kFloat32, &g).to(dt), ws = randn({20, 33}, kFloat32, &g).to(dt),
+             bs = randn({20}, kFloat32, &g).to(dt);
+      Tensor want = linear(xs.to(kFloat32), ws.to(kFloat32), bs.to(kFloat32));
+      Tensor got = linear(xs, ws, bs).to(kFloat32);
+      const double out_eps = dt == kBFloat16 ? 1.0 / 256 : 1.0 / 2048;
+      auto gv = got.to_vector<float>(), wv = want.to_vector<float>();
+      for (std::size_t i = 0; i < gv.size(); ++i)
+        REQUIRE(std::abs(gv[i] - wv[i]) <= out_eps * std::abs(wv[i]) + 1e-5 * 33);
+    }
+  }
+  cpu::set_bf16_dot(prev);
 }
 
 TEST_CASE("matmul bf16/fp16: views (transposed, sliced, broadcast batch) against float32 on the rounded inputs") {
