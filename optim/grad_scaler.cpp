@@ -5,6 +5,7 @@
 #include <cmath>
 #include <set>
 #include <string>
+#include <vector>
 
 #include "../autograd/autocast.hpp"
 #include "../autograd/grad_mode.hpp"
@@ -46,11 +47,29 @@ Tensor GradScaler::scale(const Tensor& loss) const {
   KILN_CHECK(loss.is_floating_point(), kName, "scale: the loss must be floating point, got {}",
              dtype_name(loss.dtype()));
   Tensor l = is_reduced_float(loss.dtype()) ? to(loss, kFloat32) : loss;
+  scaled_ = true;
   return mul(l, full({}, scale_, TensorOptions(l.dtype()).device(l.device())));
 }
 
 void GradScaler::unscale_(optim::Optimizer& opt) {
   if (!is_enabled()) return;
+  // Dividing by S in float16 underflows exactly the small values the scaling saved (PyTorch
+  // refuses too): the gradients must be of float32 parameters.
+  const std::vector<Tensor> params = opt.parameters();
+  for (std::size_t i = 0; i < params.size(); ++i) {
+    const Tensor g = params[i].grad();
+    KILN_CHECK(!g.defined() || g.dtype() != kFloat16, kName,
+               "unscale_: parameter {} of this {} optimizer (shape {}) has a float16 gradient, which unscaling in "
+               "float16 would underflow; keep the parameters float32 and run the forward pass under "
+               "kiln::autocast(kFloat16)",
+               i, opt.name(), shape_str(params[i].shape()));
+  }
+  // Without scale() the gradients are the loss's own: dividing them by S would shrink the
+  // update S times, silently.
+  KILN_CHECK(scaled_, kName,
+             "unscale_()/step(): no scale() since the last update(), so the gradients were not multiplied by the "
+             "scale ({}) and dividing them by it would shrink the step as much; run backward on scaler.scale(loss)",
+             scale_);
   Stage& st = stages_[&opt];
   KILN_CHECK(!st.stepped, kName, "unscale_() is called after step() on this {} optimizer; call update() first",
              opt.name());
@@ -60,7 +79,7 @@ void GradScaler::unscale_(optim::Optimizer& opt) {
   // One count per gradient, summed on its device, read once: a single wait for the whole set.
   const double inv = 1.0 / scale_;
   Tensor nonfinite;
-  for (const Tensor& p : opt.parameters()) {
+  for (const Tensor& p : params) {
     Tensor g = p.grad();
     if (!g.defined()) continue;
     g.mul_(inv);
@@ -77,7 +96,8 @@ bool GradScaler::step(optim::Optimizer& opt) {
     opt.step();
     return true;
   }
-  if (!stages_[&opt].unscaled) unscale_(opt);
+  // find, not []: a refused unscale_ must leave no stage behind for update() to act on.
+  if (auto it = stages_.find(&opt); it == stages_.end() || !it->second.unscaled) unscale_(opt);
   Stage& st = stages_[&opt];
   KILN_CHECK(!st.stepped, kName, "step() has already been called on this {} optimizer since the last update()",
              opt.name());
@@ -94,6 +114,7 @@ void GradScaler::update() {
   bool found_inf = false;
   for (const auto& [opt, st] : stages_) found_inf = found_inf || st.found_inf;
   stages_.clear();
+  scaled_ = false;
   if (found_inf) {
     scale_ *= options_.backoff_factor();
     growth_tracker_ = 0;
@@ -110,6 +131,7 @@ void GradScaler::update(double new_scale) {
   check_scale(new_scale, "update(new_scale)");
   scale_ = new_scale;
   stages_.clear();
+  scaled_ = false;
 }
 
 StateDict GradScaler::state_dict() const {
@@ -147,6 +169,7 @@ void GradScaler::load_state_dict(const StateDict& sd) {
   scale_ = s;
   growth_tracker_ = static_cast<std::int64_t>(tracker);
   stages_.clear();
+  scaled_ = false;
 }
 
 }  // namespace kiln::amp

@@ -57,9 +57,13 @@ class GradScaler {
   explicit GradScaler(const GradScalerOptions& options) : GradScaler(kFloat16, options) {}
 
   /// loss * S (a float16/bfloat16 loss is converted to float32 first, so S cannot overflow it).
+  /// unscale_ and step need a scale() since the last update(): gradients of an unscaled loss
+  /// divided by S would be S times too small.
   Tensor scale(const Tensor& loss) const;
   /// Divides the gradients of opt's parameters by S in place and records whether any is
-  /// inf/NaN. At most once per optimizer between update()s, and before step().
+  /// inf/NaN. At most once per optimizer between update()s, and before step(). float16
+  /// gradients (a model->to(kFloat16)) are refused, as PyTorch does: unscaled in float16 they
+  /// would underflow; keep float32 parameters under kiln::autocast(kFloat16).
   void unscale_(optim::Optimizer& opt);
   /// Unscales if unscale_ was not called, then runs opt.step() unless a gradient was inf/NaN.
   /// Returns whether the step ran. Once per optimizer between update()s.
@@ -89,6 +93,7 @@ class GradScaler {
   GradScalerOptions options_;
   double scale_;
   std::int64_t growth_tracker_ = 0;
+  mutable bool scaled_ = false;  // scale() ran since the last update()
 };
 
 }  // namespace kiln::amp

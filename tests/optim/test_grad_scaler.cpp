@@ -162,6 +162,16 @@ TEST_CASE("GradScaler call order errors") {
   s.step(opt);
   CHECK_KILN_ERROR(s.step(opt), "step() has already been called on this SGD optimizer");
   s.update();
+  // Forgetting scale(): the gradients would be divided by a scale they never got.
+  opt.zero_grad();
+  p.loss().backward();
+  const Tensor g = p.w.grad().clone();
+  CHECK_KILN_ERROR(s.step(opt),
+                   "[GradScaler] unscale_()/step(): no scale() since the last update(), so the "
+                   "gradients were not multiplied by the scale (65536)");
+  CHECK_KILN_ERROR(s.unscale_(opt), "no scale() since the last update()");
+  CHECK(equal(p.w.grad(), g));  // left as they were
+  s.scale(p.loss()).backward();
   s.step(opt);
   CHECK_KILN_ERROR(s.unscale_(opt), "unscale_() is called after step()");
   s.update(4.0);
@@ -170,6 +180,32 @@ TEST_CASE("GradScaler call order errors") {
   CHECK_KILN_ERROR(s.update(kInf), "update(new_scale) must be positive and finite, got inf");
   CHECK_KILN_ERROR(s.scale(Tensor()), "[GradScaler] scale: the loss is undefined");
   CHECK_KILN_ERROR(s.scale(full({}, 1, kInt64)), "scale: the loss must be floating point, got int64");
+}
+
+TEST_CASE("GradScaler refuses float16 gradients (unscaled in float16 they underflow), takes bfloat16 ones") {
+  // A true gradient of 1e-8 is 6.6e-4 scaled by 2^16, a normal float16; divided by 2^16 in
+  // float16 it would round to 0 (below 2^-25), silently undoing what the scaling kept.
+  Tensor h = ones({3}, kFloat16).requires_grad_();
+  optim::SGD opt_h({h}, optim::SGDOptions(1.0));
+  GradScaler s;
+  (void)s.scale(ones({}));  // the loss whose backward the gradients below stand for
+  h.set_grad(full({3}, 1e-8 * s.get_scale(), kFloat16));
+  const char* msg =
+      "[GradScaler] unscale_: parameter 0 of this SGD optimizer (shape (3,)) has a float16 gradient, which "
+      "unscaling in float16 would underflow; keep the parameters float32 and run the forward pass under "
+      "kiln::autocast(kFloat16)";
+  CHECK_KILN_ERROR(s.unscale_(opt_h), msg);
+  CHECK_KILN_ERROR(s.step(opt_h), msg);
+  CHECK(equal(h, ones({3}, kFloat16)));                                                   // not stepped
+  CHECK(h.grad().to_vector<double>()[0] == doctest::Approx(1e-8 * 65536).epsilon(1e-3));  // not divided
+  CHECK_KILN_ERROR(s.update(), "no unscale_() or step() since the last update()");  // the refusals recorded nothing
+  // bfloat16 has float32's exponent range: dividing by a power of two is exact.
+  Tensor b = ones({3}, kBFloat16).requires_grad_();
+  optim::SGD opt_b({b}, optim::SGDOptions(1.0));
+  b.set_grad(full({3}, 3.0 * s.get_scale(), kBFloat16));
+  CHECK(s.step(opt_b));
+  CHECK(b.grad().to_vector<double>() == std::vector<double>{3, 3, 3});
+  s.update();
 }
 
 TEST_CASE("GradScaler rejects bfloat16, non-float16 dtypes and bad options") {
