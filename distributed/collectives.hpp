@@ -28,7 +28,11 @@
 namespace kiln::distributed {
 
 /// Sum, mean (floating dtypes only), maximum, minimum. For bool tensors Sum and Max are logical
-/// OR, Min is logical AND.
+/// OR, Min is logical AND. bfloat16/float16 travel as 16-bit words and reduce in float32 one
+/// pair at a time, rounded back to the 16-bit dtype after each step (as NCCL does): a sum over N
+/// ranks carries up to N - 1 roundings (in an order MPI picks; every rank gets the same bits),
+/// and Avg divides that sum and rounds once more. Convert to float32 first where this matters
+/// (DDPOptions().reduce_dtype(kFloat32) does it for a 16-bit model's gradients).
 enum class ReduceOp { Sum, Avg, Max, Min };
 std::string_view reduce_op_name(ReduceOp op);
 

@@ -66,7 +66,9 @@ DistributedDataParallel::DistributedDataParallel(const nn::Module& module, DDPOp
                dtype_name(*options_.reduce_dtype()));
   std::vector<detail::ReplicaEntry> entries;
   for (const auto& [name, p] : module.named_parameters()) {
-    entries.push_back({"parameter", name, p});
+    // Frozen on one rank only would give the ranks different buckets: their all-reduces would
+    // no longer pair up (a hang at the first mismatch past the signature check).
+    entries.push_back({p.requires_grad() ? "parameter" : "frozen parameter", name, p});
     if (!p.requires_grad()) continue;
     KILN_CHECK(p.is_floating_point(), kOp, "parameter '{}' requires grad but is {}", name, dtype_name(p.dtype()));
     params_.push_back(p);

@@ -16,8 +16,10 @@
 ///   }
 ///
 /// At construction every rank must have the same parameters and buffers (names, shapes, dtypes,
-/// in registration order): a difference is a kiln::Error on every rank naming the first differing
-/// entry and the ranks; then rank 0's values are broadcast to all. The model is used as it is
+/// which parameters are frozen (requires_grad false: not reduced), in registration order): a
+/// difference is a kiln::Error on every rank naming the first differing entry and the ranks;
+/// then rank 0's values are broadcast to all. A model without parameters (or with all of them
+/// frozen) is accepted: its backward passes communicate nothing. The model is used as it is
 /// (call it directly); the wrapper only hooks its parameters (autograd/hooks.hpp).
 ///
 /// During each backward pass (outside no_sync) the gradients go into buckets of about

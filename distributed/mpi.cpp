@@ -366,7 +366,20 @@ WorldInfo mpi_start() {
   return g_thread->start();
 }
 
-void mpi_stop() { g_thread->stop(); }
+void mpi_stop() {
+  // MPI_Finalize does not tell a peer still waiting in a collective that this rank is gone: it
+  // would wait forever. So the ranks first compare signatures once more; where one of them is in
+  // a collective instead (it gets the mismatch as its error), the job ends here.
+  const WorldInfo& w = world_info("distributed::finalize");
+  try {
+    run_internal(w.world, "distributed::finalize", make_signature(Kind::Finalize, nullptr), [] {});
+  } catch (const Error& e) {
+    std::fprintf(stderr, "kiln::distributed: rank %d cannot finalize: %s; aborting the job\n", w.rank, e.what());
+    std::fflush(stderr);
+    mpi_abort(1);
+  }
+  g_thread->stop();
+}
 
 void mpi_abort(int code) {
   MPI_Abort(MPI_COMM_WORLD, code);

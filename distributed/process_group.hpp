@@ -37,6 +37,9 @@ void init();
 bool is_initialized();
 /// Runs every queued operation to completion, then shuts MPI down; every rank must call it (it
 /// synchronizes the ranks). No collective may be issued afterwards; init() cannot be called again.
+/// A rank that finalizes while another waits in a collective (say it skipped one after catching
+/// an error) ends the job (MPI_Abort, the ranks' disagreement on stderr) rather than leave that
+/// rank waiting forever.
 void finalize();
 /// Ends the job at once: MPI_Abort (every rank of the job exits with `code`), or std::exit(code)
 /// in the one-process world.

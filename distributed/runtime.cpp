@@ -72,6 +72,7 @@ const char* kind_name(Kind k) {
     case Kind::Recv: return "recv";
     case Kind::NewGroup: return "new_group";
     case Kind::Split: return "split";
+    case Kind::Finalize: return "finalize";
     case Kind::Internal: break;
   }
   return "internal";

@@ -36,7 +36,8 @@ enum class Kind : std::int64_t {
   Recv,
   NewGroup,
   Split,
-  Internal
+  Internal,
+  Finalize
 };
 const char* kind_name(Kind k);
 

@@ -176,6 +176,14 @@ void ZeroRedundancyOptimizer::zero_grad(bool set_to_none) {
 
 void ZeroRedundancyOptimizer::consolidate_state_dict(int to) {
   const int world = group_.size(), me = group_.rank();
+  // The ranks first agree on `to`: naming different ones, each would wait in recv() for the
+  // others' state (a hang), and one rank's bad `to` must fail on every rank.
+  const std::vector<std::int64_t> tos =
+      all_gather(tensor(std::vector<std::int64_t>{to}), group_).to_vector<std::int64_t>();
+  for (int r = 1; r < world; ++r)
+    KILN_CHECK(tos[static_cast<std::size_t>(r)] == tos[0], kOp,
+               "consolidate_state_dict: the ranks name different destinations: rank 0 gives {}, rank {} gives {}",
+               tos[0], r, tos[static_cast<std::size_t>(r)]);
   KILN_CHECK(to >= 0 && to < world, kOp, "consolidate_state_dict: rank {} is not in the group of {} ranks", to, world);
   // This rank's part, keyed by global parameter index.
   const StateDict local = local_->state_dict();

@@ -50,7 +50,8 @@ class ZeroRedundancyOptimizer {
   void zero_grad(bool set_to_none = true);
 
   /// Gathers the whole optimizer state on rank `to` (group rank), as one unsharded optimizer over
-  /// the same groups would hold it. Collective; state_dict() on `to` then returns it.
+  /// the same groups would hold it. Collective; state_dict() on `to` then returns it. Every rank
+  /// must pass the same `to` (a difference is a kiln::Error on every rank).
   void consolidate_state_dict(int to = 0);
   /// The consolidated state (kiln::Error unless consolidate_state_dict() ran on this rank with
   /// `to` = this rank since the last step() or load).

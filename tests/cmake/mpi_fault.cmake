@@ -1,4 +1,4 @@
-# cmake -D MPIRUN="mpirun;flags" -D EXE=kiln_mpi_tests -D MODE=throw|kill|exit|guard -P mpi_fault.cmake
+# cmake -D MPIRUN="mpirun;flags" -D EXE=kiln_mpi_tests -D MODE=throw|kill|exit|guard|finalize -P mpi_fault.cmake
 # Runs the job with 3 ranks, rank 1 misbehaving (tests/distributed/mpi_tests.cc): mpirun must exit
 # non-zero within kLimit seconds. A hang is the failure this guards against.
 set(kLimit 30)
@@ -21,5 +21,8 @@ if(MODE STREQUAL "throw" AND NOT err MATCHES "rank 1 terminating on an uncaught 
 endif()
 if(MODE STREQUAL "guard" AND NOT err MATCHES "rank 1 leaves on an exception; aborting the job")
   message(FATAL_ERROR "fault 'guard': InitGuard did not abort the job\n${err}")
+endif()
+if(MODE STREQUAL "finalize" AND NOT err MATCHES "rank 1 cannot finalize: \\[distributed::finalize\\] the ranks disagree")
+  message(FATAL_ERROR "fault 'finalize': finalize did not detect the ranks waiting in a collective\n${err}")
 endif()
 message(STATUS "fault '${MODE}': mpirun exited ${rc} after ${dt} s")

@@ -94,6 +94,7 @@ struct Run {
   bool uneven = false;    // global batches whose rows do not divide by the ranks
   bool use_side = false;  // rank 0 alone uses the `side` layer
   bool zero = false;      // ZeRO-1 instead of a plain AdamW
+  bool frozen = false;    // fc1 frozen on every rank: not reduced, not trained
   dist::DDPOptions ddp = dist::DDPOptions().bucket_cap_mb(0.001).first_bucket_cap_mb(0.0005);
 };
 
@@ -116,6 +117,8 @@ double train_and_compare(const Run& c) {
   const int world = dist::world_size(), me = dist::rank();
   Net model = make_net(c.dtype, 100 + static_cast<std::uint64_t>(me));  // different on every rank
   Net ref = make_net(c.dtype, 100);                                     // rank 0's init
+  if (c.frozen)
+    for (Net* n : {&model, &ref}) (*n)->fc1->weight.requires_grad_(false), (*n)->fc1->bias.requires_grad_(false);
   dist::DistributedDataParallel ddp(*model, c.ddp);
   CHECK(max_rel_diff(model->parameters(), ref->parameters()) == 0);  // rank 0's weights everywhere
   CHECK(max_rel_diff(model->buffers(), ref->buffers()) == 0);
@@ -195,6 +198,31 @@ TEST_CASE("ddp: parameters unused on some ranks, or on all") {
   Run c;
   c.use_side = dist::world_size() > 1;
   CHECK(train_and_compare(c) <= 1e-12);
+}
+
+TEST_CASE("ddp: frozen parameters are not reduced; a model with none to reduce communicates nothing") {
+  Run c;
+  c.frozen = true;
+  CHECK(train_and_compare(c) <= tolerance(c.dtype));
+  // No parameters at all, or all frozen: backward runs as in one process, the ranks stay in step.
+  nn::Tanh act;
+  dist::DistributedDataParallel none(*act);
+  CHECK(none.parameters().empty());
+  CHECK(none.bucket_layout().empty());
+  Net frozen = make_net(kiln::kFloat64, 5);
+  for (Tensor p : frozen->parameters()) p.requires_grad_(false);
+  dist::DistributedDataParallel all_frozen(*frozen);
+  CHECK(all_frozen.parameters().empty());
+  auto [x, y] = global_batch(0, 4, kiln::kFloat64);
+  for (int pass = 0; pass < 2; ++pass) {
+    Tensor xin = x.clone().requires_grad_();
+    kiln::mse_loss(frozen->forward(act(xin)), y).backward();
+    CHECK(xin.grad().defined());
+    CHECK_FALSE(frozen->fc1->weight.grad().defined());
+  }
+  Tensor t = kiln::ones({1});
+  dist::all_reduce(t);
+  CHECK(t.item<double>() == dist::world_size());
 }
 
 TEST_CASE("ddp: gradients reduced in float32 for a float64 model") {
@@ -324,6 +352,23 @@ TEST_CASE("ddp: models that differ across ranks give the same error on every ran
   err = kt::error_of([&] { dist::ZeroRedundancyOptimizer z(ps, adamw); });
   CHECK(err.find("differ at entry 9: rank 0 has parameter '9 of group 0' float64 (2,); rank 1 has no entry (it has 9 "
                  "in all)") != std::string::npos);
+  // A parameter frozen on one rank only: the ranks would reduce different buckets.
+  Net f = make_net(kiln::kFloat64, 1);
+  if (me == world - 1) f->fc2->weight.requires_grad_(false);
+  err = kt::error_of([&] { dist::DistributedDataParallel ddp(*f); });
+  CHECK(err.find("differ at entry 2: rank 0 has parameter 'fc2.weight' float64 (16, 16)") != std::string::npos);
+  CHECK(err.find(fmt::format("rank {} has frozen parameter 'fc2.weight' float64 (16, 16)", world - 1)) !=
+        std::string::npos);
+  // ZeRO's consolidation with different destinations (each would wait in recv), or one out of range.
+  Net z = make_net(kiln::kFloat64, 1);
+  dist::ZeroRedundancyOptimizer zo(z->parameters(), adamw);
+  err = kt::error_of([&] { zo.consolidate_state_dict(me == 0 ? 0 : 1); });
+  CHECK(err ==
+        "[ZeroRedundancyOptimizer] consolidate_state_dict: the ranks name different destinations: rank 0 gives 0, "
+        "rank 1 gives 1");
+  err = kt::error_of([&] { zo.consolidate_state_dict(world); });
+  CHECK(err == fmt::format("[ZeroRedundancyOptimizer] consolidate_state_dict: rank {} is not in the group of {} ranks",
+                           world, world));
   // The ranks are still in step afterwards.
   Tensor t = kiln::ones({2});
   dist::all_reduce(t);
