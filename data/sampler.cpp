@@ -54,6 +54,9 @@ std::vector<std::int64_t> RandomSampler::indices() const { return permutation(n_
 
 DistributedSampler::DistributedSampler(std::int64_t n, DistributedSamplerOptions options) : n_(n), options_(options) {
   check_size("DistributedSampler", n);
+  KILN_CHECK(options.rank() >= -1 && options.world() >= -1, "DistributedSampler",
+             "rank {} / world {}: -1 means this process's (kiln::distributed), other negative values are invalid",
+             options.rank(), options.world());
   if (options.rank() < 0 || options.world() < 0)
     KILN_CHECK(distributed::is_initialized(), "DistributedSampler",
                "rank {} / world {}: pass both, or call kiln::distributed::init() first", options.rank(),

@@ -183,6 +183,15 @@ TEST_CASE("data: DistributedSampler bad input") {
                    "[DistributedSampler] rank 3 is out of range for a world of 3");
   CHECK_KILN_ERROR(data::DistributedSampler(10, O().rank(0).world(0)),
                    "[DistributedSampler] world size must be >= 1, got 0");
+  CHECK_KILN_ERROR(data::DistributedSampler(10, O().rank(-2).world(2)),
+                   "[DistributedSampler] rank -2 / world 2: -1 means this process's (kiln::distributed), other "
+                   "negative values are invalid");
+  CHECK_KILN_ERROR(data::DistributedSampler(10, O().rank(0).world(-3)), "rank 0 / world -3: -1 means");
+  // An empty dataset, or fewer examples than ranks: empty shares, or padded ones.
+  CHECK(data::DistributedSampler(0, O().rank(1).world(2).remainder(data::Remainder::Drop)).indices().empty());
+  CHECK(data::DistributedSampler(0, O().rank(0).world(2).remainder(data::Remainder::Uneven)).size() == 0);
+  CHECK(data::DistributedSampler(2, O().rank(4).world(5).remainder(data::Remainder::Uneven)).indices().empty());
+  CHECK(data::DistributedSampler(2, O().rank(4).world(5).shuffle(false)).indices() == std::vector<std::int64_t>{0});
   CHECK_KILN_ERROR(data::DistributedSampler(0, O().rank(0).world(2)),
                    "[DistributedSampler] cannot pad an empty dataset to 2 ranks");
   if (!distributed::is_initialized())
