@@ -9,7 +9,7 @@
 ///   kiln::nn::save(*model, "model.safetensors");          // Module::state_dict()
 ///   kiln::nn::load(*model, "model.safetensors");          // strict key check by default
 ///
-/// Writing: kiln's dtypes become F32, F64, I64, BOOL; tensors are written row-major from the
+/// Writing: kiln's dtypes become F32, F64, BF16, F16, I64, BOOL; tensors are written row-major from the
 /// CPU; the file is replaced atomically (a temporary file in the same directory, fsync, rename,
 /// fsync of the directory), so a crash mid-write leaves the previous file intact. A crashed
 /// writer can leave a `.<name>.tmp.<pid>.<n>` file behind; nothing reads it, and the next save of

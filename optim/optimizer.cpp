@@ -284,7 +284,8 @@ void Optimizer::load_state_dict(const StateDict& sd) {
           used.insert(mk);
           KILN_CHECK(is_reduced_float(p.dtype()), name_,
                      "load_state_dict: '{}' is a float32 master copy but parameter {} is {} (masters are kept for "
-                     "bfloat16/float16 parameters only)",
+                     "bfloat16/float16 parameters only: the state was saved for a low-precision model; convert "
+                     "this one with to() first, or start the optimizer afresh)",
                      mk, index, dtype_name(p.dtype()));
           KILN_CHECK(m->defined() && m->is_floating_point() && m->shape() == p.shape(), name_,
                      "load_state_dict: '{}' must be a float tensor of shape {}", mk, shape_str(p.shape()));

@@ -330,6 +330,44 @@ TEST_CASE(
   CHECK(back.at("bf16").dtype() == kBFloat16);
 }
 
+TEST_CASE("safetensors: malformed BF16 and F16 entries and the newer spec dtypes are refused, a padded file loads") {
+  auto file = [](const std::string& header, std::size_t data_bytes) {
+    std::vector<std::uint8_t> b;
+    for (int i = 0; i < 8; ++i) b.push_back(static_cast<std::uint8_t>(header.size() >> (8 * i)));
+    for (char c : header) b.push_back(static_cast<std::uint8_t>(c));
+    b.resize(b.size() + data_bytes, 0x3f);
+    return b;
+  };
+  auto error = [&](const std::string& header, std::size_t data_bytes) {
+    const auto b = file(header, data_bytes);
+    return kt::error_of([&] { load_safetensors_from_buffer(b.data(), b.size()); });
+  };
+  CHECK(error(R"({"w":{"dtype":"BF16","shape":[3],"data_offsets":[0,5]}})", 5) ==
+        "[load_safetensors] <memory>: tensor 'w' (BF16, shape [3]) needs 6 bytes but data_offsets [0, 5] hold 5");
+  CHECK(error(R"({"w":{"dtype":"F16","shape":[2,2],"data_offsets":[0,4]}})", 4).find("needs 8 bytes but") !=
+        std::string::npos);
+  CHECK(error(R"({"w":{"dtype":"BF16","shape":[0,4],"data_offsets":[0,2]}})", 2).find("needs 0 bytes") !=
+        std::string::npos);
+  CHECK(error(R"({"w":{"dtype":"F16","shape":[4611686018427387904],"data_offsets":[0,2]}})", 2)
+            .find("needs 9223372036854775808 bytes") != std::string::npos);
+  CHECK(error(R"({"w":{"dtype":"F16","shape":[4611686018427387904,4],"data_offsets":[0,2]}})", 2)
+            .find("whose size overflows 64 bits") != std::string::npos);
+  CHECK(error(R"({"w":{"dtype":"BF16","shape":[1],"data_offsets":[0,2]},"v":{"dtype":"BF16","shape":[1],)"
+              R"("data_offsets":[1,3]}})",
+              3)
+            .find("overlap") != std::string::npos);
+  for (const char* d : {"F8_E8M0", "F4", "F6_E2M3", "F6_E3M2", "C64", "bf16"}) {
+    INFO(d);
+    CHECK(error(fmt::format(R"({{"w":{{"dtype":"{}","shape":[2],"data_offsets":[0,2]}}}})", d), 2)
+              .find(fmt::format("unknown dtype '{}'", d)) != std::string::npos);
+  }
+  // The writer's layout: space padding after the object, an odd element count.
+  const auto ok = file(R"({"w":{"dtype":"BF16","shape":[3],"data_offsets":[0,6]}}      )", 6);
+  SafetensorsFile f = load_safetensors_from_buffer(ok.data(), ok.size());
+  REQUIRE(f.at("w").dtype() == kBFloat16);
+  CHECK(f.at("w").to_vector<double>() == std::vector<double>(3, 0.74609375));  // bits 0x3f3f
+}
+
 TEST_CASE("safetensors: save rejects duplicate and reserved and non-UTF-8 names and undefined tensors") {
   Tensor t = ones({2});
   CHECK_KILN_ERROR(save_safetensors_to_buffer({{"a", t}, {"b", t}, {"a", t}}),

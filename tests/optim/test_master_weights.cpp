@@ -154,3 +154,63 @@ TEST_CASE("master weight errors: a master for a float32 parameter, a master of t
   bad.insert("state.0.master", zeros({3}));
   CHECK_KILN_ERROR(opt.load_state_dict(bad), "'state.0.master' must be a float tensor of shape (2,)");
 }
+
+TEST_CASE("checkpoints across dtypes: a bfloat16 run into a float32 model, a float32 run into a bfloat16 model") {
+  namespace fs = std::filesystem;
+  const fs::path dir = fs::temp_directory_path() / ("kiln_master_dtypes_" + std::to_string(::getpid()));
+  fs::create_directories(dir);
+  const std::string bf = (dir / "bf16.safetensors").string(), f32 = (dir / "f32.safetensors").string();
+  auto f32_model = [] {
+    manual_seed(8);
+    return nn::Sequential(nn::Linear(6, 8), nn::LayerNorm(nn::LayerNormOptions({8})), nn::Linear(8, 3));
+  };
+  nn::Sequential a = bf16_model();
+  optim::AdamW opt_a(a->parameters(), optim::AdamWOptions(1e-2));
+  train(a, opt_a, 2, 1);
+  io::save_checkpoint(bf, {.model = a, .optimizer = opt_a}, 2);
+  // bfloat16 -> float32: the model widens exactly; the masters belong to bfloat16 parameters, so
+  // the optimizer part is an error that says what to do, and converting the model first resumes.
+  nn::Sequential b = f32_model();
+  optim::AdamW opt_b(b->parameters(), optim::AdamWOptions(1e-2));
+  CHECK_KILN_ERROR(io::load_checkpoint(bf, {.model = b, .optimizer = opt_b}),
+                   "optimizer: [AdamW] load_state_dict: 'state.0.master' is a float32 master copy but parameter 0 "
+                   "is float32 (masters are kept for bfloat16/float16 parameters only: the state was saved for a "
+                   "low-precision model; convert this one with to() first, or start the optimizer afresh)");
+  auto pa = a->parameters(), pb = b->parameters();
+  for (std::size_t i = 0; i < pa.size(); ++i) {
+    CHECK(pb[i].dtype() == kFloat32);
+    CHECK(equal(pb[i], pa[i].to(kFloat32)));  // the model part loaded before the optimizer's failed
+  }
+  b->to(kBFloat16);
+  io::load_checkpoint(bf, {.model = b, .optimizer = opt_b});
+  train(a, opt_a, 2, 2);
+  train(b, opt_b, 2, 2);
+  for (std::size_t i = 0; i < pa.size(); ++i) CHECK(equal(pa[i], pb[i]));
+
+  // float32 -> bfloat16: the weights round to nearest even, the float32 optimizer state loads,
+  // and the masters start from the rounded weights (nothing else holds the float32 values).
+  nn::Sequential c = f32_model();
+  optim::AdamW opt_c(c->parameters(), optim::AdamWOptions(1e-2));
+  for (int i = 0; i < 2; ++i) {
+    Generator g(3);
+    Tensor x = randn({5, 6}, kFloat32, &g), y = randn({5, 3}, kFloat32, &g);
+    opt_c.zero_grad();
+    mse_loss(c->forward(x), y).backward();
+    opt_c.step();
+  }
+  io::save_checkpoint(f32, {.model = c, .optimizer = opt_c}, 2);
+  nn::Sequential d = bf16_model();
+  optim::AdamW opt_d(d->parameters(), optim::AdamWOptions(1e-2));
+  io::load_checkpoint(f32, {.model = d, .optimizer = opt_d});
+  auto pc = c->parameters(), pd = d->parameters();
+  for (std::size_t i = 0; i < pc.size(); ++i) {
+    CHECK(pd[i].dtype() == kBFloat16);
+    CHECK(equal(pd[i], pc[i].to(kBFloat16)));
+  }
+  train(d, opt_d, 1, 4);
+  const optim::ParamState* st = opt_d.state(pd[0]);
+  REQUIRE(st);
+  CHECK(st->step == 3);
+  CHECK(st->master.dtype() == kFloat32);
+  fs::remove_all(dir);
+}
