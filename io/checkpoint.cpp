@@ -193,9 +193,11 @@ CheckpointInfo load_checkpoint(const std::string& path, const TrainingState& sta
   if (state.optimizer) opt = r.section("optimizer");
   if (state.scheduler) sched = r.section("scheduler");
   std::vector<std::pair<const StatefulRef*, StateDict>> extras;
+  std::vector<std::string> extra_parts;  // "extra 'scaler'": errors name the extra
   for (const auto& [name, ref] : state.extras) {
     if (!ref) r.fail(fmt::format("extra '{}' is empty", name));
     extras.emplace_back(&ref, r.section("extra." + name));
+    extra_parts.push_back(fmt::format("extra '{}'", name));
   }
   std::vector<std::pair<Generator*, std::pair<std::uint64_t, std::uint64_t>>> gens;
   for (const auto& [name, gen] : state.generators) {
@@ -220,7 +222,8 @@ CheckpointInfo load_checkpoint(const std::string& path, const TrainingState& sta
   if (state.model) load_part("model", [&] { state.model->load_state_dict(model, strict_model); });
   if (state.optimizer) load_part("optimizer", [&] { state.optimizer.load_state_dict(opt); });
   if (state.scheduler) load_part("scheduler", [&] { state.scheduler.load_state_dict(sched); });
-  for (const auto& [ref, sd] : extras) load_part("extra", [&] { ref->load_state_dict(sd); });
+  for (std::size_t i = 0; i < extras.size(); ++i)
+    load_part(extra_parts[i].c_str(), [&] { extras[i].first->load_state_dict(extras[i].second); });
   for (const auto& [gen, s] : gens) gen->set_state(s.first, s.second);
   return r.info();
 }

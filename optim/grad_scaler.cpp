@@ -2,7 +2,9 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <cmath>
+#include <limits>
 #include <set>
 #include <string>
 #include <vector>
@@ -16,8 +18,14 @@ namespace {
 
 constexpr const char* kName = "GradScaler";
 
+// unscale_ multiplies float32 gradients by 1/S: below float32's smallest normal that overflows to
+// inf, every gradient becomes NaN and no step could run again.
+constexpr double kMinScale = std::numeric_limits<float>::min();
+
 void check_scale(double s, const char* what) {
   KILN_CHECK(std::isfinite(s) && s > 0, kName, "{} must be positive and finite, got {}", what, s);
+  KILN_CHECK(s >= kMinScale, kName, "{} is {}, below float32's smallest normal {} (1/scale would overflow float32)",
+             what, s, kMinScale);
 }
 
 void check_options(const GradScalerOptions& o) {
@@ -116,7 +124,9 @@ void GradScaler::update() {
   stages_.clear();
   scaled_ = false;
   if (found_inf) {
-    scale_ *= options_.backoff_factor();
+    // A run that keeps producing inf/NaN would halve S toward 0, past the point where any step can
+    // run again (and to a state dict that loads nowhere): S stops at kMinScale.
+    scale_ = std::max(scale_ * options_.backoff_factor(), kMinScale);
     growth_tracker_ = 0;
     return;
   }
@@ -157,6 +167,7 @@ void GradScaler::load_state_dict(const StateDict& sd) {
   GradScalerOptions o = options_;
   o.growth_factor(get("growth_factor")).backoff_factor(get("backoff_factor"));
   const double interval = get("growth_interval"), tracker = get("growth_tracker"), s = get("scale");
+  check_scale(s, "load_state_dict: scale");
   KILN_CHECK(interval == std::floor(interval) && interval >= 1 && interval < 9.0e15, kName,
              "load_state_dict: growth_interval must be an integer >= 1, got {}", interval);
   o.growth_interval(static_cast<std::int64_t>(interval));

@@ -3,8 +3,9 @@
 /// float16 holds magnitudes from 6e-8 to 65504 only, so small gradients underflow to 0. The
 /// scaler multiplies the loss by S before backward (every gradient comes out S times larger),
 /// divides the gradients by S before the update (unscale_), skips the update when any gradient
-/// is inf/NaN (S was too large) and adapts S: times backoff_factor after such a step, times
-/// growth_factor after growth_interval clean steps in a row.
+/// is inf/NaN (S was too large) and adapts S: times backoff_factor after such a step (never below
+/// float32's smallest normal, 2^-126: 1/S must stay a finite float32), times growth_factor after
+/// growth_interval clean steps in a row.
 ///
 ///   kiln::amp::GradScaler scaler;                    // float16; S starts at 2^16
 ///   for (...) {
@@ -37,7 +38,7 @@ namespace kiln::amp {
 
 /// PyTorch's defaults.
 struct GradScalerOptions {
-  /// S before the first step (> 0, finite).
+  /// S before the first step (finite, >= 2^-126).
   KILN_ARG(double, init_scale) = 65536.0;
   /// S grows by this factor (> 1) after growth_interval steps without inf/NaN gradients.
   KILN_ARG(double, growth_factor) = 2.0;

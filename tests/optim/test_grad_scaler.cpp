@@ -5,6 +5,7 @@
 #include <cmath>
 #include <filesystem>
 #include <kiln/io/checkpoint.hpp>
+#include <kiln/io/safetensors.hpp>
 #include <limits>
 
 #include "test_util.hpp"
@@ -270,6 +271,58 @@ TEST_CASE("GradScaler state dict round trip and load errors") {
        {kt::set_scalar("extra", 1), "load_state_dict: unexpected key 'extra'"},
        {kt::set_tensor("scale_tensor", zeros({1})), "expected scalars only, got 1 tensors (first 'scale_tensor')"}});
   CHECK(r.get_scale() == 64);  // rejected loads change nothing
+}
+
+TEST_CASE("GradScaler: a run that keeps overflowing stops backing off at 2^-126, steps again, and its state loads") {
+  Problem p;
+  optim::SGD opt({p.w}, optim::SGDOptions(0.01));
+  GradScaler s(GradScalerOptions().init_scale(1e-30));
+  // Below 2^-126, 1/S overflows float32: every later step would be skipped, and after ~1100
+  // halvings S = 0 would make a state dict that loads nowhere.
+  for (int i = 0; i < 40; ++i) CHECK_FALSE(scaled_step(p, opt, s, std::nan("")));
+  const double floor = std::numeric_limits<float>::min();
+  CHECK(s.get_scale() == floor);
+  GradScaler r;
+  r.load_state_dict(s.state_dict());
+  CHECK(r.get_scale() == floor);
+  CHECK(scaled_step(p, opt, s));  // a clean step runs again
+  CHECK_KILN_ERROR(GradScaler{GradScalerOptions().init_scale(1e-39)},
+                   "[GradScaler] init_scale is 1e-39, below float32's smallest normal 1.1754943508222875e-38 (1/scale "
+                   "would overflow float32)");
+  CHECK_KILN_ERROR(s.update(1e-40), "update(new_scale) is 1e-40, below float32's smallest normal");
+}
+
+TEST_CASE("GradScaler state in a checkpoint file with bad or missing fields: errors naming the extra and the key") {
+  namespace fs = std::filesystem;
+  const fs::path dir = fs::temp_directory_path() / ("kiln_scaler_bad_" + std::to_string(::getpid()));
+  fs::create_directories(dir);
+  const std::string path = (dir / "ck.safetensors").string(), bad = (dir / "bad.safetensors").string();
+  GradScaler s(GradScalerOptions().growth_interval(4));
+  io::save_checkpoint(path, {.extras = {{"scaler", s}}}, 3);
+  const io::SafetensorsFile f = io::load_safetensors(path);
+  auto load_with = [&](const std::string& key, const char* value) {
+    auto meta = f.metadata;
+    if (value) meta[key] = value;
+    else meta.erase(key);
+    io::save_safetensors(bad, f.tensors, meta);
+    GradScaler r;
+    io::load_checkpoint(bad, {.extras = {{"scaler", r}}});
+  };
+  const std::string pre = "[load_checkpoint] " + bad + ": extra 'scaler': [GradScaler] load_state_dict: ";
+  CHECK_KILN_ERROR(load_with("extra.scaler.scale", "nan"),
+                   (pre + "scale must be positive and finite, got nan").c_str());
+  CHECK_KILN_ERROR(load_with("extra.scaler.scale", "-0"), (pre + "scale must be positive and finite, got -0").c_str());
+  CHECK_KILN_ERROR(load_with("extra.scaler.scale", "0"), "scale must be positive and finite, got 0");
+  CHECK_KILN_ERROR(load_with("extra.scaler.scale", "1e999"), "'extra.scaler.scale' is '1e999', not a number");
+  CHECK_KILN_ERROR(load_with("extra.scaler.growth_tracker", "4"),
+                   (pre + "growth_tracker must be an integer in [0, growth_interval), got 4").c_str());
+  CHECK_KILN_ERROR(load_with("extra.scaler.growth_tracker", "-1"), "growth_tracker must be an integer");
+  CHECK_KILN_ERROR(load_with("extra.scaler.growth_interval", "0"), "growth_interval must be an integer >= 1, got 0");
+  CHECK_KILN_ERROR(load_with("extra.scaler.backoff_factor", "1"), "backoff_factor must be in (0, 1), got 1");
+  CHECK_KILN_ERROR(load_with("extra.scaler.growth_factor", "inf"), "growth_factor must be finite and > 1, got inf");
+  CHECK_KILN_ERROR(load_with("extra.scaler.growth_interval", nullptr), (pre + "missing key 'growth_interval'").c_str());
+  CHECK_KILN_ERROR(load_with("kiln.section.extra.scaler", nullptr), "the checkpoint has no extra.scaler state");
+  fs::remove_all(dir);
 }
 
 TEST_CASE("GradScaler in a training checkpoint: a resumed run continues bit for bit") {
