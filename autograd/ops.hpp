@@ -157,6 +157,13 @@ Tensor log_softmax(const Tensor& x, std::int64_t dim);
 /// Normalizes over the trailing dims `normalized_shape`; weight/bias optional.
 Tensor layer_norm(const Tensor& x, const Shape& normalized_shape, const Tensor& weight = Tensor(),
                   const Tensor& bias = Tensor(), double eps = 1e-5);
+/// Root-mean-square norm over the trailing dims `normalized_shape` (torch's F.rms_norm):
+/// x * rsqrt(mean(x^2) + eps) * weight, one fused pass (rstd kept for the fused backward).
+/// eps defaults to the machine epsilon of x's dtype; weight is optional, of shape
+/// normalized_shape. bfloat16/float16 compute in float32 and round once.
+///   Tensor h = kiln::rms_norm(x, {x.size(-1)}, weight);
+Tensor rms_norm(const Tensor& x, const Shape& normalized_shape, const Tensor& weight = Tensor(),
+                std::optional<double> eps = std::nullopt);
 /// Inverted dropout: zeros with probability p, scales kept values by 1/(1-p). Identity when !training.
 Tensor dropout(const Tensor& x, double p, bool training = true, Generator* gen = nullptr);
 enum class Reduction { None, Mean, Sum };

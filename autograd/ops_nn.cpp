@@ -1,6 +1,7 @@
-// Fused nn ops: softmax / log_softmax, layer_norm, dropout, losses.
+// Fused nn ops: softmax / log_softmax, layer_norm, rms_norm, dropout, losses.
 #include <array>
 #include <cmath>
+#include <limits>
 
 #include "internal.hpp"
 
@@ -96,6 +97,40 @@ std::vector<Tensor> layer_norm_backward_fused(const Tensor& x, const Tensor& w, 
           gb.defined() ? gb.reshape(normalized_shape) : gb};
 }
 
+// rms_norm's gradients {gx, gweight} in one backend pass (those `want` asks for); w is the weight
+// in x's dtype or undefined, rs the forward's rstd.
+std::vector<Tensor> rms_norm_backward_fused(const Tensor& x, const Tensor& w, const Tensor& rs, const Tensor& gy,
+                                            const Shape& normalized_shape, std::array<bool, 2> want) {
+  const std::int64_t R = rs.numel(), N = numel_of(normalized_shape);
+  Tensor gx = want[0] ? Tensor::empty({R, N}, x.dtype(), x.device()) : Tensor();
+  Tensor gw = want[1] ? Tensor::empty({N}, x.dtype(), x.device()) : Tensor();
+  if (gx.defined() || gw.defined())
+    backend(x, "rms_norm")
+        .rms_norm_backward(contiguous_raw(x).reshape({R, N}), w.defined() ? contiguous_raw(w).reshape({N}) : Tensor(),
+                           rs, contiguous_raw(cast_raw(gy, x.dtype())).reshape({R, N}), gx, gw);
+  return {gx.defined() ? gx.reshape(x.shape()) : gx, gw.defined() ? gw.reshape(normalized_shape) : gw};
+}
+
+// rms_norm's gradients as differentiable ops (create_graph), rstd recomputed so second order is
+// exact; bfloat16/float16 in float32 as the forward (the engine rounds each gradient back).
+std::vector<Tensor> rms_norm_backward_composite(const Tensor& x, const Tensor& w, const Tensor& gy, double eps,
+                                                const Dims& norm_dims, const Shape& normalized_shape,
+                                                std::array<bool, 2> want) {
+  const DType dt = is_reduced_float(x.dtype()) ? kFloat32 : x.dtype();
+  Tensor xf = to(x, dt), g = to(gy, dt);
+  Tensor rs = rsqrt(add(mean(mul(xf, xf), norm_dims, true), scalar_on(eps, dt, x.device())));
+  Tensor xhat = mul(xf, rs);
+  Tensor gxhat = w.defined() ? mul(g, to(w, dt)) : g;
+  Tensor gx = want[0] ? mul(rs, sub(gxhat, mul(xhat, mean(mul(gxhat, xhat), norm_dims, true)))) : Tensor();
+  Tensor gw;
+  if (want[1]) {
+    gw = mul(g, xhat);
+    Dims batch_dims;
+    for (std::int64_t d = 0; d < x.dim() - static_cast<std::int64_t>(norm_dims.size()); ++d) batch_dims.push_back(d);
+    if (!batch_dims.empty()) gw = reshape(sum(gw, batch_dims, false), normalized_shape);
+  }
+  return {gx, gw};
+}
 }  // namespace
 
 Tensor softmax(const Tensor& x, std::int64_t dim) { return softmax_impl(x, dim, false, "softmax"); }
@@ -171,6 +206,59 @@ Tensor layer_norm(const Tensor& x, const Shape& normalized_shape, const Tensor& 
     node->save(rs);
   }
   return y;
+}
+
+Tensor rms_norm(const Tensor& x, const Shape& normalized_shape, const Tensor& weight, std::optional<double> eps) {
+  if (autocast_active()) {  // statistics and output in float32
+    bool cast = false;
+    Tensor xc = autocast_arg(x, kFloat32Policy, cast), wc = autocast_arg(weight, kFloat32Policy, cast);
+    if (cast) return rms_norm(xc, normalized_shape, wc, eps);
+  }
+  check_defined(x, "rms_norm");
+  KILN_CHECK(x.is_floating_point(), "rms_norm", "expected a floating point input, got {}", dtype_name(x.dtype()));
+  const auto k = static_cast<std::int64_t>(normalized_shape.size());
+  bool fits = k >= 1 && k <= x.dim();
+  for (std::int64_t i = 0; fits && i < k; ++i)
+    fits = x.size(x.dim() - k + i) == normalized_shape[static_cast<std::size_t>(i)];
+  KILN_CHECK(fits, "rms_norm", "input shape {} does not end with normalized_shape {}", shape_str(x.shape()),
+             shape_str(normalized_shape));
+  if (weight.defined()) {
+    KILN_CHECK(weight.shape() == normalized_shape, "rms_norm", "weight shape {} must equal normalized_shape {}",
+               shape_str(weight.shape()), shape_str(normalized_shape));
+    check_same_device("rms_norm", x, weight);
+  }
+  // The machine epsilon of x's dtype: 2^-52, 2^-23, and 2^-7 / 2^-10 for bfloat16 / float16.
+  const double dtype_eps = x.dtype() == kFloat64    ? std::numeric_limits<double>::epsilon()
+                           : x.dtype() == kBFloat16 ? 0.0078125
+                           : x.dtype() == kFloat16  ? 0.0009765625
+                                                    : std::numeric_limits<float>::epsilon();
+  const double e = eps.value_or(dtype_eps);
+  KILN_CHECK(e >= 0, "rms_norm", "eps must be >= 0, got {}", e);
+  Shape stat_shape(x.shape().begin(), x.shape().end() - k);
+  const std::int64_t R = numel_of(stat_shape);
+  // A weight of another dtype multiplies afterwards, so the result keeps the promoted dtype.
+  const bool fuse_w = weight.defined() && weight.dtype() == x.dtype();
+  Tensor w = fuse_w ? contiguous_raw(weight) : Tensor();
+  Tensor y = Tensor::empty(x.shape(), x.dtype(), x.device());
+  // rstd of a bfloat16/float16 input stays float32 (the backward then runs in float32).
+  Tensor rs = Tensor::empty({R}, is_reduced_float(x.dtype()) ? kFloat32 : x.dtype(), x.device());
+  backend(x, "rms_norm").rms_norm(contiguous_raw(x), w, e, y, rs);
+  Dims norm_dims;
+  for (std::int64_t d = x.dim() - k; d < x.dim(); ++d) norm_dims.push_back(d);
+  if (auto node =
+          record("rms_norm", {x, fuse_w ? weight : Tensor()}, {y},
+                 [norm_dims, fuse_w, e, normalized_shape](FunctionNode& n, std::vector<Tensor>& g) {
+                   Tensor x = n.saved(0), w = n.saved(1);
+                   const std::array<bool, 2> want = {n.next_edges[0].valid(), fuse_w && n.next_edges[1].valid()};
+                   if (!autograd::grad_enabled())
+                     return rms_norm_backward_fused(x, w, n.saved(2), g[0], normalized_shape, want);
+                   return rms_norm_backward_composite(x, w, g[0], e, norm_dims, normalized_shape, want);
+                 })) {
+    node->save(x);
+    node->save(fuse_w ? weight : Tensor());
+    node->save(rs);
+  }
+  return weight.defined() && !fuse_w ? mul(y, weight) : y;
 }
 
 Tensor dropout(const Tensor& x, double p, bool training, Generator* gen) {

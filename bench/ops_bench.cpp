@@ -1,9 +1,9 @@
 // Foundation benchmarks: the machine's float32 FMA and bf16 dot-product peaks, matmul GFLOP/s in
 // float32 and bf16, softmax / layer_norm / add GB/s, per-op overhead, random fills and dropout
 // (scalar against vector Philox, draw + mul against one pass), gelu / layer_norm backward (composite
-// against fused). Prints one
+// against fused), rms_norm forward and forward+backward (composite against fused). Prints one
 // `RESULT ...` line per measurement (format in bench/README.md).
-//   build/bench/ops_bench [--threads 2] [--quick]
+//   build/bench/ops_bench [--threads 2] [--quick] [--only rms_norm]
 #include <sys/resource.h>
 
 #include <algorithm>
@@ -130,19 +130,59 @@ void random_rows(int threads, double budget) {
   }
 }
 
+// rms_norm as the composite tensor-op chain it was (old) and as the fused op (new), forward in
+// no-grad mode and forward + backward with a dense incoming gradient, float32 with a weight, at
+// GPT-like activation sizes; alternating rounds, medians of the rounds.
+void rms_norm_rows(int threads, double budget) {
+  for (auto [R, C] : {std::pair<std::int64_t, std::int64_t>{2048, 512}, {8192, 128}}) {
+    Tensor x = randn({R, C}).requires_grad_(), w = (randn({C}) + 1.0).detach().requires_grad_(), g = randn({R, C});
+    auto old_rms = [&] { return x * rsqrt(mean(square(x), {-1}, true) + 1e-6) * w; };
+    auto new_rms = [&] { return rms_norm(x, {C}, w, 1e-6); };
+    for (const char* mode : {"fwd", "fwdbwd"}) {
+      const bool bwd = mode[3] == 'b';
+      auto run = [&](const std::function<Tensor()>& f) {
+        return [&, f] {
+          GradModeGuard gm(bwd);
+          Tensor y = f();
+          if (bwd) y.backward(g);
+        };
+      };
+      std::function<void()> paths[2] = {run(old_rms), run(new_rms)};
+      std::vector<double> t[2];
+      for (int round = 0; round < 5; ++round)
+        for (int p = 0; p < 2; ++p) t[p].push_back(median_seconds(paths[p], 3, budget / 5));
+      for (auto& v : t) std::sort(v.begin(), v.end());
+      fmt::print(
+          "RESULT rms_norm impl=kiln mode={} rows={} cols={} threads={} old_ms={:.3f} new_ms={:.3f} "
+          "new_vs_old={:.2f}\n",
+          mode, R, C, threads, t[0][2] * 1e3, t[1][2] * 1e3, t[1][2] / t[0][2]);
+    }
+    x.set_grad(Tensor());
+    w.set_grad(Tensor());
+  }
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
   int threads = 2;
-  bool quick = false;
+  bool quick = false, only_rms = false;
   for (int i = 1; i < argc; ++i) {
     if (!std::strcmp(argv[i], "--threads") && i + 1 < argc) threads = std::atoi(argv[++i]);
     else if (!std::strcmp(argv[i], "--quick")) quick = true;
+    else if (!std::strcmp(argv[i], "--only") && i + 1 < argc && !std::strcmp(argv[i + 1], "rms_norm")) {
+      only_rms = true;
+      ++i;
+    }
   }
   set_num_threads(threads);
   const double budget = quick ? 0.2 : 1.0;
   fmt::print("# kiln ops_bench threads={} blas={}\n", threads, cpu::blas_info());
   NoGradGuard ng;
+  if (only_rms) {
+    rms_norm_rows(threads, budget);
+    return 0;
+  }
 
   // Peaks first, on a quiet machine they bound what the GEMMs below can reach.
   const bench::PeakIsa isa;
@@ -290,6 +330,7 @@ int main(int argc, char** argv) {
     b.set_grad(Tensor());
     fmt::print("RESULT overhead impl=kiln op=mul numel=1 mode=fwdbwd median_us={:.3f}\n", s * 1e6);
   }
+  rms_norm_rows(threads, budget);
   sixteen_bit_rows(threads, budget);
   random_rows(threads, budget);
   fmt::print("# peak_rss_mib={:.1f}\n", peak_rss_mib());

@@ -157,6 +157,17 @@ class Backend {
   /// Computes in float32 for bfloat16/float16 x; the row sums' order must not depend on threads.
   virtual void layer_norm_backward(const Tensor& x, const Tensor& weight, const Tensor& mean, const Tensor& rstd,
                                    const Tensor& gy, const Tensor& gx, const Tensor& gweight, const Tensor& gbias) = 0;
+  /// RMS-normalizes rows of length N of contiguous x (R, N): out = x rstd weight, rstd = 1 /
+  /// sqrt(mean(x^2) + eps) per row; weight (N, x's dtype) or undefined. rstd (R) is written for
+  /// backward: x's dtype, float32 for a bfloat16/float16 x (computed in float32, rounded once).
+  virtual void rms_norm(const Tensor& x, const Tensor& weight, double eps, const Tensor& out, const Tensor& rstd) = 0;
+  /// Backward of rms_norm in one pass over the rows (layer_norm_backward without centering): x, gy
+  /// (R, N) contiguous of x's dtype; rstd as rms_norm wrote it; weight (N) or undefined. Writes
+  /// whichever of gx (R, N) and gweight (N) are defined: gx = rstd (gxhat - xhat mean(gxhat xhat))
+  /// with xhat = x rstd, gxhat = gy weight; gweight = sum over rows of gy xhat (order independent
+  /// of the thread count).
+  virtual void rms_norm_backward(const Tensor& x, const Tensor& weight, const Tensor& rstd, const Tensor& gy,
+                                 const Tensor& gx, const Tensor& gweight) = 0;
 
   /// Fills a contiguous tensor with random values (see RandomSpec).
   virtual void random(const Tensor& out, const RandomSpec& spec) = 0;

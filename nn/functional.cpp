@@ -3,10 +3,7 @@
 #include <fmt/format.h>
 
 #include <cmath>
-#include <limits>
 #include <vector>
-
-#include "../autograd/autocast.hpp"
 
 namespace kiln::nn {
 
@@ -39,37 +36,6 @@ Tensor embedding(const Tensor& input, const Tensor& weight, std::optional<std::i
   // The mask costs one pass over the output, not over the (much larger) table.
   Tensor is_pad = (input == Scalar(pad)).unsqueeze(-1);
   return where(is_pad, out.detach(), out);
-}
-
-Tensor rms_norm(const Tensor& x, const Shape& normalized_shape, const Tensor& weight, std::optional<double> eps) {
-  // Under autocast the statistics and the output are float32 (no-ops otherwise).
-  if (Tensor xc = autocast_input(x, AutocastPolicy::Float32), wc = autocast_input(weight, AutocastPolicy::Float32);
-      !xc.is_same(x) || !wc.is_same(weight))
-    return rms_norm(xc, normalized_shape, wc, eps);
-  KILN_CHECK(x.defined(), "rms_norm", "input tensor is undefined");
-  KILN_CHECK(x.is_floating_point(), "rms_norm", "expected a floating point input, got {}", dtype_name(x.dtype()));
-  const auto k = static_cast<std::int64_t>(normalized_shape.size());
-  bool fits = k >= 1 && k <= x.dim();
-  for (std::int64_t i = 0; fits && i < k; ++i)
-    fits = x.size(x.dim() - k + i) == normalized_shape[static_cast<std::size_t>(i)];
-  KILN_CHECK(fits, "rms_norm", "input shape {} does not end with normalized_shape {}", shape_str(x.shape()),
-             shape_str(normalized_shape));
-  if (weight.defined())
-    KILN_CHECK(weight.shape() == normalized_shape, "rms_norm", "weight shape {} must equal normalized_shape {}",
-               shape_str(weight.shape()), shape_str(normalized_shape));
-  // The machine epsilon of x's dtype: 2^-52, 2^-23, and 2^-7 / 2^-10 for bfloat16 / float16.
-  const double dtype_eps = x.dtype() == kFloat64    ? std::numeric_limits<double>::epsilon()
-                           : x.dtype() == kBFloat16 ? 0.0078125
-                           : x.dtype() == kFloat16  ? 0.0009765625
-                                                    : std::numeric_limits<float>::epsilon();
-  double e = eps.value_or(dtype_eps);
-  KILN_CHECK(e >= 0, "rms_norm", "eps must be >= 0, got {}", e);
-  Dims dims;
-  for (std::int64_t i = x.dim() - k; i < x.dim(); ++i) dims.push_back(i);
-  // bfloat16/float16 inputs are normalized in float32 and rounded once.
-  const Tensor xc = is_reduced_float(x.dtype()) ? kiln::to(x, kFloat32) : x;
-  Tensor y = kiln::to(xc * rsqrt(mean(square(xc), dims, /*keepdim=*/true) + e), x.dtype());
-  return weight.defined() ? y * weight : y;
 }
 
 Tensor activation(const Tensor& x, Activation a) {

@@ -1,6 +1,6 @@
 #pragma once
 /// kiln::nn::functional — the stateless forms of the nn layers. Ops that already exist in
-/// kiln (linear, layer_norm, dropout, activations, losses) are re-exported here so a program
+/// kiln (linear, layer_norm, rms_norm, dropout, activations, losses) are re-exported here so a program
 /// can use one namespace:
 ///   namespace F = kiln::nn::functional;
 ///   auto h = F::rms_norm(x, {x.size(-1)}, weight);
@@ -34,6 +34,8 @@ using kiln::linear;
 using kiln::log_softmax;
 using kiln::mse_loss;
 using kiln::relu;
+/// Root-mean-square norm (autograd/ops.hpp); eps defaults to the machine epsilon of x's dtype.
+using kiln::rms_norm;
 using kiln::sigmoid;
 using kiln::silu;
 using kiln::softmax;
@@ -44,12 +46,6 @@ using kiln::tanh;
 /// gradient to the weight (the row's value is still returned). Negative padding_idx counts from
 /// the end.
 Tensor embedding(const Tensor& input, const Tensor& weight, std::optional<std::int64_t> padding_idx = std::nullopt);
-
-/// Root-mean-square norm over the trailing dims `normalized_shape`:
-/// x * rsqrt(mean(x^2) + eps) * weight. eps defaults to the machine epsilon of x's dtype (as
-/// torch's RMSNorm); weight is optional and must have shape normalized_shape.
-Tensor rms_norm(const Tensor& x, const Shape& normalized_shape, const Tensor& weight = Tensor(),
-                std::optional<double> eps = std::nullopt);
 
 /// Applies the activation `a` to x.
 Tensor activation(const Tensor& x, Activation a);

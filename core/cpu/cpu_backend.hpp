@@ -30,10 +30,13 @@ class CpuBackend final : public Backend {
                   const Tensor& mean, const Tensor& rstd) override;
   void random(const Tensor& out, const RandomSpec& spec) override;
   void dropout(const Tensor& x, const Tensor& mask, const Tensor& out, const RandomSpec& spec) override;
-  // unary_backward.cpp, layer_norm_backward.cpp
+  // unary_backward.cpp, norm.cpp
   void unary_backward(UnaryOp op, const Tensor& g, const Tensor& v, const Tensor& gx) override;
   void layer_norm_backward(const Tensor& x, const Tensor& weight, const Tensor& mean, const Tensor& rstd,
                            const Tensor& gy, const Tensor& gx, const Tensor& gweight, const Tensor& gbias) override;
+  void rms_norm(const Tensor& x, const Tensor& weight, double eps, const Tensor& out, const Tensor& rstd) override;
+  void rms_norm_backward(const Tensor& x, const Tensor& weight, const Tensor& rstd, const Tensor& gy, const Tensor& gx,
+                         const Tensor& gweight) override;
   // attention.cpp
   void attention_forward(const AttentionArgs& a, const Tensor& out, const Tensor& lse, const Tensor& weights) override;
   void attention_backward(const AttentionArgs& a, const Tensor& out, const Tensor& lse, const Tensor& gout,

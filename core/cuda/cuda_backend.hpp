@@ -33,6 +33,9 @@ class CudaBackend final : public Backend {
                   const Tensor& mean, const Tensor& rstd) override;
   void layer_norm_backward(const Tensor& x, const Tensor& weight, const Tensor& mean, const Tensor& rstd,
                            const Tensor& gy, const Tensor& gx, const Tensor& gweight, const Tensor& gbias) override;
+  void rms_norm(const Tensor& x, const Tensor& weight, double eps, const Tensor& out, const Tensor& rstd) override;
+  void rms_norm_backward(const Tensor& x, const Tensor& weight, const Tensor& rstd, const Tensor& gy, const Tensor& gx,
+                         const Tensor& gweight) override;
   // index.cu
   void index_select(const Tensor& x, std::int64_t dim, const Tensor& index, const Tensor& out) override;
   void index_add(const Tensor& out, std::int64_t dim, const Tensor& index, const Tensor& src) override;

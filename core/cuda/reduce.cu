@@ -7,7 +7,7 @@
 //   split mode  : few outputs with many elements: partial results per chunk, then a rows
 //                 pass over the partials.
 // bfloat16/float16 accumulate in float (compute_t: the Op's type) and round the result once;
-// the row kernels compute in float and keep layer norm's statistics in float.
+// the row kernels compute in float and keep layer norm's and RMS norm's statistics in float.
 #include <algorithm>
 #include <cmath>
 #include <limits>
@@ -296,7 +296,8 @@ __global__ void softmax_backward_kernel(const T* y, const T* gy, T* gx, std::int
   }
 }
 
-// mean and rstd are of the compute type A (float for bfloat16/float16 x).
+// mean and rstd are of the compute type A (float for bfloat16/float16 x). Without mean (null) it
+// is the RMS norm: no centering (mu = 0, b null), rstd = 1 / sqrt(mean(x^2) + eps).
 template <typename T>
 __global__ void layer_norm_kernel(const T* x, const T* w, const T* b, double eps, T* out, math::compute_t<T>* mean,
                                   math::compute_t<T>* rstd, std::int64_t rows, std::int64_t n, int G) {
@@ -306,11 +307,14 @@ __global__ void layer_norm_kernel(const T* x, const T* w, const T* b, double eps
   const int lane = threadIdx.x % G;
   const bool live = r < rows;
   const T* xr = x + (live ? r : 0) * n;
-  A s = 0;
-  if (live)
-    for (std::int64_t j = lane; j < n; j += G) s += static_cast<A>(xr[j]);
-  s = group_reduce(s, G, smem, [](A a, A c) { return a + c; });
-  const A mu = n ? s / A(n) : A(0);
+  A mu = 0;
+  if (mean) {  // the same for every thread of the block: group_reduce's barriers are uniform
+    A s = 0;
+    if (live)
+      for (std::int64_t j = lane; j < n; j += G) s += static_cast<A>(xr[j]);
+    s = group_reduce(s, G, smem, [](A a, A c) { return a + c; });
+    mu = n ? s / A(n) : A(0);
+  }
   A v = 0;
   if (live)
     for (std::int64_t j = lane; j < n; j += G) {
@@ -322,7 +326,7 @@ __global__ void layer_norm_kernel(const T* x, const T* w, const T* b, double eps
   const A var = n ? v / A(n) : A(0);
   const A rs = A(1) / sqrt(var + A(eps));
   if (lane == 0) {
-    mean[r] = mu;
+    if (mean) mean[r] = mu;
     rstd[r] = rs;
   }
   T* yr = out + r * n;
@@ -335,7 +339,8 @@ __global__ void layer_norm_kernel(const T* x, const T* w, const T* b, double eps
 }
 
 // gx of layer norm, a group of G threads per row (as layer_norm_kernel); xhat is recomputed
-// from the forward's mean and rstd (of the compute type A).
+// from the forward's mean and rstd (of the compute type A). Without mean: the RMS norm's gx
+// (xhat = x rstd, no mean(gxhat) term).
 template <typename T>
 __global__ void layer_norm_backward_kernel(const T* x, const T* w, const math::compute_t<T>* mean,
                                            const math::compute_t<T>* rstd, const T* gy, T* gx, std::int64_t rows,
@@ -346,7 +351,7 @@ __global__ void layer_norm_backward_kernel(const T* x, const T* w, const math::c
   const int lane = threadIdx.x % G;
   const bool live = r < rows;
   const std::int64_t o = (live ? r : 0) * n;
-  const A mu = live ? mean[r] : A(0), rs = live ? rstd[r] : A(0);
+  const A mu = live && mean ? mean[r] : A(0), rs = live ? rstd[r] : A(0);
   A s1 = 0, s2 = 0;  // row sums of gxhat and gxhat * xhat
   if (live)
     for (std::int64_t j = lane; j < n; j += G) {
@@ -354,10 +359,10 @@ __global__ void layer_norm_backward_kernel(const T* x, const T* w, const math::c
       s1 += gh;
       s2 += gh * (static_cast<A>(x[o + j]) - mu) * rs;
     }
-  s1 = group_reduce(s1, G, smem, [](A a, A c) { return a + c; });
+  if (mean) s1 = group_reduce(s1, G, smem, [](A a, A c) { return a + c; });
   s2 = group_reduce(s2, G, smem, [](A a, A c) { return a + c; });
   if (!live) return;
-  const A m1 = s1 / A(n), m2 = s2 / A(n);
+  const A m1 = mean ? s1 / A(n) : A(0), m2 = s2 / A(n);
   for (std::int64_t j = lane; j < n; j += G) {
     const A gh = static_cast<A>(gy[o + j]) * (w ? static_cast<A>(w[j]) : A(1));
     const A xh = (static_cast<A>(x[o + j]) - mu) * rs;
@@ -366,7 +371,7 @@ __global__ void layer_norm_backward_kernel(const T* x, const T* w, const math::c
 }
 
 // Column sums of gy * xhat (pw) and gy (pb) over chunk blockIdx.y of `per` rows, one column per
-// thread (coalesced along the row); pw or pb may be null.
+// thread (coalesced along the row); pw or pb may be null, mean too (RMS norm: xhat = x rstd).
 template <typename T>
 __global__ void layer_norm_param_partials(const T* x, const math::compute_t<T>* mean, const math::compute_t<T>* rstd,
                                           const T* gy, math::compute_t<T>* pw, math::compute_t<T>* pb,
@@ -378,7 +383,7 @@ __global__ void layer_norm_param_partials(const T* x, const math::compute_t<T>* 
   A sw = 0, sb = 0;
   for (std::int64_t r = c * per; r < r1; ++r) {
     const A g = static_cast<A>(gy[r * n + j]);
-    sw += g * (static_cast<A>(x[r * n + j]) - mean[r]) * rstd[r];
+    sw += g * (static_cast<A>(x[r * n + j]) - (mean ? mean[r] : A(0))) * rstd[r];
     sb += g;
   }
   if (pw) pw[c * n + j] = sw;
@@ -516,22 +521,24 @@ void CudaBackend::layer_norm(const Tensor& x, const Tensor& weight, const Tensor
   check_launch("layer_norm");
 }
 
-void CudaBackend::layer_norm_backward(const Tensor& x, const Tensor& weight, const Tensor& mean, const Tensor& rstd,
-                                      const Tensor& gy, const Tensor& gx, const Tensor& gweight, const Tensor& gbias) {
-  check_float(x, "layer_norm_backward");
-  DeviceGuard guard(ctx_.index);
+namespace {
+
+// Layer norm's backward, or the RMS norm's without mean (then gbias is undefined).
+void norm_backward(DeviceContext& ctx, const Tensor& x, const Tensor& weight, const Tensor& mean, const Tensor& rstd,
+                   const Tensor& gy, const Tensor& gx, const Tensor& gweight, const Tensor& gbias) {
+  DeviceGuard guard(ctx.index);
   const std::int64_t rows = x.size(0), n = x.size(1);
-  const cudaStream_t s = ctx_.stream;
+  const cudaStream_t s = ctx.stream;
   dispatch_floating(x.dtype(), [&](auto z) {
     using T = decltype(z);
     using A = math::compute_t<T>;
+    const A* mp = mean.defined() ? ptr<A>(mean) : nullptr;
     if (gx.defined() && rows > 0 && n > 0) {
       int G;
       unsigned blocks;
       row_launch(rows, n, G, blocks);
       layer_norm_backward_kernel<T><<<blocks, kThreads, 0, s>>>(ptr<T>(x), weight.defined() ? ptr<T>(weight) : nullptr,
-                                                                ptr<A>(mean), ptr<A>(rstd), ptr<T>(gy), ptr<T>(gx),
-                                                                rows, n, G);
+                                                                mp, ptr<A>(rstd), ptr<T>(gy), ptr<T>(gx), rows, n, G);
     }
     if ((!gweight.defined() && !gbias.defined()) || n == 0) return;
     // The chunk count depends on the row count only: the sums' order is fixed for a shape.
@@ -542,13 +549,46 @@ void CudaBackend::layer_norm_backward(const Tensor& x, const Tensor& weight, con
     if (chunks > 0) {
       const dim3 grid(static_cast<unsigned>((n + kThreads - 1) / kThreads), static_cast<unsigned>(chunks));
       layer_norm_param_partials<T>
-          <<<grid, kThreads, 0, s>>>(ptr<T>(x), ptr<A>(mean), ptr<A>(rstd), ptr<T>(gy), pw, pb, rows, n, per);
+          <<<grid, kThreads, 0, s>>>(ptr<T>(x), mp, ptr<A>(rstd), ptr<T>(gy), pw, pb, rows, n, per);
     }
     // Without rows the scratch is empty (null pointers) and the sums are 0.
     if (gweight.defined()) column_sum_kernel<T><<<grid_for(n), kThreads, 0, s>>>(pw, ptr<T>(gweight), chunks, n);
     if (gbias.defined()) column_sum_kernel<T><<<grid_for(n), kThreads, 0, s>>>(pb, ptr<T>(gbias), chunks, n);
   });
+}
+
+}  // namespace
+
+void CudaBackend::layer_norm_backward(const Tensor& x, const Tensor& weight, const Tensor& mean, const Tensor& rstd,
+                                      const Tensor& gy, const Tensor& gx, const Tensor& gweight, const Tensor& gbias) {
+  check_float(x, "layer_norm_backward");
+  norm_backward(ctx_, x, weight, mean, rstd, gy, gx, gweight, gbias);
   check_launch("layer_norm_backward");
+}
+
+void CudaBackend::rms_norm(const Tensor& x, const Tensor& weight, double eps, const Tensor& out, const Tensor& rstd) {
+  check_float(x, "rms_norm");
+  DeviceGuard guard(ctx_.index);
+  const std::int64_t rows = rstd.numel(), n = rows ? x.numel() / rows : 0;
+  if (rows == 0) return;
+  int G;
+  unsigned blocks;
+  row_launch(rows, n, G, blocks);
+  dispatch_floating(x.dtype(), [&](auto z) {
+    using T = decltype(z);
+    using A = math::compute_t<T>;
+    layer_norm_kernel<T><<<blocks, kThreads, 0, ctx_.stream>>>(ptr<T>(x), weight.defined() ? ptr<T>(weight) : nullptr,
+                                                               nullptr, eps, ptr<T>(out), nullptr, ptr<A>(rstd), rows,
+                                                               n, G);
+  });
+  check_launch("rms_norm");
+}
+
+void CudaBackend::rms_norm_backward(const Tensor& x, const Tensor& weight, const Tensor& rstd, const Tensor& gy,
+                                    const Tensor& gx, const Tensor& gweight) {
+  check_float(x, "rms_norm_backward");
+  norm_backward(ctx_, x, weight, Tensor(), rstd, gy, gx, gweight, Tensor());
+  check_launch("rms_norm_backward");
 }
 
 }  // namespace kiln::cuda

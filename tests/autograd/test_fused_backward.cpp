@@ -1,4 +1,5 @@
-// The fused backward kernels (Backend::unary_backward, Backend::layer_norm_backward) against the
+// The fused backward kernels (Backend::unary_backward, Backend::layer_norm_backward,
+// Backend::rms_norm_backward, with rms_norm's fused forward) against the
 // composite formulation the ops keep for create_graph: the same backward run once without and
 // once with create_graph gives the fused and the composite gradient. Layouts (contiguous,
 // permuted, sliced, broadcast, non-contiguous incoming gradients), float64/float32, 16-bit against
@@ -275,6 +276,174 @@ TEST_CASE("layer_norm backward: weight and bias gradients do not depend on the t
     set_num_threads(2);
     auto g2 = ln_grads(
         x, [](const Tensor& t) { return t; }, {96}, w, b, 15, dt, false);
+    for (std::size_t i = 0; i < 3; ++i) CHECK(equal(g1[i], g2[i]));
+  }
+  set_num_threads(saved);
+}
+
+namespace {
+
+// rms_norm as the composite of tensor ops it replaced (float32 statistics for 16-bit x, the
+// weight applied after rounding to x's dtype): the reference for the fused forward and backward.
+Tensor rms_composite(const Tensor& x, const Shape& ns, const Tensor& w, double eps) {
+  Dims dims;
+  for (std::int64_t d = x.dim() - static_cast<std::int64_t>(ns.size()); d < x.dim(); ++d) dims.push_back(d);
+  const Tensor xc = is_reduced_float(x.dtype()) ? x.to(kFloat32) : x;
+  Tensor y = (xc * rsqrt(mean(square(xc), dims, true) + eps)).to(x.dtype());
+  return w.defined() ? y * w : y;
+}
+
+// {y, gx, gw} of sum(f(view(x), ns, w)^T * u), u of seed useed rounded through udt; `composite`
+// runs the backward with create_graph (rms_norm's differentiable formulas).
+std::vector<Tensor> rms_grads(const std::function<Tensor(const Tensor&, const Shape&, const Tensor&)>& f,
+                              const Tensor& x, const std::function<Tensor(const Tensor&)>& view, const Shape& ns,
+                              const Tensor& w, std::uint64_t useed, bool composite, DType udt = kFloat64) {
+  Tensor y = f(view(x), ns, w);
+  Tensor yt = y.transpose(0, -1);
+  Tensor u = rnd(yt.shape(), useed, udt).to(y.dtype());
+  std::vector<Tensor> in = {x};
+  if (w.defined()) in.push_back(w);
+  auto g = autograd::grad({(yt * u).sum()}, in, {}, false, composite);
+  g.insert(g.begin(), y);
+  for (auto& t : g) t = t.detach();
+  return g;
+}
+
+Tensor fused_rms(const Tensor& x, const Shape& ns, const Tensor& w) { return rms_norm(x, ns, w, 1e-5); }
+Tensor old_rms(const Tensor& x, const Shape& ns, const Tensor& w) { return rms_composite(x, ns, w, 1e-5); }
+
+}  // namespace
+
+TEST_CASE("rms_norm: fused forward and backward against the composite, layouts and weights") {
+  struct L {
+    const char* name;
+    Shape leaf, ns;
+    std::function<Tensor(const Tensor&)> view;
+  };
+  const std::vector<L> ls = {
+      {"contiguous", {2, 70, 33}, {33}, [](const Tensor& t) { return t; }},
+      {"two normalized dims", {9, 4, 33}, {4, 33}, [](const Tensor& t) { return t; }},
+      {"permuted", {33, 40}, {33}, [](const Tensor& t) { return t.t(); }},
+      {"permuted, two normalized dims",
+       {5, 6, 7},
+       {5, 6},
+       [](const Tensor& t) {
+         return t.permute({2, 0, 1});
+       }},
+      {"sliced", {40, 67}, {33}, [](const Tensor& t) { return t.slice(1, 0, 66, 2); }},
+      {"broadcast",
+       {1, 33},
+       {33},
+       [](const Tensor& t) {
+         return t.expand({40, 33});
+       }},
+      {"no batch dims", {33}, {33}, [](const Tensor& t) { return t; }},
+      {"long rows", {3, 2500}, {2500}, [](const Tensor& t) { return t; }},
+      {"0 rows", {0, 33}, {33}, [](const Tensor& t) { return t; }},
+      {"0 columns", {5, 0}, {0}, [](const Tensor& t) { return t; }},
+  };
+  for (const L& l : ls)
+    for (DType dt : {kFloat64, kFloat32})
+      for (bool weighted : {false, true}) {
+        const std::string ctx =
+            std::string(l.name) + ", " + std::string(dtype_name(dt)) + ", weight " + std::to_string(weighted);
+        INFO(ctx);
+        Tensor x = rnd(l.leaf, 1, dt, 3.0).requires_grad_();
+        Tensor w = weighted ? (rnd(l.ns, 2, dt) + 1.0).detach().requires_grad_() : Tensor();
+        auto fused = rms_grads(fused_rms, x, l.view, l.ns, w, 4, false);
+        auto comp = rms_grads(fused_rms, x, l.view, l.ns, w, 4, true);
+        auto old = rms_grads(old_rms, x, l.view, l.ns, w, 4, false);
+        REQUIRE(fused.size() == old.size());
+        for (std::size_t i = 0; i < fused.size(); ++i) {
+          INFO("output " << i);
+          CHECK(fused[i].dtype() == dt);
+          if (dt == kFloat64) {
+            expect_close(fused[i], old[i], 1e-12, 1e-10);
+            expect_close(comp[i], old[i], 1e-12, 1e-10);
+          } else {
+            expect_close(fused[i], old[i], 5e-5, 5e-5);
+            expect_close(comp[i], old[i], 5e-5, 5e-5);
+          }
+        }
+      }
+}
+
+TEST_CASE("rms_norm: default eps, special values, a weight of another dtype") {
+  Tensor x = rnd({4, 8}, 20);
+  // eps defaults to the machine epsilon of x's dtype (and only that is added).
+  for (DType dt : {kFloat64, kFloat32, kBFloat16, kFloat16}) {
+    const double e = dt == kFloat64 ? 0x1p-52 : dt == kFloat32 ? 0x1p-23 : dt == kBFloat16 ? 0x1p-7 : 0x1p-10;
+    Tensor xd = x.to(dt);
+    CHECK(equal(rms_norm(xd, {8}), rms_norm(xd, {8}, Tensor(), e)));
+  }
+  // Rows holding inf or NaN, an all-zero row with eps 0 (0 * inf): NaN/inf where the composite has them.
+  std::vector<double> v;
+  for (double s : {1.0, kInf, -2.0, 0.5, kNaN, 1.0, 0.0, 0.0, 3.0, -kInf, 2.0, 1.0})
+    for (int k = 0; k < 10; ++k) v.push_back(s * (k + 1));
+  for (DType dt : {kFloat64, kFloat32})
+    for (double e : {0.0, 1e-6}) {
+      Tensor xs = tensor(v, {6, 20}).to(dt);
+      expect_close(rms_norm(xs, {20}, Tensor(), e), rms_composite(xs, {20}, Tensor(), e), 1e-6, 1e-6);
+      Tensor z = zeros({2, 20}, dt);
+      expect_close(rms_norm(z, {20}, Tensor(), e), rms_composite(z, {20}, Tensor(), e), 0, 0);
+    }
+  // A float64 weight on float32 x: multiplied after the norm, the result float64 as before.
+  Tensor x32 = rnd({5, 6}, 21, kFloat32).requires_grad_(), w64 = rnd({6}, 22).requires_grad_();
+  Tensor y = rms_norm(x32, {6}, w64);
+  CHECK(y.dtype() == kFloat64);
+  expect_close(y, rms_composite(x32, {6}, w64, 0x1p-23), 1e-6, 1e-6);
+  y.sum().backward();
+  CHECK(x32.grad().dtype() == kFloat32);
+  CHECK(w64.grad().dtype() == kFloat64);
+  expect_close(w64.grad(), sum(rms_norm(x32.detach(), {6}).to(kFloat64), {0}), 1e-12, 1e-12);
+}
+
+TEST_CASE("rms_norm: bfloat16/float16 against float32 on the same rounded values") {
+  for (DType dt : {kBFloat16, kFloat16}) {
+    const std::string ctx(dtype_name(dt));
+    INFO(ctx);
+    const double eps = dt == kBFloat16 ? 0.0078125 : 0.0009765625;
+    Tensor x = rnd({50, 48}, 5, dt, 2.0).requires_grad_(), w = (rnd({48}, 6, dt) + 1.0).to(dt).requires_grad_();
+    auto same = [](const Tensor& t) { return t; };
+    auto g16 = rms_grads(fused_rms, x, same, {48}, w, 8, false, dt);
+    Tensor x32 = x.detach().to(kFloat32).requires_grad_(), w32 = w.detach().to(kFloat32).requires_grad_();
+    auto g32 = rms_grads(fused_rms, x32, same, {48}, w32, 8, false, dt);
+    for (std::size_t i = 0; i < 3; ++i) {
+      INFO("output " << i);
+      CHECK(g16[i].dtype() == dt);
+      // Float32 statistics and compute, one rounding: half an ulp plus float32 noise on the
+      // largest value (gx's row means cancel).
+      const double scale = amax(abs(g32[i])).item<double>();
+      expect_close(g16[i], g32[i], 1e-5 * scale, eps / 2);
+    }
+  }
+}
+
+TEST_CASE("rms_norm: gradcheck through the fused path, and second order through the composite") {
+  Tensor x = rnd({6, 7}, 9).requires_grad_(), w = rnd({7}, 10).requires_grad_();
+  kt::grad_ok([](const std::vector<Tensor>& in) { return rms_norm(in[0], {7}, in[1], 1e-3); }, {x, w});
+  kt::grad_ok([](const std::vector<Tensor>& in) { return rms_norm(in[0].t(), {6}); }, {x});
+  kt::grad_ok([](const std::vector<Tensor>& in) { return rms_norm(in[0].reshape({2, 3, 7}), {3, 7}); }, {x});
+  kt::grad_ok(
+      [](const std::vector<Tensor>& in) {
+        Tensor y = rms_norm(in[0], {7}, in[1]);
+        auto g = autograd::grad({(y * y * y).sum()}, {in[0], in[1]}, {}, false, /*create_graph=*/true);
+        return cat({g[0].flatten(), g[1].flatten()});
+      },
+      {x, w});
+}
+
+TEST_CASE("rms_norm: outputs and gradients do not depend on the thread count") {
+  const int saved = get_num_threads();
+  for (DType dt : {kFloat32, kBFloat16, kFloat64}) {
+    const std::string ctx(dtype_name(dt));
+    INFO(ctx);
+    Tensor x = rnd({1000, 96}, 12, dt).requires_grad_(), w = rnd({96}, 13, dt).requires_grad_();
+    auto same = [](const Tensor& t) { return t; };
+    set_num_threads(1);
+    auto g1 = rms_grads(fused_rms, x, same, {96}, w, 15, false);
+    set_num_threads(2);
+    auto g2 = rms_grads(fused_rms, x, same, {96}, w, 15, false);
     for (std::size_t i = 0; i < 3; ++i) CHECK(equal(g1[i], g2[i]));
   }
   set_num_threads(saved);

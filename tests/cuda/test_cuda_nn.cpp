@@ -1,5 +1,5 @@
 // Fused nn ops, random numbers and optimizer steps on the GPU against the CPU backend:
-// softmax / log-softmax / layer norm / losses (values and gradients), bit-identical Philox
+// softmax / log-softmax / layer norm / RMS norm / losses (values and gradients), bit-identical Philox
 // draws and dropout masks, and every fused optimizer update.
 #include "cuda/cuda_test_util.hpp"
 
@@ -90,6 +90,40 @@ TEST_CASE("cuda nn: layer_norm gradients with weight or bias alone, and without 
     }
 }
 
+TEST_CASE("cuda nn: rms_norm values and gradients match the CPU, with and without weight") {
+  KILN_CUDA_OR_SKIP();
+  for (DType dt : kFloats) {
+    for (const auto& l : kc::layouts())
+      for (const Shape& s : std::vector<Shape>{{4, 9}, {3, 5, 64}, {2, 2, 4097}}) {
+        CAPTURE(dtype_name(dt));
+        CAPTURE(l.name);
+        CAPTURE(shape_str(s));
+        Pair x = kc::make_pair(l, s, dt, 1, -3, 5);
+        const Shape ns{s.back()}, ns2{s[s.size() - 2], s.back()};
+        Pair w = kc::make_pair(kc::layouts()[0], ns, dt, 2);
+        kc::check_op(
+            "rms_norm", [ns](auto& v) { return rms_norm(v[0], ns); }, {x}, kc::rtol_for(dt) * 10,
+            kc::atol_for(dt) * 10);
+        kc::check_grads(
+            "rms_norm weight", [ns](auto& v) { return rms_norm(v[0], ns, v[1], 1e-5); }, {x, w}, kc::rtol_for(dt) * 100,
+            kc::atol_for(dt) * 10);
+        kc::check_grads(
+            "rms_norm 2 dims", [ns2](auto& v) { return rms_norm(v[0], ns2); }, {x}, kc::rtol_for(dt) * 100,
+            kc::atol_for(dt) * 10);
+      }
+    // Without rows (the weight's gradient is 0), and enough rows for several column chunks.
+    for (const Shape& s : std::vector<Shape>{{0, 33}, {600, 40}}) {
+      CAPTURE(dtype_name(dt));
+      CAPTURE(shape_str(s));
+      Pair x = kc::make_pair(kc::layouts()[0], s, dt, 1, -3, 5);
+      Pair w = kc::make_pair(kc::layouts()[0], {s.back()}, dt, 2);
+      kc::check_grads(
+          "rms_norm weight", [](auto& v) { return rms_norm(v[0], {v[0].size(-1)}, v[1]); }, {x, w},
+          kc::rtol_for(dt) * 100, kc::atol_for(dt) * 10);
+    }
+  }
+}
+
 TEST_CASE("cuda nn: fused backward kernels in bfloat16/float16 match the CPU's") {
   KILN_CUDA_OR_SKIP();
   using Fn = std::function<Tensor(const std::vector<Tensor>&)>;
@@ -101,6 +135,7 @@ TEST_CASE("cuda nn: fused backward kernels in bfloat16/float16 match the CPU's")
       {"tanh", [](auto& v) { return kiln::tanh(v[0]); }},
       {"relu", [](auto& v) { return relu(v[0]); }},
       {"layer_norm", [](auto& v) { return layer_norm(v[0], {v[0].size(-1)}, v[1], v[2]); }},
+      {"rms_norm", [](auto& v) { return rms_norm(v[0], {v[0].size(-1)}, v[1]); }},
   };
   for (DType dt : {kBFloat16, kFloat16})
     for (const auto& l : kc::layouts()) {
