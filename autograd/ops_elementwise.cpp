@@ -56,6 +56,47 @@ Tensor scalar_for(const Tensor& t, const Scalar& s) {
 
 Tensor cscalar(double v, const Tensor& like) { return scalar_on(v, like.dtype(), like.device()); }
 
+// Whether the 16-bit dtype `dt` holds the float32 value of v exactly.
+bool reduced_holds(DType dt, double v) {
+  const float f = static_cast<float>(v);
+  return static_cast<float>(dt == kBFloat16 ? static_cast<float>(BFloat16(f)) : static_cast<float>(Half(f))) == f;
+}
+
+// PyTorch multiplies and divides a bfloat16/float16 tensor by a number, or by a 0-dim tensor of
+// another floating dtype, in float32 with the number at float32 precision, rounding only the
+// result: x * 0.1 is bf16(x * 0.1f), not bf16(x * bf16(0.1)).
+Tensor mul_div_in_float32(const Tensor& a, const Tensor& b, DType dt, bool divide) {
+  Tensor a32 = to(a, kFloat32), b32 = to(b, kFloat32);
+  return to(divide ? div(a32, b32) : mul(a32, b32), dt);
+}
+bool wide_scalar_operand(const Tensor& b, DType dt) {
+  return is_reduced_float(dt) && b.dim() == 0 && is_floating(b.dtype()) && b.dtype() != dt;
+}
+
+// t * s and t / s for a number s (Python's scalar semantics for the dtype).
+Tensor mul_div_number(const Tensor& t, const Scalar& s, bool divide) {
+  const DType dt = result_type_with_scalar(t.dtype(), s.kind());
+  if (is_reduced_float(dt) && !reduced_holds(dt, s.to_double()))
+    return mul_div_in_float32(t, scalar_on(s, kFloat32, t.device()), dt, divide);
+  Tensor n = scalar_for(t, s);
+  return divide ? div(t, n) : mul(t, n);
+}
+
+// a + alpha * b (sub: a - alpha * b) with alpha != 1, as PyTorch: an integral result takes no
+// floating alpha; a 16-bit result is computed in float32 (alpha rounded to the dtype) and rounded once.
+Tensor add_scaled(const Tensor& a, const Tensor& b, const Scalar& alpha, bool subtract, const char* op) {
+  const DType dt = result_type(a, b);
+  KILN_CHECK(is_floating(dt) || !alpha.is_floating(), op,
+             "alpha must not be a floating point number ({}) for a {} result", alpha.to_double(), dtype_name(dt));
+  if (is_reduced_float(dt)) {
+    Tensor al = cast_raw(scalar_on(alpha, dt, b.device()), kFloat32);
+    Tensor a32 = to(a, kFloat32), sb = mul(to(b, kFloat32), al);
+    return to(subtract ? sub(a32, sb) : add(a32, sb), dt);
+  }
+  Tensor sb = mul(b, scalar_for(b, alpha));
+  return subtract ? sub(a, sb) : add(a, sb);
+}
+
 // Records a one-input op; backward(g, x, y) gets the saved input and (if save_out) output.
 template <typename F>
 void record_unary(const char* op, const Tensor& x, const Tensor& y, bool save_out, F backward) {
@@ -91,7 +132,7 @@ Tensor fused_unary_grad(UnaryOp uop, const Tensor& g, const Tensor& v) {
 }
 
 Tensor compare_op(CompareOp cop, const Tensor& a, const Tensor& b, const char* op) {
-  Prepared p = prepare_binary(a, b, op, promote_types(a.dtype(), b.dtype()));
+  Prepared p = prepare_binary(a, b, op, result_type(a, b));
   Tensor out = Tensor::empty(p.shape, kBool, a.device());
   backend(a, op).compare(cop, p.a, p.b, out);
   return out;
@@ -119,8 +160,8 @@ void record_binary(const char* op, const Tensor& a, const Tensor& b, const Tenso
 Tensor add(const Tensor& a, const Tensor& b, const Scalar& alpha) {
   check_defined(a, "add");
   check_defined(b, "add");
-  if (alpha.to_double() != 1.0) return add(a, mul(b, scalar_for(b, alpha)));
-  Tensor out = binary_forward(BinaryOp::Add, a, b, "add", promote_types(a.dtype(), b.dtype()));
+  if (alpha.to_double() != 1.0) return add_scaled(a, b, alpha, false, "add");
+  Tensor out = binary_forward(BinaryOp::Add, a, b, "add", result_type(a, b));
   Shape sa = a.shape(), sb = b.shape();
   DType da = a.dtype(), db = b.dtype();
   // add keeps no tensors: only shapes and dtypes are needed for its gradient.
@@ -136,9 +177,11 @@ Tensor add(const Tensor& a, const Tensor& b, const Scalar& alpha) {
 Tensor sub(const Tensor& a, const Tensor& b, const Scalar& alpha) {
   check_defined(a, "sub");
   check_defined(b, "sub");
-  KILN_CHECK(a.dtype() != kBool || b.dtype() != kBool, "sub", "subtraction of two bool tensors is not supported");
-  if (alpha.to_double() != 1.0) return sub(a, mul(b, scalar_for(b, alpha)));
-  Tensor out = binary_forward(BinaryOp::Sub, a, b, "sub", promote_types(a.dtype(), b.dtype()));
+  KILN_CHECK(a.dtype() != kBool && b.dtype() != kBool, "sub",
+             "subtraction with a bool tensor ({} - {}) is not supported; use logical_not to invert a mask",
+             dtype_name(a.dtype()), dtype_name(b.dtype()));
+  if (alpha.to_double() != 1.0) return add_scaled(a, b, alpha, true, "sub");
+  Tensor out = binary_forward(BinaryOp::Sub, a, b, "sub", result_type(a, b));
   Shape sa = a.shape(), sb = b.shape();
   DType da = a.dtype(), db = b.dtype();
   record("sub", {a, b}, {out}, [sa, sb, da, db](FunctionNode& n, std::vector<Tensor>& g) {
@@ -153,7 +196,9 @@ Tensor sub(const Tensor& a, const Tensor& b, const Scalar& alpha) {
 Tensor mul(const Tensor& a, const Tensor& b) {
   check_defined(a, "mul");
   check_defined(b, "mul");
-  Tensor out = binary_forward(BinaryOp::Mul, a, b, "mul", promote_types(a.dtype(), b.dtype()));
+  const DType dt = result_type(a, b);
+  if (wide_scalar_operand(b, dt)) return mul_div_in_float32(a, b, dt, false);
+  Tensor out = binary_forward(BinaryOp::Mul, a, b, "mul", dt);
   record_binary("mul", a, b, out, false,
                 [](const Tensor& g, const Tensor& a, const Tensor& b, const Tensor&, bool na, bool nb) {
                   return std::pair<Tensor, Tensor>{na ? mul(g, b) : Tensor(), nb ? mul(g, a) : Tensor()};
@@ -164,8 +209,9 @@ Tensor mul(const Tensor& a, const Tensor& b) {
 Tensor div(const Tensor& a, const Tensor& b) {
   check_defined(a, "div");
   check_defined(b, "div");
-  DType dt = promote_types(a.dtype(), b.dtype());
+  DType dt = result_type(a, b);
   if (!is_floating(dt)) dt = kFloat32;
+  if (wide_scalar_operand(b, dt)) return mul_div_in_float32(a, b, dt, true);
   Tensor out = binary_forward(BinaryOp::Div, a, b, "div", dt);
   record_binary("div", a, b, out, false,
                 [](const Tensor& g, const Tensor& a, const Tensor& b, const Tensor&, bool na, bool nb) {
@@ -179,7 +225,7 @@ Tensor div(const Tensor& a, const Tensor& b) {
 Tensor pow(const Tensor& a, const Tensor& b) {
   check_defined(a, "pow");
   check_defined(b, "pow");
-  Tensor out = binary_forward(BinaryOp::Pow, a, b, "pow", promote_types(a.dtype(), b.dtype()));
+  Tensor out = binary_forward(BinaryOp::Pow, a, b, "pow", result_type(a, b));
   record_binary("pow", a, b, out, true,
                 [](const Tensor& g, const Tensor& a, const Tensor& b, const Tensor& y, bool na, bool nb) {
                   Tensor ga, gb;
@@ -197,6 +243,9 @@ Tensor pow(const Tensor& a, const Tensor& b) {
 Tensor pow(const Tensor& a, const Scalar& e) {
   check_defined(a, "pow");
   double ev = e.to_double();
+  KILN_CHECK(is_floating(a.dtype()) || e.is_floating() || ev >= 0, "pow",
+             "integers to negative integer powers are not allowed ({} tensor to the power {})", dtype_name(a.dtype()),
+             e.to_int());
   if (e.is_floating() || ev < 0) {
     DType dt = result_type_with_scalar(a.dtype(), e.kind());
     if (ev < 0 && !is_floating(dt)) dt = kFloat32;
@@ -222,7 +271,7 @@ namespace {
 Tensor minmax(BinaryOp bop, const Tensor& a, const Tensor& b, const char* op) {
   check_defined(a, op);
   check_defined(b, op);
-  Tensor out = binary_forward(bop, a, b, op, promote_types(a.dtype(), b.dtype()));
+  Tensor out = binary_forward(bop, a, b, op, result_type(a, b));
   bool is_max = bop == BinaryOp::Maximum;
   record_binary(op, a, b, out, false,
                 [is_max](const Tensor& g, const Tensor& a, const Tensor& b, const Tensor&, bool, bool) {
@@ -397,7 +446,7 @@ Tensor where(const Tensor& cond, const Tensor& a, const Tensor& b) {
   check_same_device("where", cond, a);
   check_same_device("where", a, b);
   Shape shape = broadcast_shapes(broadcast_shapes(cond.shape(), a.shape(), "where"), b.shape(), "where");
-  DType dt = promote_types(a.dtype(), b.dtype());
+  DType dt = result_type(a, b);
   Tensor out = Tensor::empty(shape, dt, a.device());
   backend(a, "where")
       .where(expand_raw(cond, shape, "where"), expand_raw(cast_raw(a, dt), shape, "where"),
@@ -497,13 +546,20 @@ Tensor operator*(const Tensor& a, const Tensor& b) { return mul(a, b); }
 Tensor operator/(const Tensor& a, const Tensor& b) { return div(a, b); }
 Tensor operator-(const Tensor& a) { return neg(a); }
 Tensor operator+(const Tensor& a, const Scalar& b) { return add(a, scalar_for(a, b)); }
-Tensor operator-(const Tensor& a, const Scalar& b) { return sub(a, scalar_for(a, b)); }
-Tensor operator*(const Tensor& a, const Scalar& b) { return mul(a, scalar_for(a, b)); }
-Tensor operator/(const Tensor& a, const Scalar& b) { return div(a, scalar_for(a, b)); }
+Tensor operator-(const Tensor& a, const Scalar& b) {
+  KILN_CHECK(b.kind() != kBool, "sub", "subtraction of a bool value is not supported");
+  return sub(a, scalar_for(a, b));
+}
+Tensor operator*(const Tensor& a, const Scalar& b) { return mul_div_number(a, b, false); }
+Tensor operator/(const Tensor& a, const Scalar& b) { return mul_div_number(a, b, true); }
 Tensor operator+(const Scalar& a, const Tensor& b) { return add(scalar_for(b, a), b); }
-Tensor operator-(const Scalar& a, const Tensor& b) { return sub(scalar_for(b, a), b); }
-Tensor operator*(const Scalar& a, const Tensor& b) { return mul(scalar_for(b, a), b); }
-Tensor operator/(const Scalar& a, const Tensor& b) { return div(scalar_for(b, a), b); }
+Tensor operator-(const Scalar& a, const Tensor& b) {
+  KILN_CHECK(a.kind() != kBool, "sub", "subtraction of a bool value is not supported");
+  return sub(scalar_for(b, a), b);
+}
+Tensor operator*(const Scalar& a, const Tensor& b) { return mul_div_number(b, a, false); }
+// As Python's `s / t` on a torch tensor (Tensor.__rtruediv__): reciprocal(t) * s.
+Tensor operator/(const Scalar& a, const Tensor& b) { return mul_div_number(reciprocal(b), a, false); }
 Tensor operator==(const Tensor& a, const Tensor& b) { return eq(a, b); }
 Tensor operator!=(const Tensor& a, const Tensor& b) { return ne(a, b); }
 Tensor operator<(const Tensor& a, const Tensor& b) { return lt(a, b); }

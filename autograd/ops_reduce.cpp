@@ -218,7 +218,8 @@ Tensor logsumexp(const Tensor& x, const Dims& dims_in, bool keepdim) {
     if (cast) return logsumexp(xc, dims_in, keepdim);
   }
   check_defined(x, "logsumexp");
-  check_floating(x, "logsumexp");
+  // As torch.logsumexp: bool/int64 inputs give float32.
+  if (!x.is_floating_point()) return logsumexp(to(x, kFloat32), dims_in, keepdim);
   if (is_reduced_float(x.dtype())) return to(logsumexp(to(x, kFloat32), dims_in, keepdim), x.dtype());
   Dims dims = normalize_dims(dims_in, x.dim(), "logsumexp");
   for (auto d : dims)

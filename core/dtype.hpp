@@ -73,6 +73,16 @@ constexpr DType promote_types(DType a, DType b) {
   return dtype_detail::rank(a) > dtype_detail::rank(b) ? a : b;
 }
 
+/// The category of a dtype: 0 bool, 1 integer, 2 floating (what PyTorch's promotion of 0-dim
+/// tensors and its in-place casting rules look at).
+constexpr int dtype_category(DType d) { return d == DType::Bool ? 0 : is_floating(d) ? 2 : 1; }
+
+/// torch.can_cast: whether a `from` result may be stored in a `to` tensor (an in-place op's
+/// target): never a floating result into an integer tensor or a number into bool; a narrower type
+/// of the same category is fine (a float32 result stored in a bfloat16 tensor rounds).
+///   kiln::can_cast(kFloat32, kBFloat16) == true, kiln::can_cast(kFloat32, kInt64) == false
+constexpr bool can_cast(DType from, DType to) { return dtype_category(from) <= dtype_category(to); }
+
 /// C++ type -> DType.
 template <typename T>
 struct dtype_of;

@@ -207,6 +207,13 @@ template std::vector<double> Tensor::to_vector<double>() const;
 template std::vector<BFloat16> Tensor::to_vector<BFloat16>() const;
 template std::vector<Half> Tensor::to_vector<Half>() const;
 
+DType result_type(const Tensor& a, const Tensor& b) {
+  const bool za = a.dim() == 0, zb = b.dim() == 0;
+  if (za == zb) return promote_types(a.dtype(), b.dtype());
+  const DType dim_type = za ? b.dtype() : a.dtype(), zero_type = za ? a.dtype() : b.dtype();
+  return dtype_category(zero_type) > dtype_category(dim_type) ? promote_types(dim_type, zero_type) : dim_type;
+}
+
 // ---- in-place ----
 
 Tensor& Tensor::fill_(const Scalar& v) {
@@ -251,9 +258,11 @@ void check_inplace_binary(const Tensor& self, const Tensor& other, const char* n
   KILN_CHECK(other.defined(), name, "other tensor is undefined");
   KILN_CHECK(other.device() == self.device(), name, "expected both tensors on {}, got {}", self.device().str(),
              other.device().str());
-  KILN_CHECK(promote_types(self.dtype(), other.dtype()) == self.dtype(), name,
-             "result type {} cannot be stored in a {} tensor in place",
-             dtype_name(promote_types(self.dtype(), other.dtype())), dtype_name(self.dtype()));
+  // As PyTorch: a result of a higher category than the target (float into int64, int64 into
+  // bool) is refused; a wider one of the same category (float32 into bfloat16) rounds into it.
+  const DType r = result_type(self, other);
+  KILN_CHECK(can_cast(r, self.dtype()), name, "result type {} cannot be stored in a {} tensor in place", dtype_name(r),
+             dtype_name(self.dtype()));
   Shape b = broadcast_shapes(self.shape(), other.shape(), name);
   KILN_CHECK(b == self.shape(), name, "cannot broadcast {} into the in-place target of shape {}",
              shape_str(other.shape()), shape_str(self.shape()));
@@ -261,15 +270,28 @@ void check_inplace_binary(const Tensor& self, const Tensor& other, const char* n
 
 void inplace_binary(Tensor& self, BinaryOp op, const Tensor& other, const char* name) {
   check_inplace_binary(self, other, name);
+  DType r = result_type(self, other);
+  // As out of place: a 16-bit tensor times / over a 0-dim tensor of another floating dtype (or a
+  // number it cannot hold) is computed in float32 and rounded once.
+  if ((op == BinaryOp::Mul || op == BinaryOp::Div) && is_reduced_float(r) && other.dim() == 0 &&
+      is_floating(other.dtype()) && other.dtype() != r)
+    r = kFloat32;
   Tensor o = other;
   Backend& be = backend_for(self.device(), name);
-  if (o.dtype() != self.dtype() || overlaps(self, o)) {
-    Tensor c = Tensor::empty(o.shape(), self.dtype(), o.device());
+  if (o.dtype() != r || overlaps(self, o)) {
+    Tensor c = Tensor::empty(o.shape(), r, o.device());
     be.copy(c, o);
     o = c;
   }
   o = Tensor::make_view(o, self.shape(), broadcast_strides(o.shape(), o.strides(), self.shape(), name), o.offset());
-  be.binary(op, self, o, self);
+  if (r == self.dtype()) {
+    be.binary(op, self, o, self);
+  } else {  // computed in the wider type, rounded once into the target
+    Tensor wide = Tensor::empty(self.shape(), r, self.device());
+    be.copy(wide, self);
+    be.binary(op, wide, o, wide);
+    be.copy(self, wide);
+  }
   self.bump_version();
 }
 }  // namespace
@@ -281,10 +303,17 @@ Tensor& Tensor::add_(const Tensor& other, const Scalar& alpha) {
     // Check before `other` is converted to this dtype, which would hide a float-into-int add.
     check_scalar_fits(*this, alpha, "add_");
     check_inplace_binary(*this, other, "add_");
-    Tensor scaled = Tensor::empty(other.shape(), dtype(), other.device());
+    // A 16-bit sum is formed in float32 (alpha rounded to the dtype first, as PyTorch does).
+    const DType r = result_type(*this, other), wide = is_reduced_float(r) ? kFloat32 : r;
+    Tensor scaled = Tensor::empty(other.shape(), wide, other.device());
     Backend& be = backend_for(device(), "add_");
     be.copy(scaled, other);
-    Tensor a = full({}, alpha, TensorOptions(dtype()).device(device()));
+    Tensor a = full({}, alpha, TensorOptions(r).device(device()));
+    if (wide != r) {
+      Tensor aw = Tensor::empty({}, wide, device());
+      be.copy(aw, a);
+      a = aw;
+    }
     be.binary(BinaryOp::Mul, scaled, make_view(a, scaled.shape(), Strides(scaled.dim(), 0), 0), scaled);
     inplace_binary(*this, BinaryOp::Add, scaled, "add_");
   }
@@ -294,13 +323,24 @@ Tensor& Tensor::mul_(const Tensor& other) {
   inplace_binary(*this, BinaryOp::Mul, other, "mul_");
   return *this;
 }
+namespace {
+// The 0-dim operand of `t *= s` / `t /= s`: t's dtype, or float32 where a 16-bit t cannot hold s
+// (PyTorch scales by the float32 value then).
+Tensor scale_operand(const Tensor& t, const Scalar& s) {
+  const float f = static_cast<float>(s.to_double());
+  const bool holds = t.dtype() == kBFloat16  ? static_cast<float>(BFloat16(f)) == f
+                     : t.dtype() == kFloat16 ? static_cast<float>(Half(f)) == f
+                                             : true;
+  return full({}, s, TensorOptions(holds ? t.dtype() : kFloat32).device(t.device()));
+}
+}  // namespace
 Tensor& Tensor::mul_(const Scalar& s) {
   check_scalar_fits(*this, s, "mul_");
-  return mul_(full({}, s, TensorOptions(dtype()).device(device())));
+  return mul_(scale_operand(*this, s));
 }
 Tensor& Tensor::div_(const Scalar& s) {
   check_scalar_fits(*this, s, "div_", /*true_div=*/true);
-  inplace_binary(*this, BinaryOp::Div, full({}, s, TensorOptions(dtype()).device(device())), "div_");
+  inplace_binary(*this, BinaryOp::Div, scale_operand(*this, s), "div_");
   return *this;
 }
 Tensor& Tensor::add_(const Scalar& s) {

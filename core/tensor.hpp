@@ -218,6 +218,12 @@ class Tensor {
 
 /// `x + y` etc. are declared in autograd/ops.hpp.
 
+/// torch.result_type of a binary op: promote_types of the two dtypes, except that a 0-dim tensor
+/// (what a C++ number becomes: `x * 0.5`) beside an n-dim one counts only when its category (bool
+/// < integer < floating) is higher: bfloat16 (n-dim) * float32 (0-dim) is bfloat16, int64 (n-dim)
+/// + float64 (0-dim) is float64, float32 (n-dim) + float64 (0-dim) stays float32.
+DType result_type(const Tensor& a, const Tensor& b);
+
 /// Prints t as str() does (values summarised with ... when large, shape, dtype, device,
 /// grad_fn or requires_grad): `std::cout << kiln::arange(3);`.
 std::ostream& operator<<(std::ostream& os, const Tensor& t);

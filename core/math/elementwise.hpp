@@ -116,7 +116,7 @@ struct Unary {
       case UnaryOp::GeluErf: return T(0.5) * x * (T(1) + erf(x * T(kSqrt1_2)));
       case UnaryOp::GeluTanh: return T(0.5) * x * (T(1) + tanh(T(kSqrt2OverPi) * (x + T(0.044715) * x * x * x)));
       case UnaryOp::Silu: return x / (T(1) + exp(-x));
-      case UnaryOp::Hardswish: return x <= T(-3) ? T(0) : x >= T(3) ? x : x * (x + T(3)) / T(6);
+      case UnaryOp::Hardswish: return x <= T(-3) ? -T(0) : x >= T(3) ? x : x * (x + T(3)) / T(6);
       case UnaryOp::Erf: return erf(x);
       case UnaryOp::Reciprocal: return T(1) / x;
       case UnaryOp::Square: return x * x;
