@@ -45,11 +45,12 @@ struct Prepared {
 constexpr const char* kChecksumKey = "kiln.crc32c";
 
 std::map<std::string, std::string> with_checksums(const std::vector<Tensor>& data,
-                                                  const std::map<std::string, std::string>& metadata) {
+                                                  const std::map<std::string, std::string>& metadata, bool checksum) {
   if (metadata.count(kChecksumKey))
     throw_error("save_safetensors",
                 fmt::format("metadata key '{}' is reserved (kiln stores its checksums there)", kChecksumKey));
   std::map<std::string, std::string> meta = metadata;
+  if (!checksum) return meta;
   std::string sums;
   for (const Tensor& t : data)
     sums += fmt::format("{}{:08x}", sums.empty() ? "" : " ", detail::crc32c(t.raw_data(), t.nbytes()));
@@ -57,7 +58,8 @@ std::map<std::string, std::string> with_checksums(const std::vector<Tensor>& dat
   return meta;
 }
 
-Prepared prepare(const NamedTensors& tensors, const std::map<std::string, std::string>& metadata) {
+Prepared prepare(const NamedTensors& tensors, const std::map<std::string, std::string>& metadata,
+                 const SafetensorsSaveOptions& options) {
   Prepared p;
   NoGradGuard ng;
   for (const auto& [name, t] : tensors) {
@@ -73,7 +75,7 @@ Prepared prepare(const NamedTensors& tensors, const std::map<std::string, std::s
     p.entries.push_back(std::move(e));
     p.data.push_back(std::move(c));
   }
-  p.header = detail::build_header(p.entries, with_checksums(p.data, metadata));
+  p.header = detail::build_header(p.entries, with_checksums(p.data, metadata, options.checksum()));
   return p;
 }
 
@@ -229,8 +231,9 @@ const Tensor& SafetensorsFile::at(const std::string& name) const {
 }
 
 std::vector<std::uint8_t> save_safetensors_to_buffer(const NamedTensors& tensors,
-                                                     const std::map<std::string, std::string>& metadata) {
-  Prepared p = prepare(tensors, metadata);
+                                                     const std::map<std::string, std::string>& metadata,
+                                                     const SafetensorsSaveOptions& options) {
+  Prepared p = prepare(tensors, metadata, options);
   std::vector<std::uint8_t> out;
   out.reserve(p.total());
   emit(p, [&](const void* d, std::size_t n) {
@@ -263,8 +266,8 @@ void remove_stale_temps(const std::filesystem::path& dir, const std::string& nam
 }
 
 void save_safetensors(const std::string& path, const NamedTensors& tensors,
-                      const std::map<std::string, std::string>& metadata) {
-  Prepared p = prepare(tensors, metadata);
+                      const std::map<std::string, std::string>& metadata, const SafetensorsSaveOptions& options) {
+  Prepared p = prepare(tensors, metadata, options);
   namespace fs = std::filesystem;
   fs::path target(path);
   if (target.filename().empty())

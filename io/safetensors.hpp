@@ -16,7 +16,9 @@
 /// the same target removes it once process <pid> is gone. kiln adds a CRC-32C of each tensor's
 /// bytes to the metadata (key `kiln.crc32c`, reserved) and verifies it on load ("tensor 'w' ...
 /// fails its checksum"); files without it (Python's) load unchecked, and the key is not part of
-/// the returned metadata.
+/// the returned metadata. `SafetensorsSaveOptions().checksum(false)` leaves it out: a file read
+/// from Python's safetensors (dtypes kiln keeps: F32, F64, BF16, F16, I64, BOOL) and saved back
+/// with its tensors in file order and its metadata is then byte-identical to the original.
 ///
 /// Reading treats the file as untrusted: header at most 100 MB beginning with '{', strict JSON (duplicate keys,
 /// unknown fields, bad UTF-8 and non-integer numbers are errors), known dtypes, shapes whose byte
@@ -31,6 +33,7 @@
 #include <utility>
 #include <vector>
 
+#include "../core/arg.hpp"
 #include "../core/tensor.hpp"
 
 namespace kiln {
@@ -54,12 +57,19 @@ struct SafetensorsFile {
 
 using NamedTensors = std::vector<std::pair<std::string, Tensor>>;
 
+struct SafetensorsSaveOptions {
+  /// Store a CRC-32C per tensor under the metadata key `kiln.crc32c` (verified on load).
+  KILN_ARG(bool, checksum) = true;
+};
+
 /// Writes `tensors` (any device, dtype, layout; names unique UTF-8) and `metadata` to `path`.
 void save_safetensors(const std::string& path, const NamedTensors& tensors,
-                      const std::map<std::string, std::string>& metadata = {});
+                      const std::map<std::string, std::string>& metadata = {},
+                      const SafetensorsSaveOptions& options = {});
 /// The bytes save_safetensors would write.
 std::vector<std::uint8_t> save_safetensors_to_buffer(const NamedTensors& tensors,
-                                                     const std::map<std::string, std::string>& metadata = {});
+                                                     const std::map<std::string, std::string>& metadata = {},
+                                                     const SafetensorsSaveOptions& options = {});
 
 /// Reads a whole file onto the CPU.
 SafetensorsFile load_safetensors(const std::string& path);

@@ -325,6 +325,11 @@ TEST_CASE(
     return std::vector<std::uint8_t>(bytes.begin() + 8 + static_cast<std::ptrdiff_t>(header), bytes.end());
   };
   CHECK(data_of(saved) == data_of(original));
+  // Without kiln's checksum the whole file is Python's, byte for byte.
+  const auto plain = save_safetensors_to_buffer(f.tensors, f.metadata, SafetensorsSaveOptions().checksum(false));
+  CHECK(std::vector<std::uint8_t>(plain.begin(), plain.end()) ==
+        std::vector<std::uint8_t>(original.begin(), original.end()));
+  CHECK(load_safetensors_from_buffer(plain.data(), plain.size()).metadata == f.metadata);
   SafetensorsFile back = load_safetensors_from_buffer(saved.data(), saved.size());
   CHECK(back.metadata == f.metadata);
   CHECK(back.at("bf16").dtype() == kBFloat16);
