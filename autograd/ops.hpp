@@ -159,7 +159,8 @@ Tensor layer_norm(const Tensor& x, const Shape& normalized_shape, const Tensor& 
                   const Tensor& bias = Tensor(), double eps = 1e-5);
 /// Root-mean-square norm over the trailing dims `normalized_shape` (torch's F.rms_norm):
 /// x * rsqrt(mean(x^2) + eps) * weight, one fused pass (rstd kept for the fused backward).
-/// eps defaults to the machine epsilon of x's dtype; weight is optional, of shape
+/// eps defaults to the machine epsilon of the compute type (float64's for float64, float32's
+/// otherwise: 16-bit inputs compute in float32), as PyTorch; weight is optional, of shape
 /// normalized_shape. bfloat16/float16 compute in float32 and round once.
 ///   Tensor h = kiln::rms_norm(x, {x.size(-1)}, weight);
 Tensor rms_norm(const Tensor& x, const Shape& normalized_shape, const Tensor& weight = Tensor(),

@@ -227,11 +227,11 @@ Tensor rms_norm(const Tensor& x, const Shape& normalized_shape, const Tensor& we
                shape_str(weight.shape()), shape_str(normalized_shape));
     check_same_device("rms_norm", x, weight);
   }
-  // The machine epsilon of x's dtype: 2^-52, 2^-23, and 2^-7 / 2^-10 for bfloat16 / float16.
-  const double dtype_eps = x.dtype() == kFloat64    ? std::numeric_limits<double>::epsilon()
-                           : x.dtype() == kBFloat16 ? 0.0078125
-                           : x.dtype() == kFloat16  ? 0.0009765625
-                                                    : std::numeric_limits<float>::epsilon();
+  // The machine epsilon of the type the norm computes in, as PyTorch's rms_norm (its opmath
+  // type): 2^-52 for float64, 2^-23 otherwise. Not 2^-7 / 2^-10 for bfloat16 / float16: rows of
+  // small values (mean square ~1e-3) would be pulled far toward 0.
+  const double dtype_eps =
+      x.dtype() == kFloat64 ? std::numeric_limits<double>::epsilon() : std::numeric_limits<float>::epsilon();
   const double e = eps.value_or(dtype_eps);
   KILN_CHECK(e >= 0, "rms_norm", "eps must be >= 0, got {}", e);
   Shape stat_shape(x.shape().begin(), x.shape().end() - k);

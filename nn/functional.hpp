@@ -34,7 +34,8 @@ using kiln::linear;
 using kiln::log_softmax;
 using kiln::mse_loss;
 using kiln::relu;
-/// Root-mean-square norm (autograd/ops.hpp); eps defaults to the machine epsilon of x's dtype.
+/// Root-mean-square norm (autograd/ops.hpp); eps defaults to the machine epsilon of the compute
+/// type (float64's for float64 input, float32's otherwise).
 using kiln::rms_norm;
 using kiln::sigmoid;
 using kiln::silu;

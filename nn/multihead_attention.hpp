@@ -129,7 +129,7 @@ struct MultiHeadAttentionOptions {
   /// Normalization of q and k per head (over head_dim) before the dot products:
   /// Norm::LayerNorm or Norm::RMSNorm (registered as q_norm / k_norm).
   KILN_ARG(Norm, qk_norm) = Norm::None;
-  /// eps of the q/k norms (default: LayerNorm's 1e-5, RMSNorm's machine epsilon of the dtype).
+  /// eps of the q/k norms (default: LayerNorm's 1e-5, RMSNorm's machine epsilon of its compute type).
   KILN_ARG(std::optional<double>, qk_norm_eps);
   /// Random numbers for initialization and both dropouts (null = the default generator); it
   /// must outlive the module.

@@ -41,7 +41,8 @@ KILN_MODULE(LayerNorm);
 struct RMSNormOptions {
   RMSNormOptions(Shape normalized_shape) : normalized_shape_(std::move(normalized_shape)) {}
   KILN_ARG(Shape, normalized_shape);
-  /// Default (nullopt): the machine epsilon of the input's dtype, as torch.nn.RMSNorm.
+  /// Default (nullopt): the machine epsilon of the type the norm computes in (float64's for
+  /// float64 input, float32's for float32/bfloat16/float16), as torch.nn.RMSNorm does.
   KILN_ARG(std::optional<double>, eps) = std::nullopt;
   KILN_ARG(bool, elementwise_affine) = true;
 };
@@ -67,7 +68,7 @@ enum class Norm { None, LayerNorm, RMSNorm };
 /// "none", "layer_norm" or "rms_norm" (what modules print).
 const char* to_string(Norm kind);
 /// A LayerNorm (eps default 1e-5, bias when `bias`) or an RMSNorm (eps default: the input
-/// dtype's machine epsilon) over (dim,); null for Norm::None.
+/// compute type's machine epsilon) over (dim,); null for Norm::None.
 std::shared_ptr<Module> make_norm(Norm kind, std::int64_t dim, std::optional<double> eps = std::nullopt,
                                   bool bias = true);
 

@@ -370,12 +370,18 @@ TEST_CASE("rms_norm: fused forward and backward against the composite, layouts a
 
 TEST_CASE("rms_norm: default eps, special values, a weight of another dtype") {
   Tensor x = rnd({4, 8}, 20);
-  // eps defaults to the machine epsilon of x's dtype (and only that is added).
+  // eps defaults to the machine epsilon of the compute type (and only that is added): float32's
+  // for 16-bit inputs too, as PyTorch's rms_norm (its opmath type).
   for (DType dt : {kFloat64, kFloat32, kBFloat16, kFloat16}) {
-    const double e = dt == kFloat64 ? 0x1p-52 : dt == kFloat32 ? 0x1p-23 : dt == kBFloat16 ? 0x1p-7 : 0x1p-10;
+    const double e = dt == kFloat64 ? 0x1p-52 : 0x1p-23;
     Tensor xd = x.to(dt);
     CHECK(equal(rms_norm(xd, {8}), rms_norm(xd, {8}, Tensor(), e)));
   }
+  // PyTorch 2.15: F.rms_norm(torch.tensor([[0.01, 0.02, -0.03, 0.015]], dtype=torch.bfloat16), (4,))
+  // (with bfloat16's own epsilon 2^-7 this row would come out ~0.11, 0.22, -0.33, 0.17).
+  Tensor small = tensor({0.01, 0.02, -0.03, 0.015}).reshape({1, 4}).to(kBFloat16);
+  CHECK(rms_norm(small, {4}).to(kFloat64).to_vector<double>() ==
+        std::vector<double>{0.49609375, 0.9921875, -1.484375, 0.7421875});
   // Rows holding inf or NaN, an all-zero row with eps 0 (0 * inf): NaN/inf where the composite has them.
   std::vector<double> v;
   for (double s : {1.0, kInf, -2.0, 0.5, kNaN, 1.0, 0.0, 0.0, 3.0, -kInf, 2.0, 1.0})

@@ -218,7 +218,7 @@ TEST_CASE("RMSNorm: x * rsqrt(mean(x^2) + eps) * weight") {
   Tensor y = rms(x);
   CHECK(y.dtype() == kFloat64);  // a float32 weight does not narrow a float64 input
   kt::expect_values(y, {1 * r0, 4 * r0, 9 * r0, 16 * r0, -1 * r1, 0, 0, 4 * r1}, 1e-6);
-  // default eps: the dtype's machine epsilon (all-zero rows stay finite)
+  // default eps: the compute type's machine epsilon (all-zero rows stay finite)
   nn::RMSNorm dflt(nn::RMSNormOptions({2}).elementwise_affine(false));
   CHECK(dflt->parameters().empty());
   kt::expect_values(dflt(zeros({3, 2})), std::vector<double>(6, 0.0));
