@@ -22,8 +22,12 @@ std::vector<Tensor> grads_of(const std::vector<Tensor>& params, const char* op) 
   return out;
 }
 
-// Norm of one gradient as a 0-d float64 tensor on `device` (no host round trip).
-Tensor grad_norm(const Tensor& g, double p, Device device) {
+// Norm of one gradient as a 0-d float64 tensor on `device` (no host round trip). A 16-bit
+// gradient is widened first: its squares would overflow float16 past |g| = 256 (an inf norm,
+// so a zero coefficient) and round to 8 bits in bfloat16; PyTorch's vector_norm computes in
+// float32 too.
+Tensor grad_norm(const Tensor& g16, double p, Device device) {
+  const Tensor g = is_reduced_float(g16.dtype()) ? g16.to(kFloat32) : g16;
   Tensor n;
   if (g.numel() == 0) n = zeros({}, TensorOptions(g.dtype()).device(g.device()));
   else if (std::isinf(p)) n = amax(abs(g));

@@ -82,6 +82,24 @@ TEST_CASE("clip non-finite norms raise only when asked and otherwise scale like 
   CHECK_KILN_ERROR(optim::clip_grad_norm_({b}, 1.0, INFINITY, true), "order inf of the gradients is nan");
 }
 
+TEST_CASE("clip clip_grad_norm_ of float16/bfloat16 gradients computes in float32") {
+  for (kiln::DType dt : {kiln::kFloat16, kiln::kBFloat16}) {
+    CAPTURE(kiln::dtype_name(dt));
+    // 300^2 overflows float16 (65504): squared there, the norm was inf and the coefficient 0.
+    Tensor w = kiln::zeros({4, 25}, dt).requires_grad_();
+    w.set_grad(kiln::full({4, 25}, 300.0, dt));
+    Tensor b = kiln::zeros({3}, dt).requires_grad_();
+    b.set_grad(kiln::tensor({1.0, 2.0, 2.0}).to(dt));
+    const double want = std::sqrt(100 * 300.0 * 300.0 + 9.0);
+    const double total = optim::clip_grad_norm_({w, b}, 1.0);
+    CHECK(total == doctest::Approx(want).epsilon(1e-6));
+    // scaled by 1 / (total + 1e-6), then rounded to the gradient's dtype
+    const double ulp = dt == kiln::kFloat16 ? 0x1p-11 : 0x1p-8;
+    CHECK(kiln::amax(w.grad().to(kiln::kFloat64)).item<double>() == doctest::Approx(300 / want).epsilon(ulp));
+    CHECK(b.grad().dtype() == dt);
+  }
+}
+
 TEST_CASE("clip bad arguments raise kiln errors") {
   Tensor a = kiln::ones({3}).requires_grad_();
   a.set_grad(kiln::ones({3}));
