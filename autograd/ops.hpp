@@ -154,14 +154,17 @@ Tensor embedding(const Tensor& indices, const Tensor& weight);
 // ---------- fused nn ops ----------
 Tensor softmax(const Tensor& x, std::int64_t dim);
 Tensor log_softmax(const Tensor& x, std::int64_t dim);
-/// Normalizes over the trailing dims `normalized_shape`; weight/bias optional.
+/// Normalizes over the trailing dims `normalized_shape`; weight/bias optional. The result has x's
+/// dtype; parameters of another floating dtype make it compute in the wider type (float32 for a
+/// bfloat16 x with float32 parameters) and round once, as PyTorch.
 Tensor layer_norm(const Tensor& x, const Shape& normalized_shape, const Tensor& weight = Tensor(),
                   const Tensor& bias = Tensor(), double eps = 1e-5);
 /// Root-mean-square norm over the trailing dims `normalized_shape` (torch's F.rms_norm):
 /// x * rsqrt(mean(x^2) + eps) * weight, one fused pass (rstd kept for the fused backward).
 /// eps defaults to the machine epsilon of the compute type (float64's for float64, float32's
 /// otherwise: 16-bit inputs compute in float32), as PyTorch; weight is optional, of shape
-/// normalized_shape. bfloat16/float16 compute in float32 and round once.
+/// normalized_shape. bfloat16/float16 compute in float32 and round once. The result has x's dtype
+/// (a weight of another dtype: computed in the wider type, rounded once, as layer_norm).
 ///   Tensor h = kiln::rms_norm(x, {x.size(-1)}, weight);
 Tensor rms_norm(const Tensor& x, const Shape& normalized_shape, const Tensor& weight = Tensor(),
                 std::optional<double> eps = std::nullopt);

@@ -1,6 +1,7 @@
 // Fused nn ops: softmax / log_softmax, layer_norm, rms_norm, dropout, losses.
 #include <array>
 #include <cmath>
+#include <initializer_list>
 #include <limits>
 
 #include "internal.hpp"
@@ -131,6 +132,24 @@ std::vector<Tensor> rms_norm_backward_composite(const Tensor& x, const Tensor& w
   }
   return {gx, gw};
 }
+// The dtype a norm computes in when its weight or bias has a dtype other than x's: the widest of
+// x's compute type (float32 for bfloat16/float16) and theirs; nullopt when they all match x's.
+// The norm then runs in that dtype and rounds once to x's dtype, as PyTorch's mixed-dtype norms
+// (a bfloat16 activation with float32 parameters keeps the parameters unrounded).
+std::optional<DType> norm_compute_dtype(const Tensor& x, std::initializer_list<const Tensor*> params, const char* op) {
+  DType ct = is_reduced_float(x.dtype()) ? kFloat32 : x.dtype();
+  bool mixed = false;
+  for (const Tensor* p : params)
+    if (p->defined() && p->dtype() != x.dtype()) {
+      KILN_CHECK(p->is_floating_point(), op, "{} must be floating point, got {}",
+                 p == *params.begin() ? "weight" : "bias", dtype_name(p->dtype()));
+      mixed = true;
+      ct = promote_types(ct, is_reduced_float(p->dtype()) ? kFloat32 : p->dtype());
+    }
+  return mixed ? std::optional<DType>(ct) : std::nullopt;
+}
+
+Tensor to_if_defined(const Tensor& t, DType dt) { return t.defined() ? to(t, dt) : t; }
 }  // namespace
 
 Tensor softmax(const Tensor& x, std::int64_t dim) { return softmax_impl(x, dim, false, "softmax"); }
@@ -146,6 +165,9 @@ Tensor layer_norm(const Tensor& x, const Shape& normalized_shape, const Tensor& 
   }
   check_defined(x, "layer_norm");
   check_floating(x, "layer_norm");
+  if (const auto ct = norm_compute_dtype(x, {&weight, &bias}, "layer_norm"))
+    return to(layer_norm(to(x, *ct), normalized_shape, to_if_defined(weight, *ct), to_if_defined(bias, *ct), eps),
+              x.dtype());
   const std::int64_t k = static_cast<std::int64_t>(normalized_shape.size());
   KILN_CHECK(k >= 1 && k <= x.dim(), "layer_norm", "normalized_shape {} does not fit input shape {}",
              shape_str(normalized_shape), shape_str(x.shape()));
@@ -167,8 +189,8 @@ Tensor layer_norm(const Tensor& x, const Shape& normalized_shape, const Tensor& 
   // Statistics of a bfloat16/float16 input stay float32 (the backward then runs in float32).
   const DType stat_dt = is_reduced_float(x.dtype()) ? kFloat32 : x.dtype();
   Tensor mu = Tensor::empty({R}, stat_dt, x.device()), rs = Tensor::empty({R}, stat_dt, x.device());
-  Tensor w = weight.defined() ? contiguous_raw(cast_raw(weight, x.dtype())) : Tensor();
-  Tensor b = bias.defined() ? contiguous_raw(cast_raw(bias, x.dtype())) : Tensor();
+  Tensor w = weight.defined() ? contiguous_raw(weight) : Tensor();  // of x's dtype here
+  Tensor b = bias.defined() ? contiguous_raw(bias) : Tensor();
   backend(x, "layer_norm").layer_norm(xc, w, b, eps, y, mu, rs);
   Dims norm_dims, batch_dims;
   for (std::int64_t d = 0; d < x.dim(); ++d) (d >= x.dim() - k ? norm_dims : batch_dims).push_back(d);
@@ -201,7 +223,7 @@ Tensor layer_norm(const Tensor& x, const Shape& normalized_shape, const Tensor& 
                    return std::vector<Tensor>{gx, gw, gb};
                  })) {
     node->save(x);
-    node->save(w.defined() ? to(weight, x.dtype()) : Tensor());
+    node->save(weight);
     node->save(mu);
     node->save(rs);
   }
@@ -234,10 +256,11 @@ Tensor rms_norm(const Tensor& x, const Shape& normalized_shape, const Tensor& we
       x.dtype() == kFloat64 ? std::numeric_limits<double>::epsilon() : std::numeric_limits<float>::epsilon();
   const double e = eps.value_or(dtype_eps);
   KILN_CHECK(e >= 0, "rms_norm", "eps must be >= 0, got {}", e);
+  if (const auto ct = norm_compute_dtype(x, {&weight}, "rms_norm"))
+    return to(rms_norm(to(x, *ct), normalized_shape, to(weight, *ct), e), x.dtype());
   Shape stat_shape(x.shape().begin(), x.shape().end() - k);
   const std::int64_t R = numel_of(stat_shape);
-  // A weight of another dtype multiplies afterwards, so the result keeps the promoted dtype.
-  const bool fuse_w = weight.defined() && weight.dtype() == x.dtype();
+  const bool fuse_w = weight.defined();  // of x's dtype here
   Tensor w = fuse_w ? contiguous_raw(weight) : Tensor();
   Tensor y = Tensor::empty(x.shape(), x.dtype(), x.device());
   // rstd of a bfloat16/float16 input stays float32 (the backward then runs in float32).
@@ -258,7 +281,7 @@ Tensor rms_norm(const Tensor& x, const Shape& normalized_shape, const Tensor& we
     node->save(fuse_w ? weight : Tensor());
     node->save(rs);
   }
-  return weight.defined() && !fuse_w ? mul(y, weight) : y;
+  return y;
 }
 
 Tensor dropout(const Tensor& x, double p, bool training, Generator* gen) {

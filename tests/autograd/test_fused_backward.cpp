@@ -393,15 +393,15 @@ TEST_CASE("rms_norm: default eps, special values, a weight of another dtype") {
       Tensor z = zeros({2, 20}, dt);
       expect_close(rms_norm(z, {20}, Tensor(), e), rms_composite(z, {20}, Tensor(), e), 0, 0);
     }
-  // A float64 weight on float32 x: multiplied after the norm, the result float64 as before.
+  // A float64 weight on float32 x: computed in float64, the result x's float32 (PyTorch's rule).
   Tensor x32 = rnd({5, 6}, 21, kFloat32).requires_grad_(), w64 = rnd({6}, 22).requires_grad_();
   Tensor y = rms_norm(x32, {6}, w64);
-  CHECK(y.dtype() == kFloat64);
+  CHECK(y.dtype() == kFloat32);
   expect_close(y, rms_composite(x32, {6}, w64, 0x1p-23), 1e-6, 1e-6);
   y.sum().backward();
   CHECK(x32.grad().dtype() == kFloat32);
   CHECK(w64.grad().dtype() == kFloat64);
-  expect_close(w64.grad(), sum(rms_norm(x32.detach(), {6}).to(kFloat64), {0}), 1e-12, 1e-12);
+  expect_close(w64.grad(), sum(rms_norm(x32.detach().to(kFloat64), {6}, Tensor(), 0x1p-23), {0}), 1e-12, 1e-12);
 }
 
 TEST_CASE("rms_norm: bfloat16/float16 against float32 on the same rounded values") {

@@ -302,6 +302,38 @@ TEST_CASE("layer_norm: parameters of another float type get gradients of their o
   kt::expect_values(b.grad(), weights_like(y).sum({0}).to_vector<double>(), 1e-6);
 }
 
+TEST_CASE("layer_norm / rms_norm: parameters of another dtype compute in the wider type, round once to x's") {
+  // PyTorch's rule for mixed-dtype norms: the result has the input's dtype; a bfloat16 activation
+  // with float32 parameters is normalized and scaled in float32 and rounded once.
+  Tensor x = rnd({4, 16}, 3).to(kBFloat16).requires_grad_();
+  Tensor w = rnd({16}, 4, kFloat32).requires_grad_(), b = rnd({16}, 5, kFloat32).requires_grad_();
+  Tensor xf = x.detach().to(kFloat32);
+  Tensor ln = layer_norm(x, {16}, w, b), rms = rms_norm(x, {16}, w);
+  CHECK(ln.dtype() == kBFloat16);
+  CHECK(rms.dtype() == kBFloat16);
+  Tensor ln_ref = layer_norm(xf, {16}, w.detach(), b.detach()).to(kBFloat16);
+  Tensor rms_ref = rms_norm(xf, {16}, w.detach()).to(kBFloat16);
+  CHECK(ln.to_vector<double>() == ln_ref.to_vector<double>());  // bit for bit: one rounding
+  CHECK(rms.to_vector<double>() == rms_ref.to_vector<double>());
+  // Rounding the weight to bfloat16 first (two roundings) differs from that on these values.
+  CHECK(layer_norm(x.detach(), {16}, w.detach().to(kBFloat16), b.detach().to(kBFloat16)).to_vector<double>() !=
+        ln_ref.to_vector<double>());
+  (ln.to(kFloat32).sum() + rms.to(kFloat32).sum()).backward();
+  CHECK(x.grad().dtype() == kBFloat16);
+  CHECK(w.grad().dtype() == kFloat32);
+  CHECK(b.grad().dtype() == kFloat32);
+  kt::expect_values(b.grad(), std::vector<double>(16, 4.0));
+
+  // float32 input, float64 weight: computed in float64, float32 out, eps float32's machine epsilon.
+  Tensor x32 = rnd({3, 8}, 6, kFloat32, 1e-3), w64 = rnd({8}, 7);
+  Tensor r32 = rms_norm(x32, {8}, w64);
+  CHECK(r32.dtype() == kFloat32);
+  kt::expect_values(r32, rms_norm(x32.to(kFloat64), {8}, w64, 0x1p-23).to_vector<double>(), 0, 0x1p-24);
+  CHECK_KILN_ERROR(rms_norm(x32, {8}, ones({8}, kInt64)), "[rms_norm] weight must be floating point, got int64");
+  CHECK_KILN_ERROR(layer_norm(x32, {8}, Tensor(), ones({8}, kInt64)),
+                   "[layer_norm] bias must be floating point, got int64");
+}
+
 TEST_CASE("layer_norm double backward") {
   auto gfn = [](const Shape& ns) {
     return [ns](const std::vector<Tensor>& in) {
