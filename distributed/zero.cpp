@@ -105,6 +105,7 @@ ZeroRedundancyOptimizer::ZeroRedundancyOptimizer(std::vector<optim::ParamGroup> 
   }
   local_ = make(std::move(shard));
   KILN_CHECK(local_ != nullptr, kOp, "the optimizer factory returned null");
+  set_local(*local_);  // a GradScaler refuses the shard alone
   const auto built = local_->parameters();
   KILN_CHECK(built.size() == owned_.size() && local_->param_groups().size() == groups.size(), kOp,
              "the factory must build the optimizer over the groups it is given ({} groups, {} parameters here), "
@@ -165,6 +166,10 @@ void ZeroRedundancyOptimizer::step() {
       }
     }
   }
+}
+
+std::vector<double> ZeroRedundancyOptimizer::exchange(const std::vector<double>& mine) {
+  return all_gather(tensor(mine), group_).to_vector<double>();
 }
 
 void ZeroRedundancyOptimizer::zero_grad(bool set_to_none) {

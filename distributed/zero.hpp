@@ -20,18 +20,31 @@
 ///
 /// State memory per rank is the owned share: about 1/world of the whole when no single parameter
 /// dominates (the partition is per tensor; the largest tensor bounds the balance).
+///
+/// float16 loss scaling: pass the ZeRO optimizer itself to the scaler (an amp::ShardedOptimizer).
+/// Every rank unscales and checks all gradients, the ranks combine what they found (one
+/// all_gather of 8 doubles per step), so either every rank steps or every rank skips and backs
+/// off, and the scalers stay equal; scalers that differ across ranks (enabled on some only, other
+/// scales or options) and a rank failing in unscale_ are a kiln::Error on every rank.
+///   amp::GradScaler scaler;                        // same settings on every rank
+///   scaler.scale(loss).backward();                 // DDP averages the scaled gradients
+///   scaler.unscale_(opt);                          // optional: before clipping
+///   scaler.step(opt);                              // not opt.local(): an error
+///   scaler.update();
+///   // checkpoints: io::TrainingState{.model = model, .optimizer = opt, .extras = {{"scaler", scaler}}}
 #include <cstdint>
 #include <functional>
 #include <memory>
 #include <vector>
 
 #include "../core/state_dict.hpp"
+#include "../optim/grad_scaler.hpp"
 #include "../optim/optimizer.hpp"
 #include "process_group.hpp"
 
 namespace kiln::distributed {
 
-class ZeroRedundancyOptimizer {
+class ZeroRedundancyOptimizer : public amp::ShardedOptimizer {
  public:
   /// Builds the optimizer of this rank's shard: the same groups (and group options), each with
   /// only the parameters this rank owns (possibly none).
@@ -45,7 +58,7 @@ class ZeroRedundancyOptimizer {
                                 std::move(group)) {}
 
   /// The local update, then every parameter from its owner. Collective.
-  void step();
+  void step() override;
   /// Clears the gradients of every parameter (not only the owned ones).
   void zero_grad(bool set_to_none = true);
 
@@ -66,6 +79,13 @@ class ZeroRedundancyOptimizer {
   /// Every parameter, in group order, and the group rank owning each.
   const std::vector<Tensor>& parameters() const { return params_; }
   const std::vector<int>& owners() const { return owner_; }
+
+  // amp::ShardedOptimizer (GradScaler's side; see above).
+  const char* sharded_name() const override { return "ZeroRedundancyOptimizer"; }
+  /// Every parameter: the gradients are whole on every rank.
+  std::vector<Tensor> scaled_parameters() const override { return params_; }
+  /// An all_gather over the group.
+  std::vector<double> exchange(const std::vector<double>& mine) override;
 
  private:
   struct DTypeShard;  // the all_gather layout of one (dtype, device)

@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <mutex>
 #include <set>
 #include <string>
 #include <vector>
@@ -37,7 +38,53 @@ void check_options(const GradScalerOptions& o) {
   KILN_CHECK(o.growth_interval() >= 1, kName, "growth_interval must be >= 1, got {}", o.growth_interval());
 }
 
+// The local optimizers of live ShardedOptimizers: unscale_/step refuse them.
+std::mutex g_shards_mu;
+std::unordered_map<const optim::Optimizer*, const ShardedOptimizer*> g_shards;
+
+void refuse_shard(const optim::Optimizer& opt, const char* what) {
+  std::lock_guard<std::mutex> lock(g_shards_mu);
+  auto it = g_shards.find(&opt);
+  if (it == g_shards.end()) return;
+  const char* owner = it->second->sharded_name();
+  throw_error(kName, fmt::format("{}: this {} optimizer is the local shard of a {}; pass the {} itself "
+                                 "(scaler.step(zero)): with its shard only, each rank would check only its own "
+                                 "gradients (the ranks could disagree on skipping) and no parameter would be gathered",
+                                 what, opt.name(), owner, owner));
+}
+
+// What the processes of a sharded step compare: [enabled, local error, found_inf, scale,
+// growth_tracker, growth_factor, backoff_factor, growth_interval].
+enum Agreed { kEnabled, kFailed, kFoundInf, kScale, kTracker, kGrowth, kBackoff, kInterval, kAgreed };
+
+std::string describe(const double* v) {
+  if (v[kEnabled] == 0) return "disabled";
+  return fmt::format("scale {}, growth tracker {}, growth_factor {}, backoff_factor {}, growth_interval {}", v[kScale],
+                     v[kTracker], v[kGrowth], v[kBackoff], v[kInterval]);
+}
+
+bool same_settings(const double* a, const double* b) {
+  if (a[kEnabled] != b[kEnabled]) return false;
+  if (a[kEnabled] == 0) return true;  // disabled scalers hold nothing that acts
+  for (int f : {kScale, kTracker, kGrowth, kBackoff, kInterval})
+    if (a[f] != b[f]) return false;
+  return true;
+}
+
 }  // namespace
+
+ShardedOptimizer::~ShardedOptimizer() {
+  if (!local_) return;
+  std::lock_guard<std::mutex> lock(g_shards_mu);
+  g_shards.erase(local_);
+}
+
+void ShardedOptimizer::set_local(const optim::Optimizer& local) {
+  std::lock_guard<std::mutex> lock(g_shards_mu);
+  if (local_) g_shards.erase(local_);
+  local_ = &local;
+  g_shards[local_] = this;
+}
 
 GradScaler::GradScaler(DType dtype, const GradScalerOptions& options)
     : options_(options), scale_(options.init_scale()) {
@@ -59,18 +106,16 @@ Tensor GradScaler::scale(const Tensor& loss) const {
   return mul(l, full({}, scale_, TensorOptions(l.dtype()).device(l.device())));
 }
 
-void GradScaler::unscale_(optim::Optimizer& opt) {
-  if (!is_enabled()) return;
+GradScaler::Stage& GradScaler::unscale_stage(const void* key, const std::vector<Tensor>& params, const char* opt_name) {
   // Dividing by S in float16 underflows exactly the small values the scaling saved (PyTorch
   // refuses too): the gradients must be of float32 parameters.
-  const std::vector<Tensor> params = opt.parameters();
   for (std::size_t i = 0; i < params.size(); ++i) {
     const Tensor g = params[i].grad();
     KILN_CHECK(!g.defined() || g.dtype() != kFloat16, kName,
                "unscale_: parameter {} of this {} optimizer (shape {}) has a float16 gradient, which unscaling in "
                "float16 would underflow; keep the parameters float32 and run the forward pass under "
                "kiln::autocast(kFloat16)",
-               i, opt.name(), shape_str(params[i].shape()));
+               i, opt_name, shape_str(params[i].shape()));
   }
   // Without scale() the gradients are the loss's own: dividing them by S would shrink the
   // update S times, silently.
@@ -78,11 +123,17 @@ void GradScaler::unscale_(optim::Optimizer& opt) {
              "unscale_()/step(): no scale() since the last update(), so the gradients were not multiplied by the "
              "scale ({}) and dividing them by it would shrink the step as much; run backward on scaler.scale(loss)",
              scale_);
-  Stage& st = stages_[&opt];
-  KILN_CHECK(!st.stepped, kName, "unscale_() is called after step() on this {} optimizer; call update() first",
-             opt.name());
-  KILN_CHECK(!st.unscaled, kName, "unscale_() has already been called on this {} optimizer since the last update()",
-             opt.name());
+  // find, not []: a refused unscale_ must leave no stage behind for update() to act on.
+  if (auto it = stages_.find(key); it != stages_.end()) {
+    KILN_CHECK(!it->second.stepped, kName,
+               "unscale_() is called after step() on this {} optimizer; call update() first", opt_name);
+    KILN_CHECK(!it->second.unscaled, kName,
+               "unscale_() has already been called on this {} optimizer since the last update()", opt_name);
+  }
+  return stages_[key];
+}
+
+bool GradScaler::unscale_grads(const std::vector<Tensor>& params) {
   NoGradGuard no_grad;
   // One count per gradient, summed on its device, read once: a single wait for the whole set.
   const double inv = 1.0 / scale_;
@@ -95,20 +146,99 @@ void GradScaler::unscale_(optim::Optimizer& opt) {
     if (bad.device() != Device::cpu()) bad = bad.to(Device::cpu());
     nonfinite = nonfinite.defined() ? add(nonfinite, bad) : bad;
   }
-  st.found_inf = nonfinite.defined() && nonfinite.item<std::int64_t>() > 0;
+  return nonfinite.defined() && nonfinite.item<std::int64_t>() > 0;
+}
+
+void GradScaler::unscale_(optim::Optimizer& opt) {
+  if (!is_enabled()) return;
+  refuse_shard(opt, "unscale_()");
+  const std::vector<Tensor> params = opt.parameters();
+  Stage& st = unscale_stage(&opt, params, opt.name());
+  st.found_inf = unscale_grads(params);
   st.unscaled = true;
 }
 
 bool GradScaler::step(optim::Optimizer& opt) {
+  refuse_shard(opt, "step()");
   if (!is_enabled()) {
     opt.step();
     return true;
   }
-  // find, not []: a refused unscale_ must leave no stage behind for update() to act on.
   if (auto it = stages_.find(&opt); it == stages_.end() || !it->second.unscaled) unscale_(opt);
   Stage& st = stages_[&opt];
   KILN_CHECK(!st.stepped, kName, "step() has already been called on this {} optimizer since the last update()",
              opt.name());
+  st.stepped = true;
+  if (st.found_inf) return false;
+  opt.step();
+  return true;
+}
+
+bool GradScaler::agree(ShardedOptimizer& opt, bool found_inf, const std::string& local_error) {
+  std::vector<double> mine(kAgreed);
+  mine[kEnabled] = is_enabled() ? 1 : 0;
+  mine[kFailed] = local_error.empty() ? 0 : 1;
+  mine[kFoundInf] = found_inf ? 1 : 0;
+  mine[kScale] = scale_;
+  mine[kTracker] = static_cast<double>(growth_tracker_);
+  mine[kGrowth] = options_.growth_factor();
+  mine[kBackoff] = options_.backoff_factor();
+  mine[kInterval] = static_cast<double>(options_.growth_interval());
+  const std::vector<double> all = opt.exchange(mine);
+  KILN_CHECK(!all.empty() && all.size() % kAgreed == 0, kName, "{}::exchange returned {} values for {} per rank",
+             opt.sharded_name(), all.size(), static_cast<int>(kAgreed));
+  const std::size_t ranks = all.size() / kAgreed;
+  // A rank that failed before the exchange (say it skipped scale()): every rank stops here, the
+  // failed one with its own message.
+  if (!local_error.empty()) throw Error(local_error);
+  for (std::size_t r = 0; r < ranks; ++r)
+    KILN_CHECK(all[r * kAgreed + kFailed] == 0, kName,
+               "unscale_()/step() on a {}: rank {} failed before the ranks could agree (its error is in its own "
+               "output); no rank steps",
+               opt.sharded_name(), r);
+  for (std::size_t r = 1; r < ranks; ++r)
+    KILN_CHECK(same_settings(&all[0], &all[r * kAgreed]), kName,
+               "unscale_()/step() on a {}: the ranks' scalers differ: rank 0: {}; rank {}: {}. Every rank must build "
+               "its GradScaler alike and restore the same state (a checkpoint's scaler state on every rank)",
+               opt.sharded_name(), describe(&all[0]), r, describe(&all[r * kAgreed]));
+  bool any = false;
+  for (std::size_t r = 0; r < ranks; ++r) any = any || all[r * kAgreed + kFoundInf] != 0;
+  return any;
+}
+
+void GradScaler::unscale_(ShardedOptimizer& opt) {
+  if (!is_enabled()) return;
+  const std::vector<Tensor> params = opt.scaled_parameters();
+  // A local error must reach the exchange: a rank throwing here would leave the others waiting.
+  std::string error;
+  bool found_inf = false;
+  try {
+    Stage& st = unscale_stage(&opt, params, opt.sharded_name());
+    st.unscaled = true;  // from here on the gradients are divided by S
+    found_inf = unscale_grads(params);
+  } catch (const Error& e) {
+    error = e.what();
+  }
+  try {
+    found_inf = agree(opt, found_inf, error);
+  } catch (const Error&) {
+    // The iteration is void on every rank (some gradients may be unscaled): no stage remains.
+    stages_.erase(&opt);
+    throw;
+  }
+  stages_[&opt].found_inf = found_inf;
+}
+
+bool GradScaler::step(ShardedOptimizer& opt) {
+  if (!is_enabled()) {
+    agree(opt, false, "");
+    opt.step();
+    return true;
+  }
+  if (auto it = stages_.find(&opt); it == stages_.end() || !it->second.unscaled) unscale_(opt);
+  Stage& st = stages_[&opt];
+  KILN_CHECK(!st.stepped, kName, "step() has already been called on this {} since the last update()",
+             opt.sharded_name());
   st.stepped = true;
   if (st.found_inf) return false;
   opt.step();

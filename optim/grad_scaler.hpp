@@ -26,8 +26,23 @@
 /// does not underflow, and GradScaler(kBFloat16) throws to say so. With `enabled(false)` every
 /// method passes through (scale returns the loss, step is opt.step()), so one loop serves every
 /// precision. Checkpoints keep its state dict: io::TrainingState{.extras = {{"scaler", scaler}}}.
+///
+/// Several processes (kiln::distributed; optim does not depend on it, so it reaches the scaler
+/// through ShardedOptimizer below):
+/// - DDP with an ordinary optimizer: `scaler.step(opt)` as above, no communication. The scaler
+///   checks the averaged gradients, which are the same on every rank, so every rank skips or
+///   steps alike: an inf/NaN in one rank's own gradients reaches every rank's average (inf + x is
+///   inf, inf - inf is NaN). Every rank must then build its scaler alike (enabled, options) and
+///   restore the same state; this path cannot check that (the ZeRO path does).
+/// - ZeRO-1 (distributed::ZeroRedundancyOptimizer, a ShardedOptimizer): `scaler.step(zero)`. Each
+///   rank unscales and checks every gradient (not only its shard's), the ranks then combine their
+///   inf/NaN findings, so all skip or all step, and the step all-gathers the parameters.
+///   `scaler.step(zero.local())` is an error (that rank would check its own shard only, skip
+///   alone and skip the all-gather).
 #include <cstdint>
+#include <string>
 #include <unordered_map>
+#include <vector>
 
 #include "../core/arg.hpp"
 #include "../core/state_dict.hpp"
@@ -50,6 +65,38 @@ struct GradScalerOptions {
   KILN_ARG(bool, enabled) = true;
 };
 
+/// An optimizer whose step spans several processes, each updating its share of the parameters
+/// (distributed::ZeroRedundancyOptimizer implements it). GradScaler::unscale_ and step on it:
+/// unscale and check every parameter() here, then exchange() (enabled, found inf/NaN, scale,
+/// growth tracker, options, a local error) so that every process takes the same decision, and
+/// raise the same kiln::Error on every process when their scalers differ; step() runs when no
+/// process found an inf/NaN. Not copyable or movable: the local optimizer it names (below) must
+/// keep pointing at it.
+class ShardedOptimizer {
+ public:
+  ShardedOptimizer() = default;
+  ShardedOptimizer(const ShardedOptimizer&) = delete;
+  ShardedOptimizer& operator=(const ShardedOptimizer&) = delete;
+  virtual ~ShardedOptimizer();
+  /// "ZeroRedundancyOptimizer": for messages.
+  virtual const char* sharded_name() const = 0;
+  /// Every parameter whose gradient this process's step reads (all of them for ZeRO-1).
+  virtual std::vector<Tensor> scaled_parameters() const = 0;
+  /// Collective over the processes of the step: every process passes as many values, each gets
+  /// them all back in process (group rank) order, process after process.
+  virtual std::vector<double> exchange(const std::vector<double>& mine) = 0;
+  /// The update (collective).
+  virtual void step() = 0;
+
+ protected:
+  /// The optimizer of this process's shard: GradScaler refuses it in unscale_/step (pass the
+  /// ShardedOptimizer instead). Call once from the constructor.
+  void set_local(const optim::Optimizer& local);
+
+ private:
+  const optim::Optimizer* local_ = nullptr;
+};
+
 class GradScaler {
  public:
   /// `dtype` is the precision the model computes in: float16 (bfloat16 throws: it needs no
@@ -69,6 +116,12 @@ class GradScaler {
   /// Unscales if unscale_ was not called, then runs opt.step() unless a gradient was inf/NaN.
   /// Returns whether the step ran. Once per optimizer between update()s.
   bool step(optim::Optimizer& opt);
+  /// The same for an optimizer sharded over processes (collective over them): every gradient of
+  /// scaled_parameters() is unscaled and checked, then the processes agree (ShardedOptimizer).
+  /// A disabled scaler still takes part in the exchange (so that a scaler enabled on some ranks
+  /// only is an error, not a silent divergence), then steps.
+  void unscale_(ShardedOptimizer& opt);
+  bool step(ShardedOptimizer& opt);
   /// Adapts S after the step(s) of this iteration (needs at least one unscale_ or step since
   /// the last update) and starts the next iteration.
   void update();
@@ -90,7 +143,15 @@ class GradScaler {
   struct Stage {
     bool unscaled = false, stepped = false, found_inf = false;
   };
-  std::unordered_map<const optim::Optimizer*, Stage> stages_;
+  /// The stage of `key` after the checks for unscale_ (kiln::Error if it may not unscale now).
+  Stage& unscale_stage(const void* key, const std::vector<Tensor>& params, const char* opt_name);
+  /// Divides the gradients of `params` by S; true when one of them is inf/NaN.
+  bool unscale_grads(const std::vector<Tensor>& params);
+  /// The processes' combined found_inf; the same kiln::Error on every process when one failed
+  /// locally (`local_error`) or their scalers differ.
+  bool agree(ShardedOptimizer& opt, bool found_inf, const std::string& local_error);
+
+  std::unordered_map<const void*, Stage> stages_;  // by optimizer
   GradScalerOptions options_;
   double scale_;
   std::int64_t growth_tracker_ = 0;
