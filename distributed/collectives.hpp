@@ -83,7 +83,9 @@ void barrier(const Group& group = {});
 Work barrier_async(const Group& group = {});
 
 /// Point to point: `send` to rank `dst`, `recv` from rank `src` into `tensor` (the same dtype and
-/// element count on both sides; a different byte count is a kiln::Error at the receiver). Messages
+/// element count on both sides: the message carries the sender's dtype, so another dtype, even of
+/// the same size (bfloat16 for float16), or another count is a kiln::Error at the receiver, e.g.
+/// "[recv] rank 0 sent 3 bfloat16 elements, 3 float16 expected"; the sender is not told). Messages
 /// between two ranks with the same tag arrive in the order sent. A send may complete before the
 /// matching recv is posted, or only once it is (large messages).
 void send(const Tensor& tensor, int dst, const Group& group = {}, int tag = 0);

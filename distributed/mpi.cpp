@@ -100,6 +100,41 @@ void divide(void* p, std::int64_t n, DType d, int by) {
   });
 }
 
+// Point to point: the sender's dtype travels in an 8-byte header ahead of the data, so a
+// receiver expecting another dtype of the same size (bfloat16 and float16, int64 and float64)
+// fails instead of reinterpreting the bits (collectives compare signatures instead, which p2p
+// cannot: a send has no partner to exchange with before its message arrives). One message, no
+// copy: an MPI struct type spans the header and the tensor, both as bytes.
+constexpr std::int64_t kP2PMagic = 0x6b696c6e00000000;  // "kiln" above the dtype
+
+MPI_Datatype p2p_type(std::int64_t* header, const void* data, std::int64_t count, DType d) {
+  MPI_Datatype element, message;
+  check(MPI_Type_contiguous(static_cast<int>(itemsize(d)), MPI_BYTE, &element), "MPI_Type_contiguous");
+  int lengths[2] = {static_cast<int>(sizeof *header), static_cast<int>(count)};
+  MPI_Aint at[2];
+  MPI_Get_address(header, &at[0]);
+  MPI_Get_address(data, &at[1]);
+  MPI_Datatype types[2] = {MPI_BYTE, element};
+  check(MPI_Type_create_struct(2, lengths, at, types, &message), "MPI_Type_create_struct");
+  check(MPI_Type_commit(&message), "MPI_Type_commit");
+  MPI_Type_free(&element);
+  return message;
+}
+
+/// The receiver's verdict on a message that arrived whole: "" or the error.
+std::string p2p_mismatch(const Job& j, const MPI_Status& st) {
+  MPI_Count bytes = 0;
+  MPI_Get_elements_x(&st, MPI_BYTE, &bytes);
+  const std::int64_t h = j.work->p2p_header, code = h & 0xff;
+  if (bytes < 8 || (h & ~std::int64_t{0xff}) != kP2PMagic || code > static_cast<std::int64_t>(DType::Float16))
+    return fmt::format("[recv] rank {} sent a message without kiln's header ({} bytes)", j.peer, bytes);
+  const auto sent = static_cast<DType>(code);
+  const std::int64_t n = (bytes - 8) / static_cast<std::int64_t>(itemsize(sent));
+  if (sent == j.dtype && n == j.count) return {};
+  return fmt::format("[recv] rank {} sent {} {} elements, {} {} expected", j.peer, n, dtype_name(sent), j.count,
+                     dtype_name(j.dtype));
+}
+
 // How the communication thread waits for a non-blocking operation. Open MPI moves messages only
 // while someone polls, and its blocking collectives poll in a tight loop: where the ranks' compute
 // threads fill the cores (2 ranks x 1 thread on 2 cores), that loop takes a core from them, from
@@ -285,9 +320,13 @@ class CommThread {
         break;
       case Kind::Send:
       case Kind::Recv: {
-        if (j.kind == Kind::Send)
-          check(MPI_Isend(j.in, static_cast<int>(j.count), type, j.peer, j.tag, c, &req), "MPI_Isend");
-        else check(MPI_Irecv(j.out, static_cast<int>(j.count), type, j.peer, j.tag, c, &req), "MPI_Irecv");
+        std::int64_t* header = &j.work->p2p_header;
+        if (j.kind == Kind::Send) *header = kP2PMagic | static_cast<std::int64_t>(j.dtype);
+        MPI_Datatype message = p2p_type(header, j.kind == Kind::Send ? j.in : j.out, j.count, j.dtype);
+        const int rc = j.kind == Kind::Send ? MPI_Isend(MPI_BOTTOM, 1, message, j.peer, j.tag, c, &req)
+                                            : MPI_Irecv(MPI_BOTTOM, 1, message, j.peer, j.tag, c, &req);
+        MPI_Type_free(&message);  // the posted operation keeps what it needs
+        check(rc, j.kind == Kind::Send ? "MPI_Isend" : "MPI_Irecv");
         reqs_.push_back(req);
         req_jobs_.push_back(std::move(j));
         return;  // completes in progress()
@@ -309,15 +348,11 @@ class CommThread {
       Job& j = req_jobs_[static_cast<std::size_t>(idx[k])];
       gone[static_cast<std::size_t>(idx[k])] = true;
       int err = rc == MPI_ERR_IN_STATUS ? st[k].MPI_ERROR : rc;
-      int got = 0;
-      if (err == MPI_SUCCESS && j.kind == Kind::Recv) MPI_Get_count(&st[k], mpi_type(j.dtype), &got);
       if (err == MPI_ERR_TRUNCATE)
         j.work->complete(fmt::format("[recv] rank {} sent more than the {} {} elements expected", j.peer, j.count,
                                      dtype_name(j.dtype)));
       else if (err != MPI_SUCCESS) j.work->complete(fmt::format("[{}] MPI error {} (peer rank {})", j.op, err, j.peer));
-      else if (j.kind == Kind::Recv && got != j.count)
-        j.work->complete(
-            fmt::format("[recv] rank {} sent {} elements, {} {} expected", j.peer, got, j.count, dtype_name(j.dtype)));
+      else if (j.kind == Kind::Recv) j.work->complete(p2p_mismatch(j, st[k]));
       else j.work->complete();
     }
     std::size_t keep = 0;

@@ -64,6 +64,7 @@ struct WorkState {
   std::vector<Tensor> keep;            // buffers the operation reads or writes, alive until done
   std::function<void()> finish;        // run once by wait() after success (copy into a strided output)
   std::function<bool()> device_ready;  // CUDA: the device has finished (event query)
+  std::int64_t p2p_header = 0;         // send/recv: the message's header (mpi.cpp), at a fixed address
   bool finished = false;
   /// Marks the operation done (error "" = success) and wakes waiters.
   void complete(std::string err = {});

@@ -348,7 +348,25 @@ TEST_CASE("bad input is a kiln::Error naming the op and the values") {
     CHECK(kt::error_of([&] { dist::recv(kiln::zeros({4}), 0); }) ==
           "[recv] rank 0 sent more than the 4 float32 elements expected");
     CHECK(kt::error_of([&] { dist::recv(kiln::zeros({6}), 0); }) ==
-          "[recv] rank 0 sent 5 elements, 6 float32 expected");
+          "[recv] rank 0 sent 5 float32 elements, 6 float32 expected");
+  }
+  // Another dtype of the same byte count: the message carries the sender's dtype.
+  const std::vector<std::pair<Tensor, Tensor>> same_bytes = {
+      {kiln::ones({3}, kiln::kBFloat16), kiln::zeros({3}, kiln::kFloat16)},
+      {kiln::ones({3}, kiln::kFloat64), kiln::zeros({3}, kiln::kInt64)},
+      {kiln::ones({2}, kiln::kFloat32), kiln::zeros({1}, kiln::kFloat64)}};
+  for (const auto& [sent, into] : same_bytes) {
+    if (me == 0) {
+      dist::send(sent, 1);
+      dist::send(sent, 1);
+    } else if (me == 1) {
+      CHECK(kt::error_of([&] { dist::recv(into, 0); }) ==
+            fmt::format("[recv] rank 0 sent {} {} elements, {} {} expected", sent.numel(),
+                        kiln::dtype_name(sent.dtype()), into.numel(), kiln::dtype_name(into.dtype())));
+      Tensor right = kiln::zeros(sent.shape(), sent.dtype());  // the same message into its own dtype
+      dist::recv(right, 0);
+      CHECK(right.to_vector<double>() == std::vector<double>(static_cast<std::size_t>(sent.numel()), 1.0));
+    }
   }
   dist::barrier();
 }
