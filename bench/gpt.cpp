@@ -38,6 +38,7 @@
 #include <cmath>
 #include <kiln/kiln.hpp>
 #include <kiln/optim/optim.hpp>
+#include <sstream>
 #include <string>
 #include <vector>
 
@@ -205,6 +206,15 @@ long minor_faults() {
 }  // namespace
 
 int main(int argc, char** argv) {
+  namespace dist = kiln::distributed;
+  // Under mpirun: one rank of a data-parallel run. First, so that a bad command line, which every
+  // rank parses alike, is reported once (rank 0) and the ranks end together with code 2.
+  dist::InitGuard dist_guard;
+  const int world = dist::world_size(), rank = dist::rank();
+  auto usage_error = [&](const std::string& line) {
+    if (rank == 0) fmt::print(stderr, "error: {}\n", line);
+    return 2;
+  };
   Config c;
   CLI::App app{"GPT training-step benchmark (the anchors' model, data and optimizer)"};
   std::string preset = "small";
@@ -242,7 +252,13 @@ int main(int argc, char** argv) {
   app.add_flag("--no-ddp", no_ddp, "under mpirun: each rank trains its share alone (the compute floor beside DDP)");
   std::string out;
   app.add_option("--out", out, "also append the RESULT line to this file");
-  CLI11_PARSE(app, argc, argv);
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    if (rank == 0) return app.exit(e);
+    std::ostringstream quiet;
+    return app.exit(e, quiet, quiet);
+  }
   c.preset = preset;
   if (preset == "shakespeare")  // nanoGPT shakespeare-char size
     c.T = 256, c.d = 384, c.heads = 6, c.layers = 6, c.batch = 16, c.steps = 10, c.warmup = 3;
@@ -257,26 +273,20 @@ int main(int argc, char** argv) {
   if (warmup) c.warmup = *warmup;
   if (c.T <= 0 || c.d <= 0 || c.heads <= 0 || c.layers <= 0 || c.batch <= 0 || c.vocab <= 1 || c.steps <= 0 ||
       c.warmup < 0 || c.d % c.heads != 0) {
-    fmt::print(stderr, "error: need positive sizes, vocab > 1, steps > 0 and heads dividing d (d={} heads={})\n", c.d,
-               c.heads);
-    return 2;
+    return usage_error(
+        fmt::format("need positive sizes, vocab > 1, steps > 0 and heads dividing d (d={} heads={})", c.d, c.heads));
   }
   Device dev = Device::cpu();
   if (c.device == "cuda") {
-    if (!cuda_is_available()) {
+    if (!cuda_is_available()) {  // may differ between hosts: every rank without a GPU says so
       fmt::print(stderr, "error: --device cuda: this kiln has no CUDA backend or sees no GPU\n");
       return 2;
     }
     dev = Device::cuda(0);
   }
 
-  namespace dist = kiln::distributed;
-  dist::InitGuard dist_guard;  // under mpirun: one rank of a data-parallel run
-  const int world = dist::world_size(), rank = dist::rank();
-  if (c.batch < world) {
-    fmt::print(stderr, "error: --batch {} gives some of the {} ranks no sequence\n", c.batch, world);
-    return 2;
-  }
+  if (c.batch < world)
+    return usage_error(fmt::format("--batch {} gives some of the {} ranks no sequence", c.batch, world));
   // Rank r's contiguous share of the global batch; the first batch % world ranks take one more
   // sequence. DDP averages the ranks' gradients, so each rank weights its mean loss by
   // world * rows / batch: the average is then the gradient of the global batch's mean loss.

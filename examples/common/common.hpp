@@ -212,32 +212,42 @@ inline std::string unknown_arguments(const CLI::App& app, int argc, char** argv)
   return out;
 }
 
+/// The line run() reports an error with. In a run of several processes (DataParallel, under
+/// mpirun) it is held for DataParallel::exit, which prints it once when every rank failed with
+/// the same line (a bad flag: they all parse the same command line), else on each failing rank.
+inline std::string& held_error() {
+  static std::string line;
+  return line;
+}
+inline void report_error(const std::string& line) {
+  std::fflush(stdout);
+  if (kiln::distributed::is_initialized() && kiln::distributed::world_size() > 1) held_error() = line;
+  else fmt::print(stderr, "{}", line);
+}
+
 /// Parses the flags and runs `body`, turning every error into one readable line: exit code 2 for
 /// a bad command line, 1 for an error while running. --help prints the flags and exits with 0.
 inline int run(CLI::App& app, int argc, char** argv, const std::function<void()>& body) {
   try {
     app.parse(argc, argv);
   } catch (const CLI::ExtrasError&) {
-    fmt::print(stderr, "error: unknown arguments, in the order given: {} (--help lists the flags)\n",
-               unknown_arguments(app, argc, argv));
+    report_error(fmt::format("error: unknown arguments, in the order given: {} (--help lists the flags)\n",
+                             unknown_arguments(app, argc, argv)));
     return 2;
   } catch (const CLI::ParseError& e) {
-    if (e.get_exit_code() == 0) return app.exit(e);  // --help
-    fmt::print(stderr, "error: {} (--help lists the flags)\n", e.what());
+    if (e.get_exit_code() == 0) return app.exit(e);  // --help (only rank 0 has a stdout)
+    report_error(fmt::format("error: {} (--help lists the flags)\n", e.what()));
     return 2;
   }
   try {
     body();
     return 0;
   } catch (const UsageError& e) {
-    std::fflush(stdout);
-    fmt::print(stderr, "error: {}\n", e.what());
+    report_error(fmt::format("error: {}\n", e.what()));
   } catch (const kiln::Error& e) {
-    std::fflush(stdout);
-    fmt::print(stderr, "kiln error: {}\n", e.what());
+    report_error(fmt::format("kiln error: {}\n", e.what()));
   } catch (const std::exception& e) {
-    std::fflush(stdout);
-    fmt::print(stderr, "error: {}\n", e.what());
+    report_error(fmt::format("error: {}\n", e.what()));
   }
   return 1;
 }

@@ -21,10 +21,13 @@
 ///     }));
 ///   }
 #include <cstdio>
+#include <functional>
 #include <kiln/kiln.hpp>
 #include <memory>
+#include <string>
 #include <tuple>
 #include <utility>
+#include <vector>
 
 #include "common.hpp"
 
@@ -103,18 +106,43 @@ class DataParallel {
     return t.item<double>();
   }
 
-  /// The program's exit: a failure on any rank ends the whole job (the others may be waiting for
-  /// it in a collective); success shuts the process group down.
+  /// The program's exit. A failure that every rank met alike (same exit code, same line: a bad
+  /// flag, an uneven --batch) is printed once, by rank 0, and the ranks end together with its
+  /// code. Any other failure is printed by each failing rank and ends the whole job at once (the
+  /// others may be waiting for it in a collective). Success shuts the process group down.
   int exit(int rc) {
     ddp_.reset();
     std::fflush(stdout);
+    if (rc != 0 && world_ > 1) {
+      const std::string& line = held_error();
+      if (!failed_alike(rc, line)) {
+        fmt::print(stderr, "{}", line);
+        std::fflush(stderr);
+        kiln::distributed::abort(rc);
+      }
+      if (rank_ == 0) fmt::print(stderr, "{}", line);
+    }
     std::fflush(stderr);
-    if (rc != 0 && world_ > 1) kiln::distributed::abort(rc);
     kiln::distributed::finalize();
     return rc;
   }
 
  private:
+  /// Whether every rank ends with this code and line. Collective; false when a rank is elsewhere
+  /// (then the exchange meets its collective, and both sides get a kiln::Error).
+  static bool failed_alike(int rc, const std::string& line) {
+    try {
+      const auto hash = static_cast<std::int64_t>(std::hash<std::string>{}(line) >> 1);
+      const std::vector<std::int64_t> all =
+          kiln::distributed::all_gather(kiln::tensor(std::vector<std::int64_t>{rc, hash})).to_vector<std::int64_t>();
+      for (std::size_t i = 0; i < all.size(); i += 2)
+        if (all[i] != rc || all[i + 1] != hash) return false;
+      return true;
+    } catch (const kiln::Error&) {
+      return false;
+    }
+  }
+
   int rank_ = 0, world_ = 1;
   std::unique_ptr<kiln::distributed::DistributedDataParallel> ddp_;
 };
