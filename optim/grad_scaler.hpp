@@ -67,11 +67,11 @@ struct GradScalerOptions {
 
 /// An optimizer whose step spans several processes, each updating its share of the parameters
 /// (distributed::ZeroRedundancyOptimizer implements it). GradScaler::unscale_ and step on it:
-/// unscale and check every parameter() here, then exchange() (enabled, found inf/NaN, scale,
-/// growth tracker, options, a local error) so that every process takes the same decision, and
-/// raise the same kiln::Error on every process when their scalers differ; step() runs when no
-/// process found an inf/NaN. Not copyable or movable: the local optimizer it names (below) must
-/// keep pointing at it.
+/// unscale and check the gradient of every scaled_parameters() entry, then exchange() (enabled,
+/// found inf/NaN, scale, growth tracker, options, a local error) so that every process takes the
+/// same decision, and raise the same kiln::Error on every process when their scalers differ;
+/// step() runs when no process found an inf/NaN. Not copyable or movable: the local optimizer it
+/// names (below) must keep pointing at it.
 class ShardedOptimizer {
  public:
   ShardedOptimizer() = default;
