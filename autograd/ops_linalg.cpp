@@ -132,9 +132,17 @@ Tensor linear_node(const Tensor& x, const Tensor& weight, const Tensor& bias) {
   if (auto node = record("linear", {x, weight, bias}, {out}, [R, K, N](FunctionNode& n, std::vector<Tensor>& g) {
         Tensor x = n.saved(0), w = n.saved(1);
         Tensor g2 = reshape(g[0], {R, N});
-        Tensor gx = n.next_edges[0].valid() ? reshape(matmul(g2, w), x.shape()) : Tensor();
-        Tensor gw = n.next_edges[1].valid() ? matmul(transpose(g2, 0, 1), reshape(x, {R, K})) : Tensor();
+        const bool want_x = n.next_edges[0].valid(), want_w = n.next_edges[1].valid();
         Tensor gb = n.next_edges.size() > 2 && n.next_edges[2].valid() ? sum(g2, {0}) : Tensor();
+        if (autograd::grad_enabled() || g2.dtype() != x.dtype()) {  // create_graph: differentiable matmuls
+          Tensor gx = want_x ? reshape(matmul(g2, w), x.shape()) : Tensor();
+          Tensor gw = want_w ? matmul(transpose(g2, 0, 1), reshape(x, {R, K})) : Tensor();
+          return std::vector<Tensor>{gx, gw, gb};
+        }
+        // Both products in one backend call, which may share work between them.
+        Tensor gx = want_x ? Tensor::empty(x.shape(), x.dtype(), x.device()) : Tensor();
+        Tensor gw = want_w ? Tensor::empty({N, K}, x.dtype(), x.device()) : Tensor();
+        backend(x, "linear").linear_backward(g2, reshape(x, {R, K}), w, want_x ? reshape(gx, {R, K}) : Tensor(), gw);
         return std::vector<Tensor>{gx, gw, gb};
       })) {
     node->save(x);

@@ -7,6 +7,7 @@
 #include <sys/resource.h>
 
 #include <algorithm>
+#include <array>
 #include <chrono>
 #include <cmath>
 #include <cstring>
@@ -162,25 +163,48 @@ void rms_norm_rows(int threads, double budget) {
   }
 }
 
+// linear's backward in bfloat16 at GPT small's shapes (qkv, fc1, fc2, lm head): the two GEMMs
+// as separate calls, each widening g to float32 (old, Backend's default), beside CpuBackend's one
+// call sharing one widened g (new); alternating rounds, medians of the rounds. Where the bf16
+// GEMM runs on oneDNN (bf16 dot products) both rows take the same path.
+void linear_backward_rows(int threads, double budget) {
+  fmt::print("# linear_backward bf16 widens g once: {}\n", cpu::gemm_lowp_widens(true) ? "yes" : "no (oneDNN)");
+  for (auto [R, K, N] :
+       {std::array<std::int64_t, 3>{2048, 128, 384}, {2048, 128, 512}, {2048, 512, 128}, {2048, 128, 65}}) {
+    Tensor g = randn({R, N}).to(kBFloat16), x = randn({R, K}).to(kBFloat16), w = randn({N, K}).to(kBFloat16);
+    Tensor gx = empty({R, K}, kBFloat16), gw = empty({N, K}, kBFloat16);
+    auto& be = cpu::cpu_backend();
+    std::function<void()> paths[2] = {[&] { be.Backend::linear_backward(g, x, w, gx, gw); },
+                                      [&] { be.linear_backward(g, x, w, gx, gw); }};
+    std::vector<double> t[2];
+    for (int round = 0; round < 5; ++round)
+      for (int p = 0; p < 2; ++p) t[p].push_back(median_seconds(paths[p], 3, budget / 5));
+    for (auto& v : t) std::sort(v.begin(), v.end());
+    fmt::print(
+        "RESULT linear_backward impl=kiln dtype=bf16 rows={} in={} out={} threads={} old_ms={:.3f} new_ms={:.3f} "
+        "new_vs_old={:.2f}\n",
+        R, K, N, threads, t[0][2] * 1e3, t[1][2] * 1e3, t[1][2] / t[0][2]);
+  }
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
   int threads = 2;
-  bool quick = false, only_rms = false;
+  bool quick = false;
+  std::string only;
   for (int i = 1; i < argc; ++i) {
     if (!std::strcmp(argv[i], "--threads") && i + 1 < argc) threads = std::atoi(argv[++i]);
     else if (!std::strcmp(argv[i], "--quick")) quick = true;
-    else if (!std::strcmp(argv[i], "--only") && i + 1 < argc && !std::strcmp(argv[i + 1], "rms_norm")) {
-      only_rms = true;
-      ++i;
-    }
+    else if (!std::strcmp(argv[i], "--only") && i + 1 < argc) only = argv[++i];
   }
   set_num_threads(threads);
   const double budget = quick ? 0.2 : 1.0;
   fmt::print("# kiln ops_bench threads={} blas={}\n", threads, cpu::blas_info());
   NoGradGuard ng;
-  if (only_rms) {
-    rms_norm_rows(threads, budget);
+  if (only == "rms_norm" || only == "linear_backward") {
+    if (only == "rms_norm") rms_norm_rows(threads, budget);
+    else linear_backward_rows(threads, budget);
     return 0;
   }
 
@@ -331,6 +355,7 @@ int main(int argc, char** argv) {
     fmt::print("RESULT overhead impl=kiln op=mul numel=1 mode=fwdbwd median_us={:.3f}\n", s * 1e6);
   }
   rms_norm_rows(threads, budget);
+  linear_backward_rows(threads, budget);
   sixteen_bit_rows(threads, budget);
   random_rows(threads, budget);
   fmt::print("# peak_rss_mib={:.1f}\n", peak_rss_mib());

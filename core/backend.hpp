@@ -133,6 +133,19 @@ class Backend {
     matmul(a, c, out);
     binary(BinaryOp::Add, out, Tensor::make_view(bias, out.shape(), {0, 0, bias.stride(0)}, bias.offset()), out);
   }
+  /// Gradients of linear's out = x @ w^T from g = dL/d out: gx = g @ w and gw = g^T @ x, each
+  /// written where defined. g (R, N), x (R, K), w (N, K): one dtype, any strides; gx (R, K) and
+  /// gw (N, K) contiguous. The default runs the two matmuls; a backend may share work between
+  /// them (CPU 16-bit: g is converted to float32 once for both GEMMs).
+  virtual void linear_backward(const Tensor& g, const Tensor& x, const Tensor& w, const Tensor& gx, const Tensor& gw) {
+    // (1, rows, cols) views as matmul takes them; t transposed when trans.
+    auto m3 = [](const Tensor& t, bool trans, std::int64_t batch_stride) {
+      const int r = trans ? 1 : 0, c = 1 - r;
+      return Tensor::make_view(t, {1, t.size(r), t.size(c)}, {batch_stride, t.stride(r), t.stride(c)}, t.offset());
+    };
+    if (gx.defined()) matmul(m3(g, false, 0), m3(w, false, 0), m3(gx, false, gx.numel()));
+    if (gw.defined()) matmul(m3(g, true, 0), m3(x, false, 0), m3(gw, false, gw.numel()));
+  }
 
   /// out = x.index_select(dim, index); index int64 1-D, already range-checked.
   virtual void index_select(const Tensor& x, std::int64_t dim, const Tensor& index, const Tensor& out) = 0;

@@ -160,6 +160,33 @@ void reduced_matmul(CpuBackend& be, const Tensor& a, const Tensor& c, const Tens
 
 namespace {
 
+// Linear's backward where 16-bit GEMMs run in float32 (gemm_lowp_widens): g is converted once and
+// both GEMMs read that copy; x and w are converted inside their GEMM as before. The products,
+// their summation and the one rounding of each output are those of two reduced_matmul calls.
+template <typename T>
+void reduced_linear_backward(CpuBackend& be, const Tensor& g, const Tensor& x, const Tensor& w, const Tensor& gx,
+                             const Tensor& gw) {
+  const std::int64_t R = g.size(0), N = g.size(1);
+  auto m3 = [](const Tensor& t) {
+    return Tensor::make_view(t, {1, t.size(0), t.size(1)}, {0, t.stride(0), t.stride(1)}, t.offset());
+  };
+  MatArg mg;
+  const Tensor G = blas_operand(be, m3(g), R, N, mg);
+  // The float32 copy keeps g's stored orientation: (R, N) rows, or (N, R) rows when transposed.
+  const Tensor gf = widen_matrices(G.data_ptr<T>(), 1, mg.trans ? N : R, mg.trans ? R : N, mg.ld, 0);
+  const LowpOperand<T> ga{G.data_ptr<T>(), gf.data_ptr<float>(), mg.trans ? R : N, 0};
+  auto run = [&](const Tensor& b, bool ta, const Tensor& out) {  // out = op(g) @ b
+    const std::int64_t M = out.size(0), Nn = out.size(1), Kk = ta ? R : N;
+    MatArg mb;
+    const Tensor B = blas_operand(be, m3(b), Kk, Nn, mb);
+    GemmDims d;
+    d.M = M, d.N = Nn, d.K = Kk, d.ta = ta != mg.trans, d.tb = mb.trans, d.lda = mg.ld, d.ldb = mb.ld, d.ldc = Nn;
+    gemm_lowp(d, ga, LowpOperand<T>{B.data_ptr<T>()}, out.data_ptr<T>());
+  };
+  if (gx.defined()) run(w, false, gx);
+  if (gw.defined()) run(x, true, gw);
+}
+
 // out[b] = a[b] @ c[b] (+ out[b] when `accumulate`: BLAS beta = 1) for float32/float64/int64.
 template <typename T>
 void dense_matmul(CpuBackend& be, const Tensor& a, const Tensor& c, const Tensor& out, bool accumulate) {
@@ -217,6 +244,18 @@ void CpuBackend::matmul(const Tensor& a, const Tensor& c, const Tensor& out) {
     else if constexpr (is_reduced_float_v<T>) reduced_matmul(*this, a, c, out);
     else dense_matmul<T>(*this, a, c, out, false);
   });
+}
+
+void CpuBackend::linear_backward(const Tensor& g, const Tensor& x, const Tensor& w, const Tensor& gx,
+                                 const Tensor& gw) {
+  const DType dt = g.dtype();
+  const bool reduced = dt == kBFloat16 || dt == kFloat16;
+  if (!reduced || !gemm_lowp_widens(dt == kBFloat16) || g.numel() == 0 || w.size(1) == 0) {
+    Backend::linear_backward(g, x, w, gx, gw);
+    return;
+  }
+  if (dt == kBFloat16) reduced_linear_backward<BFloat16>(*this, g, x, w, gx, gw);
+  else reduced_linear_backward<Half>(*this, g, x, w, gx, gw);
 }
 
 // float32/float64: out's rows start as the bias and the GEMM adds the product onto them (beta = 1),

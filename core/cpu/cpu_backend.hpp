@@ -20,6 +20,7 @@ class CpuBackend final : public Backend {
   void arg_reduce(ReduceOp op, const Tensor& x, std::int64_t dim, const Tensor& values, const Tensor& indices) override;
   void matmul(const Tensor& a, const Tensor& c, const Tensor& out) override;
   void matmul_bias(const Tensor& a, const Tensor& c, const Tensor& bias, const Tensor& out) override;
+  void linear_backward(const Tensor& g, const Tensor& x, const Tensor& w, const Tensor& gx, const Tensor& gw) override;
   void index_select(const Tensor& x, std::int64_t dim, const Tensor& index, const Tensor& out) override;
   void index_add(const Tensor& out, std::int64_t dim, const Tensor& index, const Tensor& src) override;
   void gather(const Tensor& x, std::int64_t dim, const Tensor& index, const Tensor& out) override;

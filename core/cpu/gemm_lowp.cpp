@@ -157,10 +157,11 @@ bool onednn_gemm(const GemmDims& d, const BFloat16* a, const BFloat16* b, O* c) 
 // Float buffers from the caching allocator: a training step reuses them without OS allocations.
 Tensor float_buffer(std::int64_t n) { return Tensor::empty({n}, kFloat32, Device::cpu()); }
 
-// Converts the `items` (rows, cols) matrices at src (row stride ld, item stride s) to dense floats.
+}  // namespace
+
 template <typename T>
-Tensor to_float(const T* src, std::int64_t items, std::int64_t rows, std::int64_t cols, std::int64_t ld,
-                std::int64_t s) {
+Tensor widen_matrices(const T* src, std::int64_t items, std::int64_t rows, std::int64_t cols, std::int64_t ld,
+                      std::int64_t s) {
   Tensor out = float_buffer(items * rows * cols);
   float* o = out.data_ptr<float>();
   parallel_range(items * rows, std::max<std::int64_t>(1, kParallelGrain / std::max<std::int64_t>(cols, 1)),
@@ -170,6 +171,12 @@ Tensor to_float(const T* src, std::int64_t items, std::int64_t rows, std::int64_
                  });
   return out;
 }
+
+template Tensor widen_matrices<BFloat16>(const BFloat16*, std::int64_t, std::int64_t, std::int64_t, std::int64_t,
+                                         std::int64_t);
+template Tensor widen_matrices<Half>(const Half*, std::int64_t, std::int64_t, std::int64_t, std::int64_t, std::int64_t);
+
+namespace {
 
 // The calling thread's panel buffer, kept for the thread's life: panels come and go with every
 // GEMM, and allocator blocks of their changing sizes would be returned to the OS and faulted in
@@ -199,27 +206,35 @@ std::int64_t panel_rows(const GemmDims& d, int threads) {
 // The float32 path: op(B) is converted whole (every panel uses it); op(A) and C go panel by
 // panel (batch item i, rows [m0, m1)), each panel a float32 GEMM. Threads take whole panels and
 // run a single-threaded GEMM each (OpenBLAS inside a parallel region): the same kernels and
-// summation order per output as one threaded call.
+// summation order per output as one threaded call. An operand with a float32 copy (`wide`) is
+// read from it: the panels point into it instead of being converted.
 template <typename T, typename O>
-void float_gemm(const GemmDims& d, const T* a, const T* b, O* c) {
+void float_gemm(const GemmDims& d, const LowpOperand<T>& a, const LowpOperand<T>& b, O* c) {
   constexpr bool out_f32 = std::is_same_v<O, float>;
   const std::int64_t nb = d.sb == 0 ? 1 : d.batch;
   const std::int64_t br = d.tb ? d.N : d.K, bc = d.tb ? d.K : d.N;
-  const Tensor fb = to_float(b, nb, br, bc, d.ldb, d.sb);
+  const Tensor fb = b.wide ? Tensor() : widen_matrices(b.data, nb, br, bc, d.ldb, d.sb);
+  const float* wb = b.wide ? b.wide : fb.data_ptr<float>();
+  const std::int64_t ldb = b.wide ? b.wide_ld : bc, sb = b.wide ? b.wide_s : br * bc;
   const std::int64_t mb = panel_rows(d, threads_for(d.M * d.N * d.K, std::int64_t{1} << 18));
   const std::int64_t panels = (d.M + mb - 1) / mb, items = d.batch * panels;
-  const std::int64_t panel_size = mb * d.K + (out_f32 ? 0 : mb * d.N);
+  const std::int64_t a_size = a.wide ? 0 : mb * d.K, panel_size = a_size + (out_f32 ? 0 : mb * d.N);
   auto item = [&](std::int64_t it) {
     Tensor big = float_buffer(panel_size > kScratchMax ? panel_size : 0);
     float* fa = panel_size > kScratchMax ? big.data_ptr<float>() : panel_scratch(panel_size);
     const std::int64_t i = it / panels, m0 = (it % panels) * mb, rows = std::min(mb, d.M - m0);
     // op(A)'s rows [m0, m1): stored rows when !ta, stored columns (K rows of `rows`) when ta.
-    const T* ai = a + i * d.sa;
-    if (d.ta)
-      for (std::int64_t k = 0; k < d.K; ++k) load_float(ai + k * d.lda + m0, fa + k * rows, rows);
-    else
-      for (std::int64_t m = 0; m < rows; ++m) load_float(ai + (m0 + m) * d.lda, fa + m * d.K, d.K);
-    const float* pb = fb.data_ptr<float>() + (nb == 1 ? 0 : i) * br * bc;
+    const float* pa = fa;
+    std::int64_t lda = d.ta ? rows : d.K;
+    if (a.wide) {
+      pa = a.wide + i * a.wide_s + (d.ta ? m0 : m0 * a.wide_ld);
+      lda = a.wide_ld;
+    } else if (d.ta) {
+      for (std::int64_t k = 0; k < d.K; ++k) load_float(a.data + i * d.sa + k * d.lda + m0, fa + k * rows, rows);
+    } else {
+      for (std::int64_t m = 0; m < rows; ++m) load_float(a.data + i * d.sa + (m0 + m) * d.lda, fa + m * d.K, d.K);
+    }
+    const float* pb = wb + (nb == 1 ? 0 : i) * sb;
     O* ci = c + i * d.sc + m0 * d.ldc;
     // With a bias the float32 rows start as the bias and the GEMM adds the product (beta = 1).
     auto bias_rows = [&](float* dst, std::int64_t ld) {
@@ -227,12 +242,11 @@ void float_gemm(const GemmDims& d, const T* a, const T* b, O* c) {
     };
     if constexpr (out_f32) {
       if (d.bias) bias_rows(ci, d.ldc);
-      sgemm_rowmajor(d.ta, d.tb, rows, d.N, d.K, d.alpha, fa, d.ta ? rows : d.K, pb, bc, d.bias ? 1.0f : d.beta, ci,
-                     d.ldc);
+      sgemm_rowmajor(d.ta, d.tb, rows, d.N, d.K, d.alpha, pa, lda, pb, ldb, d.bias ? 1.0f : d.beta, ci, d.ldc);
     } else {
-      float* t = fa + mb * d.K;
+      float* t = fa + a_size;
       if (d.bias) bias_rows(t, d.N);
-      sgemm_rowmajor(d.ta, d.tb, rows, d.N, d.K, d.alpha, fa, d.ta ? rows : d.K, pb, bc, d.bias ? 1.0f : 0.0f, t, d.N);
+      sgemm_rowmajor(d.ta, d.tb, rows, d.N, d.K, d.alpha, pa, lda, pb, ldb, d.bias ? 1.0f : 0.0f, t, d.N);
       for (std::int64_t m = 0; m < rows; ++m) {
         float* tr = t + m * d.N;
         O* cr = ci + m * d.ldc;
@@ -272,8 +286,16 @@ std::string gemm_lowp_path(bool bf16) {
 #endif
 }
 
+bool gemm_lowp_widens(bool bf16) {
+#if KILN_WITH_ONEDNN
+  if (bf16) return !onednn_bf16_on();
+#endif
+  (void)bf16;
+  return true;
+}
+
 template <typename T, typename O>
-void gemm_lowp(const GemmDims& d, const T* a, const T* b, O* c) {
+void gemm_lowp(const GemmDims& d, const LowpOperand<T>& a, const LowpOperand<T>& b, O* c) {
   static_assert(is_reduced_float_v<T> && (std::is_same_v<O, T> || std::is_same_v<O, float>));
   check_dims(d);
   if (d.batch == 0 || d.M == 0 || d.N == 0) return;
@@ -288,15 +310,26 @@ void gemm_lowp(const GemmDims& d, const T* a, const T* b, O* c) {
   }
 #if KILN_WITH_ONEDNN
   if constexpr (std::is_same_v<T, BFloat16>) {
-    if (onednn_bf16_on() && onednn_gemm(d, a, b, c)) return;
+    if (onednn_bf16_on() && onednn_gemm(d, a.data, b.data, c)) return;
   }
 #endif
   float_gemm(d, a, b, c);
+}
+
+template <typename T, typename O>
+void gemm_lowp(const GemmDims& d, const T* a, const T* b, O* c) {
+  gemm_lowp(d, LowpOperand<T>{a}, LowpOperand<T>{b}, c);
 }
 
 template void gemm_lowp<BFloat16, BFloat16>(const GemmDims&, const BFloat16*, const BFloat16*, BFloat16*);
 template void gemm_lowp<BFloat16, float>(const GemmDims&, const BFloat16*, const BFloat16*, float*);
 template void gemm_lowp<Half, Half>(const GemmDims&, const Half*, const Half*, Half*);
 template void gemm_lowp<Half, float>(const GemmDims&, const Half*, const Half*, float*);
+template void gemm_lowp<BFloat16, BFloat16>(const GemmDims&, const LowpOperand<BFloat16>&, const LowpOperand<BFloat16>&,
+                                            BFloat16*);
+template void gemm_lowp<BFloat16, float>(const GemmDims&, const LowpOperand<BFloat16>&, const LowpOperand<BFloat16>&,
+                                         float*);
+template void gemm_lowp<Half, Half>(const GemmDims&, const LowpOperand<Half>&, const LowpOperand<Half>&, Half*);
+template void gemm_lowp<Half, float>(const GemmDims&, const LowpOperand<Half>&, const LowpOperand<Half>&, float*);
 
 }  // namespace kiln::cpu

@@ -7,12 +7,18 @@
 // float GEMM (OpenBLAS or Eigen) runs: op(B) whole, op(A) and the rounded output panel by panel
 // in a per-thread scratch where op(B) is small beside them, the panels spread over the threads.
 // Both paths give float32-accumulated results.
+// An operand used by several GEMMs can be widened once (widen_matrices) and passed with its
+// float32 copy (LowpOperand::wide), which the float32 path then reads instead of converting again.
 //   GemmDims d{.batch = 1, .M = m, .N = n, .K = k, .lda = k, .ldb = n, .ldc = n};
 //   gemm_lowp(d, a, b, c);   // c = a @ b
 #include <cstdint>
 #include <string>
 
 #include "../half.hpp"
+
+namespace kiln {
+class Tensor;
+}
 
 namespace kiln::cpu {
 
@@ -33,6 +39,30 @@ struct GemmDims {
 /// T is BFloat16 or Half; O is T or float.
 template <typename T, typename O>
 void gemm_lowp(const GemmDims& d, const T* a, const T* b, O* c);
+
+/// A gemm_lowp operand: its 16-bit values (laid out as GemmDims says), and optionally their
+/// float32 values in the same orientation with row stride wide_ld and item stride wide_s.
+template <typename T>
+struct LowpOperand {
+  const T* data = nullptr;
+  const float* wide = nullptr;
+  std::int64_t wide_ld = 0, wide_s = 0;
+};
+
+/// gemm_lowp where the float32 path takes an operand's `wide` copy as it is (same result: the
+/// same float values reach the same float GEMMs); the bf16 oneDNN path reads `data`.
+template <typename T, typename O>
+void gemm_lowp(const GemmDims& d, const LowpOperand<T>& a, const LowpOperand<T>& b, O* c);
+
+/// True when gemm_lowp on bf16 (bf16 = true) or Half inputs converts them to float32 on this
+/// machine (no bf16 oneDNN kernels): then widening an operand once for several GEMMs saves work.
+bool gemm_lowp_widens(bool bf16);
+
+/// The `items` (rows, cols) matrices at src (row stride ld, item stride s) as dense float32
+/// (row stride cols, item stride rows * cols), converted in parallel.
+template <typename T>
+Tensor widen_matrices(const T* src, std::int64_t items, std::int64_t rows, std::int64_t cols, std::int64_t ld,
+                      std::int64_t s);
 
 /// The path gemm_lowp takes for bf16 (bf16 = true) or Half inputs on this machine and why, e.g.
 /// "onednn 2.6.3 (avx512_core_bf16); bf16 dot products on (auto; ...)" or "float32 conversion; ...".

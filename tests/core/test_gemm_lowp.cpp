@@ -1,11 +1,14 @@
 // The 16-bit GEMM (core/cpu/gemm_lowp.hpp) on both of its paths (oneDNN where this CPU has native
 // bf16, and the float32 conversion) against a float64 product of the same rounded inputs.
+#include <array>
 #include <cmath>
 #include <cstring>
 #include <kiln/core/cpu/bf16_dot.hpp>
+#include <kiln/core/cpu/cpu_backend.hpp>
 #include <kiln/core/cpu/gemm_lowp.hpp>
 #include <kiln/core/parallel.hpp>
 #include <random>
+#include <tuple>
 #include <vector>
 
 #include "test_util.hpp"
@@ -227,4 +230,50 @@ TEST_CASE("matmul bf16/fp16: views (transposed, sliced, broadcast batch) against
         REQUIRE(std::abs(gv[i] - wv[i]) <= out_eps * std::abs(wv[i]) + 1e-5 * K);
     }
   }
+}
+
+// CpuBackend::linear_backward converts g to float32 once for both GEMMs where 16-bit GEMMs run in
+// float32; each gradient must keep the bits of the two separate GEMMs (Backend's default), and
+// linear's backward must reach it (gradients of a 16-bit linear equal the default's bits).
+TEST_CASE("linear backward bf16/fp16: one widened g gives the bits of two separate GEMMs") {
+  const int prev = cpu::set_bf16_dot(0);
+  for (int pass = 0; pass < 2; ++pass) {
+    cpu::set_bf16_dot(pass == 0 ? 0 : 1);  // pass 1: oneDNN where the CPU has bf16 dot products
+    for (DType dt : {kBFloat16, kFloat16}) {
+      CAPTURE(pass);
+      CAPTURE(dtype_name(dt));
+      MESSAGE("widens: " << cpu::gemm_lowp_widens(dt == kBFloat16));
+      Generator gen(11);
+      // (R, N, K): panels of dX (R >= 4K), of dW (N >= 4K), one row, a tiny K.
+      for (auto [R, N, K] :
+           std::vector<std::array<std::int64_t, 3>>{{70, 33, 20}, {300, 40, 64}, {24, 300, 8}, {1, 5, 7}, {9, 6, 1}}) {
+        CAPTURE(R);
+        CAPTURE(N);
+        CAPTURE(K);
+        Tensor gc = randn({R, N}, kFloat32, &gen).to(dt), gt = randn({N, R}, kFloat32, &gen).to(dt).transpose(0, 1);
+        Tensor xs = randn({R, K + 3}, kFloat32, &gen).to(dt).narrow(1, 2, K), w = randn({N, K}, kFloat32, &gen).to(dt);
+        for (const Tensor& g : {gc, gt}) {
+          Tensor gx = empty({R, K}, dt), gw = empty({N, K}, dt), rx = empty({R, K}, dt), rw = empty({N, K}, dt);
+          cpu::cpu_backend().linear_backward(g, xs, w, gx, gw);
+          cpu::cpu_backend().Backend::linear_backward(g, xs, w, rx, rw);
+          CHECK(gx.to(kFloat32).to_vector<float>() == rx.to(kFloat32).to_vector<float>());
+          CHECK(gw.to(kFloat32).to_vector<float>() == rw.to(kFloat32).to_vector<float>());
+          // Against float32 products of the rounded values: float32 sums, one rounding.
+          Tensor wx = matmul(g.to(kFloat32), w.to(kFloat32)), ww = matmul(g.to(kFloat32).t(), xs.to(kFloat32));
+          const double out_eps = dt == kBFloat16 ? 1.0 / 256 : 1.0 / 2048;
+          for (auto [got, want, n] : {std::tuple{gx, wx, N}, std::tuple{gw, ww, R}}) {
+            auto gv = got.to(kFloat32).to_vector<float>(), wv = want.to_vector<float>();
+            for (std::size_t i = 0; i < gv.size(); ++i)
+              REQUIRE(std::abs(gv[i] - wv[i]) <= out_eps * std::abs(wv[i]) + 1e-5 * n);
+          }
+          // Through linear's backward (x, w and g as above; g is the output gradient).
+          Tensor x = xs.detach().requires_grad_(), wp = w.detach().requires_grad_();
+          linear(x, wp).backward(g);
+          CHECK(x.grad().to(kFloat32).to_vector<float>() == rx.to(kFloat32).to_vector<float>());
+          CHECK(wp.grad().to(kFloat32).to_vector<float>() == rw.to(kFloat32).to_vector<float>());
+        }
+      }
+    }
+  }
+  cpu::set_bf16_dot(prev);
 }
