@@ -211,10 +211,10 @@ void GradScaler::unscale_(ShardedOptimizer& opt) {
   const std::vector<Tensor> params = opt.scaled_parameters();
   // A local error must reach the exchange: a rank throwing here would leave the others waiting.
   std::string error;
-  bool found_inf = false;
+  bool found_inf = false, created = false;
   try {
     Stage& st = unscale_stage(&opt, params, opt.sharded_name());
-    st.unscaled = true;  // from here on the gradients are divided by S
+    created = st.unscaled = true;  // from here on the gradients are divided by S
     found_inf = unscale_grads(params);
   } catch (const Error& e) {
     error = e.what();
@@ -222,8 +222,9 @@ void GradScaler::unscale_(ShardedOptimizer& opt) {
   try {
     found_inf = agree(opt, found_inf, error);
   } catch (const Error&) {
-    // The iteration is void on every rank (some gradients may be unscaled): no stage remains.
-    stages_.erase(&opt);
+    // The iteration is void on every rank (some gradients may be unscaled): the stage this call
+    // made goes, so that every rank starts the next one alike (an earlier stage stays).
+    if (created) stages_.erase(&opt);
     throw;
   }
   stages_[&opt].found_inf = found_inf;

@@ -119,7 +119,9 @@ class GradScaler {
   /// The same for an optimizer sharded over processes (collective over them): every gradient of
   /// scaled_parameters() is unscaled and checked, then the processes agree (ShardedOptimizer).
   /// A disabled scaler still takes part in the exchange (so that a scaler enabled on some ranks
-  /// only is an error, not a silent divergence), then steps.
+  /// only is an error, not a silent divergence), then steps. After such an error the iteration is
+  /// void on every rank: its gradients may be divided by S already, so zero them and run the next
+  /// backward (a step() on them would divide them again).
   void unscale_(ShardedOptimizer& opt);
   bool step(ShardedOptimizer& opt);
   /// Adapts S after the step(s) of this iteration (needs at least one unscale_ or step since
