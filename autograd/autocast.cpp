@@ -1,8 +1,10 @@
 // Autocast's thread-local state, its weight-cast cache and the cast every op applies at entry.
 #include "autocast.hpp"
 
+#include <algorithm>
 #include <map>
 #include <tuple>
+#include <vector>
 
 #include "internal.hpp"
 
@@ -21,11 +23,44 @@ struct CachedCast {
 // later differentiable use (nor the other way round).
 using CacheKey = std::tuple<const TensorImpl*, DType, bool>;
 
+// One live guard. The state is derived from the live guards rather than saved and restored by
+// each, so guards ended out of creation order (held in optionals or on the heap) still leave
+// the state of the guards that remain.
+struct GuardEntry {
+  const AutocastGuard* guard;
+  DeviceType device;
+  bool enabled;
+  DType dtype;
+};
+
 struct State {
   unsigned enabled = 0;  // bit(DeviceType) per device type with autocast on
   DType dtype[2] = {kBFloat16, kBFloat16};
-  int depth = 0;  // live guards; the cache is dropped when the outermost ends
+  std::vector<GuardEntry> guards;  // live guards, oldest first
+  std::size_t base = 0;            // guards below it are suspended (AutocastSuspend)
   std::map<CacheKey, CachedCast> cache;
+
+  // Per device type the newest live, unsuspended guard decides; the dtype is the newest enabling one's.
+  void recompute() {
+    enabled = 0;
+    for (int d = 0; d < 2; ++d) {
+      const auto dev = static_cast<DeviceType>(d);
+      bool decided = false;
+      dtype[d] = kBFloat16;
+      for (auto it = guards.rbegin(); it != guards.rend(); ++it) {
+        if (it->device != dev) continue;
+        const bool active = static_cast<std::size_t>(guards.rend() - it) > base;
+        if (!decided && active) {
+          decided = true;
+          if (it->enabled) enabled |= bit(dev);
+        }
+        if (it->enabled) {
+          dtype[d] = it->dtype;
+          break;
+        }
+      }
+    }
+  }
 };
 thread_local State g_state;
 
@@ -45,10 +80,7 @@ Tensor cached_cast(const Tensor& t, DType dtype) {
 
 }  // namespace
 
-AutocastGuard::AutocastGuard(DeviceType device, DType dtype, bool enabled)
-    : device_(device),
-      prev_enabled_((g_state.enabled & bit(device)) != 0),
-      prev_dtype_(g_state.dtype[static_cast<int>(device)]) {
+AutocastGuard::AutocastGuard(DeviceType device, DType dtype, bool enabled) {
   const char* dev = device == DeviceType::CPU ? "cpu" : "cuda";
   if (enabled) {
     KILN_CHECK(is_reduced_float(dtype), "autocast",
@@ -57,19 +89,21 @@ AutocastGuard::AutocastGuard(DeviceType device, DType dtype, bool enabled)
     KILN_CHECK(device != DeviceType::CUDA || cuda_is_available(), "autocast",
                "{} on cuda: no CUDA device (this kiln was built without the CUDA backend or sees no GPU)",
                dtype_name(dtype));
-    g_state.enabled |= bit(device);
-    g_state.dtype[static_cast<int>(device)] = dtype;
-  } else {
-    g_state.enabled &= ~bit(device);
   }
-  ++g_state.depth;
+  g_state.guards.push_back({this, device, enabled, dtype});
+  g_state.recompute();
 }
 
 AutocastGuard::~AutocastGuard() {
-  if (prev_enabled_) g_state.enabled |= bit(device_);
-  else g_state.enabled &= ~bit(device_);
-  g_state.dtype[static_cast<int>(device_)] = prev_dtype_;
-  if (--g_state.depth == 0) g_state.cache.clear();
+  auto& gs = g_state.guards;
+  for (std::size_t i = gs.size(); i-- > 0;)
+    if (gs[i].guard == this) {
+      gs.erase(gs.begin() + static_cast<std::ptrdiff_t>(i));
+      if (i < g_state.base) --g_state.base;
+      break;
+    }
+  g_state.recompute();
+  if (gs.empty()) g_state.cache.clear();
 }
 
 bool is_autocast_enabled(DeviceType device) { return (g_state.enabled & bit(device)) != 0; }
@@ -96,8 +130,14 @@ namespace detail {
 
 bool autocast_active() { return g_state.enabled != 0; }
 
-AutocastSuspend::AutocastSuspend() : saved_(g_state.enabled) { g_state.enabled = 0; }
-AutocastSuspend::~AutocastSuspend() { g_state.enabled = saved_; }
+AutocastSuspend::AutocastSuspend() : saved_(g_state.base) {
+  g_state.base = g_state.guards.size();
+  g_state.recompute();
+}
+AutocastSuspend::~AutocastSuspend() {
+  g_state.base = std::min(saved_, g_state.guards.size());
+  g_state.recompute();
+}
 
 }  // namespace detail
 }  // namespace kiln

@@ -18,7 +18,8 @@
 ///   loss.backward();                                       // float32 gradients on float32 weights
 ///   opt.step();
 ///
-/// Guards nest (the inner one wins until it ends); `autocast(dtype, false)` turns autocast off
+/// Guards nest (the newest one wins until it ends; guards held in optionals may end in any order:
+/// the newest guard still alive decides); `autocast(dtype, false)` turns autocast off
 /// inside an enclosing region. bfloat16 and float16 work on the CPU (float16 converts to float32
 /// around the CPU kernels, so it is correct but not faster: prefer bfloat16 there) and on CUDA.
 /// float16 gradients can underflow: train float16 with kiln::amp::GradScaler (optim/grad_scaler.hpp).
@@ -43,11 +44,6 @@ class [[nodiscard]] AutocastGuard {
   ~AutocastGuard();
   AutocastGuard(const AutocastGuard&) = delete;
   AutocastGuard& operator=(const AutocastGuard&) = delete;
-
- private:
-  DeviceType device_;
-  bool prev_enabled_;
-  DType prev_dtype_;
 };
 
 /// Autocast for CPU tensors: `auto mixed = kiln::autocast(kiln::kBFloat16);`
@@ -89,7 +85,7 @@ class AutocastSuspend {
   AutocastSuspend& operator=(const AutocastSuspend&) = delete;
 
  private:
-  unsigned saved_;
+  std::size_t saved_;
 };
 }  // namespace detail
 

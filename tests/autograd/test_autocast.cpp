@@ -1,6 +1,7 @@
 // kiln::autocast: which dtype each listed op runs in (values against the op on explicitly cast
 // inputs), the weight-cast cache, nesting and enabled=false, NoGradGuard, thread locality,
 // gradient dtypes, float16 with GradScaler, and the errors.
+#include <optional>
 #include <thread>
 
 #include "test_util.hpp"
@@ -210,6 +211,31 @@ TEST_CASE("autocast nests, enabled=false turns it off inside, the outer setting 
   CHECK(autocast_dtype() == kBFloat16);
   CHECK(matmul(a, b).dtype() == kBFloat16);
   CHECK(autocast_cached_casts() >= 1);  // inner guards ending keep the outer region's casts
+}
+
+TEST_CASE("autocast guards ended out of creation order leave the state of the guards still alive") {
+  Tensor a = rnd({2, 3}, 1), b = rnd({3, 2}, 2);
+  std::optional<AutocastGuard> outer, inner, off;
+  outer.emplace(DeviceType::CPU, kBFloat16, true);
+  inner.emplace(DeviceType::CPU, kFloat16, true);
+  outer.reset();  // the older guard ends first: the newer one still decides
+  CHECK(is_autocast_enabled());
+  CHECK(autocast_dtype() == kFloat16);
+  CHECK(matmul(a, b).dtype() == kFloat16);
+  inner.reset();
+  CHECK_FALSE(is_autocast_enabled());  // was left on when each guard restored what it had seen
+  CHECK(matmul(a, b).dtype() == kFloat32);
+  CHECK(autocast_cached_casts() == 0);
+  outer.emplace(DeviceType::CPU, kBFloat16, true);
+  off.emplace(DeviceType::CPU, kBFloat16, false);
+  inner.emplace(DeviceType::CPU, kFloat16, true);
+  off.reset();  // the enabling guard made after it still rules
+  CHECK(autocast_dtype() == kFloat16);
+  inner.reset();
+  CHECK(autocast_dtype() == kBFloat16);
+  CHECK(is_autocast_enabled());
+  outer.reset();
+  CHECK_FALSE(is_autocast_enabled());
 }
 
 TEST_CASE(
