@@ -501,11 +501,14 @@ void CudaBackend::softmax_backward(const Tensor& y, const Tensor& gy, const Tens
   check_launch("softmax_backward");
 }
 
-void CudaBackend::layer_norm(const Tensor& x, const Tensor& weight, const Tensor& bias, double eps, const Tensor& out,
-                             const Tensor& mean, const Tensor& rstd) {
-  check_float(x, "layer_norm");
-  DeviceGuard guard(ctx_.index);
-  const std::int64_t rows = mean.numel(), n = rows ? x.numel() / rows : 0;
+namespace {
+
+// Layer norm's forward over rows of x, or the RMS norm's without mean (then bias and mean are
+// undefined): one kernel, the rows' statistics written for backward.
+void norm_forward(DeviceContext& ctx, const Tensor& x, const Tensor& weight, const Tensor& bias, double eps,
+                  const Tensor& out, const Tensor& mean, const Tensor& rstd) {
+  DeviceGuard guard(ctx.index);
+  const std::int64_t rows = rstd.numel(), n = rows ? x.numel() / rows : 0;
   if (rows == 0) return;
   int G;
   unsigned blocks;
@@ -515,13 +518,11 @@ void CudaBackend::layer_norm(const Tensor& x, const Tensor& weight, const Tensor
     using A = math::compute_t<T>;
     const T* w = weight.defined() ? ptr<T>(weight) : nullptr;
     const T* b = bias.defined() ? ptr<T>(bias) : nullptr;
-    layer_norm_kernel<T><<<blocks, kThreads, 0, ctx_.stream>>>(ptr<T>(x), w, b, eps, ptr<T>(out), ptr<A>(mean),
-                                                               ptr<A>(rstd), rows, n, G);
+    layer_norm_kernel<T><<<blocks, kThreads, 0, ctx.stream>>>(ptr<T>(x), w, b, eps, ptr<T>(out),
+                                                              mean.defined() ? ptr<A>(mean) : nullptr, ptr<A>(rstd),
+                                                              rows, n, G);
   });
-  check_launch("layer_norm");
 }
-
-namespace {
 
 // Layer norm's backward, or the RMS norm's without mean (then gbias is undefined).
 void norm_backward(DeviceContext& ctx, const Tensor& x, const Tensor& weight, const Tensor& mean, const Tensor& rstd,
@@ -559,6 +560,13 @@ void norm_backward(DeviceContext& ctx, const Tensor& x, const Tensor& weight, co
 
 }  // namespace
 
+void CudaBackend::layer_norm(const Tensor& x, const Tensor& weight, const Tensor& bias, double eps, const Tensor& out,
+                             const Tensor& mean, const Tensor& rstd) {
+  check_float(x, "layer_norm");
+  norm_forward(ctx_, x, weight, bias, eps, out, mean, rstd);
+  check_launch("layer_norm");
+}
+
 void CudaBackend::layer_norm_backward(const Tensor& x, const Tensor& weight, const Tensor& mean, const Tensor& rstd,
                                       const Tensor& gy, const Tensor& gx, const Tensor& gweight, const Tensor& gbias) {
   check_float(x, "layer_norm_backward");
@@ -568,19 +576,7 @@ void CudaBackend::layer_norm_backward(const Tensor& x, const Tensor& weight, con
 
 void CudaBackend::rms_norm(const Tensor& x, const Tensor& weight, double eps, const Tensor& out, const Tensor& rstd) {
   check_float(x, "rms_norm");
-  DeviceGuard guard(ctx_.index);
-  const std::int64_t rows = rstd.numel(), n = rows ? x.numel() / rows : 0;
-  if (rows == 0) return;
-  int G;
-  unsigned blocks;
-  row_launch(rows, n, G, blocks);
-  dispatch_floating(x.dtype(), [&](auto z) {
-    using T = decltype(z);
-    using A = math::compute_t<T>;
-    layer_norm_kernel<T><<<blocks, kThreads, 0, ctx_.stream>>>(ptr<T>(x), weight.defined() ? ptr<T>(weight) : nullptr,
-                                                               nullptr, eps, ptr<T>(out), nullptr, ptr<A>(rstd), rows,
-                                                               n, G);
-  });
+  norm_forward(ctx_, x, weight, Tensor(), eps, out, Tensor(), rstd);
   check_launch("rms_norm");
 }
 
