@@ -45,6 +45,7 @@ class CudaBackend final : public Backend {
   void dropout(const Tensor& x, const Tensor& mask, const Tensor& out, const RandomSpec& spec) override;
   // blas.cpp
   void matmul(const Tensor& a, const Tensor& c, const Tensor& out) override;
+  void matmul_bias(const Tensor& a, const Tensor& c, const Tensor& bias, const Tensor& out) override;
   // attention.cpp
   void attention_forward(const AttentionArgs& a, const Tensor& out, const Tensor& lse, const Tensor& weights) override;
   void attention_backward(const AttentionArgs& a, const Tensor& out, const Tensor& lse, const Tensor& gout,

@@ -118,6 +118,7 @@ struct DeviceContext {
   CudaBackend* backend = nullptr;  // owned, never destroyed
   void* cublas = nullptr;          // cublasHandle_t, created by blas.cpp on first use
   void* cublas_workspace = nullptr;
+  void* cublaslt = nullptr;  // cublasLtHandle_t (linear's bias epilogue), created by blas.cpp on first use
   explicit DeviceContext(int i) : index(i), allocator(i) {}
 };
 

@@ -454,6 +454,41 @@ TEST_CASE("cuda ops: bfloat16/float16 matmul (cuBLAS, float32 compute) is the fl
   }
 }
 
+// x @ w^T = 1 + 3u/8 and b = u/2 (u: the 16-bit spacing at 1). Rounded once, the sum 1 + 7u/8
+// gives 1 + u; rounding the product first gives 1, and then 1 + u/2 ties to even: 1 (the CPU's
+// test in tests/core/test_gemm_lowp.cpp, here on cuBLASLt's bias epilogue).
+TEST_CASE("cuda ops: bfloat16/float16 linear adds the bias in float32 before the one rounding") {
+  KILN_CUDA_OR_SKIP();
+  for (DType dt : {kBFloat16, kFloat16}) {
+    CAPTURE(dtype_name(dt));
+    const double u = dt == kBFloat16 ? 0x1p-7 : 0x1p-10;
+    Tensor x = tensor({1.0, 3 * u / 8}).reshape({1, 2}).to(dt).to(kGpu);
+    Tensor w = ones({1, 2}).to(dt).to(kGpu), b = tensor({u / 2}).to(dt).to(kGpu);
+    Tensor y = linear(x.expand({5, 2}), w, b);
+    REQUIRE(y.dtype() == dt);
+    for (double v : y.to(Device::cpu()).to(kFloat64).to_vector<double>()) CHECK(v == 1 + u);
+    // Batched on the backend with one weight for every item (batch stride 0), an input starting
+    // one element into its storage (2-byte aligned) and a strided bias: the float64 product plus
+    // bias, rounded once, up to float32 summation (as the matmul case).
+    Generator g(5);
+    Tensor a = randn({3, 20, 34}, kFloat32, &g).to(dt).narrow(2, 1, 33), c = randn({33, 24}, kFloat32, &g).to(dt);
+    Tensor bias = randn({48}, kFloat32, &g).to(dt).to(kGpu).slice(0, 0, 48, 2);
+    Tensor cg = c.to(kGpu), out = empty({3, 20, 24}, TensorOptions().dtype(dt).device(kGpu));
+    Tensor ag = empty({3, 20, 34}, TensorOptions().dtype(dt).device(kGpu)).narrow(2, 1, 33);
+    ag.copy_(a.to(kGpu));
+    backend_for(kGpu).matmul_bias(ag, Tensor::make_view(cg, {3, 33, 24}, {0, 24, 1}, cg.offset()), bias, out);
+    const Tensor a64 = a.to(kFloat64), c64 = c.to(kFloat64), b64 = bias.to(Device::cpu()).to(kFloat64);
+    const auto ref = (matmul(a64, c64) + b64).to(dt).to_vector<double>();
+    const auto mag = (matmul(a64.abs(), c64.abs()) + b64.abs()).to_vector<double>();
+    const auto got = out.to(Device::cpu()).to_vector<double>();
+    REQUIRE(got.size() == ref.size());
+    int bad = 0;
+    for (std::size_t i = 0; i < got.size(); ++i)
+      bad += std::abs(got[i] - ref[i]) > 2 * u * std::abs(ref[i]) + 1e-6 * mag[i];
+    CHECK(bad == 0);
+  }
+}
+
 TEST_CASE("cuda ops: TF32 matmul is opt-in and stays within TF32 precision") {
   KILN_CUDA_OR_SKIP();
   Pair a = kc::make_pair(kc::layouts()[0], {256, 512}, kFloat32, 1),

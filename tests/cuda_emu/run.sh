@@ -4,7 +4,8 @@
 # each block's threads run as cooperative fibers where __syncthreads and warp shuffles are real
 # barriers (warp-matrix calls included),
 # and include/ holds stand-ins for the CUDA runtime (one synchronous device in host memory)
-# and cuBLAS (a checked reference GEMM, TF32 rounding included). It checks kernel logic,
+# and cuBLAS (a checked reference GEMM, TF32 rounding included) and cuBLASLt (its descriptor API
+# and the bias epilogue, alignment promises checked). It checks kernel logic,
 # indexing, barriers and the host code; not speed, not the memory model, not real launch limits.
 #
 #   tests/cuda_emu/run.sh                      # every cuda* test case and the op registry's parity
