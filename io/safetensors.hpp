@@ -95,7 +95,9 @@ void save(const H& holder, const std::string& path, const std::map<std::string, 
 template <typename H>
 requires std::is_base_of_v<Module, typename H::ContainedType>
 auto load(const H& holder, const std::string& path, bool strict = true) {  // LoadStateDictResult
-  return load(static_cast<Module&>(*holder.ptr()), path, strict);
+  // Through the dependent type, so the call resolves at instantiation, where LoadStateDictResult
+  // is complete (clang rejects a non-dependent call returning an incomplete type).
+  return load(static_cast<typename H::ContainedType&>(*holder.ptr()), path, strict);
 }
 }  // namespace kiln::nn
 

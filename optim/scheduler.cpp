@@ -10,9 +10,16 @@
 
 namespace kiln::optim {
 
+namespace {
+constexpr double kExactInt = 9007199254740992.0;  // 2^53: doubles hold every integer up to here
+}  // namespace
+
 void int_field(const OptionFieldFn& f, const char* name, std::int64_t& v) {
   double d = static_cast<double>(v);
   f(name, d);
+  // load_state_dict sets d from a file: converting NaN or a value past int64 would be UB.
+  if (!(d == std::floor(d) && std::abs(d) <= kExactInt))
+    throw_error("LRScheduler", fmt::format("load_state_dict: '{}' is {}, not an integer within +-2^53", name, d));
   v = static_cast<std::int64_t>(d);
 }
 
@@ -92,7 +99,8 @@ void LRScheduler::load_state(const StateDict& sd, ResumePlan keep, std::vector<s
   check(groups == static_cast<double>(num_groups()),
         fmt::format("load_state_dict: the state has {} param groups, this scheduler {}", groups, num_groups()));
   const double epoch = get("last_epoch");
-  check(epoch >= 0 && epoch == std::floor(epoch), fmt::format("load_state_dict: last_epoch {} is not an epoch", epoch));
+  check(epoch >= 0 && epoch == std::floor(epoch) && epoch <= kExactInt,
+        fmt::format("load_state_dict: last_epoch {} is not an epoch (an integer in [0, 2^53])", epoch));
   std::vector<double> base(num_groups()), last(num_groups());
   for (std::size_t g = 0; g < num_groups(); ++g) {
     base[g] = get(fmt::format("base_lr.{}", g));
@@ -114,8 +122,8 @@ void LRScheduler::load_state(const StateDict& sd, ResumePlan keep, std::vector<s
     std::size_t i = 0;
     fields([&](const char*, double& v) { v = from[i++].second; });
   };
-  set_fields(values);
   try {
+    set_fields(values);  // int_field throws for a value that is not an integer
     validate();
   } catch (...) {
     set_fields(own);

@@ -61,6 +61,12 @@ TEST_CASE("Scalar remembers the kind of literal") {
   CHECK_FALSE(Scalar(2).is_floating());
   CHECK(Scalar(-2.7).to<std::int64_t>() == -2);  // truncation toward zero
   CHECK(Scalar(2.7).to<std::int64_t>() == 2);
+  // Out of int64's range: saturated, NaN 0 (a plain cast is UB: tests/fuzz/checkpoint_fuzz found
+  // it through x * 1e30; on x86 it gave INT64_MIN for all of them).
+  CHECK(Scalar(1e30).to<std::int64_t>() == INT64_MAX);
+  CHECK(Scalar(-std::numeric_limits<double>::infinity()).to_int() == INT64_MIN);
+  CHECK(Scalar(std::nan("")).to<std::int64_t>() == 0);
+  CHECK(Scalar(std::nan("")).to_double() != Scalar(std::nan("")).to_double());
   CHECK(Scalar(0.0).to<bool>() == false);
   CHECK(Scalar(0.25).to<bool>() == true);
   CHECK(Scalar(3).to<double>() == 3.0);

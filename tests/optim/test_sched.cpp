@@ -259,7 +259,15 @@ TEST_CASE("sched bad arguments and bad state dicts raise kiln errors") {
        {kt::set_scalar("surprise", 1), "[StepLR] load_state_dict: unexpected scalar 'surprise'"},
        {kt::set_scalar("step_size", 0), "[StepLR] step_size must be >= 1, got 0"},
        {kt::set_scalar("num_groups", 3), "[StepLR] load_state_dict: the state has 3 param groups, this scheduler 2"},
-       {kt::set_scalar("last_epoch", 1.5), "[StepLR] load_state_dict: last_epoch 1.5 is not an epoch"}});
+       {kt::set_scalar("last_epoch", 1.5), "[StepLR] load_state_dict: last_epoch 1.5 is not an epoch"},
+       // Past int64 (found by tests/fuzz/checkpoint_fuzz): the conversion was UB, and on x86 made
+       // last_epoch or step_size INT64_MIN.
+       {kt::set_scalar("last_epoch", 2.18446744073709551615e20),
+        "[StepLR] load_state_dict: last_epoch 2.1844674407370955e+20 is not an epoch (an integer in [0, 2^53])"},
+       {kt::set_scalar("step_size", 1e30),
+        "[LRScheduler] load_state_dict: 'step_size' is 1e+30, not an integer within +-2^53"},
+       {kt::set_scalar("step_size", std::nan("")),
+        "[LRScheduler] load_state_dict: 'step_size' is nan, not an integer within +-2^53"}});
   // A failed load changes nothing.
   s.step();
   CHECK(s.last_epoch() == 2);
