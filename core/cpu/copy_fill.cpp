@@ -1,5 +1,6 @@
 // copy (with dtype conversion), host transfers and fill.
 #include <fmt/format.h>
+#include <cstdint>
 #include <cstring>
 
 #include "convert.hpp"
@@ -16,8 +17,20 @@ Backend& cpu_backend() {
 namespace {
 template <typename D, typename S>
 inline D convert(S v) {
-  if constexpr (std::is_same_v<D, bool>) return v != S(0);
-  else return static_cast<D>(v);
+  if constexpr (std::is_same_v<D, bool>) {
+    return v != S(0);
+  } else if constexpr (std::is_same_v<D, std::int64_t> && !std::is_same_v<S, std::int64_t> &&
+                       !std::is_same_v<S, bool>) {
+    // Floating to int64 saturates and takes NaN to 0 (as CUDA's conversion does): a plain cast
+    // of NaN, an infinity or a value past int64 is undefined behaviour.
+    const double x = static_cast<double>(static_cast<std::conditional_t<is_reduced_float_v<S>, float, S>>(v));
+    if (!(x == x)) return 0;
+    if (x >= 9223372036854775808.0) return INT64_MAX;
+    if (x < -9223372036854775808.0) return INT64_MIN;
+    return static_cast<std::int64_t>(x);
+  } else {
+    return static_cast<D>(v);
+  }
 }
 }  // namespace
 

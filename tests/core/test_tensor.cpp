@@ -67,6 +67,13 @@ TEST_CASE("Scalar remembers the kind of literal") {
   CHECK(Scalar(-std::numeric_limits<double>::infinity()).to_int() == INT64_MIN);
   CHECK(Scalar(std::nan("")).to<std::int64_t>() == 0);
   CHECK(Scalar(std::nan("")).to_double() != Scalar(std::nan("")).to_double());
+  // Tensors convert the same way, from every floating dtype (a plain cast was UB; x86 gave
+  // INT64_MIN for all three).
+  for (DType dt : {kFloat32, kFloat64, kBFloat16, kFloat16}) {
+    const double big = dt == kFloat16 ? INFINITY : 1e30;
+    Tensor x = tensor({big, -big, std::nan(""), 2.75, -2.75}).to(dt);
+    CHECK(x.to(kInt64).to_vector<std::int64_t>() == std::vector<std::int64_t>{INT64_MAX, INT64_MIN, 0, 2, -2});
+  }
   CHECK(Scalar(0.0).to<bool>() == false);
   CHECK(Scalar(0.25).to<bool>() == true);
   CHECK(Scalar(3).to<double>() == 3.0);
