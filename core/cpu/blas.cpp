@@ -249,8 +249,7 @@ void CpuBackend::matmul(const Tensor& a, const Tensor& c, const Tensor& out) {
 void CpuBackend::linear_backward(const Tensor& g, const Tensor& x, const Tensor& w, const Tensor& gx,
                                  const Tensor& gw) {
   const DType dt = g.dtype();
-  const bool reduced = dt == kBFloat16 || dt == kFloat16;
-  if (!reduced || !gemm_lowp_widens(dt == kBFloat16) || g.numel() == 0 || w.size(1) == 0) {
+  if (!is_reduced_float(dt) || !gemm_lowp_widens(dt == kBFloat16) || g.numel() == 0 || w.size(1) == 0) {
     Backend::linear_backward(g, x, w, gx, gw);
     return;
   }
