@@ -31,8 +31,10 @@ void check_scalar_fits(const Tensor& t, const Scalar& s, const char* op, bool tr
 }
 
 // Writing through a broadcast view (a stride-0 dim of size > 1) would hit one element several
-// times, with a result that depends on the loop order and thread split.
+// times, with a result that depends on the loop order and thread split. A view with no elements
+// writes nothing (PyTorch accepts it too).
 void check_no_internal_overlap(const Tensor& t, const char* op) {
+  if (t.numel() == 0) return;
   for (std::size_t d = 0; d < t.shape().size(); ++d)
     KILN_CHECK(t.strides()[d] != 0 || t.shape()[d] <= 1, op,
                "the in-place target of shape {} and strides {} has several elements at one memory location "

@@ -157,6 +157,39 @@ bool onednn_gemm(const GemmDims& d, const BFloat16* a, const BFloat16* b, O* c) 
 // Float buffers from the caching allocator: a training step reuses them without OS allocations.
 Tensor float_buffer(std::int64_t n) { return Tensor::empty({n}, kFloat32, Device::cpu()); }
 
+#if KILN_WITH_ONEDNN
+// oneDNN 2.6.3's AMX kernels sum wrongly for some shapes when B is stored transposed ((N, K) row
+// major, as a linear layer's weight): found on a Sapphire Rapids CPU for N in (48, 64), unbatched,
+// at every M and K tried (errors of 10-100 on sums of size ~1; tests/autograd/test_linalg.cpp),
+// while its AVX512-BF16 kernels and B stored (K, N) were right on the same grid. On AMX, B goes
+// to oneDNN as a dense (K, N) copy: K * N elements beside the GEMM's M * K * N products.
+bool onednn_transposed_b_ok() { return dnnl::get_effective_cpu_isa() != dnnl::cpu_isa::avx512_core_amx; }
+
+// B (transposed in d) as dense (K, N) matrices, one per batch item (one when B is broadcast);
+// e becomes d with that layout.
+Tensor dense_b(const GemmDims& d, const BFloat16* b, GemmDims& e) {
+  const std::int64_t copies = d.batch <= 1 || d.sb == 0 ? 1 : d.batch;
+  Tensor out = Tensor::empty({copies * d.K * d.N}, kBFloat16, Device::cpu());
+  BFloat16* dst = out.data_ptr<BFloat16>();
+  constexpr std::int64_t blk = 32;  // tiles keep both the reads and the writes in cache
+  parallel_range(copies * ((d.N + blk - 1) / blk), 1, [&](std::int64_t t0, std::int64_t t1) {
+    const std::int64_t nblocks = (d.N + blk - 1) / blk;
+    for (std::int64_t t = t0; t < t1; ++t) {
+      const std::int64_t i = t / nblocks, n0 = (t % nblocks) * blk, n1 = std::min(n0 + blk, d.N);
+      const BFloat16* src = b + i * d.sb;
+      BFloat16* to = dst + i * d.K * d.N;
+      for (std::int64_t k0 = 0; k0 < d.K; k0 += blk)
+        for (std::int64_t n = n0; n < n1; ++n)
+          for (std::int64_t k = k0; k < std::min(k0 + blk, d.K); ++k) to[k * d.N + n] = src[n * d.ldb + k];
+    }
+  });
+  e.tb = false;
+  e.ldb = d.N;
+  e.sb = copies == 1 ? 0 : d.K * d.N;
+  return out;
+}
+#endif
+
 }  // namespace
 
 template <typename T>
@@ -310,7 +343,15 @@ void gemm_lowp(const GemmDims& d, const LowpOperand<T>& a, const LowpOperand<T>&
   }
 #if KILN_WITH_ONEDNN
   if constexpr (std::is_same_v<T, BFloat16>) {
-    if (onednn_bf16_on() && onednn_gemm(d, a.data, b.data, c)) return;
+    if (onednn_bf16_on()) {
+      if (!d.tb || onednn_transposed_b_ok()) {
+        if (onednn_gemm(d, a.data, b.data, c)) return;
+      } else {
+        GemmDims e = d;
+        const Tensor dense = dense_b(d, b.data, e);
+        if (onednn_gemm(e, a.data, dense.data_ptr<BFloat16>(), c)) return;
+      }
+    }
   }
 #endif
   float_gemm(d, a, b, c);

@@ -305,6 +305,30 @@ TEST_CASE("linear with and without bias") {
   kt::expect_values(lb.grad(), {8, 8});
 }
 
+TEST_CASE("bfloat16 matmul with a transposed right operand: every N from 1 to 130, batched and broadcast") {
+  // oneDNN 2.6.3's AMX kernels summed wrongly for N in (48, 64) when B is stored (N, K), as a
+  // linear weight is (errors of 10-100 against sums of size ~1); kiln hands them a dense copy.
+  for (std::int64_t N = 1; N <= 130; N += 3) {
+    for (const Shape& bs : {Shape{}, Shape{3}}) {
+      Shape xs = bs, ws = bs;
+      xs.insert(xs.end(), {21, 40});
+      ws.insert(ws.end(), {N, 40});
+      const Tensor x = rnd(xs, 100 + N).to(kBFloat16), w = rnd(ws, 200 + N).to(kBFloat16);
+      const Tensor ref = matmul(x.to(kFloat64), w.to(kFloat64).mT());
+      const Tensor y = matmul(x, w.mT());
+      INFO("N = " << N << ", batch " << shape_str(bs));
+      // Inputs are exact; float32 accumulation of 40 products, one bfloat16 rounding of the result.
+      const double err = amax(abs(y.to(kFloat64) - ref) - 0x1p-8 * abs(ref)).item<double>();
+      CHECK(err < 1e-3);
+      if (!bs.empty()) {  // one (N, K) weight broadcast over the batch
+        const Tensor w0 = w.select(0, 0);
+        const Tensor ref0 = matmul(x.to(kFloat64), w0.to(kFloat64).mT());
+        CHECK(amax(abs(matmul(x, w0.mT()).to(kFloat64) - ref0) - 0x1p-8 * abs(ref0)).item<double>() < 1e-3);
+      }
+    }
+  }
+}
+
 TEST_CASE("linear's fused GEMM: float32, float64 and bfloat16 against a host reference, K = 0, mixed dtypes") {
   // in = 600 spans more than one BLAS block of the inner dim; rows from three leading dims.
   Tensor x = rnd({3, 7, 600}, 11), w = rnd({50, 600}, 12), b = rnd({50}, 13);

@@ -1,8 +1,9 @@
 // Checkpoints across versions and spellings: optimizer state dicts written before the io/ layer
-// and the shared StateDict still load (and match today's trajectories bit for bit); the model
+// and the shared StateDict still load (and match today's trajectories to 2 ulps); the model
 // may be given as a holder, a pointer, a reference or a shared_ptr; TrainingState takes
 // designated initializers naming any subset of its parts without warnings.
 #include <kiln/io/io.hpp>
+#include <limits>
 #include <kiln/optim/optim.hpp>
 
 #include "st_test_util.hpp"
@@ -51,6 +52,18 @@ struct SixOptimizers {
 
 bool same_bits(double a, double b) { return std::memcmp(&a, &b, sizeof a) == 0; }
 
+// The file was written on another CPU. There the update loop's vector body and its scalar tail
+// rounded a fused multiply-add differently (the last two of six elements differ in the last bit
+// against an AVX-512 machine, where all six take one path), so the values are held to 2 ulps; the
+// layout, keys and step counts still have to match exactly.
+bool within_ulps(const Tensor& a, const Tensor& b, int ulps) {
+  if (a.dtype() != b.dtype() || a.shape() != b.shape()) return false;
+  const auto va = a.to_vector<double>(), vb = b.to_vector<double>();
+  for (std::size_t i = 0; i < va.size(); ++i)
+    if (std::abs(va[i] - vb[i]) > ulps * std::numeric_limits<double>::epsilon() * std::abs(vb[i])) return false;
+  return true;
+}
+
 struct TinyNetImpl : nn::Module {
   TinyNetImpl() : fc(register_module("fc", nn::Linear(2, 3))) {}
   Tensor forward(const Tensor& x) { return fc(x); }
@@ -75,7 +88,7 @@ TEST_CASE("optimizer state dicts written before the io/ layer load and match tod
     REQUIRE(sa.scalars.size() == sb.scalars.size());
     for (const auto& [k, v] : sa.scalars) CHECK_MESSAGE(same_bits(v, sb.scalars.at(k)), k);
     REQUIRE(sa.size() == sb.size());
-    for (const auto& [k, t] : sa) CHECK_MESSAGE(ckt::bitwise_equal(t, sb.at(k)), k);
+    for (const auto& [k, t] : sa) CHECK_MESSAGE(within_ulps(t, sb.at(k), 2), k);
   }
   // AdamW's defaults and options kind are those it had as a class of its own.
   CHECK(optim::AdamWOptions().weight_decay() == 1e-2);
