@@ -35,6 +35,9 @@ Tensor along_dim_view(const Tensor& x, const Tensor& index, std::int64_t dim) {
 }  // namespace
 
 void CpuBackend::index_select(const Tensor& x_in, std::int64_t dim, const Tensor& index_in, const Tensor& out) {
+  // Nothing to copy (rows of 0 bytes would pass null pointers to memcpy: UBSan, found by the
+  // API fuzzer on a (2, 3, 0) input).
+  if (out.numel() == 0) return;
   Tensor x = contiguous_copy(*this, x_in), index = contiguous_copy(*this, index_in);
   std::int64_t outer, inner;
   split3(x.shape(), dim, outer, inner);
