@@ -107,7 +107,7 @@ void pv_skip(std::int64_t rows, std::int64_t cols, std::int64_t Dv, const float*
 
 bool bf16_attention_forward(const AttentionArgs& a, const Tensor& out, const Tensor& lse_t, const Tensor& weights) {
   // Returned weights and few-query (decode) calls keep the float32 path.
-  if (!use_bf16_dot() || a.q.dtype() != kBFloat16 || weights.defined()) return false;
+  if (!use_bf16_tiles() || a.q.dtype() != kBFloat16 || weights.defined()) return false;
   const Geo<float> g(a);
   if (g.T * g.G <= kDecodeRows) return false;
   const std::int64_t NH = g.N * g.H;

@@ -385,7 +385,7 @@ bool all_bf16(std::initializer_list<const Tensor*> ts) {
 bool bf16_attention_backward(const AttentionArgs& a, const Tensor& out, const Tensor& lse, const Tensor& gout,
                              const Tensor& weights, const Tensor& gweights, const AttentionGrads& gr) {
   // Returned weights keep the float32 path (as in the forward).
-  if (!use_bf16_dot() || a.q.dtype() != kBFloat16 || weights.defined() || gweights.defined()) return false;
+  if (!use_bf16_tiles() || a.q.dtype() != kBFloat16 || weights.defined() || gweights.defined()) return false;
   if (!all_bf16({&out, &gout, &gr.gq, &gr.gk, &gr.gv, &gr.gmask, &gr.galibi, &gr.gsinks})) return false;
   Call c(a, out, lse, gout, gr);
   const Geo<float>& g = c.g;

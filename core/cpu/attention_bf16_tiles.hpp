@@ -15,6 +15,7 @@
 
 #include "../half.hpp"
 #include "../tensor.hpp"
+#include "bf16_dot.hpp"
 #include "cpu_backend.hpp"
 
 namespace kiln::cpu::bf16_tiles {
@@ -64,11 +65,21 @@ void dp_rows(std::int64_t M, std::int64_t P, const u32* A, std::int64_t ars, std
   for (; i < M; ++i) dp_tile<1, NC, Acc>(P, A + i * ars, ars, aps, B, ldb, C + i * ldc, ldc, al(i), scale);
 }
 
+// dp_gemm on AMX tiles (amx_gemm.cpp), for CPUs where use_bf16_amx() (bf16_dot.hpp) is true.
+template <bool Acc>
+void amx_gemm(std::int64_t M, std::int64_t N, std::int64_t P, const u32* A, std::int64_t ars, std::int64_t aps,
+              const u32* B, std::int64_t ldb, float* C, std::int64_t ldc, const float* alpha, float scale);
+
 // C (M, N) (=|+=) A (M, P pairs; A(r, p) = A[r * ars + p * aps]) B (P pairs, N); N a multiple
-// of 16. Acc with alpha: each C row is scaled by alpha[r] first.
+// of 16. Acc with alpha: each C row is scaled by alpha[r] first. On AMX tiles where the CPU has
+// them (use_bf16_amx), else on vdpbf16ps.
 template <bool Acc>
 void dp_gemm(std::int64_t M, std::int64_t N, std::int64_t P, const u32* A, std::int64_t ars, std::int64_t aps,
              const u32* B, std::int64_t ldb, float* C, std::int64_t ldc, const float* alpha, float scale) {
+  if (use_bf16_amx()) {
+    amx_gemm<Acc>(M, N, P, A, ars, aps, B, ldb, C, ldc, alpha, scale);
+    return;
+  }
   for (std::int64_t c = 0; c < N;) {
     const std::int64_t left = (N - c) / kL;
     if (left >= 4) {

@@ -4,6 +4,8 @@
 #include <cpuid.h>
 #include <fmt/format.h>
 #include <immintrin.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
@@ -98,6 +100,7 @@ const Decision& decision() {
 }
 
 std::atomic<int> g_forced{-2};  // -2: not set by set_bf16_dot
+std::atomic<int> g_amx{-1};     // set_bf16_amx: 0 off, else on where usable
 
 }  // namespace
 
@@ -111,6 +114,28 @@ bool cpu_has_avx512_bf16() {
 }
 
 bool cpu_has_amx_bf16() { return (cpuid(7, 0).d >> 22) & 1u; }
+
+bool amx_bf16_usable() {
+  static const bool ok = [] {
+    const Cpuid l7 = cpuid(7, 0);
+    if (!((l7.d >> 22) & 1u) || !((l7.d >> 24) & 1u) || !cpu_has_avx512_bf16()) return false;  // AMX-BF16, AMX-TILE
+    unsigned lo = 0, hi = 0;
+    __asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
+    if ((lo & 0x60000u) != 0x60000u) return false;  // XCR0 17, 18: TILECFG and TILEDATA
+    constexpr long kArchReqXcompPerm = 0x1023, kXfeatureXtiledata = 18;
+    return syscall(SYS_arch_prctl, kArchReqXcompPerm, kXfeatureXtiledata) == 0;
+  }();
+  return ok;
+}
+
+bool use_bf16_amx() {
+  if (!amx_bf16_usable() || g_amx.load(std::memory_order_relaxed) == 0) return false;
+  const int forced = g_forced.load(std::memory_order_relaxed);
+  const int mode = forced != -2 ? forced : decision().env;
+  return mode != 0;
+}
+
+int set_bf16_amx(int mode) { return g_amx.exchange(mode < -1 || mode > 1 ? -1 : mode); }
 
 double bf16_dot_speedup() { return decision().speedup; }
 
@@ -131,8 +156,11 @@ const char* bf16_dot_reason() {
   if (!cpu_has_avx512_bf16()) return "off (no AVX512-BF16)";
   const int forced = g_forced.load(std::memory_order_relaxed);
   const int mode = forced != -2 ? forced : decision().env;
-  s = fmt::format("{} ({}; vdpbf16ps measured {:.2f}x the float32 FMA flops)", use_bf16_dot() ? "on" : "off",
-                  mode == -1 ? "auto" : "forced", decision().speedup);
+  s = fmt::format("{} ({}; vdpbf16ps measured {:.2f}x the float32 FMA flops; attention tiles on {})",
+                  use_bf16_dot() ? "on" : "off", mode == -1 ? "auto" : "forced", decision().speedup,
+                  use_bf16_amx()   ? "AMX"
+                  : use_bf16_dot() ? "vdpbf16ps"
+                                   : "float32");
   return s.c_str();
 }
 

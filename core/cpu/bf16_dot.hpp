@@ -26,6 +26,23 @@ bool use_bf16_dot();
 /// to the automatic choice. Returns the previous setting.
 int set_bf16_dot(int mode);
 
+/// AMX tiles for bf16 (cpuid AMX-TILE and AMX-BF16, the OS saves the tile state, and Linux gave
+/// this process the tile data: arch_prctl(ARCH_REQ_XCOMP_PERM), asked once).
+bool amx_bf16_usable();
+
+/// True when the bf16 attention kernels run their tile products on AMX: usable, and bf16 dot
+/// products not switched off (KILN_BF16_DOT=off, set_bf16_dot(0)) nor AMX (set_bf16_amx(0)).
+/// Unlike vdpbf16ps, AMX needs no speed probe: one tile product does 16x a vdpbf16ps's work.
+bool use_bf16_amx();
+
+/// Tests and comparisons: 0 keeps the attention on vdpbf16ps where AMX is usable, 1 or -1 back
+/// to AMX. Returns the previous setting.
+int set_bf16_amx(int mode);
+
+/// Whether the bf16 attention kernels run at all (on AMX or vdpbf16ps) instead of converting to
+/// float32: use_bf16_amx() || use_bf16_dot().
+inline bool use_bf16_tiles() { return use_bf16_amx() || use_bf16_dot(); }
+
 /// "on (measured 1.9x float32 FMA)", "off (...)": what use_bf16_dot() decided and why.
 const char* bf16_dot_reason();
 

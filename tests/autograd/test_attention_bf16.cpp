@@ -75,19 +75,25 @@ std::pair<SdpaOptions, SdpaOptions> make_options(const Opt& f, std::int64_t H, s
 }  // namespace
 
 namespace {
-// Runs body once per bf16 path this CPU has: the vdpbf16ps kernel (forced on, whatever the
-// measured speed) and the float32 kernels on converted inputs.
+// Runs body once per bf16 path this CPU has: the tile products on AMX, on vdpbf16ps (forced on,
+// whatever the measured speed), and the float32 kernels on converted inputs.
 template <typename Body>
 void each_path(Body&& body) {
-  const int prev = cpu::set_bf16_dot(1);
-  for (int mode : {1, 0}) {
+  const int prev = cpu::set_bf16_dot(1), prev_amx = cpu::set_bf16_amx(1);
+  for (int mode : {2, 1, 0}) {
+    if (mode == 2 && !cpu::amx_bf16_usable()) continue;
     if (mode == 1 && !cpu::cpu_has_avx512_bf16()) continue;
-    cpu::set_bf16_dot(mode);
+    cpu::set_bf16_dot(mode > 0 ? 1 : 0);
+    cpu::set_bf16_amx(mode == 2 ? 1 : 0);
     CAPTURE(mode);
     body();
   }
   cpu::set_bf16_dot(prev);
+  cpu::set_bf16_amx(prev_amx);
 }
+
+// The tile-product engines to run the bf16 kernels on here: AMX (where usable), then vdpbf16ps.
+std::vector<int> amx_modes() { return cpu::amx_bf16_usable() ? std::vector<int>{1, 0} : std::vector<int>{0}; }
 }  // namespace
 
 TEST_CASE("attention bf16: matches float32 on the same rounded inputs (shapes x semantics)") {
@@ -278,100 +284,104 @@ TEST_CASE("attention bf16: backward on bf16 dot products matches the float32 bac
     MESSAGE("no AVX512-BF16 here: the float32 backward is the only bf16 path");
     return;
   }
-  const int prev = cpu::set_bf16_dot(1);
-  int n = 0;
-  double worst = 0;
-  for (const Opt& f : kOpts)
-    for (const auto& [T, S, H, Hkv, D] : kShapes) {
-      ++n;
-      CAPTURE(f.name);
-      CAPTURE(T);
-      CAPTURE(S);
-      CAPTURE(H);
-      CAPTURE(Hkv);
-      CAPTURE(D);
-      const std::int64_t G = H / Hkv;
-      const auto sd = static_cast<std::uint64_t>(n);
-      Tensor q = bf16(rnd({2, H, T, D}, 100 + sd, kFloat32));
-      if (n % 3 == 0) q = bf16(rnd({2, T, H, D}, 100 + sd, kFloat32)).transpose(1, 2);
-      q.requires_grad_();
-      Tensor k = bf16(rnd({2, Hkv, S, D}, 200 + sd, kFloat32)).requires_grad_();
-      Tensor v = bf16(rnd({2, Hkv, S, D}, 300 + sd, kFloat32)).requires_grad_();
-      auto [lo, fo] = make_options(f, H, T, S, sd);
-      std::vector<Tensor> in{q, k, v};
-      Tensor m, slopes, sinks;
-      if (lo.attn_mask().defined() && lo.attn_mask().dtype() == kBFloat16) {
-        m = lo.attn_mask().detach().requires_grad_();
-        lo.attn_mask(m);
-        in.push_back(m);
-      }
-      if (f.alibi) {
-        slopes = lo.alibi_slopes().detach().requires_grad_();
-        lo.alibi_slopes(slopes);
-        in.push_back(slopes);
-      }
-      if (f.sinks) {
-        sinks = lo.sinks().detach().requires_grad_();
-        lo.sinks(sinks);
-        in.push_back(sinks);
-      }
-      Generator g1(5), g2(5);
-      auto r = F::scaled_dot_product_attention(q, k, v, SdpaOptions(lo).generator(&g1));
-      const Tensor go = bf16(rnd({2, H, T, D}, 400 + sd, kFloat32));
-      cpu::set_bf16_dot(1);
-      auto g_new = autograd::grad({r.output}, in, {go}, true);
-      cpu::set_bf16_dot(0);
-      auto g_ref = autograd::grad({r.output}, in, {go}, true);
-      cpu::set_bf16_dot(1);
+  const int prev = cpu::set_bf16_dot(1), prev_amx = cpu::set_bf16_amx(1);
+  for (int amx : amx_modes()) {
+    cpu::set_bf16_amx(amx);
+    CAPTURE(amx);
+    int n = 0;
+    double worst = 0;
+    for (const Opt& f : kOpts)
+      for (const auto& [T, S, H, Hkv, D] : kShapes) {
+        ++n;
+        CAPTURE(f.name);
+        CAPTURE(T);
+        CAPTURE(S);
+        CAPTURE(H);
+        CAPTURE(Hkv);
+        CAPTURE(D);
+        const std::int64_t G = H / Hkv;
+        const auto sd = static_cast<std::uint64_t>(n);
+        Tensor q = bf16(rnd({2, H, T, D}, 100 + sd, kFloat32));
+        if (n % 3 == 0) q = bf16(rnd({2, T, H, D}, 100 + sd, kFloat32)).transpose(1, 2);
+        q.requires_grad_();
+        Tensor k = bf16(rnd({2, Hkv, S, D}, 200 + sd, kFloat32)).requires_grad_();
+        Tensor v = bf16(rnd({2, Hkv, S, D}, 300 + sd, kFloat32)).requires_grad_();
+        auto [lo, fo] = make_options(f, H, T, S, sd);
+        std::vector<Tensor> in{q, k, v};
+        Tensor m, slopes, sinks;
+        if (lo.attn_mask().defined() && lo.attn_mask().dtype() == kBFloat16) {
+          m = lo.attn_mask().detach().requires_grad_();
+          lo.attn_mask(m);
+          in.push_back(m);
+        }
+        if (f.alibi) {
+          slopes = lo.alibi_slopes().detach().requires_grad_();
+          lo.alibi_slopes(slopes);
+          in.push_back(slopes);
+        }
+        if (f.sinks) {
+          sinks = lo.sinks().detach().requires_grad_();
+          lo.sinks(sinks);
+          in.push_back(sinks);
+        }
+        Generator g1(5), g2(5);
+        auto r = F::scaled_dot_product_attention(q, k, v, SdpaOptions(lo).generator(&g1));
+        const Tensor go = bf16(rnd({2, H, T, D}, 400 + sd, kFloat32));
+        cpu::set_bf16_dot(1);
+        auto g_new = autograd::grad({r.output}, in, {go}, true);
+        cpu::set_bf16_dot(0);
+        auto g_ref = autograd::grad({r.output}, in, {go}, true);
+        cpu::set_bf16_dot(1);
 
-      NoGradGuard ng;
-      const double keep = 1.0 - f.dropout, scale = 1.0 / std::sqrt(static_cast<double>(D));
-      const Tensor P = F::scaled_dot_product_attention(f32(q.detach()), f32(k.detach()), f32(v.detach()),
-                                                       SdpaOptions(fo).need_weights(true).generator(&g2))
-                           .weights.to(kFloat64);
-      auto A = [](const Tensor& t) { return abs(t.detach().to(kFloat64)); };
-      auto heads = [&](const Tensor& x) {  // (2, Hkv, S, D) -> (2, H, S, D)
-        return x.unsqueeze(2).expand({2, Hkv, G, S, D}).reshape({2, H, S, D});
-      };
-      auto fold = [&](const Tensor& x) { return sum(x.reshape({2, Hkv, G, S, D}), {2}); };
-      const Tensor ado = A(go), ak = heads(A(k)), av = heads(A(v));
-      const Tensor dS = mul(P, add(div(matmul(ado, transpose(av, -1, -2)), full({}, keep, kFloat64)),
-                                   sum(mul(ado, A(r.output)), {-1}, true)));
-      auto tol = [&](const Tensor& ref, const Tensor& bound) {
-        return add(mul(A(ref), full({}, 2 * kU, kFloat64)), mul(bound, full({}, 1.05 * kU + 1e-5, kFloat64)));
-      };
-      const Tensor sc = full({}, scale, kFloat64);
-      worst = std::max(worst, check_within("dq", g_new[0], g_ref[0], tol(g_ref[0], mul(matmul(dS, ak), sc))));
-      worst = std::max(worst, check_within("dk", g_new[1], g_ref[1],
-                                           tol(g_ref[1], mul(fold(matmul(transpose(dS, -1, -2), A(q))), sc))));
-      worst =
-          std::max(worst,
-                   check_within("dv", g_new[2], g_ref[2],
-                                tol(g_ref[2], div(fold(matmul(transpose(P, -1, -2), ado)), full({}, keep, kFloat64)))));
-      std::size_t i = 3;
-      // The mask, slope and sink gradients are float32 sums of dS in both kernels, rounded per
-      // batch element and summed over the batch (2u each, on bounds of the summed magnitudes).
-      if (m.defined()) {
-        const Tensor b = mul(sum(dS, {0}), full({}, 2.0, kFloat64));
-        worst = std::max(worst, check_within("dmask", g_new[i], g_ref[i], tol(g_ref[i], b)));
-        ++i;
+        NoGradGuard ng;
+        const double keep = 1.0 - f.dropout, scale = 1.0 / std::sqrt(static_cast<double>(D));
+        const Tensor P = F::scaled_dot_product_attention(f32(q.detach()), f32(k.detach()), f32(v.detach()),
+                                                         SdpaOptions(fo).need_weights(true).generator(&g2))
+                             .weights.to(kFloat64);
+        auto A = [](const Tensor& t) { return abs(t.detach().to(kFloat64)); };
+        auto heads = [&](const Tensor& x) {  // (2, Hkv, S, D) -> (2, H, S, D)
+          return x.unsqueeze(2).expand({2, Hkv, G, S, D}).reshape({2, H, S, D});
+        };
+        auto fold = [&](const Tensor& x) { return sum(x.reshape({2, Hkv, G, S, D}), {2}); };
+        const Tensor ado = A(go), ak = heads(A(k)), av = heads(A(v));
+        const Tensor dS = mul(P, add(div(matmul(ado, transpose(av, -1, -2)), full({}, keep, kFloat64)),
+                                     sum(mul(ado, A(r.output)), {-1}, true)));
+        auto tol = [&](const Tensor& ref, const Tensor& bound) {
+          return add(mul(A(ref), full({}, 2 * kU, kFloat64)), mul(bound, full({}, 1.05 * kU + 1e-5, kFloat64)));
+        };
+        const Tensor sc = full({}, scale, kFloat64);
+        worst = std::max(worst, check_within("dq", g_new[0], g_ref[0], tol(g_ref[0], mul(matmul(dS, ak), sc))));
+        worst = std::max(worst, check_within("dk", g_new[1], g_ref[1],
+                                             tol(g_ref[1], mul(fold(matmul(transpose(dS, -1, -2), A(q))), sc))));
+        worst = std::max(worst, check_within("dv", g_new[2], g_ref[2],
+                                             tol(g_ref[2], div(fold(matmul(transpose(P, -1, -2), ado)),
+                                                               full({}, keep, kFloat64)))));
+        std::size_t i = 3;
+        // The mask, slope and sink gradients are float32 sums of dS in both kernels, rounded per
+        // batch element and summed over the batch (2u each, on bounds of the summed magnitudes).
+        if (m.defined()) {
+          const Tensor b = mul(sum(dS, {0}), full({}, 2.0, kFloat64));
+          worst = std::max(worst, check_within("dmask", g_new[i], g_ref[i], tol(g_ref[i], b)));
+          ++i;
+        }
+        if (slopes.defined()) {
+          Tensor dist = zeros({T, S}, kFloat64);
+          auto* dp = static_cast<double*>(dist.raw_data());
+          for (std::int64_t t = 0; t < T; ++t)
+            for (std::int64_t j = 0; j < S; ++j) dp[t * S + j] = std::abs(static_cast<double>(S - T + t - j));
+          const Tensor b = mul(sum(mul(dS, dist), {0, 2, 3}), full({}, 2.0, kFloat64));
+          worst = std::max(worst, check_within("dslopes", g_new[i], g_ref[i], tol(g_ref[i], b)));
+          ++i;
+        }
+        if (sinks.defined()) {
+          const Tensor b = mul(sum(mul(ado, A(r.output)), {0, 2, 3}), full({}, 2.0, kFloat64));
+          worst = std::max(worst, check_within("dsinks", g_new[i], g_ref[i], tol(g_ref[i], b)));
+        }
       }
-      if (slopes.defined()) {
-        Tensor dist = zeros({T, S}, kFloat64);
-        auto* dp = static_cast<double*>(dist.raw_data());
-        for (std::int64_t t = 0; t < T; ++t)
-          for (std::int64_t j = 0; j < S; ++j) dp[t * S + j] = std::abs(static_cast<double>(S - T + t - j));
-        const Tensor b = mul(sum(mul(dS, dist), {0, 2, 3}), full({}, 2.0, kFloat64));
-        worst = std::max(worst, check_within("dslopes", g_new[i], g_ref[i], tol(g_ref[i], b)));
-        ++i;
-      }
-      if (sinks.defined()) {
-        const Tensor b = mul(sum(mul(ado, A(r.output)), {0, 2, 3}), full({}, 2.0, kFloat64));
-        worst = std::max(worst, check_within("dsinks", g_new[i], g_ref[i], tol(g_ref[i], b)));
-      }
-    }
+    MESSAGE(std::string(amx ? "AMX" : "vdpbf16ps") << " tiles: worst error / tolerance: " << worst);
+  }
   cpu::set_bf16_dot(prev);
-  MESSAGE("worst error / tolerance: " << worst);
+  cpu::set_bf16_amx(prev_amx);
 }
 
 // Few-query calls (KV-cache decoding: T * G <= 16) read bf16 K and V in place, tile by tile, in

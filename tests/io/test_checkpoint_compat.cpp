@@ -3,8 +3,8 @@
 // may be given as a holder, a pointer, a reference or a shared_ptr; TrainingState takes
 // designated initializers naming any subset of its parts without warnings.
 #include <kiln/io/io.hpp>
-#include <limits>
 #include <kiln/optim/optim.hpp>
+#include <limits>
 
 #include "st_test_util.hpp"
 

@@ -267,8 +267,8 @@ struct Fuzzer {
     REQUIRE_MESSAGE(got.defined(), what);
     REQUIRE_MESSAGE(got.shape() == want.ref.shape,
                     what << ": shape " << shape_str(got.shape()) << ", reference " << shape_str(want.ref.shape));
-    REQUIRE_MESSAGE(got.dtype() == want.ref.dtype, what << ": dtype " << dtype_name(got.dtype()) << ", reference "
-                                                        << dtype_name(want.ref.dtype));
+    REQUIRE_MESSAGE(got.dtype() == want.ref.dtype,
+                    what << ": dtype " << dtype_name(got.dtype()) << ", reference " << dtype_name(want.ref.dtype));
     compare(what, values_of(got), want);
     keep(got);
   }
@@ -285,8 +285,7 @@ struct Fuzzer {
       else if (std::isinf(e) || std::isinf(g)) {
         // At the edge of the range a value may round either way.
         const double finite = std::isinf(e) ? g : e;
-        ok = g == e || (std::signbit(g) == std::signbit(e) &&
-                        std::abs(finite) + slack >= max_finite(dt) * (1 - ulp2));
+        ok = g == e || (std::signbit(g) == std::signbit(e) && std::abs(finite) + slack >= max_finite(dt) * (1 - ulp2));
       } else ok = std::abs(g - e) <= ulp2 * std::abs(e) + slack + min_subnormal(dt);
       if (!ok) {
         ++bad;
@@ -333,19 +332,22 @@ struct Fuzzer {
         o.ref.v[f] = round_to(r, o.ref.dtype);
       });
     }
-    check(what, [&] {
-      switch (k) {
-        case 0: return add(a, b);
-        case 1: return sub(a, b);
-        case 2: return mul(a, b);
-        case 3: return div(a, b);
-        case 4: return maximum(a, b);
-        case 5: return minimum(a, b);
-        case 6: return lt(a, b);
-        case 7: return eq(a, b);
-        default: return ge(a, b);
-      }
-    }, o);
+    check(
+        what,
+        [&] {
+          switch (k) {
+            case 0: return add(a, b);
+            case 1: return sub(a, b);
+            case 2: return mul(a, b);
+            case 3: return div(a, b);
+            case 4: return maximum(a, b);
+            case 5: return minimum(a, b);
+            case 6: return lt(a, b);
+            case 7: return eq(a, b);
+            default: return ge(a, b);
+          }
+        },
+        o);
   }
 
   void op_where() {
@@ -368,7 +370,8 @@ struct Fuzzer {
         o.ref.v[f] = round_to(x, o.ref.dtype);
       });
     }
-    check(what, [&] { return where(c, a, b); }, o);
+    check(
+        what, [&] { return where(c, a, b); }, o);
   }
 
   void op_unary() {
@@ -407,19 +410,22 @@ struct Fuzzer {
         o.tol.push_back(transcendental ? 6 * machine_eps(o.ref.dtype) * std::abs(r) : 0);
       }
     }
-    check(what, [&] {
-      switch (k) {
-        case 0: return neg(x);
-        case 1: return abs(x);
-        case 2: return exp(x);
-        case 3: return tanh(x);
-        case 4: return sigmoid(x);
-        case 5: return relu(x);
-        case 6: return sqrt(x);
-        case 7: return square(x);
-        default: return logical_not(x);
-      }
-    }, o);
+    check(
+        what,
+        [&] {
+          switch (k) {
+            case 0: return neg(x);
+            case 1: return abs(x);
+            case 2: return exp(x);
+            case 3: return tanh(x);
+            case 4: return sigmoid(x);
+            case 5: return relu(x);
+            case 6: return sqrt(x);
+            case 7: return square(x);
+            default: return logical_not(x);
+          }
+        },
+        o);
   }
 
   // Random dims for a reduction: usually valid, sometimes out of range or repeated.
@@ -497,14 +503,17 @@ struct Fuzzer {
         o.tol.push_back(floating(o.ref.dtype) ? slack : 0);
       }
     }
-    check(what, [&] {
-      switch (k) {
-        case 0: return sum(x, dims, keepdim);
-        case 1: return mean(x, dims, keepdim);
-        case 2: return amax(x, dims, keepdim);
-        default: return amin(x, dims, keepdim);
-      }
-    }, o);
+    check(
+        what,
+        [&] {
+          switch (k) {
+            case 0: return sum(x, dims, keepdim);
+            case 1: return mean(x, dims, keepdim);
+            case 2: return amax(x, dims, keepdim);
+            default: return amin(x, dims, keepdim);
+          }
+        },
+        o);
   }
 
   void op_softmax() {
@@ -542,7 +551,8 @@ struct Fuzzer {
           }
         }
     }
-    check(what, [&] { return log_form ? log_softmax(x, dim) : softmax(x, dim); }, o);
+    check(
+        what, [&] { return log_form ? log_softmax(x, dim) : softmax(x, dim); }, o);
   }
 
   void op_matmul() {
@@ -603,7 +613,8 @@ struct Fuzzer {
         o.tol.push_back(floating(dt) ? (ka + 2) * acc_eps(dt) * mag : 0);
       });
     }
-    check(what, [&] { return matmul(a, b); }, o);
+    check(
+        what, [&] { return matmul(a, b); }, o);
   }
 
   // A random view of x and, in the reference, the flat index (into x's row-major values) of each
@@ -669,7 +680,8 @@ struct Fuzzer {
       else {
         Shape out = s;
         out.erase(out.begin() + d);
-        gather(out, [&](std::vector<std::int64_t> i) { return i.insert(i.begin() + d, index < 0 ? index + n : index), i; });
+        gather(out,
+               [&](std::vector<std::int64_t> i) { return i.insert(i.begin() + d, index < 0 ? index + n : index), i; });
       }
     } else if (k == 3) {  // unsqueeze
       const std::int64_t d = pick(-nd - 1 - (coin(0.1) ? 1 : 0), nd + (coin(0.1) ? 1 : 0));
@@ -745,7 +757,8 @@ struct Fuzzer {
         for (auto& d : res) d = d == -1 ? n / known : d;
       if (infer > 1 || (infer == 1 && (known == 0 || n % known != 0)) || (infer == 0 && known != n))
         v.bad = "element count differs";
-      else gather(res, [&](const std::vector<std::int64_t>& i) {
+      else
+        gather(res, [&](const std::vector<std::int64_t>& i) {
           std::int64_t f = 0;
           const Shape rst = row_major_strides(res);
           for (std::size_t d = 0; d < i.size(); ++d) f += i[d] * rst[d];
@@ -774,7 +787,8 @@ struct Fuzzer {
       o.ref.dtype = rx.dtype;
       for (auto f : v.src) o.ref.v.push_back(rx.v[f]);
     }
-    check(what, [&] { return v.make(x); }, o);
+    check(
+        what, [&] { return v.make(x); }, o);
   }
 
   // In place through a view: y = x.clone(); view(y).op_(other); the reference applies the op to
@@ -808,18 +822,23 @@ struct Fuzzer {
         double& a = o.ref.v[v.src[f]];
         const DType c = result_type(Ref{*v.shape, ry.dtype, {}}, ro);
         const double xa = round_to(a, c), xb = round_to(b, c);
-        const double r = k == 0 ? (c == kBool ? double(xa || xb) : xa + xb) : k == 1 ? (c == kBool ? double(xa && xb) : xa * xb) : b;
+        const double r = k == 0   ? (c == kBool ? double(xa || xb) : xa + xb)
+                         : k == 1 ? (c == kBool ? double(xa && xb) : xa * xb)
+                                  : b;
         a = round_to(r, ry.dtype);
       });
     }
-    check(what, [&] {
-      switch (k) {
-        case 0: target.add_(other); break;
-        case 1: target.mul_(other); break;
-        default: target.copy_(other); break;
-      }
-      return y;
-    }, o);
+    check(
+        what,
+        [&] {
+          switch (k) {
+            case 0: target.add_(other); break;
+            case 1: target.mul_(other); break;
+            default: target.copy_(other); break;
+          }
+          return y;
+        },
+        o);
   }
 
   void op_cat() {
@@ -860,7 +879,12 @@ struct Fuzzer {
         });
       }
     }
-    check(what, [&] { return cat({a, b}, dim); }, o);
+    check(
+        what,
+        [&] {
+          return cat({a, b}, dim);
+        },
+        o);
   }
 
   void op_index_select() {
@@ -896,7 +920,8 @@ struct Fuzzer {
         o.ref.v.push_back(rx.v[f]);
       });
     }
-    check(w.str(), [&] { return index_select(x, dim, index); }, o);
+    check(
+        w.str(), [&] { return index_select(x, dim, index); }, o);
   }
 
   void op_to() {
@@ -907,7 +932,8 @@ struct Fuzzer {
     o.ref = rx;
     o.ref.dtype = d;
     for (auto& v : o.ref.v) v = round_to(v, d);
-    check(desc(x) + ".to(" + std::string(dtype_name(d)) + ")", [&] { return x.to(d); }, o);
+    check(
+        desc(x) + ".to(" + std::string(dtype_name(d)) + ")", [&] { return x.to(d); }, o);
   }
 
   void run(int steps) {
