@@ -67,7 +67,15 @@ bool overlaps(const Tensor& dst, const Tensor& src) {
 Tensor alloc(const Shape& shape, DType dtype, Device device, const char* op) {
   checked_nbytes(shape, itemsize(dtype), op);
   backend_for(device, op);
-  return Tensor::empty(shape, dtype, device);
+  try {
+    return Tensor::empty(shape, dtype, device);
+  } catch (const Error& e) {
+    // The allocator names itself ("[empty] cannot allocate N bytes ..."): name the factory.
+    const std::string what = e.what(), own = "[empty] ";
+    if (what.rfind(own, 0) == 0 && std::string(op) != "empty")
+      throw Error("[" + std::string(op) + "] " + what.substr(own.size()));
+    throw;
+  }
 }
 }  // namespace
 
