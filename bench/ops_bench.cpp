@@ -12,6 +12,7 @@
 #include <cmath>
 #include <cstring>
 #include <functional>
+#include <kiln/core/cpu/bf16_dot.hpp>
 #include <kiln/core/cpu/convert.hpp>
 #include <kiln/core/cpu/cpu_backend.hpp>
 #include <kiln/core/cpu/gemm_lowp.hpp>
@@ -224,6 +225,11 @@ int main(int argc, char** argv) {
   } else {
     fmt::print("# no AVX512-BF16 on this CPU: bf16 matmul runs on the float32 path\n");
   }
+  double amx_peak = 0;
+  if (cpu::amx_bf16_usable()) {
+    amx_peak = bench::peak_gflops(threads, 5, iters / 100, bench::amx_bf16_gflops);
+    fmt::print("RESULT peak dtype=bf16 isa=amx threads={} gflops={:.1f}\n", threads, amx_peak);
+  }
   fmt::print("# bf16 gemm: {}\n", cpu::gemm_lowp_path(true));
 
   for (std::int64_t n : {256, 512, 1024, 2048}) {
@@ -235,8 +241,9 @@ int main(int argc, char** argv) {
   }
   // bf16 GEMM against the peak of the path it takes: bf16 dot products, or float32 FMA after
   // conversion (where vdpbf16ps is absent or measured slower than float32, core/cpu/bf16_dot.hpp).
-  const bool dot = cpu::gemm_lowp_path(true).rfind("onednn", 0) == 0;
-  const double bf16_path_peak = dot ? bf16_peak : fp32_peak;
+  const std::string path = cpu::gemm_lowp_path(true);
+  const bool dot = path.rfind("onednn", 0) == 0, amx = dot && path.find("amx") != std::string::npos;
+  const double bf16_path_peak = amx ? amx_peak : dot ? bf16_peak : fp32_peak;
   for (std::int64_t n : {256, 512, 1024, 2048}) {
     Tensor a = randn({n, n}).to(kBFloat16), b = randn({n, n}).to(kBFloat16);
     double s = median_seconds([&] { (void)matmul(a, b); }, 5, budget);
@@ -244,7 +251,10 @@ int main(int argc, char** argv) {
     fmt::print(
         "RESULT matmul impl=kiln dtype=bf16 path={} n={} threads={} median_ms={:.3f} gflops={:.1f} "
         "pct_of_peak={:.1f}\n",
-        dot ? "bf16dot" : "fp32", n, threads, s * 1e3, gf, bf16_path_peak > 0 ? 100 * gf / bf16_path_peak : 0.0);
+        amx   ? "amx"
+        : dot ? "bf16dot"
+              : "fp32",
+        n, threads, s * 1e3, gf, bf16_path_peak > 0 ? 100 * gf / bf16_path_peak : 0.0);
   }
   {
     const std::int64_t R = 4096, C = 1024;

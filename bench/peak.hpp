@@ -1,11 +1,13 @@
 #pragma once
-// The machine's arithmetic ceiling, measured: float32 FMA (vfmadd231ps) and bf16 dot-product
-// (vdpbf16ps) throughput from independent register chains, run on every thread at once. The
+// The machine's arithmetic ceiling, measured: float32 FMA (vfmadd231ps), bf16 dot-product
+// (vdpbf16ps) and AMX tile (tdpbf16ps) throughput from independent register / tile chains, run
+// on every thread at once. The
 // instructions are compiled per target and picked from the CPU's features at run time.
 #include <immintrin.h>
 #include <omp.h>
 
 #include <algorithm>
+#include <cstdint>
 #include <vector>
 
 #include "bench_util.hpp"
@@ -62,6 +64,47 @@ __attribute__((target("avx512f,avx512bf16"))) inline double dpbf16_gflops(long i
   return 16.0 * 32 * 2 * static_cast<double>(iters) / s / 1e9;  // 16 ops x 32 products x 2 flops
 }
 #undef KILN_PEAK_LOOP
+
+// AMX: TDPBF16PS into six independent 16 x 16 float32 tiles (its latency is about three times its
+// issue interval) from one A and one B tile; each multiplies 16 x 32 by 32 x 16 bf16 values. The
+// caller checks that the CPU has AMX and that the process was granted the tile state
+// (kiln::cpu::amx_bf16_usable()).
+__attribute__((target("amx-tile,amx-bf16"))) inline double amx_bf16_gflops(long iters) {
+  struct alignas(64) Config {
+    std::uint8_t palette = 1, start_row = 0, reserved[14] = {};
+    std::uint16_t colsb[16] = {};
+    std::uint8_t rows[16] = {};
+  } cfg;
+  for (int t = 0; t < 8; ++t) cfg.colsb[t] = 64, cfg.rows[t] = 16;
+  alignas(64) std::uint16_t a[16 * 32], b[16 * 32];
+  std::fill(a, a + 16 * 32, std::uint16_t{0x3f80});  // 1.0
+  std::fill(b, b + 16 * 32, std::uint16_t{0x2f80});  // 2^-32
+  alignas(64) float out[16 * 16];
+  _tile_loadconfig(&cfg);
+  _tile_zero(0);
+  _tile_zero(1);
+  _tile_zero(2);
+  _tile_zero(3);
+  _tile_zero(4);
+  _tile_zero(5);
+  _tile_loadd(6, a, 64);
+  _tile_loadd(7, b, 64);
+  const double t0 = now_s();
+  for (long i = 0; i < iters; ++i) {
+    _tile_dpbf16ps(0, 6, 7);
+    _tile_dpbf16ps(1, 6, 7);
+    _tile_dpbf16ps(2, 6, 7);
+    _tile_dpbf16ps(3, 6, 7);
+    _tile_dpbf16ps(4, 6, 7);
+    _tile_dpbf16ps(5, 6, 7);
+  }
+  _tile_stored(0, out, 64);
+  const double s = now_s() - t0;
+  volatile float sink = out[0];
+  (void)sink;
+  _tile_release();
+  return 6.0 * 16 * 16 * 32 * 2 * static_cast<double>(iters) / s / 1e9;
+}
 
 /// Summed GFLOP/s of f(iters) run on `threads` threads at once; median of `reps` runs.
 template <typename F>
