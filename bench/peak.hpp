@@ -10,6 +10,8 @@
 #include <cstdint>
 #include <vector>
 
+#include <kiln/core/cpu/bf16_dot.hpp>
+
 #include "bench_util.hpp"
 
 namespace kiln::bench {
@@ -70,12 +72,7 @@ __attribute__((target("avx512f,avx512bf16"))) inline double dpbf16_gflops(long i
 // caller checks that the CPU has AMX and that the process was granted the tile state
 // (kiln::cpu::amx_bf16_usable()).
 __attribute__((target("amx-tile,amx-bf16"))) inline double amx_bf16_gflops(long iters) {
-  struct alignas(64) Config {
-    std::uint8_t palette = 1, start_row = 0, reserved[14] = {};
-    std::uint16_t colsb[16] = {};
-    std::uint8_t rows[16] = {};
-  } cfg;
-  for (int t = 0; t < 8; ++t) cfg.colsb[t] = 64, cfg.rows[t] = 16;
+  const kiln::cpu::AmxTileConfig cfg(8);
   alignas(64) std::uint16_t a[16 * 32], b[16 * 32];
   std::fill(a, a + 16 * 32, std::uint16_t{0x3f80});  // 1.0
   std::fill(b, b + 16 * 32, std::uint16_t{0x2f80});  // 2^-32

@@ -18,21 +18,6 @@
 namespace kiln::cpu::bf16_tiles {
 namespace {
 
-// Palette 1, every tile 16 rows x 64 bytes: tmm0-3 the sums of four 16-column blocks, tmm4 the A
-// tile, tmm5 the B tile.
-struct alignas(64) TileConfig {
-  std::uint8_t palette = 1, start_row = 0;
-  std::uint8_t reserved[14] = {};
-  std::uint16_t colsb[16] = {};
-  std::uint8_t rows[16] = {};
-};
-
-TileConfig make_config() {
-  TileConfig c;
-  for (int t = 0; t < 6; ++t) c.colsb[t] = 64, c.rows[t] = 16;
-  return c;
-}
-
 #define KILN_AMX_TARGET __attribute__((target("amx-tile,amx-bf16,avx512f,avx512bw,avx512vl")))
 
 // One 16 x 16 block of sums (S, row stride 16) into C rows [0, rows), columns [0, 16).
@@ -136,7 +121,8 @@ KILN_AMX_TARGET void amx_gemm(std::int64_t M, std::int64_t N, std::int64_t P, co
     bb = sc.b.data();
     ldbb = N;
   }
-  static const TileConfig cfg = make_config();
+  // tmm0-3: the sums of four 16-column blocks, tmm4: the A tile, tmm5: the B tile.
+  static const AmxTileConfig cfg(6);
   _tile_loadconfig(&cfg);
   const long astride = static_cast<long>(Pp * sizeof(u32)), bstride = static_cast<long>(ldbb * sizeof(u32));
   for (std::int64_t m0 = 0; m0 < M; m0 += 16) {

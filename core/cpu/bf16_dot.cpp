@@ -25,13 +25,16 @@ Cpuid cpuid(unsigned leaf, unsigned sub) {
   return r;
 }
 
-// XCR0 bits 1, 2, 5, 6, 7: SSE, AVX, opmask, ZMM upper halves, ZMM16-31 saved by the OS.
-bool os_saves_avx512() {
-  if (!((cpuid(1, 0).c >> 27) & 1u)) return false;  // OSXSAVE
+// The low half of XCR0 (the state components the OS saves); 0 without OSXSAVE.
+unsigned xcr0() {
+  if (!((cpuid(1, 0).c >> 27) & 1u)) return 0;  // OSXSAVE
   unsigned lo = 0, hi = 0;
   __asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
-  return (lo & 0xe6u) == 0xe6u;
+  return lo;
 }
+
+// XCR0 bits 1, 2, 5, 6, 7: SSE, AVX, opmask, ZMM upper halves, ZMM16-31 saved by the OS.
+bool os_saves_avx512() { return (xcr0() & 0xe6u) == 0xe6u; }
 
 using Clock = std::chrono::steady_clock;
 
@@ -117,11 +120,9 @@ bool cpu_has_amx_bf16() { return (cpuid(7, 0).d >> 22) & 1u; }
 
 bool amx_bf16_usable() {
   static const bool ok = [] {
-    const Cpuid l7 = cpuid(7, 0);
-    if (!((l7.d >> 22) & 1u) || !((l7.d >> 24) & 1u) || !cpu_has_avx512_bf16()) return false;  // AMX-BF16, AMX-TILE
-    unsigned lo = 0, hi = 0;
-    __asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
-    if ((lo & 0x60000u) != 0x60000u) return false;  // XCR0 17, 18: TILECFG and TILEDATA
+    const bool amx_tile = (cpuid(7, 0).d >> 24) & 1u;
+    if (!cpu_has_amx_bf16() || !amx_tile || !cpu_has_avx512_bf16()) return false;
+    if ((xcr0() & 0x60000u) != 0x60000u) return false;  // XCR0 17, 18: TILECFG and TILEDATA
     constexpr long kArchReqXcompPerm = 0x1023, kXfeatureXtiledata = 18;
     return syscall(SYS_arch_prctl, kArchReqXcompPerm, kXfeatureXtiledata) == 0;
   }();

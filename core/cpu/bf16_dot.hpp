@@ -6,6 +6,8 @@
 // process (two ~0.1 ms register loops, vdpbf16ps against vfmadd231ps on one thread) and bf16 dot
 // products are used only where they give more flops than float32 FMA.
 // KILN_BF16_DOT=on|off|auto (default auto) overrides it.
+#include <cstdint>
+
 namespace kiln::cpu {
 
 /// AVX512-F/BW/VL and AVX512_BF16 (cpuid), and the OS saves the AVX-512 state.
@@ -25,6 +27,17 @@ bool use_bf16_dot();
 /// Tests and comparisons: 1 forces bf16 dot products on (where the CPU has them), 0 off, -1 back
 /// to the automatic choice. Returns the previous setting.
 int set_bf16_dot(int mode);
+
+/// An AMX tile configuration as ldtilecfg reads it (palette 1): tiles [0, n) of 16 rows x 64
+/// bytes, the shape every kiln AMX kernel uses (a 16 x 16 float32 or a 16 x 32 bf16 tile).
+struct alignas(64) AmxTileConfig {
+  std::uint8_t palette = 1, start_row = 0, reserved[14] = {};
+  std::uint16_t colsb[16] = {};
+  std::uint8_t rows[16] = {};
+  explicit AmxTileConfig(int n) {
+    for (int t = 0; t < n; ++t) colsb[t] = 64, rows[t] = 16;
+  }
+};
 
 /// AMX tiles for bf16 (cpuid AMX-TILE and AMX-BF16, the OS saves the tile state, and Linux gave
 /// this process the tile data: arch_prctl(ARCH_REQ_XCOMP_PERM), asked once).
